@@ -1,0 +1,256 @@
+//! The HTTP API on the mTLS listener: routes, the layers every request passes (request id,
+//! identity gate, body limit, timeout, metrics) and the OpenAPI document.
+//!
+//! Handlers are thin: extract, call one function, map the result.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http::request::Parts;
+use http::{HeaderValue, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
+use utoipa::OpenApi;
+
+use crate::config::Role;
+use crate::error::{ApiError, ErrorBody};
+use crate::identity::{Caller, PeerIdentity};
+use crate::metrics::{RequestLabels, RouteLabels};
+use crate::state::{Gateway, LoadSummary};
+
+/// What a connection knows about itself; every request on it carries this in its extensions.
+#[derive(Debug)]
+pub struct ConnectionContext {
+    /// The peer's identity, read once after the handshake.
+    pub identity: PeerIdentity,
+    /// `HTTP/1.1` or `HTTP/2`, from ALPN.
+    pub protocol: &'static str,
+    /// True when the TLS session was resumed rather than fully negotiated.
+    pub resumed: bool,
+    /// The peer's socket address.
+    pub peer: SocketAddr,
+}
+
+/// The id of one request, in the `x-request-id` header, error bodies and logs.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Builds the router of the mTLS listener.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/admin/reload", post(reload))
+        .route("/openapi.json", get(openapi))
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(from_fn_with_state(gateway.clone(), gate))
+        .layer(from_fn(request_id))
+        .with_state(gateway)
+}
+
+/// The authenticated caller of a request; present only when the identity gate let it through.
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ctx = parts
+            .extensions
+            .get::<Arc<ConnectionContext>>()
+            .ok_or_else(ApiError::internal)?;
+        ctx.identity.caller.clone().map_err(|r| ApiError::from(&r))
+    }
+}
+
+/// The caller as the gateway sees it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    /// The caller.
+    #[serde(flatten)]
+    pub caller: Caller,
+    /// `HTTP/1.1` or `HTTP/2`.
+    pub protocol: &'static str,
+    /// True when the TLS session was resumed.
+    pub tls_session_resumed: bool,
+}
+
+/// Tells a department system who the gateway takes it for.
+#[utoipa::path(get, path = "/v1/whoami", tag = "identity",
+    responses(
+        (status = 200, description = "The caller", body = WhoAmI),
+        (status = 403, description = "Refused caller (CG-AUTH-00x)", body = ErrorBody),
+    ))]
+async fn whoami(caller: Caller, req: Request) -> Result<Json<WhoAmI>, ApiError> {
+    let ctx = req
+        .extensions()
+        .get::<Arc<ConnectionContext>>()
+        .ok_or_else(ApiError::internal)?;
+    Ok(Json(WhoAmI {
+        caller,
+        protocol: ctx.protocol,
+        tls_session_resumed: ctx.resumed,
+    }))
+}
+
+/// Reloads the department table, trust anchors and CRLs from the configuration file.
+/// Open connections are kept; the next handshake sees the new material.
+#[utoipa::path(post, path = "/v1/admin/reload", tag = "admin",
+    responses(
+        (status = 200, description = "What is now in force", body = LoadSummary),
+        (status = 403, description = "Not an admin (CG-AUTH-006)", body = ErrorBody),
+        (status = 422, description = "Invalid configuration; the previous one stays (CG-CFG-001)", body = ErrorBody),
+    ))]
+async fn reload(
+    State(gateway): State<Arc<Gateway>>,
+    caller: Caller,
+) -> Result<Json<LoadSummary>, ApiError> {
+    if !caller.has(Role::Admin) {
+        return Err(ApiError::missing_role(Role::Admin));
+    }
+    tracing::info!(department = %caller.department, "reload requested over the API");
+    let summary = tokio::task::spawn_blocking(move || gateway.reload())
+        .await
+        .map_err(|_| ApiError::internal())?
+        .map_err(ApiError::reload_failed)?;
+    Ok(Json(summary))
+}
+
+/// The OpenAPI 3.1 document of this API.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta",
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
+async fn openapi() -> impl IntoResponse {
+    static DOC: LazyLock<String> =
+        LazyLock::new(|| ApiDoc::openapi().to_pretty_json().unwrap_or_default());
+    ([(header::CONTENT_TYPE, "application/json")], DOC.as_str())
+}
+
+/// The OpenAPI description of every route on the mTLS listener.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "certgate",
+        description = "Gateway for electronic licences, electronic seals, shared data and policy matching. \
+Every caller is a department system authenticated by its TLS client certificate \
+(SAN URI urn:certgate:dept:<USCC>). Errors are JSON {code, message, request_id}."
+    ),
+    paths(whoami, reload, openapi),
+    components(schemas(ErrorBody, WhoAmI, LoadSummary)),
+    tags(
+        (name = "identity", description = "Who the gateway takes the caller for"),
+        (name = "admin", description = "Operating the gateway"),
+        (name = "meta", description = "This document"),
+    )
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+/// Gives every request an id, and writes it into the response header and any error body.
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = new_request_id();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(req).await;
+    if let Some(err) = response.extensions_mut().remove::<ApiError>() {
+        let status = response.status();
+        let body = ErrorBody {
+            code: err.code,
+            message: err.message,
+            request_id: id.clone(),
+        };
+        let headers = std::mem::take(response.headers_mut());
+        response = (status, Json(body)).into_response();
+        for (name, value) in headers.iter() {
+            if name != header::CONTENT_LENGTH {
+                response.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 16];
+    // aws-lc's system RNG does not fail on supported platforms; fall back to zeros loudly.
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        tracing::error!("system random number generator failed");
+    }
+    hex::encode(bytes)
+}
+
+/// Refuses unidentified callers, bounds the body and the time of every request, and counts it.
+async fn gate(State(gateway): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
+    let ctx = req.extensions().get::<Arc<ConnectionContext>>().cloned();
+    let mut department = "unidentified".to_owned();
+    let response = match ctx.as_ref().map(|c| &c.identity.caller) {
+        None => ApiError::internal().into_response(),
+        Some(Err(refusal)) => {
+            tracing::warn!(%refusal, certificate = ?ctx.as_ref().and_then(|c| c.identity.certificate.as_ref()), "caller refused");
+            let mut response = ApiError::from(refusal).into_response();
+            if ctx.as_ref().is_some_and(|c| c.protocol == "HTTP/1.1") {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
+        Some(Ok(caller)) => {
+            department = caller.department.to_string();
+            match buffer_body(req, gateway.settings.max_body_bytes).await {
+                Err(e) => e.into_response(),
+                Ok(req) => {
+                    match tokio::time::timeout(gateway.settings.request_timeout, next.run(req))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => ApiError::timeout().into_response(),
+                    }
+                }
+            }
+        }
+    };
+    let m = &gateway.metrics;
+    m.requests
+        .get_or_create(&RequestLabels {
+            route: route.clone(),
+            status: response.status().as_u16(),
+            department,
+        })
+        .inc();
+    m.latency
+        .get_or_create(&RouteLabels { route })
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Reads the whole body, refusing it past `limit` bytes. A declared length over the limit is
+/// refused before any of the body is read.
+async fn buffer_body(req: Request, limit: usize) -> Result<Request, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::body_too_large(limit));
+    }
+    let (parts, body) = req.into_parts();
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
+        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::body_too_large(limit)),
+        Err(_) => Err(ApiError::unreadable_body()),
+    }
+}

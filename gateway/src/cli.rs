@@ -1,0 +1,257 @@
+//! The `certgate` command line: `serve`, `config check`, `pki …` and `demo`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cert_store::Uscc;
+use clap::{Parser, Subcommand};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::pki::{ClientSpec, DevCa};
+use crate::server;
+use crate::state::Gateway;
+use crate::tls::TlsMaterial;
+
+/// certgate: the mTLS gateway for e-licences, e-seals, shared data and policy matching.
+#[derive(Debug, Parser)]
+#[command(name = "certgate", version, about)]
+struct Cli {
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway with a configuration file.
+    Serve {
+        /// The configuration file.
+        #[arg(long, env = "CERTGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Work with configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// A development PKI: CA, server certificate, department certificates, CRL.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Create (or reuse) a development PKI, configuration and data directory, start the
+    /// gateway and print curl commands that work.
+    Demo {
+        /// Directory for the demo's files.
+        #[arg(long, default_value = "certgate-demo")]
+        dir: PathBuf,
+        /// Address of the mTLS listener.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        /// Address of the operations listener.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        ops_listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file and the TLS material it names; exit non-zero if invalid.
+    Check {
+        /// The configuration file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Create a root CA, a server certificate for localhost and an empty CRL.
+    Init {
+        /// The PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a department client certificate (EKU clientAuth, SAN urn:certgate:dept:<USCC>).
+    IssueClient {
+        /// The PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The department's unified social credit code.
+        #[arg(long)]
+        dept: String,
+        /// File stem: writes <name>.pem and <name>.key.
+        #[arg(long)]
+        name: String,
+    },
+    /// Revoke a client certificate: its serial goes into a new crl.pem.
+    Revoke {
+        /// The PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// File stem of the certificate to revoke.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// Runs the command line; the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("certgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CERTGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    let now = OffsetDateTime::now_utc();
+    match command {
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            runtime()?.block_on(run_gateway(config, |_, _| {}))
+        }
+        Command::Config(ConfigCommand::Check { file }) => {
+            let config = Config::load(&file)?;
+            let material = TlsMaterial::load(
+                &config.tls,
+                rustls::server::ServerSessionMemoryCache::new(1),
+            )?;
+            println!(
+                "{}: valid ({} departments, {} trust anchors, {} CRLs, {} revoked serials)",
+                file.display(),
+                config.departments.len(),
+                material.trust_anchors,
+                material.crls,
+                material.revoked.len()
+            );
+            Ok(())
+        }
+        Command::Pki(PkiCommand::Init { dir }) => {
+            DevCa::init(&dir, now)?;
+            println!(
+                "created {0}/ca.pem, {0}/server.pem, {0}/crl.pem",
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::Pki(PkiCommand::IssueClient { dir, dept, name }) => {
+            let dept: Uscc = dept
+                .parse()
+                .with_context(|| format!("--dept `{dept}` is not a valid USCC"))?;
+            let issued =
+                DevCa::open(&dir)?.issue_client(&ClientSpec::department(&name, &dept, now))?;
+            println!(
+                "issued {} and {} (serial {})",
+                issued.cert.display(),
+                issued.key.display(),
+                issued.serial
+            );
+            Ok(())
+        }
+        Command::Pki(PkiCommand::Revoke { dir, name }) => {
+            let serial = DevCa::open(&dir)?.revoke(&name, now)?;
+            println!(
+                "revoked {name} (serial {serial}); {}/crl.pem rewritten — reload the gateway (SIGHUP or POST /v1/admin/reload)",
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::Demo {
+            dir,
+            listen,
+            ops_listen,
+        } => {
+            let config = crate::demo::prepare(&dir, listen, ops_listen, now)?;
+            let dir = config.path.parent().map(Path::to_path_buf).unwrap_or(dir);
+            runtime()?.block_on(run_gateway(config, |api, ops| {
+                crate::demo::print_walkthrough(&dir, api, ops);
+            }))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Binds both listeners, calls `on_ready` with their addresses, and serves until SIGTERM or
+/// SIGINT. SIGHUP reloads the department table, trust anchors and CRLs.
+pub async fn run_gateway(
+    config: Config,
+    on_ready: impl FnOnce(SocketAddr, SocketAddr),
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {}",
+            config.server.data_dir.display()
+        )
+    })?;
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let ops_listener = TcpListener::bind(config.server.ops_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.ops_listen))?;
+    let (api_addr, ops_addr) = (listener.local_addr()?, ops_listener.local_addr()?);
+    let gateway = Gateway::new(config)?;
+
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let reloader = gateway.clone();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading configuration");
+            let gw = reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || gw.reload()).await;
+        }
+    });
+    let (stop_ops, ops_stopped) = watch::channel(false);
+    let ops = tokio::spawn(server::serve_ops(
+        gateway.clone(),
+        ops_listener,
+        ops_stopped,
+    ));
+    tracing::info!(%api_addr, %ops_addr, "certgate listening");
+    on_ready(api_addr, ops_addr);
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+    };
+    server::serve(Arc::clone(&gateway), listener, shutdown).await;
+    let _ = stop_ops.send(true);
+    let _ = ops.await;
+    Ok(())
+}

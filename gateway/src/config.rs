@@ -1,0 +1,573 @@
+//! Configuration: one TOML file plus `CERTGATE_<SECTION>__<KEY>` environment overrides, read
+//! raw and turned into a validated [`Config`] in one step. Every error names the key at fault.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cert_store::Uscc;
+use serde::{Deserialize, Serialize};
+
+/// The prefix of environment variables that override configuration keys. A variable
+/// `CERTGATE_SERVER__MAX_CONNECTIONS=64` sets `server.max_connections`; `__` separates levels.
+pub const ENV_PREFIX: &str = "CERTGATE_";
+
+/// A configuration that has passed validation. Relative paths are already resolved against
+/// the directory of the configuration file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this configuration was read from; reloads read it again.
+    pub path: PathBuf,
+    /// Listeners, limits and timeouts.
+    pub server: ServerSettings,
+    /// Server certificate, trust anchors and CRLs.
+    pub tls: TlsSettings,
+    /// The department table: who may connect, with which roles.
+    pub departments: DepartmentTable,
+}
+
+/// Listeners, limits and timeouts of the gateway.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Address of the mTLS listener.
+    pub listen: SocketAddr,
+    /// Address of the plain-HTTP operations listener (`/healthz`, `/readyz`, `/metrics`).
+    pub ops_listen: SocketAddr,
+    /// Connections served at once; further connections are closed on accept.
+    pub max_connections: usize,
+    /// Time allowed for a TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed for a client to send a complete request head (HTTP/1).
+    pub header_read_timeout: Duration,
+    /// Time allowed for a request from its head to its response.
+    pub request_timeout: Duration,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// The embedded data directory.
+    pub data_dir: PathBuf,
+}
+
+/// TLS material locations.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// PEM certificate chain of the server, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the server.
+    pub key: PathBuf,
+    /// PEM files of the CAs that issue department client certificates.
+    pub client_ca: Vec<PathBuf>,
+    /// PEM CRL files checked on every full handshake.
+    pub crls: Vec<PathBuf>,
+    /// Accept a client certificate whose issuer has no CRL configured.
+    pub allow_unknown_revocation_status: bool,
+}
+
+/// What a department may do. Permissions on data come with later features; the role is the
+/// first gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// A handling department that queries licences and data for its matters.
+    Consumer,
+    /// An issuing department that issues and manages e-licences.
+    Issuer,
+    /// Reads and verifies the access log.
+    Auditor,
+    /// The policy-push service that reads match results.
+    PolicyPush,
+    /// A city app acting for holders.
+    HolderApp,
+    /// Operates the gateway (reload, configuration).
+    Admin,
+}
+
+impl Role {
+    /// The name used in configuration and in API responses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Consumer => "consumer",
+            Role::Issuer => "issuer",
+            Role::Auditor => "auditor",
+            Role::PolicyPush => "policy-push",
+            Role::HolderApp => "holder-app",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// One row of the department table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Department {
+    /// The department's unified social credit code, as carried in its certificate.
+    pub id: Uscc,
+    /// Display name, e.g. 行政审批局.
+    pub name: String,
+    /// Roles granted to the department.
+    pub roles: BTreeSet<Role>,
+    /// A disabled department is refused even with a valid certificate.
+    pub enabled: bool,
+}
+
+/// The department table, keyed by USCC.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DepartmentTable {
+    by_id: BTreeMap<Uscc, Department>,
+}
+
+impl DepartmentTable {
+    /// Looks a department up by the USCC from its certificate.
+    pub fn get(&self, id: &Uscc) -> Option<&Department> {
+        self.by_id.get(id)
+    }
+
+    /// Number of departments in the table.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// True when no department is configured.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("configuration file {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A key has a bad value, is unknown, or is missing.
+    #[error("configuration key `{key}`: {reason}")]
+    Key {
+        /// The dotted key, e.g. `server.max_connections` or `departments[1].roles[0]`.
+        key: String,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn key(key: impl Into<String>, reason: impl fmt::Display) -> Self {
+        ConfigError::Key {
+            key: key.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies the `CERTGATE_*` variables of the process environment and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// Like [`Config::load`], with the environment given explicitly.
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?;
+        apply_env_overrides(&mut table, env)?;
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::key(e.path().to_string(), e.inner()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        raw.validate(path, base)
+    }
+}
+
+/// Sets `section.key` from each `CERTGATE_SECTION__KEY` variable. The value is read as a TOML
+/// value when it parses as one (`64`, `true`, `["a"]`) and as a string otherwise.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if !rest.contains("__") {
+            continue; // CERTGATE_CONFIG and friends are not key overrides
+        }
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::key(
+                name,
+                "empty key segment in environment override",
+            ));
+        }
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        let Some((last, parents)) = path.split_last() else {
+            continue;
+        };
+        let mut node = &mut *table;
+        for segment in parents {
+            let entry = node
+                .entry(segment.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            node = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::key(
+                        segment.clone(),
+                        format!("{name} overrides a key inside a value that is not a table"),
+                    ));
+                }
+            };
+        }
+        node.insert(last.clone(), parsed);
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    tls: RawTls,
+    #[serde(default)]
+    departments: Vec<RawDepartment>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: String,
+    ops_listen: String,
+    max_connections: usize,
+    handshake_timeout_ms: u64,
+    header_read_timeout_ms: u64,
+    request_timeout_ms: u64,
+    max_body_bytes: usize,
+    shutdown_grace_ms: u64,
+    data_dir: PathBuf,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:8443".into(),
+            ops_listen: "127.0.0.1:9090".into(),
+            max_connections: 1024,
+            handshake_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace_ms: 30_000,
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Vec<PathBuf>,
+    #[serde(default)]
+    crls: Vec<PathBuf>,
+    #[serde(default)]
+    allow_unknown_revocation_status: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDepartment {
+    id: String,
+    name: String,
+    roles: Vec<Role>,
+    #[serde(default = "enabled_by_default")]
+    enabled: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// Largest body limit accepted in configuration: bodies are buffered in memory.
+const MAX_BODY_LIMIT: usize = 256 * 1024 * 1024;
+
+impl RawConfig {
+    fn validate(self, path: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let s = self.server;
+        let addr = |key: &str, v: &str| {
+            v.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::key(key, format!("`{v}` is not an address like 127.0.0.1:8443"))
+            })
+        };
+        let millis = |key: &str, v: u64| {
+            if v == 0 || v > 3_600_000 {
+                Err(ConfigError::key(
+                    key,
+                    "must be between 1 and 3600000 milliseconds",
+                ))
+            } else {
+                Ok(Duration::from_millis(v))
+            }
+        };
+        if s.max_connections == 0 {
+            return Err(ConfigError::key(
+                "server.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if s.max_body_bytes == 0 || s.max_body_bytes > MAX_BODY_LIMIT {
+            return Err(ConfigError::key(
+                "server.max_body_bytes",
+                format!("must be between 1 and {MAX_BODY_LIMIT}"),
+            ));
+        }
+        let server = ServerSettings {
+            listen: addr("server.listen", &s.listen)?,
+            ops_listen: addr("server.ops_listen", &s.ops_listen)?,
+            max_connections: s.max_connections,
+            handshake_timeout: millis("server.handshake_timeout_ms", s.handshake_timeout_ms)?,
+            header_read_timeout: millis("server.header_read_timeout_ms", s.header_read_timeout_ms)?,
+            request_timeout: millis("server.request_timeout_ms", s.request_timeout_ms)?,
+            max_body_bytes: s.max_body_bytes,
+            shutdown_grace: millis("server.shutdown_grace_ms", s.shutdown_grace_ms)?,
+            data_dir: base.join(s.data_dir),
+        };
+
+        let t = self.tls;
+        let file = |key: String, p: PathBuf| -> Result<PathBuf, ConfigError> {
+            let p = base.join(p);
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_file() => Ok(p),
+                Ok(_) => Err(ConfigError::key(
+                    key,
+                    format!("{} is not a file", p.display()),
+                )),
+                Err(e) => Err(ConfigError::key(key, format!("{}: {e}", p.display()))),
+            }
+        };
+        if t.client_ca.is_empty() {
+            return Err(ConfigError::key(
+                "tls.client_ca",
+                "at least one CA for department certificates is required",
+            ));
+        }
+        let tls = TlsSettings {
+            cert: file("tls.cert".into(), t.cert)?,
+            key: file("tls.key".into(), t.key)?,
+            client_ca: t
+                .client_ca
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| file(format!("tls.client_ca[{i}]"), p))
+                .collect::<Result<_, _>>()?,
+            crls: t
+                .crls
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| file(format!("tls.crls[{i}]"), p))
+                .collect::<Result<_, _>>()?,
+            allow_unknown_revocation_status: t.allow_unknown_revocation_status,
+        };
+
+        let mut departments = DepartmentTable::default();
+        for (i, d) in self.departments.into_iter().enumerate() {
+            let id: Uscc =
+                d.id.parse()
+                    .map_err(|e| ConfigError::key(format!("departments[{i}].id"), e))?;
+            let name = d.name.trim().to_owned();
+            if name.is_empty() || name.chars().count() > 100 {
+                return Err(ConfigError::key(
+                    format!("departments[{i}].name"),
+                    "must be 1 to 100 characters",
+                ));
+            }
+            if d.roles.is_empty() {
+                return Err(ConfigError::key(
+                    format!("departments[{i}].roles"),
+                    "a department needs at least one role",
+                ));
+            }
+            let dept = Department {
+                id: id.clone(),
+                name,
+                roles: d.roles.into_iter().collect(),
+                enabled: d.enabled,
+            };
+            if departments.by_id.insert(id.clone(), dept).is_some() {
+                return Err(ConfigError::key(
+                    format!("departments[{i}].id"),
+                    format!("department {id} is listed twice"),
+                ));
+            }
+        }
+
+        Ok(Config {
+            path: path.to_owned(),
+            server,
+            tls,
+            departments,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, body: &str) -> PathBuf {
+        for f in ["ca.pem", "server.pem", "server.key"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        let p = dir.join("certgate.toml");
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+[tls]
+cert = "server.pem"
+key = "server.key"
+client_ca = ["ca.pem"]
+[[departments]]
+id = "91110108551385082Q"
+name = "市场监管局"
+roles = ["issuer", "consumer"]
+"#;
+
+    fn load(body: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), body);
+        Config::load_with_env(&p, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    fn bad_key(body: &str, env: &[(&str, &str)]) -> String {
+        match load(body, env) {
+            Err(ConfigError::Key { key, .. }) => key,
+            other => panic!("expected a key error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn good_file_loads_with_defaults_and_resolved_paths() {
+        let c = load(GOOD, &[]).unwrap();
+        assert_eq!(c.server.max_connections, 1024);
+        assert!(c.tls.cert.is_absolute());
+        assert_eq!(c.departments.len(), 1);
+        let d = c
+            .departments
+            .get(&"91110108551385082Q".parse().unwrap())
+            .unwrap();
+        assert!(d.enabled && d.roles.contains(&Role::Issuer));
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let c = load(
+            GOOD,
+            &[
+                ("CERTGATE_SERVER__MAX_CONNECTIONS", "7"),
+                ("CERTGATE_SERVER__OPS_LISTEN", "127.0.0.1:9999"),
+                ("CERTGATE_CONFIG", "ignored.toml"),
+                ("OTHER__THING", "1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.max_connections, 7);
+        assert_eq!(c.server.ops_listen.port(), 9999);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+            (
+                GOOD,
+                &[("CERTGATE_SERVER__MAX_CONNECTIONS", "\"many\"")],
+                "server.max_connections",
+            ),
+            (
+                GOOD,
+                &[("CERTGATE_SERVER__MAX_CONNECTIONS", "0")],
+                "server.max_connections",
+            ),
+            (
+                GOOD,
+                &[("CERTGATE_SERVER__LISTEN", "localhost")],
+                "server.listen",
+            ),
+            (GOOD, &[("CERTGATE_SERVER__TYPO", "1")], "server"),
+            (GOOD, &[("CERTGATE_TLS__CERT", "missing.pem")], "tls.cert"),
+            (
+                GOOD,
+                &[("CERTGATE_SERVER__REQUEST_TIMEOUT_MS", "0")],
+                "server.request_timeout_ms",
+            ),
+            (
+                &GOOD.replace("91110108551385082Q", "91110108551385082A"),
+                &[],
+                "departments[0].id",
+            ),
+            (
+                &GOOD.replace("\"issuer\"", "\"emperor\""),
+                &[],
+                "departments[0].roles[0]",
+            ),
+            (
+                &GOOD.replace("client_ca = [\"ca.pem\"]", "client_ca = []"),
+                &[],
+                "tls.client_ca",
+            ),
+            (
+                &format!(
+                    "{GOOD}\n[[departments]]\nid = \"91110108551385082Q\"\nname = \"x\"\nroles = [\"admin\"]\n"
+                ),
+                &[],
+                "departments[1].id",
+            ),
+        ];
+        for (body, env, key) in cases {
+            let got = bad_key(body, env);
+            assert!(
+                got.starts_with(key),
+                "expected key {key}, got {got} for env {env:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn syntax_error_is_reported_with_position() {
+        let err = load("[server\nlisten = 1", &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+        assert!(err.to_string().contains("line"), "{err}");
+    }
+}

@@ -1,0 +1,190 @@
+//! The one place where failures become HTTP responses: a status, a stable code and a message
+//! meant for the calling system. Internal details are logged, never sent.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde::Serialize;
+
+use crate::identity::Refusal;
+
+/// The JSON body of every error response.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable error code, e.g. `CG-AUTH-003`. Codes never change meaning.
+    #[schema(example = "CG-AUTH-003")]
+    pub code: &'static str,
+    /// Human-readable explanation for the operator of the calling system.
+    pub message: String,
+    /// The request id, also in the `x-request-id` response header and in the logs.
+    pub request_id: String,
+}
+
+/// An error answered to a client.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code.
+    pub code: &'static str,
+    /// Message for the client.
+    pub message: String,
+}
+
+/// Every stable error code with its status and meaning, for the documentation and for tests.
+pub const CODES: &[(&str, u16, &str)] = &[
+    (
+        "CG-AUTH-001",
+        403,
+        "no client certificate reached the gateway",
+    ),
+    (
+        "CG-AUTH-002",
+        403,
+        "the client certificate does not carry a valid department identity (SAN URI urn:certgate:dept:<USCC>)",
+    ),
+    (
+        "CG-AUTH-003",
+        403,
+        "the department is not in the department table",
+    ),
+    ("CG-AUTH-004", 403, "the department is disabled"),
+    (
+        "CG-AUTH-005",
+        403,
+        "the client certificate was revoked after this TLS session began",
+    ),
+    (
+        "CG-AUTH-006",
+        403,
+        "the department lacks the role this route needs",
+    ),
+    ("CG-REQ-001", 404, "no such route"),
+    ("CG-REQ-002", 405, "the route does not accept this method"),
+    (
+        "CG-REQ-003",
+        413,
+        "the request body is larger than server.max_body_bytes",
+    ),
+    ("CG-REQ-004", 400, "the request body could not be read"),
+    (
+        "CG-REQ-005",
+        503,
+        "the request took longer than server.request_timeout_ms",
+    ),
+    (
+        "CG-CFG-001",
+        422,
+        "the configuration could not be reloaded; the previous one stays in force",
+    ),
+    (
+        "CG-INT-001",
+        500,
+        "internal error; details are in the gateway's log under the request id",
+    ),
+];
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The caller lacks `role`.
+    pub fn missing_role(role: crate::config::Role) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "CG-AUTH-006",
+            format!("this route needs the `{}` role", role.as_str()),
+        )
+    }
+
+    /// No route matches the path.
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "CG-REQ-001", "no such route")
+    }
+
+    /// The route exists but not for this method.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CG-REQ-002",
+            "this route does not accept this method",
+        )
+    }
+
+    /// The body exceeds the configured limit.
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "CG-REQ-003",
+            format!("request body larger than {limit} bytes"),
+        )
+    }
+
+    /// The body could not be read from the connection.
+    pub fn unreadable_body() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "CG-REQ-004",
+            "request body could not be read",
+        )
+    }
+
+    /// The request ran out of time.
+    pub fn timeout() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "CG-REQ-005",
+            "the request took too long and was abandoned",
+        )
+    }
+
+    /// A configuration reload failed.
+    pub fn reload_failed(reason: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "CG-CFG-001",
+            format!("configuration not reloaded: {reason}"),
+        )
+    }
+
+    /// Something went wrong inside the gateway; the details belong in the log.
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "CG-INT-001",
+            "internal error; quote the request id to the operator",
+        )
+    }
+}
+
+impl From<&Refusal> for ApiError {
+    fn from(r: &Refusal) -> Self {
+        let code = match r {
+            Refusal::NoCertificate => "CG-AUTH-001",
+            Refusal::MalformedIdentity(_) => "CG-AUTH-002",
+            Refusal::UnknownDepartment(_) => "CG-AUTH-003",
+            Refusal::DepartmentDisabled(_) => "CG-AUTH-004",
+            Refusal::Revoked => "CG-AUTH-005",
+        };
+        Self::new(StatusCode::FORBIDDEN, code, r.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        // The request-id layer fills in `request_id` from this extension.
+        let body = ErrorBody {
+            code: self.code,
+            message: self.message.clone(),
+            request_id: String::new(),
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(self);
+        response
+    }
+}

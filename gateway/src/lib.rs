@@ -1,0 +1,18 @@
+//! certgate's gateway: the mTLS listener through which department systems reach e-licences,
+//! e-seals, shared data and policy matches. It reads each caller's identity once from its
+//! client certificate, refuses by default, and owns everything that touches the wire: TLS,
+//! HTTP, the error model, metrics, configuration, the command line and the development PKI.
+//! The domain logic lives in the `cert-store`, `policies` and `search` libraries.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod identity;
+pub mod metrics;
+pub mod pki;
+pub mod server;
+pub mod state;
+pub mod tls;

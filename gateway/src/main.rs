@@ -1,0 +1,5 @@
+//! The `certgate` binary.
+
+fn main() -> std::process::ExitCode {
+    gateway::cli::main()
+}

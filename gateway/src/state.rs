@@ -1,0 +1,146 @@
+//! The gateway's shared state: fixed settings, the reloadable part (TLS acceptor, department
+//! table, revoked serials) behind an atomic pointer, and the metrics.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
+use serde::Serialize;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Config, ConfigError, DepartmentTable, ServerSettings};
+use crate::metrics::Metrics;
+use crate::tls::{RevokedSerials, TlsError, TlsMaterial};
+
+/// How many TLS sessions the server remembers for resumption.
+const SESSION_CACHE_SIZE: usize = 4096;
+
+/// The part of the configuration that a reload replaces. Connections take a snapshot of it
+/// when they are accepted; a reload never touches an open connection.
+pub struct Live {
+    /// Accepts TLS with the current certificate, trust anchors and CRLs.
+    pub acceptor: TlsAcceptor,
+    /// The current department table.
+    pub departments: DepartmentTable,
+    /// Serials revoked by the current CRLs.
+    pub revoked: RevokedSerials,
+    /// What was loaded.
+    pub summary: LoadSummary,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a (re)load put in force.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LoadSummary {
+    /// Departments in the table.
+    pub departments: usize,
+    /// Trust anchors for client certificates.
+    pub trust_anchors: usize,
+    /// CRLs loaded.
+    pub crls: usize,
+    /// Serials revoked by those CRLs.
+    pub revoked_serials: usize,
+}
+
+/// Why a reload failed; the previous configuration stays in force.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The configuration file is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The TLS material it names is invalid.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// State shared by every connection of one gateway process.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Listener addresses, limits and timeouts; fixed until restart.
+    pub settings: ServerSettings,
+    /// The request metrics.
+    pub metrics: Metrics,
+    config_path: PathBuf,
+    live: ArcSwap<Live>,
+    sessions: Arc<dyn StoresServerSessions>,
+    shutting_down: AtomicBool,
+}
+
+impl Gateway {
+    /// Builds the gateway's state from a validated configuration.
+    pub fn new(config: Config) -> Result<Arc<Gateway>, TlsError> {
+        let sessions: Arc<dyn StoresServerSessions> =
+            ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
+        let live = build_live(&config, sessions.clone())?;
+        Ok(Arc::new(Gateway {
+            settings: config.server,
+            metrics: Metrics::default(),
+            config_path: config.path,
+            live: ArcSwap::from_pointee(live),
+            sessions,
+            shutting_down: AtomicBool::new(false),
+        }))
+    }
+
+    /// The configuration in force now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Reads the configuration file again and puts its department table, trust anchors and
+    /// CRLs in force for the next connection. Listener settings need a restart.
+    pub fn reload(&self) -> Result<LoadSummary, ReloadError> {
+        let result = Config::load(&self.config_path)
+            .map_err(ReloadError::from)
+            .and_then(|config| Ok(build_live(&config, self.sessions.clone())?));
+        match result {
+            Ok(live) => {
+                let summary = live.summary.clone();
+                self.live.store(Arc::new(live));
+                tracing::info!(?summary, "configuration reloaded");
+                Ok(summary)
+            }
+            Err(e) => {
+                self.metrics.reload_failures.inc();
+                tracing::error!(error = %e, "configuration reload failed; previous configuration stays in force");
+                Err(e)
+            }
+        }
+    }
+
+    /// Marks the gateway as shutting down: `/readyz` answers 503 from now on.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// True when the gateway accepts new work.
+    pub fn is_ready(&self) -> bool {
+        !self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+fn build_live(config: &Config, sessions: Arc<dyn StoresServerSessions>) -> Result<Live, TlsError> {
+    let material = TlsMaterial::load(&config.tls, sessions)?;
+    let summary = LoadSummary {
+        departments: config.departments.len(),
+        trust_anchors: material.trust_anchors,
+        crls: material.crls,
+        revoked_serials: material.revoked.len(),
+    };
+    Ok(Live {
+        acceptor: TlsAcceptor::from(material.server_config),
+        departments: config.departments.clone(),
+        revoked: material.revoked,
+        summary,
+    })
+}
