@@ -21,7 +21,7 @@ use utoipa::OpenApi;
 
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
-use crate::identity::{Caller, PeerIdentity};
+use crate::identity::{Caller, PeerIdentity, Refusal};
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::state::{Gateway, LoadSummary};
 
@@ -195,7 +195,17 @@ async fn gate(State(gateway): State<Arc<Gateway>>, req: Request, next: Next) -> 
         .to_owned();
     let ctx = req.extensions().get::<Arc<ConnectionContext>>().cloned();
     let mut department = "unidentified".to_owned();
-    let response = match ctx.as_ref().map(|c| &c.identity.caller) {
+    let revoked_since = ctx
+        .as_ref()
+        .and_then(|c| c.identity.revocation_key.as_ref())
+        .is_some_and(|(issuer, serial)| gateway.is_revoked(issuer, serial));
+    let identity = match ctx.as_ref().map(|c| &c.identity.caller) {
+        Some(Ok(_)) if revoked_since => Some(Err(&Refusal::Revoked)),
+        Some(Ok(caller)) => Some(Ok(caller)),
+        Some(Err(refusal)) => Some(Err(refusal)),
+        None => None,
+    };
+    let response = match identity {
         None => ApiError::internal().into_response(),
         Some(Err(refusal)) => {
             tracing::warn!(%refusal, certificate = ?ctx.as_ref().and_then(|c| c.identity.certificate.as_ref()), "caller refused");

@@ -509,7 +509,8 @@ roles = ["issuer", "consumer"]
 
     #[test]
     fn bad_values_name_their_key() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             (
                 GOOD,
                 &[("CERTGATE_SERVER__MAX_CONNECTIONS", "\"many\"")],

@@ -78,6 +78,8 @@ pub enum Refusal {
 pub struct PeerIdentity {
     /// Facts about the presented certificate, when one could be read.
     pub certificate: Option<CertificateFacts>,
+    /// Raw issuer name and raw serial of the certificate, to check against CRLs loaded later.
+    pub revocation_key: Option<(Vec<u8>, Vec<u8>)>,
     /// The caller, or why it is refused.
     pub caller: Result<Caller, Refusal>,
 }
@@ -91,12 +93,14 @@ pub fn identify(
     let Some(leaf) = chain.and_then(|c| c.first()) else {
         return PeerIdentity {
             certificate: None,
+            revocation_key: None,
             caller: Err(Refusal::NoCertificate),
         };
     };
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
         return PeerIdentity {
             certificate: None,
+            revocation_key: None,
             caller: Err(Refusal::MalformedIdentity(
                 "certificate cannot be parsed".into(),
             )),
@@ -127,6 +131,7 @@ pub fn identify(
     })();
     PeerIdentity {
         certificate: Some(facts),
+        revocation_key: Some((cert.issuer().as_raw().to_vec(), cert.raw_serial().to_vec())),
         caller,
     }
 }

@@ -154,7 +154,14 @@ impl DevCa {
 
         let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = name("certgate development root CA");
+        // A distinct name per CA, so that a certificate from another development PKI is
+        // refused as coming from an unknown CA rather than matched to ours by name.
+        let mut tag = [0u8; 4];
+        let _ = aws_lc_rs::rand::fill(&mut tag);
+        params.distinguished_name = name(&format!(
+            "certgate development root CA {}",
+            hex::encode(tag)
+        ));
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -186,7 +193,7 @@ impl DevCa {
         write_private(&dir.join("server.key"), &server_key.serialize_pem())?;
         write_public(&dir.join("server.pem"), &server.pem())?;
 
-        let ca = DevCa::open(dir)?;
+        let mut ca = DevCa::open(dir)?;
         ca.write_crl(now)?;
         Ok(ca)
     }
@@ -285,43 +292,45 @@ impl DevCa {
             serial: serial.clone(),
             revoked_at: now.unix_timestamp(),
         });
-        self.write_crl(now)?;
+        if let Err(e) = self.write_crl(now) {
+            self.state.revoked.pop();
+            return Err(e);
+        }
         Ok(serial)
     }
 
-    /// Signs a CRL of every revoked serial with the next CRL number and writes it atomically.
-    fn write_crl(&self, now: OffsetDateTime) -> Result<(), PkiError> {
-        let mut state = PkiState {
-            crl_number: self.state.crl_number + 1,
-            revoked: Vec::new(),
-        };
-        let mut revoked_certs = Vec::new();
-        for r in &self.state.revoked {
-            let bytes = hex::decode(&r.serial)
-                .map_err(|e| PkiError::Certificate(format!("serial {}: {e}", r.serial)))?;
-            revoked_certs.push(RevokedCertParams {
-                serial_number: SerialNumber::from_slice(&bytes),
-                revocation_time: OffsetDateTime::from_unix_timestamp(r.revoked_at).unwrap_or(now),
-                reason_code: None,
-                invalidity_date: None,
-            });
-            state.revoked.push(RevokedEntry {
-                name: r.name.clone(),
-                serial: r.serial.clone(),
-                revoked_at: r.revoked_at,
-            });
-        }
+    /// Signs a CRL of every revoked serial with the next CRL number and writes it atomically,
+    /// then records the number in `pki-state.json`.
+    fn write_crl(&mut self, now: OffsetDateTime) -> Result<(), PkiError> {
+        let number = self.state.crl_number + 1;
+        let revoked_certs = self
+            .state
+            .revoked
+            .iter()
+            .map(|r| {
+                let bytes = hex::decode(&r.serial)
+                    .map_err(|e| PkiError::Certificate(format!("serial {}: {e}", r.serial)))?;
+                Ok(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&bytes),
+                    revocation_time: OffsetDateTime::from_unix_timestamp(r.revoked_at)
+                        .unwrap_or(now),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, PkiError>>()?;
         let crl = CertificateRevocationListParams {
             this_update: now - Duration::minutes(5),
             next_update: now + CRL_VALIDITY,
-            crl_number: SerialNumber::from(state.crl_number),
+            crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
             revoked_certs,
             key_identifier_method: KeyIdMethod::Sha256,
         }
         .signed_by(&self.issuer)?;
         write_public(&self.dir.join("crl.pem"), &crl.pem()?)?;
-        let json = serde_json::to_string_pretty(&state)
+        self.state.crl_number = number;
+        let json = serde_json::to_string_pretty(&self.state)
             .map_err(|e| PkiError::Certificate(e.to_string()))?;
         write_public(&self.dir.join("pki-state.json"), &json)
     }

@@ -154,6 +154,7 @@ fn handshake_failure_reason(e: &std::io::Error) -> &'static str {
                 "not_yet_valid"
             }
             CertificateError::Revoked => "revoked",
+            CertificateError::BadSignature => "bad_signature",
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
                 "wrong_key_usage"
             }

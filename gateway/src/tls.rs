@@ -1,7 +1,7 @@
 //! TLS material: the server certificate, the trust anchors for department certificates, the
 //! CRLs, and the `rustls::ServerConfig` built from them. Rebuilt whole on every reload.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -35,25 +35,26 @@ pub enum TlsError {
 /// a resumed TLS session cannot outlive a revocation.
 #[derive(Debug, Default, Clone)]
 pub struct RevokedSerials {
-    entries: HashSet<(Vec<u8>, Vec<u8>)>,
+    /// Raw serials by raw issuer name.
+    by_issuer: HashMap<Vec<u8>, HashSet<Vec<u8>>>,
 }
 
 impl RevokedSerials {
     /// True when the certificate with this raw issuer name and raw serial is revoked.
     pub fn contains(&self, issuer_raw: &[u8], serial_raw: &[u8]) -> bool {
-        // Lookups go through owned keys; the set is small and this runs once per connection.
-        self.entries
-            .contains(&(issuer_raw.to_vec(), serial_raw.to_vec()))
+        self.by_issuer
+            .get(issuer_raw)
+            .is_some_and(|serials| serials.contains(serial_raw))
     }
 
     /// Number of revoked serials known.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.by_issuer.values().map(HashSet::len).sum()
     }
 
     /// True when no serial is revoked.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 }
 
@@ -157,10 +158,12 @@ fn collect_revoked(
     into: &mut RevokedSerials,
 ) -> Result<(), String> {
     let (_, parsed) = x509_parser::parse_x509_crl(crl.as_ref()).map_err(|e| e.to_string())?;
-    let issuer = parsed.tbs_cert_list.issuer.as_raw().to_vec();
+    let serials = into
+        .by_issuer
+        .entry(parsed.tbs_cert_list.issuer.as_raw().to_vec())
+        .or_default();
     for entry in parsed.iter_revoked_certificates() {
-        into.entries
-            .insert((issuer.clone(), entry.raw_serial().to_vec()));
+        serials.insert(entry.raw_serial().to_vec());
     }
     Ok(())
 }

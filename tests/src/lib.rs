@@ -1,1 +1,438 @@
+//! Shared fixtures of certgate's end-to-end tests: a PKI generated per test, a gateway started
+//! in-process on port 0 with a real configuration file, the real `certgate` binary, and an
+//! mTLS client speaking HTTP/1.1 or HTTP/2 with TLS session resumption.
+#![forbid(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_debug_implementations
+)]
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use cert_store::Uscc;
+use gateway::config::Config;
+use gateway::pki::{ClientSpec, DevCa};
+use gateway::state::Gateway;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, HandshakeKind, RootCertStore};
+use tempfile::TempDir;
+use time::OffsetDateTime;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// Sample department codes with valid check characters.
+pub const APPROVAL: &str = "11110105MB0000001C";
+/// 市场监管局.
+pub const MARKET: &str = "11110105MB0000002F";
+/// 运维中心 (admin).
+pub const OPS: &str = "11110105MB0000006U";
+/// A valid code that no department table in the tests lists.
+pub const STRANGER: &str = "11110105MB0000007Y";
+/// A department listed but disabled.
+pub const DISABLED: &str = "11110105MB00000082";
+
+/// A PKI in a temporary directory: `dir/pki` holds the CA, server certificate and CRL.
+pub struct TestPki {
+    /// The temporary directory (also holds the gateway's configuration and data).
+    pub dir: TempDir,
+    /// The development CA.
+    pub ca: DevCa,
+}
+
+impl TestPki {
+    /// A new CA with a server certificate and an empty CRL.
+    pub fn new() -> TestPki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::init(&dir.path().join("pki"), OffsetDateTime::now_utc()).unwrap();
+        TestPki { dir, ca }
+    }
+
+    /// The PKI directory.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    /// Issues a department certificate named `name` for the USCC `dept`.
+    pub fn department(&self, name: &str, dept: &str) -> Identity {
+        let dept: Uscc = dept.parse().unwrap();
+        self.client(&ClientSpec::department(
+            name,
+            &dept,
+            OffsetDateTime::now_utc(),
+        ))
+    }
+
+    /// Issues a client certificate to `spec`.
+    pub fn client(&self, spec: &ClientSpec) -> Identity {
+        let issued = self.ca.issue_client(spec).unwrap();
+        Identity::load(&issued.cert, &issued.key)
+    }
+
+    /// A spec for a department certificate, to be altered by the test.
+    pub fn spec(&self, name: &str, dept: &str) -> ClientSpec {
+        ClientSpec::department(name, &dept.parse().unwrap(), OffsetDateTime::now_utc())
+    }
+
+    /// Puts `name` in the CRL.
+    pub fn revoke(&mut self, name: &str) {
+        self.ca.revoke(name, OffsetDateTime::now_utc()).unwrap();
+    }
+
+    /// The CA certificate's path.
+    pub fn ca_pem(&self) -> PathBuf {
+        self.pki_dir().join("ca.pem")
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A client certificate and its key.
+#[derive(Debug)]
+pub struct Identity {
+    /// The certificate chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key.
+    pub key: PrivateKeyDer<'static>,
+    /// The certificate file.
+    pub cert_path: PathBuf,
+    /// The key file.
+    pub key_path: PathBuf,
+}
+
+impl Identity {
+    /// Loads a PEM certificate and key.
+    pub fn load(cert: &Path, key: &Path) -> Identity {
+        Identity {
+            chain: CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap(),
+            key: PrivateKeyDer::from_pem_file(key).unwrap(),
+            cert_path: cert.to_owned(),
+            key_path: key.to_owned(),
+        }
+    }
+}
+
+/// A department row of the configuration file.
+pub fn dept(id: &str, name: &str, roles: &[&str], enabled: bool) -> String {
+    let roles: Vec<String> = roles.iter().map(|r| format!("\"{r}\"")).collect();
+    format!(
+        "\n[[departments]]\nid = \"{id}\"\nname = \"{name}\"\nroles = [{}]\nenabled = {enabled}\n",
+        roles.join(", ")
+    )
+}
+
+/// The department table most tests use: approval (consumer), market (issuer), ops (admin),
+/// and a disabled department.
+pub fn standard_departments() -> String {
+    [
+        dept(APPROVAL, "行政审批局", &["consumer"], true),
+        dept(MARKET, "市场监管局", &["issuer", "consumer"], true),
+        dept(OPS, "运维中心", &["admin"], true),
+        dept(DISABLED, "已撤销的部门", &["consumer"], false),
+    ]
+    .concat()
+}
+
+/// Writes `dir/certgate.toml` with listeners on port 0, the PKI of `pki`, the extra
+/// `[server]` lines and the department rows given.
+pub fn write_config(pki: &TestPki, server_extra: &str, departments: &str) -> PathBuf {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\n{server_extra}\n\
+         [tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = [\"pki/ca.pem\"]\ncrls = [\"pki/crl.pem\"]\n\
+         {departments}"
+    );
+    let path = pki.dir.path().join("certgate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A gateway running inside the test process on ephemeral ports.
+pub struct TestGateway {
+    /// The mTLS listener.
+    pub addr: SocketAddr,
+    /// The operations listener.
+    pub ops_addr: SocketAddr,
+    /// The gateway's state (for reloads and metrics).
+    pub gateway: Arc<Gateway>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    stop_ops: watch::Sender<bool>,
+}
+
+impl TestGateway {
+    /// Starts a gateway with the configuration file at `config`.
+    pub async fn start(config: &Path) -> TestGateway {
+        let config = Config::load(config).unwrap();
+        let listener = TcpListener::bind(config.server.listen).await.unwrap();
+        let ops_listener = TcpListener::bind(config.server.ops_listen).await.unwrap();
+        let (addr, ops_addr) = (
+            listener.local_addr().unwrap(),
+            ops_listener.local_addr().unwrap(),
+        );
+        let gateway = Gateway::new(config).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (stop_ops, ops_stopped) = watch::channel(false);
+        tokio::spawn(gateway::server::serve_ops(
+            gateway.clone(),
+            ops_listener,
+            ops_stopped,
+        ));
+        let task = tokio::spawn(gateway::server::serve(gateway.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        TestGateway {
+            addr,
+            ops_addr,
+            gateway,
+            stop: Some(stop),
+            task: Some(task),
+            stop_ops,
+        }
+    }
+
+    /// Starts the standard gateway for `pki` with extra `[server]` lines.
+    pub async fn standard(pki: &TestPki, server_extra: &str) -> TestGateway {
+        TestGateway::start(&write_config(pki, server_extra, &standard_departments())).await
+    }
+
+    /// Asks the gateway to shut down and returns the task that finishes when it has.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().expect("shutdown begun twice")
+    }
+
+    /// GET on the operations listener: status and body.
+    pub async fn ops_get(&self, path: &str) -> (u16, String) {
+        let tcp = TcpStream::connect(self.ops_addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = self.stop_ops.send(true);
+    }
+}
+
+/// Which HTTP version a client speaks (chosen by ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// HTTP/1.1
+    H1,
+    /// HTTP/2
+    H2,
+}
+
+/// An mTLS client. Connections made through one client share its TLS session cache, so the
+/// second connection resumes the first one's session.
+#[derive(Clone)]
+pub struct Client {
+    config: Arc<ClientConfig>,
+    proto: Proto,
+}
+
+impl Client {
+    /// A client trusting `ca` and presenting `identity` (or no certificate).
+    pub fn new(ca: &Path, identity: Option<&Identity>, proto: Proto) -> Client {
+        gateway::tls::install_crypto_provider();
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let builder = ClientConfig::builder().with_root_certificates(roots);
+        let mut config = match identity {
+            Some(id) => builder
+                .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = match proto {
+            Proto::H1 => vec![b"http/1.1".to_vec()],
+            Proto::H2 => vec![b"h2".to_vec()],
+        };
+        Client {
+            config: Arc::new(config),
+            proto,
+        }
+    }
+
+    /// Opens a TLS connection (no HTTP yet).
+    pub async fn tls(&self, addr: SocketAddr) -> std::io::Result<TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
+        TlsConnector::from(self.config.clone())
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+    }
+
+    /// Opens a connection and performs the HTTP handshake.
+    pub async fn connect(&self, addr: SocketAddr) -> anyhow::Result<Conn> {
+        let tls = self.tls(addr).await?;
+        let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
+        let io = TokioIo::new(tls);
+        let (sender, task) = match self.proto {
+            Proto::H1 => {
+                let (s, c) = hyper::client::conn::http1::handshake(io).await?;
+                (Sender::H1(s), tokio::spawn(c))
+            }
+            Proto::H2 => {
+                let (s, c) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+                (Sender::H2(s), tokio::spawn(c))
+            }
+        };
+        Ok(Conn {
+            sender,
+            resumed,
+            task: Some(task),
+        })
+    }
+
+    /// One request on a new connection.
+    pub async fn get(&self, addr: SocketAddr, path: &str) -> anyhow::Result<Reply> {
+        self.connect(addr)
+            .await?
+            .send(Method::GET, path, Bytes::new())
+            .await
+    }
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+/// An open HTTP connection over mTLS.
+pub struct Conn {
+    sender: Sender,
+    /// True when the TLS session was resumed.
+    pub resumed: bool,
+    task: Option<JoinHandle<Result<(), hyper::Error>>>,
+}
+
+impl Conn {
+    /// Sends one request and reads the whole response. When the request fails because the
+    /// connection failed (a TLS alert, say), the error carries the connection's own error.
+    pub async fn send(&mut self, method: Method, path: &str, body: Bytes) -> anyhow::Result<Reply> {
+        match self.exchange(method, path, body).await {
+            Ok(reply) => Ok(reply),
+            Err(request_error) => {
+                if let Some(task) = self.task.take() {
+                    if let Ok(Ok(Err(conn_error))) =
+                        tokio::time::timeout(std::time::Duration::from_secs(2), task).await
+                    {
+                        return Err(anyhow::Error::new(conn_error).context(request_error));
+                    }
+                }
+                Err(request_error)
+            }
+        }
+    }
+
+    async fn exchange(&mut self, method: Method, path: &str, body: Bytes) -> anyhow::Result<Reply> {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("https://localhost{path}"))
+            .body(Full::new(body))?;
+        let resp = match &mut self.sender {
+            Sender::H1(s) => {
+                let (mut parts, body) = req.into_parts();
+                parts.uri = path.parse()?;
+                parts.headers.insert("host", "localhost".parse()?);
+                s.send_request(Request::from_parts(parts, body)).await?
+            }
+            Sender::H2(s) => s.send_request(req).await?,
+        };
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// A whole response.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The stable error code of an error body.
+    pub fn code(&self) -> String {
+        self.json()["code"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// The path of the real `certgate` binary, built on first use.
+pub fn certgate_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/<test binary> -> target/<profile>/certgate
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap();
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "--quiet", "-p", "gateway", "--bin", "certgate"])
+            .current_dir(workspace);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        assert!(
+            build.status().unwrap().success(),
+            "building certgate failed"
+        );
+        profile_dir.join("certgate")
+    })
+    .clone()
+}

@@ -1,0 +1,343 @@
+//! The real `certgate` binary: `config check`, `pki`, `serve` with signals, and `demo`.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use certgate_tests::*;
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn certgate(args: &[&str]) -> Output {
+    Command::new(certgate_bin()).args(args).output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn config_check_accepts_a_good_file_and_names_the_bad_key() {
+    let pki = TestPki::new();
+    let config = write_config(&pki, "", &standard_departments());
+    let out = certgate(&["config", "check", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (4 departments"));
+
+    let cases: &[(&str, &str, &str)] = &[
+        ("max_connections = \"lots\"", "", "server.max_connections"),
+        ("data_dir = 5", "", "server.data_dir"),
+        ("colour = \"blue\"", "", "colour"),
+        (
+            "",
+            "\n[[departments]]\nid = \"11110105MB0000001X\"\nname = \"x\"\nroles = [\"consumer\"]\n",
+            "departments[4].id",
+        ),
+        (
+            "",
+            "\n[[departments]]\nid = \"11110105MB0000007Y\"\nname = \"x\"\nroles = [\"king\"]\n",
+            "departments[4].roles[0]",
+        ),
+    ];
+    for (server_extra, more, key) in cases {
+        write_config(&pki, server_extra, &(standard_departments() + more));
+        let out = certgate(&["config", "check", config.to_str().unwrap()]);
+        assert!(!out.status.success(), "{key}: a broken file passed");
+        assert!(
+            stderr(&out).contains(key),
+            "{key} not named in: {}",
+            stderr(&out)
+        );
+    }
+
+    // TLS material that does not parse is named by its key too.
+    std::fs::write(
+        pki.pki_dir().join("crl.pem"),
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    write_config(&pki, "", &standard_departments());
+    let out = certgate(&["config", "check", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("tls.crls[0]"), "{}", stderr(&out));
+
+    let out = certgate(&["config", "check", "/nonexistent/certgate.toml"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot read configuration file"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn pki_commands_issue_and_revoke_and_refuse_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("pki");
+    let d = d.to_str().unwrap();
+    assert!(certgate(&["pki", "init", "--dir", d]).status.success());
+    let again = certgate(&["pki", "init", "--dir", d]);
+    assert!(!again.status.success() && stderr(&again).contains("already holds a CA"));
+
+    let out = certgate(&[
+        "pki",
+        "issue-client",
+        "--dir",
+        d,
+        "--dept",
+        APPROVAL,
+        "--name",
+        "approval",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mode = std::fs::metadata(dir.path().join("pki/approval.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    for (args, needle) in [
+        (
+            vec!["--dept", "11110105MB0000001X", "--name", "x"],
+            "not a valid USCC",
+        ),
+        (
+            vec!["--dept", APPROVAL, "--name", "../escape"],
+            "not a valid certificate name",
+        ),
+        (
+            vec!["--dept", APPROVAL, "--name", "approval"],
+            "already exists",
+        ),
+    ] {
+        let mut all = vec!["pki", "issue-client", "--dir", d];
+        all.extend(args);
+        let out = certgate(&all);
+        assert!(!out.status.success(), "{all:?}");
+        assert!(stderr(&out).contains(needle), "{needle}: {}", stderr(&out));
+    }
+    let out = certgate(&[
+        "pki",
+        "issue-client",
+        "--dir",
+        "/nonexistent",
+        "--dept",
+        APPROVAL,
+        "--name",
+        "x",
+    ]);
+    assert!(!out.status.success() && stderr(&out).contains("holds no CA"));
+
+    let out = certgate(&["pki", "revoke", "--dir", d, "--name", "approval"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = certgate(&["pki", "revoke", "--dir", d, "--name", "approval"]);
+    assert!(!out.status.success() && stderr(&out).contains("already revoked"));
+    let out = certgate(&["pki", "revoke", "--dir", d, "--name", "nobody"]);
+    assert!(!out.status.success() && stderr(&out).contains("no certificate named"));
+}
+
+/// A `certgate` child process that is killed if the test fails.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Reads the child's stderr until the gateway logs its listening addresses.
+fn wait_for_listening(child: &mut Child) -> (std::net::SocketAddr, std::net::SocketAddr) {
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if line.contains("certgate listening") {
+            let field = |name: &str| -> std::net::SocketAddr {
+                let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+                line[start..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            let addrs = (field("api_addr"), field("ops_addr"));
+            // Keep draining stderr so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return addrs;
+        }
+    }
+    panic!("certgate did not report listening");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reloads_on_sighup_and_drains_on_sigterm() {
+    let mut pki = TestPki::new();
+    let approval = pki.department("approval", APPROVAL);
+    let ops = pki.department("ops", OPS);
+    let config = write_config(&pki, "", &standard_departments());
+    let mut child = Command::new(certgate_bin())
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (api, _ops_addr) = wait_for_listening(&mut child);
+    let child = Running(child);
+    let ca = pki.ca_pem();
+
+    let approval_client = Client::new(&ca, Some(&approval), Proto::H1);
+    assert_eq!(
+        approval_client.get(api, "/v1/whoami").await.unwrap().status,
+        StatusCode::OK
+    );
+
+    // SIGHUP picks up a new CRL: a fresh handshake of the revoked certificate fails.
+    pki.revoke("approval");
+    signal(&child.0, "-HUP");
+    let mut refused = false;
+    for _ in 0..100 {
+        // A new client each time: no session to resume, so every try is a full handshake.
+        let fresh = Client::new(&ca, Some(&approval), Proto::H1);
+        if fresh.get(api, "/v1/whoami").await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused, "SIGHUP did not load the new CRL");
+
+    // SIGTERM with a request in flight: the request finishes, then the process exits 0.
+    let admin = Client::new(&ca, Some(&ops), Proto::H1);
+    let mut tls = admin.tls(api).await.unwrap();
+    tls.write_all(
+        b"POST /v1/admin/reload HTTP/1.1\r\nhost: localhost\r\ncontent-length: 4\r\n\r\nab",
+    )
+    .await
+    .unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(&child.0, "-TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        admin.get(api, "/v1/whoami").await.is_err(),
+        "new connection accepted after SIGTERM"
+    );
+    tls.write_all(b"cd").await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 200"));
+    let mut child = child;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            assert!(status.success(), "certgate exited with {status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "certgate did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn demo_prints_curl_commands_that_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let mut child = Command::new(certgate_bin())
+        .args([
+            "demo",
+            "--dir",
+            demo_dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _child = Running(child);
+    let mut printed = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let done = line.starts_with("Stop with");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let curl = |pred: &dyn Fn(&str) -> bool| -> String {
+        printed
+            .iter()
+            .find(|l| l.starts_with("curl") && pred(l))
+            .unwrap_or_else(|| panic!("no such curl line in:\n{}", printed.join("\n")))
+            .clone()
+    };
+    let run = |cmd: &str| Command::new("sh").args(["-c", cmd]).output().unwrap();
+
+    let whoami = curl(&|l| l.contains("approval.pem") && l.ends_with("/v1/whoami"));
+    let out = run(&whoami);
+    assert!(out.status.success(), "{whoami}: {}", stderr(&out));
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["department"], "11110105MB0000001C");
+    assert_eq!(body["name"], "行政审批局");
+
+    let reload = curl(&|l| l.contains("ops.pem") && l.contains("/v1/admin/reload"));
+    let out = run(&reload);
+    assert!(out.status.success());
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["departments"],
+        6
+    );
+
+    let without = curl(&|l| !l.contains("--cert ") && l.contains("https://"));
+    let out = run(&without);
+    assert!(
+        !out.status.success(),
+        "curl without a certificate succeeded: {without}"
+    );
+
+    let health = curl(&|l| l.ends_with("/healthz"));
+    assert_eq!(String::from_utf8_lossy(&run(&health).stdout), "ok\n");
+
+    for file in [
+        "pki/ca.pem",
+        "pki/server.pem",
+        "pki/server.key",
+        "pki/crl.pem",
+        "certgate.toml",
+        "data",
+    ] {
+        assert!(demo_dir.join(file).exists(), "{file} missing");
+    }
+    for name in ["approval", "market", "audit", "push", "app", "ops"] {
+        assert!(
+            demo_dir.join(format!("pki/{name}.pem")).exists(),
+            "{name}.pem missing"
+        );
+        let mode = std::fs::metadata(demo_dir.join(format!("pki/{name}.key")))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}.key");
+    }
+}

@@ -1,0 +1,237 @@
+//! Hostile and careless clients: oversized bodies, slow headers, slow handshakes, too many
+//! connections; and graceful shutdown.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use certgate_tests::*;
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_over_the_limit_gets_413_declared_or_chunked() {
+    let pki = TestPki::new();
+    let ops = pki.department("ops", OPS);
+    let gw = TestGateway::standard(&pki, "max_body_bytes = 1024").await;
+    for proto in [Proto::H1, Proto::H2] {
+        let client = Client::new(&pki.ca_pem(), Some(&ops), proto);
+        let reply = client
+            .connect(gw.addr)
+            .await
+            .unwrap()
+            .send(
+                Method::POST,
+                "/v1/admin/reload",
+                Bytes::from(vec![b'x'; 4096]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{proto:?}");
+        assert_eq!(reply.code(), "CG-REQ-003");
+        // Exactly at the limit is accepted.
+        let reply = client
+            .connect(gw.addr)
+            .await
+            .unwrap()
+            .send(
+                Method::POST,
+                "/v1/admin/reload",
+                Bytes::from(vec![b'x'; 1024]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{proto:?}");
+    }
+
+    // No Content-Length: the limit is enforced while reading the chunks.
+    let mut tls = Client::new(&pki.ca_pem(), Some(&ops), Proto::H1)
+        .tls(gw.addr)
+        .await
+        .unwrap();
+    let mut request =
+        b"POST /v1/admin/reload HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_vec();
+    for _ in 0..4 {
+        request.extend_from_slice(b"200\r\n");
+        request.extend_from_slice(&[b'y'; 0x200]);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    tls.write_all(&request).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("CG-REQ-003"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_dribbled_slower_than_the_timeout_close_the_connection() {
+    let pki = TestPki::new();
+    let approval = pki.department("approval", APPROVAL);
+    let gw = TestGateway::standard(&pki, "header_read_timeout_ms = 500").await;
+    let tls = Client::new(&pki.ca_pem(), Some(&approval), Proto::H1)
+        .tls(gw.addr)
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    let dribble = tokio::spawn(async move {
+        let head = b"GET /v1/whoami HTTP/1.1\r\nhost: localhost\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        let mut sent = 0;
+        for byte in head {
+            if writer.write_all(&[*byte]).await.is_err() || writer.flush().await.is_err() {
+                break;
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sent
+    });
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(8), reader.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the gateway kept a slow-header connection open"
+    );
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("200 OK"),
+        "a dribbled request was served"
+    );
+    let sent = dribble.await.unwrap();
+    assert!(
+        sent < 60,
+        "the whole head got through ({sent} bytes) before the connection closed"
+    );
+    assert!(started.elapsed() < Duration::from_secs(8));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_is_dropped_after_the_handshake_timeout() {
+    let pki = TestPki::new();
+    let gw = TestGateway::standard(&pki, "handshake_timeout_ms = 300").await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "connection still open: {read:?}"
+    );
+    let (_, metrics) = gw.ops_get("/metrics").await;
+    assert!(
+        metrics.contains("certgate_tls_handshake_failures_total{reason=\"timeout\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_closed_and_counted() {
+    let pki = TestPki::new();
+    let approval = pki.department("approval", APPROVAL);
+    let gw = TestGateway::standard(&pki, "max_connections = 2").await;
+    let client = Client::new(&pki.ca_pem(), Some(&approval), Proto::H1);
+    let mut first = client.connect(gw.addr).await.unwrap();
+    let mut second = client.connect(gw.addr).await.unwrap();
+    for conn in [&mut first, &mut second] {
+        let reply = conn
+            .send(Method::GET, "/v1/whoami", Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    assert!(
+        client.get(gw.addr, "/v1/whoami").await.is_err(),
+        "third connection served"
+    );
+    let (_, metrics) = gw.ops_get("/metrics").await;
+    assert!(
+        metrics.contains("certgate_rejected_connections_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("certgate_open_connections 2"), "{metrics}");
+
+    drop(first);
+    let mut served = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if client.get(gw.addr, "/v1/whoami").await.is_ok() {
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "a freed connection slot was never reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_the_request_in_flight_and_refuses_new_connections() {
+    let pki = TestPki::new();
+    let ops = pki.department("ops", OPS);
+    let mut gw = TestGateway::standard(&pki, "").await;
+    let client = Client::new(&pki.ca_pem(), Some(&ops), Proto::H1);
+    let (ready, _) = gw.ops_get("/readyz").await;
+    assert_eq!(ready, 200);
+
+    // A request whose body is still arriving when shutdown begins.
+    let mut tls = client.tls(gw.addr).await.unwrap();
+    tls.write_all(
+        b"POST /v1/admin/reload HTTP/1.1\r\nhost: localhost\r\ncontent-length: 10\r\n\r\nhalf-",
+    )
+    .await
+    .unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopped = gw.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert!(
+        client.get(gw.addr, "/v1/whoami").await.is_err(),
+        "new connection accepted during shutdown"
+    );
+    let (ready, _) = gw.ops_get("/readyz").await;
+    assert_eq!(ready, 503, "/readyz must report shutting down");
+    assert!(
+        !stopped.is_finished(),
+        "shutdown did not wait for the request in flight"
+    );
+
+    tls.write_all(b"done!").await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"departments\""), "{text}");
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_listener_serves_health_readiness_and_metrics() {
+    let pki = TestPki::new();
+    let approval = pki.department("approval", APPROVAL);
+    let gw = TestGateway::standard(&pki, "").await;
+    let client = Client::new(&pki.ca_pem(), Some(&approval), Proto::H2);
+    client.get(gw.addr, "/v1/whoami").await.unwrap();
+    client.get(gw.addr, "/v1/missing").await.unwrap();
+    assert_eq!(gw.ops_get("/healthz").await, (200, "ok\n".into()));
+    assert_eq!(gw.ops_get("/readyz").await.0, 200);
+    let (status, metrics) = gw.ops_get("/metrics").await;
+    assert_eq!(status, 200);
+    for needle in [
+        format!(
+            "certgate_http_requests_total{{route=\"/v1/whoami\",status=\"200\",department=\"{APPROVAL}\"}} 1"
+        ),
+        format!(
+            "certgate_http_requests_total{{route=\"unmatched\",status=\"404\",department=\"{APPROVAL}\"}} 1"
+        ),
+        "certgate_http_request_duration_seconds_count{route=\"/v1/whoami\"} 1".to_owned(),
+        "certgate_open_connections".to_owned(),
+    ] {
+        assert!(metrics.contains(&needle), "missing {needle}:\n{metrics}");
+    }
+}
