@@ -256,26 +256,17 @@ async fn serve_reloads_on_sighup_and_drains_on_sigterm() {
     }
 }
 
-#[test]
-fn demo_prints_curl_commands_that_work() {
-    let dir = tempfile::tempdir().unwrap();
-    let demo_dir = dir.path().join("demo");
+/// Starts `certgate demo` in `dir` on ephemeral ports and returns it with what it printed.
+fn start_demo(dir: &std::path::Path) -> (Running, Vec<String>) {
     let mut child = Command::new(certgate_bin())
-        .args([
-            "demo",
-            "--dir",
-            demo_dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--ops-listen",
-            "127.0.0.1:0",
-        ])
+        .args(["demo", "--dir", dir.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let _child = Running(child);
+    let running = Running(child);
     let mut printed = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
@@ -285,6 +276,14 @@ fn demo_prints_curl_commands_that_work() {
             break;
         }
     }
+    (running, printed)
+}
+
+#[test]
+fn demo_prints_curl_commands_that_work_and_reuses_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let (running, printed) = start_demo(&demo_dir);
     let curl = |pred: &dyn Fn(&str) -> bool| -> String {
         printed
             .iter()
@@ -307,6 +306,13 @@ fn demo_prints_curl_commands_that_work() {
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["departments"],
         6
+    );
+
+    let refused = curl(&|l| l.contains("approval.pem") && l.contains("/v1/admin/reload"));
+    let out = run(&refused);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["code"],
+        "CG-AUTH-006"
     );
 
     let without = curl(&|l| !l.contains("--cert ") && l.contains("https://"));
@@ -340,4 +346,23 @@ fn demo_prints_curl_commands_that_work() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{name}.key");
     }
+    drop(running);
+
+    // A second run reuses the PKI and configuration: the same CA, and the same certificates work.
+    let ca_before = std::fs::read(demo_dir.join("pki/ca.pem")).unwrap();
+    let approval_before = std::fs::read(demo_dir.join("pki/approval.pem")).unwrap();
+    let (_running, printed) = start_demo(&demo_dir);
+    assert_eq!(
+        std::fs::read(demo_dir.join("pki/ca.pem")).unwrap(),
+        ca_before
+    );
+    assert_eq!(
+        std::fs::read(demo_dir.join("pki/approval.pem")).unwrap(),
+        approval_before
+    );
+    let whoami = printed
+        .iter()
+        .find(|l| l.starts_with("curl") && l.contains("approval.pem") && l.ends_with("/v1/whoami"))
+        .unwrap();
+    assert!(run(whoami).status.success());
 }
