@@ -322,11 +322,21 @@ impl Client {
         })
     }
 
-    /// One request on a new connection.
+    /// A GET on a new connection.
     pub async fn get(&self, addr: SocketAddr, path: &str) -> anyhow::Result<Reply> {
+        self.connect(addr).await?.get(path).await
+    }
+
+    /// A POST on a new connection.
+    pub async fn post(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> anyhow::Result<Reply> {
         self.connect(addr)
             .await?
-            .send(Method::GET, path, Bytes::new())
+            .send(Method::POST, path, body.into())
             .await
     }
 }
@@ -345,6 +355,11 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// A GET on this connection.
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<Reply> {
+        self.send(Method::GET, path, Bytes::new()).await
+    }
+
     /// Sends one request and reads the whole response. When the request fails because the
     /// connection failed (a TLS alert, say), the error carries the connection's own error.
     pub async fn send(&mut self, method: Method, path: &str, body: Bytes) -> anyhow::Result<Reply> {

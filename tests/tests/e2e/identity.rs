@@ -174,10 +174,7 @@ async fn revocation_by_reload_refuses_new_and_resumed_sessions_and_keeps_other_c
         resumed.resumed,
         "the second connection must resume the first session"
     );
-    let reply = resumed
-        .send(Method::GET, "/v1/whoami", Bytes::new())
-        .await
-        .unwrap();
+    let reply = resumed.get("/v1/whoami").await.unwrap();
     assert_eq!(reply.json()["tls_session_resumed"], true);
 
     // An admin connection that stays open across the reload.
@@ -205,25 +202,16 @@ async fn revocation_by_reload_refuses_new_and_resumed_sessions_and_keeps_other_c
         late.resumed,
         "the session must really be resumed for this check to mean anything"
     );
-    let reply = late
-        .send(Method::GET, "/v1/whoami", Bytes::new())
-        .await
-        .unwrap();
+    let reply = late.get("/v1/whoami").await.unwrap();
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     assert_eq!(reply.code(), "CG-AUTH-005");
 
     // The connection opened before the revocation is refused from the next request on.
-    let reply = resumed
-        .send(Method::GET, "/v1/whoami", Bytes::new())
-        .await
-        .unwrap();
+    let reply = resumed.get("/v1/whoami").await.unwrap();
     assert_eq!(reply.code(), "CG-AUTH-005");
 
     // The admin's open connection was not dropped by the reload.
-    let reply = admin
-        .send(Method::GET, "/v1/whoami", Bytes::new())
-        .await
-        .unwrap();
+    let reply = admin.get("/v1/whoami").await.unwrap();
     assert_eq!(reply.status, StatusCode::OK);
 }
 
@@ -238,10 +226,7 @@ async fn reload_changes_the_department_table_and_needs_the_admin_role() {
     let ca = pki.ca_pem();
 
     let reply = Client::new(&ca, Some(&approval), Proto::H1)
-        .connect(gw.addr)
-        .await
-        .unwrap()
-        .send(Method::POST, "/v1/admin/reload", Bytes::new())
+        .post(gw.addr, "/v1/admin/reload", Bytes::new())
         .await
         .unwrap();
     assert_eq!(
@@ -306,11 +291,7 @@ async fn every_route_in_the_openapi_document_exists() {
     let gw = TestGateway::standard(&pki, "").await;
     let client = Client::new(&pki.ca_pem(), Some(&ops), Proto::H2);
     let mut conn = client.connect(gw.addr).await.unwrap();
-    let doc = conn
-        .send(Method::GET, "/openapi.json", Bytes::new())
-        .await
-        .unwrap()
-        .json();
+    let doc = conn.get("/openapi.json").await.unwrap().json();
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() >= 3);
@@ -326,10 +307,7 @@ async fn every_route_in_the_openapi_document_exists() {
             );
         }
     }
-    let reply = conn
-        .send(Method::GET, "/v1/nothing", Bytes::new())
-        .await
-        .unwrap();
+    let reply = conn.get("/v1/nothing").await.unwrap();
     assert_eq!(
         (reply.status, reply.code().as_str()),
         (StatusCode::NOT_FOUND, "CG-REQ-001")

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use certgate_tests::*;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -17,28 +17,14 @@ async fn body_over_the_limit_gets_413_declared_or_chunked() {
     for proto in [Proto::H1, Proto::H2] {
         let client = Client::new(&pki.ca_pem(), Some(&ops), proto);
         let reply = client
-            .connect(gw.addr)
-            .await
-            .unwrap()
-            .send(
-                Method::POST,
-                "/v1/admin/reload",
-                Bytes::from(vec![b'x'; 4096]),
-            )
+            .post(gw.addr, "/v1/admin/reload", Bytes::from(vec![b'x'; 4096]))
             .await
             .unwrap();
         assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{proto:?}");
         assert_eq!(reply.code(), "CG-REQ-003");
         // Exactly at the limit is accepted.
         let reply = client
-            .connect(gw.addr)
-            .await
-            .unwrap()
-            .send(
-                Method::POST,
-                "/v1/admin/reload",
-                Bytes::from(vec![b'x'; 1024]),
-            )
+            .post(gw.addr, "/v1/admin/reload", Bytes::from(vec![b'x'; 1024]))
             .await
             .unwrap();
         assert_eq!(reply.status, StatusCode::OK, "{proto:?}");
@@ -134,10 +120,7 @@ async fn connections_past_the_limit_are_closed_and_counted() {
     let mut first = client.connect(gw.addr).await.unwrap();
     let mut second = client.connect(gw.addr).await.unwrap();
     for conn in [&mut first, &mut second] {
-        let reply = conn
-            .send(Method::GET, "/v1/whoami", Bytes::new())
-            .await
-            .unwrap();
+        let reply = conn.get("/v1/whoami").await.unwrap();
         assert_eq!(reply.status, StatusCode::OK);
     }
     assert!(
