@@ -12,5 +12,9 @@
 #![forbid(unsafe_code)]
 
 pub mod id;
+pub mod jws;
+pub mod licence;
+pub mod licence_id;
+pub mod store;
 
 pub use id::{CitizenId, HolderId, IdError, IdKind, Uscc};

@@ -1,0 +1,608 @@
+//! Storage of seals, licences, status entries, consents, show-codes and secrets behind one
+//! trait. [`SqliteStore`] is the embedded default (WAL, `synchronous=FULL`: a committed write
+//! survives a crash). The API is blocking; async callers run it on a blocking thread.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::id::Uscc;
+use crate::jws::JwsAlg;
+use crate::licence::{ConsentRecord, LicenceRecord, LicenceStatus, SealRecord, ShowCodeRecord};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database refused or failed the operation.
+    #[error("database error: {0}")]
+    Database(String),
+    /// A unique key is taken (for example a status-list index or a licence identifier).
+    #[error("already exists: {0}")]
+    Conflict(String),
+    /// A stored row could not be decoded (the database was edited by hand or is corrupt).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The row to change does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match &e {
+            rusqlite::Error::SqliteFailure(f, msg)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                StoreError::Conflict(msg.clone().unwrap_or_else(|| e.to_string()))
+            }
+            _ => StoreError::Database(e.to_string()),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// What the licence and seal services need from storage.
+pub trait Store: Send + Sync {
+    /// Stores a named secret blob (already encrypted by the caller) if none of that name
+    /// exists; returns the blob in force (an existing one wins, so two nodes agree).
+    fn put_secret_once(&self, name: &str, blob: &[u8]) -> Result<Vec<u8>>;
+    /// A named secret blob.
+    fn secret(&self, name: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Stores a new seal.
+    fn insert_seal(&self, seal: &SealRecord) -> Result<()>;
+    /// A seal by id.
+    fn seal(&self, id: &str) -> Result<Option<SealRecord>>;
+    /// Seals, optionally of one owner, newest first.
+    fn seals(&self, owner: Option<&Uscc>) -> Result<Vec<SealRecord>>;
+    /// Marks a seal revoked; false when it was already revoked.
+    fn revoke_seal(&self, id: &str, at: i64, reason: &str) -> Result<bool>;
+
+    /// The next licence serial number of an issuer (1, 2, …).
+    fn next_serial(&self, issuer: &Uscc) -> Result<u64>;
+    /// Stores a new licence. `Conflict` when its id or status-list slot is taken.
+    fn insert_licence(&self, licence: &LicenceRecord) -> Result<()>;
+    /// Stores `new` and marks `old` revoked and replaced by it, in one transaction.
+    fn insert_renewal(&self, old: &str, new: &LicenceRecord, at: i64) -> Result<()>;
+    /// A licence by id.
+    fn licence(&self, id: &str) -> Result<Option<LicenceRecord>>;
+    /// Licences of a holder and type, newest first.
+    fn licences_by_holder(&self, holder: &str, type_code: &str) -> Result<Vec<LicenceRecord>>;
+    /// Changes a licence's status.
+    fn set_status(&self, id: &str, status: LicenceStatus, reason: Option<&str>) -> Result<()>;
+    /// `(index, status)` of every licence in a status list.
+    fn status_entries(&self, list: u32) -> Result<Vec<(u32, LicenceStatus)>>;
+    /// Number of licences entered in a status list.
+    fn status_list_len(&self, list: u32) -> Result<u64>;
+
+    /// Stores a consent.
+    fn insert_consent(&self, consent: &ConsentRecord) -> Result<()>;
+    /// A consent by id.
+    fn consent(&self, id: &str) -> Result<Option<ConsentRecord>>;
+    /// Revokes a consent; false when it does not exist or was already revoked.
+    fn revoke_consent(&self, id: &str, at: i64) -> Result<bool>;
+
+    /// Stores a show-code.
+    fn insert_show_code(&self, code: &ShowCodeRecord) -> Result<()>;
+    /// Redeems a show-code once: returns it when it existed, was unexpired and unredeemed,
+    /// and marks it redeemed in the same statement, so a second redemption gets `None`.
+    fn redeem_show_code(&self, code_sha256: &str, by: &Uscc, now: i64) -> Result<Option<ShowCodeRecord>>;
+}
+
+/// The embedded SQLite store.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE secrets (name TEXT PRIMARY KEY, blob BLOB NOT NULL);
+CREATE TABLE seals (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, seal_type TEXT NOT NULL, name TEXT NOT NULL,
+    alg TEXT NOT NULL, certificate_pem TEXT NOT NULL, encrypted_key BLOB NOT NULL,
+    picture_sha256 TEXT, picture BLOB, created_at INTEGER NOT NULL, not_after INTEGER NOT NULL,
+    revoked_at INTEGER, revocation_reason TEXT
+);
+CREATE INDEX seals_owner ON seals(owner);
+CREATE TABLE serials (issuer TEXT PRIMARY KEY, last INTEGER NOT NULL);
+CREATE TABLE licences (
+    id TEXT PRIMARY KEY, type_code TEXT NOT NULL, issuer TEXT NOT NULL, holder TEXT NOT NULL,
+    seal_id TEXT NOT NULL REFERENCES seals(id), sd_jwt TEXT NOT NULL, fields TEXT NOT NULL,
+    status TEXT NOT NULL, status_reason TEXT, status_list INTEGER NOT NULL,
+    status_index INTEGER NOT NULL, issued_at INTEGER NOT NULL, not_before INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL, replaces TEXT, replaced_by TEXT,
+    UNIQUE (status_list, status_index)
+);
+CREATE INDEX licences_holder ON licences(holder, type_code);
+CREATE TABLE consents (
+    id TEXT PRIMARY KEY, holder TEXT NOT NULL, department TEXT NOT NULL,
+    licence_types TEXT NOT NULL, purpose TEXT NOT NULL, created_by TEXT NOT NULL,
+    expires_at INTEGER NOT NULL, revoked_at INTEGER
+);
+CREATE TABLE show_codes (
+    code_sha256 TEXT PRIMARY KEY, licence_id TEXT NOT NULL, created_by TEXT NOT NULL,
+    expires_at INTEGER NOT NULL, redeemed_at INTEGER, redeemed_by TEXT
+);
+"#];
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        Self::init(Connection::open(path)?)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn in_memory() -> Result<SqliteStore> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<SqliteStore> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let tx = conn.transaction()?;
+        for (i, sql) in MIGRATIONS.iter().enumerate() {
+            if (i as i64) >= version {
+                tx.execute_batch(sql)?;
+            }
+        }
+        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+        tx.commit()?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| StoreError::Database("connection lock poisoned".into()))?;
+        f(&mut conn)
+    }
+}
+
+const SEAL_COLUMNS: &str = "id, owner, seal_type, name, alg, certificate_pem, encrypted_key, \
+    picture_sha256, picture, created_at, not_after, revoked_at, revocation_reason";
+const LICENCE_COLUMNS: &str = "id, type_code, issuer, holder, seal_id, sd_jwt, fields, status, \
+    status_reason, status_list, status_index, issued_at, not_before, expires_at, replaces, replaced_by";
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        format!("{what}: {e}").into(),
+    )
+}
+
+fn uscc(row: &Row<'_>, i: usize) -> rusqlite::Result<Uscc> {
+    let s: String = row.get(i)?;
+    s.parse().map_err(|e| corrupt("USCC", e))
+}
+
+fn seal_row(row: &Row<'_>) -> rusqlite::Result<SealRecord> {
+    let alg: String = row.get(4)?;
+    Ok(SealRecord {
+        id: row.get(0)?,
+        owner: uscc(row, 1)?,
+        seal_type: row.get(2)?,
+        name: row.get(3)?,
+        alg: JwsAlg::from_name(&alg).ok_or_else(|| corrupt("alg", &alg))?,
+        certificate_pem: row.get(5)?,
+        encrypted_key: row.get(6)?,
+        picture_sha256: row.get(7)?,
+        picture: row.get(8)?,
+        created_at: row.get(9)?,
+        not_after: row.get(10)?,
+        revoked_at: row.get(11)?,
+        revocation_reason: row.get(12)?,
+    })
+}
+
+fn licence_row(row: &Row<'_>) -> rusqlite::Result<LicenceRecord> {
+    let fields: String = row.get(6)?;
+    let status: String = row.get(7)?;
+    Ok(LicenceRecord {
+        id: row.get(0)?,
+        type_code: row.get(1)?,
+        issuer: uscc(row, 2)?,
+        holder: row.get(3)?,
+        seal_id: row.get(4)?,
+        sd_jwt: row.get(5)?,
+        fields: serde_json::from_str(&fields).map_err(|e| corrupt("fields", e))?,
+        status: LicenceStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        status_reason: row.get(8)?,
+        status_list: row.get(9)?,
+        status_index: row.get(10)?,
+        issued_at: row.get(11)?,
+        not_before: row.get(12)?,
+        expires_at: row.get(13)?,
+        replaces: row.get(14)?,
+        replaced_by: row.get(15)?,
+    })
+}
+
+fn consent_row(row: &Row<'_>) -> rusqlite::Result<ConsentRecord> {
+    let types: String = row.get(3)?;
+    Ok(ConsentRecord {
+        id: row.get(0)?,
+        holder: row.get(1)?,
+        department: uscc(row, 2)?,
+        licence_types: serde_json::from_str(&types).map_err(|e| corrupt("licence_types", e))?,
+        purpose: row.get(4)?,
+        created_by: uscc(row, 5)?,
+        expires_at: row.get(6)?,
+        revoked_at: row.get(7)?,
+    })
+}
+
+fn insert_licence_in(conn: &Connection, l: &LicenceRecord) -> Result<()> {
+    let fields = serde_json::to_string(&l.fields).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    conn.execute(
+        &format!("INSERT INTO licences ({LICENCE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
+        params![
+            l.id, l.type_code, l.issuer.as_str(), l.holder, l.seal_id, l.sd_jwt, fields,
+            l.status.as_str(), l.status_reason, l.status_list, l.status_index, l.issued_at,
+            l.not_before, l.expires_at, l.replaces, l.replaced_by
+        ],
+    )?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn put_secret_once(&self, name: &str, blob: &[u8]) -> Result<Vec<u8>> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO secrets (name, blob) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+                params![name, blob],
+            )?;
+            Ok(c.query_row("SELECT blob FROM secrets WHERE name = ?1", [name], |r| r.get(0))?)
+        })
+    }
+
+    fn secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.with(|c| {
+            Ok(c.query_row("SELECT blob FROM secrets WHERE name = ?1", [name], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
+    fn insert_seal(&self, s: &SealRecord) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                &format!("INSERT INTO seals ({SEAL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+                params![
+                    s.id, s.owner.as_str(), s.seal_type, s.name, s.alg.name(), s.certificate_pem,
+                    s.encrypted_key, s.picture_sha256, s.picture, s.created_at, s.not_after,
+                    s.revoked_at, s.revocation_reason
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn seal(&self, id: &str) -> Result<Option<SealRecord>> {
+        self.with(|c| {
+            Ok(c.query_row(&format!("SELECT {SEAL_COLUMNS} FROM seals WHERE id = ?1"), [id], seal_row)
+                .optional()?)
+        })
+    }
+
+    fn seals(&self, owner: Option<&Uscc>) -> Result<Vec<SealRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {SEAL_COLUMNS} FROM seals WHERE ?1 IS NULL OR owner = ?1 ORDER BY created_at DESC, id"
+            ))?;
+            let rows = stmt.query_map([owner.map(Uscc::as_str)], seal_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn revoke_seal(&self, id: &str, at: i64, reason: &str) -> Result<bool> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE seals SET revoked_at = ?2, revocation_reason = ?3 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, at, reason],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn next_serial(&self, issuer: &Uscc) -> Result<u64> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "INSERT INTO serials (issuer, last) VALUES (?1, 1)
+                 ON CONFLICT(issuer) DO UPDATE SET last = last + 1 RETURNING last",
+                [issuer.as_str()],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
+    fn insert_licence(&self, l: &LicenceRecord) -> Result<()> {
+        self.with(|c| insert_licence_in(c, l))
+    }
+
+    fn insert_renewal(&self, old: &str, new: &LicenceRecord, at: i64) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            insert_licence_in(&tx, new)?;
+            let n = tx.execute(
+                "UPDATE licences SET status = 'revoked', status_reason = ?3, replaced_by = ?2
+                 WHERE id = ?1 AND replaced_by IS NULL",
+                params![old, new.id, format!("renewed as {} at {at}", new.id)],
+            )?;
+            if n != 1 {
+                return Err(StoreError::Conflict(format!("{old} is unknown or already renewed")));
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn licence(&self, id: &str) -> Result<Option<LicenceRecord>> {
+        self.with(|c| {
+            Ok(c.query_row(&format!("SELECT {LICENCE_COLUMNS} FROM licences WHERE id = ?1"), [id], licence_row)
+                .optional()?)
+        })
+    }
+
+    fn licences_by_holder(&self, holder: &str, type_code: &str) -> Result<Vec<LicenceRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {LICENCE_COLUMNS} FROM licences WHERE holder = ?1 AND type_code = ?2
+                 ORDER BY issued_at DESC, id"
+            ))?;
+            let rows = stmt.query_map([holder, type_code], licence_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn set_status(&self, id: &str, status: LicenceStatus, reason: Option<&str>) -> Result<()> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE licences SET status = ?2, status_reason = ?3 WHERE id = ?1",
+                params![id, status.as_str(), reason],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(id.to_owned()));
+            }
+            Ok(())
+        })
+    }
+
+    fn status_entries(&self, list: u32) -> Result<Vec<(u32, LicenceStatus)>> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT status_index, status FROM licences WHERE status_list = ?1")?;
+            let rows = stmt.query_map([list], |r| {
+                let status: String = r.get(1)?;
+                Ok((
+                    r.get(0)?,
+                    LicenceStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+                ))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn status_list_len(&self, list: u32) -> Result<u64> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM licences WHERE status_list = ?1",
+                [list],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
+    fn insert_consent(&self, k: &ConsentRecord) -> Result<()> {
+        let types = serde_json::to_string(&k.licence_types).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO consents (id, holder, department, licence_types, purpose, created_by, expires_at, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    k.id, k.holder, k.department.as_str(), types, k.purpose,
+                    k.created_by.as_str(), k.expires_at, k.revoked_at
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn consent(&self, id: &str) -> Result<Option<ConsentRecord>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT id, holder, department, licence_types, purpose, created_by, expires_at, revoked_at
+                 FROM consents WHERE id = ?1",
+                [id],
+                consent_row,
+            )
+            .optional()?)
+        })
+    }
+
+    fn revoke_consent(&self, id: &str, at: i64) -> Result<bool> {
+        self.with(|c| {
+            Ok(c.execute(
+                "UPDATE consents SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, at],
+            )? == 1)
+        })
+    }
+
+    fn insert_show_code(&self, s: &ShowCodeRecord) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO show_codes (code_sha256, licence_id, created_by, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![s.code_sha256, s.licence_id, s.created_by.as_str(), s.expires_at],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn redeem_show_code(&self, code_sha256: &str, by: &Uscc, now: i64) -> Result<Option<ShowCodeRecord>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "UPDATE show_codes SET redeemed_at = ?3, redeemed_by = ?2
+                 WHERE code_sha256 = ?1 AND redeemed_at IS NULL AND expires_at > ?3
+                 RETURNING code_sha256, licence_id, created_by, expires_at, redeemed_at, redeemed_by",
+                params![code_sha256, by.as_str(), now],
+                |r| {
+                    let redeemed_by: Option<String> = r.get(5)?;
+                    Ok(ShowCodeRecord {
+                        code_sha256: r.get(0)?,
+                        licence_id: r.get(1)?,
+                        created_by: uscc(r, 2)?,
+                        expires_at: r.get(3)?,
+                        redeemed_at: r.get(4)?,
+                        redeemed_by: redeemed_by
+                            .map(|s| s.parse().map_err(|e| corrupt("USCC", e)))
+                            .transpose()?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const MARKET: &str = "11110105MB0000002F";
+    const APPROVAL: &str = "11110105MB0000001C";
+
+    fn seal() -> SealRecord {
+        SealRecord {
+            id: "seal-1".into(),
+            owner: MARKET.parse().unwrap(),
+            seal_type: "公章".into(),
+            name: "某区市场监督管理局".into(),
+            alg: JwsAlg::Sm2Sm3,
+            certificate_pem: "PEM".into(),
+            encrypted_key: vec![1, 2, 3],
+            picture_sha256: None,
+            picture: None,
+            created_at: 100,
+            not_after: 1000,
+            revoked_at: None,
+            revocation_reason: None,
+        }
+    }
+
+    fn licence(id: &str, index: u32) -> LicenceRecord {
+        LicenceRecord {
+            id: id.into(),
+            type_code: "T".into(),
+            issuer: MARKET.parse().unwrap(),
+            holder: "91110108551385082Q".into(),
+            seal_id: "seal-1".into(),
+            sd_jwt: "jwt~".into(),
+            fields: json!({"name": "小米"}).as_object().unwrap().clone(),
+            status: LicenceStatus::Valid,
+            status_reason: None,
+            status_list: 0,
+            status_index: index,
+            issued_at: 100,
+            not_before: 100,
+            expires_at: 200,
+            replaces: None,
+            replaced_by: None,
+        }
+    }
+
+    #[test]
+    fn seals_licences_and_statuses_round_trip_through_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certgate.db");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.insert_seal(&seal()).unwrap();
+            s.insert_licence(&licence("L1", 7)).unwrap();
+            assert!(matches!(s.insert_licence(&licence("L2", 7)), Err(StoreError::Conflict(_))));
+            assert!(matches!(s.insert_licence(&licence("L1", 8)), Err(StoreError::Conflict(_))));
+            s.set_status("L1", LicenceStatus::Suspended, Some("inspection")).unwrap();
+            assert!(matches!(s.set_status("nope", LicenceStatus::Valid, None), Err(StoreError::NotFound(_))));
+            assert_eq!(s.next_serial(&MARKET.parse().unwrap()).unwrap(), 1);
+            assert_eq!(s.next_serial(&MARKET.parse().unwrap()).unwrap(), 2);
+        }
+        // Reopened: everything committed is there, and migrations are not applied twice.
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.seal("seal-1").unwrap().unwrap(), seal());
+        let l = s.licence("L1").unwrap().unwrap();
+        assert_eq!(l.status, LicenceStatus::Suspended);
+        assert_eq!(l.status_reason.as_deref(), Some("inspection"));
+        assert_eq!(s.status_entries(0).unwrap(), vec![(7, LicenceStatus::Suspended)]);
+        assert_eq!(s.next_serial(&MARKET.parse().unwrap()).unwrap(), 3);
+        assert_eq!(s.licences_by_holder("91110108551385082Q", "T").unwrap().len(), 1);
+        assert!(s.revoke_seal("seal-1", 5, "key lost").unwrap());
+        assert!(!s.revoke_seal("seal-1", 6, "again").unwrap());
+    }
+
+    #[test]
+    fn renewal_links_both_licences_once() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.insert_seal(&seal()).unwrap();
+        s.insert_licence(&licence("L1", 1)).unwrap();
+        let mut new = licence("L2", 2);
+        new.replaces = Some("L1".into());
+        s.insert_renewal("L1", &new, 150).unwrap();
+        let old = s.licence("L1").unwrap().unwrap();
+        assert_eq!((old.status, old.replaced_by.as_deref()), (LicenceStatus::Revoked, Some("L2")));
+        let mut again = licence("L3", 3);
+        again.replaces = Some("L1".into());
+        assert!(s.insert_renewal("L1", &again, 160).is_err());
+        assert!(s.licence("L3").unwrap().is_none(), "a failed renewal must leave nothing behind");
+    }
+
+    #[test]
+    fn show_codes_redeem_once_and_not_after_expiry() {
+        let s = SqliteStore::in_memory().unwrap();
+        let code = |h: &str, exp| ShowCodeRecord {
+            code_sha256: h.into(),
+            licence_id: "L1".into(),
+            created_by: MARKET.parse().unwrap(),
+            expires_at: exp,
+            redeemed_at: None,
+            redeemed_by: None,
+        };
+        s.insert_show_code(&code("a", 300)).unwrap();
+        s.insert_show_code(&code("b", 100)).unwrap();
+        let by: Uscc = APPROVAL.parse().unwrap();
+        let first = s.redeem_show_code("a", &by, 200).unwrap().unwrap();
+        assert_eq!(first.redeemed_by, Some(by.clone()));
+        assert!(s.redeem_show_code("a", &by, 201).unwrap().is_none());
+        assert!(s.redeem_show_code("b", &by, 200).unwrap().is_none());
+        assert!(s.redeem_show_code("zzz", &by, 200).unwrap().is_none());
+    }
+
+    #[test]
+    fn secrets_keep_the_first_value_and_consents_revoke_once() {
+        let s = SqliteStore::in_memory().unwrap();
+        assert_eq!(s.put_secret_once("k", b"one").unwrap(), b"one");
+        assert_eq!(s.put_secret_once("k", b"two").unwrap(), b"one");
+        let c = ConsentRecord {
+            id: "c1".into(),
+            holder: "11010519491231002X".into(),
+            department: APPROVAL.parse().unwrap(),
+            licence_types: vec!["T".into()],
+            purpose: "matter".into(),
+            created_by: MARKET.parse().unwrap(),
+            expires_at: 10,
+            revoked_at: None,
+        };
+        s.insert_consent(&c).unwrap();
+        assert_eq!(s.consent("c1").unwrap().unwrap(), c);
+        assert!(s.revoke_consent("c1", 5).unwrap());
+        assert!(!s.revoke_consent("c1", 6).unwrap());
+    }
+}
