@@ -353,7 +353,11 @@ pub fn parse_compact(token: &str, expected_typ: Option<&str>) -> Result<ParsedJw
     if header_json.contains_key("crit") {
         return Err(JwsError::CriticalHeader);
     }
-    let typ = optional_string(&header_json, "typ", "the header member `typ` is not a string")?;
+    let typ = optional_string(
+        &header_json,
+        "typ",
+        "the header member `typ` is not a string",
+    )?;
     if let Some(expected) = expected_typ
         && typ.as_deref() != Some(expected)
     {
@@ -362,7 +366,11 @@ pub fn parse_compact(token: &str, expected_typ: Option<&str>) -> Result<ParsedJw
             found: typ,
         });
     }
-    let kid = optional_string(&header_json, "kid", "the header member `kid` is not a string")?;
+    let kid = optional_string(
+        &header_json,
+        "kid",
+        "the header member `kid` is not a string",
+    )?;
     let x5c = match header_json.get("x5c") {
         None => None,
         Some(serde_json::Value::Array(items)) if !items.is_empty() => Some(
@@ -434,7 +442,10 @@ pub(crate) mod test_support {
         /// The DER (ASN.1 SEQUENCE) form of an ECDSA signature, which JWS does not use.
         pub(crate) fn sign_der(&self, input: &[u8]) -> Vec<u8> {
             let digest = Sha256::digest(input);
-            EcdsaSig::sign(&digest, &self.key).unwrap().to_der().unwrap()
+            EcdsaSig::sign(&digest, &self.key)
+                .unwrap()
+                .to_der()
+                .unwrap()
         }
     }
 
@@ -451,8 +462,8 @@ pub(crate) mod test_support {
         }
         fn sign(&self, signing_input: &[u8]) -> Result<[u8; 64], SigningFailed> {
             let digest = Sha256::digest(signing_input);
-            let sig = EcdsaSig::sign(&digest, &self.key)
-                .map_err(|e| SigningFailed(e.to_string()))?;
+            let sig =
+                EcdsaSig::sign(&digest, &self.key).map_err(|e| SigningFailed(e.to_string()))?;
             let r = sig.r().to_vec_padded(32).unwrap();
             let s = sig.s().to_vec_padded(32).unwrap();
             let mut out = [0u8; 64];
@@ -568,7 +579,10 @@ mod tests {
     fn missing_alg_and_non_object_header_are_refused() {
         let tail = format!("{}.{}", b64url("{}"), b64url([0u8; 64]));
         let no_alg = format!("{}.{tail}", b64url(r#"{"typ":"x"}"#));
-        assert_eq!(parse_compact(&no_alg, None), Err(JwsError::MissingAlgorithm));
+        assert_eq!(
+            parse_compact(&no_alg, None),
+            Err(JwsError::MissingAlgorithm)
+        );
         let array = format!("{}.{tail}", b64url("[1]"));
         assert_eq!(parse_compact(&array, None), Err(JwsError::HeaderNotJson));
         let payload_array = format!(
@@ -605,11 +619,17 @@ mod tests {
             expected: "dc+sd-jwt".into(),
             found: None,
         };
-        assert_eq!(err.to_string(), "the token type is missing, expected `dc+sd-jwt`");
+        assert_eq!(
+            err.to_string(),
+            "the token type is missing, expected `dc+sd-jwt`"
+        );
         let err = JwsError::WrongType {
             expected: "dc+sd-jwt".into(),
             found: Some("JWT".into()),
         };
-        assert_eq!(err.to_string(), "the token type is `JWT`, expected `dc+sd-jwt`");
+        assert_eq!(
+            err.to_string(),
+            "the token type is `JWT`, expected `dc+sd-jwt`"
+        );
     }
 }

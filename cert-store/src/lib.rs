@@ -11,10 +11,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod crypto;
 pub mod id;
 pub mod jws;
 pub mod licence;
 pub mod licence_id;
+pub mod sdjwt;
+pub mod seal_ca;
+pub mod service;
+pub mod status_list;
 pub mod store;
 
 pub use id::{CitizenId, HolderId, IdError, IdKind, Uscc};

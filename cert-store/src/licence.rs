@@ -58,8 +58,21 @@ pub struct LicenceType {
 /// Names that licence fields may not take: they are claims of the credential itself or of
 /// the holder.
 pub const RESERVED_FIELD_NAMES: &[&str] = &[
-    "_sd", "...", "_sd_alg", "iss", "iat", "nbf", "exp", "vct", "status", "cnf", "sub",
-    "holder_id", "holder_name", "licence_id", "seal_id",
+    "_sd",
+    "...",
+    "_sd_alg",
+    "iss",
+    "iat",
+    "nbf",
+    "exp",
+    "vct",
+    "status",
+    "cnf",
+    "sub",
+    "holder_id",
+    "holder_name",
+    "licence_id",
+    "seal_id",
 ];
 
 /// A field that does not fit the schema.
@@ -103,7 +116,9 @@ impl LicenceType {
                     };
                     if !ok {
                         let expected = match spec.kind {
-                            FieldKind::String => "expected a non-empty string of at most 1000 characters",
+                            FieldKind::String => {
+                                "expected a non-empty string of at most 1000 characters"
+                            }
                             FieldKind::Integer => "expected an integer",
                             FieldKind::Number => "expected a number",
                             FieldKind::Boolean => "expected true or false",
@@ -287,10 +302,26 @@ mod tests {
             name: "营业执照".into(),
             issuers: ["11110105MB0000002F".parse().unwrap()].into(),
             fields: vec![
-                FieldSpec { name: "name".into(), kind: FieldKind::String, required: true },
-                FieldSpec { name: "registered_capital".into(), kind: FieldKind::Integer, required: false },
-                FieldSpec { name: "established".into(), kind: FieldKind::Date, required: true },
-                FieldSpec { name: "listed".into(), kind: FieldKind::Boolean, required: false },
+                FieldSpec {
+                    name: "name".into(),
+                    kind: FieldKind::String,
+                    required: true,
+                },
+                FieldSpec {
+                    name: "registered_capital".into(),
+                    kind: FieldKind::Integer,
+                    required: false,
+                },
+                FieldSpec {
+                    name: "established".into(),
+                    kind: FieldKind::Date,
+                    required: true,
+                },
+                FieldSpec {
+                    name: "listed".into(),
+                    kind: FieldKind::Boolean,
+                    required: false,
+                },
             ],
             validity_days: 3650,
             consent_required: false,
@@ -304,13 +335,41 @@ mod tests {
         assert_eq!(t.validate_fields(ok.as_object().unwrap()), Ok(()));
         let cases = [
             (json!({"established": "2020-01-01"}), "name", "required"),
-            (json!({"name": "x", "established": "2020-01-01", "colour": "red"}), "colour", "not a field"),
-            (json!({"name": 5, "established": "2020-01-01"}), "name", "string"),
-            (json!({"name": " ", "established": "2020-01-01"}), "name", "string"),
-            (json!({"name": "x", "established": "2021-02-29"}), "established", "date"),
-            (json!({"name": "x", "established": "2021-1-1"}), "established", "date"),
-            (json!({"name": "x", "established": "2021-01-01", "registered_capital": 1.5}), "registered_capital", "integer"),
-            (json!({"name": "x", "established": "2021-01-01", "listed": "yes"}), "listed", "true or false"),
+            (
+                json!({"name": "x", "established": "2020-01-01", "colour": "red"}),
+                "colour",
+                "not a field",
+            ),
+            (
+                json!({"name": 5, "established": "2020-01-01"}),
+                "name",
+                "string",
+            ),
+            (
+                json!({"name": " ", "established": "2020-01-01"}),
+                "name",
+                "string",
+            ),
+            (
+                json!({"name": "x", "established": "2021-02-29"}),
+                "established",
+                "date",
+            ),
+            (
+                json!({"name": "x", "established": "2021-1-1"}),
+                "established",
+                "date",
+            ),
+            (
+                json!({"name": "x", "established": "2021-01-01", "registered_capital": 1.5}),
+                "registered_capital",
+                "integer",
+            ),
+            (
+                json!({"name": "x", "established": "2021-01-01", "listed": "yes"}),
+                "listed",
+                "true or false",
+            ),
         ];
         for (fields, field, reason) in cases {
             let e = t.validate_fields(fields.as_object().unwrap()).unwrap_err();

@@ -23,7 +23,9 @@ pub enum LicenceIdError {
     #[error("a licence identifier starts with {LICENCE_ID_PREFIX}")]
     Prefix,
     /// The identifier does not have five dot-separated fields after the prefix.
-    #[error("a licence identifier has five fields after the prefix: type code, issuer, serial, version, check")]
+    #[error(
+        "a licence identifier has five fields after the prefix: type code, issuer, serial, version, check"
+    )]
     Fields,
     /// The type code is not a USCC followed by three digits.
     #[error("type code: {0}")]
@@ -48,7 +50,9 @@ pub enum LicenceIdError {
 }
 
 /// A licence type code: the defining authority's USCC and a three-digit number.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct TypeCode(String);
 
@@ -98,7 +102,9 @@ impl fmt::Display for TypeCode {
 }
 
 /// A licence identifier that passed every check, check character included.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct LicenceId {
     text: String,
@@ -182,7 +188,9 @@ impl FromStr for LicenceId {
     type Err = LicenceIdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s.strip_prefix(LICENCE_ID_PREFIX).ok_or(LicenceIdError::Prefix)?;
+        let rest = s
+            .strip_prefix(LICENCE_ID_PREFIX)
+            .ok_or(LicenceIdError::Prefix)?;
         let parts: Vec<&str> = rest.split('.').collect();
         let [type_code, issuer, serial, version, check] = parts.as_slice() else {
             return Err(LicenceIdError::Fields);
@@ -262,7 +270,9 @@ mod tests {
         assert_eq!(id.issuer().as_str(), MARKET);
         assert_eq!(id.serial(), "2026A0000001");
         assert_eq!(id.version(), 1);
-        assert!(id.as_str().starts_with("1.2.156.3005.2.11100000MB0000100D001.11110105MB0000002F.2026A0000001.001."));
+        assert!(id.as_str().starts_with(
+            "1.2.156.3005.2.11100000MB0000100D001.11110105MB0000002F.2026A0000001.001."
+        ));
         let json = serde_json::to_string(&id).unwrap();
         assert_eq!(serde_json::from_str::<LicenceId>(&json).unwrap(), id);
     }
@@ -313,7 +323,15 @@ mod tests {
         ] {
             assert!(bad.parse::<LicenceId>().is_err(), "{bad}");
         }
-        assert!(LicenceId::new(&format!("{SAMR}001").parse().unwrap(), &MARKET.parse().unwrap(), "A", 1000).is_err());
+        assert!(
+            LicenceId::new(
+                &format!("{SAMR}001").parse().unwrap(),
+                &MARKET.parse().unwrap(),
+                "A",
+                1000
+            )
+            .is_err()
+        );
         assert!("11100000MB0000100D01".parse::<TypeCode>().is_err());
         assert!("11100000MB0000100DABC".parse::<TypeCode>().is_err());
     }

@@ -89,7 +89,12 @@ pub trait Store: Send + Sync {
     fn insert_show_code(&self, code: &ShowCodeRecord) -> Result<()>;
     /// Redeems a show-code once: returns it when it existed, was unexpired and unredeemed,
     /// and marks it redeemed in the same statement, so a second redemption gets `None`.
-    fn redeem_show_code(&self, code_sha256: &str, by: &Uscc, now: i64) -> Result<Option<ShowCodeRecord>>;
+    fn redeem_show_code(
+        &self,
+        code_sha256: &str,
+        by: &Uscc,
+        now: i64,
+    ) -> Result<Option<ShowCodeRecord>>;
 }
 
 /// The embedded SQLite store.
@@ -242,7 +247,8 @@ fn consent_row(row: &Row<'_>) -> rusqlite::Result<ConsentRecord> {
 }
 
 fn insert_licence_in(conn: &Connection, l: &LicenceRecord) -> Result<()> {
-    let fields = serde_json::to_string(&l.fields).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let fields =
+        serde_json::to_string(&l.fields).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     conn.execute(
         &format!("INSERT INTO licences ({LICENCE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
         params![
@@ -261,14 +267,22 @@ impl Store for SqliteStore {
                 "INSERT INTO secrets (name, blob) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
                 params![name, blob],
             )?;
-            Ok(c.query_row("SELECT blob FROM secrets WHERE name = ?1", [name], |r| r.get(0))?)
+            Ok(
+                c.query_row("SELECT blob FROM secrets WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })?,
+            )
         })
     }
 
     fn secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
         self.with(|c| {
-            Ok(c.query_row("SELECT blob FROM secrets WHERE name = ?1", [name], |r| r.get(0))
-                .optional()?)
+            Ok(
+                c.query_row("SELECT blob FROM secrets WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
         })
     }
 
@@ -288,8 +302,12 @@ impl Store for SqliteStore {
 
     fn seal(&self, id: &str) -> Result<Option<SealRecord>> {
         self.with(|c| {
-            Ok(c.query_row(&format!("SELECT {SEAL_COLUMNS} FROM seals WHERE id = ?1"), [id], seal_row)
-                .optional()?)
+            Ok(c.query_row(
+                &format!("SELECT {SEAL_COLUMNS} FROM seals WHERE id = ?1"),
+                [id],
+                seal_row,
+            )
+            .optional()?)
         })
     }
 
@@ -338,7 +356,9 @@ impl Store for SqliteStore {
                 params![old, new.id, format!("renewed as {} at {at}", new.id)],
             )?;
             if n != 1 {
-                return Err(StoreError::Conflict(format!("{old} is unknown or already renewed")));
+                return Err(StoreError::Conflict(format!(
+                    "{old} is unknown or already renewed"
+                )));
             }
             tx.commit()?;
             Ok(())
@@ -347,8 +367,12 @@ impl Store for SqliteStore {
 
     fn licence(&self, id: &str) -> Result<Option<LicenceRecord>> {
         self.with(|c| {
-            Ok(c.query_row(&format!("SELECT {LICENCE_COLUMNS} FROM licences WHERE id = ?1"), [id], licence_row)
-                .optional()?)
+            Ok(c.query_row(
+                &format!("SELECT {LICENCE_COLUMNS} FROM licences WHERE id = ?1"),
+                [id],
+                licence_row,
+            )
+            .optional()?)
         })
     }
 
@@ -402,7 +426,8 @@ impl Store for SqliteStore {
     }
 
     fn insert_consent(&self, k: &ConsentRecord) -> Result<()> {
-        let types = serde_json::to_string(&k.licence_types).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let types = serde_json::to_string(&k.licence_types)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.with(|c| {
             c.execute(
                 "INSERT INTO consents (id, holder, department, licence_types, purpose, created_by, expires_at, revoked_at)
@@ -447,7 +472,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn redeem_show_code(&self, code_sha256: &str, by: &Uscc, now: i64) -> Result<Option<ShowCodeRecord>> {
+    fn redeem_show_code(
+        &self,
+        code_sha256: &str,
+        by: &Uscc,
+        now: i64,
+    ) -> Result<Option<ShowCodeRecord>> {
         self.with(|c| {
             Ok(c.query_row(
                 "UPDATE show_codes SET redeemed_at = ?3, redeemed_by = ?2
@@ -528,10 +558,20 @@ mod tests {
             let s = SqliteStore::open(&path).unwrap();
             s.insert_seal(&seal()).unwrap();
             s.insert_licence(&licence("L1", 7)).unwrap();
-            assert!(matches!(s.insert_licence(&licence("L2", 7)), Err(StoreError::Conflict(_))));
-            assert!(matches!(s.insert_licence(&licence("L1", 8)), Err(StoreError::Conflict(_))));
-            s.set_status("L1", LicenceStatus::Suspended, Some("inspection")).unwrap();
-            assert!(matches!(s.set_status("nope", LicenceStatus::Valid, None), Err(StoreError::NotFound(_))));
+            assert!(matches!(
+                s.insert_licence(&licence("L2", 7)),
+                Err(StoreError::Conflict(_))
+            ));
+            assert!(matches!(
+                s.insert_licence(&licence("L1", 8)),
+                Err(StoreError::Conflict(_))
+            ));
+            s.set_status("L1", LicenceStatus::Suspended, Some("inspection"))
+                .unwrap();
+            assert!(matches!(
+                s.set_status("nope", LicenceStatus::Valid, None),
+                Err(StoreError::NotFound(_))
+            ));
             assert_eq!(s.next_serial(&MARKET.parse().unwrap()).unwrap(), 1);
             assert_eq!(s.next_serial(&MARKET.parse().unwrap()).unwrap(), 2);
         }
@@ -541,9 +581,17 @@ mod tests {
         let l = s.licence("L1").unwrap().unwrap();
         assert_eq!(l.status, LicenceStatus::Suspended);
         assert_eq!(l.status_reason.as_deref(), Some("inspection"));
-        assert_eq!(s.status_entries(0).unwrap(), vec![(7, LicenceStatus::Suspended)]);
+        assert_eq!(
+            s.status_entries(0).unwrap(),
+            vec![(7, LicenceStatus::Suspended)]
+        );
         assert_eq!(s.next_serial(&MARKET.parse().unwrap()).unwrap(), 3);
-        assert_eq!(s.licences_by_holder("91110108551385082Q", "T").unwrap().len(), 1);
+        assert_eq!(
+            s.licences_by_holder("91110108551385082Q", "T")
+                .unwrap()
+                .len(),
+            1
+        );
         assert!(s.revoke_seal("seal-1", 5, "key lost").unwrap());
         assert!(!s.revoke_seal("seal-1", 6, "again").unwrap());
     }
@@ -557,11 +605,17 @@ mod tests {
         new.replaces = Some("L1".into());
         s.insert_renewal("L1", &new, 150).unwrap();
         let old = s.licence("L1").unwrap().unwrap();
-        assert_eq!((old.status, old.replaced_by.as_deref()), (LicenceStatus::Revoked, Some("L2")));
+        assert_eq!(
+            (old.status, old.replaced_by.as_deref()),
+            (LicenceStatus::Revoked, Some("L2"))
+        );
         let mut again = licence("L3", 3);
         again.replaces = Some("L1".into());
         assert!(s.insert_renewal("L1", &again, 160).is_err());
-        assert!(s.licence("L3").unwrap().is_none(), "a failed renewal must leave nothing behind");
+        assert!(
+            s.licence("L3").unwrap().is_none(),
+            "a failed renewal must leave nothing behind"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use utoipa::OpenApi;
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
 use crate::identity::{Caller, PeerIdentity, Refusal};
+use crate::licences;
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::state::{Gateway, LoadSummary};
 
@@ -48,6 +49,35 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/whoami", get(whoami))
         .route("/v1/admin/reload", post(reload))
         .route("/openapi.json", get(openapi))
+        .route(
+            "/v1/seals",
+            post(licences::create_seal).get(licences::list_seals),
+        )
+        .route("/v1/seals/{id}", get(licences::seal))
+        .route(
+            "/v1/seals/{id}/certificate",
+            get(licences::seal_certificate),
+        )
+        .route("/v1/seals/{id}/revoke", post(licences::revoke_seal))
+        .route("/v1/seal-ca.pem", get(licences::seal_ca))
+        .route("/.well-known/jwks.json", get(licences::jwks))
+        .route("/v1/licence-types", get(licences::licence_types))
+        .route(
+            "/v1/licences",
+            post(licences::issue).get(licences::licences_by_holder),
+        )
+        .route("/v1/licences/verify", post(licences::verify))
+        .route("/v1/licences/{id}", get(licences::licence))
+        .route("/v1/licences/{id}/check", post(licences::check))
+        .route("/v1/licences/{id}/suspend", post(licences::suspend))
+        .route("/v1/licences/{id}/resume", post(licences::resume))
+        .route("/v1/licences/{id}/revoke", post(licences::revoke))
+        .route("/v1/licences/{id}/renew", post(licences::renew))
+        .route("/v1/status-lists/{n}", get(licences::status_list))
+        .route("/v1/consents", post(licences::create_consent))
+        .route("/v1/consents/{id}/revoke", post(licences::revoke_consent))
+        .route("/v1/show-codes", post(licences::create_show_code))
+        .route("/v1/show-codes/redeem", post(licences::redeem_show_code))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(from_fn_with_state(gateway.clone(), gate))
@@ -65,6 +95,51 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .get::<Arc<ConnectionContext>>()
             .ok_or_else(ApiError::internal)?;
         ctx.identity.caller.clone().map_err(|r| ApiError::from(&r))
+    }
+}
+
+/// Refuses a caller that lacks `role`.
+pub fn require(caller: &Caller, role: Role) -> Result<(), ApiError> {
+    if caller.has(role) {
+        Ok(())
+    } else {
+        Err(ApiError::missing_role(role))
+    }
+}
+
+/// A JSON request body. A body that does not parse is refused with `CG-REQ-007` and a message
+/// naming the field at fault.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
+        let bad = |m: String| ApiError::new(http::StatusCode::BAD_REQUEST, "CG-REQ-007", m);
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !is_json {
+            return Err(bad("send the body as Content-Type: application/json".into()));
+        }
+        // The gate has already buffered the body within the size limit.
+        let bytes = axum::body::to_bytes(req.into_body(), usize::MAX)
+            .await
+            .map_err(|_| ApiError::unreadable_body())?;
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(de)
+            .map(JsonBody)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                if path == "." {
+                    bad(format!("invalid JSON body: {}", e.inner()))
+                } else {
+                    bad(format!("invalid JSON body at `{path}`: {}", e.inner()))
+                }
+            })
     }
 }
 
@@ -110,9 +185,7 @@ async fn reload(
     State(gateway): State<Arc<Gateway>>,
     caller: Caller,
 ) -> Result<Json<LoadSummary>, ApiError> {
-    if !caller.has(Role::Admin) {
-        return Err(ApiError::missing_role(Role::Admin));
-    }
+    require(&caller, Role::Admin)?;
     tracing::info!(department = %caller.department, "reload requested over the API");
     let summary = tokio::task::spawn_blocking(move || gateway.reload())
         .await
@@ -139,9 +212,18 @@ async fn openapi() -> impl IntoResponse {
 Every caller is a department system authenticated by its TLS client certificate \
 (SAN URI urn:certgate:dept:<USCC>). Errors are JSON {code, message, request_id}."
     ),
-    paths(whoami, reload, openapi),
+    paths(whoami, reload, openapi,
+        licences::create_seal, licences::list_seals, licences::seal, licences::seal_certificate,
+        licences::revoke_seal, licences::seal_ca, licences::jwks, licences::licence_types,
+        licences::issue, licences::licence, licences::licences_by_holder, licences::verify,
+        licences::check, licences::suspend, licences::resume, licences::revoke, licences::renew,
+        licences::status_list, licences::create_consent, licences::revoke_consent,
+        licences::create_show_code, licences::redeem_show_code),
     components(schemas(ErrorBody, WhoAmI, LoadSummary)),
     tags(
+        (name = "seals", description = "Electronic seals (电子印章) and the keys that verify them"),
+        (name = "licences", description = "Electronic licences (电子证照): issue, query, verify, check, lifecycle, status lists"),
+        (name = "holders", description = "Holder consent (用证授权) and show-codes (一码亮证), through city apps"),
         (name = "identity", description = "Who the gateway takes the caller for"),
         (name = "admin", description = "Operating the gateway"),
         (name = "meta", description = "This document"),

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cert_store::Uscc;
+use cert_store::crypto::Kek;
+use cert_store::licence::{FieldSpec, LicenceType, RESERVED_FIELD_NAMES};
 use serde::{Deserialize, Serialize};
 
 /// The prefix of environment variables that override configuration keys. A variable
@@ -26,6 +28,64 @@ pub struct Config {
     pub tls: TlsSettings,
     /// The department table: who may connect, with which roles.
     pub departments: DepartmentTable,
+    /// E-licences and e-seals: key-encryption key, licence types, access rules.
+    pub licensing: LicensingSettings,
+}
+
+/// Settings of the e-licence and e-seal service.
+#[derive(Clone)]
+pub struct LicensingSettings {
+    /// Encrypts seal private keys and the gateway's own keys at rest. Never logged.
+    pub kek: Kek,
+    /// The base URL other parties reach this gateway at; status-list URIs start with it.
+    pub public_url: String,
+    /// The licence types that may be issued.
+    pub licence_types: Vec<LicenceType>,
+    /// Which department may see which fields of which licence type, for which purposes.
+    pub access_rules: Vec<AccessRule>,
+}
+
+impl std::fmt::Debug for LicensingSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LicensingSettings")
+            .field("kek", &"<redacted>")
+            .field("public_url", &self.public_url)
+            .field("licence_types", &self.licence_types.len())
+            .field("access_rules", &self.access_rules)
+            .finish()
+    }
+}
+
+/// One access rule: `department` may read `fields` (or every field) of licences of
+/// `licence_type` when its stated matter code is in `purposes` (or for any purpose).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRule {
+    /// The department the rule grants to.
+    pub department: Uscc,
+    /// The licence type code.
+    pub licence_type: String,
+    /// Matter codes (事项编码) the rule applies to; `None` for any stated purpose.
+    pub purposes: Option<BTreeSet<String>>,
+    /// Fields the department may see; `None` for every field.
+    pub fields: Option<BTreeSet<String>>,
+}
+
+impl AccessRule {
+    /// True when the rule covers this department, type and matter code.
+    pub fn applies(&self, department: &Uscc, licence_type: &str, matter: Option<&str>) -> bool {
+        &self.department == department
+            && self.licence_type == licence_type
+            && match (&self.purposes, matter) {
+                (None, _) => true,
+                (Some(p), Some(m)) => p.contains(m),
+                (Some(_), None) => false,
+            }
+    }
+
+    /// True when the rule lets the department see `field`.
+    pub fn allows_field(&self, field: &str) -> bool {
+        self.fields.as_ref().is_none_or(|f| f.contains(field))
+    }
 }
 
 /// Listeners, limits and timeouts of the gateway.
@@ -259,6 +319,50 @@ struct RawConfig {
     tls: RawTls,
     #[serde(default)]
     departments: Vec<RawDepartment>,
+    licensing: RawLicensing,
+    #[serde(default)]
+    licence_types: Vec<RawLicenceType>,
+    #[serde(default)]
+    access_rules: Vec<RawAccessRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLicensing {
+    kek_file: PathBuf,
+    public_url: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLicenceType {
+    code: String,
+    name: String,
+    issuers: Vec<String>,
+    #[serde(default = "default_validity_days")]
+    validity_days: u32,
+    #[serde(default)]
+    consent_required: bool,
+    fields: Vec<FieldSpec>,
+}
+
+fn default_validity_days() -> u32 {
+    365
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessRule {
+    department: String,
+    licence_type: String,
+    #[serde(default = "everything")]
+    purposes: Vec<String>,
+    #[serde(default = "everything")]
+    fields: Vec<String>,
+}
+
+fn everything() -> Vec<String> {
+    vec!["*".to_owned()]
 }
 
 #[derive(Deserialize)]
@@ -430,13 +534,172 @@ impl RawConfig {
             }
         }
 
+        let licensing = validate_licensing(
+            self.licensing,
+            self.licence_types,
+            self.access_rules,
+            &departments,
+            base,
+        )?;
         Ok(Config {
             path: path.to_owned(),
             server,
             tls,
             departments,
+            licensing,
         })
     }
+}
+
+fn validate_licensing(
+    raw: RawLicensing,
+    types: Vec<RawLicenceType>,
+    rules: Vec<RawAccessRule>,
+    departments: &DepartmentTable,
+    base: &Path,
+) -> Result<LicensingSettings, ConfigError> {
+    let kek_path = base.join(&raw.kek_file);
+    let kek_text = std::fs::read_to_string(&kek_path).map_err(|e| {
+        ConfigError::key("licensing.kek_file", format!("{}: {e}", kek_path.display()))
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&kek_path)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
+        if mode & 0o077 != 0 {
+            return Err(ConfigError::key(
+                "licensing.kek_file",
+                format!(
+                    "{} is readable by others (mode {:o}); chmod 600 it",
+                    kek_path.display(),
+                    mode & 0o777
+                ),
+            ));
+        }
+    }
+    let kek = Kek::from_base64(kek_text.trim()).map_err(|_| {
+        ConfigError::key(
+            "licensing.kek_file",
+            "must hold the base64 of 32 random bytes",
+        )
+    })?;
+    let public_url = raw.public_url.trim_end_matches('/').to_owned();
+    if !public_url.starts_with("https://") || public_url.len() > 200 {
+        return Err(ConfigError::key(
+            "licensing.public_url",
+            "must be an https:// URL",
+        ));
+    }
+
+    let mut licence_types: Vec<LicenceType> = Vec::new();
+    for (i, t) in types.into_iter().enumerate() {
+        let key = |k: &str| format!("licence_types[{i}].{k}");
+        let code = t
+            .code
+            .parse()
+            .map_err(|e| ConfigError::key(key("code"), e))?;
+        if licence_types.iter().any(|x| x.code == code) {
+            return Err(ConfigError::key(
+                key("code"),
+                format!("type {code} is listed twice"),
+            ));
+        }
+        if t.name.trim().is_empty() {
+            return Err(ConfigError::key(key("name"), "must not be empty"));
+        }
+        let mut issuers = BTreeSet::new();
+        for (j, issuer) in t.issuers.iter().enumerate() {
+            let id: Uscc = issuer
+                .parse()
+                .map_err(|e| ConfigError::key(format!("licence_types[{i}].issuers[{j}]"), e))?;
+            issuers.insert(id);
+        }
+        if t.validity_days == 0 {
+            return Err(ConfigError::key(key("validity_days"), "must be at least 1"));
+        }
+        let mut names = BTreeSet::new();
+        for (j, f) in t.fields.iter().enumerate() {
+            let ok = !f.name.is_empty()
+                && f.name.len() <= 64
+                && f.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && !RESERVED_FIELD_NAMES.contains(&f.name.as_str());
+            if !ok || !names.insert(f.name.clone()) {
+                return Err(ConfigError::key(
+                    format!("licence_types[{i}].fields[{j}].name"),
+                    "must be a unique snake_case name that is not a reserved claim",
+                ));
+            }
+        }
+        licence_types.push(LicenceType {
+            code,
+            name: t.name.trim().to_owned(),
+            issuers,
+            fields: t.fields,
+            validity_days: t.validity_days,
+            consent_required: t.consent_required,
+        });
+    }
+
+    let mut access_rules = Vec::new();
+    for (i, r) in rules.into_iter().enumerate() {
+        let key = |k: &str| format!("access_rules[{i}].{k}");
+        let department: Uscc = r
+            .department
+            .parse()
+            .map_err(|e| ConfigError::key(key("department"), e))?;
+        if departments.get(&department).is_none() {
+            return Err(ConfigError::key(
+                key("department"),
+                "not in the department table",
+            ));
+        }
+        let Some(licence_type) = licence_types
+            .iter()
+            .find(|t| t.code.as_str() == r.licence_type)
+        else {
+            return Err(ConfigError::key(
+                key("licence_type"),
+                "not a configured licence type",
+            ));
+        };
+        let star = |v: &[String]| v.iter().any(|x| x == "*");
+        let fields = if star(&r.fields) {
+            None
+        } else {
+            for f in &r.fields {
+                if !licence_type.fields.iter().any(|s| &s.name == f)
+                    && !["holder_id", "holder_name"].contains(&f.as_str())
+                {
+                    return Err(ConfigError::key(
+                        key("fields"),
+                        format!("`{f}` is not a field of {}", licence_type.name),
+                    ));
+                }
+            }
+            Some(r.fields.into_iter().collect())
+        };
+        let purposes = if star(&r.purposes) {
+            None
+        } else {
+            Some(r.purposes.into_iter().collect())
+        };
+        access_rules.push(AccessRule {
+            department,
+            licence_type: r.licence_type,
+            purposes,
+            fields,
+        });
+    }
+    Ok(LicensingSettings {
+        kek,
+        public_url,
+        licence_types,
+        access_rules,
+    })
 }
 
 #[cfg(test)]
@@ -444,9 +707,16 @@ mod tests {
     use super::*;
 
     fn write(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
         for f in ["ca.pem", "server.pem", "server.key"] {
             std::fs::write(dir.join(f), "x").unwrap();
         }
+        std::fs::write(
+            dir.join("kek"),
+            Kek::generate().unwrap().to_base64().as_str(),
+        )
+        .unwrap();
+        std::fs::set_permissions(dir.join("kek"), std::fs::Permissions::from_mode(0o600)).unwrap();
         let p = dir.join("certgate.toml");
         std::fs::write(&p, body).unwrap();
         p
@@ -459,10 +729,22 @@ listen = "127.0.0.1:0"
 cert = "server.pem"
 key = "server.key"
 client_ca = ["ca.pem"]
+[licensing]
+kek_file = "kek"
+public_url = "https://127.0.0.1:8443"
 [[departments]]
 id = "91110108551385082Q"
 name = "市场监管局"
 roles = ["issuer", "consumer"]
+[[licence_types]]
+code = "11100000MB0000100D001"
+name = "营业执照"
+issuers = ["91110108551385082Q"]
+fields = [{ name = "name", kind = "string", required = true }]
+[[access_rules]]
+department = "91110108551385082Q"
+licence_type = "11100000MB0000100D001"
+purposes = ["M-001"]
 "#;
 
     fn load(body: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -563,6 +845,35 @@ roles = ["issuer", "consumer"]
                 "expected key {key}, got {got} for env {env:?}"
             );
         }
+    }
+
+    #[test]
+    fn kek_file_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), GOOD);
+        std::fs::set_permissions(
+            dir.path().join("kek"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let err = Config::load_with_env(&p, []).unwrap_err();
+        assert!(
+            err.to_string().contains("licensing.kek_file") && err.to_string().contains("chmod 600"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn access_rules_match_department_type_and_purpose() {
+        let c = load(GOOD, &[]).unwrap();
+        let rule = &c.licensing.access_rules[0];
+        let dept: Uscc = "91110108551385082Q".parse().unwrap();
+        assert!(rule.applies(&dept, "11100000MB0000100D001", Some("M-001")));
+        assert!(!rule.applies(&dept, "11100000MB0000100D001", Some("M-002")));
+        assert!(!rule.applies(&dept, "11100000MB0000100D001", None));
+        assert!(rule.allows_field("name"));
+        assert!(!format!("{:?}", c.licensing).contains(c.licensing.kek.to_base64().as_str()));
     }
 
     #[test]

@@ -85,7 +85,8 @@ pub const CODES: &[(&str, u16, &str)] = &[
 ];
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with a status, a stable code from [`CODES`] and a message for the caller.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -159,6 +160,22 @@ impl ApiError {
             "CG-INT-001",
             "internal error; quote the request id to the operator",
         )
+    }
+}
+
+impl From<cert_store::service::ServiceError> for ApiError {
+    fn from(e: cert_store::service::ServiceError) -> Self {
+        use cert_store::service::ServiceError as E;
+        match e {
+            E::Invalid { .. } => Self::new(StatusCode::BAD_REQUEST, "CG-LIC-001", e.to_string()),
+            E::Forbidden(m) => Self::new(StatusCode::FORBIDDEN, "CG-LIC-002", m),
+            E::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "CG-LIC-003", e.to_string()),
+            E::Conflict(m) => Self::new(StatusCode::CONFLICT, "CG-LIC-004", m),
+            other => {
+                tracing::error!(error = %other, "licence service failure");
+                Self::internal()
+            }
+        }
     }
 }
 

@@ -10,7 +10,11 @@ use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
 use serde::Serialize;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, ConfigError, DepartmentTable, ServerSettings};
+use cert_store::service::{LicenceService, ServiceError};
+use cert_store::store::SqliteStore;
+
+use crate::config::{AccessRule, Config, ConfigError, DepartmentTable, ServerSettings};
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::tls::{RevokedSerials, TlsError, TlsMaterial};
 
@@ -26,6 +30,8 @@ pub struct Live {
     pub departments: DepartmentTable,
     /// Serials revoked by the current CRLs.
     pub revoked: RevokedSerials,
+    /// Who may read which licence fields for which purposes.
+    pub access_rules: Vec<AccessRule>,
     /// What was loaded.
     pub summary: LoadSummary,
 }
@@ -51,6 +57,26 @@ pub struct LoadSummary {
     pub revoked_serials: usize,
 }
 
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The TLS material is invalid.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The embedded store could not be opened.
+    #[error("cannot open the store {path}: {reason}")]
+    Store {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The licence service could not start (keys could not be loaded or created).
+    #[error("cannot start the licence service: {0}")]
+    Licences(ServiceError),
+}
+
 /// Why a reload failed; the previous configuration stays in force.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -72,17 +98,37 @@ pub struct Gateway {
     pub metrics: Metrics,
     config_path: PathBuf,
     live: ArcSwap<Live>,
+    licences: Arc<LicenceService>,
     sessions: Arc<dyn StoresServerSessions>,
     shutting_down: AtomicBool,
 }
 
 impl Gateway {
     /// Builds the gateway's state from a validated configuration.
-    pub fn new(config: Config) -> Result<Arc<Gateway>, TlsError> {
+    pub fn new(config: Config) -> Result<Arc<Gateway>, StartError> {
         let sessions: Arc<dyn StoresServerSessions> =
             ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
         let live = build_live(&config, sessions.clone())?;
+        std::fs::create_dir_all(&config.server.data_dir).map_err(|e| StartError::Store {
+            path: config.server.data_dir.clone(),
+            reason: e.to_string(),
+        })?;
+        let db = config.server.data_dir.join("certgate.db");
+        let store = SqliteStore::open(&db).map_err(|e| StartError::Store {
+            path: db.clone(),
+            reason: e.to_string(),
+        })?;
+        let licensing = &config.licensing;
+        let licences = LicenceService::open(
+            Arc::new(store),
+            licensing.kek.clone(),
+            licensing.licence_types.clone(),
+            &format!("{}/v1/status-lists", licensing.public_url),
+            unix_now(),
+        )
+        .map_err(StartError::Licences)?;
         Ok(Arc::new(Gateway {
+            licences: Arc::new(licences),
             settings: config.server,
             metrics: Metrics::default(),
             config_path: config.path,
@@ -118,6 +164,27 @@ impl Gateway {
         }
     }
 
+    /// The licence and seal service.
+    pub fn licence_service(&self) -> &LicenceService {
+        &self.licences
+    }
+
+    /// Runs `f` on the licence service on a blocking thread (SQLite and signatures block),
+    /// with the current time.
+    pub async fn licences<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&LicenceService, i64) -> Result<T, ServiceError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let svc = self.licences.clone();
+        tokio::task::spawn_blocking(move || f(&svc, unix_now()))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "licence task failed");
+                ApiError::internal()
+            })?
+            .map_err(ApiError::from)
+    }
+
     /// True when the current CRLs revoke the certificate with this raw issuer and serial.
     /// Checked on every request, so a revocation reaches open and resumed sessions at once.
     pub fn is_revoked(&self, issuer_raw: &[u8], serial_raw: &[u8]) -> bool {
@@ -146,7 +213,15 @@ fn build_live(config: &Config, sessions: Arc<dyn StoresServerSessions>) -> Resul
     Ok(Live {
         acceptor: TlsAcceptor::from(material.server_config),
         departments: config.departments.clone(),
+        access_rules: config.licensing.access_rules.clone(),
         revoked: material.revoked,
         summary,
     })
+}
+
+/// Seconds since the Unix epoch, from the system clock.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

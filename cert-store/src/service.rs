@@ -1,0 +1,1238 @@
+//! The licence and seal service: seals, issuance as SD-JWT VC, queries, verification with
+//! every check reported, field checks, lifecycle, status lists, consents and show-codes.
+//!
+//! Time comes in as a parameter (`now`, Unix seconds) on every call that depends on it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use openssl::x509::X509;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::crypto::{CryptoError, Kek, PublicKey, SealKey};
+use crate::id::{HolderId, Uscc};
+use crate::jws::{self, JwsAlg, JwsHeader, JwsVerifier};
+use crate::licence::{
+    ConsentRecord, LicenceRecord, LicenceStatus, LicenceType, SealRecord, ShowCodeRecord,
+};
+use crate::licence_id::{LicenceId, TypeCode};
+use crate::sdjwt;
+use crate::seal_ca::{self, SealCa};
+use crate::status_list::{self, Status, StatusList};
+use crate::store::{Store, StoreError};
+
+/// Entries in one status list (the Token Status List draft asks for at least 131,072 so that
+/// an index reveals little).
+pub const STATUS_LIST_ENTRIES: u32 = 131_072;
+/// A list takes new licences until it is this full; indexes are drawn at random below it.
+const STATUS_LIST_FILL: u64 = (STATUS_LIST_ENTRIES as u64) / 2;
+/// Longest consent validity.
+pub const MAX_CONSENT_SECONDS: i64 = 24 * 3600;
+/// Validity of a show-code.
+pub const SHOW_CODE_SECONDS: i64 = 5 * 60;
+/// How long a status list token may be cached.
+pub const STATUS_LIST_TTL: i64 = 300;
+/// Claims of the holder that are selectively disclosable besides the type's fields.
+pub const HOLDER_CLAIMS: &[&str] = &["holder_id", "holder_name"];
+
+/// Why a service call failed. The gateway maps each variant to a status and a stable code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// A request field is missing or invalid.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field at fault.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The object does not exist (or is not visible to the caller).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The object is in a state that does not allow the change.
+    #[error("{0}")]
+    Conflict(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Key handling failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+fn invalid(field: &str, reason: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Invalid {
+        field: field.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// What an issuer asks for.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct IssueRequest {
+    /// The licence type code.
+    pub licence_type: String,
+    /// The holder's USCC or citizen id.
+    pub holder_id: String,
+    /// The holder's name.
+    pub holder_name: String,
+    /// The seal to sign with (one of the issuer's seals).
+    pub seal_id: String,
+    /// The licence fields, per the type's schema.
+    #[serde(default)]
+    pub fields: Map<String, Value>,
+    /// Start of validity (Unix seconds); default now.
+    pub valid_from: Option<i64>,
+    /// End of validity (Unix seconds); default now + the type's validity.
+    pub valid_until: Option<i64>,
+    /// The issuer's serial; default the next number.
+    pub serial: Option<String>,
+}
+
+/// One check of a verification, with its outcome.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked: `format`, `signature`, `certificate_chain`, `seal`, `typ`, `vct`,
+    /// `time`, `status`, `disclosures`.
+    pub check: &'static str,
+    /// Whether it passed.
+    pub ok: bool,
+    /// The reason, in words.
+    pub detail: String,
+}
+
+/// The verdict on a presented licence.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VerifyReport {
+    /// True when every check passed.
+    pub valid: bool,
+    /// Every check made, in order; verification stops at the first that fails.
+    pub checks: Vec<Check>,
+    /// The licence identifier, when the credential could be read.
+    pub licence_id: Option<String>,
+    /// The licence status from the status list, when reached.
+    pub status: Option<LicenceStatus>,
+    /// The signed plain claims (iss, vct, iat, nbf, exp, status, jti).
+    pub claims: Map<String, Value>,
+    /// The disclosed fields.
+    pub disclosed: Map<String, Value>,
+}
+
+/// A lifecycle action on a licence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Valid → suspended.
+    Suspend,
+    /// Suspended → valid.
+    Resume,
+    /// Valid or suspended → revoked (final).
+    Revoke,
+}
+
+/// certgate's licence and seal service over a [`Store`].
+pub struct LicenceService {
+    store: Arc<dyn Store>,
+    kek: Kek,
+    seal_ca: SealCa,
+    signing_key: SealKey,
+    signing_kid: String,
+    types: BTreeMap<String, LicenceType>,
+    status_uri_base: String,
+}
+
+impl std::fmt::Debug for LicenceService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LicenceService")
+            .field("types", &self.types.len())
+            .field("signing_kid", &self.signing_kid)
+            .finish_non_exhaustive()
+    }
+}
+
+const SEAL_CA: &str = "seal-ca";
+const SIGNING_KEY: &str = "gateway-signing.key";
+
+impl LicenceService {
+    /// Opens the service: loads (or, on first start, creates) the seal CA and the gateway's
+    /// own signing key, both stored encrypted under `kek`.
+    pub fn open(
+        store: Arc<dyn Store>,
+        kek: Kek,
+        types: Vec<LicenceType>,
+        status_uri_base: &str,
+        now: i64,
+    ) -> Result<LicenceService, ServiceError> {
+        let seal_ca = stored_seal_ca(&*store, &kek, now)?;
+        let signing_key = stored_key(&*store, &kek, SIGNING_KEY, JwsAlg::Es256)?;
+        let signing_kid = key_id(&signing_key.public_key_der());
+        Ok(LicenceService {
+            store,
+            kek,
+            seal_ca,
+            signing_key,
+            signing_kid,
+            types: types.into_iter().map(|t| (t.code.to_string(), t)).collect(),
+            status_uri_base: status_uri_base.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// The licence types in force.
+    pub fn types(&self) -> impl Iterator<Item = &LicenceType> {
+        self.types.values()
+    }
+
+    /// A licence type by code.
+    pub fn licence_type(&self, code: &str) -> Option<&LicenceType> {
+        self.types.get(code)
+    }
+
+    /// The seal CA certificate (PEM).
+    pub fn seal_ca_pem(&self) -> String {
+        self.seal_ca.certificate_pem()
+    }
+
+    /// The JWK set of the ES256 keys: the gateway's signing key (status lists, consents) and
+    /// every ES256 seal.
+    pub fn jwks(&self) -> Result<Value, ServiceError> {
+        let mut keys = Vec::new();
+        let mut gateway_key = self.signing_key.public_key().jwk();
+        add_jwk_fields(&mut gateway_key, &self.signing_kid, "gateway");
+        keys.push(gateway_key);
+        for seal in self.store.seals(None)? {
+            if seal.alg != JwsAlg::Es256 || seal.revoked_at.is_some() {
+                continue;
+            }
+            let cert = X509::from_pem(seal.certificate_pem.as_bytes())
+                .map_err(|e| CryptoError::BadKey(e.to_string()))?;
+            let mut jwk = PublicKey::from_certificate(&cert)?.jwk();
+            add_jwk_fields(&mut jwk, &seal.id, "seal");
+            keys.push(jwk);
+        }
+        Ok(json!({ "keys": keys }))
+    }
+
+    // ---- seals ----
+
+    /// Creates a seal for `owner` with a new key pair and a seal certificate.
+    pub fn create_seal(
+        &self,
+        owner: &Uscc,
+        seal_type: &str,
+        name: &str,
+        alg: JwsAlg,
+        picture: Option<Vec<u8>>,
+        now: i64,
+    ) -> Result<SealRecord, ServiceError> {
+        let seal_type = seal_type.trim();
+        let name = name.trim();
+        if seal_type.is_empty() || seal_type.chars().count() > 20 {
+            return Err(invalid(
+                "seal_type",
+                "must be 1 to 20 characters, e.g. 公章",
+            ));
+        }
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(invalid("name", "must be 1 to 100 characters"));
+        }
+        if let Some(p) = &picture {
+            if !p.starts_with(b"\x89PNG\r\n\x1a\n") {
+                return Err(invalid("picture", "must be a PNG image"));
+            }
+            if p.len() > 512 * 1024 {
+                return Err(invalid("picture", "must be at most 512 KiB"));
+            }
+        }
+        let key = SealKey::generate(alg)?;
+        let at =
+            |t: i64| time::OffsetDateTime::from_unix_timestamp(t).map_err(|e| invalid("now", e));
+        let not_after = now + 5 * 365 * 86400;
+        let cert = self.seal_ca.issue_seal_certificate(
+            key.public_key(),
+            owner,
+            name,
+            at(now - 3600)?,
+            at(not_after)?,
+        )?;
+        let id = format!("seal-{}", hex::encode(crate::crypto::random_bytes::<8>()?));
+        let certificate_pem = String::from_utf8(
+            cert.to_pem()
+                .map_err(|e| CryptoError::Openssl(e.to_string()))?,
+        )
+        .map_err(|e| CryptoError::Openssl(e.to_string()))?;
+        let encrypted_key = self.kek.encrypt(&key.to_pkcs8_der()?, id.as_bytes())?;
+        let record = SealRecord {
+            picture_sha256: picture.as_ref().map(|p| hex::encode(Sha256::digest(p))),
+            picture,
+            id,
+            owner: owner.clone(),
+            seal_type: seal_type.to_owned(),
+            name: name.to_owned(),
+            alg,
+            certificate_pem,
+            encrypted_key,
+            created_at: now,
+            not_after,
+            revoked_at: None,
+            revocation_reason: None,
+        };
+        self.store.insert_seal(&record)?;
+        Ok(record)
+    }
+
+    /// Seals, optionally of one owner.
+    pub fn seals(&self, owner: Option<&Uscc>) -> Result<Vec<SealRecord>, ServiceError> {
+        Ok(self.store.seals(owner)?)
+    }
+
+    /// A seal by id.
+    pub fn seal(&self, id: &str) -> Result<SealRecord, ServiceError> {
+        self.store
+            .seal(id)?
+            .ok_or_else(|| ServiceError::NotFound(format!("seal {id}")))
+    }
+
+    /// Revokes one of `by`'s seals. Licences it signed fail verification from `now` on.
+    pub fn revoke_seal(
+        &self,
+        id: &str,
+        by: &Uscc,
+        reason: &str,
+        now: i64,
+    ) -> Result<SealRecord, ServiceError> {
+        let seal = self.seal(id)?;
+        if &seal.owner != by {
+            return Err(ServiceError::Forbidden(
+                "only the seal's owner may revoke it".into(),
+            ));
+        }
+        let reason = required_reason(reason)?;
+        if !self.store.revoke_seal(id, now, reason)? {
+            return Err(ServiceError::Conflict(format!(
+                "seal {id} is already revoked"
+            )));
+        }
+        self.seal(id)
+    }
+
+    fn seal_key(&self, seal: &SealRecord) -> Result<SealKey, ServiceError> {
+        let der = self.kek.decrypt(&seal.encrypted_key, seal.id.as_bytes())?;
+        Ok(SealKey::from_pkcs8_der(seal.alg, &der)?)
+    }
+
+    // ---- issuance ----
+
+    /// Issues a licence: checks the issuer may issue the type and owns the seal, validates the
+    /// holder and the fields, assigns the identifier and a status-list slot, signs.
+    pub fn issue(
+        &self,
+        issuer: &Uscc,
+        req: &IssueRequest,
+        now: i64,
+    ) -> Result<LicenceRecord, ServiceError> {
+        self.issue_inner(issuer, req, None, now)
+    }
+
+    fn issue_inner(
+        &self,
+        issuer: &Uscc,
+        req: &IssueRequest,
+        renews: Option<&LicenceRecord>,
+        now: i64,
+    ) -> Result<LicenceRecord, ServiceError> {
+        let licence_type = self.types.get(&req.licence_type).ok_or_else(|| {
+            invalid(
+                "licence_type",
+                format!("unknown licence type `{}`", req.licence_type),
+            )
+        })?;
+        if !licence_type.issuers.contains(issuer) {
+            return Err(ServiceError::Forbidden(format!(
+                "department {issuer} may not issue {} ({})",
+                licence_type.name, licence_type.code
+            )));
+        }
+        let holder: HolderId = req.holder_id.parse().map_err(|e| invalid("holder_id", e))?;
+        let holder_name = req.holder_name.trim();
+        if holder_name.is_empty() || holder_name.chars().count() > 200 {
+            return Err(invalid("holder_name", "must be 1 to 200 characters"));
+        }
+        licence_type
+            .validate_fields(&req.fields)
+            .map_err(|e| invalid(&format!("fields.{}", e.field), e.reason))?;
+        let seal = self
+            .seal(&req.seal_id)
+            .map_err(|_| invalid("seal_id", "no such seal"))?;
+        if &seal.owner != issuer {
+            return Err(ServiceError::Forbidden(
+                "the seal belongs to another department".into(),
+            ));
+        }
+        if seal.revoked_at.is_some() {
+            return Err(invalid("seal_id", "the seal is revoked"));
+        }
+        let not_before = req.valid_from.unwrap_or(now);
+        let expires_at = req
+            .valid_until
+            .unwrap_or(not_before + i64::from(licence_type.validity_days) * 86400);
+        if expires_at <= not_before {
+            return Err(invalid("valid_until", "must be after valid_from"));
+        }
+        if expires_at > seal.not_after {
+            return Err(invalid(
+                "valid_until",
+                "must not outlast the seal certificate",
+            ));
+        }
+        let (serial, version) = match renews {
+            Some(old) => {
+                let old_id: LicenceId = old
+                    .id
+                    .parse()
+                    .map_err(|e| ServiceError::Conflict(format!("stored id: {e}")))?;
+                (old_id.serial().to_owned(), old_id.version() + 1)
+            }
+            None => match &req.serial {
+                Some(s) => (s.clone(), 1),
+                None => (format!("{:012}", self.store.next_serial(issuer)?), 1),
+            },
+        };
+        let type_code: TypeCode = licence_type.code.clone();
+        let id = LicenceId::new(&type_code, issuer, &serial, version)
+            .map_err(|e| invalid("serial", e))?;
+        if self.store.licence(id.as_str())?.is_some() {
+            return Err(ServiceError::Conflict(format!(
+                "licence {id} already exists"
+            )));
+        }
+
+        let key = self.seal_key(&seal)?;
+        let cert = X509::from_pem(seal.certificate_pem.as_bytes())
+            .map_err(|e| CryptoError::BadKey(e.to_string()))?;
+        let x5c = vec![
+            b64std(
+                &cert
+                    .to_der()
+                    .map_err(|e| CryptoError::Openssl(e.to_string()))?,
+            ),
+            b64std(
+                &self
+                    .seal_ca
+                    .certificate()
+                    .to_der()
+                    .map_err(|e| CryptoError::Openssl(e.to_string()))?,
+            ),
+        ];
+        let header = JwsHeader {
+            alg: seal.alg,
+            typ: Some("dc+sd-jwt".into()),
+            kid: Some(seal.id.clone()),
+            x5c: Some(x5c),
+        };
+        let mut disclosable = req.fields.clone();
+        disclosable.insert(
+            "holder_id".into(),
+            Value::String(holder.as_str().to_owned()),
+        );
+        disclosable.insert("holder_name".into(), Value::String(holder_name.to_owned()));
+
+        for _ in 0..32 {
+            let list = self.open_status_list()?;
+            let index = random_index()?;
+            let mut plain = Map::new();
+            plain.insert("iss".into(), json!(format!("urn:certgate:dept:{issuer}")));
+            plain.insert("jti".into(), json!(id.as_str()));
+            plain.insert("vct".into(), json!(licence_type.code.as_str()));
+            plain.insert("iat".into(), json!(now));
+            plain.insert("nbf".into(), json!(not_before));
+            plain.insert("exp".into(), json!(expires_at));
+            plain.insert(
+                "status".into(),
+                json!({"status_list": {"idx": index, "uri": format!("{}/{list}", self.status_uri_base)}}),
+            );
+            let issued = sdjwt::issue(
+                header.clone(),
+                plain,
+                &disclosable,
+                &mut sdjwt::OsSalts,
+                &key,
+            )
+            .map_err(|e| ServiceError::Conflict(format!("cannot sign: {e}")))?;
+            let record = LicenceRecord {
+                id: id.to_string(),
+                type_code: licence_type.code.to_string(),
+                issuer: issuer.clone(),
+                holder: holder.as_str().to_owned(),
+                seal_id: seal.id.clone(),
+                sd_jwt: issued.sd_jwt,
+                fields: req.fields.clone(),
+                status: LicenceStatus::Valid,
+                status_reason: None,
+                status_list: list,
+                status_index: index,
+                issued_at: now,
+                not_before,
+                expires_at,
+                replaces: renews.map(|o| o.id.clone()),
+                replaced_by: None,
+            };
+            let stored = match renews {
+                Some(old) => self.store.insert_renewal(&old.id, &record, now),
+                None => self.store.insert_licence(&record),
+            };
+            match stored {
+                Ok(()) => return Ok(record),
+                // Another licence took this status slot (or the id) meanwhile: draw again.
+                Err(StoreError::Conflict(_)) if self.store.licence(id.as_str())?.is_none() => {
+                    continue;
+                }
+                Err(StoreError::Conflict(e)) => return Err(ServiceError::Conflict(e)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Conflict(
+            "no free status-list slot found".into(),
+        ))
+    }
+
+    /// The list new licences go into: the lowest one not yet half full.
+    fn open_status_list(&self) -> Result<u32, ServiceError> {
+        let mut list = 0;
+        while self.store.status_list_len(list)? >= STATUS_LIST_FILL {
+            list += 1;
+        }
+        Ok(list)
+    }
+
+    // ---- queries ----
+
+    /// A licence by identifier.
+    pub fn licence(&self, id: &str) -> Result<LicenceRecord, ServiceError> {
+        let parsed: LicenceId = id.parse().map_err(|e| invalid("id", e))?;
+        self.store
+            .licence(parsed.as_str())?
+            .ok_or_else(|| ServiceError::NotFound(format!("licence {id}")))
+    }
+
+    /// Licences of a holder and type, newest first.
+    pub fn licences_by_holder(
+        &self,
+        holder: &str,
+        type_code: &str,
+    ) -> Result<Vec<LicenceRecord>, ServiceError> {
+        let holder: HolderId = holder.parse().map_err(|e| invalid("holder", e))?;
+        if !self.types.contains_key(type_code) {
+            return Err(invalid(
+                "type",
+                format!("unknown licence type `{type_code}`"),
+            ));
+        }
+        Ok(self.store.licences_by_holder(holder.as_str(), type_code)?)
+    }
+
+    /// The licence's SD-JWT with only the disclosures whose name `keep` accepts.
+    pub fn present(
+        &self,
+        licence: &LicenceRecord,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<String, ServiceError> {
+        sdjwt::select(&licence.sd_jwt, keep)
+            .map_err(|e| ServiceError::Conflict(format!("stored credential: {e}")))
+    }
+
+    /// Answers match / no-match per field without disclosing anything else (核验).
+    pub fn check_fields(
+        &self,
+        licence: &LicenceRecord,
+        claims: &Map<String, Value>,
+    ) -> Result<BTreeMap<String, bool>, ServiceError> {
+        if claims.is_empty() {
+            return Err(invalid("fields", "name at least one field to check"));
+        }
+        let licence_type = self.types.get(&licence.type_code).ok_or_else(|| {
+            ServiceError::Conflict("the licence's type is no longer configured".into())
+        })?;
+        let mut out = BTreeMap::new();
+        for (name, expected) in claims {
+            let actual = match name.as_str() {
+                "holder_id" => Some(Value::String(licence.holder.clone())),
+                _ if licence_type.fields.iter().any(|f| &f.name == name) => {
+                    licence.fields.get(name).cloned()
+                }
+                _ => return Err(invalid(name, "not a field of this licence type")),
+            };
+            out.insert(name.clone(), actual.as_ref() == Some(expected));
+        }
+        Ok(out)
+    }
+
+    // ---- verification ----
+
+    /// Verifies a presented SD-JWT VC and reports every check.
+    pub fn verify(&self, presented: &str, now: i64) -> VerifyReport {
+        let mut report = VerifyReport {
+            valid: false,
+            checks: Vec::new(),
+            licence_id: None,
+            status: None,
+            claims: Map::new(),
+            disclosed: Map::new(),
+        };
+        let chain_note = std::cell::RefCell::new(String::new());
+        let resolved = sdjwt::verify(presented, &|parsed: &jws::ParsedJws| {
+            self.resolve_seal_key(parsed, now).map(|(key, note)| {
+                *chain_note.borrow_mut() = note;
+                key
+            })
+        });
+        let chain_note = chain_note.into_inner();
+        let verified = match resolved {
+            Ok(v) => v,
+            Err(e) => {
+                let (check, detail) = classify_sdjwt_error(&e);
+                report.checks.push(Check {
+                    check,
+                    ok: false,
+                    detail,
+                });
+                return report;
+            }
+        };
+        report.checks.push(Check {
+            check: "typ",
+            ok: true,
+            detail: "dc+sd-jwt".into(),
+        });
+        report.checks.push(Check {
+            check: "certificate_chain",
+            ok: true,
+            detail: chain_note,
+        });
+        report.checks.push(Check {
+            check: "signature",
+            ok: true,
+            detail: format!(
+                "{} signature by the seal's key is valid",
+                verified.header.alg.name()
+            ),
+        });
+        report.licence_id = verified
+            .claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        report.claims = verified.claims.clone();
+        report.disclosed = verified.disclosed.clone();
+
+        let vct = verified
+            .claims
+            .get("vct")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let Some(licence_type) = self.types.get(vct) else {
+            report.checks.push(Check {
+                check: "vct",
+                ok: false,
+                detail: format!("unknown licence type `{vct}`"),
+            });
+            return report;
+        };
+        report.checks.push(Check {
+            check: "vct",
+            ok: true,
+            detail: format!("{} ({vct})", licence_type.name),
+        });
+
+        if let Some(name) = verified.disclosed.keys().find(|n| {
+            !HOLDER_CLAIMS.contains(&n.as_str())
+                && !licence_type.fields.iter().any(|f| &f.name == *n)
+        }) {
+            report.checks.push(Check {
+                check: "disclosures",
+                ok: false,
+                detail: format!(
+                    "disclosure `{name}` is not a field of {}",
+                    licence_type.name
+                ),
+            });
+            return report;
+        }
+
+        if let Err(e) = sdjwt::check_time(&verified.claims, now, 60) {
+            report.checks.push(Check {
+                check: "time",
+                ok: false,
+                detail: e.to_string(),
+            });
+            return report;
+        }
+        report.checks.push(Check {
+            check: "time",
+            ok: true,
+            detail: "within nbf..exp".into(),
+        });
+
+        match self.status_of(&verified.claims) {
+            Ok(status) => {
+                report.status = Some(status);
+                let ok = status == LicenceStatus::Valid;
+                report.checks.push(Check {
+                    check: "status",
+                    ok,
+                    detail: format!("licence is {}", status.as_str()),
+                });
+                if !ok {
+                    return report;
+                }
+            }
+            Err(detail) => {
+                report.checks.push(Check {
+                    check: "status",
+                    ok: false,
+                    detail,
+                });
+                return report;
+            }
+        }
+        report.checks.push(Check {
+            check: "disclosures",
+            ok: true,
+            detail: format!(
+                "{} disclosure digest(s) match the signed credential",
+                verified.digests_checked
+            ),
+        });
+        report.valid = true;
+        report
+    }
+
+    /// Finds the key that must have signed a credential: the seal named by `kid`, whose
+    /// certificate must be the `x5c` leaf, chain to the seal CA and not be revoked.
+    fn resolve_seal_key(
+        &self,
+        parsed: &jws::ParsedJws,
+        now: i64,
+    ) -> Result<(Box<dyn JwsVerifier>, String), String> {
+        let x5c = parsed.header.x5c.as_deref().unwrap_or_default();
+        let certs = x5c
+            .iter()
+            .map(|c| {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, c)
+                    .ok()
+                    .and_then(|der| X509::from_der(&der).ok())
+                    .ok_or_else(|| "x5c holds a certificate that cannot be read".to_owned())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some((leaf, rest)) = certs.split_first() else {
+            return Err("x5c is missing: the seal certificate is required".into());
+        };
+        let iat = parsed
+            .payload
+            .get("iat")
+            .and_then(Value::as_i64)
+            .unwrap_or(now);
+        let at = time::OffsetDateTime::from_unix_timestamp(iat)
+            .map_err(|_| "iat is out of range".to_owned())?;
+        seal_ca::verify_chain(
+            leaf,
+            rest,
+            std::slice::from_ref(self.seal_ca.certificate()),
+            at,
+        )
+        .map_err(|e| format!("seal certificate does not chain to the seal CA: {e}"))?;
+        let kid = parsed.header.kid.as_deref().ok_or("kid is missing")?;
+        let seal = self
+            .store
+            .seal(kid)
+            .map_err(|e| format!("seal lookup failed: {e}"))?
+            .ok_or_else(|| format!("seal {kid} is not known"))?;
+        let stored = X509::from_pem(seal.certificate_pem.as_bytes())
+            .map_err(|_| "stored seal certificate unreadable".to_owned())?;
+        if stored.to_der().ok() != leaf.to_der().ok() {
+            return Err(format!("x5c leaf is not the certificate of seal {kid}"));
+        }
+        if let Some(revoked_at) = seal.revoked_at {
+            if revoked_at <= now {
+                return Err(format!(
+                    "seal revoked at {revoked_at}: {}",
+                    seal.revocation_reason.unwrap_or_default()
+                ));
+            }
+        }
+        let key = PublicKey::from_certificate(leaf).map_err(|e| e.to_string())?;
+        Ok((
+            Box::new(key),
+            format!(
+                "seal {kid} ({}) chains to the certgate seal CA and is not revoked",
+                seal.name
+            ),
+        ))
+    }
+
+    fn status_of(&self, claims: &Map<String, Value>) -> Result<LicenceStatus, String> {
+        let entry = claims
+            .get("status")
+            .and_then(|s| s.get("status_list"))
+            .ok_or("the credential carries no status_list entry")?;
+        let idx = entry
+            .get("idx")
+            .and_then(Value::as_u64)
+            .ok_or("status_list.idx missing")?;
+        let uri = entry
+            .get("uri")
+            .and_then(Value::as_str)
+            .ok_or("status_list.uri missing")?;
+        let list: u32 = uri
+            .strip_prefix(&format!("{}/", self.status_uri_base))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("status list {uri} is not one of this gateway's"))?;
+        let id = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .ok_or("jti missing")?;
+        let licence = self
+            .store
+            .licence(id)
+            .map_err(|e| format!("status lookup failed: {e}"))?
+            .ok_or_else(|| format!("licence {id} is not in this gateway's register"))?;
+        if u64::from(licence.status_index) != idx || licence.status_list != list {
+            return Err("the status entry does not belong to this licence".into());
+        }
+        Ok(licence.status)
+    }
+
+    // ---- lifecycle ----
+
+    /// Suspends, resumes or revokes a licence; only its issuer may.
+    pub fn change_status(
+        &self,
+        id: &str,
+        by: &Uscc,
+        action: Lifecycle,
+        reason: &str,
+    ) -> Result<LicenceRecord, ServiceError> {
+        let licence = self.licence(id)?;
+        if &licence.issuer != by {
+            return Err(ServiceError::Forbidden(
+                "only the licence's issuer may change its status".into(),
+            ));
+        }
+        let reason = required_reason(reason)?;
+        let next = match (action, licence.status) {
+            (Lifecycle::Suspend, LicenceStatus::Valid) => LicenceStatus::Suspended,
+            (Lifecycle::Resume, LicenceStatus::Suspended) => LicenceStatus::Valid,
+            (Lifecycle::Revoke, LicenceStatus::Valid | LicenceStatus::Suspended) => {
+                LicenceStatus::Revoked
+            }
+            (_, current) => {
+                return Err(ServiceError::Conflict(format!(
+                    "a {} licence cannot be {}",
+                    current.as_str(),
+                    match action {
+                        Lifecycle::Suspend => "suspended",
+                        Lifecycle::Resume => "resumed",
+                        Lifecycle::Revoke => "revoked",
+                    }
+                )));
+            }
+        };
+        self.store.set_status(&licence.id, next, Some(reason))?;
+        self.licence(id)
+    }
+
+    /// Renews a licence: a new identifier (next version) linked to the old one, which is
+    /// revoked as replaced. Fields default to the old licence's.
+    pub fn renew(
+        &self,
+        id: &str,
+        by: &Uscc,
+        fields: Option<Map<String, Value>>,
+        valid_until: Option<i64>,
+        now: i64,
+    ) -> Result<LicenceRecord, ServiceError> {
+        let old = self.licence(id)?;
+        if &old.issuer != by {
+            return Err(ServiceError::Forbidden(
+                "only the licence's issuer may renew it".into(),
+            ));
+        }
+        if old.status == LicenceStatus::Revoked {
+            return Err(ServiceError::Conflict(
+                "a revoked licence cannot be renewed".into(),
+            ));
+        }
+        let holder_name = sdjwt::select(&old.sd_jwt, &|n| n == "holder_name")
+            .ok()
+            .and_then(|p| disclosed_value(&p, "holder_name"))
+            .unwrap_or_default();
+        let req = IssueRequest {
+            licence_type: old.type_code.clone(),
+            holder_id: old.holder.clone(),
+            holder_name,
+            seal_id: old.seal_id.clone(),
+            fields: fields.unwrap_or_else(|| old.fields.clone()),
+            valid_from: Some(now),
+            valid_until,
+            serial: None,
+        };
+        self.issue_inner(by, &req, Some(&old), now)
+    }
+
+    /// The signed status list `n` (`statuslist+jwt`).
+    pub fn status_list_token(&self, n: u32, now: i64) -> Result<String, ServiceError> {
+        let entries = self.store.status_entries(n)?;
+        if entries.is_empty() && n > 0 && self.store.status_list_len(n - 1)? < STATUS_LIST_FILL {
+            return Err(ServiceError::NotFound(format!("status list {n}")));
+        }
+        let mut list = StatusList::new(STATUS_LIST_ENTRIES as usize)
+            .map_err(|e| ServiceError::Conflict(e.to_string()))?;
+        for (idx, status) in entries {
+            let s = match status {
+                LicenceStatus::Valid => Status::Valid,
+                LicenceStatus::Revoked => Status::Revoked,
+                LicenceStatus::Suspended => Status::Suspended,
+            };
+            list.set(idx as usize, s)
+                .map_err(|e| ServiceError::Conflict(e.to_string()))?;
+        }
+        let payload = status_list::status_list_payload(
+            &format!("{}/{n}", self.status_uri_base),
+            now,
+            now + 2 * STATUS_LIST_TTL,
+            STATUS_LIST_TTL,
+            &list,
+        );
+        let header = JwsHeader {
+            alg: JwsAlg::Es256,
+            typ: Some(status_list::STATUS_LIST_TYP.into()),
+            kid: Some(self.signing_kid.clone()),
+            x5c: None,
+        };
+        jws::sign_compact(&header, &payload, &self.signing_key)
+            .map_err(|e| ServiceError::Conflict(format!("cannot sign status list: {e}")))
+    }
+
+    // ---- consents and show-codes ----
+
+    /// Records a holder's consent for `department` to query licences of `types` for
+    /// `purpose`, and returns it with its token (an ES256 JWT signed by the gateway).
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_consent(
+        &self,
+        app: &Uscc,
+        holder: &str,
+        department: &Uscc,
+        types: &[String],
+        purpose: &str,
+        ttl_seconds: i64,
+        now: i64,
+    ) -> Result<(ConsentRecord, String), ServiceError> {
+        let holder: HolderId = holder.parse().map_err(|e| invalid("holder_id", e))?;
+        if types.is_empty() {
+            return Err(invalid("licence_types", "name at least one licence type"));
+        }
+        for t in types {
+            if !self.types.contains_key(t) {
+                return Err(invalid(
+                    "licence_types",
+                    format!("unknown licence type `{t}`"),
+                ));
+            }
+        }
+        let purpose = purpose.trim();
+        if purpose.is_empty() || purpose.chars().count() > 200 {
+            return Err(invalid("purpose", "must be 1 to 200 characters"));
+        }
+        if ttl_seconds <= 0 || ttl_seconds > MAX_CONSENT_SECONDS {
+            return Err(invalid(
+                "ttl_seconds",
+                "must be between 1 and 86400 (24 hours)",
+            ));
+        }
+        let record = ConsentRecord {
+            id: format!(
+                "consent-{}",
+                hex::encode(crate::crypto::random_bytes::<12>()?)
+            ),
+            holder: holder.as_str().to_owned(),
+            department: department.clone(),
+            licence_types: types.to_vec(),
+            purpose: purpose.to_owned(),
+            created_by: app.clone(),
+            expires_at: now + ttl_seconds,
+            revoked_at: None,
+        };
+        self.store.insert_consent(&record)?;
+        let claims = json!({
+            "iss": "urn:certgate:gateway",
+            "jti": record.id,
+            "sub": holder_pseudonym(holder.as_str()),
+            "aud": format!("urn:certgate:dept:{department}"),
+            "licence_types": types,
+            "purpose": purpose,
+            "iat": now,
+            "exp": record.expires_at,
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(self.signing_kid.clone());
+        let key = jsonwebtoken::EncodingKey::from_ec_der(&self.signing_key.to_pkcs8_der()?);
+        let token = jsonwebtoken::encode(&header, &claims, &key)
+            .map_err(|e| ServiceError::Conflict(format!("cannot sign consent: {e}")))?;
+        Ok((record, token))
+    }
+
+    /// Checks that `token` is a live consent of `holder` for `department` to query `type_code`.
+    pub fn check_consent(
+        &self,
+        token: &str,
+        holder: &str,
+        department: &Uscc,
+        type_code: &str,
+        now: i64,
+    ) -> Result<ConsentRecord, ServiceError> {
+        let pem = self
+            .signing_key
+            .public_key()
+            .pkey()
+            .public_key_to_pem()
+            .map_err(|e| CryptoError::Openssl(e.to_string()))?;
+        let key = jsonwebtoken::DecodingKey::from_ec_pem(&pem)
+            .map_err(|e| ServiceError::Conflict(format!("consent key: {e}")))?;
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+        validation.set_audience(&[format!("urn:certgate:dept:{department}")]);
+        validation.set_issuer(&["urn:certgate:gateway"]);
+        validation.validate_exp = false; // checked below against our clock
+        validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
+            .map_err(|e| ServiceError::Forbidden(format!("consent token refused: {e}")))?;
+        let id = data
+            .claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let consent = self.store.consent(id)?.ok_or_else(|| {
+            ServiceError::Forbidden("consent token refused: unknown consent".into())
+        })?;
+        let holder: HolderId = holder.parse().map_err(|e| invalid("holder", e))?;
+        if consent.revoked_at.is_some() {
+            return Err(ServiceError::Forbidden(
+                "the holder revoked this consent".into(),
+            ));
+        }
+        if consent.expires_at <= now {
+            return Err(ServiceError::Forbidden("the consent has expired".into()));
+        }
+        if &consent.department != department {
+            return Err(ServiceError::Forbidden(
+                "the consent was given to another department".into(),
+            ));
+        }
+        if consent.holder != holder.as_str() {
+            return Err(ServiceError::Forbidden(
+                "the consent was given by another holder".into(),
+            ));
+        }
+        if !consent.licence_types.iter().any(|t| t == type_code) {
+            return Err(ServiceError::Forbidden(
+                "the consent does not cover this licence type".into(),
+            ));
+        }
+        Ok(consent)
+    }
+
+    /// Revokes a consent; only the app that created it may.
+    pub fn revoke_consent(&self, id: &str, by: &Uscc, now: i64) -> Result<(), ServiceError> {
+        let consent = self
+            .store
+            .consent(id)?
+            .ok_or_else(|| ServiceError::NotFound(format!("consent {id}")))?;
+        if &consent.created_by != by {
+            return Err(ServiceError::Forbidden(
+                "only the app that created a consent may revoke it".into(),
+            ));
+        }
+        if !self.store.revoke_consent(id, now)? {
+            return Err(ServiceError::Conflict(
+                "the consent is already revoked".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Creates a one-use show-code for a licence (valid 5 minutes); returns the code.
+    pub fn create_show_code(
+        &self,
+        app: &Uscc,
+        licence_id: &str,
+        now: i64,
+    ) -> Result<(String, i64), ServiceError> {
+        let licence = self.licence(licence_id)?;
+        if licence.status != LicenceStatus::Valid {
+            return Err(ServiceError::Conflict(format!(
+                "the licence is {}",
+                licence.status.as_str()
+            )));
+        }
+        let code = jws::b64url(&crate::crypto::random_bytes::<32>()?);
+        let expires_at = now + SHOW_CODE_SECONDS;
+        self.store.insert_show_code(&ShowCodeRecord {
+            code_sha256: hex::encode(Sha256::digest(code.as_bytes())),
+            licence_id: licence.id,
+            created_by: app.clone(),
+            expires_at,
+            redeemed_at: None,
+            redeemed_by: None,
+        })?;
+        Ok((code, expires_at))
+    }
+
+    /// Redeems a show-code once; a second redemption, an unknown or an expired code is refused.
+    pub fn redeem_show_code(
+        &self,
+        code: &str,
+        by: &Uscc,
+        now: i64,
+    ) -> Result<LicenceRecord, ServiceError> {
+        if code.is_empty() || code.len() > 100 {
+            return Err(invalid("code", "not a show-code"));
+        }
+        let hash = hex::encode(Sha256::digest(code.as_bytes()));
+        let redeemed = self
+            .store
+            .redeem_show_code(&hash, by, now)?
+            .ok_or_else(|| {
+                ServiceError::Forbidden("show-code unknown, expired or already used".into())
+            })?;
+        self.licence(&redeemed.licence_id)
+    }
+}
+
+/// A keyed-free pseudonym of a holder id for tokens that travel outside the gateway.
+fn holder_pseudonym(holder: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(holder.as_bytes())))
+}
+
+fn required_reason(reason: &str) -> Result<&str, ServiceError> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > 500 {
+        return Err(invalid(
+            "reason",
+            "a reason of 1 to 500 characters is required",
+        ));
+    }
+    Ok(reason)
+}
+
+/// The disclosures of a presentation this gateway produced, decoded as `name → value`
+/// (no verification: for display next to a credential the caller can verify).
+pub fn decode_disclosures(presentation: &str) -> Map<String, Value> {
+    presentation
+        .split('~')
+        .skip(1)
+        .filter_map(|d| {
+            let bytes = jws::b64url_decode(d).ok()?;
+            let arr: Vec<Value> = serde_json::from_slice(&bytes).ok()?;
+            Some((arr.get(1)?.as_str()?.to_owned(), arr.get(2)?.clone()))
+        })
+        .collect()
+}
+
+fn disclosed_value(presentation: &str, name: &str) -> Option<String> {
+    presentation.split('~').skip(1).find_map(|d| {
+        let bytes = jws::b64url_decode(d).ok()?;
+        let arr: Vec<Value> = serde_json::from_slice(&bytes).ok()?;
+        (arr.get(1)?.as_str()? == name).then(|| arr.get(2)?.as_str().map(str::to_owned))?
+    })
+}
+
+fn classify_sdjwt_error(e: &sdjwt::SdJwtError) -> (&'static str, String) {
+    use jws::JwsError;
+    let detail = e.to_string();
+    let check = match e {
+        sdjwt::SdJwtError::Jws(JwsError::WrongType { .. }) => "typ",
+        sdjwt::SdJwtError::Jws(
+            JwsError::BadSignature
+            | JwsError::BadSignatureLength(_)
+            | JwsError::KeyAlgorithmMismatch,
+        ) => "signature",
+        sdjwt::SdJwtError::Jws(_) => "format",
+        sdjwt::SdJwtError::Key(k) if k.starts_with("seal revoked") => "seal",
+        sdjwt::SdJwtError::Key(_) => "certificate_chain",
+        _ => "disclosures",
+    };
+    (check, detail)
+}
+
+/// The seal CA, certificate and key stored together in one encrypted secret, so that a crash
+/// can never leave one without the other.
+fn stored_seal_ca(store: &dyn Store, kek: &Kek, now: i64) -> Result<SealCa, ServiceError> {
+    let blob = match store.secret(SEAL_CA)? {
+        Some(blob) => blob,
+        None => {
+            let at =
+                time::OffsetDateTime::from_unix_timestamp(now).map_err(|e| invalid("now", e))?;
+            let ca = SealCa::create("certgate seal CA", at, 3650)?;
+            let parts = json!({
+                "certificate_pem": ca.certificate_pem(),
+                "key_pkcs8": jws::b64url(&ca.key().to_pkcs8_der()?),
+            });
+            let plain = serde_json::to_vec(&parts).map_err(|e| invalid("seal CA", e))?;
+            store.put_secret_once(SEAL_CA, &kek.encrypt(&plain, SEAL_CA.as_bytes())?)?
+        }
+    };
+    let plain = kek.decrypt(&blob, SEAL_CA.as_bytes())?;
+    let parts: Value = serde_json::from_slice(&plain).map_err(|e| invalid("seal CA", e))?;
+    let pem = parts["certificate_pem"].as_str().unwrap_or_default();
+    let key = jws::b64url_decode(parts["key_pkcs8"].as_str().unwrap_or_default())
+        .map_err(|e| invalid("seal CA", e))?;
+    Ok(SealCa::from_parts(
+        pem.as_bytes(),
+        SealKey::from_pkcs8_der(JwsAlg::Es256, &key)?,
+    )?)
+}
+
+fn stored_key(
+    store: &dyn Store,
+    kek: &Kek,
+    name: &str,
+    alg: JwsAlg,
+) -> Result<SealKey, ServiceError> {
+    let blob = match store.secret(name)? {
+        Some(blob) => blob,
+        None => {
+            let key = SealKey::generate(alg)?;
+            store.put_secret_once(name, &kek.encrypt(&key.to_pkcs8_der()?, name.as_bytes())?)?
+        }
+    };
+    Ok(SealKey::from_pkcs8_der(
+        alg,
+        &kek.decrypt(&blob, name.as_bytes())?,
+    )?)
+}
+
+fn key_id(spki_der: &[u8]) -> String {
+    jws::b64url(&Sha256::digest(spki_der)[..16])
+}
+
+fn add_jwk_fields(jwk: &mut Value, kid: &str, usage: &str) {
+    if let Some(o) = jwk.as_object_mut() {
+        o.insert("kid".into(), json!(kid));
+        o.insert("use".into(), json!("sig"));
+        o.insert("alg".into(), json!("ES256"));
+        o.insert("certgate_key".into(), json!(usage));
+    }
+}
+
+fn b64std(der: &[u8]) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der)
+}
+
+fn random_index() -> Result<u32, ServiceError> {
+    let b = crate::crypto::random_bytes::<4>()?;
+    Ok(u32::from_le_bytes(b) % STATUS_LIST_ENTRIES)
+}

@@ -1,0 +1,881 @@
+//! Routes for e-seals, e-licences, status lists, consents and show-codes. Each handler checks
+//! the role, calls one `LicenceService` function on a blocking thread and maps the result.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use cert_store::jws::JwsAlg;
+use cert_store::licence::{LicenceRecord, LicenceStatus, SealRecord};
+use cert_store::service::{IssueRequest, Lifecycle, VerifyReport};
+use http::{StatusCode, header};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::api::{JsonBody, require};
+use crate::config::Role;
+use crate::error::{ApiError, ErrorBody};
+use crate::identity::Caller;
+use crate::purpose::Purpose;
+use crate::state::Gateway;
+
+// ---- seals ----
+
+/// A request to create a seal.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSeal {
+    /// 公章, 业务专用章, 合同专用章, …
+    pub seal_type: String,
+    /// The seal's name, e.g. 某区市场监督管理局公章.
+    pub name: String,
+    /// `ES256` or `SM2SM3`.
+    #[schema(value_type = String, example = "SM2SM3")]
+    pub alg: JwsAlg,
+    /// Optional PNG picture of the seal, base64.
+    pub picture_png_base64: Option<String>,
+}
+
+/// A seal as shown to departments (never its private key).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SealView {
+    /// Seal id.
+    pub id: String,
+    /// Owner USCC.
+    pub owner: String,
+    /// Seal type.
+    pub seal_type: String,
+    /// Seal name.
+    pub name: String,
+    /// `ES256` or `SM2SM3`.
+    pub alg: &'static str,
+    /// The seal certificate (PEM).
+    pub certificate_pem: String,
+    /// SHA-256 of the picture, when there is one.
+    pub picture_sha256: Option<String>,
+    /// Creation time (Unix seconds).
+    pub created_at: i64,
+    /// End of the certificate's validity.
+    pub not_after: i64,
+    /// Revocation time, when revoked.
+    pub revoked_at: Option<i64>,
+    /// Revocation reason.
+    pub revocation_reason: Option<String>,
+}
+
+impl From<SealRecord> for SealView {
+    fn from(s: SealRecord) -> Self {
+        SealView {
+            id: s.id,
+            owner: s.owner.to_string(),
+            seal_type: s.seal_type,
+            name: s.name,
+            alg: s.alg.name(),
+            certificate_pem: s.certificate_pem,
+            picture_sha256: s.picture_sha256,
+            created_at: s.created_at,
+            not_after: s.not_after,
+            revoked_at: s.revoked_at,
+            revocation_reason: s.revocation_reason,
+        }
+    }
+}
+
+/// A reason for a revocation or status change.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reason {
+    /// Why (1–500 characters).
+    pub reason: String,
+}
+
+/// Creates a seal for the calling department with a new key pair and seal certificate.
+#[utoipa::path(post, path = "/v1/seals", tag = "seals", request_body = CreateSeal,
+    responses((status = 201, body = SealView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn create_seal(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreateSeal>,
+) -> Result<(StatusCode, Json<SealView>), ApiError> {
+    require(&caller, Role::Issuer)?;
+    let picture = match body.picture_png_base64 {
+        Some(b64) => Some(
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64.trim())
+                .map_err(|_| field_error("picture_png_base64", "not base64"))?,
+        ),
+        None => None,
+    };
+    let seal = gw
+        .licences(move |svc, now| {
+            svc.create_seal(
+                &caller.department,
+                &body.seal_type,
+                &body.name,
+                body.alg,
+                picture,
+                now,
+            )
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(seal.into())))
+}
+
+/// The calling department's seals.
+#[utoipa::path(get, path = "/v1/seals", tag = "seals", responses((status = 200, body = [SealView])))]
+pub async fn list_seals(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+) -> Result<Json<Vec<SealView>>, ApiError> {
+    let seals = gw
+        .licences(move |svc, _| svc.seals(Some(&caller.department)))
+        .await?;
+    Ok(Json(seals.into_iter().map(SealView::from).collect()))
+}
+
+/// One seal (public information).
+#[utoipa::path(get, path = "/v1/seals/{id}", tag = "seals",
+    params(("id" = String, Path, description = "Seal id")),
+    responses((status = 200, body = SealView), (status = 404, body = ErrorBody)))]
+pub async fn seal(
+    State(gw): State<Arc<Gateway>>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SealView>, ApiError> {
+    Ok(Json(gw.licences(move |svc, _| svc.seal(&id)).await?.into()))
+}
+
+/// A seal's certificate (PEM).
+#[utoipa::path(get, path = "/v1/seals/{id}/certificate", tag = "seals",
+    params(("id" = String, Path, description = "Seal id")),
+    responses((status = 200, description = "PEM certificate", content_type = "application/x-pem-file"), (status = 404, body = ErrorBody)))]
+pub async fn seal_certificate(
+    State(gw): State<Arc<Gateway>>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let seal = gw.licences(move |svc, _| svc.seal(&id)).await?;
+    Ok(pem(seal.certificate_pem))
+}
+
+/// Revokes one of the calling department's seals; licences it signed fail verification from now on.
+#[utoipa::path(post, path = "/v1/seals/{id}/revoke", tag = "seals", request_body = Reason,
+    params(("id" = String, Path, description = "Seal id")),
+    responses((status = 200, body = SealView), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn revoke_seal(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<Reason>,
+) -> Result<Json<SealView>, ApiError> {
+    require(&caller, Role::Issuer)?;
+    let seal = gw
+        .licences(move |svc, now| svc.revoke_seal(&id, &caller.department, &body.reason, now))
+        .await?;
+    Ok(Json(seal.into()))
+}
+
+/// The certificate of certgate's seal CA (PEM): the trust anchor of every seal certificate.
+#[utoipa::path(get, path = "/v1/seal-ca.pem", tag = "seals",
+    responses((status = 200, description = "PEM certificate", content_type = "application/x-pem-file")))]
+pub async fn seal_ca(
+    State(gw): State<Arc<Gateway>>,
+    _caller: Caller,
+) -> Result<Response, ApiError> {
+    Ok(pem(gw.licence_service().seal_ca_pem()))
+}
+
+/// The ES256 public keys: the gateway's own (status lists, consents) and every ES256 seal.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "seals",
+    responses((status = 200, description = "JWK set", content_type = "application/jwk-set+json")))]
+pub async fn jwks(State(gw): State<Arc<Gateway>>, _caller: Caller) -> Result<Response, ApiError> {
+    let set = gw.licences(|svc, _| svc.jwks()).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/jwk-set+json")],
+        Json(set),
+    )
+        .into_response())
+}
+
+fn pem(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/x-pem-file")], text).into_response()
+}
+
+// ---- licence types ----
+
+/// A licence type as configured.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LicenceTypeView {
+    /// Type code (the credential's `vct`).
+    pub code: String,
+    /// Name, e.g. 营业执照.
+    pub name: String,
+    /// Departments that may issue it.
+    pub issuers: Vec<String>,
+    /// Field schema: name, kind, required.
+    #[schema(value_type = Vec<Object>)]
+    pub fields: Value,
+    /// Default validity in days.
+    pub validity_days: u32,
+    /// Whether a query by holder needs the holder's consent.
+    pub consent_required: bool,
+}
+
+/// The licence types this gateway issues and verifies.
+#[utoipa::path(get, path = "/v1/licence-types", tag = "licences", responses((status = 200, body = [LicenceTypeView])))]
+pub async fn licence_types(
+    State(gw): State<Arc<Gateway>>,
+    _caller: Caller,
+) -> Json<Vec<LicenceTypeView>> {
+    Json(
+        gw.licence_service()
+            .types()
+            .map(|t| LicenceTypeView {
+                code: t.code.to_string(),
+                name: t.name.clone(),
+                issuers: t.issuers.iter().map(ToString::to_string).collect(),
+                fields: serde_json::to_value(&t.fields).unwrap_or_default(),
+                validity_days: t.validity_days,
+                consent_required: t.consent_required,
+            })
+            .collect(),
+    )
+}
+
+// ---- licences ----
+
+/// A request to issue a licence.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueBody {
+    /// The licence type code.
+    pub licence_type: String,
+    /// The holder's USCC or citizen id.
+    pub holder_id: String,
+    /// The holder's name.
+    pub holder_name: String,
+    /// One of the issuer's seals.
+    pub seal_id: String,
+    /// Licence fields per the type's schema.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub fields: Map<String, Value>,
+    /// Start of validity (Unix seconds); default now.
+    pub valid_from: Option<i64>,
+    /// End of validity (Unix seconds); default now + the type's validity.
+    pub valid_until: Option<i64>,
+    /// The issuer's serial (1–32 of 0-9 A-Z); default the next number.
+    pub serial: Option<String>,
+}
+
+/// A licence as a department may see it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LicenceView {
+    /// The GB/T 36904 identifier.
+    pub id: String,
+    /// The type code.
+    pub licence_type: String,
+    /// The issuing department.
+    pub issuer: String,
+    /// valid, suspended or revoked.
+    #[schema(value_type = String)]
+    pub status: LicenceStatus,
+    /// Why the status last changed.
+    pub status_reason: Option<String>,
+    /// Issuance time (Unix seconds).
+    pub issued_at: i64,
+    /// Start of validity.
+    pub valid_from: i64,
+    /// End of validity.
+    pub expires_at: i64,
+    /// The licence this renews.
+    pub replaces: Option<String>,
+    /// The licence that renewed this.
+    pub replaced_by: Option<String>,
+    /// The SD-JWT VC with only the disclosures this caller may see.
+    pub credential: String,
+    /// Those disclosed fields, decoded.
+    #[schema(value_type = Object)]
+    pub disclosed: Map<String, Value>,
+}
+
+fn view(record: LicenceRecord, credential: String) -> LicenceView {
+    let disclosed = cert_store::service::decode_disclosures(&credential);
+    LicenceView {
+        id: record.id,
+        licence_type: record.type_code,
+        issuer: record.issuer.to_string(),
+        status: record.status,
+        status_reason: record.status_reason,
+        issued_at: record.issued_at,
+        valid_from: record.not_before,
+        expires_at: record.expires_at,
+        replaces: record.replaces,
+        replaced_by: record.replaced_by,
+        credential,
+        disclosed,
+    }
+}
+
+/// Issues a licence signed with one of the issuer's seals, as an SD-JWT VC.
+#[utoipa::path(post, path = "/v1/licences", tag = "licences", request_body = IssueBody,
+    responses((status = 201, body = LicenceView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn issue(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    JsonBody(body): JsonBody<IssueBody>,
+) -> Result<(StatusCode, Json<LicenceView>), ApiError> {
+    require(&caller, Role::Issuer)?;
+    let req = IssueRequest {
+        licence_type: body.licence_type,
+        holder_id: body.holder_id,
+        holder_name: body.holder_name,
+        seal_id: body.seal_id,
+        fields: body.fields,
+        valid_from: body.valid_from,
+        valid_until: body.valid_until,
+        serial: body.serial,
+    };
+    let record = gw
+        .licences(move |svc, now| svc.issue(&caller.department, &req, now))
+        .await?;
+    let credential = record.sd_jwt.clone();
+    Ok((StatusCode::CREATED, Json(view(record, credential))))
+}
+
+/// `?fields=` of a licence query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FieldsQuery {
+    /// Comma-separated field names to narrow the disclosures to.
+    pub fields: Option<String>,
+}
+
+/// A licence by identifier, with the disclosures the caller's access rule allows for the
+/// stated purpose (the issuer sees every field).
+#[utoipa::path(get, path = "/v1/licences/{id}", tag = "licences",
+    params(("id" = String, Path, description = "Licence identifier"), FieldsQuery,
+        ("X-Purpose" = String, Header, description = "Matter code and/or reason")),
+    responses((status = 200, body = LicenceView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn licence(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    purpose: Purpose,
+    Path(id): Path<String>,
+    Query(q): Query<FieldsQuery>,
+) -> Result<Json<LicenceView>, ApiError> {
+    let record = gw.licences(move |svc, _| svc.licence(&id)).await?;
+    let visible = gw.visible_fields(&caller, &record, &purpose, q.fields.as_deref())?;
+    let credential = gw
+        .licence_service()
+        .present(&record, &|n| visible.contains(n))?;
+    Ok(Json(view(record, credential)))
+}
+
+/// `?holder=&type=` of a query by holder.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HolderQuery {
+    /// The holder's USCC or citizen id.
+    pub holder: String,
+    /// The licence type code.
+    #[serde(rename = "type")]
+    pub licence_type: String,
+    /// Comma-separated field names to narrow the disclosures to.
+    pub fields: Option<String>,
+}
+
+/// Licences of a holder and type (免证办). Types that need consent require `X-Consent`.
+#[utoipa::path(get, path = "/v1/licences", tag = "licences",
+    params(HolderQuery,
+        ("X-Purpose" = String, Header, description = "Matter code and/or reason"),
+        ("X-Consent" = Option<String>, Header, description = "The holder's consent token, for types that need it")),
+    responses((status = 200, body = [LicenceView]), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn licences_by_holder(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    purpose: Purpose,
+    headers: http::HeaderMap,
+    Query(q): Query<HolderQuery>,
+) -> Result<Json<Vec<LicenceView>>, ApiError> {
+    let consent_required = gw
+        .licence_service()
+        .licence_type(&q.licence_type)
+        .map(|t| t.consent_required)
+        .ok_or_else(|| field_error("type", "unknown licence type"))?;
+    if consent_required {
+        let token = headers
+            .get("x-consent")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "CG-LIC-002",
+                    "this licence type needs the holder's consent: send X-Consent",
+                )
+            })?
+            .to_owned();
+        let (holder, department, t) = (
+            q.holder.clone(),
+            caller.department.clone(),
+            q.licence_type.clone(),
+        );
+        gw.licences(move |svc, now| svc.check_consent(&token, &holder, &department, &t, now))
+            .await?;
+    }
+    let (holder, t) = (q.holder.clone(), q.licence_type.clone());
+    let records = gw
+        .licences(move |svc, _| svc.licences_by_holder(&holder, &t))
+        .await?;
+    let mut out = Vec::with_capacity(records.len());
+    for record in records {
+        let visible = gw.visible_fields(&caller, &record, &purpose, q.fields.as_deref())?;
+        let credential = gw
+            .licence_service()
+            .present(&record, &|n| visible.contains(n))?;
+        out.push(view(record, credential));
+    }
+    Ok(Json(out))
+}
+
+/// A presented credential to verify.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyBody {
+    /// The SD-JWT VC as presented (`<jwt>~<disclosure>~…~`).
+    pub credential: String,
+}
+
+/// The verdict and every check.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VerifyView {
+    /// True when every check passed.
+    pub valid: bool,
+    /// Each check: `check`, `ok`, `detail`.
+    #[schema(value_type = Vec<Object>)]
+    pub checks: Value,
+    /// The licence identifier, when readable.
+    pub licence_id: Option<String>,
+    /// The licence status, when reached.
+    pub status: Option<String>,
+    /// The signed plain claims.
+    #[schema(value_type = Object)]
+    pub claims: Map<String, Value>,
+    /// The disclosed fields.
+    #[schema(value_type = Object)]
+    pub disclosed: Map<String, Value>,
+}
+
+impl From<VerifyReport> for VerifyView {
+    fn from(r: VerifyReport) -> Self {
+        VerifyView {
+            valid: r.valid,
+            checks: serde_json::to_value(&r.checks).unwrap_or_default(),
+            licence_id: r.licence_id,
+            status: r.status.map(|s| s.as_str().to_owned()),
+            claims: r.claims,
+            disclosed: r.disclosed,
+        }
+    }
+}
+
+/// Verifies a presented licence: signature, seal certificate chain, seal not revoked, `typ`,
+/// `vct`, time window, status and every disclosure's digest.
+#[utoipa::path(post, path = "/v1/licences/verify", tag = "licences", request_body = VerifyBody,
+    responses((status = 200, body = VerifyView), (status = 400, body = ErrorBody)))]
+pub async fn verify(
+    State(gw): State<Arc<Gateway>>,
+    _caller: Caller,
+    JsonBody(body): JsonBody<VerifyBody>,
+) -> Result<Json<VerifyView>, ApiError> {
+    let report = gw
+        .licences(move |svc, now| Ok(svc.verify(&body.credential, now)))
+        .await?;
+    Ok(Json(report.into()))
+}
+
+/// Field values to check against a licence.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckBody {
+    /// `{field: value}` pairs.
+    #[schema(value_type = Object)]
+    pub fields: Map<String, Value>,
+}
+
+/// Match / no-match per field.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CheckView {
+    /// The licence checked.
+    pub licence_id: String,
+    /// Whether the licence is valid now.
+    pub licence_valid: bool,
+    /// `match` or `no-match` per field.
+    #[schema(value_type = Object)]
+    pub results: Map<String, Value>,
+}
+
+/// Field check (核验): answers match / no-match per field and discloses nothing else.
+#[utoipa::path(post, path = "/v1/licences/{id}/check", tag = "licences", request_body = CheckBody,
+    params(("id" = String, Path, description = "Licence identifier"),
+        ("X-Purpose" = String, Header, description = "Matter code and/or reason")),
+    responses((status = 200, body = CheckView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn check(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    purpose: Purpose,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<CheckBody>,
+) -> Result<Json<CheckView>, ApiError> {
+    let record = gw.licences(move |svc, _| svc.licence(&id)).await?;
+    let visible = gw.visible_fields(&caller, &record, &purpose, None)?;
+    if let Some(name) = body.fields.keys().find(|n| !visible.contains(n.as_str())) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "CG-AUTH-007",
+            format!("no access rule lets this department check `{name}`"),
+        ));
+    }
+    let fields = body.fields;
+    let (licence_id, valid, results) = gw
+        .licences(move |svc, now| {
+            let results = svc.check_fields(&record, &fields)?;
+            let valid = record.status == LicenceStatus::Valid
+                && record.not_before <= now
+                && now < record.expires_at;
+            Ok((record.id, valid, results))
+        })
+        .await?;
+    Ok(Json(CheckView {
+        licence_id,
+        licence_valid: valid,
+        results: results
+            .into_iter()
+            .map(|(k, ok)| {
+                (
+                    k,
+                    Value::String(if ok { "match" } else { "no-match" }.into()),
+                )
+            })
+            .collect(),
+    }))
+}
+
+async fn lifecycle(
+    gw: Arc<Gateway>,
+    caller: Caller,
+    id: String,
+    reason: String,
+    action: Lifecycle,
+) -> Result<Json<LicenceView>, ApiError> {
+    require(&caller, Role::Issuer)?;
+    let record = gw
+        .licences(move |svc, _| svc.change_status(&id, &caller.department, action, &reason))
+        .await?;
+    let credential = record.sd_jwt.clone();
+    Ok(Json(view(record, credential)))
+}
+
+/// Suspends a licence (its issuer only).
+#[utoipa::path(post, path = "/v1/licences/{id}/suspend", tag = "licences", request_body = Reason,
+    params(("id" = String, Path, description = "Licence identifier")),
+    responses((status = 200, body = LicenceView), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn suspend(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<Reason>,
+) -> Result<Json<LicenceView>, ApiError> {
+    lifecycle(gw, caller, id, b.reason, Lifecycle::Suspend).await
+}
+
+/// Resumes a suspended licence (its issuer only).
+#[utoipa::path(post, path = "/v1/licences/{id}/resume", tag = "licences", request_body = Reason,
+    params(("id" = String, Path, description = "Licence identifier")),
+    responses((status = 200, body = LicenceView), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn resume(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<Reason>,
+) -> Result<Json<LicenceView>, ApiError> {
+    lifecycle(gw, caller, id, b.reason, Lifecycle::Resume).await
+}
+
+/// Revokes a licence for good (its issuer only; a reason is required).
+#[utoipa::path(post, path = "/v1/licences/{id}/revoke", tag = "licences", request_body = Reason,
+    params(("id" = String, Path, description = "Licence identifier")),
+    responses((status = 200, body = LicenceView), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn revoke(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<Reason>,
+) -> Result<Json<LicenceView>, ApiError> {
+    lifecycle(gw, caller, id, b.reason, Lifecycle::Revoke).await
+}
+
+/// A renewal.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewBody {
+    /// New field values; default the old licence's.
+    #[schema(value_type = Option<Object>)]
+    pub fields: Option<Map<String, Value>>,
+    /// New end of validity (Unix seconds); default now + the type's validity.
+    pub valid_until: Option<i64>,
+}
+
+/// Renews a licence: a new identifier (next version) linked to the old one, which is revoked.
+#[utoipa::path(post, path = "/v1/licences/{id}/renew", tag = "licences", request_body = RenewBody,
+    params(("id" = String, Path, description = "Licence identifier")),
+    responses((status = 201, body = LicenceView), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn renew(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<RenewBody>,
+) -> Result<(StatusCode, Json<LicenceView>), ApiError> {
+    require(&caller, Role::Issuer)?;
+    let record = gw
+        .licences(move |svc, now| svc.renew(&id, &caller.department, b.fields, b.valid_until, now))
+        .await?;
+    let credential = record.sd_jwt.clone();
+    Ok((StatusCode::CREATED, Json(view(record, credential))))
+}
+
+/// A signed Token Status List (`application/statuslist+jwt`): 2 bits per licence,
+/// valid / revoked / suspended.
+#[utoipa::path(get, path = "/v1/status-lists/{n}", tag = "licences",
+    params(("n" = u32, Path, description = "Status list number")),
+    responses((status = 200, description = "statuslist+jwt", content_type = "application/statuslist+jwt"), (status = 404, body = ErrorBody)))]
+pub async fn status_list(
+    State(gw): State<Arc<Gateway>>,
+    _caller: Caller,
+    Path(n): Path<u32>,
+) -> Result<Response, ApiError> {
+    let token = gw
+        .licences(move |svc, now| svc.status_list_token(n, now))
+        .await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/statuslist+jwt")],
+        token,
+    )
+        .into_response())
+}
+
+// ---- consents and show-codes ----
+
+/// A holder's consent, created by a city app acting for the holder.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentBody {
+    /// The holder's USCC or citizen id.
+    pub holder_id: String,
+    /// The department allowed to query.
+    pub department: String,
+    /// Licence types covered.
+    pub licence_types: Vec<String>,
+    /// The purpose consented to.
+    pub purpose: String,
+    /// Validity in seconds (at most 86400).
+    pub ttl_seconds: i64,
+}
+
+/// A created consent and its token.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConsentView {
+    /// Consent id.
+    pub id: String,
+    /// The token the department sends as `X-Consent`.
+    pub token: String,
+    /// End of validity (Unix seconds).
+    pub expires_at: i64,
+}
+
+/// Records a holder's consent (用证授权) and returns its token.
+#[utoipa::path(post, path = "/v1/consents", tag = "holders", request_body = ConsentBody,
+    responses((status = 201, body = ConsentView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn create_consent(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    JsonBody(b): JsonBody<ConsentBody>,
+) -> Result<(StatusCode, Json<ConsentView>), ApiError> {
+    require(&caller, Role::HolderApp)?;
+    let department = b
+        .department
+        .parse()
+        .map_err(|e| field_error("department", e))?;
+    let (record, token) = gw
+        .licences(move |svc, now| {
+            svc.create_consent(
+                &caller.department,
+                &b.holder_id,
+                &department,
+                &b.licence_types,
+                &b.purpose,
+                b.ttl_seconds,
+                now,
+            )
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ConsentView {
+            id: record.id,
+            token,
+            expires_at: record.expires_at,
+        }),
+    ))
+}
+
+/// Revokes a consent (the app that created it only).
+#[utoipa::path(post, path = "/v1/consents/{id}/revoke", tag = "holders",
+    params(("id" = String, Path, description = "Consent id")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn revoke_consent(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require(&caller, Role::HolderApp)?;
+    gw.licences(move |svc, now| svc.revoke_consent(&id, &caller.department, now))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A request for a show-code.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShowCodeBody {
+    /// The licence to show.
+    pub licence_id: String,
+}
+
+/// A one-use show-code.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ShowCodeView {
+    /// The code (put it in the QR code).
+    pub code: String,
+    /// End of validity (Unix seconds), at most 5 minutes away.
+    pub expires_at: i64,
+}
+
+/// Creates a one-use show-code for a licence (一码亮证), valid 5 minutes.
+#[utoipa::path(post, path = "/v1/show-codes", tag = "holders", request_body = ShowCodeBody,
+    responses((status = 201, body = ShowCodeView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn create_show_code(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    JsonBody(b): JsonBody<ShowCodeBody>,
+) -> Result<(StatusCode, Json<ShowCodeView>), ApiError> {
+    require(&caller, Role::HolderApp)?;
+    let (code, expires_at) = gw
+        .licences(move |svc, now| svc.create_show_code(&caller.department, &b.licence_id, now))
+        .await?;
+    Ok((StatusCode::CREATED, Json(ShowCodeView { code, expires_at })))
+}
+
+/// A show-code to redeem.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedeemBody {
+    /// The scanned code.
+    pub code: String,
+}
+
+/// Redeems a show-code once: the licence with every disclosure and its verification.
+#[utoipa::path(post, path = "/v1/show-codes/redeem", tag = "holders", request_body = RedeemBody,
+    responses((status = 200, body = LicenceView), (status = 403, body = ErrorBody)))]
+pub async fn redeem_show_code(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    JsonBody(b): JsonBody<RedeemBody>,
+) -> Result<Json<LicenceView>, ApiError> {
+    let record = gw
+        .licences(move |svc, now| svc.redeem_show_code(&b.code, &caller.department, now))
+        .await?;
+    let credential = record.sd_jwt.clone();
+    Ok(Json(view(record, credential)))
+}
+
+fn field_error(field: &str, reason: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "CG-LIC-001",
+        format!("{field}: {reason}"),
+    )
+}
+
+impl Gateway {
+    /// The fields of `record` that `caller` may see for `purpose`, narrowed by `?fields=`.
+    /// The issuer sees every field; a consumer what its access rules allow; anyone else nothing.
+    fn visible_fields(
+        &self,
+        caller: &Caller,
+        record: &LicenceRecord,
+        purpose: &Purpose,
+        requested: Option<&str>,
+    ) -> Result<BTreeSet<String>, ApiError> {
+        let svc = self.licence_service();
+        let licence_type = svc
+            .licence_type(&record.type_code)
+            .ok_or_else(ApiError::internal)?;
+        let all: BTreeSet<String> = licence_type
+            .fields
+            .iter()
+            .map(|f| f.name.clone())
+            .chain(
+                cert_store::service::HOLDER_CLAIMS
+                    .iter()
+                    .map(|s| (*s).to_owned()),
+            )
+            .collect();
+        let mut visible = if caller.department == record.issuer {
+            all.clone()
+        } else {
+            let live = self.live();
+            let rules: Vec<_> = live
+                .access_rules
+                .iter()
+                .filter(|r| {
+                    r.applies(
+                        &caller.department,
+                        &record.type_code,
+                        purpose.matter.as_deref(),
+                    )
+                })
+                .collect();
+            if rules.is_empty() || !caller.has(Role::Consumer) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "CG-AUTH-007",
+                    format!(
+                        "no access rule lets this department read {} for this purpose",
+                        licence_type.name
+                    ),
+                ));
+            }
+            all.iter()
+                .filter(|f| rules.iter().any(|r| r.allows_field(f)))
+                .cloned()
+                .collect()
+        };
+        if let Some(requested) = requested {
+            let wanted: BTreeSet<String> = requested
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+            if let Some(unknown) = wanted.iter().find(|f| !all.contains(*f)) {
+                return Err(field_error(
+                    "fields",
+                    format!("`{unknown}` is not a field of {}", licence_type.name),
+                ));
+            }
+            visible.retain(|f| wanted.contains(f));
+        }
+        Ok(visible)
+    }
+}
