@@ -135,7 +135,7 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
-            runtime()?.block_on(run_gateway(config, |_, _| {}))
+            runtime()?.block_on(run_gateway(config, |_, _, _| Ok(())))
         }
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(&file)?;
@@ -190,8 +190,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let config = crate::demo::prepare(&dir, listen, ops_listen, now)?;
             let dir = config.path.parent().map(Path::to_path_buf).unwrap_or(dir);
-            runtime()?.block_on(run_gateway(config, |api, ops| {
-                crate::demo::print_walkthrough(&dir, api, ops);
+            runtime()?.block_on(run_gateway(config, |gateway, api, ops| {
+                let samples = crate::demo::seed(gateway, &dir)?;
+                crate::demo::print_walkthrough(&dir, &samples, api, ops);
+                Ok(())
             }))
         }
     }
@@ -204,11 +206,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Binds both listeners, calls `on_ready` with their addresses, and serves until SIGTERM or
+/// Binds both listeners, calls `on_ready` with the gateway and their addresses, and serves until SIGTERM or
 /// SIGINT. SIGHUP reloads the department table, trust anchors and CRLs.
 pub async fn run_gateway(
     config: Config,
-    on_ready: impl FnOnce(SocketAddr, SocketAddr),
+    on_ready: impl FnOnce(&Gateway, SocketAddr, SocketAddr) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
@@ -244,7 +246,7 @@ pub async fn run_gateway(
         ops_stopped,
     ));
     tracing::info!(%api_addr, %ops_addr, "certgate listening");
-    on_ready(api_addr, ops_addr);
+    on_ready(&gateway, api_addr, ops_addr)?;
     let shutdown = async move {
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM received"),

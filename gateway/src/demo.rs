@@ -85,6 +85,19 @@ pub fn prepare(
             ca.issue_client(&ClientSpec::department(d.file, &id, now))?;
         }
     }
+    let kek = dir.join("kek");
+    if !kek.exists() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let key = cert_store::crypto::Kek::generate()?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&kek)
+            .and_then(|mut f| f.write_all(key.to_base64().as_bytes()))
+            .with_context(|| format!("cannot write {}", kek.display()))?;
+    }
     let config_path = dir.join("certgate.toml");
     if !config_path.exists() {
         std::fs::write(&config_path, config_text())
@@ -102,7 +115,9 @@ fn config_text() -> String {
         "# certgate demo configuration, written by `certgate demo`. Edit and reload with\n\
          # `kill -HUP <pid>` or POST /v1/admin/reload (as the `ops` department).\n\n\
          [server]\nlisten = \"127.0.0.1:8443\"\nops_listen = \"127.0.0.1:9090\"\ndata_dir = \"data\"\n\n\
-         [tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = [\"pki/ca.pem\"]\ncrls = [\"pki/crl.pem\"]\n",
+         [tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = [\"pki/ca.pem\"]\ncrls = [\"pki/crl.pem\"]\n\n\
+         # The key-encryption key (base64 of 32 random bytes, mode 0600) protects seal keys at rest.\n\
+         [licensing]\nkek_file = \"kek\"\npublic_url = \"https://127.0.0.1:8443\"\n",
     );
     for d in SAMPLE_DEPARTMENTS {
         let roles: Vec<String> = d.roles.iter().map(|r| format!("\"{r}\"")).collect();
@@ -114,13 +129,190 @@ fn config_text() -> String {
             roles.join(", ")
         );
     }
+    text.push_str(LICENSING);
     text
 }
 
+/// The demo's licence types and access rules.
+const LICENSING: &str = r#"
+[[licence_types]]
+code = "11100000MB0000100D001"
+name = "营业执照"
+issuers = ["11110105MB0000002F"]
+validity_days = 3650
+fields = [
+  { name = "name", kind = "string", required = true },
+  { name = "legal_representative", kind = "string", required = true },
+  { name = "registered_capital", kind = "integer" },
+  { name = "established", kind = "date", required = true },
+  { name = "business_scope", kind = "string" },
+]
+
+[[licence_types]]
+code = "11100000MB0000100D002"
+name = "食品经营许可证"
+issuers = ["11110105MB0000002F"]
+validity_days = 1825
+consent_required = true
+fields = [
+  { name = "operator", kind = "string", required = true },
+  { name = "premises", kind = "string", required = true },
+  { name = "category", kind = "string" },
+]
+
+# The approval bureau sees the name, legal representative and holder of business licences
+# for any stated purpose, and every field of food permits for matter M-FOOD-001.
+[[access_rules]]
+department = "11110105MB0000001C"
+licence_type = "11100000MB0000100D001"
+fields = ["name", "legal_representative", "holder_id"]
+
+[[access_rules]]
+department = "11110105MB0000001C"
+licence_type = "11100000MB0000100D002"
+purposes = ["M-FOOD-001"]
+"#;
+
+/// What the demo's sample data gave: the ids the walk-through uses.
+#[derive(Debug)]
+pub struct Samples {
+    /// The market regulator's SM2 seal.
+    pub sm2_seal: String,
+    /// The market regulator's P-256 seal.
+    pub es256_seal: String,
+    /// A business licence signed with the SM2 seal.
+    pub business_licence: String,
+    /// A food permit (consent required for queries by holder).
+    pub food_permit: String,
+}
+
+const MARKET: &str = "11110105MB0000002F";
+const XIAOMI: &str = "91110108551385082Q";
+
+/// Creates the sample seals and licences on first run (the market regulator has no seal yet)
+/// and writes request bodies for the walk-through to `samples/`.
+pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Samples> {
+    use cert_store::jws::JwsAlg;
+    use cert_store::service::IssueRequest;
+    use serde_json::json;
+
+    let svc = gateway.licence_service();
+    let now = crate::state::unix_now();
+    let market: Uscc = MARKET.parse()?;
+    let seals = svc.seals(Some(&market))?;
+    let find = |alg: JwsAlg| {
+        seals
+            .iter()
+            .find(|s| s.alg == alg && s.revoked_at.is_none())
+            .map(|s| s.id.clone())
+    };
+    let (sm2_seal, es256_seal) = match (find(JwsAlg::Sm2Sm3), find(JwsAlg::Es256)) {
+        (Some(a), Some(b)) => (a, b),
+        _ => (
+            svc.create_seal(
+                &market,
+                "公章",
+                "北京市朝阳区市场监督管理局",
+                JwsAlg::Sm2Sm3,
+                None,
+                now,
+            )?
+            .id,
+            svc.create_seal(
+                &market,
+                "业务专用章",
+                "北京市朝阳区市场监督管理局行政审批专用章",
+                JwsAlg::Es256,
+                None,
+                now,
+            )?
+            .id,
+        ),
+    };
+    let samples_dir = dir.join("samples");
+    std::fs::create_dir_all(&samples_dir)?;
+    let ids_file = samples_dir.join("licences.json");
+    let (business_licence, food_permit) = match std::fs::read(&ids_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    {
+        Some(ids) if ids["business_licence"].is_string() => (
+            ids["business_licence"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            ids["food_permit"].as_str().unwrap_or_default().to_owned(),
+        ),
+        _ => {
+            let fields = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
+            let business = svc.issue(&market, &IssueRequest {
+                licence_type: "11100000MB0000100D001".into(),
+                holder_id: XIAOMI.into(),
+                holder_name: "小米科技有限责任公司".into(),
+                seal_id: sm2_seal.clone(),
+                fields: fields(json!({"name": "小米科技有限责任公司", "legal_representative": "雷军", "registered_capital": 185000000, "established": "2010-03-03", "business_scope": "技术开发"})),
+                valid_from: None, valid_until: None, serial: None,
+            }, now)?;
+            let food = svc.issue(&market, &IssueRequest {
+                licence_type: "11100000MB0000100D002".into(),
+                holder_id: XIAOMI.into(),
+                holder_name: "小米科技有限责任公司".into(),
+                seal_id: es256_seal.clone(),
+                fields: fields(json!({"operator": "小米科技有限责任公司", "premises": "北京市海淀区", "category": "预包装食品销售"})),
+                valid_from: None, valid_until: None, serial: None,
+            }, now)?;
+            std::fs::write(
+                &ids_file,
+                serde_json::to_vec_pretty(
+                    &json!({"business_licence": business.id, "food_permit": food.id}),
+                )?,
+            )?;
+            std::fs::write(
+                samples_dir.join("verify-business.json"),
+                serde_json::to_vec(&json!({"credential": business.sd_jwt}))?,
+            )?;
+            (business.id, food.id)
+        }
+    };
+    let write = |name: &str, v: serde_json::Value| -> anyhow::Result<()> {
+        std::fs::write(samples_dir.join(name), serde_json::to_vec_pretty(&v)?)?;
+        Ok(())
+    };
+    write(
+        "issue-business.json",
+        json!({
+            "licence_type": "11100000MB0000100D001",
+            "holder_id": "914403001922038216",
+            "holder_name": "华为技术有限公司",
+            "seal_id": sm2_seal,
+            "fields": {"name": "华为技术有限公司", "legal_representative": "赵明路", "established": "1987-09-15"}
+        }),
+    )?;
+    write(
+        "check-business.json",
+        json!({"fields": {"legal_representative": "雷军", "name": "某某公司"}}),
+    )?;
+    write("revoke.json", json!({"reason": "吊销：示例"}))?;
+    write(
+        "consent.json",
+        json!({
+            "holder_id": XIAOMI, "department": "11110105MB0000001C",
+            "licence_types": ["11100000MB0000100D002"], "purpose": "M-FOOD-001", "ttl_seconds": 3600
+        }),
+    )?;
+    Ok(Samples {
+        sm2_seal,
+        es256_seal,
+        business_licence,
+        food_permit,
+    })
+}
+
 /// Prints where the demo runs and curl commands that work as printed.
-pub fn print_walkthrough(dir: &Path, api: SocketAddr, ops: SocketAddr) {
+pub fn print_walkthrough(dir: &Path, samples: &Samples, api: SocketAddr, ops: SocketAddr) {
     let pki = dir.join("pki");
     let p = |f: &str| -> PathBuf { pki.join(f) };
+    let sample = |f: &str| dir.join("samples").join(f).display().to_string();
     let with = |who: &str| {
         format!(
             "curl -sS --cacert {} --cert {} --key {}",
@@ -129,19 +321,78 @@ pub fn print_walkthrough(dir: &Path, api: SocketAddr, ops: SocketAddr) {
             p(&format!("{who}.key")).display()
         )
     };
+    let json = "-H 'content-type: application/json'";
     let base = format!("https://{api}");
+    let lic = &samples.business_licence;
     println!("certgate demo is running");
     println!("  mTLS API:    {base}  (HTTP/1.1 and HTTP/2; client certificate required)");
     println!("  operations:  http://{ops}");
     println!(
-        "  files:       {} (certgate.toml, pki/, data/)",
+        "  files:       {} (certgate.toml, kek, pki/, data/, samples/)",
         dir.display()
+    );
+    println!(
+        "  seals:       {} (SM2), {} (ES256) of 市场监管局",
+        samples.sm2_seal, samples.es256_seal
     );
     println!();
     println!("# Who the gateway takes the approval bureau (行政审批局) for:");
     println!("{} {base}/v1/whoami", with("approval"));
     println!("# The market regulator (市场监管局) over HTTP/1.1:");
     println!("{} --http1.1 {base}/v1/whoami", with("market"));
+    println!("# Issue a business licence (营业执照) with the SM2 seal:");
+    println!(
+        "{} {json} -d @{} {base}/v1/licences",
+        with("market"),
+        sample("issue-business.json")
+    );
+    println!(
+        "# The approval bureau queries a licence for a matter: only the fields its access rule allows:"
+    );
+    println!(
+        "{} -H 'X-Purpose: M-BIZ-001' {base}/v1/licences/{lic}",
+        with("approval")
+    );
+    println!("# Refused: no stated purpose (400 CG-REQ-006):");
+    println!("{} {base}/v1/licences/{lic}", with("approval"));
+    println!("# Verify the licence as presented (signature, seal chain, status, disclosures):");
+    println!(
+        "{} {json} -d @{} {base}/v1/licences/verify",
+        with("approval"),
+        sample("verify-business.json")
+    );
+    println!("# Field check (核验): match / no-match, nothing else disclosed:");
+    println!(
+        "{} -H 'X-Purpose: M-BIZ-001' {json} -d @{} {base}/v1/licences/{lic}/check",
+        with("approval"),
+        sample("check-business.json")
+    );
+    println!("# Food permits need the holder's consent for queries by holder (403 without it):");
+    println!(
+        "{} -H 'X-Purpose: M-FOOD-001' '{base}/v1/licences?holder={XIAOMI}&type=11100000MB0000100D002'",
+        with("approval")
+    );
+    println!("# The city app records the holder's consent; send its token as X-Consent:");
+    println!(
+        "{} {json} -d @{} {base}/v1/consents",
+        with("app"),
+        sample("consent.json")
+    );
+    println!("# Revoke the licence (its issuer), then verify again: valid false, status revoked:");
+    println!(
+        "{} {json} -d @{} {base}/v1/licences/{lic}/revoke",
+        with("market"),
+        sample("revoke.json")
+    );
+    println!(
+        "{} {json} -d @{} {base}/v1/licences/verify",
+        with("approval"),
+        sample("verify-business.json")
+    );
+    println!("# The status list, the seal CA and the ES256 keys:");
+    println!("{} {base}/v1/status-lists/0", with("approval"));
+    println!("{} {base}/v1/seal-ca.pem", with("approval"));
+    println!("{} {base}/.well-known/jwks.json", with("approval"));
     println!("# Reload departments, trust anchors and CRLs (admin role):");
     println!("{} -X POST {base}/v1/admin/reload", with("ops"));
     println!("# Refused: reload needs the admin role (403 CG-AUTH-006):");

@@ -43,6 +43,56 @@ pub const OPS: &str = "11110105MB0000006U";
 pub const STRANGER: &str = "11110105MB0000007Y";
 /// A department listed but disabled.
 pub const DISABLED: &str = "11110105MB00000082";
+/// A city app acting for holders.
+pub const APP: &str = "91110105MA0000005E";
+/// 营业执照: issued by MARKET, no consent needed.
+pub const BUSINESS: &str = "11100000MB0000100D001";
+/// 食品经营许可证: issued by MARKET, queries by holder need consent.
+pub const FOOD: &str = "11100000MB0000100D002";
+/// A real enterprise code (小米科技有限责任公司) used as a holder.
+pub const XIAOMI: &str = "91110108551385082Q";
+/// The example citizen id from GB 11643-1999.
+pub const CITIZEN: &str = "11010519491231002X";
+
+/// Licence types and access rules of the test gateways: the approval bureau may read the
+/// name, legal representative and holder id of business licences for any purpose, and every
+/// field of food permits for matter `M-FOOD-001`.
+pub const LICENSING: &str = r#"
+[[licence_types]]
+code = "11100000MB0000100D001"
+name = "营业执照"
+issuers = ["11110105MB0000002F"]
+validity_days = 3650
+fields = [
+  { name = "name", kind = "string", required = true },
+  { name = "legal_representative", kind = "string", required = true },
+  { name = "registered_capital", kind = "integer" },
+  { name = "established", kind = "date", required = true },
+  { name = "business_scope", kind = "string" },
+]
+
+[[licence_types]]
+code = "11100000MB0000100D002"
+name = "食品经营许可证"
+issuers = ["11110105MB0000002F"]
+validity_days = 1825
+consent_required = true
+fields = [
+  { name = "operator", kind = "string", required = true },
+  { name = "premises", kind = "string", required = true },
+  { name = "category", kind = "string" },
+]
+
+[[access_rules]]
+department = "11110105MB0000001C"
+licence_type = "11100000MB0000100D001"
+fields = ["name", "legal_representative", "holder_id"]
+
+[[access_rules]]
+department = "11110105MB0000001C"
+licence_type = "11100000MB0000100D002"
+purposes = ["M-FOOD-001"]
+"#;
 
 /// A PKI in a temporary directory: `dir/pki` holds the CA, server certificate and CRL.
 pub struct TestPki {
@@ -150,15 +200,24 @@ pub fn standard_departments() -> String {
         dept(DISABLED, "已撤销的部门", &["consumer"], false),
     ]
     .concat()
+        + &dept(APP, "城市 app", &["holder-app"], true)
 }
 
 /// Writes `dir/certgate.toml` with listeners on port 0, the PKI of `pki`, the extra
 /// `[server]` lines and the department rows given.
 pub fn write_config(pki: &TestPki, server_extra: &str, departments: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let kek = pki.dir.path().join("kek");
+    if !kek.exists() {
+        let key = cert_store::crypto::Kek::generate().unwrap();
+        std::fs::write(&kek, key.to_base64().as_str()).unwrap();
+        std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\n{server_extra}\n\
          [tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = [\"pki/ca.pem\"]\ncrls = [\"pki/crl.pem\"]\n\
-         {departments}"
+         [licensing]\nkek_file = \"kek\"\npublic_url = \"https://localhost\"\n\
+         {departments}\n{LICENSING}"
     );
     let path = pki.dir.path().join("certgate.toml");
     std::fs::write(&path, text).unwrap();
