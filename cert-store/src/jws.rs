@@ -334,7 +334,9 @@ pub fn parse_compact(token: &str, expected_typ: Option<&str>) -> Result<ParsedJw
             "a compact JWS has exactly three parts separated by `.`",
         ));
     };
-    if header_b64.is_empty() || payload_b64.is_empty() || signature_b64.is_empty() {
+    // An empty signature is left to the algorithm checks below, so that `alg: none` (which
+    // comes with one) is refused as such.
+    if header_b64.is_empty() || payload_b64.is_empty() {
         return Err(JwsError::Malformed("a part of the compact JWS is empty"));
     }
 
@@ -350,6 +352,9 @@ pub fn parse_compact(token: &str, expected_typ: Option<&str>) -> Result<ParsedJw
         }
         Some(other) => return Err(JwsError::AlgorithmNotAllowed(other.to_string())),
     };
+    if signature_b64.is_empty() {
+        return Err(JwsError::Malformed("a part of the compact JWS is empty"));
+    }
     if header_json.contains_key("crit") {
         return Err(JwsError::CriticalHeader);
     }

@@ -764,11 +764,7 @@ mod tests {
             for sig in ["", "AAAA"] {
                 let token = replace_jwt(&issued.sd_jwt, &format!("{header}.{payload}.{sig}"));
                 let err = check(&key, &token).unwrap_err();
-                if sig.is_empty() {
-                    assert!(matches!(err, SdJwtError::Jws(JwsError::Malformed(_))));
-                } else {
-                    assert_eq!(err, SdJwtError::Jws(JwsError::AlgorithmNone));
-                }
+                assert_eq!(err, SdJwtError::Jws(JwsError::AlgorithmNone), "{sig:?}");
             }
         }
     }

@@ -644,6 +644,35 @@ impl LicenceService {
             detail: format!("{} ({vct})", licence_type.name),
         });
 
+        // The seal must be the claimed issuer's, and that department must issue this type.
+        let kid = verified.header.kid.as_deref().unwrap_or_default();
+        let iss = verified
+            .claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let seal_problem = match self.store.seal(kid) {
+            Ok(Some(seal)) if iss != format!("urn:certgate:dept:{}", seal.owner) => Some(format!(
+                "seal {kid} belongs to {}, not to the issuer `{iss}`",
+                seal.owner
+            )),
+            Ok(Some(seal)) if !licence_type.issuers.contains(&seal.owner) => Some(format!(
+                "department {} may not issue {} ({vct})",
+                seal.owner, licence_type.name
+            )),
+            Ok(Some(_)) => None,
+            Ok(None) => Some(format!("seal {kid} is not known")),
+            Err(e) => Some(format!("seal lookup failed: {e}")),
+        };
+        if let Some(detail) = seal_problem {
+            report.checks.push(Check {
+                check: "seal",
+                ok: false,
+                detail,
+            });
+            return report;
+        }
+
         if let Some(name) = verified.disclosed.keys().find(|n| {
             !HOLDER_CLAIMS.contains(&n.as_str())
                 && !licence_type.fields.iter().any(|f| &f.name == *n)
@@ -673,7 +702,7 @@ impl LicenceService {
             detail: "within nbf..exp".into(),
         });
 
-        match self.status_of(&verified.claims) {
+        match self.status_of(&verified.claims, kid) {
             Ok(status) => {
                 report.status = Some(status);
                 let ok = status == LicenceStatus::Valid;
@@ -770,7 +799,11 @@ impl LicenceService {
         ))
     }
 
-    fn status_of(&self, claims: &Map<String, Value>) -> Result<LicenceStatus, String> {
+    fn status_of(
+        &self,
+        claims: &Map<String, Value>,
+        seal_id: &str,
+    ) -> Result<LicenceStatus, String> {
         let entry = claims
             .get("status")
             .and_then(|s| s.get("status_list"))
@@ -796,7 +829,11 @@ impl LicenceService {
             .licence(id)
             .map_err(|e| format!("status lookup failed: {e}"))?
             .ok_or_else(|| format!("licence {id} is not in this gateway's register"))?;
-        if u64::from(licence.status_index) != idx || licence.status_list != list {
+        if u64::from(licence.status_index) != idx
+            || licence.status_list != list
+            || licence.seal_id != seal_id
+            || claims.get("vct").and_then(Value::as_str) != Some(licence.type_code.as_str())
+        {
             return Err("the status entry does not belong to this licence".into());
         }
         Ok(licence.status)
@@ -1074,7 +1111,7 @@ impl LicenceService {
                 licence.status.as_str()
             )));
         }
-        let code = jws::b64url(&crate::crypto::random_bytes::<32>()?);
+        let code = jws::b64url(crate::crypto::random_bytes::<32>()?);
         let expires_at = now + SHOW_CODE_SECONDS;
         self.store.insert_show_code(&ShowCodeRecord {
             code_sha256: hex::encode(Sha256::digest(code.as_bytes())),
@@ -1232,3 +1269,7 @@ fn random_index() -> Result<u32, ServiceError> {
     let b = crate::crypto::random_bytes::<4>()?;
     Ok(u32::from_le_bytes(b) % STATUS_LIST_ENTRIES)
 }
+
+#[cfg(test)]
+#[path = "service_tests.rs"]
+mod tests;

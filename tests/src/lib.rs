@@ -422,7 +422,32 @@ impl Conn {
     /// Sends one request and reads the whole response. When the request fails because the
     /// connection failed (a TLS alert, say), the error carries the connection's own error.
     pub async fn send(&mut self, method: Method, path: &str, body: Bytes) -> anyhow::Result<Reply> {
-        match self.exchange(method, path, body).await {
+        self.send_with(method, path, &[], body).await
+    }
+
+    /// A request with a JSON body (and `content-type: application/json`) and extra headers.
+    pub async fn json(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &serde_json::Value,
+    ) -> anyhow::Result<Reply> {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        self.send_with(method, path, &all, Bytes::from(serde_json::to_vec(body)?))
+            .await
+    }
+
+    /// A request with extra headers.
+    pub async fn send_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> anyhow::Result<Reply> {
+        match self.exchange(method, path, headers, body).await {
             Ok(reply) => Ok(reply),
             Err(request_error) => {
                 if let Some(task) = self.task.take() {
@@ -437,11 +462,20 @@ impl Conn {
         }
     }
 
-    async fn exchange(&mut self, method: Method, path: &str, body: Bytes) -> anyhow::Result<Reply> {
-        let req = Request::builder()
+    async fn exchange(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> anyhow::Result<Reply> {
+        let mut req = Request::builder()
             .method(method)
-            .uri(format!("https://localhost{path}"))
-            .body(Full::new(body))?;
+            .uri(format!("https://localhost{path}"));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Full::new(body))?;
         let resp = match &mut self.sender {
             Sender::H1(s) => {
                 let (mut parts, body) = req.into_parts();

@@ -3,4 +3,5 @@
 
 mod cli;
 mod identity;
+mod licences;
 mod limits;

@@ -1,0 +1,953 @@
+//! Tests of the licence service: issuance and verification round trips, forged credentials
+//! signed with real seal keys, x5c problems, seal revocation, the licence lifecycle, status
+//! list tokens, issuance refusals, consents and show-codes.
+
+use super::*;
+use crate::licence::{FieldKind, FieldSpec};
+use crate::store::SqliteStore;
+
+const NOW: i64 = 1_800_000_000;
+const MARKET: &str = "11110105MB0000002F";
+const APPROVAL: &str = "11110105MB0000001C";
+const BUSINESS: &str = "11100000MB0000100D001";
+const FOOD: &str = "11100000MB0000100D002";
+const HOLDER: &str = "91110108551385082Q";
+const OTHER_HOLDER: &str = "9144030071526726XG";
+const STATUS_BASE: &str = "https://gw.example/v1/status-lists";
+
+struct Fixture {
+    svc: LicenceService,
+    market: Uscc,
+    approval: Uscc,
+    sm2: SealRecord,
+    es256: SealRecord,
+}
+
+fn uscc(s: &str) -> Uscc {
+    s.parse().unwrap()
+}
+
+fn field(name: &str, kind: FieldKind, required: bool) -> FieldSpec {
+    FieldSpec {
+        name: name.into(),
+        kind,
+        required,
+    }
+}
+
+fn types() -> Vec<LicenceType> {
+    vec![
+        LicenceType {
+            code: BUSINESS.parse().unwrap(),
+            name: "营业执照".into(),
+            issuers: [uscc(MARKET)].into(),
+            fields: vec![
+                field("name", FieldKind::String, true),
+                field("legal_representative", FieldKind::String, true),
+                field("established", FieldKind::Date, false),
+            ],
+            validity_days: 3650,
+            consent_required: false,
+        },
+        LicenceType {
+            code: FOOD.parse().unwrap(),
+            name: "食品经营许可证".into(),
+            issuers: [uscc(APPROVAL)].into(),
+            fields: vec![
+                field("licence_class", FieldKind::String, true),
+                field("outlets", FieldKind::Integer, false),
+            ],
+            validity_days: 1825,
+            consent_required: true,
+        },
+    ]
+}
+
+fn fixture() -> Fixture {
+    let svc = LicenceService::open(
+        Arc::new(SqliteStore::in_memory().unwrap()),
+        Kek::generate().unwrap(),
+        types(),
+        STATUS_BASE,
+        NOW,
+    )
+    .unwrap();
+    let market = uscc(MARKET);
+    let approval = uscc(APPROVAL);
+    let sm2 = svc
+        .create_seal(
+            &market,
+            "公章",
+            "某区市场监督管理局",
+            JwsAlg::Sm2Sm3,
+            None,
+            NOW,
+        )
+        .unwrap();
+    let es256 = svc
+        .create_seal(
+            &market,
+            "业务专用章",
+            "某区市场监督管理局登记专用章",
+            JwsAlg::Es256,
+            None,
+            NOW,
+        )
+        .unwrap();
+    Fixture {
+        svc,
+        market,
+        approval,
+        sm2,
+        es256,
+    }
+}
+
+fn obj(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        other => panic!("not an object: {other}"),
+    }
+}
+
+fn business_fields() -> Map<String, Value> {
+    obj(json!({
+        "name": "小米科技有限责任公司",
+        "legal_representative": "雷军",
+        "established": "2010-03-03",
+    }))
+}
+
+fn request(seal: &SealRecord) -> IssueRequest {
+    IssueRequest {
+        licence_type: BUSINESS.into(),
+        holder_id: HOLDER.into(),
+        holder_name: "小米科技有限责任公司".into(),
+        seal_id: seal.id.clone(),
+        fields: business_fields(),
+        valid_from: None,
+        valid_until: None,
+        serial: None,
+    }
+}
+
+fn issue(f: &Fixture, seal: &SealRecord) -> LicenceRecord {
+    f.svc.issue(&f.market, &request(seal), NOW).unwrap()
+}
+
+/// Asserts the report is invalid, every check but the last passed, and the last is `check`
+/// failing with a detail containing `fragment`.
+fn assert_fails(report: &VerifyReport, check: &str, fragment: &str) {
+    assert!(!report.valid, "{report:#?}");
+    let (last, before) = report.checks.split_last().expect("at least one check");
+    assert!(before.iter().all(|c| c.ok), "{report:#?}");
+    assert_eq!(last.check, check, "{report:#?}");
+    assert!(!last.ok, "{report:#?}");
+    assert!(
+        last.detail.contains(fragment),
+        "detail {:?} lacks {fragment:?}",
+        last.detail
+    );
+}
+
+fn assert_valid(report: &VerifyReport) {
+    assert!(report.valid, "{report:#?}");
+    assert!(report.checks.iter().all(|c| c.ok), "{report:#?}");
+    let names: Vec<&str> = report.checks.iter().map(|c| c.check).collect();
+    assert_eq!(
+        names,
+        [
+            "typ",
+            "certificate_chain",
+            "signature",
+            "vct",
+            "time",
+            "status",
+            "disclosures"
+        ]
+    );
+}
+
+fn der_b64(cert: &X509) -> String {
+    b64std(&cert.to_der().unwrap())
+}
+
+fn x5c_of(seal: &SealRecord, ca: &X509) -> Vec<String> {
+    let cert = X509::from_pem(seal.certificate_pem.as_bytes()).unwrap();
+    vec![der_b64(&cert), der_b64(ca)]
+}
+
+/// A header like the service's for `seal`.
+fn seal_header(f: &Fixture, seal: &SealRecord) -> JwsHeader {
+    JwsHeader {
+        alg: seal.alg,
+        typ: Some(sdjwt::SD_JWT_TYP.into()),
+        kid: Some(seal.id.clone()),
+        x5c: Some(x5c_of(seal, f.svc.seal_ca.certificate())),
+    }
+}
+
+/// The plain claims of `licence`, as the service signed them (taken from its credential).
+fn plain_of(licence: &LicenceRecord) -> Map<String, Value> {
+    let jwt = licence.sd_jwt.split('~').next().unwrap();
+    let mut claims = jws::parse_compact(jwt, Some(sdjwt::SD_JWT_TYP))
+        .unwrap()
+        .payload;
+    claims.remove("_sd");
+    claims.remove("_sd_alg");
+    claims
+}
+
+fn holder_claims() -> Map<String, Value> {
+    let mut d = business_fields();
+    d.insert("holder_id".into(), json!(HOLDER));
+    d.insert("holder_name".into(), json!("小米科技有限责任公司"));
+    d
+}
+
+fn forge(
+    header: JwsHeader,
+    plain: Map<String, Value>,
+    disclosable: &Map<String, Value>,
+    key: &SealKey,
+) -> String {
+    sdjwt::issue(header, plain, disclosable, &mut sdjwt::OsSalts, key)
+        .unwrap()
+        .sd_jwt
+}
+
+/// A credential forged with the real seal key from `licence`'s claims after `edit`.
+fn forge_with(
+    f: &Fixture,
+    licence: &LicenceRecord,
+    edit: impl FnOnce(&mut Map<String, Value>, &mut Map<String, Value>),
+) -> String {
+    let seal = f.svc.seal(&licence.seal_id).unwrap();
+    let key = f.svc.seal_key(&seal).unwrap();
+    let mut plain = plain_of(licence);
+    let mut disclosable = holder_claims();
+    edit(&mut plain, &mut disclosable);
+    forge(seal_header(f, &seal), plain, &disclosable, &key)
+}
+
+// ---- round trips ----
+
+fn round_trip(alg: JwsAlg) {
+    let f = fixture();
+    let seal = if alg == JwsAlg::Sm2Sm3 {
+        &f.sm2
+    } else {
+        &f.es256
+    };
+    let licence = issue(&f, seal);
+    assert_eq!(licence.status, LicenceStatus::Valid);
+    assert!(licence.id.contains(".000000000001.001."), "{}", licence.id);
+
+    let report = f.svc.verify(&licence.sd_jwt, NOW);
+    assert_valid(&report);
+    assert_eq!(report.licence_id.as_deref(), Some(licence.id.as_str()));
+    assert_eq!(report.status, Some(LicenceStatus::Valid));
+    assert_eq!(report.disclosed, holder_claims());
+    assert_eq!(report.claims["vct"], json!(BUSINESS));
+    assert_eq!(
+        report.claims["iss"],
+        json!(format!("urn:certgate:dept:{MARKET}"))
+    );
+    assert!(report.checks[2].detail.starts_with(alg.name()));
+
+    let presented = f
+        .svc
+        .present(&licence, &|n| n == "name" || n == "holder_id")
+        .unwrap();
+    let report = f.svc.verify(&presented, NOW);
+    assert_valid(&report);
+    assert_eq!(
+        report.disclosed,
+        obj(json!({"name": "小米科技有限责任公司", "holder_id": HOLDER}))
+    );
+    assert_eq!(decode_disclosures(&presented), report.disclosed);
+}
+
+#[test]
+fn round_trip_sm2() {
+    round_trip(JwsAlg::Sm2Sm3);
+}
+
+#[test]
+fn round_trip_es256() {
+    round_trip(JwsAlg::Es256);
+}
+
+#[test]
+fn forged_control_with_unchanged_claims_verifies() {
+    // The forging helper itself produces a valid credential: each forgery below differs
+    // from it only by the defect under test.
+    let f = fixture();
+    let licence = issue(&f, &f.sm2);
+    let cred = forge_with(&f, &licence, |_, _| {});
+    assert_valid(&f.svc.verify(&cred, NOW));
+}
+
+// ---- forged credentials signed with the real seal key ----
+
+#[test]
+fn forged_without_exp_is_refused() {
+    let f = fixture();
+    let licence = issue(&f, &f.es256);
+    let cred = forge_with(&f, &licence, |p, _| {
+        p.remove("exp");
+    });
+    assert_fails(&f.svc.verify(&cred, NOW), "time", "no expiry time (`exp`)");
+}
+
+#[test]
+fn forged_with_unknown_vct_is_refused() {
+    let f = fixture();
+    let licence = issue(&f, &f.sm2);
+    let cred = forge_with(&f, &licence, |p, _| {
+        p.insert("vct".into(), json!("11100000MB0000100D999"));
+    });
+    assert_fails(
+        &f.svc.verify(&cred, NOW),
+        "vct",
+        "unknown licence type `11100000MB0000100D999`",
+    );
+}
+
+#[test]
+fn forged_not_yet_valid_is_refused() {
+    let f = fixture();
+    let licence = issue(&f, &f.sm2);
+    let cred = forge_with(&f, &licence, |p, _| {
+        p.insert("nbf".into(), json!(NOW + 3600));
+    });
+    assert_fails(
+        &f.svc.verify(&cred, NOW),
+        "time",
+        &format!("not valid before {}", NOW + 3600),
+    );
+}
+
+#[test]
+fn forged_expired_is_refused_after_expiry() {
+    let f = fixture();
+    let licence = issue(&f, &f.es256);
+    let cred = forge_with(&f, &licence, |p, _| {
+        p.insert("exp".into(), json!(NOW + 100));
+    });
+    assert_valid(&f.svc.verify(&cred, NOW));
+    assert_fails(
+        &f.svc.verify(&cred, NOW + 1000),
+        "time",
+        &format!("expired at {}", NOW + 100),
+    );
+}
+
+#[test]
+fn forged_disclosure_outside_the_type_is_refused() {
+    let f = fixture();
+    let licence = issue(&f, &f.sm2);
+    let cred = forge_with(&f, &licence, |_, d| {
+        d.insert("colour".into(), json!("red"));
+    });
+    assert_fails(
+        &f.svc.verify(&cred, NOW),
+        "disclosures",
+        "disclosure `colour` is not a field of 营业执照",
+    );
+}
+
+#[test]
+fn forged_iss_smuggled_in_a_disclosure_is_refused() {
+    // sdjwt::issue refuses to make `iss` disclosable, so build the credential by hand.
+    let f = fixture();
+    let licence = issue(&f, &f.es256);
+    let key = f.svc.seal_key(&f.es256).unwrap();
+    let mut payload = plain_of(&licence);
+    payload.remove("iss");
+    let disclosure =
+        jws::b64url(json!(["c2FsdHNhbHRzYWx0c2FsdA", "iss", "urn:certgate:dept:evil"]).to_string());
+    let digest = jws::b64url(Sha256::digest(disclosure.as_bytes()));
+    payload.insert("_sd_alg".into(), json!("sha-256"));
+    payload.insert("_sd".into(), json!([digest]));
+    let jwt = jws::sign_compact(&seal_header(&f, &f.es256), &Value::Object(payload), &key).unwrap();
+    let cred = format!("{jwt}~{disclosure}~");
+    assert_fails(
+        &f.svc.verify(&cred, NOW),
+        "disclosures",
+        "tries to set the reserved claim `iss`",
+    );
+}
+
+#[test]
+fn forged_by_another_departments_seal_is_refused() {
+    // APPROVAL's own, valid seal signs a business licence (a type only MARKET may issue)
+    // claiming to come from MARKET and borrowing a real licence's status entry.
+    let f = fixture();
+    let licence = issue(&f, &f.sm2);
+    let theirs = f
+        .svc
+        .create_seal(
+            &f.approval,
+            "公章",
+            "某区行政审批局",
+            JwsAlg::Es256,
+            None,
+            NOW,
+        )
+        .unwrap();
+    let key = f.svc.seal_key(&theirs).unwrap();
+    let mut fields = holder_claims();
+    fields.insert("legal_representative".into(), json!("冒名者"));
+    let cred = forge(seal_header(&f, &theirs), plain_of(&licence), &fields, &key);
+    assert_fails(&f.svc.verify(&cred, NOW), "seal", APPROVAL);
+
+    // Claiming its own department as `iss` does not help: it may not issue the type.
+    let mut plain = plain_of(&licence);
+    plain.insert("iss".into(), json!(format!("urn:certgate:dept:{APPROVAL}")));
+    let cred = forge(seal_header(&f, &theirs), plain, &fields, &key);
+    assert_fails(&f.svc.verify(&cred, NOW), "seal", "may not issue 营业执照");
+}
+
+#[test]
+fn forged_with_another_seal_of_the_issuer_borrowing_a_status_entry_is_refused() {
+    // The issuer's ES256 seal signs a credential pointing at the licence its SM2 seal
+    // signed: the register says which seal signed that licence.
+    let f = fixture();
+    let licence = issue(&f, &f.sm2);
+    let key = f.svc.seal_key(&f.es256).unwrap();
+    let cred = forge(
+        seal_header(&f, &f.es256),
+        plain_of(&licence),
+        &holder_claims(),
+        &key,
+    );
+    assert_fails(
+        &f.svc.verify(&cred, NOW),
+        "status",
+        "does not belong to this licence",
+    );
+}
+
+// ---- x5c problems ----
+
+fn ca_time(t: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(t).unwrap()
+}
+
+#[test]
+fn self_signed_x5c_leaf_is_refused() {
+    let f = fixture();
+    let licence = issue(&f, &f.es256);
+    let rogue = SealCa::create("certgate seal CA", ca_time(NOW), 365).unwrap();
+    let header = JwsHeader {
+        x5c: Some(vec![der_b64(rogue.certificate())]),
+        ..seal_header(&f, &f.es256)
+    };
+    let cred = forge(header, plain_of(&licence), &holder_claims(), rogue.key());
+    assert_fails(
+        &f.svc.verify(&cred, NOW),
+        "certificate_chain",
+        "does not chain to the seal CA",
+    );
+}
+
+#[test]
+fn seal_certificate_from_a_foreign_ca_is_refused() {
+    let f = fixture();
+    let licence = issue(&f, &f.es256);
+    let foreign = SealCa::create("certgate seal CA", ca_time(NOW), 365).unwrap();
+    let key = SealKey::generate(JwsAlg::Es256).unwrap();
+    let cert = foreign
+        .issue_seal_certificate(
+            key.public_key(),
+            &f.market,
+            "某区市场监督管理局",
+            ca_time(NOW - 3600),
+            ca_time(NOW + 86400),
+        )
+        .unwrap();
+    let header = JwsHeader {
+        x5c: Some(vec![der_b64(&cert), der_b64(foreign.certificate())]),
+        ..seal_header(&f, &f.es256)
+    };
+    let cred = forge(header, plain_of(&licence), &holder_claims(), &key);
+    assert_fails(
+        &f.svc.verify(&cred, NOW),
+        "certificate_chain",
+        "does not chain to the seal CA",
+    );
+}
+
+#[test]
+fn missing_x5c_is_refused() {
+    let f = fixture();
+    let licence = issue(&f, &f.es256);
+    let key = f.svc.seal_key(&f.es256).unwrap();
+    let header = JwsHeader {
+        x5c: None,
+        ..seal_header(&f, &f.es256)
+    };
+    let cred = forge(header, plain_of(&licence), &holder_claims(), &key);
+    assert_fails(
+        &f.svc.verify(&cred, NOW),
+        "certificate_chain",
+        "x5c is missing",
+    );
+}
+
+#[test]
+fn kid_of_another_seal_with_the_real_x5c_is_refused() {
+    let f = fixture();
+    let licence = issue(&f, &f.es256);
+    let key = f.svc.seal_key(&f.es256).unwrap();
+    let header = JwsHeader {
+        kid: Some(f.sm2.id.clone()),
+        ..seal_header(&f, &f.es256)
+    };
+    let cred = forge(header, plain_of(&licence), &holder_claims(), &key);
+    assert_fails(
+        &f.svc.verify(&cred, NOW),
+        "certificate_chain",
+        &format!("x5c leaf is not the certificate of seal {}", f.sm2.id),
+    );
+}
+
+// ---- seal revocation ----
+
+#[test]
+fn revoked_seal_fails_from_the_revocation_time() {
+    let f = fixture();
+    let licence = issue(&f, &f.sm2);
+    let revoked = f
+        .svc
+        .revoke_seal(&f.sm2.id, &f.market, "key compromised", NOW + 10)
+        .unwrap();
+    assert_eq!(revoked.revoked_at, Some(NOW + 10));
+    assert_valid(&f.svc.verify(&licence.sd_jwt, NOW + 5));
+    assert_fails(&f.svc.verify(&licence.sd_jwt, NOW + 20), "seal", "revoked");
+    // A revoked seal cannot issue, another department cannot revoke, twice is a conflict.
+    assert!(matches!(
+        f.svc.issue(&f.market, &request(&f.sm2), NOW + 20),
+        Err(ServiceError::Invalid { field, .. }) if field == "seal_id"
+    ));
+    assert!(matches!(
+        f.svc.revoke_seal(&f.es256.id, &f.approval, "no", NOW),
+        Err(ServiceError::Forbidden(_))
+    ));
+    assert!(matches!(
+        f.svc.revoke_seal(&f.sm2.id, &f.market, "again", NOW + 30),
+        Err(ServiceError::Conflict(_))
+    ));
+}
+
+// ---- lifecycle ----
+
+#[test]
+fn suspend_resume_revoke() {
+    let f = fixture();
+    let licence = issue(&f, &f.sm2);
+    let id = licence.id.as_str();
+
+    let s = f
+        .svc
+        .change_status(id, &f.market, Lifecycle::Suspend, "inspection")
+        .unwrap();
+    assert_eq!(s.status, LicenceStatus::Suspended);
+    let report = f.svc.verify(&licence.sd_jwt, NOW);
+    assert_fails(&report, "status", "suspended");
+    assert_eq!(report.status, Some(LicenceStatus::Suspended));
+
+    f.svc
+        .change_status(id, &f.market, Lifecycle::Resume, "inspection passed")
+        .unwrap();
+    assert_valid(&f.svc.verify(&licence.sd_jwt, NOW));
+
+    assert!(matches!(
+        f.svc
+            .change_status(id, &f.approval, Lifecycle::Revoke, "not ours"),
+        Err(ServiceError::Forbidden(_))
+    ));
+    f.svc
+        .change_status(id, &f.market, Lifecycle::Revoke, "closed")
+        .unwrap();
+    assert_fails(&f.svc.verify(&licence.sd_jwt, NOW), "status", "revoked");
+    assert!(matches!(
+        f.svc
+            .change_status(id, &f.market, Lifecycle::Revoke, "closed again"),
+        Err(ServiceError::Conflict(_))
+    ));
+    assert!(matches!(
+        f.svc
+            .change_status(id, &f.market, Lifecycle::Resume, "undo"),
+        Err(ServiceError::Conflict(_))
+    ));
+}
+
+#[test]
+fn renew_revokes_the_old_licence_and_links_the_new() {
+    let f = fixture();
+    let old = issue(&f, &f.es256);
+    assert!(matches!(
+        f.svc.renew(&old.id, &f.approval, None, None, NOW + 100),
+        Err(ServiceError::Forbidden(_))
+    ));
+    let new = f
+        .svc
+        .renew(&old.id, &f.market, None, None, NOW + 100)
+        .unwrap();
+    assert_ne!(new.id, old.id);
+    let old_parsed: LicenceId = old.id.parse().unwrap();
+    let new_parsed: LicenceId = new.id.parse().unwrap();
+    assert_eq!(new_parsed.serial(), old_parsed.serial());
+    assert_eq!(new_parsed.version(), 2);
+    assert!(new.id.contains(".002."), "{}", new.id);
+    assert_eq!(new.replaces.as_deref(), Some(old.id.as_str()));
+    assert_eq!(new.fields, old.fields);
+
+    let old_now = f.svc.licence(&old.id).unwrap();
+    assert_eq!(old_now.status, LicenceStatus::Revoked);
+    assert_eq!(old_now.replaced_by.as_deref(), Some(new.id.as_str()));
+
+    let report = f.svc.verify(&new.sd_jwt, NOW + 100);
+    assert_valid(&report);
+    assert_eq!(report.disclosed, holder_claims());
+    assert_fails(&f.svc.verify(&old.sd_jwt, NOW + 100), "status", "revoked");
+    assert!(matches!(
+        f.svc.renew(&old.id, &f.market, None, None, NOW + 200),
+        Err(ServiceError::Conflict(_))
+    ));
+}
+
+// ---- status list token ----
+
+#[test]
+fn status_list_token_reflects_every_licence() {
+    let f = fixture();
+    let revoked = issue(&f, &f.sm2);
+    let suspended = issue(&f, &f.es256);
+    let valid = issue(&f, &f.sm2);
+    f.svc
+        .change_status(&revoked.id, &f.market, Lifecycle::Revoke, "closed")
+        .unwrap();
+    f.svc
+        .change_status(&suspended.id, &f.market, Lifecycle::Suspend, "inspection")
+        .unwrap();
+    for l in [&revoked, &suspended, &valid] {
+        assert_eq!(l.status_list, 0);
+    }
+
+    let token = f.svc.status_list_token(0, NOW).unwrap();
+    let parsed = jws::parse_compact(&token, Some("statuslist+jwt")).unwrap();
+    parsed.verify(f.svc.signing_key.public_key()).unwrap();
+    assert_eq!(
+        parsed.header.kid.as_deref(),
+        Some(f.svc.signing_kid.as_str())
+    );
+    // Another key does not verify it.
+    let other = SealKey::generate(JwsAlg::Es256).unwrap();
+    assert!(parsed.verify(other.public_key()).is_err());
+
+    let payload = &parsed.payload;
+    assert_eq!(payload["sub"], json!(format!("{STATUS_BASE}/0")));
+    assert_eq!(payload["iat"], json!(NOW));
+    assert_eq!(payload["ttl"], json!(STATUS_LIST_TTL));
+    assert_eq!(payload["status_list"]["bits"], json!(2));
+    let lst = payload["status_list"]["lst"].as_str().unwrap();
+    let list = StatusList::decode_lst(lst, 2).unwrap();
+    assert!(list.len() >= 131_072, "{}", list.len());
+
+    let expected: BTreeMap<usize, Status> = [
+        (revoked.status_index as usize, Status::Revoked),
+        (suspended.status_index as usize, Status::Suspended),
+        (valid.status_index as usize, Status::Valid),
+    ]
+    .into();
+    assert_eq!(expected.len(), 3, "distinct indexes");
+    for i in 0..list.len() {
+        let want = expected.get(&i).copied().unwrap_or(Status::Valid);
+        assert_eq!(list.get(i).unwrap(), want, "index {i}");
+    }
+
+    assert!(matches!(
+        f.svc.status_list_token(1, NOW),
+        Err(ServiceError::NotFound(_))
+    ));
+}
+
+// ---- issuance refusals ----
+
+fn invalid_field(result: Result<LicenceRecord, ServiceError>) -> (String, String) {
+    match result {
+        Err(ServiceError::Invalid { field, reason }) => (field, reason),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+#[test]
+fn issuing_a_type_the_department_may_not_issue_is_forbidden() {
+    let f = fixture();
+    let req = IssueRequest {
+        licence_type: FOOD.into(),
+        fields: obj(json!({"licence_class": "A"})),
+        ..request(&f.sm2)
+    };
+    assert!(matches!(
+        f.svc.issue(&f.market, &req, NOW),
+        Err(ServiceError::Forbidden(m)) if m.contains("may not issue 食品经营许可证")
+    ));
+}
+
+#[test]
+fn issuing_with_another_departments_seal_is_forbidden() {
+    let f = fixture();
+    let theirs = f
+        .svc
+        .create_seal(
+            &f.approval,
+            "公章",
+            "某区行政审批局",
+            JwsAlg::Sm2Sm3,
+            None,
+            NOW,
+        )
+        .unwrap();
+    assert!(matches!(
+        f.svc.issue(&f.market, &request(&theirs), NOW),
+        Err(ServiceError::Forbidden(m)) if m.contains("another department")
+    ));
+    // And the other way round.
+    let req = IssueRequest {
+        licence_type: FOOD.into(),
+        fields: obj(json!({"licence_class": "A"})),
+        ..request(&f.sm2)
+    };
+    assert!(matches!(
+        f.svc.issue(&f.approval, &req, NOW),
+        Err(ServiceError::Forbidden(_))
+    ));
+}
+
+#[test]
+fn issuing_to_a_bad_holder_id_is_invalid() {
+    let f = fixture();
+    let req = IssueRequest {
+        holder_id: "91110108551385082A".into(),
+        ..request(&f.sm2)
+    };
+    let (field, _) = invalid_field(f.svc.issue(&f.market, &req, NOW));
+    assert_eq!(field, "holder_id");
+}
+
+#[test]
+fn issuing_an_unknown_field_is_invalid() {
+    let f = fixture();
+    let mut req = request(&f.sm2);
+    req.fields.insert("colour".into(), json!("red"));
+    let (field, reason) = invalid_field(f.svc.issue(&f.market, &req, NOW));
+    assert_eq!(field, "fields.colour");
+    assert!(reason.contains("not a field"), "{reason}");
+}
+
+#[test]
+fn issuing_without_a_required_field_is_invalid() {
+    let f = fixture();
+    let mut req = request(&f.es256);
+    req.fields.remove("legal_representative");
+    let (field, reason) = invalid_field(f.svc.issue(&f.market, &req, NOW));
+    assert_eq!(field, "fields.legal_representative");
+    assert_eq!(reason, "required");
+}
+
+#[test]
+fn issuing_a_field_of_the_wrong_type_is_invalid() {
+    let f = fixture();
+    let mut req = request(&f.es256);
+    req.fields.insert("name".into(), json!(42));
+    let (field, reason) = invalid_field(f.svc.issue(&f.market, &req, NOW));
+    assert_eq!(field, "fields.name");
+    assert!(reason.contains("string"), "{reason}");
+
+    req.fields = business_fields();
+    req.fields.insert("established".into(), json!("2010-02-30"));
+    let (field, _) = invalid_field(f.svc.issue(&f.market, &req, NOW));
+    assert_eq!(field, "fields.established");
+}
+
+// ---- consents ----
+
+fn consent(f: &Fixture) -> (ConsentRecord, String) {
+    f.svc
+        .create_consent(
+            &f.market,
+            HOLDER,
+            &f.approval,
+            &[BUSINESS.to_owned()],
+            "食品经营许可审批",
+            3600,
+            NOW,
+        )
+        .unwrap()
+}
+
+fn forbidden(result: Result<ConsentRecord, ServiceError>) -> String {
+    match result {
+        Err(ServiceError::Forbidden(m)) => m,
+        other => panic!("expected Forbidden, got {other:?}"),
+    }
+}
+
+#[test]
+fn consent_is_checked_against_department_holder_type_and_time() {
+    let f = fixture();
+    let (record, token) = consent(&f);
+    assert_eq!(record.expires_at, NOW + 3600);
+    let ok = f
+        .svc
+        .check_consent(&token, HOLDER, &f.approval, BUSINESS, NOW + 10)
+        .unwrap();
+    assert_eq!(ok, record);
+
+    let m = forbidden(
+        f.svc
+            .check_consent(&token, HOLDER, &f.market, BUSINESS, NOW),
+    );
+    assert!(m.contains("consent token refused"), "{m}");
+    let m = forbidden(
+        f.svc
+            .check_consent(&token, OTHER_HOLDER, &f.approval, BUSINESS, NOW),
+    );
+    assert!(m.contains("another holder"), "{m}");
+    let m = forbidden(f.svc.check_consent(&token, HOLDER, &f.approval, FOOD, NOW));
+    assert!(m.contains("does not cover"), "{m}");
+    let m =
+        forbidden(
+            f.svc
+                .check_consent(&token, HOLDER, &f.approval, BUSINESS, record.expires_at),
+        );
+    assert!(m.contains("expired"), "{m}");
+}
+
+#[test]
+fn revoked_consent_is_refused() {
+    let f = fixture();
+    let (record, token) = consent(&f);
+    assert!(matches!(
+        f.svc.revoke_consent(&record.id, &f.approval, NOW),
+        Err(ServiceError::Forbidden(_))
+    ));
+    f.svc
+        .revoke_consent(&record.id, &f.market, NOW + 5)
+        .unwrap();
+    let m = forbidden(
+        f.svc
+            .check_consent(&token, HOLDER, &f.approval, BUSINESS, NOW + 10),
+    );
+    assert!(m.contains("revoked"), "{m}");
+    assert!(matches!(
+        f.svc.revoke_consent(&record.id, &f.market, NOW + 20),
+        Err(ServiceError::Conflict(_))
+    ));
+}
+
+#[test]
+fn consent_token_signed_by_another_key_is_refused() {
+    let f = fixture();
+    let (record, _) = consent(&f);
+    let claims = json!({
+        "iss": "urn:certgate:gateway",
+        "jti": record.id,
+        "sub": holder_pseudonym(HOLDER),
+        "aud": format!("urn:certgate:dept:{APPROVAL}"),
+        "licence_types": [BUSINESS],
+        "purpose": "食品经营许可审批",
+        "iat": NOW,
+        "exp": record.expires_at,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(f.svc.signing_kid.clone());
+    let other = SealKey::generate(JwsAlg::Es256).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_ec_der(&other.to_pkcs8_der().unwrap());
+    let forged = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    let m = forbidden(
+        f.svc
+            .check_consent(&forged, HOLDER, &f.approval, BUSINESS, NOW),
+    );
+    assert!(m.contains("consent token refused"), "{m}");
+}
+
+#[test]
+fn consent_ttl_must_be_between_one_second_and_a_day() {
+    let f = fixture();
+    for ttl in [0, -1, MAX_CONSENT_SECONDS + 1] {
+        match f.svc.create_consent(
+            &f.market,
+            HOLDER,
+            &f.approval,
+            &[BUSINESS.to_owned()],
+            "审批",
+            ttl,
+            NOW,
+        ) {
+            Err(ServiceError::Invalid { field, .. }) => assert_eq!(field, "ttl_seconds"),
+            other => panic!("ttl {ttl}: expected Invalid, got {other:?}"),
+        }
+    }
+    assert!(
+        f.svc
+            .create_consent(
+                &f.market,
+                HOLDER,
+                &f.approval,
+                &[BUSINESS.to_owned()],
+                "审批",
+                MAX_CONSENT_SECONDS,
+                NOW,
+            )
+            .is_ok()
+    );
+}
+
+// ---- show-codes ----
+
+#[test]
+fn show_code_redeems_once() {
+    let f = fixture();
+    let licence = issue(&f, &f.sm2);
+    let (code, expires_at) = f.svc.create_show_code(&f.market, &licence.id, NOW).unwrap();
+    assert_eq!(expires_at, NOW + SHOW_CODE_SECONDS);
+    let shown = f
+        .svc
+        .redeem_show_code(&code, &f.approval, NOW + 10)
+        .unwrap();
+    assert_eq!(shown.id, licence.id);
+    assert!(matches!(
+        f.svc.redeem_show_code(&code, &f.approval, NOW + 11),
+        Err(ServiceError::Forbidden(_))
+    ));
+}
+
+#[test]
+fn expired_or_unknown_show_code_is_refused() {
+    let f = fixture();
+    let licence = issue(&f, &f.es256);
+    let (code, _) = f.svc.create_show_code(&f.market, &licence.id, NOW).unwrap();
+    assert!(matches!(
+        f.svc
+            .redeem_show_code(&code, &f.approval, NOW + SHOW_CODE_SECONDS + 1),
+        Err(ServiceError::Forbidden(_))
+    ));
+    let unknown = jws::b64url([7u8; 32]);
+    assert!(matches!(
+        f.svc.redeem_show_code(&unknown, &f.approval, NOW),
+        Err(ServiceError::Forbidden(_))
+    ));
+    // A suspended licence gets no show-code.
+    f.svc
+        .change_status(&licence.id, &f.market, Lifecycle::Suspend, "inspection")
+        .unwrap();
+    assert!(matches!(
+        f.svc.create_show_code(&f.market, &licence.id, NOW),
+        Err(ServiceError::Conflict(_))
+    ));
+}

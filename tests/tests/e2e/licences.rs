@@ -1,0 +1,897 @@
+//! E-seals and e-licences over real mTLS: issue, query, verify (and verify again with code that
+//! is not ours), field checks, lifecycle, access rules, consents and show-codes.
+
+use std::process::Command;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use certgate_tests::*;
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// A gateway with the standard departments and a connection per department.
+struct World {
+    _pki: TestPki,
+    gw: TestGateway,
+    market: Conn,
+    approval: Conn,
+    app: Conn,
+    ops: Conn,
+}
+
+async fn world() -> World {
+    let pki = TestPki::new();
+    let ids = [
+        pki.department("market", MARKET),
+        pki.department("approval", APPROVAL),
+        pki.department("app", APP),
+        pki.department("ops", OPS),
+    ];
+    let gw = TestGateway::standard(&pki, "").await;
+    let mut conns = Vec::new();
+    for id in &ids {
+        conns.push(
+            Client::new(&pki.ca_pem(), Some(id), Proto::H2)
+                .connect(gw.addr)
+                .await
+                .unwrap(),
+        );
+    }
+    let ops = conns.pop().unwrap();
+    let app = conns.pop().unwrap();
+    let approval = conns.pop().unwrap();
+    let market = conns.pop().unwrap();
+    World {
+        _pki: pki,
+        gw,
+        market,
+        approval,
+        app,
+        ops,
+    }
+}
+
+async fn create_seal(conn: &mut Conn, alg: &str) -> String {
+    let reply = conn
+        .json(
+            Method::POST,
+            "/v1/seals",
+            &[],
+            &json!({"seal_type": "公章", "name": "某区市场监督管理局", "alg": alg}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    reply.json()["id"].as_str().unwrap().to_owned()
+}
+
+fn business(seal: &str, holder: &str) -> Value {
+    json!({
+        "licence_type": BUSINESS,
+        "holder_id": holder,
+        "holder_name": "小米科技有限责任公司",
+        "seal_id": seal,
+        "fields": {"name": "小米科技有限责任公司", "legal_representative": "雷军", "registered_capital": 185000000, "established": "2010-03-03", "business_scope": "技术开发"}
+    })
+}
+
+async fn issue(conn: &mut Conn, body: &Value) -> Value {
+    let reply = conn
+        .json(Method::POST, "/v1/licences", &[], body)
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()
+}
+
+async fn verify(conn: &mut Conn, credential: &str) -> Value {
+    let reply = conn
+        .json(
+            Method::POST,
+            "/v1/licences/verify",
+            &[],
+            &json!({"credential": credential}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    reply.json()
+}
+
+/// The issuer-signed JWT of an SD-JWT and its parts.
+fn jwt_parts(credential: &str) -> (Value, String, Vec<u8>) {
+    let jwt = credential.split('~').next().unwrap();
+    let mut parts = jwt.split('.');
+    let (h, p, s) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).unwrap()).unwrap();
+    (
+        header,
+        format!("{h}.{p}"),
+        URL_SAFE_NO_PAD.decode(s).unwrap(),
+    )
+}
+
+fn leaf_certificate(header: &Value) -> openssl::x509::X509 {
+    let der = STANDARD.decode(header["x5c"][0].as_str().unwrap()).unwrap();
+    openssl::x509::X509::from_der(&der).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn es256_licence_round_trip_verifies_here_and_with_jsonwebtoken() {
+    let mut w = world().await;
+    let seal = create_seal(&mut w.market, "ES256").await;
+    let issued = issue(&mut w.market, &business(&seal, XIAOMI)).await;
+    let id = issued["id"].as_str().unwrap();
+    assert!(
+        id.starts_with(&format!("1.2.156.3005.2.{BUSINESS}.{MARKET}.")),
+        "{id}"
+    );
+
+    // The approval bureau queries it for a matter and sees only what its rule allows.
+    let reply = w
+        .approval
+        .send_with(
+            Method::GET,
+            &format!("/v1/licences/{id}"),
+            &[("x-purpose", "M-BIZ-001")],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let view = reply.json();
+    let disclosed: Vec<&str> = view["disclosed"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(disclosed, ["holder_id", "legal_representative", "name"]);
+    let credential = view["credential"].as_str().unwrap();
+    let report = verify(&mut w.approval, credential).await;
+    assert_eq!(report["valid"], true, "{report}");
+    assert_eq!(report["disclosed"]["legal_representative"], "雷军");
+    assert!(report["disclosed"].get("registered_capital").is_none());
+
+    // A second implementation: jsonwebtoken (aws-lc) checks the ES256 signature that openssl made.
+    let (header, signing_input, signature) = jwt_parts(credential);
+    assert_eq!(
+        (header["alg"].as_str(), header["typ"].as_str()),
+        (Some("ES256"), Some("dc+sd-jwt"))
+    );
+    let pem = leaf_certificate(&header)
+        .public_key()
+        .unwrap()
+        .public_key_to_pem()
+        .unwrap();
+    let key = jsonwebtoken::DecodingKey::from_ec_pem(&pem).unwrap();
+    let ok = jsonwebtoken::crypto::verify(
+        &URL_SAFE_NO_PAD.encode(&signature),
+        signing_input.as_bytes(),
+        &key,
+        jsonwebtoken::Algorithm::ES256,
+    )
+    .unwrap();
+    assert!(ok, "jsonwebtoken rejects the ES256 signature");
+    let mut tampered = signature.clone();
+    tampered[10] ^= 1;
+    let ok = jsonwebtoken::crypto::verify(
+        &URL_SAFE_NO_PAD.encode(&tampered),
+        signing_input.as_bytes(),
+        &key,
+        jsonwebtoken::Algorithm::ES256,
+    )
+    .unwrap();
+    assert!(!ok, "a tampered signature must not verify");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sm2_licence_round_trip_verifies_here_and_with_the_openssl_command() {
+    let mut w = world().await;
+    let seal = create_seal(&mut w.market, "SM2SM3").await;
+    let issued = issue(&mut w.market, &business(&seal, XIAOMI)).await;
+    let credential = issued["credential"].as_str().unwrap();
+    let report = verify(&mut w.approval, credential).await;
+    assert_eq!(report["valid"], true, "{report}");
+    assert_eq!(report["disclosed"].as_object().unwrap().len(), 7);
+
+    let (header, signing_input, signature) = jwt_parts(credential);
+    assert_eq!(header["alg"], "SM2SM3");
+    assert_eq!(signature.len(), 64, "SM2SM3 carries raw r||s");
+    let dir = tempfile::tempdir().unwrap();
+    let cert = leaf_certificate(&header);
+    std::fs::write(
+        dir.path().join("pub.pem"),
+        cert.public_key().unwrap().public_key_to_pem().unwrap(),
+    )
+    .unwrap();
+    let der = openssl::ecdsa::EcdsaSig::from_private_components(
+        openssl::bn::BigNum::from_slice(&signature[..32]).unwrap(),
+        openssl::bn::BigNum::from_slice(&signature[32..]).unwrap(),
+    )
+    .unwrap()
+    .to_der()
+    .unwrap();
+    std::fs::write(dir.path().join("sig.der"), der).unwrap();
+    let check = |message: &[u8]| {
+        std::fs::write(dir.path().join("msg"), message).unwrap();
+        Command::new("openssl")
+            .args([
+                "pkeyutl",
+                "-verify",
+                "-pubin",
+                "-inkey",
+                "pub.pem",
+                "-rawin",
+                "-in",
+                "msg",
+                "-sigfile",
+                "sig.der",
+                "-digest",
+                "sm3",
+                "-pkeyopt",
+                "distid:1234567812345678",
+            ])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = check(signing_input.as_bytes());
+    assert!(
+        out.status.success(),
+        "openssl rejects the SM2 signature: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Signature Verified Successfully"));
+    let mut other = signing_input.into_bytes();
+    other[0] ^= 1;
+    assert!(
+        !check(&other).status.success(),
+        "openssl accepts a changed message"
+    );
+
+    // The seal certificate chains to the seal CA, checked by the openssl command too.
+    let ca = w.approval.get("/v1/seal-ca.pem").await.unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca.body).unwrap();
+    std::fs::write(dir.path().join("leaf.pem"), cert.to_pem().unwrap()).unwrap();
+    let out = Command::new("openssl")
+        .args(["verify", "-CAfile", "ca.pem", "leaf.pem"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_changes_what_verification_and_the_status_list_say() {
+    let mut w = world().await;
+    let seal = create_seal(&mut w.market, "SM2SM3").await;
+    let issued = issue(&mut w.market, &business(&seal, XIAOMI)).await;
+    let id = issued["id"].as_str().unwrap().to_owned();
+    let credential = issued["credential"].as_str().unwrap().to_owned();
+    let act = |action: &str| format!("/v1/licences/{id}/{action}");
+
+    let reply = w
+        .approval
+        .json(Method::POST, &act("revoke"), &[], &json!({"reason": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (reply.status, reply.code().as_str()),
+        (StatusCode::FORBIDDEN, "CG-AUTH-006"),
+        "a consumer may not revoke"
+    );
+    let reply = w
+        .market
+        .json(Method::POST, &act("revoke"), &[], &json!({"reason": " "}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (reply.status, reply.code().as_str()),
+        (StatusCode::BAD_REQUEST, "CG-LIC-001"),
+        "a reason is required"
+    );
+
+    let reply = w
+        .market
+        .json(
+            Method::POST,
+            &act("suspend"),
+            &[],
+            &json!({"reason": "检查期间暂停"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.json()["status"], "suspended");
+    let report = verify(&mut w.approval, &credential).await;
+    assert_eq!(
+        (report["valid"].as_bool(), report["status"].as_str()),
+        (Some(false), Some("suspended"))
+    );
+    let list = w.approval.get("/v1/status-lists/0").await.unwrap();
+    assert_eq!(list.headers["content-type"], "application/statuslist+jwt");
+
+    w.market
+        .json(
+            Method::POST,
+            &act("resume"),
+            &[],
+            &json!({"reason": "检查通过"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(verify(&mut w.approval, &credential).await["valid"], true);
+
+    let renewed = w
+        .market
+        .json(Method::POST, &act("renew"), &[], &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(renewed.status, StatusCode::CREATED, "{:?}", renewed.body);
+    let renewed = renewed.json();
+    assert!(
+        renewed["id"].as_str().unwrap().contains(".002."),
+        "{}",
+        renewed["id"]
+    );
+    assert_eq!(renewed["replaces"], id.as_str());
+    assert_eq!(
+        verify(&mut w.approval, renewed["credential"].as_str().unwrap()).await["valid"],
+        true
+    );
+    let old = verify(&mut w.approval, &credential).await;
+    assert_eq!(
+        (old["valid"].as_bool(), old["status"].as_str()),
+        (Some(false), Some("revoked"))
+    );
+    let reply = w
+        .market
+        .json(Method::POST, &act("resume"), &[], &json!({"reason": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (reply.status, reply.code().as_str()),
+        (StatusCode::CONFLICT, "CG-LIC-004")
+    );
+
+    // Revoking the seal makes the renewed licence fail verification as "seal revoked".
+    let reply = w
+        .market
+        .json(
+            Method::POST,
+            &format!("/v1/seals/{seal}/revoke"),
+            &[],
+            &json!({"reason": "印章遗失"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let report = verify(&mut w.approval, renewed["credential"].as_str().unwrap()).await;
+    assert_eq!(report["valid"], false);
+    let failed = report["checks"].as_array().unwrap().last().unwrap();
+    assert!(
+        failed["detail"].as_str().unwrap().contains("seal revoked"),
+        "{report}"
+    );
+    let reply = w
+        .market
+        .json(Method::POST, "/v1/licences", &[], &business(&seal, XIAOMI))
+        .await
+        .unwrap();
+    assert_eq!(reply.code(), "CG-LIC-001", "a revoked seal cannot issue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_rules_purposes_and_field_checks() {
+    let mut w = world().await;
+    let seal = create_seal(&mut w.market, "ES256").await;
+    let issued = issue(&mut w.market, &business(&seal, XIAOMI)).await;
+    let id = issued["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/licences/{id}");
+
+    // No purpose, no data.
+    let reply = w.approval.get(&path).await.unwrap();
+    assert_eq!(
+        (reply.status, reply.code().as_str()),
+        (StatusCode::BAD_REQUEST, "CG-REQ-006")
+    );
+    let reply = w
+        .approval
+        .send_with(
+            Method::GET,
+            &path,
+            &[("x-purpose", "two words")],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.code(), "CG-REQ-006");
+    // ?fields= narrows; a field outside the type is refused.
+    let reply = w
+        .approval
+        .send_with(
+            Method::GET,
+            &format!("{path}?fields=name"),
+            &[("x-purpose", "M-1")],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.json()["disclosed"],
+        json!({"name": "小米科技有限责任公司"})
+    );
+    let reply = w
+        .approval
+        .send_with(
+            Method::GET,
+            &format!("{path}?fields=colour"),
+            &[("x-purpose", "M-1")],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.code(), "CG-LIC-001");
+    // The issuer sees every field; a department without a rule sees nothing.
+    let reply = w
+        .market
+        .send_with(
+            Method::GET,
+            &path,
+            &[("x-purpose", "matter=M-1; reason=%E5%A4%8D%E6%A0%B8")],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.json()["disclosed"].as_object().unwrap().len(), 7);
+    let reply = w
+        .ops
+        .send_with(
+            Method::GET,
+            &path,
+            &[("x-purpose", "M-1")],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (reply.status, reply.code().as_str()),
+        (StatusCode::FORBIDDEN, "CG-AUTH-007")
+    );
+
+    // Field check: match / no-match, nothing else.
+    let check = format!("{path}/check");
+    let reply = w
+        .approval
+        .json(
+            Method::POST,
+            &check,
+            &[("x-purpose", "M-1")],
+            &json!({"fields": {"legal_representative": "雷军", "name": "别的公司"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let body = reply.json();
+    assert_eq!(
+        body["results"],
+        json!({"legal_representative": "match", "name": "no-match"})
+    );
+    assert_eq!(
+        body.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["licence_id", "licence_valid", "results"]
+    );
+    let reply = w
+        .approval
+        .json(
+            Method::POST,
+            &check,
+            &[("x-purpose", "M-1")],
+            &json!({"fields": {"registered_capital": 1}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (reply.status, reply.code().as_str()),
+        (StatusCode::FORBIDDEN, "CG-AUTH-007"),
+        "a field outside the rule"
+    );
+
+    // Issuing a type the department may not issue.
+    let mut body = business(&seal, XIAOMI);
+    body["licence_type"] = json!(BUSINESS);
+    let reply = w
+        .approval
+        .json(Method::POST, "/v1/licences", &[], &body)
+        .await
+        .unwrap();
+    assert_eq!(reply.code(), "CG-AUTH-006", "a consumer cannot issue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_issue_requests_get_400_naming_the_field() {
+    let mut w = world().await;
+    let seal = create_seal(&mut w.market, "SM2SM3").await;
+    let mut cases: Vec<(Value, &str)> = Vec::new();
+    let base = business(&seal, XIAOMI);
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut b = base.clone();
+        f(&mut b);
+        b
+    };
+    cases.push((
+        with(&|b| b["holder_id"] = json!("91110108551385082A")),
+        "holder_id",
+    ));
+    cases.push((
+        with(&|b| b["holder_id"] = json!("11010519491231002Y")),
+        "holder_id",
+    ));
+    cases.push((
+        with(&|b| b["fields"]["colour"] = json!("red")),
+        "fields.colour",
+    ));
+    cases.push((
+        with(&|b| {
+            b["fields"]
+                .as_object_mut()
+                .unwrap()
+                .remove("legal_representative");
+        }),
+        "fields.legal_representative",
+    ));
+    cases.push((
+        with(&|b| b["fields"]["registered_capital"] = json!("lots")),
+        "fields.registered_capital",
+    ));
+    cases.push((
+        with(&|b| b["fields"]["established"] = json!("2010-02-30")),
+        "fields.established",
+    ));
+    cases.push((
+        with(&|b| b["licence_type"] = json!("11100000MB0000100D999")),
+        "licence_type",
+    ));
+    cases.push((with(&|b| b["seal_id"] = json!("seal-nope")), "seal_id"));
+    cases.push((with(&|b| b["serial"] = json!("lower-case")), "serial"));
+    for (body, field) in cases {
+        let reply = w
+            .market
+            .json(Method::POST, "/v1/licences", &[], &body)
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{field}: {:?}",
+            reply.body
+        );
+        assert_eq!(reply.code(), "CG-LIC-001");
+        assert!(
+            reply.json()["message"].as_str().unwrap().starts_with(field),
+            "{field}: {}",
+            reply.json()["message"]
+        );
+    }
+    // Malformed JSON, a missing member, an unknown member, the wrong content type.
+    for (body, needle) in [
+        ("{", "invalid JSON"),
+        ("{\"licence_type\": 5}", "licence_type"),
+        ("[]", "invalid JSON"),
+    ] {
+        let reply = w
+            .market
+            .send_with(
+                Method::POST,
+                "/v1/licences",
+                &[("content-type", "application/json")],
+                body.into(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (reply.status, reply.code().as_str()),
+            (StatusCode::BAD_REQUEST, "CG-REQ-007"),
+            "{body}"
+        );
+        assert!(
+            reply.json()["message"].as_str().unwrap().contains(needle),
+            "{}",
+            reply.json()["message"]
+        );
+    }
+    let mut extra = base.clone();
+    extra["admin"] = json!(true);
+    let reply = w
+        .market
+        .json(Method::POST, "/v1/licences", &[], &extra)
+        .await
+        .unwrap();
+    assert_eq!(reply.code(), "CG-REQ-007");
+    let reply = w
+        .market
+        .send_with(
+            Method::POST,
+            "/v1/licences",
+            &[("content-type", "text/plain")],
+            "{}".into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.code(), "CG-REQ-007");
+    // A seal of another department cannot be used, and unknown seal algorithms are refused.
+    let reply = w
+        .market
+        .json(
+            Method::POST,
+            "/v1/seals",
+            &[],
+            &json!({"seal_type": "公章", "name": "x", "alg": "HS256"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.code(), "CG-REQ-007");
+    let reply = w.market.json(Method::POST, "/v1/seals", &[], &json!({"seal_type": "公章", "name": "x", "alg": "ES256", "picture_png_base64": "aGVsbG8="})).await.unwrap();
+    assert_eq!(reply.code(), "CG-LIC-001", "a picture that is not a PNG");
+    let reply = w
+        .approval
+        .json(
+            Method::POST,
+            "/v1/seals",
+            &[],
+            &json!({"seal_type": "公章", "name": "x", "alg": "ES256"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.code(), "CG-AUTH-006");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
+    let mut w = world().await;
+    let seal = create_seal(&mut w.market, "ES256").await;
+    let food = json!({
+        "licence_type": FOOD, "holder_id": CITIZEN, "holder_name": "张三", "seal_id": seal,
+        "fields": {"operator": "张三", "premises": "北京市朝阳区某街道1号"}
+    });
+    let permit = issue(&mut w.market, &food).await;
+    let query = format!("/v1/licences?holder={CITIZEN}&type={FOOD}");
+    let purpose = ("x-purpose", "M-FOOD-001");
+
+    let reply = w
+        .approval
+        .send_with(Method::GET, &query, &[purpose], Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (reply.status, reply.code().as_str()),
+        (StatusCode::FORBIDDEN, "CG-LIC-002"),
+        "no consent"
+    );
+
+    let consent = |dept: &str, ttl: i64| json!({"holder_id": CITIZEN, "department": dept, "licence_types": [FOOD], "purpose": "M-FOOD-001", "ttl_seconds": ttl});
+    let reply = w
+        .approval
+        .json(Method::POST, "/v1/consents", &[], &consent(APPROVAL, 600))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.code(),
+        "CG-AUTH-006",
+        "only a holder app creates consents"
+    );
+    let reply = w
+        .app
+        .json(
+            Method::POST,
+            "/v1/consents",
+            &[],
+            &consent(APPROVAL, 86_401),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.code(), "CG-LIC-001", "at most 24 hours");
+    let mine = w
+        .app
+        .json(Method::POST, "/v1/consents", &[], &consent(APPROVAL, 600))
+        .await
+        .unwrap()
+        .json();
+    let theirs = w
+        .app
+        .json(Method::POST, "/v1/consents", &[], &consent(MARKET, 600))
+        .await
+        .unwrap()
+        .json();
+
+    let token = mine["token"].as_str().unwrap();
+    let reply = w
+        .approval
+        .send_with(
+            Method::GET,
+            &query,
+            &[purpose, ("x-consent", token)],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let list = reply.json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], permit["id"]);
+
+    for bad in [
+        theirs["token"].as_str().unwrap(),
+        "not-a-token",
+        &format!("{token}x"),
+    ] {
+        let reply = w
+            .approval
+            .send_with(
+                Method::GET,
+                &query,
+                &[purpose, ("x-consent", bad)],
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (reply.status, reply.code().as_str()),
+            (StatusCode::FORBIDDEN, "CG-LIC-002"),
+            "{bad}"
+        );
+    }
+    // Consent revoked by the holder's app: refused from then on.
+    let reply = w
+        .app
+        .send(
+            Method::POST,
+            &format!("/v1/consents/{}/revoke", mine["id"].as_str().unwrap()),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    let reply = w
+        .approval
+        .send_with(
+            Method::GET,
+            &query,
+            &[purpose, ("x-consent", token)],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.code(), "CG-LIC-002");
+
+    // 一码亮证: a show-code redeems once.
+    let code = w
+        .app
+        .json(
+            Method::POST,
+            "/v1/show-codes",
+            &[],
+            &json!({"licence_id": permit["id"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(code.status, StatusCode::CREATED, "{:?}", code.body);
+    let code = code.json();
+    assert!(
+        code["expires_at"].as_i64().unwrap() <= permit["issued_at"].as_i64().unwrap() + 300 + 5
+    );
+    let redeem = json!({"code": code["code"]});
+    let first = w
+        .approval
+        .json(Method::POST, "/v1/show-codes/redeem", &[], &redeem)
+        .await
+        .unwrap();
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    assert_eq!(first.json()["id"], permit["id"]);
+    let second = w
+        .approval
+        .json(Method::POST, "/v1/show-codes/redeem", &[], &redeem)
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.status, second.code().as_str()),
+        (StatusCode::FORBIDDEN, "CG-LIC-002"),
+        "a show-code is single use"
+    );
+    let reply = w
+        .approval
+        .json(
+            Method::POST,
+            "/v1/show-codes/redeem",
+            &[],
+            &json!({"code": "guess"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.code(), "CG-LIC-002");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_credentials_are_rejected_with_a_reason_and_keys_are_published() {
+    let mut w = world().await;
+    let seal = create_seal(&mut w.market, "ES256").await;
+    let issued = issue(&mut w.market, &business(&seal, XIAOMI)).await;
+    let credential = issued["credential"].as_str().unwrap().to_owned();
+    let jwt = credential.split('~').next().unwrap().to_owned();
+    let (header, _, _) = jwt_parts(&credential);
+
+    let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"dc+sd-jwt"}"#);
+    let payload = jwt.split('.').nth(1).unwrap();
+    let hs256 = {
+        let pem = leaf_certificate(&header)
+            .public_key()
+            .unwrap()
+            .public_key_to_pem()
+            .unwrap();
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        h.typ = Some("dc+sd-jwt".into());
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        jsonwebtoken::encode(&h, &claims, &jsonwebtoken::EncodingKey::from_secret(&pem)).unwrap()
+    };
+    let mut flipped = credential.clone().into_bytes();
+    let at = jwt.len() - 5;
+    flipped[at] = if flipped[at] == b'A' { b'B' } else { b'A' };
+    let cases: Vec<(String, &str)> = vec![
+        (format!("{none_header}.{payload}.~"), "none"),
+        (format!("{hs256}~"), "HS256"),
+        (String::from_utf8(flipped).unwrap(), "signature"),
+        (credential.replace('~', "~~"), ""),
+        (format!("{}~", "A".repeat(70_000)), "at most 65536 bytes"),
+        (credential.replacen('.', "+.", 1), "base64"),
+        ("".into(), ""),
+    ];
+    for (presented, needle) in cases {
+        let report = verify(&mut w.approval, &presented).await;
+        assert_eq!(report["valid"], false, "{needle}: {report}");
+        let detail = report["checks"].as_array().unwrap().last().unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .to_lowercase();
+        assert!(
+            detail.contains(&needle.to_lowercase()),
+            "expected {needle:?} in {detail}"
+        );
+    }
+
+    let jwks = w
+        .approval
+        .get("/.well-known/jwks.json")
+        .await
+        .unwrap()
+        .json();
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == seal.as_str())
+    );
+    let pem = w
+        .approval
+        .get(&format!("/v1/seals/{seal}/certificate"))
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&pem.body).starts_with("-----BEGIN CERTIFICATE-----"));
+    let types = w.approval.get("/v1/licence-types").await.unwrap().json();
+    assert_eq!(types.as_array().unwrap().len(), 2);
+    drop(w.gw);
+}
