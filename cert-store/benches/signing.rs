@@ -35,17 +35,30 @@ fn main() {
         issuers: [ISSUER.parse().unwrap()].into(),
         fields: ["name", "legal_representative", "business_scope"]
             .iter()
-            .map(|n| FieldSpec { name: (*n).into(), kind: FieldKind::String, required: true })
+            .map(|n| FieldSpec {
+                name: (*n).into(),
+                kind: FieldKind::String,
+                required: true,
+            })
             .collect(),
         validity_days: 3650,
         consent_required: false,
     };
     let now = 1_800_000_000;
-    let svc = LicenceService::open(Arc::new(store), Kek::generate().unwrap(), vec![licence_type], "https://bench/v1/status-lists", now).unwrap();
+    let svc = LicenceService::open(
+        Arc::new(store),
+        Kek::generate().unwrap(),
+        vec![licence_type],
+        "https://bench/v1/status-lists",
+        now,
+    )
+    .unwrap();
     let issuer = ISSUER.parse().unwrap();
 
     println!("# certgate licence signing benchmark ({seconds} s per measurement, one thread)");
-    println!("| alg | certgate sign/s (raw JWS) | issue/s (end to end) | verify/s (end to end) | openssl speed sign/s | openssl speed verify/s | issue ÷ openssl sign | verify ÷ openssl verify |");
+    println!(
+        "| alg | certgate sign/s (raw JWS) | issue/s (end to end) | verify/s (end to end) | openssl speed sign/s | openssl speed verify/s | issue ÷ openssl sign | verify ÷ openssl verify |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for (alg, speed_arg) in [(JwsAlg::Es256, "ecdsap256"), (JwsAlg::Sm2Sm3, "sm2")] {
         let key = SealKey::generate(alg).unwrap();
@@ -54,8 +67,11 @@ fn main() {
             key.sign(&input).unwrap();
         });
 
-        let seal = svc.create_seal(&issuer, "公章", "某区市场监督管理局", alg, None, now).unwrap();
-        let request = |i: u64| IssueRequest {
+        let seal = svc
+            .create_seal(&issuer, "公章", "某区市场监督管理局", alg, None, now)
+            .unwrap();
+        let request = |i: u64| {
+            IssueRequest {
             licence_type: TYPE.into(),
             holder_id: "91110108551385082Q".into(),
             holder_name: "小米科技有限责任公司".into(),
@@ -64,6 +80,7 @@ fn main() {
             valid_from: None,
             valid_until: None,
             serial: Some(format!("{}{i:010}", alg.name().chars().next().unwrap_or('X'))),
+        }
         };
         let mut i = 0u64;
         let mut last = None;
@@ -101,10 +118,16 @@ fn rate(budget: Duration, mut op: impl FnMut()) -> f64 {
 /// `openssl speed` sign/s and verify/s for one algorithm, on this machine, now.
 fn openssl_speed(alg: &str, seconds: f64) -> (f64, f64) {
     let secs = format!("{}", seconds.ceil().max(1.0) as u64);
-    let out = Command::new("openssl").args(["speed", "-seconds", &secs, alg]).output().expect("openssl speed");
+    let out = Command::new("openssl")
+        .args(["speed", "-seconds", &secs, alg])
+        .output()
+        .expect("openssl speed");
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().unwrap_or_default();
-    let numbers: Vec<f64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    let numbers: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
     match numbers.as_slice() {
         [.., sign, verify] => (*sign, *verify),
         _ => panic!("cannot read openssl speed output:\n{text}"),

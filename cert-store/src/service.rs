@@ -672,6 +672,14 @@ impl LicenceService {
             });
             return report;
         }
+        report.checks.push(Check {
+            check: "seal",
+            ok: true,
+            detail: format!(
+                "the seal belongs to the issuer, which may issue {}",
+                licence_type.name
+            ),
+        });
 
         if let Some(name) = verified.disclosed.keys().find(|n| {
             !HOLDER_CLAIMS.contains(&n.as_str())

@@ -161,6 +161,7 @@ fn assert_valid(report: &VerifyReport) {
             "certificate_chain",
             "signature",
             "vct",
+            "seal",
             "time",
             "status",
             "disclosures"

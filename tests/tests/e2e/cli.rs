@@ -330,23 +330,43 @@ fn demo_prints_curl_commands_that_work_and_reuses_its_files() {
     let json_of = |cmd: &str| -> serde_json::Value {
         let out = run(cmd);
         assert!(out.status.success(), "{cmd}: {}", stderr(&out));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{cmd}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{cmd}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
     };
     let issued = json_of(&curl(&|l| l.contains("issue-business.json")));
-    assert!(issued["id"].as_str().is_some_and(|id| id.starts_with("1.2.156.3005.2.")), "{issued}");
+    assert!(
+        issued["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("1.2.156.3005.2.")),
+        "{issued}"
+    );
     let query = curl(&|l| l.contains("X-Purpose: M-BIZ-001") && !l.contains("/check"));
     assert_eq!(json_of(&query)["disclosed"]["legal_representative"], "雷军");
-    let no_purpose = curl(&|l| l.contains("approval.pem") && l.contains("/v1/licences/1.2.156") && !l.contains("X-Purpose") && !l.contains("/check"));
+    let no_purpose = curl(&|l| {
+        l.contains("approval.pem")
+            && l.contains("/v1/licences/1.2.156")
+            && !l.contains("X-Purpose")
+            && !l.contains("/check")
+    });
     assert_eq!(json_of(&no_purpose)["code"], "CG-REQ-006");
     let verify = curl(&|l| l.contains("verify-business.json"));
     assert_eq!(json_of(&verify)["valid"], true);
     let check = json_of(&curl(&|l| l.contains("check-business.json")));
     assert_eq!(check["results"]["legal_representative"], "match");
-    assert_eq!(json_of(&curl(&|l| l.contains("holder=")))["code"], "CG-LIC-002");
+    assert_eq!(
+        json_of(&curl(&|l| l.contains("holder=")))["code"],
+        "CG-LIC-002"
+    );
     assert!(json_of(&curl(&|l| l.contains("consent.json")))["token"].is_string());
-    assert_eq!(json_of(&curl(&|l| l.contains("revoke.json")))["status"], "revoked");
+    assert_eq!(
+        json_of(&curl(&|l| l.contains("revoke.json")))["status"],
+        "revoked"
+    );
     let again = json_of(&verify);
-    assert_eq!((again["valid"].as_bool(), again["status"].as_str()), (Some(false), Some("revoked")));
+    assert_eq!(
+        (again["valid"].as_bool(), again["status"].as_str()),
+        (Some(false), Some("revoked"))
+    );
     let list = run(&curl(&|l| l.ends_with("/v1/status-lists/0")));
     assert!(list.status.success() && list.stdout.starts_with(b"eyJ"));
 
