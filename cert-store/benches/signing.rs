@@ -28,7 +28,11 @@ fn main() {
         .unwrap_or(3.0);
     let budget = Duration::from_secs_f64(seconds);
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("bench.db")).unwrap();
+    let store = if std::env::var("CERTGATE_BENCH_MEMORY").is_ok() {
+        SqliteStore::in_memory().unwrap()
+    } else {
+        SqliteStore::open(&dir.path().join("bench.db")).unwrap()
+    };
     let licence_type = LicenceType {
         code: TYPE.parse().unwrap(),
         name: "营业执照".into(),

@@ -3,8 +3,8 @@
 //!
 //! Time comes in as a parameter (`now`, Unix seconds) on every call that depends on it.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use openssl::x509::X509;
 use serde::Serialize;
@@ -144,6 +144,22 @@ pub struct LicenceService {
     signing_kid: String,
     types: BTreeMap<String, LicenceType>,
     status_uri_base: String,
+    /// Decrypted and parsed seal material by seal id. OpenSSL 3 takes tens to hundreds of
+    /// microseconds to decode a key or a certificate, so each is decoded once per process.
+    /// Revocation is never cached: it is read from the store on every use.
+    seal_cache: Mutex<HashMap<String, Arc<SealMaterial>>>,
+    /// The status list taking new licences and how many it holds, counted once at start.
+    open_list: Mutex<Option<(u32, u64)>>,
+}
+
+/// A seal's key and certificate, decoded.
+struct SealMaterial {
+    signing: SealKey,
+    public: PublicKey,
+    leaf_der: Vec<u8>,
+    x5c: Vec<String>,
+    not_before: i64,
+    not_after: i64,
 }
 
 impl std::fmt::Debug for LicenceService {
@@ -179,6 +195,8 @@ impl LicenceService {
             signing_kid,
             types: types.into_iter().map(|t| (t.code.to_string(), t)).collect(),
             status_uri_base: status_uri_base.trim_end_matches('/').to_owned(),
+            seal_cache: Mutex::new(HashMap::new()),
+            open_list: Mutex::new(None),
         })
     }
 
@@ -320,9 +338,47 @@ impl LicenceService {
         self.seal(id)
     }
 
+    #[cfg(test)]
     fn seal_key(&self, seal: &SealRecord) -> Result<SealKey, ServiceError> {
+        Ok(self.material(seal)?.signing.clone())
+    }
+
+    /// The decoded key and certificate of a seal, from the cache or decoded now.
+    fn material(&self, seal: &SealRecord) -> Result<Arc<SealMaterial>, ServiceError> {
+        let poisoned = || ServiceError::Conflict("seal cache lock poisoned".into());
+        if let Some(m) = self
+            .seal_cache
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(&seal.id)
+        {
+            return Ok(m.clone());
+        }
+        let openssl = |e: openssl::error::ErrorStack| CryptoError::Openssl(e.to_string());
         let der = self.kek.decrypt(&seal.encrypted_key, seal.id.as_bytes())?;
-        Ok(SealKey::from_pkcs8_der(seal.alg, &der)?)
+        let signing = SealKey::from_pkcs8_der(seal.alg, &der)?;
+        let cert = X509::from_pem(seal.certificate_pem.as_bytes())
+            .map_err(|e| CryptoError::BadKey(e.to_string()))?;
+        let leaf_der = cert.to_der().map_err(openssl)?;
+        let ca_der = self.seal_ca.certificate().to_der().map_err(openssl)?;
+        let epoch = openssl::asn1::Asn1Time::from_unix(0).map_err(openssl)?;
+        let unix = |t: &openssl::asn1::Asn1TimeRef| -> Result<i64, ServiceError> {
+            let d = epoch.diff(t).map_err(openssl)?;
+            Ok(i64::from(d.days) * 86400 + i64::from(d.secs))
+        };
+        let material = Arc::new(SealMaterial {
+            public: PublicKey::from_certificate(&cert)?,
+            x5c: vec![b64std(&leaf_der), b64std(&ca_der)],
+            leaf_der,
+            not_before: unix(cert.not_before())?,
+            not_after: unix(cert.not_after())?,
+            signing,
+        });
+        self.seal_cache
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(seal.id.clone(), material.clone());
+        Ok(material)
     }
 
     // ---- issuance ----
@@ -407,23 +463,9 @@ impl LicenceService {
             )));
         }
 
-        let key = self.seal_key(&seal)?;
-        let cert = X509::from_pem(seal.certificate_pem.as_bytes())
-            .map_err(|e| CryptoError::BadKey(e.to_string()))?;
-        let x5c = vec![
-            b64std(
-                &cert
-                    .to_der()
-                    .map_err(|e| CryptoError::Openssl(e.to_string()))?,
-            ),
-            b64std(
-                &self
-                    .seal_ca
-                    .certificate()
-                    .to_der()
-                    .map_err(|e| CryptoError::Openssl(e.to_string()))?,
-            ),
-        ];
+        let material = self.material(&seal)?;
+        let key = &material.signing;
+        let x5c = material.x5c.clone();
         let header = JwsHeader {
             alg: seal.alg,
             typ: Some("dc+sd-jwt".into()),
@@ -456,7 +498,7 @@ impl LicenceService {
                 plain,
                 &disclosable,
                 &mut sdjwt::OsSalts,
-                &key,
+                key,
             )
             .map_err(|e| ServiceError::Conflict(format!("cannot sign: {e}")))?;
             let record = LicenceRecord {
@@ -482,7 +524,10 @@ impl LicenceService {
                 None => self.store.insert_licence(&record),
             };
             match stored {
-                Ok(()) => return Ok(record),
+                Ok(()) => {
+                    self.count_entry(list);
+                    return Ok(record);
+                }
                 // Another licence took this status slot (or the id) meanwhile: draw again.
                 Err(StoreError::Conflict(_)) if self.store.licence(id.as_str())?.is_none() => {
                     continue;
@@ -498,11 +543,31 @@ impl LicenceService {
 
     /// The list new licences go into: the lowest one not yet half full.
     fn open_status_list(&self) -> Result<u32, ServiceError> {
-        let mut list = 0;
-        while self.store.status_list_len(list)? >= STATUS_LIST_FILL {
+        let mut open = self
+            .open_list
+            .lock()
+            .map_err(|_| ServiceError::Conflict("status list lock poisoned".into()))?;
+        let (mut list, mut len) = match *open {
+            Some(state) => state,
+            None => (0, self.store.status_list_len(0)?),
+        };
+        while len >= STATUS_LIST_FILL {
             list += 1;
+            len = self.store.status_list_len(list)?;
         }
+        *open = Some((list, len));
         Ok(list)
+    }
+
+    /// Counts a licence entered in `list`.
+    fn count_entry(&self, list: u32) {
+        if let Ok(mut open) = self.open_list.lock() {
+            if let Some((l, n)) = open.as_mut() {
+                if *l == list {
+                    *n += 1;
+                }
+            }
+        }
     }
 
     // ---- queries ----
@@ -751,17 +816,18 @@ impl LicenceService {
         parsed: &jws::ParsedJws,
         now: i64,
     ) -> Result<(Box<dyn JwsVerifier>, String), String> {
-        let x5c = parsed.header.x5c.as_deref().unwrap_or_default();
-        let certs = x5c
+        let x5c_der = parsed
+            .header
+            .x5c
+            .as_deref()
+            .unwrap_or_default()
             .iter()
             .map(|c| {
                 base64::Engine::decode(&base64::engine::general_purpose::STANDARD, c)
-                    .ok()
-                    .and_then(|der| X509::from_der(&der).ok())
-                    .ok_or_else(|| "x5c holds a certificate that cannot be read".to_owned())
+                    .map_err(|_| "x5c holds a certificate that is not base64".to_owned())
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let Some((leaf, rest)) = certs.split_first() else {
+        let Some(leaf_der) = x5c_der.first() else {
             return Err("x5c is missing: the seal certificate is required".into());
         };
         let iat = parsed
@@ -769,26 +835,57 @@ impl LicenceService {
             .get("iat")
             .and_then(Value::as_i64)
             .unwrap_or(now);
-        let at = time::OffsetDateTime::from_unix_timestamp(iat)
-            .map_err(|_| "iat is out of range".to_owned())?;
-        seal_ca::verify_chain(
-            leaf,
-            rest,
-            std::slice::from_ref(self.seal_ca.certificate()),
-            at,
-        )
-        .map_err(|e| format!("seal certificate does not chain to the seal CA: {e}"))?;
         let kid = parsed.header.kid.as_deref().ok_or("kid is missing")?;
         let seal = self
             .store
             .seal(kid)
-            .map_err(|e| format!("seal lookup failed: {e}"))?
-            .ok_or_else(|| format!("seal {kid} is not known"))?;
-        let stored = X509::from_pem(seal.certificate_pem.as_bytes())
-            .map_err(|_| "stored seal certificate unreadable".to_owned())?;
-        if stored.to_der().ok() != leaf.to_der().ok() {
-            return Err(format!("x5c leaf is not the certificate of seal {kid}"));
+            .map_err(|e| format!("seal lookup failed: {e}"))?;
+        let material = match &seal {
+            Some(seal) => Some(
+                self.material(seal)
+                    .map_err(|e| format!("seal {kid}: {e}"))?,
+            ),
+            None => None,
+        };
+        match &material {
+            // The leaf is the very certificate our seal CA issued for this seal: its chain
+            // was checked when it was made, only its validity at `iat` is left to check.
+            Some(m) if &m.leaf_der == leaf_der => {
+                if iat < m.not_before || iat > m.not_after {
+                    return Err(format!(
+                        "seal certificate does not chain to the seal CA: it is not valid at iat {iat}"
+                    ));
+                }
+            }
+            // Anything else gets the full chain check, for its error message, and is then
+            // refused as not being the seal's certificate.
+            _ => {
+                let certs = x5c_der
+                    .iter()
+                    .map(|der| {
+                        X509::from_der(der)
+                            .map_err(|_| "x5c holds a certificate that cannot be read".to_owned())
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let (leaf, rest) = certs.split_first().ok_or("x5c is missing")?;
+                let at = time::OffsetDateTime::from_unix_timestamp(iat)
+                    .map_err(|_| "iat is out of range".to_owned())?;
+                seal_ca::verify_chain(
+                    leaf,
+                    rest,
+                    std::slice::from_ref(self.seal_ca.certificate()),
+                    at,
+                )
+                .map_err(|e| format!("seal certificate does not chain to the seal CA: {e}"))?;
+                return Err(match seal {
+                    Some(_) => format!("x5c leaf is not the certificate of seal {kid}"),
+                    None => format!("seal {kid} is not known"),
+                });
+            }
         }
+        let (Some(seal), Some(material)) = (seal, material) else {
+            return Err(format!("seal {kid} is not known"));
+        };
         if let Some(revoked_at) = seal.revoked_at {
             if revoked_at <= now {
                 return Err(format!(
@@ -797,9 +894,8 @@ impl LicenceService {
                 ));
             }
         }
-        let key = PublicKey::from_certificate(leaf).map_err(|e| e.to_string())?;
         Ok((
-            Box::new(key),
+            Box::new(material.public.clone()),
             format!(
                 "seal {kid} ({}) chains to the certgate seal CA and is not revoked",
                 seal.name

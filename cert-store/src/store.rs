@@ -249,8 +249,10 @@ fn consent_row(row: &Row<'_>) -> rusqlite::Result<ConsentRecord> {
 fn insert_licence_in(conn: &Connection, l: &LicenceRecord) -> Result<()> {
     let fields =
         serde_json::to_string(&l.fields).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    conn.execute(
+    conn.prepare_cached(
         &format!("INSERT INTO licences ({LICENCE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
+    )?
+    .execute(
         params![
             l.id, l.type_code, l.issuer.as_str(), l.holder, l.seal_id, l.sd_jwt, fields,
             l.status.as_str(), l.status_reason, l.status_list, l.status_index, l.issued_at,
@@ -302,12 +304,11 @@ impl Store for SqliteStore {
 
     fn seal(&self, id: &str) -> Result<Option<SealRecord>> {
         self.with(|c| {
-            Ok(c.query_row(
-                &format!("SELECT {SEAL_COLUMNS} FROM seals WHERE id = ?1"),
-                [id],
-                seal_row,
+            Ok(
+                c.prepare_cached(&format!("SELECT {SEAL_COLUMNS} FROM seals WHERE id = ?1"))?
+                    .query_row([id], seal_row)
+                    .optional()?,
             )
-            .optional()?)
         })
     }
 
@@ -367,11 +368,10 @@ impl Store for SqliteStore {
 
     fn licence(&self, id: &str) -> Result<Option<LicenceRecord>> {
         self.with(|c| {
-            Ok(c.query_row(
-                &format!("SELECT {LICENCE_COLUMNS} FROM licences WHERE id = ?1"),
-                [id],
-                licence_row,
-            )
+            Ok(c.prepare_cached(&format!(
+                "SELECT {LICENCE_COLUMNS} FROM licences WHERE id = ?1"
+            ))?
+            .query_row([id], licence_row)
             .optional()?)
         })
     }
