@@ -895,3 +895,79 @@ async fn hostile_credentials_are_rejected_with_a_reason_and_keys_are_published()
     assert_eq!(types.as_array().unwrap().len(), 2);
     drop(w.gw);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_may_issue_only_its_types_with_its_own_seals() {
+    let pki = TestPki::new();
+    let market = pki.department("market", MARKET);
+    let tax = pki.department("tax", STRANGER);
+    let departments = standard_departments() + &dept(STRANGER, "税务局", &["issuer"], true);
+    let gw = TestGateway::start(&write_config(&pki, "", &departments)).await;
+    let mut market = Client::new(&pki.ca_pem(), Some(&market), Proto::H1)
+        .connect(gw.addr)
+        .await
+        .unwrap();
+    let mut tax = Client::new(&pki.ca_pem(), Some(&tax), Proto::H1)
+        .connect(gw.addr)
+        .await
+        .unwrap();
+    let market_seal = create_seal(&mut market, "ES256").await;
+    let tax_seal = create_seal(&mut tax, "SM2SM3").await;
+
+    // The tax bureau holds the issuer role, but the business licence is not its type.
+    let reply = tax
+        .json(
+            Method::POST,
+            "/v1/licences",
+            &[],
+            &business(&tax_seal, XIAOMI),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (reply.status, reply.code().as_str()),
+        (StatusCode::FORBIDDEN, "CG-LIC-002"),
+        "{:?}",
+        reply.body
+    );
+    // The market regulator may issue it, but not with another department's seal.
+    let reply = market
+        .json(
+            Method::POST,
+            "/v1/licences",
+            &[],
+            &business(&tax_seal, XIAOMI),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (reply.status, reply.code().as_str()),
+        (StatusCode::FORBIDDEN, "CG-LIC-002")
+    );
+    // Nor may anyone but the owner revoke a seal, or anyone but the issuer revoke a licence.
+    let issued = issue(&mut market, &business(&market_seal, XIAOMI)).await;
+    let reply = tax
+        .json(
+            Method::POST,
+            &format!("/v1/seals/{market_seal}/revoke"),
+            &[],
+            &json!({"reason": "x"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.code(), "CG-LIC-002");
+    let reply = tax
+        .json(
+            Method::POST,
+            &format!("/v1/licences/{}/revoke", issued["id"].as_str().unwrap()),
+            &[],
+            &json!({"reason": "x"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.code(), "CG-LIC-002");
+    assert_eq!(
+        verify(&mut tax, issued["credential"].as_str().unwrap()).await["valid"],
+        true
+    );
+}
