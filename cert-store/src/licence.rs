@@ -55,25 +55,12 @@ pub struct LicenceType {
     pub consent_required: bool,
 }
 
-/// Names that licence fields may not take: they are claims of the credential itself or of
-/// the holder.
-pub const RESERVED_FIELD_NAMES: &[&str] = &[
-    "_sd",
-    "...",
-    "_sd_alg",
-    "iss",
-    "iat",
-    "nbf",
-    "exp",
-    "vct",
-    "status",
-    "cnf",
-    "sub",
-    "holder_id",
-    "holder_name",
-    "licence_id",
-    "seal_id",
-];
+/// True for names that licence fields may not take: the claims of the credential itself
+/// (those SD-JWT never discloses, and `jti`, the licence identifier) and the holder's claims.
+pub fn is_reserved_field_name(name: &str) -> bool {
+    crate::sdjwt::RESERVED_CLAIMS.contains(&name)
+        || ["jti", "holder_id", "holder_name", "licence_id", "seal_id"].contains(&name)
+}
 
 /// A field that does not fit the schema.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

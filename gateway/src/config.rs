@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cert_store::Uscc;
 use cert_store::crypto::Kek;
-use cert_store::licence::{FieldSpec, LicenceType, RESERVED_FIELD_NAMES};
+use cert_store::licence::{FieldSpec, LicenceType, is_reserved_field_name};
 use serde::{Deserialize, Serialize};
 
 /// The prefix of environment variables that override configuration keys. A variable
@@ -626,7 +626,7 @@ fn validate_licensing(
                 && f.name
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-                && !RESERVED_FIELD_NAMES.contains(&f.name.as_str());
+                && !is_reserved_field_name(&f.name);
             if !ok || !names.insert(f.name.clone()) {
                 return Err(ConfigError::key(
                     format!("licence_types[{i}].fields[{j}].name"),

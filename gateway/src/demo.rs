@@ -133,8 +133,8 @@ fn config_text() -> String {
     text
 }
 
-/// The demo's licence types and access rules.
-const LICENSING: &str = r#"
+/// The demo's licence types and access rules (the end-to-end tests use them too).
+pub const LICENSING: &str = r#"
 [[licence_types]]
 code = "11100000MB0000100D001"
 name = "营业执照"

@@ -54,45 +54,10 @@ pub const XIAOMI: &str = "91110108551385082Q";
 /// The example citizen id from GB 11643-1999.
 pub const CITIZEN: &str = "11010519491231002X";
 
-/// Licence types and access rules of the test gateways: the approval bureau may read the
-/// name, legal representative and holder id of business licences for any purpose, and every
-/// field of food permits for matter `M-FOOD-001`.
-pub const LICENSING: &str = r#"
-[[licence_types]]
-code = "11100000MB0000100D001"
-name = "营业执照"
-issuers = ["11110105MB0000002F"]
-validity_days = 3650
-fields = [
-  { name = "name", kind = "string", required = true },
-  { name = "legal_representative", kind = "string", required = true },
-  { name = "registered_capital", kind = "integer" },
-  { name = "established", kind = "date", required = true },
-  { name = "business_scope", kind = "string" },
-]
-
-[[licence_types]]
-code = "11100000MB0000100D002"
-name = "食品经营许可证"
-issuers = ["11110105MB0000002F"]
-validity_days = 1825
-consent_required = true
-fields = [
-  { name = "operator", kind = "string", required = true },
-  { name = "premises", kind = "string", required = true },
-  { name = "category", kind = "string" },
-]
-
-[[access_rules]]
-department = "11110105MB0000001C"
-licence_type = "11100000MB0000100D001"
-fields = ["name", "legal_representative", "holder_id"]
-
-[[access_rules]]
-department = "11110105MB0000001C"
-licence_type = "11100000MB0000100D002"
-purposes = ["M-FOOD-001"]
-"#;
+/// Licence types and access rules of the test gateways, the demo's: the approval bureau may
+/// read the name, legal representative and holder id of business licences for any purpose,
+/// and every field of food permits for matter `M-FOOD-001`.
+pub use gateway::demo::LICENSING;
 
 /// A PKI in a temporary directory: `dir/pki` holds the CA, server certificate and CRL.
 pub struct TestPki {
