@@ -124,6 +124,16 @@ pub struct VerifyReport {
     pub disclosed: Map<String, Value>,
 }
 
+impl VerifyReport {
+    /// Records a check; `None` when it failed, so that `?` ends the verification there.
+    fn record(&mut self, check: &'static str, outcome: Result<String, String>) -> Option<()> {
+        let ok = outcome.is_ok();
+        let detail = outcome.unwrap_or_else(|e| e);
+        self.checks.push(Check { check, ok, detail });
+        ok.then_some(())
+    }
+}
+
 /// A lifecycle action on a licence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lifecycle {
@@ -644,6 +654,12 @@ impl LicenceService {
             claims: Map::new(),
             disclosed: Map::new(),
         };
+        report.valid = self.run_checks(presented, now, &mut report).is_some();
+        report
+    }
+
+    /// Runs the checks in order, recording each; stops (with `None`) at the first failure.
+    fn run_checks(&self, presented: &str, now: i64, report: &mut VerifyReport) -> Option<()> {
         let chain_note = std::cell::RefCell::new(String::new());
         let resolved = sdjwt::verify(presented, &|parsed: &jws::ParsedJws| {
             self.resolve_seal_key(parsed, now).map(|(key, note)| {
@@ -651,162 +667,94 @@ impl LicenceService {
                 key
             })
         });
-        let chain_note = chain_note.into_inner();
         let verified = match resolved {
             Ok(v) => v,
             Err(e) => {
                 let (check, detail) = classify_sdjwt_error(&e);
-                report.checks.push(Check {
-                    check,
-                    ok: false,
-                    detail,
-                });
-                return report;
+                return report.record(check, Err(detail));
             }
         };
-        report.checks.push(Check {
-            check: "typ",
-            ok: true,
-            detail: "dc+sd-jwt".into(),
-        });
-        report.checks.push(Check {
-            check: "certificate_chain",
-            ok: true,
-            detail: chain_note,
-        });
-        report.checks.push(Check {
-            check: "signature",
-            ok: true,
-            detail: format!(
-                "{} signature by the seal's key is valid",
-                verified.header.alg.name()
-            ),
-        });
-        report.licence_id = verified
-            .claims
-            .get("jti")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        report.record("typ", Ok("dc+sd-jwt".into()))?;
+        report.record("certificate_chain", Ok(chain_note.into_inner()))?;
+        let alg = verified.header.alg.name();
+        report.record(
+            "signature",
+            Ok(format!("{alg} signature by the seal's key is valid")),
+        )?;
+        let claim = |name: &str| {
+            verified
+                .claims
+                .get(name)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        };
+        report.licence_id = Some(claim("jti").to_owned()).filter(|s| !s.is_empty());
         report.claims = verified.claims.clone();
         report.disclosed = verified.disclosed.clone();
 
-        let vct = verified
-            .claims
-            .get("vct")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let Some(licence_type) = self.types.get(vct) else {
-            report.checks.push(Check {
-                check: "vct",
-                ok: false,
-                detail: format!("unknown licence type `{vct}`"),
-            });
-            return report;
-        };
-        report.checks.push(Check {
-            check: "vct",
-            ok: true,
-            detail: format!("{} ({vct})", licence_type.name),
-        });
+        let vct = claim("vct");
+        let licence_type = self.types.get(vct);
+        report.record(
+            "vct",
+            licence_type
+                .map(|t| format!("{} ({vct})", t.name))
+                .ok_or_else(|| format!("unknown licence type `{vct}`")),
+        )?;
+        let licence_type = licence_type?;
 
         // The seal must be the claimed issuer's, and that department must issue this type.
         let kid = verified.header.kid.as_deref().unwrap_or_default();
-        let iss = verified
-            .claims
-            .get("iss")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let seal_problem = match self.store.seal(kid) {
-            Ok(Some(seal)) if iss != format!("urn:certgate:dept:{}", seal.owner) => Some(format!(
+        let iss = claim("iss");
+        let seal = match self.store.seal(kid) {
+            Ok(Some(seal)) if iss != format!("urn:certgate:dept:{}", seal.owner) => Err(format!(
                 "seal {kid} belongs to {}, not to the issuer `{iss}`",
                 seal.owner
             )),
-            Ok(Some(seal)) if !licence_type.issuers.contains(&seal.owner) => Some(format!(
+            Ok(Some(seal)) if !licence_type.issuers.contains(&seal.owner) => Err(format!(
                 "department {} may not issue {} ({vct})",
                 seal.owner, licence_type.name
             )),
-            Ok(Some(_)) => None,
-            Ok(None) => Some(format!("seal {kid} is not known")),
-            Err(e) => Some(format!("seal lookup failed: {e}")),
-        };
-        if let Some(detail) = seal_problem {
-            report.checks.push(Check {
-                check: "seal",
-                ok: false,
-                detail,
-            });
-            return report;
-        }
-        report.checks.push(Check {
-            check: "seal",
-            ok: true,
-            detail: format!(
+            Ok(Some(_)) => Ok(format!(
                 "the seal belongs to the issuer, which may issue {}",
                 licence_type.name
-            ),
-        });
+            )),
+            Ok(None) => Err(format!("seal {kid} is not known")),
+            Err(e) => Err(format!("seal lookup failed: {e}")),
+        };
+        report.record("seal", seal)?;
 
         if let Some(name) = verified.disclosed.keys().find(|n| {
             !HOLDER_CLAIMS.contains(&n.as_str())
                 && !licence_type.fields.iter().any(|f| &f.name == *n)
         }) {
-            report.checks.push(Check {
-                check: "disclosures",
-                ok: false,
-                detail: format!(
-                    "disclosure `{name}` is not a field of {}",
-                    licence_type.name
-                ),
-            });
-            return report;
+            let detail = format!(
+                "disclosure `{name}` is not a field of {}",
+                licence_type.name
+            );
+            return report.record("disclosures", Err(detail));
         }
-
-        if let Err(e) = sdjwt::check_time(&verified.claims, now, 60) {
-            report.checks.push(Check {
-                check: "time",
-                ok: false,
-                detail: e.to_string(),
-            });
-            return report;
-        }
-        report.checks.push(Check {
-            check: "time",
-            ok: true,
-            detail: "within nbf..exp".into(),
-        });
-
-        match self.status_of(&verified.claims, kid) {
-            Ok(status) => {
-                report.status = Some(status);
-                let ok = status == LicenceStatus::Valid;
-                report.checks.push(Check {
-                    check: "status",
-                    ok,
-                    detail: format!("licence is {}", status.as_str()),
-                });
-                if !ok {
-                    return report;
-                }
-            }
-            Err(detail) => {
-                report.checks.push(Check {
-                    check: "status",
-                    ok: false,
-                    detail,
-                });
-                return report;
-            }
-        }
-        report.checks.push(Check {
-            check: "disclosures",
-            ok: true,
-            detail: format!(
-                "{} disclosure digest(s) match the signed credential",
-                verified.digests_checked
-            ),
-        });
-        report.valid = true;
-        report
+        report.record(
+            "time",
+            sdjwt::check_time(&verified.claims, now, 60)
+                .map(|()| "within nbf..exp".to_owned())
+                .map_err(|e| e.to_string()),
+        )?;
+        let status = self.status_of(&verified.claims, kid);
+        report.status = status.as_ref().ok().copied();
+        report.record(
+            "status",
+            status.and_then(|s| match s {
+                LicenceStatus::Valid => Ok("licence is valid".to_owned()),
+                other => Err(format!("licence is {}", other.as_str())),
+            }),
+        )?;
+        let digests = verified.digests_checked;
+        report.record(
+            "disclosures",
+            Ok(format!(
+                "{digests} disclosure digest(s) match the signed credential"
+            )),
+        )
     }
 
     /// Finds the key that must have signed a credential: the seal named by `kid`, whose
