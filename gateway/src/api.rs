@@ -143,6 +143,27 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
     }
 }
 
+/// Query parameters. Unknown or malformed parameters are refused with `CG-REQ-007` and the
+/// parser's reason, in the error model like every other error.
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| QueryParams(q.0))
+            .map_err(|e| {
+                ApiError::new(
+                    http::StatusCode::BAD_REQUEST,
+                    "CG-REQ-007",
+                    format!("invalid query parameters: {}", e.body_text()),
+                )
+            })
+    }
+}
+
 /// The caller as the gateway sees it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WhoAmI {

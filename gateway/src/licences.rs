@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use cert_store::jws::JwsAlg;
 use cert_store::licence::{LicenceRecord, LicenceStatus, SealRecord};
@@ -14,7 +14,7 @@ use http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::api::{JsonBody, require};
+use crate::api::{JsonBody, QueryParams, require};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
 use crate::identity::Caller;
@@ -363,7 +363,7 @@ pub async fn licence(
     caller: Caller,
     purpose: Purpose,
     Path(id): Path<String>,
-    Query(q): Query<FieldsQuery>,
+    QueryParams(q): QueryParams<FieldsQuery>,
 ) -> Result<Json<LicenceView>, ApiError> {
     let record = gw.licences(move |svc, _| svc.licence(&id)).await?;
     let visible = gw.visible_fields(&caller, &record, &purpose, q.fields.as_deref())?;
@@ -397,7 +397,7 @@ pub async fn licences_by_holder(
     caller: Caller,
     purpose: Purpose,
     headers: http::HeaderMap,
-    Query(q): Query<HolderQuery>,
+    QueryParams(q): QueryParams<HolderQuery>,
 ) -> Result<Json<Vec<LicenceView>>, ApiError> {
     let consent_required = gw
         .licence_service()
@@ -653,8 +653,11 @@ pub async fn renew(
 pub async fn status_list(
     State(gw): State<Arc<Gateway>>,
     _caller: Caller,
-    Path(n): Path<u32>,
+    Path(n): Path<String>,
 ) -> Result<Response, ApiError> {
+    let n: u32 = n
+        .parse()
+        .map_err(|_| field_error("n", "a status list number is a non-negative integer"))?;
     let token = gw
         .licences(move |svc, now| svc.status_list_token(n, now))
         .await?;

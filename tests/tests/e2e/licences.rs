@@ -971,3 +971,69 @@ async fn an_issuer_may_issue_only_its_types_with_its_own_seals() {
         true
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_paths_and_query_strings_get_errors_in_the_error_model() {
+    let mut w = world().await;
+    let purpose = [("x-purpose", "M-1")];
+    let cases: &[(&str, StatusCode, &str)] = &[
+        (
+            "/v1/licences/not-an-id",
+            StatusCode::BAD_REQUEST,
+            "CG-LIC-001",
+        ),
+        (
+            "/v1/licences/1.2.156.3005.2.11100000MB0000100D001.11110105MB0000002F.000000000001.001.0",
+            StatusCode::BAD_REQUEST,
+            "CG-LIC-001",
+        ),
+        (
+            "/v1/licences?holder=91110108551385082Q",
+            StatusCode::BAD_REQUEST,
+            "CG-REQ-007",
+        ),
+        (
+            "/v1/licences?holder=91110108551385082Q&type=11100000MB0000100D001&admin=1",
+            StatusCode::BAD_REQUEST,
+            "CG-REQ-007",
+        ),
+        (
+            "/v1/licences?holder=%FF%FE&type=11100000MB0000100D001",
+            StatusCode::BAD_REQUEST,
+            "CG-LIC-001",
+        ),
+        (
+            "/v1/licences?holder=not-a-holder&type=11100000MB0000100D001",
+            StatusCode::BAD_REQUEST,
+            "CG-LIC-001",
+        ),
+        (
+            "/v1/status-lists/abc",
+            StatusCode::BAD_REQUEST,
+            "CG-LIC-001",
+        ),
+        ("/v1/status-lists/-1", StatusCode::BAD_REQUEST, "CG-LIC-001"),
+        ("/v1/status-lists/99", StatusCode::NOT_FOUND, "CG-LIC-003"),
+        ("/v1/seals/%00%2F..", StatusCode::NOT_FOUND, "CG-LIC-003"),
+    ];
+    for (path, status, code) in cases {
+        let reply = w
+            .approval
+            .send_with(Method::GET, path, &purpose, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            (reply.status, reply.code().as_str()),
+            (*status, *code),
+            "{path}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    let long = format!("/v1/licences/x?fields={}", "a,".repeat(5000));
+    let reply = w
+        .approval
+        .send_with(Method::GET, &long, &purpose, Default::default())
+        .await
+        .unwrap();
+    assert!(reply.status.is_client_error(), "{}", reply.status);
+}
