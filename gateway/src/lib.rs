@@ -5,6 +5,7 @@
 //! The domain logic lives in the `cert-store`, `policies` and `search` libraries.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod api;
 pub mod checkpoint;
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod demo;
 pub mod error;
 pub mod identity;
 pub mod licences;
+pub mod merkle;
 pub mod metrics;
 pub mod pki;
 pub mod purpose;

@@ -1,0 +1,776 @@
+//! The tamper-evident access log: one leaf per request (and per refused handshake), an
+//! RFC 9162 Merkle tree over the leaves, signed checkpoints, and group commit — many leaves
+//! share one fsync, and a leaf is durable before the caller is told it is.
+//!
+//! Storage is its own SQLite file (`access-log.db` in the data directory): `leaves` (the
+//! canonical leaf bytes plus indexed columns for auditors' queries), `nodes` (the hash of every
+//! complete subtree, so proofs take O(log n) reads) and `checkpoints` (signed notes).
+//!
+//! Leaf bytes (version 1) are the JSON serialisation of [`Leaf`] with its fields in declaration
+//! order, no insignificant whitespace, absent values as `null`: the same leaf always gives the
+//! same bytes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::checkpoint::{Checkpoint, LogKey, verify_note};
+use crate::merkle::{self, Hash};
+
+/// The version of the leaf encoding written today.
+pub const LEAF_VERSION: u8 = 1;
+
+/// One access, as recorded. Field order is part of the encoding: do not reorder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Leaf {
+    /// Encoding version (1).
+    pub v: u8,
+    /// Position in the log (0-based), assigned when the leaf is appended.
+    pub seq: u64,
+    /// Time of the access, Unix milliseconds.
+    pub time_ms: i64,
+    /// `request` or `handshake` (a refused TLS handshake).
+    pub kind: String,
+    /// The request id (also in the response header).
+    pub request_id: Option<String>,
+    /// The caller's USCC, when identified.
+    pub department: Option<String>,
+    /// SHA-256 of the caller's certificate, when one was presented.
+    pub cert_sha256: Option<String>,
+    /// The peer address, for refused handshakes.
+    pub peer: Option<String>,
+    /// HTTP method.
+    pub method: Option<String>,
+    /// Route pattern, e.g. `/v1/licences/{id}`.
+    pub route: Option<String>,
+    /// The resource touched: a licence identifier, `seal:<id>`, `dataset:<id>/<key>`, …
+    pub resource: Option<String>,
+    /// Keyed pseudonym (HMAC-SHA256, hex) of the holder whose data was touched; never the id.
+    pub holder: Option<String>,
+    /// Stated matter code.
+    pub matter: Option<String>,
+    /// Stated reason.
+    pub reason: Option<String>,
+    /// Case id.
+    pub case_id: Option<String>,
+    /// `allowed`, `denied` or `error`.
+    pub outcome: String,
+    /// HTTP status (0 for a refused handshake).
+    pub status: u16,
+    /// Stable error code, or the handshake refusal reason.
+    pub code: Option<String>,
+    /// Time from request head to response, microseconds.
+    pub latency_us: u64,
+}
+
+impl Leaf {
+    /// The canonical bytes hashed into the tree.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising a struct of strings and integers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The outcome of an HTTP status.
+    pub fn outcome_of(status: u16) -> &'static str {
+        match status {
+            0..=399 => "allowed",
+            400..=499 => "denied",
+            _ => "error",
+        }
+    }
+}
+
+/// Why the log could not take or answer something.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// The store failed (disk full, I/O error, corruption).
+    #[error("access log store: {0}")]
+    Store(String),
+    /// The writer's queue is full or the writer has stopped.
+    #[error("access log unavailable: {0}")]
+    Unavailable(&'static str),
+    /// The stored tree does not match the last signed checkpoint.
+    #[error("the stored access log does not match its last checkpoint: {0}")]
+    Inconsistent(String),
+    /// A proof or query asked for something outside the log.
+    #[error("{0}")]
+    OutOfRange(String),
+}
+
+impl From<rusqlite::Error> for LogError {
+    fn from(e: rusqlite::Error) -> Self {
+        LogError::Store(e.to_string())
+    }
+}
+
+const MIGRATION: &str = r#"
+CREATE TABLE IF NOT EXISTS leaves (
+    seq INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, department TEXT, holder TEXT,
+    resource TEXT, route TEXT, outcome TEXT NOT NULL, data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leaves_department ON leaves(department, seq);
+CREATE INDEX IF NOT EXISTS leaves_holder ON leaves(holder, seq);
+CREATE INDEX IF NOT EXISTS leaves_resource ON leaves(resource, seq);
+CREATE INDEX IF NOT EXISTS leaves_time ON leaves(time_ms);
+CREATE TABLE IF NOT EXISTS nodes (
+    level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, note TEXT NOT NULL);
+"#;
+
+/// Opens the log database with the durability settings every writer and reader uses.
+pub fn open_db(path: &Path) -> Result<Connection, LogError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute_batch(MIGRATION)?;
+    Ok(conn)
+}
+
+/// Reads stored complete-subtree hashes for proofs.
+struct DbNodes<'a>(&'a Connection);
+
+impl merkle::NodeStore for DbNodes<'_> {
+    type Error = LogError;
+
+    fn node(&self, level: u32, index: u64) -> Result<Option<Hash>, LogError> {
+        let hash: Option<Vec<u8>> = self
+            .0
+            .prepare_cached("SELECT hash FROM nodes WHERE level = ?1 AND idx = ?2")?
+            .query_row(params![level, index as i64], |r| r.get(0))
+            .optional()?;
+        hash.map(|h| {
+            h.try_into()
+                .map_err(|_| LogError::Store("stored hash is not 32 bytes".into()))
+        })
+        .transpose()
+    }
+}
+
+/// Number of leaves stored.
+pub fn size(conn: &Connection) -> Result<u64, LogError> {
+    let n: i64 = conn.query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM leaves", [], |r| {
+        r.get(0)
+    })?;
+    Ok(n as u64)
+}
+
+/// The root over the first `size` leaves, from stored nodes.
+pub fn root(conn: &Connection, size: u64) -> Result<Hash, LogError> {
+    merkle::root(&DbNodes(conn), size).map_err(|e| LogError::Store(e.to_string()))
+}
+
+/// An inclusion proof for leaf `index` in the tree of `size` leaves.
+pub fn inclusion_proof(conn: &Connection, index: u64, size: u64) -> Result<Vec<Hash>, LogError> {
+    merkle::inclusion_proof(&DbNodes(conn), index, size)
+        .map_err(|e| LogError::OutOfRange(e.to_string()))
+}
+
+/// A consistency proof between the trees of `old` and `new` leaves.
+pub fn consistency_proof(conn: &Connection, old: u64, new: u64) -> Result<Vec<Hash>, LogError> {
+    merkle::consistency_proof(&DbNodes(conn), old, new)
+        .map_err(|e| LogError::OutOfRange(e.to_string()))
+}
+
+/// The latest signed checkpoint note, if any.
+pub fn latest_checkpoint(conn: &Connection) -> Result<Option<(u64, String)>, LogError> {
+    Ok(conn
+        .query_row(
+            "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+        )
+        .optional()?)
+}
+
+/// A leaf waiting for its batch.
+struct Pending {
+    leaf: Leaf,
+    ack: Option<oneshot::Sender<Result<u64, ()>>>,
+}
+
+/// The handle requests use to append; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AccessLog {
+    tx: mpsc::Sender<Pending>,
+    healthy: Arc<AtomicBool>,
+    size: Arc<AtomicU64>,
+    path: PathBuf,
+}
+
+/// How the writer behaves.
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    /// Leaves waiting at most; past this, appends fail (and data routes fail closed).
+    pub queue_capacity: usize,
+    /// Leaves committed in one transaction at most.
+    pub max_batch: usize,
+    /// Least time between two checkpoints while leaves arrive.
+    pub checkpoint_interval: Duration,
+    /// The checkpoint origin line.
+    pub origin: String,
+}
+
+impl AccessLog {
+    /// Opens the log at `path`, checks the stored tree against the last checkpoint (refusing
+    /// to start on a mismatch), and starts the single writer thread.
+    pub fn open(
+        path: &Path,
+        key: Arc<LogKey>,
+        settings: WriterSettings,
+    ) -> Result<AccessLog, LogError> {
+        let conn = open_db(path)?;
+        let stored = size(&conn)?;
+        if let Some((cp_size, note)) = latest_checkpoint(&conn)? {
+            let cp = verify_note(&note, &key.verifier_key())
+                .map_err(|e| LogError::Inconsistent(e.to_string()))?;
+            if cp.size != cp_size || cp.size > stored {
+                return Err(LogError::Inconsistent(format!(
+                    "checkpoint covers {} leaves but {stored} are stored",
+                    cp.size
+                )));
+            }
+            if root(&conn, cp.size)? != cp.root {
+                return Err(LogError::Inconsistent(format!(
+                    "the root over the first {} leaves differs from the signed checkpoint",
+                    cp.size
+                )));
+            }
+        }
+        let healthy = Arc::new(AtomicBool::new(true));
+        let size_counter = Arc::new(AtomicU64::new(stored));
+        let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
+        let mut writer = Writer {
+            conn,
+            next: stored,
+            frontier: HashMap::new(),
+            key,
+            settings,
+            last_checkpoint: None,
+            healthy: healthy.clone(),
+            size: size_counter.clone(),
+        };
+        std::thread::Builder::new()
+            .name("access-log-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| LogError::Store(format!("cannot start the writer: {e}")))?;
+        Ok(AccessLog {
+            tx,
+            healthy,
+            size: size_counter,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Appends a leaf and waits until it is durable; returns its sequence number.
+    pub async fn append(&self, leaf: Leaf) -> Result<u64, LogError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .try_send(Pending {
+                leaf,
+                ack: Some(ack),
+            })
+            .map_err(|_| {
+                self.healthy.store(false, Ordering::SeqCst);
+                LogError::Unavailable("the write queue is full")
+            })?;
+        match done.await {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(())) => Err(LogError::Store("the batch could not be committed".into())),
+            Err(_) => Err(LogError::Unavailable("the writer stopped")),
+        }
+    }
+
+    /// Appends a leaf without waiting (refused handshakes: there is no response to hold).
+    pub fn append_detached(&self, leaf: Leaf) {
+        if self.tx.try_send(Pending { leaf, ack: None }).is_err() {
+            tracing::error!("access log queue full: a refused-handshake leaf was dropped");
+        }
+    }
+
+    /// False after the last commit failed or the queue overflowed, until a commit succeeds.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
+    }
+
+    /// Leaves durably stored.
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::SeqCst)
+    }
+
+    /// A read-only connection for queries and proofs (WAL lets it read beside the writer).
+    pub fn reader(&self) -> Result<Connection, LogError> {
+        let conn =
+            Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        Ok(conn)
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    next: u64,
+    /// The most recent complete-subtree hash per level: the only nodes appends look up.
+    frontier: HashMap<u32, (u64, Hash)>,
+    key: Arc<LogKey>,
+    settings: WriterSettings,
+    last_checkpoint: Option<Instant>,
+    healthy: Arc<AtomicBool>,
+    size: Arc<AtomicU64>,
+}
+
+impl Writer {
+    fn run(&mut self, mut rx: mpsc::Receiver<Pending>) {
+        let mut batch = Vec::with_capacity(self.settings.max_batch);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.settings.max_batch {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            let result = self.commit(&mut batch);
+            match &result {
+                Ok(()) => {
+                    self.healthy.store(true, Ordering::SeqCst);
+                    self.size.store(self.next, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    self.healthy.store(false, Ordering::SeqCst);
+                    tracing::error!(error = %e, leaves = batch.len(), "access log batch not committed");
+                }
+            }
+            for p in batch.drain(..) {
+                if let Some(ack) = p.ack {
+                    let _ = ack.send(result.as_ref().map(|()| p.leaf.seq).map_err(|_| ()));
+                }
+            }
+            if result.is_ok() {
+                self.maybe_checkpoint();
+            }
+        }
+    }
+
+    /// Writes the batch in one transaction (one fsync); on failure nothing of it remains.
+    fn commit(&mut self, batch: &mut [Pending]) -> Result<(), LogError> {
+        let start = self.next;
+        let mut frontier = self.frontier.clone();
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert_leaf = tx.prepare_cached(
+                "INSERT INTO leaves (seq, time_ms, department, holder, resource, route, outcome, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            let mut insert_node =
+                tx.prepare_cached("INSERT INTO nodes (level, idx, hash) VALUES (?1, ?2, ?3)")?;
+            let mut lookup =
+                tx.prepare_cached("SELECT hash FROM nodes WHERE level = ?1 AND idx = ?2")?;
+            for (i, p) in batch.iter_mut().enumerate() {
+                let seq = start + i as u64;
+                p.leaf.seq = seq;
+                p.leaf.v = LEAF_VERSION;
+                let bytes = p.leaf.to_bytes();
+                let l = &p.leaf;
+                insert_leaf.execute(params![
+                    seq as i64,
+                    l.time_ms,
+                    l.department,
+                    l.holder,
+                    l.resource,
+                    l.route,
+                    l.outcome,
+                    bytes
+                ])?;
+                let nodes = merkle::new_nodes(seq, merkle::leaf_hash(&bytes), |level, idx| {
+                    if let Some((i, h)) = frontier.get(&level) {
+                        if *i == idx {
+                            return Ok(*h);
+                        }
+                    }
+                    let h: Vec<u8> = lookup.query_row(params![level, idx as i64], |r| r.get(0))?;
+                    h.try_into()
+                        .map_err(|_| LogError::Store("stored hash is not 32 bytes".into()))
+                })?;
+                for (level, idx, hash) in nodes {
+                    insert_node.execute(params![level, idx as i64, hash.as_slice()])?;
+                    frontier.insert(level, (idx, hash));
+                }
+            }
+        }
+        tx.commit()?;
+        self.next = start + batch.len() as u64;
+        self.frontier = frontier;
+        Ok(())
+    }
+
+    fn maybe_checkpoint(&mut self) {
+        if self
+            .last_checkpoint
+            .is_some_and(|t| t.elapsed() < self.settings.checkpoint_interval)
+        {
+            return;
+        }
+        match self.checkpoint() {
+            Ok(()) => self.last_checkpoint = Some(Instant::now()),
+            Err(e) => tracing::error!(error = %e, "checkpoint not written"),
+        }
+    }
+
+    fn checkpoint(&mut self) -> Result<(), LogError> {
+        let size = self.next;
+        let cp = Checkpoint {
+            origin: self.settings.origin.clone(),
+            size,
+            root: root(&self.conn, size)?,
+        };
+        let note = self.key.sign(&cp);
+        self.conn.execute(
+            "INSERT OR IGNORE INTO checkpoints (size, time_ms, note) VALUES (?1, ?2, ?3)",
+            params![size as i64, crate::state::unix_now() * 1000, note],
+        )?;
+        Ok(())
+    }
+}
+
+/// What an offline verification established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifySummary {
+    /// Leaves checked.
+    pub leaves: u64,
+    /// Signed checkpoints checked.
+    pub checkpoints: u64,
+    /// The root over all leaves.
+    pub root: Hash,
+}
+
+/// The first thing an offline verification found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyFailure {
+    /// The store could not be read.
+    #[error("cannot read the log: {0}")]
+    Unreadable(String),
+    /// A leaf is missing, out of place or altered.
+    #[error("leaf {index}: {reason}")]
+    Leaf {
+        /// The first bad index.
+        index: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A checkpoint's signature or root does not hold.
+    #[error("checkpoint at size {size}: {reason}")]
+    Checkpoint {
+        /// The checkpoint's tree size.
+        size: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Recomputes every leaf hash and every root from the stored leaves alone, compares them with
+/// the stored tree nodes, and checks every checkpoint's signature, root, and its consistency
+/// with the one before. Read-only.
+pub fn verify_offline(db: &Path, verifier_key: &str) -> Result<VerifySummary, VerifyFailure> {
+    let unreadable = |e: &dyn std::fmt::Display| VerifyFailure::Unreadable(e.to_string());
+    let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| unreadable(&e))?;
+    let mut checkpoints: Vec<(u64, String)> = {
+        let mut stmt = conn
+            .prepare("SELECT size, note FROM checkpoints ORDER BY size")
+            .map_err(|e| unreadable(&e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })
+            .map_err(|e| unreadable(&e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| unreadable(&e))?
+    };
+    checkpoints.reverse(); // popped from the end, smallest first
+
+    let mut tree = merkle::MemoryTree::default();
+    let mut previous: Option<(u64, Hash)> = None;
+    let mut checked = 0u64;
+    let mut check_due = |tree: &merkle::MemoryTree,
+                         checkpoints: &mut Vec<(u64, String)>|
+     -> Result<(), VerifyFailure> {
+        while checkpoints.last().is_some_and(|(s, _)| *s == tree.len()) {
+            let Some((size, note)) = checkpoints.pop() else {
+                break;
+            };
+            let bad = |reason: String| VerifyFailure::Checkpoint { size, reason };
+            let cp = verify_note(&note, verifier_key).map_err(|e| bad(e.to_string()))?;
+            if cp.size != size {
+                return Err(bad(format!("the note says size {}", cp.size)));
+            }
+            let root = merkle::root(tree, size).map_err(|e| bad(e.to_string()))?;
+            if root != cp.root {
+                return Err(bad("the leaves do not hash to the signed root".into()));
+            }
+            if let Some((old_size, old_root)) = previous {
+                let proof = merkle::consistency_proof(tree, old_size, size)
+                    .map_err(|e| bad(e.to_string()))?;
+                if !merkle::verify_consistency(old_size, size, &old_root, &root, &proof) {
+                    return Err(bad(format!(
+                        "not consistent with the checkpoint at size {old_size}"
+                    )));
+                }
+            }
+            previous = Some((size, root));
+            checked += 1;
+        }
+        Ok(())
+    };
+    check_due(&tree, &mut checkpoints)?;
+
+    let mut stmt = conn
+        .prepare("SELECT l.seq, l.data, n.hash FROM leaves l LEFT JOIN nodes n ON n.level = 0 AND n.idx = l.seq ORDER BY l.seq")
+        .map_err(|e| unreadable(&e))?;
+    let mut rows = stmt.query([]).map_err(|e| unreadable(&e))?;
+    while let Some(row) = rows.next().map_err(|e| unreadable(&e))? {
+        let index = tree.len();
+        let bad = |reason: &str| VerifyFailure::Leaf {
+            index,
+            reason: reason.to_owned(),
+        };
+        let seq: i64 = row.get(0).map_err(|e| unreadable(&e))?;
+        if seq as u64 != index {
+            return Err(bad(&format!("missing: the next stored leaf is {seq}")));
+        }
+        // Read whatever type the column holds now: an edited row may no longer be a blob.
+        let data: Vec<u8> = match row.get_ref(1).map_err(|e| unreadable(&e))? {
+            rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => b.to_vec(),
+            _ => return Err(bad("its data is not bytes")),
+        };
+        let leaf: Leaf =
+            serde_json::from_slice(&data).map_err(|_| bad("not a valid leaf encoding"))?;
+        if leaf.seq != index {
+            return Err(bad(&format!(
+                "out of place: it records position {}",
+                leaf.seq
+            )));
+        }
+        let hash = merkle::leaf_hash(&data);
+        let stored: Option<Vec<u8>> = row.get(2).map_err(|e| unreadable(&e))?;
+        if stored.as_deref() != Some(hash.as_slice()) {
+            return Err(bad("its bytes do not match the hash in the tree"));
+        }
+        tree.push(&data);
+        check_due(&tree, &mut checkpoints)?;
+    }
+    if let Some((size, _)) = checkpoints.pop() {
+        return Err(VerifyFailure::Checkpoint {
+            size,
+            reason: format!("only {} leaves are stored", tree.len()),
+        });
+    }
+    let root = merkle::root(&tree, tree.len()).map_err(|e| unreadable(&e))?;
+    Ok(VerifySummary {
+        leaves: tree.len(),
+        checkpoints: checked,
+        root,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merkle::NodeStore;
+
+    fn key() -> Arc<LogKey> {
+        Arc::new(
+            LogKey::from_seed_base64(
+                "certgate.test/log",
+                &LogKey::generate_seed_base64().unwrap(),
+            )
+            .unwrap(),
+        )
+    }
+
+    fn settings() -> WriterSettings {
+        WriterSettings {
+            queue_capacity: 10_000,
+            max_batch: 256,
+            checkpoint_interval: Duration::from_millis(0),
+            origin: "certgate.test/log".into(),
+        }
+    }
+
+    fn leaf(i: u64) -> Leaf {
+        Leaf {
+            v: LEAF_VERSION,
+            seq: 0,
+            time_ms: 1_800_000_000_000 + i as i64,
+            kind: "request".into(),
+            request_id: Some(format!("req-{i}")),
+            department: Some("11110105MB0000001C".into()),
+            cert_sha256: None,
+            peer: None,
+            method: Some("GET".into()),
+            route: Some("/v1/licences/{id}".into()),
+            resource: Some(format!("licence-{}", i % 7)),
+            holder: None,
+            matter: Some("M-1".into()),
+            reason: None,
+            case_id: None,
+            outcome: "allowed".into(),
+            status: 200,
+            code: None,
+            latency_us: 120,
+        }
+    }
+
+    async fn filled(n: u64) -> (tempfile::TempDir, PathBuf, Arc<LogKey>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access-log.db");
+        let key = key();
+        let log = AccessLog::open(&path, key.clone(), settings()).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let log = log.clone();
+            tasks.push(tokio::spawn(
+                async move { log.append(leaf(i)).await.unwrap() },
+            ));
+        }
+        let mut seqs = Vec::new();
+        for t in tasks {
+            seqs.push(t.await.unwrap());
+        }
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (0..n).collect::<Vec<_>>(),
+            "every append gets its own position"
+        );
+        assert_eq!(log.size(), n);
+        (dir, path, key)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_form_one_verifiable_tree_with_proofs() {
+        let (_dir, path, key) = filled(500).await;
+        let summary = verify_offline(&path, &key.verifier_key()).unwrap();
+        assert_eq!(summary.leaves, 500);
+        assert!(summary.checkpoints >= 1);
+
+        let conn = open_db(&path).unwrap();
+        let (size, note) = latest_checkpoint(&conn).unwrap().unwrap();
+        let cp = verify_note(&note, &key.verifier_key()).unwrap();
+        assert_eq!(cp.size, size);
+        let data: Vec<u8> = conn
+            .query_row("SELECT data FROM leaves WHERE seq = 123", [], |r| r.get(0))
+            .unwrap();
+        let proof = inclusion_proof(&conn, 123, size).unwrap();
+        assert!(merkle::verify_inclusion(
+            &merkle::leaf_hash(&data),
+            123,
+            size,
+            &proof,
+            &cp.root
+        ));
+        let old_root = root(&conn, 100).unwrap();
+        let proof = consistency_proof(&conn, 100, size).unwrap();
+        assert!(merkle::verify_consistency(
+            100, size, &old_root, &cp.root, &proof
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn edited_deleted_and_reordered_leaves_are_found_by_index() {
+        for (name, sql, index) in [
+            (
+                "edit",
+                "UPDATE leaves SET data = replace(data, 'req-40', 'req-41') WHERE seq = 40",
+                40,
+            ),
+            ("delete", "DELETE FROM leaves WHERE seq = 41", 41),
+            (
+                "reorder",
+                "UPDATE leaves SET data = CASE seq WHEN 42 THEN (SELECT data FROM leaves WHERE seq = 43) ELSE (SELECT data FROM leaves WHERE seq = 42) END WHERE seq IN (42, 43)",
+                42,
+            ),
+        ] {
+            let (_dir, path, key) = filled(100).await;
+            let conn = open_db(&path).unwrap();
+            conn.execute(sql, []).unwrap();
+            drop(conn);
+            match verify_offline(&path, &key.verifier_key()) {
+                Err(VerifyFailure::Leaf { index: i, .. }) => assert_eq!(i, index, "{name}"),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tree_rewritten_to_hide_an_edit_fails_its_checkpoint_and_refuses_to_open() {
+        let (_dir, path, key) = filled(64).await;
+        let conn = open_db(&path).unwrap();
+        // Rewrite leaf 5 and every node above it, as a careful forger would.
+        let mut tree = merkle::MemoryTree::default();
+        let mut stmt = conn
+            .prepare("SELECT seq, data FROM leaves ORDER BY seq")
+            .unwrap();
+        let rows: Vec<(i64, Vec<u8>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        drop(stmt);
+        conn.execute("DELETE FROM nodes", []).unwrap();
+        for (seq, mut data) in rows {
+            if seq == 5 {
+                data = String::from_utf8(data)
+                    .unwrap()
+                    .replace("req-5", "req-X")
+                    .into_bytes();
+                conn.execute("UPDATE leaves SET data = ?1 WHERE seq = 5", [&data])
+                    .unwrap();
+            }
+            let index = tree.len();
+            let nodes = merkle::new_nodes::<std::convert::Infallible>(
+                index,
+                merkle::leaf_hash(&data),
+                |l, i| Ok(tree.node(l, i).unwrap().unwrap()),
+            )
+            .unwrap();
+            tree.push(&data);
+            for (l, i, h) in nodes {
+                conn.execute(
+                    "INSERT INTO nodes (level, idx, hash) VALUES (?1, ?2, ?3)",
+                    params![l, i as i64, h.as_slice()],
+                )
+                .unwrap();
+            }
+        }
+        drop(conn);
+        assert!(matches!(
+            verify_offline(&path, &key.verifier_key()),
+            Err(VerifyFailure::Checkpoint { .. })
+        ));
+        assert!(matches!(
+            AccessLog::open(&path, key, settings()),
+            Err(LogError::Inconsistent(_))
+        ));
+    }
+
+    #[test]
+    fn leaf_bytes_are_canonical() {
+        let a = leaf(1).to_bytes();
+        let b: Leaf = serde_json::from_slice(&a).unwrap();
+        assert_eq!(b.to_bytes(), a);
+        assert!(
+            String::from_utf8(a)
+                .unwrap()
+                .starts_with("{\"v\":1,\"seq\":0,\"time_ms\":")
+        );
+    }
+}
