@@ -76,6 +76,32 @@ impl Leaf {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// The leaf of a refused TLS handshake. The certificate (if any) never reached the
+    /// application, so the peer address and the reason are what is known.
+    pub fn handshake(peer: std::net::SocketAddr, reason: &str) -> Leaf {
+        Leaf {
+            v: LEAF_VERSION,
+            seq: 0,
+            time_ms: crate::state::unix_now_ms(),
+            kind: "handshake".into(),
+            request_id: None,
+            department: None,
+            cert_sha256: None,
+            peer: Some(peer.to_string()),
+            method: None,
+            route: None,
+            resource: None,
+            holder: None,
+            matter: None,
+            reason: None,
+            case_id: None,
+            outcome: "denied".into(),
+            status: 0,
+            code: Some(reason.to_owned()),
+            latency_us: 0,
+        }
+    }
+
     /// The outcome of an HTTP status.
     pub fn outcome_of(status: u16) -> &'static str {
         match status {
@@ -84,6 +110,17 @@ impl Leaf {
             _ => "error",
         }
     }
+}
+
+/// What a handler tells the access log about the request it served: the resource touched and
+/// the holder whose data it was (pseudonymised before it is written). Put it in the response
+/// extensions.
+#[derive(Debug, Clone, Default)]
+pub struct AccessNote {
+    /// The resource, e.g. a licence identifier.
+    pub resource: Option<String>,
+    /// The holder's id (USCC or citizen id).
+    pub holder: Option<String>,
 }
 
 /// Why the log could not take or answer something.
@@ -217,6 +254,8 @@ pub struct WriterSettings {
     pub checkpoint_interval: Duration,
     /// The checkpoint origin line.
     pub origin: String,
+    /// Caps the database at this many pages (0: no cap); reaching it is a full disk.
+    pub max_db_pages: u64,
 }
 
 impl AccessLog {
@@ -228,6 +267,9 @@ impl AccessLog {
         settings: WriterSettings,
     ) -> Result<AccessLog, LogError> {
         let conn = open_db(path)?;
+        if settings.max_db_pages > 0 {
+            conn.pragma_update(None, "max_page_count", settings.max_db_pages as i64)?;
+        }
         let stored = size(&conn)?;
         if let Some((cp_size, note)) = latest_checkpoint(&conn)? {
             let cp = verify_note(&note, &key.verifier_key())
@@ -602,6 +644,7 @@ mod tests {
             max_batch: 256,
             checkpoint_interval: Duration::from_millis(0),
             origin: "certgate.test/log".into(),
+            max_db_pages: 0,
         }
     }
 

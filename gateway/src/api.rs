@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use utoipa::OpenApi;
 
+use crate::access_log::{AccessNote, LEAF_VERSION, Leaf};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
 use crate::identity::{Caller, PeerIdentity, Refusal};
@@ -297,6 +298,19 @@ async fn gate(State(gateway): State<Arc<Gateway>>, req: Request, next: Next) -> 
         .map_or("unmatched", |m| m.as_str())
         .to_owned();
     let ctx = req.extensions().get::<Arc<ConnectionContext>>().cloned();
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+    let purpose = req
+        .headers()
+        .get("x-purpose")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| crate::purpose::parse(v).ok());
+    let case_id = req
+        .headers()
+        .get("x-case-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(64).collect::<String>());
     let mut department = "unidentified".to_owned();
     let revoked_since = ctx
         .as_ref()
@@ -320,6 +334,11 @@ async fn gate(State(gateway): State<Arc<Gateway>>, req: Request, next: Next) -> 
             }
             response
         }
+        // Nothing is served that cannot be logged: refuse before the handler runs.
+        Some(Ok(caller)) if !gateway.access_log.is_healthy() => {
+            department = caller.department.to_string();
+            ApiError::log_unavailable().into_response()
+        }
         Some(Ok(caller)) => {
             department = caller.department.to_string();
             match buffer_body(req, gateway.settings.max_body_bytes).await {
@@ -335,6 +354,46 @@ async fn gate(State(gateway): State<Arc<Gateway>>, req: Request, next: Next) -> 
             }
         }
     };
+    let mut response = response;
+    let status = response.status().as_u16();
+    let note = response
+        .extensions_mut()
+        .remove::<AccessNote>()
+        .unwrap_or_default();
+    let leaf = Leaf {
+        v: LEAF_VERSION,
+        seq: 0,
+        time_ms: crate::state::unix_now_ms(),
+        kind: "request".into(),
+        request_id,
+        department: (department != "unidentified").then(|| department.clone()),
+        cert_sha256: ctx
+            .as_ref()
+            .and_then(|c| c.identity.certificate.as_ref())
+            .map(|c| c.fingerprint_sha256.clone()),
+        peer: ctx.as_ref().map(|c| c.peer.to_string()),
+        method: Some(method),
+        route: Some(route.clone()),
+        resource: note
+            .resource
+            .or_else(|| route.contains('{').then_some(path)),
+        holder: note.holder.map(|h| gateway.pseudonym(&h)),
+        matter: purpose.as_ref().and_then(|p| p.matter.clone()),
+        reason: purpose.and_then(|p| p.reason),
+        case_id,
+        outcome: Leaf::outcome_of(status).into(),
+        status,
+        code: response
+            .extensions()
+            .get::<ApiError>()
+            .map(|e| e.code.to_owned()),
+        latency_us: started.elapsed().as_micros() as u64,
+    };
+    if let Err(e) = gateway.access_log.append(leaf).await {
+        // The response is withheld: nothing leaves the gateway unlogged.
+        tracing::error!(error = %e, "access log append failed; response withheld");
+        response = ApiError::log_unavailable().into_response();
+    }
     let m = &gateway.metrics;
     m.requests
         .get_or_create(&RequestLabels {

@@ -56,6 +56,7 @@ impl Checkpoint {
 pub struct LogKey {
     name: String,
     pair: Ed25519KeyPair,
+    seed: [u8; 32],
 }
 
 impl std::fmt::Debug for LogKey {
@@ -76,10 +77,22 @@ impl LogKey {
         }
         let pair =
             Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|_| CheckpointError::BadKey)?;
+        let seed: [u8; 32] = seed.try_into().map_err(|_| CheckpointError::BadKey)?;
         Ok(LogKey {
             name: name.to_owned(),
             pair,
+            seed,
         })
+    }
+
+    /// A 32-byte key for another purpose, derived from this key's seed with HMAC-SHA256 under
+    /// `label`, so that one secret file serves the log without reusing the signing key.
+    pub fn derive_key(&self, label: &[u8]) -> [u8; 32] {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &self.seed);
+        let tag = aws_lc_rs::hmac::sign(&key, label);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
     }
 
     /// The base64 of a fresh random seed, for a new key file.

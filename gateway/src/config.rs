@@ -7,7 +7,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use cert_store::Uscc;
+
+use crate::checkpoint::{CheckpointError, LogKey};
 use cert_store::crypto::Kek;
 use cert_store::licence::{FieldSpec, LicenceType, is_reserved_field_name};
 use serde::{Deserialize, Serialize};
@@ -30,6 +34,40 @@ pub struct Config {
     pub departments: DepartmentTable,
     /// E-licences and e-seals: key-encryption key, licence types, access rules.
     pub licensing: LicensingSettings,
+    /// The tamper-evident access log.
+    pub access_log: AccessLogSettings,
+}
+
+/// Settings of the access log.
+#[derive(Clone)]
+pub struct AccessLogSettings {
+    /// Signs checkpoints (Ed25519); pseudonyms of holders are keyed from it too.
+    pub key: Arc<LogKey>,
+    /// Keys the HMAC that turns holder ids into pseudonyms. Never logged.
+    pub pseudonym_key: [u8; 32],
+    /// The checkpoint origin line (also the key's name).
+    pub origin: String,
+    /// Leaves waiting for the writer at most; past this, requests fail closed.
+    pub queue_capacity: usize,
+    /// Leaves committed in one transaction (one fsync) at most.
+    pub max_batch: usize,
+    /// Caps the log database at this many 4 KiB pages (0: no cap). Reaching it behaves as a
+    /// full disk: the gateway fails closed.
+    pub max_db_pages: u64,
+    /// Minimum retention in days; nothing younger is ever deleted.
+    pub retention_days: u32,
+}
+
+impl std::fmt::Debug for AccessLogSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessLogSettings")
+            .field("origin", &self.origin)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("max_batch", &self.max_batch)
+            .field("max_db_pages", &self.max_db_pages)
+            .field("retention_days", &self.retention_days)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Settings of the e-licence and e-seal service.
@@ -320,10 +358,40 @@ struct RawConfig {
     #[serde(default)]
     departments: Vec<RawDepartment>,
     licensing: RawLicensing,
+    access_log: RawAccessLog,
     #[serde(default)]
     licence_types: Vec<RawLicenceType>,
     #[serde(default)]
     access_rules: Vec<RawAccessRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    key_file: PathBuf,
+    #[serde(default = "default_origin")]
+    origin: String,
+    #[serde(default = "default_queue")]
+    queue_capacity: usize,
+    #[serde(default = "default_batch")]
+    max_batch: usize,
+    #[serde(default)]
+    max_db_pages: u64,
+    #[serde(default = "default_retention")]
+    retention_days: u32,
+}
+
+fn default_origin() -> String {
+    "certgate/access-log".into()
+}
+fn default_queue() -> usize {
+    65_536
+}
+fn default_batch() -> usize {
+    1024
+}
+fn default_retention() -> u32 {
+    180
 }
 
 #[derive(Deserialize)]
@@ -541,14 +609,77 @@ impl RawConfig {
             &departments,
             base,
         )?;
+        let access_log = validate_access_log(self.access_log, base)?;
         Ok(Config {
             path: path.to_owned(),
             server,
             tls,
             departments,
             licensing,
+            access_log,
         })
     }
+}
+
+/// Reads a secret file, refusing one that others can read.
+fn read_secret_file(key: &str, path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::key(key, format!("{}: {e}", path.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
+        if mode & 0o077 != 0 {
+            return Err(ConfigError::key(
+                key,
+                format!(
+                    "{} is readable by others (mode {:o}); chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                ),
+            ));
+        }
+    }
+    Ok(text)
+}
+
+fn validate_access_log(raw: RawAccessLog, base: &Path) -> Result<AccessLogSettings, ConfigError> {
+    let origin = raw.origin.trim().to_owned();
+    let seed = read_secret_file("access_log.key_file", &base.join(&raw.key_file))?;
+    let key = LogKey::from_seed_base64(&origin, &seed).map_err(|e| match e {
+        CheckpointError::BadKeyName => ConfigError::key("access_log.origin", e),
+        _ => ConfigError::key("access_log.key_file", e),
+    })?;
+    if raw.queue_capacity == 0 || raw.queue_capacity > 10_000_000 {
+        return Err(ConfigError::key(
+            "access_log.queue_capacity",
+            "must be between 1 and 10000000",
+        ));
+    }
+    if raw.max_batch == 0 || raw.max_batch > 100_000 {
+        return Err(ConfigError::key(
+            "access_log.max_batch",
+            "must be between 1 and 100000",
+        ));
+    }
+    if raw.retention_days < 180 {
+        return Err(ConfigError::key(
+            "access_log.retention_days",
+            "must be at least 180: network logs are kept at least six months",
+        ));
+    }
+    let pseudonym_key = key.derive_key(b"certgate holder pseudonym v1");
+    Ok(AccessLogSettings {
+        key: Arc::new(key),
+        pseudonym_key,
+        origin,
+        queue_capacity: raw.queue_capacity,
+        max_batch: raw.max_batch,
+        max_db_pages: raw.max_db_pages,
+        retention_days: raw.retention_days,
+    })
 }
 
 fn validate_licensing(
@@ -558,27 +689,7 @@ fn validate_licensing(
     departments: &DepartmentTable,
     base: &Path,
 ) -> Result<LicensingSettings, ConfigError> {
-    let kek_path = base.join(&raw.kek_file);
-    let kek_text = std::fs::read_to_string(&kek_path).map_err(|e| {
-        ConfigError::key("licensing.kek_file", format!("{}: {e}", kek_path.display()))
-    })?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&kek_path)
-            .map(|m| m.permissions().mode())
-            .unwrap_or(0);
-        if mode & 0o077 != 0 {
-            return Err(ConfigError::key(
-                "licensing.kek_file",
-                format!(
-                    "{} is readable by others (mode {:o}); chmod 600 it",
-                    kek_path.display(),
-                    mode & 0o777
-                ),
-            ));
-        }
-    }
+    let kek_text = read_secret_file("licensing.kek_file", &base.join(&raw.kek_file))?;
     let kek = Kek::from_base64(kek_text.trim()).map_err(|_| {
         ConfigError::key(
             "licensing.kek_file",
@@ -717,6 +828,9 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(dir.join("kek"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(dir.join("log-key"), LogKey::generate_seed_base64().unwrap()).unwrap();
+        std::fs::set_permissions(dir.join("log-key"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
         let p = dir.join("certgate.toml");
         std::fs::write(&p, body).unwrap();
         p
@@ -732,6 +846,8 @@ client_ca = ["ca.pem"]
 [licensing]
 kek_file = "kek"
 public_url = "https://127.0.0.1:8443"
+[access_log]
+key_file = "log-key"
 [[departments]]
 id = "91110108551385082Q"
 name = "市场监管局"

@@ -98,6 +98,19 @@ pub fn prepare(
             .and_then(|mut f| f.write_all(key.to_base64().as_bytes()))
             .with_context(|| format!("cannot write {}", kek.display()))?;
     }
+    let log_key = dir.join("log-key");
+    if !log_key.exists() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let seed = crate::checkpoint::LogKey::generate_seed_base64()?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&log_key)
+            .and_then(|mut f| f.write_all(seed.as_bytes()))
+            .with_context(|| format!("cannot write {}", log_key.display()))?;
+    }
     let config_path = dir.join("certgate.toml");
     if !config_path.exists() {
         std::fs::write(&config_path, config_text())
@@ -117,7 +130,10 @@ fn config_text() -> String {
          [server]\nlisten = \"127.0.0.1:8443\"\nops_listen = \"127.0.0.1:9090\"\ndata_dir = \"data\"\n\n\
          [tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = [\"pki/ca.pem\"]\ncrls = [\"pki/crl.pem\"]\n\n\
          # The key-encryption key (base64 of 32 random bytes, mode 0600) protects seal keys at rest.\n\
-         [licensing]\nkek_file = \"kek\"\npublic_url = \"https://127.0.0.1:8443\"\n",
+         [licensing]\nkek_file = \"kek\"\npublic_url = \"https://127.0.0.1:8443\"\n\n\
+         # Every request is a leaf of the tamper-evident access log; log-key (Ed25519 seed, mode\n\
+         # 0600) signs its checkpoints.\n\
+         [access_log]\nkey_file = \"log-key\"\norigin = \"certgate.demo/access-log\"\n",
     );
     for d in SAMPLE_DEPARTMENTS {
         let roles: Vec<String> = d.roles.iter().map(|r| format!("\"{r}\"")).collect();

@@ -153,6 +153,15 @@ impl ApiError {
         )
     }
 
+    /// The access log cannot take the request's leaf: the gateway fails closed.
+    pub fn log_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "CG-LOG-001",
+            "the access log cannot be written; try again later",
+        )
+    }
+
     /// Something went wrong inside the gateway; the details belong in the log.
     pub fn internal() -> Self {
         Self::new(

@@ -4,9 +4,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use cert_store::jws::JwsAlg;
 use cert_store::licence::{LicenceRecord, LicenceStatus, SealRecord};
 use cert_store::service::{IssueRequest, Lifecycle, VerifyReport};
@@ -14,6 +14,7 @@ use http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::access_log::AccessNote;
 use crate::api::{JsonBody, QueryParams, require};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
@@ -325,7 +326,7 @@ pub async fn issue(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
     JsonBody(body): JsonBody<IssueBody>,
-) -> Result<(StatusCode, Json<LicenceView>), ApiError> {
+) -> Result<(StatusCode, Extension<AccessNote>, Json<LicenceView>), ApiError> {
     require(&caller, Role::Issuer)?;
     let req = IssueRequest {
         licence_type: body.licence_type,
@@ -341,7 +342,11 @@ pub async fn issue(
         .licences(move |svc, now| svc.issue(&caller.department, &req, now))
         .await?;
     let credential = record.sd_jwt.clone();
-    Ok((StatusCode::CREATED, Json(view(record, credential))))
+    Ok((
+        StatusCode::CREATED,
+        noted(&record),
+        Json(view(record, credential)),
+    ))
 }
 
 /// `?fields=` of a licence query.
@@ -364,13 +369,13 @@ pub async fn licence(
     purpose: Purpose,
     Path(id): Path<String>,
     QueryParams(q): QueryParams<FieldsQuery>,
-) -> Result<Json<LicenceView>, ApiError> {
+) -> Result<(Extension<AccessNote>, Json<LicenceView>), ApiError> {
     let record = gw.licences(move |svc, _| svc.licence(&id)).await?;
     let visible = gw.visible_fields(&caller, &record, &purpose, q.fields.as_deref())?;
     let credential = gw
         .licence_service()
         .present(&record, &|n| visible.contains(n))?;
-    Ok(Json(view(record, credential)))
+    Ok((noted(&record), Json(view(record, credential))))
 }
 
 /// `?holder=&type=` of a query by holder.
@@ -398,7 +403,7 @@ pub async fn licences_by_holder(
     purpose: Purpose,
     headers: http::HeaderMap,
     QueryParams(q): QueryParams<HolderQuery>,
-) -> Result<Json<Vec<LicenceView>>, ApiError> {
+) -> Result<(Extension<AccessNote>, Json<Vec<LicenceView>>), ApiError> {
     let consent_required = gw
         .licence_service()
         .licence_type(&q.licence_type)
@@ -436,7 +441,11 @@ pub async fn licences_by_holder(
             .present(&record, &|n| visible.contains(n))?;
         out.push(view(record, credential));
     }
-    Ok(Json(out))
+    let note = AccessNote {
+        resource: Some(format!("holder-query:{}", q.licence_type)),
+        holder: Some(q.holder),
+    };
+    Ok((Extension(note), Json(out)))
 }
 
 /// A presented credential to verify.
@@ -527,8 +536,9 @@ pub async fn check(
     purpose: Purpose,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<CheckBody>,
-) -> Result<Json<CheckView>, ApiError> {
+) -> Result<(Extension<AccessNote>, Json<CheckView>), ApiError> {
     let record = gw.licences(move |svc, _| svc.licence(&id)).await?;
+    let note = noted(&record);
     let visible = gw.visible_fields(&caller, &record, &purpose, None)?;
     if let Some(name) = body.fields.keys().find(|n| !visible.contains(n.as_str())) {
         return Err(ApiError::new(
@@ -547,19 +557,22 @@ pub async fn check(
             Ok((record.id, valid, results))
         })
         .await?;
-    Ok(Json(CheckView {
-        licence_id,
-        licence_valid: valid,
-        results: results
-            .into_iter()
-            .map(|(k, ok)| {
-                (
-                    k,
-                    Value::String(if ok { "match" } else { "no-match" }.into()),
-                )
-            })
-            .collect(),
-    }))
+    Ok((
+        note,
+        Json(CheckView {
+            licence_id,
+            licence_valid: valid,
+            results: results
+                .into_iter()
+                .map(|(k, ok)| {
+                    (
+                        k,
+                        Value::String(if ok { "match" } else { "no-match" }.into()),
+                    )
+                })
+                .collect(),
+        }),
+    ))
 }
 
 async fn lifecycle(
@@ -568,13 +581,13 @@ async fn lifecycle(
     id: String,
     reason: String,
     action: Lifecycle,
-) -> Result<Json<LicenceView>, ApiError> {
+) -> Result<(Extension<AccessNote>, Json<LicenceView>), ApiError> {
     require(&caller, Role::Issuer)?;
     let record = gw
         .licences(move |svc, _| svc.change_status(&id, &caller.department, action, &reason))
         .await?;
     let credential = record.sd_jwt.clone();
-    Ok(Json(view(record, credential)))
+    Ok((noted(&record), Json(view(record, credential))))
 }
 
 /// Suspends a licence (its issuer only).
@@ -586,7 +599,7 @@ pub async fn suspend(
     caller: Caller,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<Reason>,
-) -> Result<Json<LicenceView>, ApiError> {
+) -> Result<(Extension<AccessNote>, Json<LicenceView>), ApiError> {
     lifecycle(gw, caller, id, b.reason, Lifecycle::Suspend).await
 }
 
@@ -599,7 +612,7 @@ pub async fn resume(
     caller: Caller,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<Reason>,
-) -> Result<Json<LicenceView>, ApiError> {
+) -> Result<(Extension<AccessNote>, Json<LicenceView>), ApiError> {
     lifecycle(gw, caller, id, b.reason, Lifecycle::Resume).await
 }
 
@@ -612,7 +625,7 @@ pub async fn revoke(
     caller: Caller,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<Reason>,
-) -> Result<Json<LicenceView>, ApiError> {
+) -> Result<(Extension<AccessNote>, Json<LicenceView>), ApiError> {
     lifecycle(gw, caller, id, b.reason, Lifecycle::Revoke).await
 }
 
@@ -636,13 +649,17 @@ pub async fn renew(
     caller: Caller,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<RenewBody>,
-) -> Result<(StatusCode, Json<LicenceView>), ApiError> {
+) -> Result<(StatusCode, Extension<AccessNote>, Json<LicenceView>), ApiError> {
     require(&caller, Role::Issuer)?;
     let record = gw
         .licences(move |svc, now| svc.renew(&id, &caller.department, b.fields, b.valid_until, now))
         .await?;
     let credential = record.sd_jwt.clone();
-    Ok((StatusCode::CREATED, Json(view(record, credential))))
+    Ok((
+        StatusCode::CREATED,
+        noted(&record),
+        Json(view(record, credential)),
+    ))
 }
 
 /// A signed Token Status List (`application/statuslist+jwt`): 2 bits per licence,
@@ -795,12 +812,20 @@ pub async fn redeem_show_code(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
     JsonBody(b): JsonBody<RedeemBody>,
-) -> Result<Json<LicenceView>, ApiError> {
+) -> Result<(Extension<AccessNote>, Json<LicenceView>), ApiError> {
     let record = gw
         .licences(move |svc, now| svc.redeem_show_code(&b.code, &caller.department, now))
         .await?;
     let credential = record.sd_jwt.clone();
-    Ok(Json(view(record, credential)))
+    Ok((noted(&record), Json(view(record, credential))))
+}
+
+/// The access-log note of a request that touched `record`.
+fn noted(record: &LicenceRecord) -> Extension<AccessNote> {
+    Extension(AccessNote {
+        resource: Some(record.id.clone()),
+        holder: Some(record.holder.clone()),
+    })
 }
 
 fn field_error(field: &str, reason: impl std::fmt::Display) -> ApiError {

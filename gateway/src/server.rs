@@ -92,11 +92,17 @@ async fn serve_connection(
         Ok(Err(e)) => {
             let reason = handshake_failure_reason(&e);
             gateway.metrics.handshake_failed(reason);
+            gateway
+                .access_log
+                .append_detached(crate::access_log::Leaf::handshake(peer, reason));
             tracing::info!(%peer, reason, error = %e, "TLS handshake refused");
             return;
         }
         Err(_) => {
             gateway.metrics.handshake_failed("timeout");
+            gateway
+                .access_log
+                .append_detached(crate::access_log::Leaf::handshake(peer, "timeout"));
             tracing::info!(%peer, "TLS handshake timed out");
             return;
         }

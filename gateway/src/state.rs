@@ -13,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use cert_store::service::{LicenceService, ServiceError};
 use cert_store::store::SqliteStore;
 
+use crate::access_log::{AccessLog, WriterSettings};
 use crate::config::{AccessRule, Config, ConfigError, DepartmentTable, ServerSettings};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -72,6 +73,9 @@ pub enum StartError {
         /// Why.
         reason: String,
     },
+    /// The access log could not be opened, or does not match its last checkpoint.
+    #[error("cannot open the access log: {0}")]
+    AccessLog(crate::access_log::LogError),
     /// The licence service could not start (keys could not be loaded or created).
     #[error("cannot start the licence service: {0}")]
     Licences(ServiceError),
@@ -99,6 +103,12 @@ pub struct Gateway {
     config_path: PathBuf,
     live: ArcSwap<Live>,
     licences: Arc<LicenceService>,
+    /// The tamper-evident access log.
+    pub access_log: AccessLog,
+    /// Turns holder ids into the pseudonyms the access log records.
+    pseudonym_key: [u8; 32],
+    /// The access log's verifier key (`GET /v1/audit/log-key`).
+    pub log_verifier_key: String,
     sessions: Arc<dyn StoresServerSessions>,
     shutting_down: AtomicBool,
 }
@@ -118,6 +128,26 @@ impl Gateway {
             path: db.clone(),
             reason: e.to_string(),
         })?;
+        let log_settings = &config.access_log;
+        let log_path = config.server.data_dir.join("access-log.db");
+        let access_log = AccessLog::open(
+            &log_path,
+            log_settings.key.clone(),
+            WriterSettings {
+                queue_capacity: log_settings.queue_capacity,
+                max_batch: log_settings.max_batch,
+                checkpoint_interval: std::time::Duration::from_secs(1),
+                origin: log_settings.origin.clone(),
+                max_db_pages: log_settings.max_db_pages,
+            },
+        )
+        .map_err(StartError::AccessLog)?;
+        let log_verifier_key = log_settings.key.verifier_key();
+        // Kept beside the log so that `certgate audit verify --data-dir` needs nothing else.
+        let _ = std::fs::write(
+            config.server.data_dir.join("access-log.vkey"),
+            &log_verifier_key,
+        );
         let licensing = &config.licensing;
         let licences = LicenceService::open(
             Arc::new(store),
@@ -129,6 +159,9 @@ impl Gateway {
         .map_err(StartError::Licences)?;
         Ok(Arc::new(Gateway {
             licences: Arc::new(licences),
+            access_log,
+            pseudonym_key: config.access_log.pseudonym_key,
+            log_verifier_key,
             settings: config.server,
             metrics: Metrics::default(),
             config_path: config.path,
@@ -162,6 +195,12 @@ impl Gateway {
                 Err(e)
             }
         }
+    }
+
+    /// The keyed pseudonym of a holder id, as the access log records it.
+    pub fn pseudonym(&self, holder: &str) -> String {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &self.pseudonym_key);
+        hex::encode(aws_lc_rs::hmac::sign(&key, holder.as_bytes()))
     }
 
     /// The licence and seal service.
@@ -198,7 +237,7 @@ impl Gateway {
 
     /// True when the gateway accepts new work.
     pub fn is_ready(&self) -> bool {
-        !self.shutting_down.load(Ordering::SeqCst)
+        !self.shutting_down.load(Ordering::SeqCst) && self.access_log.is_healthy()
     }
 }
 
@@ -224,4 +263,11 @@ pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

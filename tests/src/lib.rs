@@ -171,6 +171,16 @@ pub fn standard_departments() -> String {
 /// Writes `dir/certgate.toml` with listeners on port 0, the PKI of `pki`, the extra
 /// `[server]` lines and the department rows given.
 pub fn write_config(pki: &TestPki, server_extra: &str, departments: &str) -> PathBuf {
+    write_config_with_log(pki, server_extra, departments, "")
+}
+
+/// Like [`write_config`], with extra `[access_log]` lines.
+pub fn write_config_with_log(
+    pki: &TestPki,
+    server_extra: &str,
+    departments: &str,
+    log_extra: &str,
+) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let kek = pki.dir.path().join("kek");
     if !kek.exists() {
@@ -178,10 +188,17 @@ pub fn write_config(pki: &TestPki, server_extra: &str, departments: &str) -> Pat
         std::fs::write(&kek, key.to_base64().as_str()).unwrap();
         std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
+    let log_key = pki.dir.path().join("log-key");
+    if !log_key.exists() {
+        let seed = gateway::checkpoint::LogKey::generate_seed_base64().unwrap();
+        std::fs::write(&log_key, seed).unwrap();
+        std::fs::set_permissions(&log_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\n{server_extra}\n\
          [tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = [\"pki/ca.pem\"]\ncrls = [\"pki/crl.pem\"]\n\
          [licensing]\nkek_file = \"kek\"\npublic_url = \"https://localhost\"\n\
+         [access_log]\nkey_file = \"log-key\"\norigin = \"certgate.test/access-log\"\n{log_extra}\n\
          {departments}\n{LICENSING}"
     );
     let path = pki.dir.path().join("certgate.toml");
@@ -446,9 +463,14 @@ impl Conn {
                 let (mut parts, body) = req.into_parts();
                 parts.uri = path.parse()?;
                 parts.headers.insert("host", "localhost".parse()?);
+                // The previous exchange may still be finishing in the connection task.
+                s.ready().await?;
                 s.send_request(Request::from_parts(parts, body)).await?
             }
-            Sender::H2(s) => s.send_request(req).await?,
+            Sender::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
         };
         let status = resp.status();
         let headers = resp.headers().clone();
