@@ -23,9 +23,9 @@ use crate::access_log::{AccessNote, LEAF_VERSION, Leaf};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
 use crate::identity::{Caller, PeerIdentity, Refusal};
-use crate::licences;
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::state::{Gateway, LoadSummary};
+use crate::{audit, licences};
 
 /// What a connection knows about itself; every request on it carries this in its extensions.
 #[derive(Debug)]
@@ -79,6 +79,12 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/consents/{id}/revoke", post(licences::revoke_consent))
         .route("/v1/show-codes", post(licences::create_show_code))
         .route("/v1/show-codes/redeem", post(licences::redeem_show_code))
+        .route("/v1/audit/log-key", get(audit::log_key))
+        .route("/v1/audit/checkpoint", get(audit::checkpoint))
+        .route("/v1/audit/proof/inclusion", get(audit::inclusion))
+        .route("/v1/audit/proof/consistency", get(audit::consistency))
+        .route("/v1/audit/entries", get(audit::entries))
+        .route("/v1/audit/holder-view", get(audit::holder_view))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(from_fn_with_state(gateway.clone(), gate))
@@ -240,11 +246,14 @@ Every caller is a department system authenticated by its TLS client certificate 
         licences::issue, licences::licence, licences::licences_by_holder, licences::verify,
         licences::check, licences::suspend, licences::resume, licences::revoke, licences::renew,
         licences::status_list, licences::create_consent, licences::revoke_consent,
-        licences::create_show_code, licences::redeem_show_code),
+        licences::create_show_code, licences::redeem_show_code,
+        audit::log_key, audit::checkpoint, audit::inclusion, audit::consistency, audit::entries,
+        audit::holder_view),
     components(schemas(ErrorBody, WhoAmI, LoadSummary)),
     tags(
         (name = "seals", description = "Electronic seals (电子印章) and the keys that verify them"),
         (name = "licences", description = "Electronic licences (电子证照): issue, query, verify, check, lifecycle, status lists"),
+        (name = "audit", description = "The tamper-evident access log: entries, checkpoints, proofs, the holder's view"),
         (name = "holders", description = "Holder consent (用证授权) and show-codes (一码亮证), through city apps"),
         (name = "identity", description = "Who the gateway takes the caller for"),
         (name = "admin", description = "Operating the gateway"),

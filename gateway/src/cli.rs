@@ -49,6 +49,9 @@ enum Command {
     /// A development PKI: CA, server certificate, department certificates, CRL.
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// The access log, offline.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Create (or reuse) a development PKI, configuration and data directory, start the
     /// gateway and print curl commands that work.
     Demo {
@@ -61,6 +64,21 @@ enum Command {
         /// Address of the operations listener.
         #[arg(long, default_value = "127.0.0.1:9090")]
         ops_listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute every leaf hash and root of the access log and check every checkpoint's
+    /// signature and consistency; exit 0 only when all holds, else name the first bad index.
+    Verify {
+        /// The gateway's data directory (holds access-log.db and access-log.vkey).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// A file with the log's verifier key (as served at /v1/audit/log-key); default the
+        /// access-log.vkey the gateway wrote into the data directory.
+        #[arg(long)]
+        log_key: Option<PathBuf>,
     },
 }
 
@@ -150,6 +168,24 @@ fn run(command: Command) -> anyhow::Result<()> {
                 material.trust_anchors,
                 material.crls,
                 material.revoked.len()
+            );
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Verify { data_dir, log_key }) => {
+            let db = data_dir.join("access-log.db");
+            if !db.is_file() {
+                anyhow::bail!("{} does not exist", db.display());
+            }
+            let key_file = log_key.unwrap_or_else(|| data_dir.join("access-log.vkey"));
+            let key = std::fs::read_to_string(&key_file)
+                .with_context(|| format!("cannot read the verifier key {}", key_file.display()))?;
+            let summary = crate::access_log::verify_offline(&db, key.trim())
+                .map_err(|e| anyhow::anyhow!("access log verification FAILED: {e}"))?;
+            println!(
+                "access log verified: {} leaves, {} checkpoints, root {}",
+                summary.leaves,
+                summary.checkpoints,
+                hex::encode(summary.root)
             );
             Ok(())
         }

@@ -7,6 +7,7 @@
 
 pub mod access_log;
 pub mod api;
+pub mod audit;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

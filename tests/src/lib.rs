@@ -43,6 +43,8 @@ pub const OPS: &str = "11110105MB0000006U";
 pub const STRANGER: &str = "11110105MB0000007Y";
 /// A department listed but disabled.
 pub const DISABLED: &str = "11110105MB00000082";
+/// 审计局 (auditor).
+pub const AUDIT: &str = "11110105MB0000003J";
 /// A city app acting for holders.
 pub const APP: &str = "91110105MA0000005E";
 /// 营业执照: issued by MARKET, no consent needed.
@@ -166,6 +168,7 @@ pub fn standard_departments() -> String {
     ]
     .concat()
         + &dept(APP, "城市 app", &["holder-app"], true)
+        + &dept(AUDIT, "审计局", &["auditor"], true)
 }
 
 /// Writes `dir/certgate.toml` with listeners on port 0, the PKI of `pki`, the extra

@@ -23,7 +23,7 @@ fn config_check_accepts_a_good_file_and_names_the_bad_key() {
     let config = write_config(&pki, "", &standard_departments());
     let out = certgate(&["config", "check", config.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (5 departments"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (6 departments"));
 
     let cases: &[(&str, &str, &str)] = &[
         ("max_connections = \"lots\"", "", "server.max_connections"),
@@ -32,12 +32,12 @@ fn config_check_accepts_a_good_file_and_names_the_bad_key() {
         (
             "",
             "\n[[departments]]\nid = \"11110105MB0000001X\"\nname = \"x\"\nroles = [\"consumer\"]\n",
-            "departments[5].id",
+            "departments[6].id",
         ),
         (
             "",
             "\n[[departments]]\nid = \"11110105MB0000007Y\"\nname = \"x\"\nroles = [\"king\"]\n",
-            "departments[5].roles[0]",
+            "departments[6].roles[0]",
         ),
     ];
     for (server_extra, more, key) in cases {

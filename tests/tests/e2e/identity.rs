@@ -276,7 +276,7 @@ async fn reload_changes_the_department_table_and_needs_the_admin_role() {
         .await
         .unwrap();
     assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(reply.json()["departments"], 6);
+    assert_eq!(reply.json()["departments"], 7);
     let reply = Client::new(&ca, Some(&stranger), Proto::H1)
         .get(gw.addr, "/v1/whoami")
         .await

@@ -1,0 +1,350 @@
+//! Routes for auditors (queries, checkpoints, proofs) and for the holder's own view of who used
+//! their data. Everything an auditor does is itself logged, like every request.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use http::{StatusCode, header};
+use rusqlite::params;
+use serde::{Deserialize, Serialize};
+
+use crate::access_log::{self, Leaf, LogError};
+use crate::api::{QueryParams, require};
+use crate::config::Role;
+use crate::error::{ApiError, ErrorBody};
+use crate::identity::Caller;
+use crate::state::Gateway;
+
+/// Most entries one page returns.
+pub const MAX_PAGE: u32 = 1000;
+
+impl From<LogError> for ApiError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::OutOfRange(m) => ApiError::new(StatusCode::BAD_REQUEST, "CG-AUD-001", m),
+            other => {
+                tracing::error!(error = %other, "access log read failed");
+                ApiError::log_unavailable()
+            }
+        }
+    }
+}
+
+/// Runs a read of the log on a blocking thread with its own read-only connection.
+async fn read<T: Send + 'static>(
+    gw: &Gateway,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T, LogError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let log = gw.access_log.clone();
+    tokio::task::spawn_blocking(move || f(&log.reader()?))
+        .await
+        .map_err(|_| ApiError::internal())?
+        .map_err(ApiError::from)
+}
+
+/// The log's verifier key (`<origin>+<key id>+<base64 key>`), for checking checkpoints offline.
+#[utoipa::path(get, path = "/v1/audit/log-key", tag = "audit",
+    responses((status = 200, description = "C2SP note verifier key", content_type = "text/plain")))]
+pub async fn log_key(State(gw): State<Arc<Gateway>>, _caller: Caller) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{}\n", gw.log_verifier_key),
+    )
+        .into_response()
+}
+
+/// The latest signed checkpoint (C2SP signed note).
+#[utoipa::path(get, path = "/v1/audit/checkpoint", tag = "audit",
+    responses((status = 200, description = "Signed note", content_type = "text/plain"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn checkpoint(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    require(&caller, Role::Auditor)?;
+    let latest = read(&gw, |c| access_log::latest_checkpoint(c)).await?;
+    let (_, note) = latest
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "CG-AUD-002", "no checkpoint yet"))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
+}
+
+/// `?index=&size=` of an inclusion proof.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionQuery {
+    /// The leaf's position.
+    pub index: u64,
+    /// The tree size (take it from a signed checkpoint).
+    pub size: u64,
+}
+
+/// An inclusion proof with the leaf it proves.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InclusionView {
+    /// The leaf's position.
+    pub index: u64,
+    /// The tree size.
+    pub size: u64,
+    /// The leaf's canonical bytes, base64.
+    pub leaf_bytes: String,
+    /// The leaf, decoded.
+    pub leaf: Leaf,
+    /// The audit path, base64 hashes.
+    pub proof: Vec<String>,
+}
+
+/// An RFC 9162 inclusion proof for one leaf in the tree of `size` leaves.
+#[utoipa::path(get, path = "/v1/audit/proof/inclusion", tag = "audit", params(InclusionQuery),
+    responses((status = 200, body = InclusionView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn inclusion(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    QueryParams(q): QueryParams<InclusionQuery>,
+) -> Result<Json<InclusionView>, ApiError> {
+    require(&caller, Role::Auditor)?;
+    let view = read(&gw, move |c| {
+        let stored = access_log::size(c)?;
+        if q.size > stored || q.index >= q.size {
+            return Err(LogError::OutOfRange(format!(
+                "need index < size <= {stored}; got index {} and size {}",
+                q.index, q.size
+            )));
+        }
+        let bytes: Vec<u8> = c.query_row(
+            "SELECT data FROM leaves WHERE seq = ?1",
+            params![q.index as i64],
+            |r| r.get(0),
+        )?;
+        let leaf: Leaf =
+            serde_json::from_slice(&bytes).map_err(|e| LogError::Store(e.to_string()))?;
+        let proof = access_log::inclusion_proof(c, q.index, q.size)?;
+        Ok(InclusionView {
+            index: q.index,
+            size: q.size,
+            leaf_bytes: B64.encode(&bytes),
+            leaf,
+            proof: proof.iter().map(|h| B64.encode(h)).collect(),
+        })
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+/// `?from=&to=` of a consistency proof.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyQuery {
+    /// The older tree size.
+    pub from: u64,
+    /// The newer tree size.
+    pub to: u64,
+}
+
+/// A consistency proof.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConsistencyView {
+    /// The older size.
+    pub from: u64,
+    /// The newer size.
+    pub to: u64,
+    /// The proof, base64 hashes.
+    pub proof: Vec<String>,
+}
+
+/// An RFC 9162 consistency proof between two tree sizes.
+#[utoipa::path(get, path = "/v1/audit/proof/consistency", tag = "audit", params(ConsistencyQuery),
+    responses((status = 200, body = ConsistencyView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn consistency(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    QueryParams(q): QueryParams<ConsistencyQuery>,
+) -> Result<Json<ConsistencyView>, ApiError> {
+    require(&caller, Role::Auditor)?;
+    let proof = read(&gw, move |c| {
+        let stored = access_log::size(c)?;
+        if q.from > q.to || q.to > stored {
+            return Err(LogError::OutOfRange(format!("need from <= to <= {stored}")));
+        }
+        access_log::consistency_proof(c, q.from, q.to)
+    })
+    .await?;
+    Ok(Json(ConsistencyView {
+        from: q.from,
+        to: q.to,
+        proof: proof.iter().map(|h| B64.encode(h)).collect(),
+    }))
+}
+
+/// Filters of an entries query.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EntriesQuery {
+    /// The calling department's USCC.
+    pub department: Option<String>,
+    /// A holder id; the server turns it into the pseudonym the log records.
+    pub holder: Option<String>,
+    /// A licence identifier (or other resource).
+    pub resource: Option<String>,
+    /// A route pattern, e.g. `/v1/licences/{id}`.
+    pub route: Option<String>,
+    /// `allowed`, `denied` or `error`.
+    pub outcome: Option<String>,
+    /// From this time (Unix milliseconds, inclusive).
+    pub from_ms: Option<i64>,
+    /// Until this time (Unix milliseconds, exclusive).
+    pub to_ms: Option<i64>,
+    /// Continue after this position (the previous page's `next_cursor`).
+    pub cursor: Option<u64>,
+    /// Entries per page (1–1000, default 100).
+    pub limit: Option<u32>,
+}
+
+/// A page of entries.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EntriesView {
+    /// The matching leaves, oldest first.
+    pub entries: Vec<Leaf>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<u64>,
+}
+
+fn query_entries(
+    c: &rusqlite::Connection,
+    q: &EntriesQuery,
+    holder: Option<String>,
+) -> Result<EntriesView, LogError> {
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(LogError::OutOfRange(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let mut stmt = c.prepare_cached(
+        "SELECT seq, data FROM leaves
+         WHERE seq > ?1 AND (?2 IS NULL OR department = ?2) AND (?3 IS NULL OR holder = ?3)
+           AND (?4 IS NULL OR resource = ?4) AND (?5 IS NULL OR route = ?5)
+           AND (?6 IS NULL OR outcome = ?6) AND (?7 IS NULL OR time_ms >= ?7)
+           AND (?8 IS NULL OR time_ms < ?8)
+         ORDER BY seq LIMIT ?9",
+    )?;
+    let after = q.cursor.map_or(-1, |c| c as i64);
+    let rows = stmt.query_map(
+        params![
+            after,
+            q.department,
+            holder,
+            q.resource,
+            q.route,
+            q.outcome,
+            q.from_ms,
+            q.to_ms,
+            i64::from(limit) + 1
+        ],
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+    )?;
+    let mut entries = Vec::new();
+    let mut more = false;
+    for row in rows {
+        let (_, data) = row?;
+        if entries.len() == limit as usize {
+            more = true;
+            break;
+        }
+        entries.push(
+            serde_json::from_slice::<Leaf>(&data).map_err(|e| LogError::Store(e.to_string()))?,
+        );
+    }
+    let next_cursor = more.then(|| entries.last().map(|l| l.seq)).flatten();
+    Ok(EntriesView {
+        entries,
+        next_cursor,
+    })
+}
+
+/// Who accessed what, when and why: entries filtered by department, holder, resource, route,
+/// outcome and time, with cursor paging.
+#[utoipa::path(get, path = "/v1/audit/entries", tag = "audit", params(EntriesQuery),
+    responses((status = 200, body = EntriesView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn entries(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    QueryParams(q): QueryParams<EntriesQuery>,
+) -> Result<Json<EntriesView>, ApiError> {
+    require(&caller, Role::Auditor)?;
+    let holder = q.holder.as_deref().map(|h| gw.pseudonym(h.trim()));
+    Ok(Json(
+        read(&gw, move |c| query_entries(c, &q, holder)).await?,
+    ))
+}
+
+/// `?holder=` of the holder's own view.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HolderViewQuery {
+    /// The holder's USCC or citizen id.
+    pub holder: String,
+    /// Continue after this position.
+    pub cursor: Option<u64>,
+}
+
+/// One use of a holder's data, as the holder may see it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HolderUse {
+    /// When (Unix milliseconds).
+    pub time_ms: i64,
+    /// Which department.
+    pub department: Option<String>,
+    /// What it did (route pattern).
+    pub route: Option<String>,
+    /// Which licence or data.
+    pub resource: Option<String>,
+    /// The stated matter.
+    pub matter: Option<String>,
+    /// The stated reason.
+    pub reason: Option<String>,
+    /// Whether it was allowed.
+    pub outcome: String,
+}
+
+/// The holder's "who used my data" page, for the city app acting for that holder.
+#[utoipa::path(get, path = "/v1/audit/holder-view", tag = "audit", params(HolderViewQuery),
+    responses((status = 200, body = [HolderUse]), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn holder_view(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    QueryParams(q): QueryParams<HolderViewQuery>,
+) -> Result<Json<Vec<HolderUse>>, ApiError> {
+    require(&caller, Role::HolderApp)?;
+    let holder: cert_store::HolderId = q.holder.parse().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "CG-AUD-001",
+            format!("holder: {e}"),
+        )
+    })?;
+    let pseudonym = gw.pseudonym(holder.as_str());
+    let filter = EntriesQuery {
+        cursor: q.cursor,
+        limit: Some(MAX_PAGE),
+        ..EntriesQuery::default()
+    };
+    let page = read(&gw, move |c| query_entries(c, &filter, Some(pseudonym))).await?;
+    Ok(Json(
+        page.entries
+            .into_iter()
+            .filter(|l| l.route.as_deref() != Some("/v1/audit/holder-view"))
+            .map(|l| HolderUse {
+                time_ms: l.time_ms,
+                department: l.department,
+                route: l.route,
+                resource: l.resource,
+                matter: l.matter,
+                reason: l.reason,
+                outcome: l.outcome,
+            })
+            .collect(),
+    ))
+}

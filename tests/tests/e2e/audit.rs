@@ -1,0 +1,439 @@
+//! The access log end to end: every request and refused handshake recorded once, auditors'
+//! queries and proofs against signed checkpoints, tampering found offline, failing closed.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use certgate_tests::*;
+use gateway::checkpoint::verify_note;
+use gateway::merkle;
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// Polls the latest checkpoint until it covers at least `size` leaves.
+async fn checkpoint_covering(
+    auditor: &mut Conn,
+    key: &str,
+    size: u64,
+) -> (String, gateway::checkpoint::Checkpoint) {
+    for _ in 0..100 {
+        let reply = auditor.get("/v1/audit/checkpoint").await.unwrap();
+        if reply.status == StatusCode::OK {
+            let note = String::from_utf8(reply.body.to_vec()).unwrap();
+            let cp = verify_note(&note, key).unwrap();
+            if cp.size >= size {
+                return (note, cp);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no checkpoint covering {size} leaves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_outcome_is_logged_once_and_provable_against_a_signed_checkpoint() {
+    let pki = TestPki::new();
+    let ids = [
+        pki.department("market", MARKET),
+        pki.department("approval", APPROVAL),
+        pki.department("ops", OPS),
+        pki.department("audit", AUDIT),
+        pki.department("app", APP),
+    ];
+    let gw = TestGateway::standard(&pki, "").await;
+    let conn = |i: usize| Client::new(&pki.ca_pem(), Some(&ids[i]), Proto::H2);
+    let (mut market, mut approval, mut ops, mut auditor, mut app) = (
+        conn(0).connect(gw.addr).await.unwrap(),
+        conn(1).connect(gw.addr).await.unwrap(),
+        conn(2).connect(gw.addr).await.unwrap(),
+        conn(3).connect(gw.addr).await.unwrap(),
+        conn(4).connect(gw.addr).await.unwrap(),
+    );
+
+    // Allowed: a licence issued and read for a stated matter.
+    let seal = market
+        .json(
+            Method::POST,
+            "/v1/seals",
+            &[],
+            &json!({"seal_type": "公章", "name": "某局", "alg": "ES256"}),
+        )
+        .await
+        .unwrap()
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let issued = market
+        .json(Method::POST, "/v1/licences", &[], &json!({
+            "licence_type": BUSINESS, "holder_id": XIAOMI, "holder_name": "小米科技有限责任公司", "seal_id": seal,
+            "fields": {"name": "小米科技有限责任公司", "legal_representative": "雷军", "established": "2010-03-03"}
+        }))
+        .await
+        .unwrap()
+        .json();
+    let id = issued["id"].as_str().unwrap().to_owned();
+    let allowed = approval
+        .send_with(
+            Method::GET,
+            &format!("/v1/licences/{id}"),
+            &[
+                ("x-purpose", "matter=M-BIZ-001; reason=%E5%AE%A1%E6%89%B9"),
+                ("x-case-id", "CASE-7"),
+            ],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(allowed.status, StatusCode::OK);
+    let allowed_id = allowed.headers["x-request-id"].to_str().unwrap().to_owned();
+    // Denied by the access rules.
+    let denied = ops
+        .send_with(
+            Method::GET,
+            &format!("/v1/licences/{id}"),
+            &[("x-purpose", "M-1")],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(denied.code(), "CG-AUTH-007");
+    let denied_id = denied.headers["x-request-id"].to_str().unwrap().to_owned();
+    // Denied at TLS: no client certificate.
+    assert!(
+        Client::new(&pki.ca_pem(), None, Proto::H1)
+            .get(gw.addr, "/v1/whoami")
+            .await
+            .is_err()
+    );
+
+    // Only auditors read the log.
+    for path in [
+        "/v1/audit/checkpoint",
+        "/v1/audit/entries",
+        "/v1/audit/proof/inclusion?index=0&size=1",
+    ] {
+        let reply = approval.get(path).await.unwrap();
+        assert_eq!(
+            (reply.status, reply.code().as_str()),
+            (StatusCode::FORBIDDEN, "CG-AUTH-006"),
+            "{path}"
+        );
+    }
+
+    let key = String::from_utf8(
+        auditor
+            .get("/v1/audit/log-key")
+            .await
+            .unwrap()
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    let key = key.trim().to_owned();
+    let size = gw.gateway.access_log.size();
+    let (_, cp) = checkpoint_covering(&mut auditor, &key, size).await;
+
+    // Each request is there exactly once, with its fields; the holder only as a pseudonym.
+    let find = |entries: &Value, rid: &str| -> Vec<Value> {
+        entries["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["request_id"] == rid)
+            .cloned()
+            .collect()
+    };
+    let all = auditor
+        .get("/v1/audit/entries?limit=1000")
+        .await
+        .unwrap()
+        .json();
+    let hit = find(&all, &allowed_id);
+    assert_eq!(hit.len(), 1, "{all}");
+    let leaf = &hit[0];
+    assert_eq!(leaf["department"], APPROVAL);
+    assert_eq!(leaf["route"], "/v1/licences/{id}");
+    assert_eq!(leaf["resource"], id.as_str());
+    assert_eq!(
+        (
+            leaf["matter"].as_str(),
+            leaf["reason"].as_str(),
+            leaf["case_id"].as_str()
+        ),
+        (Some("M-BIZ-001"), Some("审批"), Some("CASE-7"))
+    );
+    assert_eq!(
+        (leaf["outcome"].as_str(), leaf["status"].as_u64()),
+        (Some("allowed"), Some(200))
+    );
+    assert_eq!(leaf["holder"].as_str().unwrap().len(), 64);
+    assert!(
+        !all.to_string().contains(XIAOMI),
+        "a raw holder id reached the log"
+    );
+    let denied_leaf = find(&all, &denied_id);
+    assert_eq!(denied_leaf.len(), 1);
+    assert_eq!(
+        (
+            denied_leaf[0]["outcome"].as_str(),
+            denied_leaf[0]["code"].as_str()
+        ),
+        (Some("denied"), Some("CG-AUTH-007"))
+    );
+    let handshakes: Vec<&Value> = all["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "handshake")
+        .collect();
+    assert_eq!(handshakes.len(), 1, "{all}");
+    assert_eq!(handshakes[0]["code"], "no_certificate");
+
+    // Filters: by holder (pseudonymised by the server), by department, by outcome.
+    let by_holder = auditor
+        .get(&format!("/v1/audit/entries?holder={XIAOMI}"))
+        .await
+        .unwrap()
+        .json();
+    assert!(!find(&by_holder, &allowed_id).is_empty());
+    assert!(
+        by_holder["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["holder"] == leaf["holder"])
+    );
+    let by_dept = auditor
+        .get(&format!(
+            "/v1/audit/entries?department={OPS}&outcome=denied"
+        ))
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(by_dept["entries"].as_array().unwrap().len(), 1);
+    let page = auditor
+        .get("/v1/audit/entries?limit=2")
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(page["entries"].as_array().unwrap().len(), 2);
+    let next = page["next_cursor"].as_u64().unwrap();
+    let page2 = auditor
+        .get(&format!("/v1/audit/entries?limit=2&cursor={next}"))
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(page2["entries"][0]["seq"].as_u64().unwrap(), next + 1);
+    for bad in [
+        "/v1/audit/entries?limit=0",
+        "/v1/audit/entries?limit=5000",
+        "/v1/audit/entries?colour=red",
+        "/v1/audit/proof/inclusion?index=5&size=2",
+    ] {
+        let reply = auditor.get(bad).await.unwrap();
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+
+    // The holder's own view, through the city app.
+    let view = app
+        .get(&format!("/v1/audit/holder-view?holder={XIAOMI}"))
+        .await
+        .unwrap()
+        .json();
+    assert!(
+        view.as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["department"] == APPROVAL && u["matter"] == "M-BIZ-001"),
+        "{view}"
+    );
+
+    // The allowed request's inclusion proof verifies against the signed checkpoint's root.
+    let index = leaf["seq"].as_u64().unwrap();
+    let proof = auditor
+        .get(&format!(
+            "/v1/audit/proof/inclusion?index={index}&size={}",
+            cp.size
+        ))
+        .await
+        .unwrap()
+        .json();
+    let bytes = B64.decode(proof["leaf_bytes"].as_str().unwrap()).unwrap();
+    let path: Vec<[u8; 32]> = proof["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| B64.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+        .collect();
+    assert!(merkle::verify_inclusion(
+        &merkle::leaf_hash(&bytes),
+        index,
+        cp.size,
+        &path,
+        &cp.root
+    ));
+    let mut wrong = bytes.clone();
+    wrong[10] ^= 1;
+    assert!(!merkle::verify_inclusion(
+        &merkle::leaf_hash(&wrong),
+        index,
+        cp.size,
+        &path,
+        &cp.root
+    ));
+    // And an earlier checkpoint's tree is a prefix of this one.
+    let consistency = auditor
+        .get(&format!(
+            "/v1/audit/proof/consistency?from=1&to={}",
+            cp.size
+        ))
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(
+        consistency["proof"].as_array().unwrap().is_empty(),
+        cp.size == 1
+    );
+    drop(market);
+}
+
+fn certgate(args: &[&str]) -> std::process::Output {
+    Command::new(certgate_bin()).args(args).output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_finds_tampering_and_the_gateway_refuses_an_inconsistent_log() {
+    let pki = TestPki::new();
+    let approval = pki.department("approval", APPROVAL);
+    let config = write_config(&pki, "", &standard_departments());
+    let data = pki.dir.path().join("data");
+    let serve = || {
+        Command::new(certgate_bin())
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = serve();
+    let api = wait_until_listening(&mut child);
+    let client = Client::new(&pki.ca_pem(), Some(&approval), Proto::H1);
+    let mut conn = client.connect(api).await.unwrap();
+    for _ in 0..20 {
+        assert_eq!(conn.get("/v1/whoami").await.unwrap().status, StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    conn.get("/v1/whoami").await.unwrap(); // after a second: a checkpoint covers the first 20
+    drop(conn);
+    stop(child);
+
+    let data_dir = data.to_str().unwrap();
+    let out = certgate(&["audit", "verify", "--data-dir", data_dir]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("access log verified: 21 leaves"));
+
+    let db = rusqlite::Connection::open(data.join("access-log.db")).unwrap();
+    let original: Vec<u8> = db
+        .query_row("SELECT data FROM leaves WHERE seq = 7", [], |r| r.get(0))
+        .unwrap();
+    let edited = String::from_utf8(original.clone())
+        .unwrap()
+        .replace("\"status\":200", "\"status\":201")
+        .into_bytes();
+    db.execute("UPDATE leaves SET data = ?1 WHERE seq = 7", [&edited])
+        .unwrap();
+    let out = certgate(&["audit", "verify", "--data-dir", data_dir]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("leaf 7"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    db.execute("UPDATE leaves SET data = ?1 WHERE seq = 7", [&original])
+        .unwrap();
+
+    // Deleting the newest leaves leaves the last checkpoint without its tree.
+    db.execute("DELETE FROM leaves WHERE seq >= 15", [])
+        .unwrap();
+    db.execute("DELETE FROM nodes WHERE level = 0 AND idx >= 15", [])
+        .unwrap();
+    drop(db);
+    let out = certgate(&["audit", "verify", "--data-dir", data_dir]);
+    assert!(!out.status.success());
+    let mut child = serve();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        !status.success(),
+        "the gateway started on a log that lost leaves"
+    );
+    assert!(
+        stderr.contains("does not match its last checkpoint"),
+        "{stderr}"
+    );
+}
+
+fn wait_until_listening(child: &mut std::process::Child) -> std::net::SocketAddr {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    while let Some(Ok(line)) = lines.next() {
+        if let Some(rest) = line.split("api_addr=").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+            std::thread::spawn(move || for _ in lines {});
+            return addr;
+        }
+    }
+    panic!("certgate did not start");
+}
+
+fn stop(mut child: std::process::Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_cannot_be_written_fails_closed() {
+    let pki = TestPki::new();
+    let approval = pki.department("approval", APPROVAL);
+    let config = write_config_with_log(&pki, "", &standard_departments(), "max_db_pages = 40");
+    let gw = TestGateway::start(&config).await;
+    let mut conn = Client::new(&pki.ca_pem(), Some(&approval), Proto::H2)
+        .connect(gw.addr)
+        .await
+        .unwrap();
+    let mut failed = None;
+    for i in 0..5000 {
+        let reply = conn.get("/v1/whoami").await.unwrap();
+        if reply.status != StatusCode::OK {
+            failed = Some((i, reply));
+            break;
+        }
+    }
+    let (served, reply) = failed.expect("the capped log never filled");
+    assert!(served > 10, "the log failed too early ({served})");
+    assert_eq!(
+        (reply.status, reply.code().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "CG-LOG-001")
+    );
+    assert!(
+        reply.json().get("department").is_none(),
+        "data served unlogged"
+    );
+    // From now on nothing is served, and readiness says so.
+    let reply = conn.get("/v1/whoami").await.unwrap();
+    assert_eq!(reply.code(), "CG-LOG-001");
+    assert_eq!(gw.ops_get("/readyz").await.0, 503);
+}
