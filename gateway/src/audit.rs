@@ -65,7 +65,7 @@ pub async fn checkpoint(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     require(&caller, Role::Auditor)?;
-    let latest = read(&gw, |c| access_log::latest_checkpoint(c)).await?;
+    let latest = read(&gw, access_log::latest_checkpoint).await?;
     let (_, note) = latest
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "CG-AUD-002", "no checkpoint yet"))?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
