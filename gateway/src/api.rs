@@ -85,6 +85,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/audit/proof/consistency", get(audit::consistency))
         .route("/v1/audit/entries", get(audit::entries))
         .route("/v1/audit/holder-view", get(audit::holder_view))
+        .route("/v1/audit/export", get(audit::export))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(from_fn_with_state(gateway.clone(), gate))
@@ -248,7 +249,7 @@ Every caller is a department system authenticated by its TLS client certificate 
         licences::status_list, licences::create_consent, licences::revoke_consent,
         licences::create_show_code, licences::redeem_show_code,
         audit::log_key, audit::checkpoint, audit::inclusion, audit::consistency, audit::entries,
-        audit::holder_view),
+        audit::holder_view, audit::export),
     components(schemas(ErrorBody, WhoAmI, LoadSummary)),
     tags(
         (name = "seals", description = "Electronic seals (电子印章) and the keys that verify them"),

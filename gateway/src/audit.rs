@@ -348,3 +348,126 @@ pub async fn holder_view(
             .collect(),
     ))
 }
+
+/// `?format=` of an export.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// `ndjson` (the canonical leaf bytes, one per line: verifiable offline with
+    /// `certgate audit verify --export`) or `csv`.
+    pub format: String,
+    /// Export leaves `0..size` (default: all stored now).
+    pub size: Option<u64>,
+}
+
+const CSV_HEADER: &str = "seq,time_ms,kind,request_id,department,cert_sha256,peer,method,route,resource,holder,matter,reason,case_id,outcome,status,code,latency_us\n";
+
+fn csv_field(out: &mut String, value: Option<&str>) {
+    let v = value.unwrap_or_default();
+    if v.contains([',', '"', '\n', '\r']) {
+        out.push('"');
+        out.push_str(&v.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        out.push_str(v);
+    }
+}
+
+fn csv_row(l: &Leaf) -> String {
+    let mut out = format!("{},{},", l.seq, l.time_ms);
+    for v in [
+        Some(l.kind.as_str()),
+        l.request_id.as_deref(),
+        l.department.as_deref(),
+        l.cert_sha256.as_deref(),
+        l.peer.as_deref(),
+        l.method.as_deref(),
+        l.route.as_deref(),
+        l.resource.as_deref(),
+        l.holder.as_deref(),
+        l.matter.as_deref(),
+        l.reason.as_deref(),
+        l.case_id.as_deref(),
+        Some(l.outcome.as_str()),
+    ] {
+        csv_field(&mut out, v);
+        out.push(',');
+    }
+    out.push_str(&format!("{},", l.status));
+    csv_field(&mut out, l.code.as_deref());
+    out.push_str(&format!(",{}\n", l.latency_us));
+    out
+}
+
+/// Streams the log as NDJSON or CSV in constant memory, whatever its size.
+#[utoipa::path(get, path = "/v1/audit/export", tag = "audit", params(ExportQuery),
+    responses((status = 200, description = "NDJSON or CSV stream"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn export(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    QueryParams(q): QueryParams<ExportQuery>,
+) -> Result<Response, ApiError> {
+    require(&caller, Role::Auditor)?;
+    let csv = match q.format.as_str() {
+        "ndjson" => false,
+        "csv" => true,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "CG-AUD-001",
+                "format must be ndjson or csv",
+            ));
+        }
+    };
+    let log = gw.access_log.clone();
+    let size = q.size.unwrap_or_else(|| log.size()).min(log.size());
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+    tokio::task::spawn_blocking(move || {
+        let result = (|| -> Result<(), LogError> {
+            let conn = log.reader()?;
+            let mut stmt = conn.prepare("SELECT data FROM leaves WHERE seq < ?1 ORDER BY seq")?;
+            let mut rows = stmt.query(params![size as i64])?;
+            let mut chunk = if csv {
+                CSV_HEADER.to_owned().into_bytes()
+            } else {
+                Vec::new()
+            };
+            while let Some(row) = rows.next()? {
+                let data: Vec<u8> = row.get(0)?;
+                if csv {
+                    let leaf: Leaf = serde_json::from_slice(&data)
+                        .map_err(|e| LogError::Store(e.to_string()))?;
+                    chunk.extend_from_slice(csv_row(&leaf).as_bytes());
+                } else {
+                    chunk.extend_from_slice(&data);
+                    chunk.push(b'\n');
+                }
+                if chunk.len() >= 64 * 1024
+                    && tx.blocking_send(std::mem::take(&mut chunk).into()).is_err()
+                {
+                    return Ok(()); // the client went away
+                }
+            }
+            let _ = tx.blocking_send(chunk.into());
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::error!(error = %e, "export stopped");
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    let content_type = if csv {
+        "text/csv; charset=utf-8"
+    } else {
+        "application/x-ndjson"
+    };
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}

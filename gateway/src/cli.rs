@@ -73,8 +73,14 @@ enum AuditCommand {
     /// signature and consistency; exit 0 only when all holds, else name the first bad index.
     Verify {
         /// The gateway's data directory (holds access-log.db and access-log.vkey).
+        #[arg(long, required_unless_present = "export", conflicts_with = "export")]
+        data_dir: Option<PathBuf>,
+        /// An NDJSON export (`GET /v1/audit/export?format=ndjson`) to verify instead.
+        #[arg(long, requires_all = ["checkpoint", "log_key"])]
+        export: Option<PathBuf>,
+        /// The signed checkpoint (`GET /v1/audit/checkpoint`) an export is checked against.
         #[arg(long)]
-        data_dir: PathBuf,
+        checkpoint: Option<PathBuf>,
         /// A file with the log's verifier key (as served at /v1/audit/log-key); default the
         /// access-log.vkey the gateway wrote into the data directory.
         #[arg(long)]
@@ -171,7 +177,33 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Audit(AuditCommand::Verify { data_dir, log_key }) => {
+        Command::Audit(AuditCommand::Verify {
+            data_dir,
+            export,
+            checkpoint,
+            log_key,
+        }) => {
+            if let (Some(export), Some(checkpoint), Some(log_key)) = (export, checkpoint, &log_key)
+            {
+                let read = |p: &PathBuf| {
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read {}", p.display()))
+                };
+                let file = std::fs::File::open(&export)
+                    .with_context(|| format!("cannot read {}", export.display()))?;
+                let summary = crate::access_log::verify_export(
+                    std::io::BufReader::new(file),
+                    &read(&checkpoint)?,
+                    read(log_key)?.trim(),
+                )
+                .map_err(|e| anyhow::anyhow!("export verification FAILED: {e}"))?;
+                println!(
+                    "export verified: {} leaves, signed root at the checkpoint matches",
+                    summary.leaves
+                );
+                return Ok(());
+            }
+            let data_dir = data_dir.context("--data-dir or --export is required")?;
             let db = data_dir.join("access-log.db");
             if !db.is_file() {
                 anyhow::bail!("{} does not exist", db.display());

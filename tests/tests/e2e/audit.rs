@@ -437,3 +437,98 @@ async fn a_log_that_cannot_be_written_fails_closed() {
     assert_eq!(reply.code(), "CG-LOG-001");
     assert_eq!(gw.ops_get("/readyz").await.0, 503);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_load_loses_no_acknowledged_leaf() {
+    let pki = TestPki::new();
+    let approval = pki.department("approval", APPROVAL);
+    let config = write_config(&pki, "", &standard_departments());
+    let data = pki.dir.path().join("data");
+    let spawn = || {
+        Command::new(certgate_bin())
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    let api = wait_until_listening(&mut child);
+    let client = Client::new(&pki.ca_pem(), Some(&approval), Proto::H2);
+
+    // Eight concurrent clients; every acknowledged request id is remembered.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let Ok(mut conn) = client.connect(api).await else {
+                return acked;
+            };
+            for _ in 0..2000 {
+                match conn.get("/v1/whoami").await {
+                    Ok(r) if r.status == StatusCode::OK => {
+                        acked.push(r.headers["x-request-id"].to_str().unwrap().to_owned());
+                    }
+                    _ => break,
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    child.kill().unwrap(); // SIGKILL: no shutdown, no flush
+    child.wait().unwrap();
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    assert!(
+        acked.len() > 50,
+        "too little load before the kill ({})",
+        acked.len()
+    );
+
+    // The log verifies, and every acknowledged request is in it.
+    let out = certgate(&["audit", "verify", "--data-dir", data.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = rusqlite::Connection::open(data.join("access-log.db")).unwrap();
+    let mut stmt = db.prepare("SELECT data FROM leaves").unwrap();
+    let logged: std::collections::HashSet<String> = stmt
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|d| {
+            serde_json::from_slice::<Value>(&d.unwrap()).unwrap()["request_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    let lost: Vec<&String> = acked.iter().filter(|id| !logged.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged requests have no leaf",
+        lost.len()
+    );
+    drop(stmt);
+    drop(db);
+
+    // It restarts on the same log (the tree still matches its last checkpoint) and keeps going.
+    let mut child = spawn();
+    let api = wait_until_listening(&mut child);
+    assert_eq!(
+        client.get(api, "/v1/whoami").await.unwrap().status,
+        StatusCode::OK
+    );
+    stop(child);
+    let out = certgate(&["audit", "verify", "--data-dir", data.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
