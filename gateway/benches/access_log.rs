@@ -1,0 +1,170 @@
+//! Access-log throughput and proof latency.
+//!
+//! - durable appends/s and append-to-ack latency (p50/p99) with many concurrent appenders,
+//!   each append acknowledged only after its batch is committed (`synchronous=FULL`);
+//! - inclusion- and consistency-proof latency on a log of `CERTGATE_BENCH_LEAVES` leaves
+//!   (default 1,000,000), read from the database through the stored subtree hashes.
+//!
+//! Run: `cargo bench -p gateway --bench access_log` (`CERTGATE_BENCH_SECONDS`, default 5;
+//! `CERTGATE_BENCH_LEAVES`, default 1000000).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gateway::access_log::{self, AccessLog, LEAF_VERSION, Leaf, WriterSettings};
+use gateway::checkpoint::LogKey;
+use gateway::merkle;
+use rusqlite::params;
+
+fn leaf(i: u64) -> Leaf {
+    Leaf {
+        v: LEAF_VERSION,
+        seq: 0,
+        time_ms: 1_800_000_000_000 + i as i64,
+        kind: "request".into(),
+        request_id: Some(format!("{i:032x}")),
+        department: Some("11110105MB0000001C".into()),
+        cert_sha256: Some("9f".repeat(32)),
+        peer: Some("127.0.0.1:50000".into()),
+        method: Some("GET".into()),
+        route: Some("/v1/licences/{id}".into()),
+        resource: Some("1.2.156.3005.2.11100000MB0000100D001.11110105MB0000002F.000000000001.001.6".into()),
+        holder: Some("ab".repeat(32)),
+        matter: Some("M-BIZ-001".into()),
+        reason: None,
+        case_id: None,
+        outcome: "allowed".into(),
+        status: 200,
+        code: None,
+        latency_us: 150,
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let seconds: u64 = std::env::var("CERTGATE_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let leaves: u64 = std::env::var("CERTGATE_BENCH_LEAVES").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let key = Arc::new(LogKey::from_seed_base64("bench/log", &LogKey::generate_seed_base64().unwrap()).unwrap());
+    println!("# certgate access-log benchmark (2-core machine; {seconds} s of appends; proofs at {leaves} leaves)");
+
+    // 1. Durable appends under concurrent load.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    for appenders in [64usize, 512] {
+        let path = dir.path().join(format!("appends-{appenders}.db"));
+        let log = AccessLog::open(
+            &path,
+            key.clone(),
+            WriterSettings {
+                queue_capacity: 65_536,
+                max_batch: 4096,
+                checkpoint_interval: Duration::from_secs(1),
+                origin: "bench/log".into(),
+                max_db_pages: 0,
+            },
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let latencies = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for t in 0..appenders {
+                let log = log.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut i = t as u64 * 1_000_000_000;
+                    while Instant::now() < deadline {
+                        let start = Instant::now();
+                        log.append(leaf(i)).await.unwrap();
+                        lat.push(start.elapsed());
+                        i += 1;
+                    }
+                    lat
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all
+        });
+        let mut sorted = latencies;
+        sorted.sort_unstable();
+        println!(
+            "| durable appends, {appenders} concurrent appenders | {:.0} appends/s | ack p50 {:.2} ms | ack p99 {:.2} ms |",
+            sorted.len() as f64 / seconds as f64,
+            percentile(&sorted, 0.5).as_secs_f64() * 1e3,
+            percentile(&sorted, 0.99).as_secs_f64() * 1e3,
+        );
+    }
+
+    // 2. Proofs on a large log, built directly in one transaction (the same rows the writer makes).
+    let path = dir.path().join("proofs.db");
+    let build = Instant::now();
+    {
+        let mut conn = access_log::open_db(&path).unwrap();
+        conn.pragma_update(None, "synchronous", "OFF").unwrap();
+        let tx = conn.transaction().unwrap();
+        {
+            let mut insert_leaf = tx.prepare("INSERT INTO leaves (seq, time_ms, outcome, data) VALUES (?1, ?2, 'allowed', ?3)").unwrap();
+            let mut insert_node = tx.prepare("INSERT INTO nodes (level, idx, hash) VALUES (?1, ?2, ?3)").unwrap();
+            let mut frontier = std::collections::HashMap::new();
+            for i in 0..leaves {
+                let mut l = leaf(i);
+                l.seq = i;
+                let bytes = l.to_bytes();
+                insert_leaf.execute(params![i as i64, l.time_ms, bytes]).unwrap();
+                let nodes = merkle::new_nodes::<()>(i, merkle::leaf_hash(&bytes), |level, idx| {
+                    let (at, h): &(u64, merkle::Hash) = frontier.get(&level).unwrap();
+                    assert_eq!(*at, idx);
+                    Ok(*h)
+                })
+                .unwrap();
+                for (level, idx, hash) in nodes {
+                    insert_node.execute(params![level, idx as i64, hash.as_slice()]).unwrap();
+                    frontier.insert(level, (idx, hash));
+                }
+            }
+        }
+        tx.commit().unwrap();
+    }
+    println!("(built {leaves} leaves in {:.1} s)", build.elapsed().as_secs_f64());
+    let conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let root = access_log::root(&conn, leaves).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut inc, mut cons) = (Vec::new(), Vec::new());
+    for _ in 0..2000 {
+        let index = next() % leaves;
+        let start = Instant::now();
+        let proof = access_log::inclusion_proof(&conn, index, leaves).unwrap();
+        inc.push(start.elapsed());
+        let data: Vec<u8> = conn.query_row("SELECT data FROM leaves WHERE seq = ?1", [index as i64], |r| r.get(0)).unwrap();
+        assert!(merkle::verify_inclusion(&merkle::leaf_hash(&data), index, leaves, &proof, &root));
+        let old = 1 + next() % (leaves - 1);
+        let start = Instant::now();
+        access_log::consistency_proof(&conn, old, leaves).unwrap();
+        cons.push(start.elapsed());
+    }
+    inc.sort_unstable();
+    cons.sort_unstable();
+    println!(
+        "| inclusion proof at {leaves} leaves | p50 {:.3} ms | p99 {:.3} ms |",
+        percentile(&inc, 0.5).as_secs_f64() * 1e3,
+        percentile(&inc, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "| consistency proof at {leaves} leaves | p50 {:.3} ms | p99 {:.3} ms |",
+        percentile(&cons, 0.5).as_secs_f64() * 1e3,
+        percentile(&cons, 0.99).as_secs_f64() * 1e3
+    );
+}
