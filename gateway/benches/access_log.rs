@@ -30,7 +30,9 @@ fn leaf(i: u64) -> Leaf {
         peer: Some("127.0.0.1:50000".into()),
         method: Some("GET".into()),
         route: Some("/v1/licences/{id}".into()),
-        resource: Some("1.2.156.3005.2.11100000MB0000100D001.11110105MB0000002F.000000000001.001.6".into()),
+        resource: Some(
+            "1.2.156.3005.2.11100000MB0000100D001.11110105MB0000002F.000000000001.001.6".into(),
+        ),
         holder: Some("ab".repeat(32)),
         matter: Some("M-BIZ-001".into()),
         reason: None,
@@ -47,14 +49,28 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let seconds: u64 = std::env::var("CERTGATE_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
-    let leaves: u64 = std::env::var("CERTGATE_BENCH_LEAVES").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let seconds: u64 = std::env::var("CERTGATE_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let leaves: u64 = std::env::var("CERTGATE_BENCH_LEAVES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
-    let key = Arc::new(LogKey::from_seed_base64("bench/log", &LogKey::generate_seed_base64().unwrap()).unwrap());
-    println!("# certgate access-log benchmark (2-core machine; {seconds} s of appends; proofs at {leaves} leaves)");
+    let key = Arc::new(
+        LogKey::from_seed_base64("bench/log", &LogKey::generate_seed_base64().unwrap()).unwrap(),
+    );
+    println!(
+        "# certgate access-log benchmark (2-core machine; {seconds} s of appends; proofs at {leaves} leaves)"
+    );
 
     // 1. Durable appends under concurrent load.
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     for appenders in [64usize, 512] {
         let path = dir.path().join(format!("appends-{appenders}.db"));
         let log = AccessLog::open(
@@ -111,13 +127,17 @@ fn main() {
         let tx = conn.transaction().unwrap();
         {
             let mut insert_leaf = tx.prepare("INSERT INTO leaves (seq, time_ms, outcome, data) VALUES (?1, ?2, 'allowed', ?3)").unwrap();
-            let mut insert_node = tx.prepare("INSERT INTO nodes (level, idx, hash) VALUES (?1, ?2, ?3)").unwrap();
+            let mut insert_node = tx
+                .prepare("INSERT INTO nodes (level, idx, hash) VALUES (?1, ?2, ?3)")
+                .unwrap();
             let mut frontier = std::collections::HashMap::new();
             for i in 0..leaves {
                 let mut l = leaf(i);
                 l.seq = i;
                 let bytes = l.to_bytes();
-                insert_leaf.execute(params![i as i64, l.time_ms, bytes]).unwrap();
+                insert_leaf
+                    .execute(params![i as i64, l.time_ms, bytes])
+                    .unwrap();
                 let nodes = merkle::new_nodes::<()>(i, merkle::leaf_hash(&bytes), |level, idx| {
                     let (at, h): &(u64, merkle::Hash) = frontier.get(&level).unwrap();
                     assert_eq!(*at, idx);
@@ -125,15 +145,22 @@ fn main() {
                 })
                 .unwrap();
                 for (level, idx, hash) in nodes {
-                    insert_node.execute(params![level, idx as i64, hash.as_slice()]).unwrap();
+                    insert_node
+                        .execute(params![level, idx as i64, hash.as_slice()])
+                        .unwrap();
                     frontier.insert(level, (idx, hash));
                 }
             }
         }
         tx.commit().unwrap();
     }
-    println!("(built {leaves} leaves in {:.1} s)", build.elapsed().as_secs_f64());
-    let conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    println!(
+        "(built {leaves} leaves in {:.1} s)",
+        build.elapsed().as_secs_f64()
+    );
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
     let root = access_log::root(&conn, leaves).unwrap();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
@@ -148,8 +175,20 @@ fn main() {
         let start = Instant::now();
         let proof = access_log::inclusion_proof(&conn, index, leaves).unwrap();
         inc.push(start.elapsed());
-        let data: Vec<u8> = conn.query_row("SELECT data FROM leaves WHERE seq = ?1", [index as i64], |r| r.get(0)).unwrap();
-        assert!(merkle::verify_inclusion(&merkle::leaf_hash(&data), index, leaves, &proof, &root));
+        let data: Vec<u8> = conn
+            .query_row(
+                "SELECT data FROM leaves WHERE seq = ?1",
+                [index as i64],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(merkle::verify_inclusion(
+            &merkle::leaf_hash(&data),
+            index,
+            leaves,
+            &proof,
+            &root
+        ));
         let old = 1 + next() % (leaves - 1);
         let start = Instant::now();
         access_log::consistency_proof(&conn, old, leaves).unwrap();

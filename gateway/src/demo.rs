@@ -409,6 +409,22 @@ pub fn print_walkthrough(dir: &Path, samples: &Samples, api: SocketAddr, ops: So
     println!("{} {base}/v1/status-lists/0", with("approval"));
     println!("{} {base}/v1/seal-ca.pem", with("approval"));
     println!("{} {base}/.well-known/jwks.json", with("approval"));
+    println!(
+        "# The access log (auditor): the latest signed checkpoint, who read this licence, a proof:"
+    );
+    println!("{} {base}/v1/audit/checkpoint", with("audit"));
+    println!("{} '{base}/v1/audit/entries?resource={lic}'", with("audit"));
+    println!(
+        "{} '{base}/v1/audit/proof/inclusion?index=0&size=1'",
+        with("audit")
+    );
+    println!(
+        "# Offline: recompute the whole tree and check every checkpoint (after stopping the demo):"
+    );
+    println!(
+        "cargo run --release -p gateway -- audit verify --data-dir {}",
+        dir.join("data").display()
+    );
     println!("# Reload departments, trust anchors and CRLs (admin role):");
     println!("{} -X POST {base}/v1/admin/reload", with("ops"));
     println!("# Refused: reload needs the admin role (403 CG-AUTH-006):");

@@ -367,6 +367,13 @@ fn demo_prints_curl_commands_that_work_and_reuses_its_files() {
         (again["valid"].as_bool(), again["status"].as_str()),
         (Some(false), Some("revoked"))
     );
+    let entries = json_of(&curl(&|l| l.contains("/v1/audit/entries?resource=")));
+    assert!(
+        entries["entries"].as_array().is_some_and(|e| e.len() >= 3),
+        "{entries}"
+    );
+    let checkpoint = run(&curl(&|l| l.ends_with("/v1/audit/checkpoint")));
+    assert!(checkpoint.status.success());
     let list = run(&curl(&|l| l.ends_with("/v1/status-lists/0")));
     assert!(list.status.success() && list.stdout.starts_with(b"eyJ"));
 
