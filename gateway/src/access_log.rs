@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc;
+
+use tokio::sync::oneshot;
 
 use crate::checkpoint::{Checkpoint, LogKey, verify_note};
 use crate::merkle::{self, Hash};
@@ -237,7 +239,7 @@ struct Pending {
 /// The handle requests use to append; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AccessLog {
-    tx: mpsc::Sender<Pending>,
+    tx: mpsc::SyncSender<Pending>,
     healthy: Arc<AtomicBool>,
     size: Arc<AtomicU64>,
     path: PathBuf,
@@ -271,7 +273,9 @@ impl AccessLog {
             conn.pragma_update(None, "max_page_count", settings.max_db_pages as i64)?;
         }
         let stored = size(&conn)?;
+        let mut checkpointed_at_start = 0;
         if let Some((cp_size, note)) = latest_checkpoint(&conn)? {
+            checkpointed_at_start = cp_size;
             let cp = verify_note(&note, &key.verifier_key())
                 .map_err(|e| LogError::Inconsistent(e.to_string()))?;
             if cp.size != cp_size || cp.size > stored {
@@ -289,7 +293,7 @@ impl AccessLog {
         }
         let healthy = Arc::new(AtomicBool::new(true));
         let size_counter = Arc::new(AtomicU64::new(stored));
-        let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
+        let (tx, rx) = mpsc::sync_channel(settings.queue_capacity.max(1));
         let mut writer = Writer {
             conn,
             next: stored,
@@ -297,6 +301,7 @@ impl AccessLog {
             key,
             settings,
             last_checkpoint: None,
+            checkpointed: checkpointed_at_start,
             healthy: healthy.clone(),
             size: size_counter.clone(),
         };
@@ -365,14 +370,38 @@ struct Writer {
     key: Arc<LogKey>,
     settings: WriterSettings,
     last_checkpoint: Option<Instant>,
+    /// The size the last checkpoint covers.
+    checkpointed: u64,
     healthy: Arc<AtomicBool>,
     size: Arc<AtomicU64>,
 }
 
 impl Writer {
-    fn run(&mut self, mut rx: mpsc::Receiver<Pending>) {
+    fn run(&mut self, rx: mpsc::Receiver<Pending>) {
         let mut batch = Vec::with_capacity(self.settings.max_batch);
-        while let Some(first) = rx.blocking_recv() {
+        loop {
+            // While leaves are not yet covered by a checkpoint, wake up in time to sign one
+            // even if no further request arrives.
+            let first = if self.next > self.checkpointed {
+                let wait = self.last_checkpoint.map_or(Duration::ZERO, |t| {
+                    self.settings
+                        .checkpoint_interval
+                        .saturating_sub(t.elapsed())
+                });
+                match rx.recv_timeout(wait) {
+                    Ok(p) => p,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.maybe_checkpoint();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(p) => p,
+                    Err(_) => break,
+                }
+            };
             batch.push(first);
             while batch.len() < self.settings.max_batch {
                 match rx.try_recv() {
@@ -455,9 +484,10 @@ impl Writer {
     }
 
     fn maybe_checkpoint(&mut self) {
-        if self
-            .last_checkpoint
-            .is_some_and(|t| t.elapsed() < self.settings.checkpoint_interval)
+        if self.next == self.checkpointed
+            || self
+                .last_checkpoint
+                .is_some_and(|t| t.elapsed() < self.settings.checkpoint_interval)
         {
             return;
         }
@@ -479,6 +509,7 @@ impl Writer {
             "INSERT OR IGNORE INTO checkpoints (size, time_ms, note) VALUES (?1, ?2, ?3)",
             params![size as i64, crate::state::unix_now() * 1000, note],
         )?;
+        self.checkpointed = size;
         Ok(())
     }
 }
@@ -747,6 +778,11 @@ mod tests {
             "every append gets its own position"
         );
         assert_eq!(log.size(), n);
+        // Let the writer sign its checkpoint over everything before the test touches the file.
+        let conn = open_db(&path).unwrap();
+        while latest_checkpoint(&conn).unwrap().map(|(s, _)| s) != Some(n) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         (dir, path, key)
     }
 
@@ -784,7 +820,7 @@ mod tests {
         for (name, sql, index) in [
             (
                 "edit",
-                "UPDATE leaves SET data = replace(data, 'req-40', 'req-41') WHERE seq = 40",
+                "UPDATE leaves SET data = replace(data, '\"status\":200', '\"status\":201') WHERE seq = 40",
                 40,
             ),
             ("delete", "DELETE FROM leaves WHERE seq = 41", 41),
@@ -825,7 +861,7 @@ mod tests {
             if seq == 5 {
                 data = String::from_utf8(data)
                     .unwrap()
-                    .replace("req-5", "req-X")
+                    .replace("\"status\":200", "\"status\":201")
                     .into_bytes();
                 conn.execute("UPDATE leaves SET data = ?1 WHERE seq = 5", [&data])
                     .unwrap();
