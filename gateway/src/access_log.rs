@@ -826,13 +826,14 @@ mod tests {
             ("delete", "DELETE FROM leaves WHERE seq = 41", 41),
             (
                 "reorder",
-                "UPDATE leaves SET data = CASE seq WHEN 42 THEN (SELECT data FROM leaves WHERE seq = 43) ELSE (SELECT data FROM leaves WHERE seq = 42) END WHERE seq IN (42, 43)",
+                "UPDATE leaves SET seq = -1 WHERE seq = 42; UPDATE leaves SET seq = 42 WHERE seq = 43; \
+                 UPDATE leaves SET seq = 43 WHERE seq = -1;",
                 42,
             ),
         ] {
             let (_dir, path, key) = filled(100).await;
             let conn = open_db(&path).unwrap();
-            conn.execute(sql, []).unwrap();
+            conn.execute_batch(sql).unwrap();
             drop(conn);
             match verify_offline(&path, &key.verifier_key()) {
                 Err(VerifyFailure::Leaf { index: i, .. }) => assert_eq!(i, index, "{name}"),

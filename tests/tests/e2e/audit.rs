@@ -359,6 +359,61 @@ async fn audit_verify_finds_tampering_and_the_gateway_refuses_an_inconsistent_lo
     );
     db.execute("UPDATE leaves SET data = ?1 WHERE seq = 7", [&original])
         .unwrap();
+    assert!(
+        certgate(&["audit", "verify", "--data-dir", data_dir])
+            .status
+            .success()
+    );
+
+    // Two leaves swapped: found at the first of them.
+    let get = |seq: i64| -> Vec<u8> {
+        db.query_row("SELECT data FROM leaves WHERE seq = ?1", [seq], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    let (three, four) = (get(3), get(4));
+    let put = |seq: i64, data: &Vec<u8>| {
+        db.execute(
+            "UPDATE leaves SET data = ?1 WHERE seq = ?2",
+            rusqlite::params![data, seq],
+        )
+        .unwrap()
+    };
+    put(3, &four);
+    put(4, &three);
+    let out = certgate(&["audit", "verify", "--data-dir", data_dir]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("leaf 3"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    put(3, &three);
+    put(4, &four);
+
+    // One leaf deleted: found where it is missing.
+    let kept: Vec<u8> = db
+        .query_row("SELECT data FROM leaves WHERE seq = 9", [], |r| r.get(0))
+        .unwrap();
+    db.execute("DELETE FROM leaves WHERE seq = 9", []).unwrap();
+    let out = certgate(&["audit", "verify", "--data-dir", data_dir]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("leaf 9"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    db.execute(
+        "INSERT INTO leaves (seq, time_ms, outcome, data) VALUES (9, 0, 'allowed', ?1)",
+        [&kept],
+    )
+    .unwrap();
+    assert!(
+        certgate(&["audit", "verify", "--data-dir", data_dir])
+            .status
+            .success()
+    );
 
     // Deleting the newest leaves leaves the last checkpoint without its tree.
     db.execute("DELETE FROM leaves WHERE seq >= 15", [])
