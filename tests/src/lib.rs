@@ -534,3 +534,90 @@ pub fn certgate_bin() -> PathBuf {
     })
     .clone()
 }
+
+/// The command that runs `certgate serve` on `config`, stderr piped.
+pub fn serve_command(config: &Path) -> Command {
+    let mut cmd = Command::new(certgate_bin());
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+/// A running `certgate serve` process; killed if the test ends without stopping it.
+pub struct Served {
+    child: Option<std::process::Child>,
+    /// The mTLS listener.
+    pub api: SocketAddr,
+    /// The operations listener.
+    pub ops: SocketAddr,
+}
+
+impl Served {
+    /// Starts `certgate serve` and waits until it logs its listening addresses.
+    pub fn start(config: &Path) -> Served {
+        use std::io::BufRead;
+        let mut child = serve_command(config).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if line.contains("certgate listening") {
+                let field = |name: &str| -> SocketAddr {
+                    let rest = line.split(&format!("{name}=")).nth(1).unwrap();
+                    rest.split_whitespace().next().unwrap().parse().unwrap()
+                };
+                let (api, ops) = (field("api_addr"), field("ops_addr"));
+                // Keep draining stderr so the child never blocks on a full pipe.
+                std::thread::spawn(move || for _ in lines {});
+                return Served {
+                    child: Some(child),
+                    api,
+                    ops,
+                };
+            }
+        }
+        let status = child.wait().unwrap();
+        panic!("certgate serve did not start ({status})");
+    }
+
+    /// Sends a signal (`-HUP`, `-TERM`, …).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().unwrap().try_wait().unwrap()
+    }
+
+    /// SIGTERM, then waits; the process must exit successfully.
+    pub fn stop(mut self) {
+        self.signal("-TERM");
+        let status = self.child.take().unwrap().wait().unwrap();
+        assert!(status.success(), "certgate exited with {status}");
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! The access log end to end: every request and refused handshake recorded once, auditors'
 //! queries and proofs against signed checkpoints, tampering found offline, failing closed.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
@@ -311,16 +311,8 @@ async fn audit_verify_finds_tampering_and_the_gateway_refuses_an_inconsistent_lo
     let approval = pki.department("approval", APPROVAL);
     let config = write_config(&pki, "", &standard_departments());
     let data = pki.dir.path().join("data");
-    let serve = || {
-        Command::new(certgate_bin())
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let mut child = serve();
-    let api = wait_until_listening(&mut child);
+    let served = Served::start(&config);
+    let api = served.api;
     let client = Client::new(&pki.ca_pem(), Some(&approval), Proto::H1);
     let mut conn = client.connect(api).await.unwrap();
     for _ in 0..20 {
@@ -329,7 +321,7 @@ async fn audit_verify_finds_tampering_and_the_gateway_refuses_an_inconsistent_lo
     tokio::time::sleep(Duration::from_millis(1200)).await;
     conn.get("/v1/whoami").await.unwrap(); // after a second: a checkpoint covers the first 20
     drop(conn);
-    stop(child);
+    served.stop();
 
     let data_dir = data.to_str().unwrap();
     let out = certgate(&["audit", "verify", "--data-dir", data_dir]);
@@ -423,7 +415,7 @@ async fn audit_verify_finds_tampering_and_the_gateway_refuses_an_inconsistent_lo
     drop(db);
     let out = certgate(&["audit", "verify", "--data-dir", data_dir]);
     assert!(!out.status.success());
-    let mut child = serve();
+    let mut child = serve_command(&config).spawn().unwrap();
     let status = child.wait().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
@@ -435,28 +427,6 @@ async fn audit_verify_finds_tampering_and_the_gateway_refuses_an_inconsistent_lo
         stderr.contains("does not match its last checkpoint"),
         "{stderr}"
     );
-}
-
-fn wait_until_listening(child: &mut std::process::Child) -> std::net::SocketAddr {
-    use std::io::BufRead;
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    while let Some(Ok(line)) = lines.next() {
-        if let Some(rest) = line.split("api_addr=").nth(1) {
-            let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
-            std::thread::spawn(move || for _ in lines {});
-            return addr;
-        }
-    }
-    panic!("certgate did not start");
-}
-
-fn stop(mut child: std::process::Child) {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -499,16 +469,8 @@ async fn sigkill_mid_load_loses_no_acknowledged_leaf() {
     let approval = pki.department("approval", APPROVAL);
     let config = write_config(&pki, "", &standard_departments());
     let data = pki.dir.path().join("data");
-    let spawn = || {
-        Command::new(certgate_bin())
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let mut child = spawn();
-    let api = wait_until_listening(&mut child);
+    let served = Served::start(&config);
+    let api = served.api;
     let client = Client::new(&pki.ca_pem(), Some(&approval), Proto::H2);
 
     // Eight concurrent clients; every acknowledged request id is remembered.
@@ -532,8 +494,7 @@ async fn sigkill_mid_load_loses_no_acknowledged_leaf() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
-    child.kill().unwrap(); // SIGKILL: no shutdown, no flush
-    child.wait().unwrap();
+    served.kill();
     let mut acked = Vec::new();
     for t in tasks {
         acked.extend(t.await.unwrap());
@@ -573,13 +534,13 @@ async fn sigkill_mid_load_loses_no_acknowledged_leaf() {
     drop(db);
 
     // It restarts on the same log (the tree still matches its last checkpoint) and keeps going.
-    let mut child = spawn();
-    let api = wait_until_listening(&mut child);
+    let served = Served::start(&config);
+    let api = served.api;
     assert_eq!(
         client.get(api, "/v1/whoami").await.unwrap().status,
         StatusCode::OK
     );
-    stop(child);
+    served.stop();
     let out = certgate(&["audit", "verify", "--data-dir", data.to_str().unwrap()]);
     assert!(
         out.status.success(),

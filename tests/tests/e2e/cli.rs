@@ -147,54 +147,14 @@ impl Drop for Running {
     }
 }
 
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
-/// Reads the child's stderr until the gateway logs its listening addresses.
-fn wait_for_listening(child: &mut Child) -> (std::net::SocketAddr, std::net::SocketAddr) {
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        if line.contains("certgate listening") {
-            let field = |name: &str| -> std::net::SocketAddr {
-                let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
-                line[start..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap()
-            };
-            let addrs = (field("api_addr"), field("ops_addr"));
-            // Keep draining stderr so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return addrs;
-        }
-    }
-    panic!("certgate did not report listening");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_reloads_on_sighup_and_drains_on_sigterm() {
     let mut pki = TestPki::new();
     let approval = pki.department("approval", APPROVAL);
     let ops = pki.department("ops", OPS);
     let config = write_config(&pki, "", &standard_departments());
-    let mut child = Command::new(certgate_bin())
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (api, _ops_addr) = wait_for_listening(&mut child);
-    let child = Running(child);
+    let mut served = Served::start(&config);
+    let api = served.api;
     let ca = pki.ca_pem();
 
     let approval_client = Client::new(&ca, Some(&approval), Proto::H1);
@@ -205,7 +165,7 @@ async fn serve_reloads_on_sighup_and_drains_on_sigterm() {
 
     // SIGHUP picks up a new CRL: a fresh handshake of the revoked certificate fails.
     pki.revoke("approval");
-    signal(&child.0, "-HUP");
+    served.signal("-HUP");
     let mut refused = false;
     for _ in 0..100 {
         // A new client each time: no session to resume, so every try is a full handshake.
@@ -228,7 +188,7 @@ async fn serve_reloads_on_sighup_and_drains_on_sigterm() {
     .unwrap();
     tls.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    signal(&child.0, "-TERM");
+    served.signal("-TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         admin.get(api, "/v1/whoami").await.is_err(),
@@ -241,10 +201,9 @@ async fn serve_reloads_on_sighup_and_drains_on_sigterm() {
         .unwrap()
         .unwrap();
     assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 200"));
-    let mut child = child;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
+        if let Some(status) = served.try_wait() {
             assert!(status.success(), "certgate exited with {status}");
             break;
         }
