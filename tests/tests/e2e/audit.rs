@@ -548,3 +548,57 @@ async fn sigkill_mid_load_loses_no_acknowledged_leaf() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_fails_inside_the_gateway_is_logged_as_an_error() {
+    let pki = TestPki::new();
+    let market = pki.department("market", MARKET);
+    let auditor = pki.department("audit", AUDIT);
+    // A request timeout no seal creation can meet (key generation, certificate, fsync).
+    let gw = TestGateway::standard(&pki, "request_timeout_ms = 1").await;
+    let mut market = Client::new(&pki.ca_pem(), Some(&market), Proto::H2)
+        .connect(gw.addr)
+        .await
+        .unwrap();
+    let reply = market
+        .json(
+            Method::POST,
+            "/v1/seals",
+            &[],
+            &json!({"seal_type": "公章", "name": "某局", "alg": "SM2SM3"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (reply.status, reply.code().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "CG-REQ-005")
+    );
+    let rid = reply.headers["x-request-id"].to_str().unwrap().to_owned();
+    let mut auditor = Client::new(&pki.ca_pem(), Some(&auditor), Proto::H2)
+        .connect(gw.addr)
+        .await
+        .unwrap();
+    // The auditor's own queries may time out too at 1 ms; retry until one answers.
+    for _ in 0..200 {
+        let reply = auditor
+            .get("/v1/audit/entries?outcome=error")
+            .await
+            .unwrap();
+        if reply.status == StatusCode::OK {
+            let entries = reply.json();
+            let hit: Vec<&Value> = entries["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["request_id"] == rid.as_str())
+                .collect();
+            assert_eq!(hit.len(), 1, "{entries}");
+            assert_eq!(
+                (hit[0]["status"].as_u64(), hit[0]["code"].as_str()),
+                (Some(503), Some("CG-REQ-005"))
+            );
+            return;
+        }
+    }
+    panic!("no audit query got through");
+}
