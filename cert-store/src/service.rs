@@ -158,6 +158,9 @@ pub struct LicenceService {
     /// microseconds to decode a key or a certificate, so each is decoded once per process.
     /// Revocation is never cached: it is read from the store on every use.
     seal_cache: Mutex<HashMap<String, Arc<SealMaterial>>>,
+    /// The next serial per issuer, handed out in memory and recorded with each licence, so an
+    /// issuance commits once. A number lost to a crash leaves a gap, never a duplicate.
+    serials: Mutex<HashMap<Uscc, u64>>,
     /// The status list taking new licences and how many it holds, counted once at start.
     open_list: Mutex<Option<(u32, u64)>>,
 }
@@ -206,6 +209,7 @@ impl LicenceService {
             types: types.into_iter().map(|t| (t.code.to_string(), t)).collect(),
             status_uri_base: status_uri_base.trim_end_matches('/').to_owned(),
             seal_cache: Mutex::new(HashMap::new()),
+            serials: Mutex::new(HashMap::new()),
             open_list: Mutex::new(None),
         })
     }
@@ -461,16 +465,23 @@ impl LicenceService {
             }
             None => match &req.serial {
                 Some(s) => (s.clone(), 1),
-                None => (format!("{:012}", self.store.next_serial(issuer)?), 1),
+                None => (format!("{:012}", self.next_serial(issuer)?), 1),
             },
         };
         let type_code: TypeCode = licence_type.code.clone();
-        let id = LicenceId::new(&type_code, issuer, &serial, version)
+        let mut id = LicenceId::new(&type_code, issuer, &serial, version)
             .map_err(|e| invalid("serial", e))?;
-        if self.store.licence(id.as_str())?.is_some() {
-            return Err(ServiceError::Conflict(format!(
-                "licence {id} already exists"
-            )));
+        let automatic = renews.is_none() && req.serial.is_none();
+        while self.store.licence(id.as_str())?.is_some() {
+            if !automatic {
+                return Err(ServiceError::Conflict(format!(
+                    "licence {id} already exists"
+                )));
+            }
+            // An issuer chose this number by hand earlier: take the next free one.
+            let serial = format!("{:012}", self.next_serial(issuer)?);
+            id = LicenceId::new(&type_code, issuer, &serial, version)
+                .map_err(|e| invalid("serial", e))?;
         }
 
         let material = self.material(&seal)?;
@@ -549,6 +560,20 @@ impl LicenceService {
         Err(ServiceError::Conflict(
             "no free status-list slot found".into(),
         ))
+    }
+
+    /// The next serial number of `issuer`.
+    fn next_serial(&self, issuer: &Uscc) -> Result<u64, ServiceError> {
+        let mut serials = self
+            .serials
+            .lock()
+            .map_err(|_| ServiceError::Conflict("serial lock poisoned".into()))?;
+        let next = match serials.get(issuer) {
+            Some(n) => n + 1,
+            None => self.store.last_serial(issuer)? + 1,
+        };
+        serials.insert(issuer.clone(), next);
+        Ok(next)
     }
 
     /// The list new licences go into: the lowest one not yet half full.

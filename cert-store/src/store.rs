@@ -61,8 +61,9 @@ pub trait Store: Send + Sync {
     /// Marks a seal revoked; false when it was already revoked.
     fn revoke_seal(&self, id: &str, at: i64, reason: &str) -> Result<bool>;
 
-    /// The next licence serial number of an issuer (1, 2, …).
-    fn next_serial(&self, issuer: &Uscc) -> Result<u64>;
+    /// The highest numeric licence serial an issuer has used (0 for none). Inserting a
+    /// licence with a numeric serial raises it in the same transaction.
+    fn last_serial(&self, issuer: &Uscc) -> Result<u64>;
     /// Stores a new licence. `Conflict` when its id or status-list slot is taken.
     fn insert_licence(&self, licence: &LicenceRecord) -> Result<()>;
     /// Stores `new` and marks `old` revoked and replaced by it, in one transaction.
@@ -246,7 +247,21 @@ fn consent_row(row: &Row<'_>) -> rusqlite::Result<ConsentRecord> {
     })
 }
 
+/// Inserts a licence and, when its serial is a number, raises the issuer's serial mark; the
+/// caller wraps both in one transaction (one fsync per issuance).
 fn insert_licence_in(conn: &Connection, l: &LicenceRecord) -> Result<()> {
+    if let Some(n) =
+        l.id.parse::<crate::licence_id::LicenceId>()
+            .ok()
+            .and_then(|id| id.serial().parse::<u64>().ok())
+            .filter(|n| *n <= i64::MAX as u64)
+    {
+        conn.prepare_cached(
+            "INSERT INTO serials (issuer, last) VALUES (?1, ?2)
+             ON CONFLICT(issuer) DO UPDATE SET last = max(last, excluded.last)",
+        )?
+        .execute(params![l.issuer.as_str(), n as i64])?;
+    }
     let fields =
         serde_json::to_string(&l.fields).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     conn.prepare_cached(
@@ -332,19 +347,26 @@ impl Store for SqliteStore {
         })
     }
 
-    fn next_serial(&self, issuer: &Uscc) -> Result<u64> {
+    fn last_serial(&self, issuer: &Uscc) -> Result<u64> {
         self.with(|c| {
-            Ok(c.query_row(
-                "INSERT INTO serials (issuer, last) VALUES (?1, 1)
-                 ON CONFLICT(issuer) DO UPDATE SET last = last + 1 RETURNING last",
-                [issuer.as_str()],
-                |r| r.get(0),
-            )?)
+            let last: Option<i64> = c
+                .query_row(
+                    "SELECT last FROM serials WHERE issuer = ?1",
+                    [issuer.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(last.map_or(0, |n| n.max(0) as u64))
         })
     }
 
     fn insert_licence(&self, l: &LicenceRecord) -> Result<()> {
-        self.with(|c| insert_licence_in(c, l))
+        self.with(|c| {
+            let tx = c.transaction()?;
+            insert_licence_in(&tx, l)?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     fn insert_renewal(&self, old: &str, new: &LicenceRecord, at: i64) -> Result<()> {
@@ -572,8 +594,7 @@ mod tests {
                 s.set_status("nope", LicenceStatus::Valid, None),
                 Err(StoreError::NotFound(_))
             ));
-            assert_eq!(s.next_serial(&MARKET.parse().unwrap()).unwrap(), 1);
-            assert_eq!(s.next_serial(&MARKET.parse().unwrap()).unwrap(), 2);
+            assert_eq!(s.last_serial(&MARKET.parse().unwrap()).unwrap(), 0);
         }
         // Reopened: everything committed is there, and migrations are not applied twice.
         let s = SqliteStore::open(&path).unwrap();
@@ -585,7 +606,7 @@ mod tests {
             s.status_entries(0).unwrap(),
             vec![(7, LicenceStatus::Suspended)]
         );
-        assert_eq!(s.next_serial(&MARKET.parse().unwrap()).unwrap(), 3);
+        assert_eq!(s.last_serial(&MARKET.parse().unwrap()).unwrap(), 0);
         assert_eq!(
             s.licences_by_holder("91110108551385082Q", "T")
                 .unwrap()
@@ -594,6 +615,26 @@ mod tests {
         );
         assert!(s.revoke_seal("seal-1", 5, "key lost").unwrap());
         assert!(!s.revoke_seal("seal-1", 6, "again").unwrap());
+    }
+
+    #[test]
+    fn numeric_serials_raise_the_issuers_mark_in_the_same_insert() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.insert_seal(&seal()).unwrap();
+        let id = |serial: &str| {
+            crate::licence_id::LicenceId::new(
+                &"11100000MB0000100D001".parse().unwrap(),
+                &MARKET.parse().unwrap(),
+                serial,
+                1,
+            )
+            .unwrap()
+            .to_string()
+        };
+        s.insert_licence(&licence(&id("000000000041"), 1)).unwrap();
+        s.insert_licence(&licence(&id("7"), 2)).unwrap();
+        s.insert_licence(&licence(&id("ABC"), 3)).unwrap();
+        assert_eq!(s.last_serial(&MARKET.parse().unwrap()).unwrap(), 41);
     }
 
     #[test]
