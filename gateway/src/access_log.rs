@@ -242,6 +242,7 @@ pub struct AccessLog {
     tx: mpsc::SyncSender<Pending>,
     healthy: Arc<AtomicBool>,
     size: Arc<AtomicU64>,
+    covered: Arc<AtomicU64>,
     path: PathBuf,
 }
 
@@ -293,6 +294,7 @@ impl AccessLog {
         }
         let healthy = Arc::new(AtomicBool::new(true));
         let size_counter = Arc::new(AtomicU64::new(stored));
+        let covered = Arc::new(AtomicU64::new(checkpointed_at_start));
         let (tx, rx) = mpsc::sync_channel(settings.queue_capacity.max(1));
         let mut writer = Writer {
             conn,
@@ -304,6 +306,7 @@ impl AccessLog {
             checkpointed: checkpointed_at_start,
             healthy: healthy.clone(),
             size: size_counter.clone(),
+            covered: covered.clone(),
         };
         std::thread::Builder::new()
             .name("access-log-writer".into())
@@ -312,6 +315,7 @@ impl AccessLog {
         Ok(AccessLog {
             tx,
             healthy,
+            covered,
             size: size_counter,
             path: path.to_owned(),
         })
@@ -348,6 +352,19 @@ impl AccessLog {
         self.healthy.load(Ordering::SeqCst)
     }
 
+    /// Waits (up to `limit`) until a signed checkpoint covers every stored leaf, so that a
+    /// gateway shutting down leaves its last requests under a signature.
+    pub async fn wait_covered(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.covered.load(Ordering::SeqCst) < self.size.load(Ordering::SeqCst) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Leaves durably stored.
     pub fn size(&self) -> u64 {
         self.size.load(Ordering::SeqCst)
@@ -374,6 +391,7 @@ struct Writer {
     checkpointed: u64,
     healthy: Arc<AtomicBool>,
     size: Arc<AtomicU64>,
+    covered: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -510,6 +528,7 @@ impl Writer {
             params![size as i64, crate::state::unix_now() * 1000, note],
         )?;
         self.checkpointed = size;
+        self.covered.store(size, Ordering::SeqCst);
         Ok(())
     }
 }

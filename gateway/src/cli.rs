@@ -322,6 +322,15 @@ pub async fn run_gateway(
         }
     };
     server::serve(Arc::clone(&gateway), listener, shutdown).await;
+    if !gateway
+        .access_log
+        .wait_covered(std::time::Duration::from_secs(3))
+        .await
+    {
+        tracing::warn!(
+            "stopping before a checkpoint covers the last leaves; they are stored and the next start continues the tree"
+        );
+    }
     let _ = stop_ops.send(true);
     let _ = ops.await;
     Ok(())
