@@ -404,11 +404,32 @@ pub async fn licences_by_holder(
     headers: http::HeaderMap,
     QueryParams(q): QueryParams<HolderQuery>,
 ) -> Result<(Extension<AccessNote>, Json<Vec<LicenceView>>), ApiError> {
-    let consent_required = gw
+    let licence_type = gw
         .licence_service()
         .licence_type(&q.licence_type)
-        .map(|t| t.consent_required)
         .ok_or_else(|| field_error("type", "unknown licence type"))?;
+    let consent_required = licence_type.consent_required;
+    // Decide before looking: an empty answer must not tell a department without a rule
+    // whether the holder has licences of this type.
+    let may_ask = licence_type.issuers.contains(&caller.department)
+        || (caller.has(Role::Consumer)
+            && gw.live().access_rules.iter().any(|r| {
+                r.applies(
+                    &caller.department,
+                    &q.licence_type,
+                    purpose.matter.as_deref(),
+                )
+            }));
+    if !may_ask {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "CG-AUTH-007",
+            format!(
+                "no access rule lets this department read {} for this purpose",
+                licence_type.name
+            ),
+        ));
+    }
     if consent_required {
         let token = headers
             .get("x-consent")

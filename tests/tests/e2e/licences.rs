@@ -681,6 +681,32 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
         (StatusCode::FORBIDDEN, "CG-LIC-002"),
         "no consent"
     );
+    // A department without a rule for the type learns nothing, not even "no licences".
+    for holder in [CITIZEN, "110105194912310029"] {
+        let q = format!("/v1/licences?holder={holder}&type={BUSINESS}");
+        let reply = w
+            .ops
+            .send_with(Method::GET, &q, &[purpose], Default::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            (reply.status, reply.code().as_str()),
+            (StatusCode::FORBIDDEN, "CG-AUTH-007"),
+            "{holder}"
+        );
+    }
+    // The approval bureau's food rule is for matter M-FOOD-001 only.
+    let reply = w
+        .approval
+        .send_with(
+            Method::GET,
+            &query,
+            &[("x-purpose", "M-OTHER")],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.code(), "CG-AUTH-007");
 
     let consent = |dept: &str, ttl: i64| json!({"holder_id": CITIZEN, "department": dept, "licence_types": [FOOD], "purpose": "M-FOOD-001", "ttl_seconds": ttl});
     let reply = w
