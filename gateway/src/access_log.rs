@@ -509,9 +509,11 @@ impl Writer {
         {
             return;
         }
-        match self.checkpoint() {
-            Ok(()) => self.last_checkpoint = Some(Instant::now()),
-            Err(e) => tracing::error!(error = %e, "checkpoint not written"),
+        // Counted as an attempt either way, so a failing store is retried once per interval
+        // rather than in a tight loop.
+        self.last_checkpoint = Some(Instant::now());
+        if let Err(e) = self.checkpoint() {
+            tracing::error!(error = %e, "checkpoint not written");
         }
     }
 

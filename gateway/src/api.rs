@@ -98,11 +98,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ctx = parts
+        // The gate puts the caller, with the department table's current roles, here.
+        parts
             .extensions
-            .get::<Arc<ConnectionContext>>()
-            .ok_or_else(ApiError::internal)?;
-        ctx.identity.caller.clone().map_err(|r| ApiError::from(&r))
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(ApiError::internal)
     }
 }
 
@@ -301,6 +302,14 @@ fn new_request_id() -> String {
 
 /// Refuses unidentified callers, bounds the body and the time of every request, and counts it.
 async fn gate(State(gateway): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+    // The handler and the log append run in their own task: a client that goes away
+    // mid-request cannot cancel a change half-way or leave it without its leaf.
+    tokio::spawn(gate_inner(gateway, req, next))
+        .await
+        .unwrap_or_else(|_| ApiError::internal().into_response())
+}
+
+async fn gate_inner(gateway: Arc<Gateway>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req
         .extensions()
@@ -326,17 +335,28 @@ async fn gate(State(gateway): State<Arc<Gateway>>, req: Request, next: Next) -> 
         .as_ref()
         .and_then(|c| c.identity.revocation_key.as_ref())
         .is_some_and(|(issuer, serial)| gateway.is_revoked(issuer, serial));
+    // The certificate was read once per connection; the department table is consulted on
+    // every request, so a reload that disables a department or changes its roles applies to
+    // open and resumed connections too.
     let identity = match ctx.as_ref().map(|c| &c.identity.caller) {
-        Some(Ok(_)) if revoked_since => Some(Err(&Refusal::Revoked)),
-        Some(Ok(caller)) => Some(Ok(caller)),
-        Some(Err(refusal)) => Some(Err(refusal)),
+        Some(Ok(_)) if revoked_since => Some(Err(Refusal::Revoked)),
+        Some(Ok(caller)) => Some(match gateway.live().departments.get(&caller.department) {
+            None => Err(Refusal::UnknownDepartment(caller.department.clone())),
+            Some(d) if !d.enabled => Err(Refusal::DepartmentDisabled(caller.department.clone())),
+            Some(d) => Ok(Caller {
+                name: d.name.clone(),
+                roles: d.roles.clone(),
+                ..caller.clone()
+            }),
+        }),
+        Some(Err(refusal)) => Some(Err(refusal.clone())),
         None => None,
     };
     let response = match identity {
         None => ApiError::internal().into_response(),
         Some(Err(refusal)) => {
             tracing::warn!(%refusal, certificate = ?ctx.as_ref().and_then(|c| c.identity.certificate.as_ref()), "caller refused");
-            let mut response = ApiError::from(refusal).into_response();
+            let mut response = ApiError::from(&refusal).into_response();
             if ctx.as_ref().is_some_and(|c| c.protocol == "HTTP/1.1") {
                 response
                     .headers_mut()
@@ -351,16 +371,18 @@ async fn gate(State(gateway): State<Arc<Gateway>>, req: Request, next: Next) -> 
         }
         Some(Ok(caller)) => {
             department = caller.department.to_string();
-            match buffer_body(req, gateway.settings.max_body_bytes).await {
-                Err(e) => e.into_response(),
-                Ok(req) => {
-                    match tokio::time::timeout(gateway.settings.request_timeout, next.run(req))
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => ApiError::timeout().into_response(),
-                    }
+            req.extensions_mut().insert(caller);
+            let limit = gateway.settings.max_body_bytes;
+            // Reading the body counts against the request's time too.
+            let run = async move {
+                match buffer_body(req, limit).await {
+                    Err(e) => e.into_response(),
+                    Ok(req) => next.run(req).await,
                 }
+            };
+            match tokio::time::timeout(gateway.settings.request_timeout, run).await {
+                Ok(r) => r,
+                Err(_) => ApiError::timeout().into_response(),
             }
         }
     };

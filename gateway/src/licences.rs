@@ -810,12 +810,20 @@ pub async fn create_show_code(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
     JsonBody(b): JsonBody<ShowCodeBody>,
-) -> Result<(StatusCode, Json<ShowCodeView>), ApiError> {
+) -> Result<(StatusCode, Extension<AccessNote>, Json<ShowCodeView>), ApiError> {
     require(&caller, Role::HolderApp)?;
-    let (code, expires_at) = gw
-        .licences(move |svc, now| svc.create_show_code(&caller.department, &b.licence_id, now))
+    let (record, code, expires_at) = gw
+        .licences(move |svc, now| {
+            let record = svc.licence(&b.licence_id)?;
+            let (code, expires_at) = svc.create_show_code(&caller.department, &record.id, now)?;
+            Ok((record, code, expires_at))
+        })
         .await?;
-    Ok((StatusCode::CREATED, Json(ShowCodeView { code, expires_at })))
+    Ok((
+        StatusCode::CREATED,
+        noted(&record),
+        Json(ShowCodeView { code, expires_at }),
+    ))
 }
 
 /// A show-code to redeem.
@@ -826,18 +834,28 @@ pub struct RedeemBody {
     pub code: String,
 }
 
-/// Redeems a show-code once: the licence with every disclosure and its verification.
+/// Redeems a show-code once (consumer or issuer, with `X-Purpose`): the licence with the
+/// disclosures the redeemer's access rules allow.
 #[utoipa::path(post, path = "/v1/show-codes/redeem", tag = "holders", request_body = RedeemBody,
     responses((status = 200, body = LicenceView), (status = 403, body = ErrorBody)))]
 pub async fn redeem_show_code(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
+    purpose: Purpose,
     JsonBody(b): JsonBody<RedeemBody>,
 ) -> Result<(Extension<AccessNote>, Json<LicenceView>), ApiError> {
+    // A shown licence is still read under the reader's access rules and stated purpose.
+    if !caller.has(Role::Consumer) && !caller.has(Role::Issuer) {
+        return Err(ApiError::missing_role(Role::Consumer));
+    }
+    let redeemer = caller.department.clone();
     let record = gw
-        .licences(move |svc, now| svc.redeem_show_code(&b.code, &caller.department, now))
+        .licences(move |svc, now| svc.redeem_show_code(&b.code, &redeemer, now))
         .await?;
-    let credential = record.sd_jwt.clone();
+    let visible = gw.visible_fields(&caller, &record, &purpose, None)?;
+    let credential = gw
+        .licence_service()
+        .present(&record, &|n| visible.contains(n))?;
     Ok((noted(&record), Json(view(record, credential))))
 }
 

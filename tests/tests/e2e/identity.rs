@@ -282,6 +282,34 @@ async fn reload_changes_the_department_table_and_needs_the_admin_role() {
         .await
         .unwrap();
     assert_eq!(reply.json()["name"], "新设部门");
+
+    // Disabling a department applies to its open connections from their next request on.
+    let mut open = Client::new(&ca, Some(&approval), Proto::H2)
+        .connect(gw.addr)
+        .await
+        .unwrap();
+    assert_eq!(open.get("/v1/whoami").await.unwrap().status, StatusCode::OK);
+    let disabled = standard_departments().replacen(
+        &format!(
+            "id = \"{APPROVAL}\"\nname = \"行政审批局\"\nroles = [\"consumer\"]\nenabled = true"
+        ),
+        &format!(
+            "id = \"{APPROVAL}\"\nname = \"行政审批局\"\nroles = [\"consumer\"]\nenabled = false"
+        ),
+        1,
+    );
+    assert_ne!(disabled, standard_departments());
+    write_config(&pki, "", &disabled);
+    let reply = conn
+        .send(Method::POST, "/v1/admin/reload", Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let reply = open.get("/v1/whoami").await.unwrap();
+    assert_eq!(
+        (reply.status, reply.code().as_str()),
+        (StatusCode::FORBIDDEN, "CG-AUTH-004")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

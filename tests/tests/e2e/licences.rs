@@ -820,16 +820,45 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
         code["expires_at"].as_i64().unwrap() <= permit["issued_at"].as_i64().unwrap() + 300 + 5
     );
     let redeem = json!({"code": code["code"]});
-    let first = w
+    let food_purpose = [("x-purpose", "M-FOOD-001")];
+    // Without a purpose, or by the app itself, the code is refused and stays unused.
+    let reply = w
         .approval
         .json(Method::POST, "/v1/show-codes/redeem", &[], &redeem)
+        .await
+        .unwrap();
+    assert_eq!(reply.code(), "CG-REQ-006");
+    let reply = w
+        .app
+        .json(
+            Method::POST,
+            "/v1/show-codes/redeem",
+            &food_purpose,
+            &redeem,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.code(), "CG-AUTH-006");
+    let first = w
+        .approval
+        .json(
+            Method::POST,
+            "/v1/show-codes/redeem",
+            &food_purpose,
+            &redeem,
+        )
         .await
         .unwrap();
     assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
     assert_eq!(first.json()["id"], permit["id"]);
     let second = w
         .approval
-        .json(Method::POST, "/v1/show-codes/redeem", &[], &redeem)
+        .json(
+            Method::POST,
+            "/v1/show-codes/redeem",
+            &food_purpose,
+            &redeem,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -842,12 +871,36 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
         .json(
             Method::POST,
             "/v1/show-codes/redeem",
-            &[],
+            &food_purpose,
             &json!({"code": "guess"}),
         )
         .await
         .unwrap();
     assert_eq!(reply.code(), "CG-LIC-002");
+
+    // A reader without a rule for the licence's type gets nothing from a code either.
+    let code = w
+        .app
+        .json(
+            Method::POST,
+            "/v1/show-codes",
+            &[],
+            &json!({"licence_id": permit["id"]}),
+        )
+        .await
+        .unwrap()
+        .json();
+    let reply = w
+        .approval
+        .json(
+            Method::POST,
+            "/v1/show-codes/redeem",
+            &[("x-purpose", "M-OTHER")],
+            &json!({"code": code["code"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.code(), "CG-AUTH-007");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
