@@ -446,10 +446,21 @@ impl LicenceService {
         if seal.revoked_at.is_some() {
             return Err(invalid("seal_id", "the seal is revoked"));
         }
-        let not_before = req.valid_from.unwrap_or(now);
-        let expires_at = req
-            .valid_until
-            .unwrap_or(not_before + i64::from(licence_type.validity_days) * 86400);
+        // Times are Unix seconds between 1970 and 9999: anything else is a client error, and the
+        // bound keeps every later sum far from overflow.
+        const LATEST: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+        let in_range = |field: &str, t: i64| {
+            if (0..=LATEST).contains(&t) {
+                Ok(t)
+            } else {
+                Err(invalid(field, "must be Unix seconds between 1970 and 9999"))
+            }
+        };
+        let not_before = in_range("valid_from", req.valid_from.unwrap_or(now))?;
+        let expires_at = match req.valid_until {
+            Some(t) => in_range("valid_until", t)?,
+            None => (not_before + i64::from(licence_type.validity_days) * 86400).min(LATEST),
+        };
         if expires_at <= not_before {
             return Err(invalid("valid_until", "must be after valid_from"));
         }
@@ -951,7 +962,14 @@ impl LicenceService {
                 )));
             }
         };
-        self.store.set_status(&licence.id, next, Some(reason))?;
+        self.store
+            .set_status(&licence.id, licence.status, next, Some(reason))
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => ServiceError::Conflict(
+                    "the licence changed meanwhile (another status change or a renewal); read it again".into(),
+                ),
+                other => other.into(),
+            })?;
         self.licence(id)
     }
 
@@ -971,10 +989,11 @@ impl LicenceService {
                 "only the licence's issuer may renew it".into(),
             ));
         }
-        if old.status == LicenceStatus::Revoked {
-            return Err(ServiceError::Conflict(
-                "a revoked licence cannot be renewed".into(),
-            ));
+        if old.status != LicenceStatus::Valid {
+            return Err(ServiceError::Conflict(format!(
+                "a {} licence cannot be renewed; only a valid one can",
+                old.status.as_str()
+            )));
         }
         let holder_name = sdjwt::select(&old.sd_jwt, &|n| n == "holder_name")
             .ok()
@@ -1187,6 +1206,11 @@ impl LicenceService {
                 "the licence is {}",
                 licence.status.as_str()
             )));
+        }
+        if now < licence.not_before || now >= licence.expires_at {
+            return Err(ServiceError::Conflict(
+                "the licence is not within its validity period".into(),
+            ));
         }
         let code = jws::b64url(crate::crypto::random_bytes::<32>()?);
         let expires_at = now + SHOW_CODE_SECONDS;

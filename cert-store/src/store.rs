@@ -73,7 +73,15 @@ pub trait Store: Send + Sync {
     /// Licences of a holder and type, newest first.
     fn licences_by_holder(&self, holder: &str, type_code: &str) -> Result<Vec<LicenceRecord>>;
     /// Changes a licence's status.
-    fn set_status(&self, id: &str, status: LicenceStatus, reason: Option<&str>) -> Result<()>;
+    /// Changes a licence's status from `from` to `to`, only if it is still `from` and not
+    /// renewed: two racing changes cannot both succeed (`Conflict` for the loser).
+    fn set_status(
+        &self,
+        id: &str,
+        from: LicenceStatus,
+        to: LicenceStatus,
+        reason: Option<&str>,
+    ) -> Result<()>;
     /// `(index, status)` of every licence in a status list.
     fn status_entries(&self, list: u32) -> Result<Vec<(u32, LicenceStatus)>>;
     /// Number of licences entered in a status list.
@@ -375,7 +383,7 @@ impl Store for SqliteStore {
             insert_licence_in(&tx, new)?;
             let n = tx.execute(
                 "UPDATE licences SET status = 'revoked', status_reason = ?3, replaced_by = ?2
-                 WHERE id = ?1 AND replaced_by IS NULL",
+                 WHERE id = ?1 AND replaced_by IS NULL AND status = 'valid'",
                 params![old, new.id, format!("renewed as {} at {at}", new.id)],
             )?;
             if n != 1 {
@@ -409,14 +417,27 @@ impl Store for SqliteStore {
         })
     }
 
-    fn set_status(&self, id: &str, status: LicenceStatus, reason: Option<&str>) -> Result<()> {
+    fn set_status(
+        &self,
+        id: &str,
+        from: LicenceStatus,
+        to: LicenceStatus,
+        reason: Option<&str>,
+    ) -> Result<()> {
         self.with(|c| {
             let n = c.execute(
-                "UPDATE licences SET status = ?2, status_reason = ?3 WHERE id = ?1",
-                params![id, status.as_str(), reason],
+                "UPDATE licences SET status = ?3, status_reason = ?4
+                 WHERE id = ?1 AND status = ?2 AND replaced_by IS NULL",
+                params![id, from.as_str(), to.as_str(), reason],
             )?;
             if n == 0 {
-                return Err(StoreError::NotFound(id.to_owned()));
+                let exists: Option<i64> = c
+                    .query_row("SELECT 1 FROM licences WHERE id = ?1", [id], |r| r.get(0))
+                    .optional()?;
+                return Err(match exists {
+                    Some(_) => StoreError::Conflict(format!("{id} changed meanwhile")),
+                    None => StoreError::NotFound(id.to_owned()),
+                });
             }
             Ok(())
         })
@@ -588,11 +609,21 @@ mod tests {
                 s.insert_licence(&licence("L1", 8)),
                 Err(StoreError::Conflict(_))
             ));
-            s.set_status("L1", LicenceStatus::Suspended, Some("inspection"))
-                .unwrap();
+            s.set_status(
+                "L1",
+                LicenceStatus::Valid,
+                LicenceStatus::Suspended,
+                Some("inspection"),
+            )
+            .unwrap();
             assert!(matches!(
-                s.set_status("nope", LicenceStatus::Valid, None),
+                s.set_status("nope", LicenceStatus::Valid, LicenceStatus::Suspended, None),
                 Err(StoreError::NotFound(_))
+            ));
+            // A change that lost a race (the licence is no longer valid) is refused.
+            assert!(matches!(
+                s.set_status("L1", LicenceStatus::Valid, LicenceStatus::Revoked, None),
+                Err(StoreError::Conflict(_))
             ));
             assert_eq!(s.last_serial(&MARKET.parse().unwrap()).unwrap(), 0);
         }

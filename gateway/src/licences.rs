@@ -447,8 +447,17 @@ pub async fn licences_by_holder(
             caller.department.clone(),
             q.licence_type.clone(),
         );
-        gw.licences(move |svc, now| svc.check_consent(&token, &holder, &department, &t, now))
+        let consent = gw
+            .licences(move |svc, now| svc.check_consent(&token, &holder, &department, &t, now))
             .await?;
+        // The holder consented for one matter; the stated purpose must be that matter.
+        if purpose.matter.as_deref() != Some(consent.purpose.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "CG-LIC-002",
+                "the consent was given for another matter than the one stated in X-Purpose",
+            ));
+        }
     }
     let (holder, t) = (q.holder.clone(), q.licence_type.clone());
     let records = gw

@@ -567,6 +567,8 @@ async fn bad_issue_requests_get_400_naming_the_field() {
     ));
     cases.push((with(&|b| b["seal_id"] = json!("seal-nope")), "seal_id"));
     cases.push((with(&|b| b["serial"] = json!("lower-case")), "serial"));
+    cases.push((with(&|b| b["valid_from"] = json!(i64::MAX)), "valid_from"));
+    cases.push((with(&|b| b["valid_until"] = json!(-5)), "valid_until"));
     for (body, field) in cases {
         let reply = w
             .market
@@ -780,6 +782,18 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
             "{bad}"
         );
     }
+    // The consent is for matter M-FOOD-001: another stated matter cannot use it.
+    let reply = w
+        .approval
+        .send_with(
+            Method::GET,
+            &query,
+            &[("x-purpose", "M-OTHER"), ("x-consent", token)],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
     // Consent revoked by the holder's app: refused from then on.
     let reply = w
         .app
