@@ -61,6 +61,10 @@ pub enum ServiceError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Something failed inside the service (a lock, a signature, stored data): logged by the
+    /// caller, never shown to a client.
+    #[error("internal: {0}")]
+    Internal(String),
     /// Key handling failed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
@@ -359,7 +363,7 @@ impl LicenceService {
 
     /// The decoded key and certificate of a seal, from the cache or decoded now.
     fn material(&self, seal: &SealRecord) -> Result<Arc<SealMaterial>, ServiceError> {
-        let poisoned = || ServiceError::Conflict("seal cache lock poisoned".into());
+        let poisoned = || ServiceError::Internal("seal cache lock poisoned".into());
         if let Some(m) = self
             .seal_cache
             .lock()
@@ -471,7 +475,7 @@ impl LicenceService {
                 let old_id: LicenceId = old
                     .id
                     .parse()
-                    .map_err(|e| ServiceError::Conflict(format!("stored id: {e}")))?;
+                    .map_err(|e| ServiceError::Internal(format!("stored id: {e}")))?;
                 (old_id.serial().to_owned(), old_id.version() + 1)
             }
             None => match &req.serial {
@@ -532,7 +536,7 @@ impl LicenceService {
                 &mut sdjwt::OsSalts,
                 key,
             )
-            .map_err(|e| ServiceError::Conflict(format!("cannot sign: {e}")))?;
+            .map_err(|e| ServiceError::Internal(format!("cannot sign: {e}")))?;
             let record = LicenceRecord {
                 id: id.to_string(),
                 type_code: licence_type.code.to_string(),
@@ -564,11 +568,15 @@ impl LicenceService {
                 Err(StoreError::Conflict(_)) if self.store.licence(id.as_str())?.is_none() => {
                     continue;
                 }
-                Err(StoreError::Conflict(e)) => return Err(ServiceError::Conflict(e)),
+                Err(StoreError::Conflict(_)) => {
+                    return Err(ServiceError::Conflict(format!(
+                        "licence {id} already exists"
+                    )));
+                }
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ServiceError::Conflict(
+        Err(ServiceError::Internal(
             "no free status-list slot found".into(),
         ))
     }
@@ -578,7 +586,7 @@ impl LicenceService {
         let mut serials = self
             .serials
             .lock()
-            .map_err(|_| ServiceError::Conflict("serial lock poisoned".into()))?;
+            .map_err(|_| ServiceError::Internal("serial lock poisoned".into()))?;
         let next = match serials.get(issuer) {
             Some(n) => n + 1,
             None => self.store.last_serial(issuer)? + 1,
@@ -592,7 +600,7 @@ impl LicenceService {
         let mut open = self
             .open_list
             .lock()
-            .map_err(|_| ServiceError::Conflict("status list lock poisoned".into()))?;
+            .map_err(|_| ServiceError::Internal("status list lock poisoned".into()))?;
         let (mut list, mut len) = match *open {
             Some(state) => state,
             None => (0, self.store.status_list_len(0)?),
@@ -649,7 +657,7 @@ impl LicenceService {
         keep: &dyn Fn(&str) -> bool,
     ) -> Result<String, ServiceError> {
         sdjwt::select(&licence.sd_jwt, keep)
-            .map_err(|e| ServiceError::Conflict(format!("stored credential: {e}")))
+            .map_err(|e| ServiceError::Internal(format!("stored credential: {e}")))
     }
 
     /// Answers match / no-match per field without disclosing anything else (核验).
@@ -662,7 +670,7 @@ impl LicenceService {
             return Err(invalid("fields", "name at least one field to check"));
         }
         let licence_type = self.types.get(&licence.type_code).ok_or_else(|| {
-            ServiceError::Conflict("the licence's type is no longer configured".into())
+            ServiceError::Internal("the licence's type is no longer configured".into())
         })?;
         let mut out = BTreeMap::new();
         for (name, expected) in claims {
@@ -1019,7 +1027,7 @@ impl LicenceService {
             return Err(ServiceError::NotFound(format!("status list {n}")));
         }
         let mut list = StatusList::new(STATUS_LIST_ENTRIES as usize)
-            .map_err(|e| ServiceError::Conflict(e.to_string()))?;
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
         for (idx, status) in entries {
             let s = match status {
                 LicenceStatus::Valid => Status::Valid,
@@ -1027,7 +1035,7 @@ impl LicenceService {
                 LicenceStatus::Suspended => Status::Suspended,
             };
             list.set(idx as usize, s)
-                .map_err(|e| ServiceError::Conflict(e.to_string()))?;
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
         }
         let payload = status_list::status_list_payload(
             &format!("{}/{n}", self.status_uri_base),
@@ -1043,7 +1051,7 @@ impl LicenceService {
             x5c: None,
         };
         jws::sign_compact(&header, &payload, &self.signing_key)
-            .map_err(|e| ServiceError::Conflict(format!("cannot sign status list: {e}")))
+            .map_err(|e| ServiceError::Internal(format!("cannot sign status list: {e}")))
     }
 
     // ---- consents and show-codes ----
@@ -1111,7 +1119,7 @@ impl LicenceService {
         header.kid = Some(self.signing_kid.clone());
         let key = jsonwebtoken::EncodingKey::from_ec_der(&self.signing_key.to_pkcs8_der()?);
         let token = jsonwebtoken::encode(&header, &claims, &key)
-            .map_err(|e| ServiceError::Conflict(format!("cannot sign consent: {e}")))?;
+            .map_err(|e| ServiceError::Internal(format!("cannot sign consent: {e}")))?;
         Ok((record, token))
     }
 
@@ -1131,7 +1139,7 @@ impl LicenceService {
             .public_key_to_pem()
             .map_err(|e| CryptoError::Openssl(e.to_string()))?;
         let key = jsonwebtoken::DecodingKey::from_ec_pem(&pem)
-            .map_err(|e| ServiceError::Conflict(format!("consent key: {e}")))?;
+            .map_err(|e| ServiceError::Internal(format!("consent key: {e}")))?;
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
         validation.set_audience(&[format!("urn:certgate:dept:{department}")]);
         validation.set_issuer(&["urn:certgate:gateway"]);
