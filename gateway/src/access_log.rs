@@ -661,6 +661,15 @@ pub fn verify_offline(db: &Path, verifier_key: &str) -> Result<VerifySummary, Ve
         tree.push(&data);
         check_due(&tree, &mut checkpoints)?;
     }
+    if tree.len() > 0 && checked == 0 {
+        return Err(VerifyFailure::Checkpoint {
+            size: 0,
+            reason: format!(
+                "{} leaves are stored but no checkpoint signs any of them",
+                tree.len()
+            ),
+        });
+    }
     if let Some((size, _)) = checkpoints.pop() {
         return Err(VerifyFailure::Checkpoint {
             size,

@@ -408,7 +408,7 @@ async fn gate_inner(gateway: Arc<Gateway>, mut req: Request, next: Next) -> Resp
         route: Some(route.clone()),
         resource: note
             .resource
-            .or_else(|| route.contains('{').then_some(path)),
+            .or_else(|| route.contains('{').then(|| redact_path(&path))),
         holder: note.holder.map(|h| gateway.pseudonym(&h)),
         matter: purpose.as_ref().and_then(|p| p.matter.clone()),
         reason: purpose.and_then(|p| p.reason),
@@ -438,6 +438,21 @@ async fn gate_inner(gateway: Arc<Gateway>, mut req: Request, next: Next) -> Resp
         .get_or_create(&RouteLabels { route })
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// The request path as the access log may record it: a segment that is a citizen id (a client
+/// that put one where it does not belong) is replaced, since raw citizen ids never enter the log.
+fn redact_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            if seg.parse::<cert_store::CitizenId>().is_ok() {
+                "[citizen-id]"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Reads the whole body, refusing it past `limit` bytes. A declared length over the limit is

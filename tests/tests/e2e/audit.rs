@@ -102,6 +102,18 @@ async fn every_outcome_is_logged_once_and_provable_against_a_signed_checkpoint()
         .unwrap();
     assert_eq!(denied.code(), "CG-AUTH-007");
     let denied_id = denied.headers["x-request-id"].to_str().unwrap().to_owned();
+    // A careless client puts a citizen id where a licence id belongs: refused, and the id
+    // never reaches the log.
+    let careless = approval
+        .send_with(
+            Method::GET,
+            &format!("/v1/licences/{CITIZEN}"),
+            &[("x-purpose", "M-1")],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(careless.status, StatusCode::BAD_REQUEST);
     // Denied at TLS: no client certificate.
     assert!(
         Client::new(&pki.ca_pem(), None, Proto::H1)
@@ -174,6 +186,14 @@ async fn every_outcome_is_logged_once_and_provable_against_a_signed_checkpoint()
     assert!(
         !all.to_string().contains(XIAOMI),
         "a raw holder id reached the log"
+    );
+    assert!(
+        !all.to_string().contains(CITIZEN),
+        "a raw citizen id reached the log"
+    );
+    assert!(
+        all.to_string().contains("/v1/licences/[citizen-id]"),
+        "{all}"
     );
     let denied_leaf = find(&all, &denied_id);
     assert_eq!(denied_leaf.len(), 1);
