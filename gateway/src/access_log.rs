@@ -661,7 +661,7 @@ pub fn verify_offline(db: &Path, verifier_key: &str) -> Result<VerifySummary, Ve
         tree.push(&data);
         check_due(&tree, &mut checkpoints)?;
     }
-    if tree.len() > 0 && checked == 0 {
+    if !tree.is_empty() && checked == 0 {
         return Err(VerifyFailure::Checkpoint {
             size: 0,
             reason: format!(
