@@ -363,7 +363,15 @@ pub struct ExportQuery {
 const CSV_HEADER: &str = "seq,time_ms,kind,request_id,department,cert_sha256,peer,method,route,resource,holder,matter,reason,case_id,outcome,status,code,latency_us\n";
 
 fn csv_field(out: &mut String, value: Option<&str>) {
-    let v = value.unwrap_or_default();
+    let raw = value.unwrap_or_default();
+    // A spreadsheet would run a cell starting with = + - @ as a formula.
+    let guarded;
+    let v = if raw.starts_with(['=', '+', '-', '@']) {
+        guarded = format!("'{raw}");
+        guarded.as_str()
+    } else {
+        raw
+    };
     if v.contains([',', '"', '\n', '\r']) {
         out.push('"');
         out.push_str(&v.replace('"', "\"\""));
@@ -421,8 +429,28 @@ pub async fn export(
     };
     let log = gw.access_log.clone();
     let size = q.size.unwrap_or_else(|| log.size()).min(log.size());
-    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
     tokio::task::spawn_blocking(move || {
+        // A reader that stops reading for this long loses the export: the read snapshot it
+        // holds would otherwise keep the log's WAL growing.
+        const STALL: std::time::Duration = std::time::Duration::from_secs(60);
+        let send = |chunk: std::io::Result<bytes::Bytes>| -> bool {
+            let mut pending = chunk;
+            let started = std::time::Instant::now();
+            loop {
+                match tx.try_send(pending) {
+                    Ok(()) => return true,
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return false,
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(back)) => {
+                        if started.elapsed() > STALL {
+                            return false;
+                        }
+                        pending = back;
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                }
+            }
+        };
         let result = (|| -> Result<(), LogError> {
             let conn = log.reader()?;
             let mut stmt = conn.prepare("SELECT data FROM leaves WHERE seq < ?1 ORDER BY seq")?;
@@ -442,23 +470,21 @@ pub async fn export(
                     chunk.extend_from_slice(&data);
                     chunk.push(b'\n');
                 }
-                if chunk.len() >= 64 * 1024
-                    && tx.blocking_send(std::mem::take(&mut chunk).into()).is_err()
-                {
-                    return Ok(()); // the client went away
+                if chunk.len() >= 64 * 1024 && !send(Ok(std::mem::take(&mut chunk).into())) {
+                    return Ok(()); // the client went away or stalled
                 }
             }
-            let _ = tx.blocking_send(chunk.into());
+            send(Ok(chunk.into()));
             Ok(())
         })();
         if let Err(e) = result {
             tracing::error!(error = %e, "export stopped");
+            // Abort the body, so the client sees a broken transfer rather than a short file.
+            send(Err(std::io::Error::other("export stopped")));
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+        rx.recv().await.map(|item| (item, rx))
     });
     let content_type = if csv {
         "text/csv; charset=utf-8"
