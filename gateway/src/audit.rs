@@ -290,9 +290,20 @@ pub struct HolderViewQuery {
     pub cursor: Option<u64>,
 }
 
+/// A page of a holder's view.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HolderView {
+    /// Uses of the holder's data, oldest first.
+    pub uses: Vec<HolderUse>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<u64>,
+}
+
 /// One use of a holder's data, as the holder may see it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HolderUse {
+    /// Position in the access log.
+    pub seq: u64,
     /// When (Unix milliseconds).
     pub time_ms: i64,
     /// Which department.
@@ -311,12 +322,12 @@ pub struct HolderUse {
 
 /// The holder's "who used my data" page, for the city app acting for that holder.
 #[utoipa::path(get, path = "/v1/audit/holder-view", tag = "audit", params(HolderViewQuery),
-    responses((status = 200, body = [HolderUse]), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = HolderView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn holder_view(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
     QueryParams(q): QueryParams<HolderViewQuery>,
-) -> Result<Json<Vec<HolderUse>>, ApiError> {
+) -> Result<Json<HolderView>, ApiError> {
     require(&caller, Role::HolderApp)?;
     let holder: cert_store::HolderId = q.holder.parse().map_err(|e| {
         ApiError::new(
@@ -328,15 +339,17 @@ pub async fn holder_view(
     let pseudonym = gw.pseudonym(holder.as_str());
     let filter = EntriesQuery {
         cursor: q.cursor,
-        limit: Some(MAX_PAGE),
+        limit: Some(200),
         ..EntriesQuery::default()
     };
     let page = read(&gw, move |c| query_entries(c, &filter, Some(pseudonym))).await?;
-    Ok(Json(
-        page.entries
+    Ok(Json(HolderView {
+        next_cursor: page.next_cursor,
+        uses: page
+            .entries
             .into_iter()
-            .filter(|l| l.route.as_deref() != Some("/v1/audit/holder-view"))
             .map(|l| HolderUse {
+                seq: l.seq,
                 time_ms: l.time_ms,
                 department: l.department,
                 route: l.route,
@@ -346,7 +359,7 @@ pub async fn holder_view(
                 outcome: l.outcome,
             })
             .collect(),
-    ))
+    }))
 }
 
 /// `?format=` of an export.

@@ -265,7 +265,8 @@ async fn every_outcome_is_logged_once_and_provable_against_a_signed_checkpoint()
         .unwrap()
         .json();
     assert!(
-        view.as_array()
+        view["uses"]
+            .as_array()
             .unwrap()
             .iter()
             .any(|u| u["department"] == APPROVAL && u["matter"] == "M-BIZ-001"),
