@@ -243,6 +243,9 @@ pub struct AccessLog {
     healthy: Arc<AtomicBool>,
     size: Arc<AtomicU64>,
     covered: Arc<AtomicU64>,
+    /// Leaves queued and not yet taken by the writer.
+    queued: Arc<AtomicU64>,
+    capacity: u64,
     path: PathBuf,
 }
 
@@ -295,6 +298,8 @@ impl AccessLog {
         let healthy = Arc::new(AtomicBool::new(true));
         let size_counter = Arc::new(AtomicU64::new(stored));
         let covered = Arc::new(AtomicU64::new(checkpointed_at_start));
+        let queued = Arc::new(AtomicU64::new(0));
+        let capacity = settings.queue_capacity.max(1) as u64;
         let (tx, rx) = mpsc::sync_channel(settings.queue_capacity.max(1));
         let mut writer = Writer {
             conn,
@@ -307,6 +312,7 @@ impl AccessLog {
             healthy: healthy.clone(),
             size: size_counter.clone(),
             covered: covered.clone(),
+            queued: queued.clone(),
         };
         std::thread::Builder::new()
             .name("access-log-writer".into())
@@ -316,6 +322,8 @@ impl AccessLog {
             tx,
             healthy,
             covered,
+            queued,
+            capacity,
             size: size_counter,
             path: path.to_owned(),
         })
@@ -324,12 +332,14 @@ impl AccessLog {
     /// Appends a leaf and waits until it is durable; returns its sequence number.
     pub async fn append(&self, leaf: Leaf) -> Result<u64, LogError> {
         let (ack, done) = oneshot::channel();
+        self.queued.fetch_add(1, Ordering::SeqCst);
         self.tx
             .try_send(Pending {
                 leaf,
                 ack: Some(ack),
             })
             .map_err(|_| {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
                 self.healthy.store(false, Ordering::SeqCst);
                 LogError::Unavailable("the write queue is full")
             })?;
@@ -341,8 +351,17 @@ impl AccessLog {
     }
 
     /// Appends a leaf without waiting (refused handshakes: there is no response to hold).
+    ///
+    /// Such leaves may fill at most half the queue: a flood of failed handshakes from
+    /// unauthenticated peers must not crowd out the leaves of requests (and so fail them).
     pub fn append_detached(&self, leaf: Leaf) {
+        if self.queued.load(Ordering::SeqCst) >= self.capacity / 2 {
+            tracing::warn!("access log queue half full: a refused-handshake leaf was dropped");
+            return;
+        }
+        self.queued.fetch_add(1, Ordering::SeqCst);
         if self.tx.try_send(Pending { leaf, ack: None }).is_err() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
             tracing::error!("access log queue full: a refused-handshake leaf was dropped");
         }
     }
@@ -392,6 +411,7 @@ struct Writer {
     healthy: Arc<AtomicBool>,
     size: Arc<AtomicU64>,
     covered: Arc<AtomicU64>,
+    queued: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -427,6 +447,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            self.queued.fetch_sub(batch.len() as u64, Ordering::SeqCst);
             let result = self.commit(&mut batch);
             match &result {
                 Ok(()) => {
