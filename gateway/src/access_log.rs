@@ -125,6 +125,29 @@ pub struct AccessNote {
     pub holder: Option<String>,
 }
 
+/// A place in the request's extensions where a handler notes what it touched as soon as it
+/// knows, so that a request refused later (a 403 after the licence was looked up) still names
+/// the licence and the holder's pseudonym in its leaf.
+#[derive(Debug, Clone, Default)]
+pub struct NoteSlot(Arc<std::sync::Mutex<Option<AccessNote>>>);
+
+impl NoteSlot {
+    /// Notes the resource and holder touched.
+    pub fn record(&self, resource: &str, holder: &str) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(AccessNote {
+                resource: Some(resource.to_owned()),
+                holder: Some(holder.to_owned()),
+            });
+        }
+    }
+
+    /// What was noted, if anything.
+    pub fn take(&self) -> Option<AccessNote> {
+        self.0.lock().ok().and_then(|mut s| s.take())
+    }
+}
+
 /// Why the log could not take or answer something.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

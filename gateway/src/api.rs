@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use utoipa::OpenApi;
 
-use crate::access_log::{AccessNote, LEAF_VERSION, Leaf};
+use crate::access_log::{AccessNote, LEAF_VERSION, Leaf, NoteSlot};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
 use crate::identity::{Caller, PeerIdentity, Refusal};
@@ -331,6 +331,7 @@ async fn gate_inner(gateway: Arc<Gateway>, mut req: Request, next: Next) -> Resp
         .and_then(|v| v.to_str().ok())
         .map(|v| v.chars().take(64).collect::<String>());
     let mut department = "unidentified".to_owned();
+    let slot = NoteSlot::default();
     let revoked_since = ctx
         .as_ref()
         .and_then(|c| c.identity.revocation_key.as_ref())
@@ -372,6 +373,7 @@ async fn gate_inner(gateway: Arc<Gateway>, mut req: Request, next: Next) -> Resp
         Some(Ok(caller)) => {
             department = caller.department.to_string();
             req.extensions_mut().insert(caller);
+            req.extensions_mut().insert(slot.clone());
             let limit = gateway.settings.max_body_bytes;
             // Reading the body counts against the request's time too.
             let run = async move {
@@ -391,6 +393,7 @@ async fn gate_inner(gateway: Arc<Gateway>, mut req: Request, next: Next) -> Resp
     let note = response
         .extensions_mut()
         .remove::<AccessNote>()
+        .or_else(|| slot.take())
         .unwrap_or_default();
     let leaf = Leaf {
         v: LEAF_VERSION,

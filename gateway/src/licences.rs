@@ -14,7 +14,7 @@ use http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::access_log::AccessNote;
+use crate::access_log::{AccessNote, NoteSlot};
 use crate::api::{JsonBody, QueryParams, require};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
@@ -369,8 +369,10 @@ pub async fn licence(
     purpose: Purpose,
     Path(id): Path<String>,
     QueryParams(q): QueryParams<FieldsQuery>,
+    Extension(slot): Extension<NoteSlot>,
 ) -> Result<(Extension<AccessNote>, Json<LicenceView>), ApiError> {
     let record = gw.licences(move |svc, _| svc.licence(&id)).await?;
+    slot.record(&record.id, &record.holder);
     let visible = gw.visible_fields(&caller, &record, &purpose, q.fields.as_deref())?;
     let credential = gw
         .licence_service()
@@ -565,9 +567,11 @@ pub async fn check(
     caller: Caller,
     purpose: Purpose,
     Path(id): Path<String>,
+    Extension(slot): Extension<NoteSlot>,
     JsonBody(body): JsonBody<CheckBody>,
 ) -> Result<(Extension<AccessNote>, Json<CheckView>), ApiError> {
     let record = gw.licences(move |svc, _| svc.licence(&id)).await?;
+    slot.record(&record.id, &record.holder);
     let note = noted(&record);
     let visible = gw.visible_fields(&caller, &record, &purpose, None)?;
     if let Some(name) = body.fields.keys().find(|n| !visible.contains(n.as_str())) {
@@ -608,11 +612,15 @@ pub async fn check(
 async fn lifecycle(
     gw: Arc<Gateway>,
     caller: Caller,
+    slot: NoteSlot,
     id: String,
     reason: String,
     action: Lifecycle,
 ) -> Result<(Extension<AccessNote>, Json<LicenceView>), ApiError> {
     require(&caller, Role::Issuer)?;
+    let looked_up = id.clone();
+    let before = gw.licences(move |svc, _| svc.licence(&looked_up)).await?;
+    slot.record(&before.id, &before.holder);
     let record = gw
         .licences(move |svc, _| svc.change_status(&id, &caller.department, action, &reason))
         .await?;
@@ -628,9 +636,10 @@ pub async fn suspend(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
     Path(id): Path<String>,
+    Extension(slot): Extension<NoteSlot>,
     JsonBody(b): JsonBody<Reason>,
 ) -> Result<(Extension<AccessNote>, Json<LicenceView>), ApiError> {
-    lifecycle(gw, caller, id, b.reason, Lifecycle::Suspend).await
+    lifecycle(gw, caller, slot, id, b.reason, Lifecycle::Suspend).await
 }
 
 /// Resumes a suspended licence (its issuer only).
@@ -641,9 +650,10 @@ pub async fn resume(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
     Path(id): Path<String>,
+    Extension(slot): Extension<NoteSlot>,
     JsonBody(b): JsonBody<Reason>,
 ) -> Result<(Extension<AccessNote>, Json<LicenceView>), ApiError> {
-    lifecycle(gw, caller, id, b.reason, Lifecycle::Resume).await
+    lifecycle(gw, caller, slot, id, b.reason, Lifecycle::Resume).await
 }
 
 /// Revokes a licence for good (its issuer only; a reason is required).
@@ -654,9 +664,10 @@ pub async fn revoke(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
     Path(id): Path<String>,
+    Extension(slot): Extension<NoteSlot>,
     JsonBody(b): JsonBody<Reason>,
 ) -> Result<(Extension<AccessNote>, Json<LicenceView>), ApiError> {
-    lifecycle(gw, caller, id, b.reason, Lifecycle::Revoke).await
+    lifecycle(gw, caller, slot, id, b.reason, Lifecycle::Revoke).await
 }
 
 /// A renewal.

@@ -204,6 +204,9 @@ async fn every_outcome_is_logged_once_and_provable_against_a_signed_checkpoint()
         ),
         (Some("denied"), Some("CG-AUTH-007"))
     );
+    // A refused attempt names the licence and the holder's pseudonym too, so the holder sees it.
+    assert_eq!(denied_leaf[0]["resource"], id.as_str());
+    assert_eq!(denied_leaf[0]["holder"], leaf["holder"]);
     let handshakes: Vec<&Value> = all["entries"]
         .as_array()
         .unwrap()
