@@ -1108,7 +1108,7 @@ impl LicenceService {
         let claims = json!({
             "iss": "urn:certgate:gateway",
             "jti": record.id,
-            "sub": holder_pseudonym(holder.as_str()),
+            "sub": self.holder_pseudonym(holder.as_str())?,
             "aud": format!("urn:certgate:dept:{department}"),
             "licence_types": types,
             "purpose": purpose,
@@ -1121,6 +1121,24 @@ impl LicenceService {
         let token = jsonwebtoken::encode(&header, &claims, &key)
             .map_err(|e| ServiceError::Internal(format!("cannot sign consent: {e}")))?;
         Ok((record, token))
+    }
+
+    /// A keyed pseudonym of a holder id for tokens that travel outside the gateway: HMAC-SHA256
+    /// under a key derived from the gateway's signing key, so it cannot be reversed by hashing
+    /// candidate ids.
+    fn holder_pseudonym(&self, holder: &str) -> Result<String, ServiceError> {
+        let internal = |e: openssl::error::ErrorStack| ServiceError::Internal(e.to_string());
+        let mut seed = Sha256::new();
+        seed.update(b"certgate consent subject v1");
+        seed.update(self.signing_key.to_pkcs8_der()?.as_slice());
+        let key = openssl::pkey::PKey::hmac(&seed.finalize()).map_err(internal)?;
+        let mut mac = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key)
+            .map_err(internal)?;
+        mac.update(holder.as_bytes()).map_err(internal)?;
+        Ok(format!(
+            "hmac:{}",
+            hex::encode(mac.sign_to_vec().map_err(internal)?)
+        ))
     }
 
     /// Checks that `token` is a live consent of `holder` for `department` to query `type_code`.
@@ -1255,9 +1273,6 @@ impl LicenceService {
 }
 
 /// A keyed-free pseudonym of a holder id for tokens that travel outside the gateway.
-fn holder_pseudonym(holder: &str) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(holder.as_bytes())))
-}
 
 fn required_reason(reason: &str) -> Result<&str, ServiceError> {
     let reason = reason.trim();

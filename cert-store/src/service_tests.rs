@@ -858,7 +858,7 @@ fn consent_token_signed_by_another_key_is_refused() {
     let claims = json!({
         "iss": "urn:certgate:gateway",
         "jti": record.id,
-        "sub": holder_pseudonym(HOLDER),
+        "sub": f.svc.holder_pseudonym(HOLDER).unwrap(),
         "aud": format!("urn:certgate:dept:{APPROVAL}"),
         "licence_types": [BUSINESS],
         "purpose": "食品经营许可审批",
