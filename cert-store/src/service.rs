@@ -1272,8 +1272,6 @@ impl LicenceService {
     }
 }
 
-/// A keyed-free pseudonym of a holder id for tokens that travel outside the gateway.
-
 fn required_reason(reason: &str) -> Result<&str, ServiceError> {
     let reason = reason.trim();
     if reason.is_empty() || reason.chars().count() > 500 {
