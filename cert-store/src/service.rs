@@ -704,10 +704,12 @@ impl LicenceService {
 
     /// Runs the checks in order, recording each; stops (with `None`) at the first failure.
     fn run_checks(&self, presented: &str, now: i64, report: &mut VerifyReport) -> Option<()> {
-        let chain_note = std::cell::RefCell::new(String::new());
+        // The seal found while resolving the key is kept for the seal check below, so a
+        // verification reads it once.
+        let resolved_seal = std::cell::RefCell::new(None);
         let resolved = sdjwt::verify(presented, &|parsed: &jws::ParsedJws| {
-            self.resolve_seal_key(parsed, now).map(|(key, note)| {
-                *chain_note.borrow_mut() = note;
+            self.resolve_seal_key(parsed, now).map(|(key, note, seal)| {
+                *resolved_seal.borrow_mut() = Some((note, seal));
                 key
             })
         });
@@ -718,8 +720,11 @@ impl LicenceService {
                 return report.record(check, Err(detail));
             }
         };
+        let Some((chain_note, seal)) = resolved_seal.into_inner() else {
+            return report.record("certificate_chain", Err("no seal was resolved".into()));
+        };
         report.record("typ", Ok("dc+sd-jwt".into()))?;
-        report.record("certificate_chain", Ok(chain_note.into_inner()))?;
+        report.record("certificate_chain", Ok(chain_note))?;
         let alg = verified.header.alg.name();
         report.record(
             "signature",
@@ -749,23 +754,23 @@ impl LicenceService {
         // The seal must be the claimed issuer's, and that department must issue this type.
         let kid = verified.header.kid.as_deref().unwrap_or_default();
         let iss = claim("iss");
-        let seal = match self.store.seal(kid) {
-            Ok(Some(seal)) if iss != format!("urn:certgate:dept:{}", seal.owner) => Err(format!(
+        let seal_check = if iss != format!("urn:certgate:dept:{}", seal.owner) {
+            Err(format!(
                 "seal {kid} belongs to {}, not to the issuer `{iss}`",
                 seal.owner
-            )),
-            Ok(Some(seal)) if !licence_type.issuers.contains(&seal.owner) => Err(format!(
+            ))
+        } else if !licence_type.issuers.contains(&seal.owner) {
+            Err(format!(
                 "department {} may not issue {} ({vct})",
                 seal.owner, licence_type.name
-            )),
-            Ok(Some(_)) => Ok(format!(
+            ))
+        } else {
+            Ok(format!(
                 "the seal belongs to the issuer, which may issue {}",
                 licence_type.name
-            )),
-            Ok(None) => Err(format!("seal {kid} is not known")),
-            Err(e) => Err(format!("seal lookup failed: {e}")),
+            ))
         };
-        report.record("seal", seal)?;
+        report.record("seal", seal_check)?;
 
         if let Some(name) = verified.disclosed.keys().find(|n| {
             !HOLDER_CLAIMS.contains(&n.as_str())
@@ -807,7 +812,7 @@ impl LicenceService {
         &self,
         parsed: &jws::ParsedJws,
         now: i64,
-    ) -> Result<(Box<dyn JwsVerifier>, String), String> {
+    ) -> Result<(Box<dyn JwsVerifier>, String, SealRecord), String> {
         let x5c_der = parsed
             .header
             .x5c
@@ -886,13 +891,11 @@ impl LicenceService {
                 ));
             }
         }
-        Ok((
-            Box::new(material.public.clone()),
-            format!(
-                "seal {kid} ({}) chains to the certgate seal CA and is not revoked",
-                seal.name
-            ),
-        ))
+        let note = format!(
+            "seal {kid} ({}) chains to the certgate seal CA and is not revoked",
+            seal.name
+        );
+        Ok((Box::new(material.public.clone()), note, seal))
     }
 
     fn status_of(
