@@ -332,16 +332,18 @@ async fn gate_inner(gateway: Arc<Gateway>, mut req: Request, next: Next) -> Resp
         .map(|v| v.chars().take(64).collect::<String>());
     let mut department = "unidentified".to_owned();
     let slot = NoteSlot::default();
+    // One snapshot of the reloadable configuration serves both checks below.
+    let live = gateway.live();
     let revoked_since = ctx
         .as_ref()
         .and_then(|c| c.identity.revocation_key.as_ref())
-        .is_some_and(|(issuer, serial)| gateway.is_revoked(issuer, serial));
+        .is_some_and(|(issuer, serial)| live.revoked.contains(issuer, serial));
     // The certificate was read once per connection; the department table is consulted on
     // every request, so a reload that disables a department or changes its roles applies to
     // open and resumed connections too.
     let identity = match ctx.as_ref().map(|c| &c.identity.caller) {
         Some(Ok(_)) if revoked_since => Some(Err(Refusal::Revoked)),
-        Some(Ok(caller)) => Some(match gateway.live().departments.get(&caller.department) {
+        Some(Ok(caller)) => Some(match live.departments.get(&caller.department) {
             None => Err(Refusal::UnknownDepartment(caller.department.clone())),
             Some(d) if !d.enabled => Err(Refusal::DepartmentDisabled(caller.department.clone())),
             Some(d) => Ok(Caller {
@@ -353,6 +355,7 @@ async fn gate_inner(gateway: Arc<Gateway>, mut req: Request, next: Next) -> Resp
         Some(Err(refusal)) => Some(Err(refusal.clone())),
         None => None,
     };
+    drop(live);
     let response = match identity {
         None => ApiError::internal().into_response(),
         Some(Err(refusal)) => {

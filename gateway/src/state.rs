@@ -224,12 +224,6 @@ impl Gateway {
             .map_err(ApiError::from)
     }
 
-    /// True when the current CRLs revoke the certificate with this raw issuer and serial.
-    /// Checked on every request, so a revocation reaches open and resumed sessions at once.
-    pub fn is_revoked(&self, issuer_raw: &[u8], serial_raw: &[u8]) -> bool {
-        self.live.load().revoked.contains(issuer_raw, serial_raw)
-    }
-
     /// Marks the gateway as shutting down: `/readyz` answers 503 from now on.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
