@@ -404,6 +404,16 @@ impl Conn {
         self.send(Method::GET, path, Bytes::new()).await
     }
 
+    /// A GET with extra headers (`X-Purpose`, `X-Consent`, …).
+    pub async fn get_with(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Reply> {
+        self.send_with(Method::GET, path, headers, Bytes::new())
+            .await
+    }
+
     /// Sends one request and reads the whole response. When the request fails because the
     /// connection failed (a TLS alert, say), the error carries the connection's own error.
     pub async fn send(&mut self, method: Method, path: &str, body: Bytes) -> anyhow::Result<Reply> {

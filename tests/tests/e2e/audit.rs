@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use bytes::Bytes;
 use certgate_tests::*;
 use gateway::checkpoint::verify_note;
 use gateway::merkle;
@@ -77,14 +76,12 @@ async fn every_outcome_is_logged_once_and_provable_against_a_signed_checkpoint()
         .json();
     let id = issued["id"].as_str().unwrap().to_owned();
     let allowed = approval
-        .send_with(
-            Method::GET,
+        .get_with(
             &format!("/v1/licences/{id}"),
             &[
                 ("x-purpose", "matter=M-BIZ-001; reason=%E5%AE%A1%E6%89%B9"),
                 ("x-case-id", "CASE-7"),
             ],
-            Bytes::new(),
         )
         .await
         .unwrap();
@@ -92,12 +89,7 @@ async fn every_outcome_is_logged_once_and_provable_against_a_signed_checkpoint()
     let allowed_id = allowed.headers["x-request-id"].to_str().unwrap().to_owned();
     // Denied by the access rules.
     let denied = ops
-        .send_with(
-            Method::GET,
-            &format!("/v1/licences/{id}"),
-            &[("x-purpose", "M-1")],
-            Bytes::new(),
-        )
+        .get_with(&format!("/v1/licences/{id}"), &[("x-purpose", "M-1")])
         .await
         .unwrap();
     assert_eq!(denied.code(), "CG-AUTH-007");
@@ -105,12 +97,7 @@ async fn every_outcome_is_logged_once_and_provable_against_a_signed_checkpoint()
     // A careless client puts a citizen id where a licence id belongs: refused, and the id
     // never reaches the log.
     let careless = approval
-        .send_with(
-            Method::GET,
-            &format!("/v1/licences/{CITIZEN}"),
-            &[("x-purpose", "M-1")],
-            Bytes::new(),
-        )
+        .get_with(&format!("/v1/licences/{CITIZEN}"), &[("x-purpose", "M-1")])
         .await
         .unwrap();
     assert_eq!(careless.status, StatusCode::BAD_REQUEST);

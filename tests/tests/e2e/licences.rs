@@ -139,12 +139,7 @@ async fn es256_licence_round_trip_verifies_here_and_with_jsonwebtoken() {
     // The approval bureau queries it for a matter and sees only what its rule allows.
     let reply = w
         .approval
-        .send_with(
-            Method::GET,
-            &format!("/v1/licences/{id}"),
-            &[("x-purpose", "M-BIZ-001")],
-            Default::default(),
-        )
+        .get_with(&format!("/v1/licences/{id}"), &[("x-purpose", "M-BIZ-001")])
         .await
         .unwrap();
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
@@ -410,24 +405,14 @@ async fn access_rules_purposes_and_field_checks() {
     );
     let reply = w
         .approval
-        .send_with(
-            Method::GET,
-            &path,
-            &[("x-purpose", "two words")],
-            Default::default(),
-        )
+        .get_with(&path, &[("x-purpose", "two words")])
         .await
         .unwrap();
     assert_eq!(reply.code(), "CG-REQ-006");
     // ?fields= narrows; a field outside the type is refused.
     let reply = w
         .approval
-        .send_with(
-            Method::GET,
-            &format!("{path}?fields=name"),
-            &[("x-purpose", "M-1")],
-            Default::default(),
-        )
+        .get_with(&format!("{path}?fields=name"), &[("x-purpose", "M-1")])
         .await
         .unwrap();
     assert_eq!(
@@ -436,35 +421,23 @@ async fn access_rules_purposes_and_field_checks() {
     );
     let reply = w
         .approval
-        .send_with(
-            Method::GET,
-            &format!("{path}?fields=colour"),
-            &[("x-purpose", "M-1")],
-            Default::default(),
-        )
+        .get_with(&format!("{path}?fields=colour"), &[("x-purpose", "M-1")])
         .await
         .unwrap();
     assert_eq!(reply.code(), "CG-LIC-001");
     // The issuer sees every field; a department without a rule sees nothing.
     let reply = w
         .market
-        .send_with(
-            Method::GET,
+        .get_with(
             &path,
             &[("x-purpose", "matter=M-1; reason=%E5%A4%8D%E6%A0%B8")],
-            Default::default(),
         )
         .await
         .unwrap();
     assert_eq!(reply.json()["disclosed"].as_object().unwrap().len(), 7);
     let reply = w
         .ops
-        .send_with(
-            Method::GET,
-            &path,
-            &[("x-purpose", "M-1")],
-            Default::default(),
-        )
+        .get_with(&path, &[("x-purpose", "M-1")])
         .await
         .unwrap();
     assert_eq!(
@@ -673,11 +646,7 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
     let query = format!("/v1/licences?holder={CITIZEN}&type={FOOD}");
     let purpose = ("x-purpose", "M-FOOD-001");
 
-    let reply = w
-        .approval
-        .send_with(Method::GET, &query, &[purpose], Default::default())
-        .await
-        .unwrap();
+    let reply = w.approval.get_with(&query, &[purpose]).await.unwrap();
     assert_eq!(
         (reply.status, reply.code().as_str()),
         (StatusCode::FORBIDDEN, "CG-LIC-002"),
@@ -686,11 +655,7 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
     // A department without a rule for the type learns nothing, not even "no licences".
     for holder in [CITIZEN, "110105194912310029"] {
         let q = format!("/v1/licences?holder={holder}&type={BUSINESS}");
-        let reply = w
-            .ops
-            .send_with(Method::GET, &q, &[purpose], Default::default())
-            .await
-            .unwrap();
+        let reply = w.ops.get_with(&q, &[purpose]).await.unwrap();
         assert_eq!(
             (reply.status, reply.code().as_str()),
             (StatusCode::FORBIDDEN, "CG-AUTH-007"),
@@ -700,12 +665,7 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
     // The approval bureau's food rule is for matter M-FOOD-001 only.
     let reply = w
         .approval
-        .send_with(
-            Method::GET,
-            &query,
-            &[("x-purpose", "M-OTHER")],
-            Default::default(),
-        )
+        .get_with(&query, &[("x-purpose", "M-OTHER")])
         .await
         .unwrap();
     assert_eq!(reply.code(), "CG-AUTH-007");
@@ -748,12 +708,7 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
     let token = mine["token"].as_str().unwrap();
     let reply = w
         .approval
-        .send_with(
-            Method::GET,
-            &query,
-            &[purpose, ("x-consent", token)],
-            Default::default(),
-        )
+        .get_with(&query, &[purpose, ("x-consent", token)])
         .await
         .unwrap();
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
@@ -768,12 +723,7 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
     ] {
         let reply = w
             .approval
-            .send_with(
-                Method::GET,
-                &query,
-                &[purpose, ("x-consent", bad)],
-                Default::default(),
-            )
+            .get_with(&query, &[purpose, ("x-consent", bad)])
             .await
             .unwrap();
         assert_eq!(
@@ -785,12 +735,7 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
     // The consent is for matter M-FOOD-001: another stated matter cannot use it.
     let reply = w
         .approval
-        .send_with(
-            Method::GET,
-            &query,
-            &[("x-purpose", "M-OTHER"), ("x-consent", token)],
-            Default::default(),
-        )
+        .get_with(&query, &[("x-purpose", "M-OTHER"), ("x-consent", token)])
         .await
         .unwrap();
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
@@ -807,12 +752,7 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     let reply = w
         .approval
-        .send_with(
-            Method::GET,
-            &query,
-            &[purpose, ("x-consent", token)],
-            Default::default(),
-        )
+        .get_with(&query, &[purpose, ("x-consent", token)])
         .await
         .unwrap();
     assert_eq!(reply.code(), "CG-LIC-002");
@@ -1110,11 +1050,7 @@ async fn hostile_paths_and_query_strings_get_errors_in_the_error_model() {
         ("/v1/seals/%00%2F..", StatusCode::NOT_FOUND, "CG-LIC-003"),
     ];
     for (path, status, code) in cases {
-        let reply = w
-            .approval
-            .send_with(Method::GET, path, &purpose, Default::default())
-            .await
-            .unwrap();
+        let reply = w.approval.get_with(path, &purpose).await.unwrap();
         assert_eq!(
             (reply.status, reply.code().as_str()),
             (*status, *code),
@@ -1123,10 +1059,6 @@ async fn hostile_paths_and_query_strings_get_errors_in_the_error_model() {
         );
     }
     let long = format!("/v1/licences/x?fields={}", "a,".repeat(5000));
-    let reply = w
-        .approval
-        .send_with(Method::GET, &long, &purpose, Default::default())
-        .await
-        .unwrap();
+    let reply = w.approval.get_with(&long, &purpose).await.unwrap();
     assert!(reply.status.is_client_error(), "{}", reply.status);
 }
