@@ -1118,12 +1118,49 @@ impl LicenceService {
             "iat": now,
             "exp": record.expires_at,
         });
+        let token = self.sign_gateway_jwt("JWT", &claims)?;
+        Ok((record, token))
+    }
+
+    /// Signs `claims` as an ES256 JWT with the gateway's key (its `kid` is in the JWK set),
+    /// with the header `typ`.
+    pub fn sign_gateway_jwt(&self, typ: &str, claims: &Value) -> Result<String, ServiceError> {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.typ = Some(typ.to_owned());
         header.kid = Some(self.signing_kid.clone());
         let key = jsonwebtoken::EncodingKey::from_ec_der(&self.signing_key.to_pkcs8_der()?);
-        let token = jsonwebtoken::encode(&header, &claims, &key)
-            .map_err(|e| ServiceError::Internal(format!("cannot sign consent: {e}")))?;
-        Ok((record, token))
+        jsonwebtoken::encode(&header, claims, &key)
+            .map_err(|e| ServiceError::Internal(format!("cannot sign a {typ} token: {e}")))
+    }
+
+    /// Checks that `token` is an ES256 JWT with header `typ`, signed by the gateway's key and
+    /// issued by the gateway, and returns its claims. Time claims are left to the caller.
+    pub fn verify_gateway_jwt(&self, token: &str, typ: &str) -> Result<Map<String, Value>, String> {
+        if token.len() > 16 * 1024 {
+            return Err("the token is longer than 16 KiB".into());
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
+        if header.typ.as_deref() != Some(typ) {
+            return Err(format!("typ is not {typ}"));
+        }
+        if header.kid.as_deref() != Some(self.signing_kid.as_str()) {
+            return Err("not signed with the gateway's key (unknown kid)".into());
+        }
+        let pem = self
+            .signing_key
+            .public_key()
+            .pkey()
+            .public_key_to_pem()
+            .map_err(|e| e.to_string())?;
+        let key = jsonwebtoken::DecodingKey::from_ec_pem(&pem).map_err(|e| e.to_string())?;
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.set_issuer(&["urn:certgate:gateway"]);
+        validation.set_required_spec_claims(&["iss", "exp", "iat"]);
+        jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
+            .map(|d| d.claims)
+            .map_err(|e| format!("signature or claims refused: {e}"))
     }
 
     /// A keyed pseudonym of a holder id for tokens that travel outside the gateway: HMAC-SHA256

@@ -142,6 +142,16 @@ impl NoteSlot {
         }
     }
 
+    /// Notes a resource that belongs to no holder.
+    pub fn record_resource(&self, resource: &str) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(AccessNote {
+                resource: Some(resource.to_owned()),
+                holder: None,
+            });
+        }
+    }
+
     /// What was noted, if anything.
     pub fn take(&self) -> Option<AccessNote> {
         self.0.lock().ok().and_then(|mut s| s.take())

@@ -25,7 +25,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::identity::{Caller, PeerIdentity, Refusal};
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::state::{Gateway, LoadSummary};
-use crate::{audit, licences};
+use crate::{audit, data, licences};
 
 /// What a connection knows about itself; every request on it carries this in its extensions.
 #[derive(Debug)]
@@ -79,6 +79,19 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/consents/{id}/revoke", post(licences::revoke_consent))
         .route("/v1/show-codes", post(licences::create_show_code))
         .route("/v1/show-codes/redeem", post(licences::redeem_show_code))
+        .route("/v1/datasets", get(data::datasets))
+        .route("/v1/data/{dataset}/{key}", get(data::record))
+        .route(
+            "/v1/data/{dataset}/{key}/invalidate",
+            post(data::invalidate_key),
+        )
+        .route(
+            "/v1/data/{dataset}/invalidate",
+            post(data::invalidate_dataset),
+        )
+        .route("/v1/proof-types", get(data::proof_types))
+        .route("/v1/proofs/verify", post(data::verify_proof))
+        .route("/v1/proofs/{proof_type}", post(data::issue_proof))
         .route("/v1/audit/log-key", get(audit::log_key))
         .route("/v1/audit/checkpoint", get(audit::checkpoint))
         .route("/v1/audit/proof/inclusion", get(audit::inclusion))
@@ -250,11 +263,15 @@ Every caller is a department system authenticated by its TLS client certificate 
         licences::status_list, licences::create_consent, licences::revoke_consent,
         licences::create_show_code, licences::redeem_show_code,
         audit::log_key, audit::checkpoint, audit::inclusion, audit::consistency, audit::entries,
-        audit::holder_view, audit::export),
+        audit::holder_view, audit::export,
+        data::datasets, data::record, data::invalidate_key, data::invalidate_dataset,
+        data::proof_types, data::issue_proof, data::verify_proof),
     components(schemas(ErrorBody, WhoAmI, LoadSummary)),
     tags(
         (name = "seals", description = "Electronic seals (电子印章) and the keys that verify them"),
         (name = "licences", description = "Electronic licences (电子证照): issue, query, verify, check, lifecycle, status lists"),
+        (name = "data", description = "Shared-data exchange (数据共享): records of departments' source systems, cached, filtered per department and purpose"),
+        (name = "proofs", description = "No-proof checks (无证明): signed yes/no proofs instead of paper certificates"),
         (name = "audit", description = "The tamper-evident access log: entries, checkpoints, proofs, the holder's view"),
         (name = "holders", description = "Holder consent (用证授权) and show-codes (一码亮证), through city apps"),
         (name = "identity", description = "Who the gateway takes the caller for"),

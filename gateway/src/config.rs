@@ -12,6 +12,7 @@ use std::sync::Arc;
 use cert_store::Uscc;
 
 use crate::checkpoint::{CheckpointError, LogKey};
+use crate::exchange::catalog::{self, ExchangeSettings};
 use cert_store::crypto::Kek;
 use cert_store::licence::{FieldSpec, LicenceType, is_reserved_field_name};
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,8 @@ pub struct Config {
     pub licensing: LicensingSettings,
     /// The tamper-evident access log.
     pub access_log: AccessLogSettings,
+    /// Shared-data exchange: source systems, datasets, no-proof check types.
+    pub exchange: ExchangeSettings,
 }
 
 /// Settings of the access log.
@@ -264,7 +267,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn key(key: impl Into<String>, reason: impl fmt::Display) -> Self {
+    pub(crate) fn key(key: impl Into<String>, reason: impl fmt::Display) -> Self {
         ConfigError::Key {
             key: key.into(),
             reason: reason.to_string(),
@@ -363,6 +366,14 @@ struct RawConfig {
     licence_types: Vec<RawLicenceType>,
     #[serde(default)]
     access_rules: Vec<RawAccessRule>,
+    #[serde(default)]
+    exchange: catalog::RawExchange,
+    #[serde(default)]
+    upstreams: Vec<catalog::RawUpstream>,
+    #[serde(default)]
+    datasets: Vec<catalog::RawDataset>,
+    #[serde(default)]
+    proof_types: Vec<catalog::RawProofType>,
 }
 
 #[derive(Deserialize)]
@@ -610,6 +621,15 @@ impl RawConfig {
             base,
         )?;
         let access_log = validate_access_log(self.access_log, base)?;
+        let exchange = catalog::validate(
+            self.exchange,
+            self.upstreams,
+            self.datasets,
+            self.proof_types,
+            &departments,
+            &licensing.licence_types,
+            base,
+        )?;
         Ok(Config {
             path: path.to_owned(),
             server,
@@ -617,6 +637,7 @@ impl RawConfig {
             departments,
             licensing,
             access_log,
+            exchange,
         })
     }
 }

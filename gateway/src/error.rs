@@ -73,6 +73,44 @@ pub const CODES: &[(&str, u16, &str)] = &[
         "the request took longer than server.request_timeout_ms",
     ),
     (
+        "CG-DAT-001",
+        400,
+        "the record key is not of the dataset's key kind",
+    ),
+    (
+        "CG-DAT-002",
+        403,
+        "no grant lets the department read this dataset for the stated purpose, or it is not the owner",
+    ),
+    ("CG-DAT-003", 404, "no such dataset"),
+    (
+        "CG-DAT-004",
+        404,
+        "the source system has no record for this key",
+    ),
+    (
+        "CG-DAT-005",
+        502,
+        "the source system answered badly: an error status, a body that is not a JSON object, or one too large",
+    ),
+    (
+        "CG-DAT-006",
+        503,
+        "the source system cannot be reached or its circuit breaker is open, and no stale record may stand in",
+    ),
+    (
+        "CG-DAT-007",
+        504,
+        "the source system did not answer in time",
+    ),
+    ("CG-PRF-001", 400, "the proof request is invalid"),
+    (
+        "CG-PRF-002",
+        403,
+        "the department may not ask for this proof type",
+    ),
+    ("CG-PRF-003", 404, "no such proof type"),
+    (
         "CG-CFG-001",
         422,
         "the configuration could not be reloaded; the previous one stays in force",

@@ -624,6 +624,9 @@ async fn lifecycle(
     let record = gw
         .licences(move |svc, _| svc.change_status(&id, &caller.department, action, &reason))
         .await?;
+    gw.exchange
+        .licence_changed(&record.type_code, &record.holder)
+        .await;
     let credential = record.sd_jwt.clone();
     Ok((noted(&record), Json(view(record, credential))))
 }
@@ -695,6 +698,9 @@ pub async fn renew(
     let record = gw
         .licences(move |svc, now| svc.renew(&id, &caller.department, b.fields, b.valid_until, now))
         .await?;
+    gw.exchange
+        .licence_changed(&record.type_code, &record.holder)
+        .await;
     let credential = record.sd_jwt.clone();
     Ok((
         StatusCode::CREATED,

@@ -32,6 +32,140 @@ pub struct HandshakeLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a dataset's cache metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DatasetLabels {
+    /// The dataset id.
+    pub dataset: String,
+}
+
+/// Labels of a cache eviction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvictionLabels {
+    /// Why the entry left: `size` (the byte budget), `expired`, `explicit` (invalidated),
+    /// `replaced`.
+    pub cause: &'static str,
+}
+
+/// Labels of an upstream's metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// The upstream's origin, e.g. `https://10.1.2.3:8443`.
+    pub upstream: String,
+}
+
+/// Metrics of the shared-data exchange: the cache and the source systems behind it.
+#[derive(Debug)]
+pub struct ExchangeMetrics {
+    /// Requests answered from a fresh cache entry.
+    pub hits: Family<DatasetLabels, Counter>,
+    /// Requests that fetched from the source system.
+    pub misses: Family<DatasetLabels, Counter>,
+    /// Requests that waited for another request's fetch of the same key.
+    pub coalesced: Family<DatasetLabels, Counter>,
+    /// Requests answered with a stale entry because the source failed.
+    pub stale: Family<DatasetLabels, Counter>,
+    /// Entries that left the cache, by cause.
+    pub evictions: Family<EvictionLabels, Counter>,
+    upstream_latency: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+    upstream_retries: Family<UpstreamLabels, Counter>,
+    breaker: Family<UpstreamLabels, Gauge>,
+}
+
+impl ExchangeMetrics {
+    fn new() -> Self {
+        ExchangeMetrics {
+            hits: Family::default(),
+            misses: Family::default(),
+            coalesced: Family::default(),
+            stale: Family::default(),
+            evictions: Family::default(),
+            upstream_latency: Family::new_with_constructor(latency_histogram),
+            upstream_retries: Family::default(),
+            breaker: Family::default(),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "exchange_cache_hits",
+            "Data requests answered from the cache",
+            self.hits.clone(),
+        );
+        registry.register(
+            "exchange_cache_misses",
+            "Data requests that fetched from the source system",
+            self.misses.clone(),
+        );
+        registry.register(
+            "exchange_cache_coalesced",
+            "Data requests that waited for a fetch already under way",
+            self.coalesced.clone(),
+        );
+        registry.register(
+            "exchange_cache_stale",
+            "Data requests answered with a stale record because the source failed",
+            self.stale.clone(),
+        );
+        registry.register(
+            "exchange_cache_evictions",
+            "Cache entries removed, by cause",
+            self.evictions.clone(),
+        );
+        registry.register(
+            "exchange_upstream_duration_seconds",
+            "Time of one fetch from a source system, retries included",
+            self.upstream_latency.clone(),
+        );
+        registry.register(
+            "exchange_upstream_retries",
+            "Retried calls to source systems",
+            self.upstream_retries.clone(),
+        );
+        registry.register(
+            "exchange_upstream_breaker_state",
+            "Circuit breaker per source system: 0 closed, 1 open, 2 half-open",
+            self.breaker.clone(),
+        );
+    }
+
+    /// Counts one event of a dataset in `family`.
+    pub fn count(family: &Family<DatasetLabels, Counter>, dataset: &str) {
+        family
+            .get_or_create(&DatasetLabels {
+                dataset: dataset.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records the time of one fetch from `origin`.
+    pub fn observe_upstream(&self, origin: &str, seconds: f64) {
+        self.upstream_latency
+            .get_or_create(&UpstreamLabels {
+                upstream: origin.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// Counts a retried call to `origin`.
+    pub fn upstream_retry(&self, origin: &str) {
+        self.upstream_retries
+            .get_or_create(&UpstreamLabels {
+                upstream: origin.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets the breaker state of `origin`.
+    pub fn set_breaker(&self, origin: &str, state: i64) {
+        self.breaker
+            .get_or_create(&UpstreamLabels {
+                upstream: origin.to_owned(),
+            })
+            .set(state);
+    }
+}
+
 /// The gateway's metrics and the registry that encodes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -48,6 +182,8 @@ pub struct Metrics {
     pub rejected_connections: Counter,
     /// Configuration reloads that failed (the previous configuration stays in force).
     pub reload_failures: Counter,
+    /// The shared-data exchange.
+    pub exchange: std::sync::Arc<ExchangeMetrics>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -92,7 +228,10 @@ impl Default for Metrics {
             "Configuration reloads that failed",
             reload_failures.clone(),
         );
+        let exchange = ExchangeMetrics::new();
+        exchange.register(&mut registry);
         Metrics {
+            exchange: std::sync::Arc::new(exchange),
             registry,
             requests,
             latency,

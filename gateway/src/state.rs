@@ -16,6 +16,7 @@ use cert_store::store::SqliteStore;
 use crate::access_log::{AccessLog, WriterSettings};
 use crate::config::{AccessRule, Config, ConfigError, DepartmentTable, ServerSettings};
 use crate::error::ApiError;
+use crate::exchange::Exchange;
 use crate::metrics::Metrics;
 use crate::tls::{RevokedSerials, TlsError, TlsMaterial};
 
@@ -79,6 +80,9 @@ pub enum StartError {
     /// The licence service could not start (keys could not be loaded or created).
     #[error("cannot start the licence service: {0}")]
     Licences(ServiceError),
+    /// An upstream source system's client could not be built (bad CA or client certificate).
+    #[error("cannot set up the exchange: {0}")]
+    Exchange(#[from] crate::exchange::upstream::UpstreamError),
 }
 
 /// Why a reload failed; the previous configuration stays in force.
@@ -105,6 +109,8 @@ pub struct Gateway {
     licences: Arc<LicenceService>,
     /// The tamper-evident access log.
     pub access_log: AccessLog,
+    /// The shared-data exchange: source systems, cache, proof types.
+    pub exchange: Exchange,
     /// Turns holder ids into the pseudonyms the access log records.
     pseudonym_key: [u8; 32],
     /// The access log's verifier key (`GET /v1/audit/log-key`).
@@ -148,6 +154,8 @@ impl Gateway {
             config.server.data_dir.join("access-log.vkey"),
             &log_verifier_key,
         );
+        let metrics = Metrics::default();
+        let exchange = Exchange::new(config.exchange.clone(), metrics.exchange.clone())?;
         let licensing = &config.licensing;
         let licences = LicenceService::open(
             Arc::new(store),
@@ -160,10 +168,11 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             licences: Arc::new(licences),
             access_log,
+            exchange,
             pseudonym_key: config.access_log.pseudonym_key,
             log_verifier_key,
             settings: config.server,
-            metrics: Metrics::default(),
+            metrics,
             config_path: config.path,
             live: ArcSwap::from_pointee(live),
             sessions,

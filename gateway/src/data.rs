@@ -1,0 +1,520 @@
+//! Routes of the shared-data exchange and the no-proof checks. Each handler checks the caller
+//! and the purpose, calls the exchange, and maps the result.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use cert_store::licence::LicenceStatus;
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::access_log::NoteSlot;
+use crate::api::{JsonBody, require};
+use crate::config::Role;
+use crate::error::{ApiError, ErrorBody};
+use crate::exchange::catalog::{Condition, Dataset};
+use crate::exchange::proofs::{self, PROOF_TYP, ProofCheck};
+use crate::exchange::upstream::FetchError;
+use crate::exchange::{self, Exchange};
+use crate::identity::Caller;
+use crate::purpose::Purpose;
+use crate::state::Gateway;
+
+/// A record as the calling department may see it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DataView {
+    /// The dataset id.
+    pub dataset: String,
+    /// The record key.
+    pub key: String,
+    /// When the gateway fetched it from the source system (Unix seconds).
+    pub fetched_at: i64,
+    /// `hit`, `miss` or `stale` (also in the `cache-status` header).
+    pub cache: &'static str,
+    /// The fields this department may see for this purpose, masked as configured.
+    #[schema(value_type = Object)]
+    pub fields: Map<String, Value>,
+}
+
+fn bad_key(message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "CG-DAT-001", message)
+}
+
+fn not_permitted(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "CG-DAT-002", message)
+}
+
+fn dataset_of(gw: &Gateway, id: &str) -> Result<Arc<Dataset>, ApiError> {
+    gw.exchange.dataset(id).cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "CG-DAT-003",
+            format!("no dataset `{}`", id.chars().take(40).collect::<String>()),
+        )
+    })
+}
+
+/// The answer for a source system that failed. The detail goes to the log, not the caller.
+fn fetch_error(dataset: &str, e: &FetchError) -> ApiError {
+    tracing::warn!(dataset, error = %e, "source system fetch failed");
+    let (status, code, message) = match e {
+        FetchError::NotFound => (
+            StatusCode::NOT_FOUND,
+            "CG-DAT-004",
+            "the source system has no record for this key".to_owned(),
+        ),
+        FetchError::Timeout(ms) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "CG-DAT-007",
+            format!("the source system did not answer within {ms} ms"),
+        ),
+        FetchError::Unreachable(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "CG-DAT-006",
+            "the source system cannot be reached".to_owned(),
+        ),
+        FetchError::BreakerOpen => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "CG-DAT-006",
+            "the source system is failing; calls to it are suspended for a while".to_owned(),
+        ),
+        FetchError::Status(s) => (
+            StatusCode::BAD_GATEWAY,
+            "CG-DAT-005",
+            format!("the source system answered with status {s}"),
+        ),
+        FetchError::Malformed(_) => (
+            StatusCode::BAD_GATEWAY,
+            "CG-DAT-005",
+            "the source system's answer is not a JSON object".to_owned(),
+        ),
+        FetchError::TooLarge(n) => (
+            StatusCode::BAD_GATEWAY,
+            "CG-DAT-005",
+            format!("the source system's answer is larger than the dataset's limit of {n} bytes"),
+        ),
+    };
+    ApiError::new(status, code, format!("{dataset}: {message}"))
+}
+
+/// Notes the dataset and key for the access log: holder keys are pseudonymised there.
+fn note(slot: &NoteSlot, dataset: &Dataset, key: &str) {
+    let resource = format!("dataset:{}", dataset.id);
+    if dataset.key_kind.is_holder() {
+        slot.record(&resource, key);
+    } else {
+        slot.record_resource(&format!("{resource}/{key}"));
+    }
+}
+
+/// One record of a dataset, fetched from its source system through the cache and filtered
+/// to the fields this department may see for the stated purpose.
+#[utoipa::path(get, path = "/v1/data/{dataset}/{key}", tag = "data",
+    params(("dataset" = String, Path, description = "Dataset id"),
+        ("key" = String, Path, description = "Record key (USCC, citizen id or free key, as the dataset says)"),
+        ("X-Purpose" = String, Header, description = "Matter code and/or reason")),
+    responses(
+        (status = 200, body = DataView, headers(("cache-status" = String, description = "hit, miss or stale"))),
+        (status = 400, description = "Bad key (CG-DAT-001) or no purpose (CG-REQ-006)", body = ErrorBody),
+        (status = 403, description = "No grant for this department and purpose (CG-DAT-002)", body = ErrorBody),
+        (status = 404, description = "Unknown dataset (CG-DAT-003) or no record (CG-DAT-004)", body = ErrorBody),
+        (status = 502, description = "The source answered badly (CG-DAT-005)", body = ErrorBody),
+        (status = 503, description = "The source is unreachable or its breaker is open (CG-DAT-006)", body = ErrorBody),
+        (status = 504, description = "The source timed out (CG-DAT-007)", body = ErrorBody),
+    ))]
+pub async fn record(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    purpose: Purpose,
+    Path((dataset, key)): Path<(String, String)>,
+    Extension(slot): Extension<NoteSlot>,
+) -> Result<Response, ApiError> {
+    let ds = dataset_of(&gw, &dataset)?;
+    let key = ds
+        .key_kind
+        .parse(&key)
+        .map_err(|e| bad_key(format!("key: {e}")))?;
+    note(&slot, &ds, &key);
+    if ds.owner != caller.department {
+        require(&caller, Role::Consumer)?;
+    }
+    // Decide before looking, so that a refusal says nothing about the record.
+    let visible = Exchange::visible_fields(&ds, &caller.department, purpose.matter.as_deref())
+        .ok_or_else(|| {
+            not_permitted(format!(
+                "no grant lets this department read {} for this purpose",
+                ds.id
+            ))
+        })?;
+    let (record, status) = gw
+        .exchange
+        .get(&ds, &key, true)
+        .await
+        .map_err(|e| fetch_error(&ds.id, &e))?;
+    let view = DataView {
+        dataset: ds.id.clone(),
+        key,
+        fetched_at: record.fetched_at,
+        cache: status.as_str(),
+        fields: exchange::present(&record, &visible),
+    };
+    Ok(([("cache-status", status.as_str())], Json(view)).into_response())
+}
+
+/// What an invalidation dropped.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Invalidated {
+    /// The dataset id.
+    pub dataset: String,
+    /// The key, or none when the whole dataset was dropped.
+    pub key: Option<String>,
+}
+
+fn require_owner(caller: &Caller, ds: &Dataset) -> Result<(), ApiError> {
+    if caller.department == ds.owner {
+        Ok(())
+    } else {
+        Err(not_permitted(format!(
+            "only the owner of {} may invalidate its records",
+            ds.id
+        )))
+    }
+}
+
+/// Drops one record from the cache; the next request fetches it from the source (owner only).
+#[utoipa::path(post, path = "/v1/data/{dataset}/{key}/invalidate", tag = "data",
+    params(("dataset" = String, Path, description = "Dataset id"), ("key" = String, Path, description = "Record key")),
+    responses((status = 200, body = Invalidated), (status = 400, body = ErrorBody),
+        (status = 403, description = "Not the owner (CG-DAT-002)", body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn invalidate_key(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    Path((dataset, key)): Path<(String, String)>,
+    Extension(slot): Extension<NoteSlot>,
+) -> Result<Json<Invalidated>, ApiError> {
+    let ds = dataset_of(&gw, &dataset)?;
+    let key = ds
+        .key_kind
+        .parse(&key)
+        .map_err(|e| bad_key(format!("key: {e}")))?;
+    note(&slot, &ds, &key);
+    require_owner(&caller, &ds)?;
+    gw.exchange.invalidate_key(&ds.id, &key).await;
+    Ok(Json(Invalidated {
+        dataset: ds.id.clone(),
+        key: Some(key),
+    }))
+}
+
+/// Drops every record of a dataset from the cache (owner only).
+#[utoipa::path(post, path = "/v1/data/{dataset}/invalidate", tag = "data",
+    params(("dataset" = String, Path, description = "Dataset id")),
+    responses((status = 200, body = Invalidated),
+        (status = 403, description = "Not the owner (CG-DAT-002)", body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn invalidate_dataset(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    Path(dataset): Path<String>,
+    Extension(slot): Extension<NoteSlot>,
+) -> Result<Json<Invalidated>, ApiError> {
+    let ds = dataset_of(&gw, &dataset)?;
+    slot.record_resource(&format!("dataset:{}", ds.id));
+    require_owner(&caller, &ds)?;
+    gw.exchange.invalidate_dataset(&ds.id);
+    Ok(Json(Invalidated {
+        dataset: ds.id.clone(),
+        key: None,
+    }))
+}
+
+/// A dataset as listed to departments.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DatasetView {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Owner department.
+    pub owner: String,
+    /// `uscc`, `citizen-id` or `free`.
+    pub key_kind: &'static str,
+    /// Cache lifetime of a record, in seconds.
+    pub ttl_seconds: u64,
+    /// Every field a record may carry.
+    pub fields: Vec<String>,
+}
+
+/// The dataset catalog.
+#[utoipa::path(get, path = "/v1/datasets", tag = "data", responses((status = 200, body = [DatasetView])))]
+pub async fn datasets(State(gw): State<Arc<Gateway>>, _caller: Caller) -> Json<Vec<DatasetView>> {
+    Json(
+        gw.exchange
+            .datasets()
+            .map(|d| DatasetView {
+                id: d.id.clone(),
+                name: d.name.clone(),
+                owner: d.owner.to_string(),
+                key_kind: d.key_kind.as_str(),
+                ttl_seconds: d.ttl.as_secs(),
+                fields: d.fields.iter().cloned().collect(),
+            })
+            .collect(),
+    )
+}
+
+// ---- no-proof checks ----
+
+/// A request for a proof.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProofRequest {
+    /// The holder the proof is about: a USCC or a citizen id, as the proof type says.
+    pub holder: String,
+}
+
+/// An issued proof.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProofView {
+    /// The proof's id (the token's `jti`).
+    pub id: String,
+    /// The proof type id.
+    pub proof_type: String,
+    /// Its name, e.g. 无欠税证明.
+    pub proof_name: String,
+    /// The holder.
+    pub holder: String,
+    /// The answer.
+    pub result: bool,
+    /// Issuance time (Unix seconds).
+    pub issued_at: i64,
+    /// End of validity (at most 24 hours later).
+    pub expires_at: i64,
+    /// The signed proof: an ES256 JWT with `typ` `certgate-proof+jwt`, verifiable offline
+    /// with the gateway key in `/.well-known/jwks.json`.
+    pub token: String,
+}
+
+/// A proof type as listed to departments.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProofTypeView {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// `uscc` or `citizen-id`.
+    pub holder_kind: &'static str,
+    /// Lifetime of a proof, in seconds.
+    pub validity_seconds: u64,
+    /// True when the calling department may ask for it.
+    pub may_request: bool,
+}
+
+/// The proof types.
+#[utoipa::path(get, path = "/v1/proof-types", tag = "proofs", responses((status = 200, body = [ProofTypeView])))]
+pub async fn proof_types(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+) -> Json<Vec<ProofTypeView>> {
+    Json(
+        gw.exchange
+            .proof_types()
+            .map(|p| ProofTypeView {
+                id: p.id.clone(),
+                name: p.name.clone(),
+                holder_kind: p.holder_kind.as_str(),
+                validity_seconds: p.validity.as_secs(),
+                may_request: p.departments.contains(&caller.department),
+            })
+            .collect(),
+    )
+}
+
+/// Evaluates a proof type's rule for a holder and returns a signed proof of the answer
+/// (无证明城市: the department asks the gateway instead of asking the citizen for paper).
+#[utoipa::path(post, path = "/v1/proofs/{proof_type}", tag = "proofs", request_body = ProofRequest,
+    params(("proof_type" = String, Path, description = "Proof type id"),
+        ("X-Purpose" = String, Header, description = "Matter code and/or reason")),
+    responses((status = 201, body = ProofView),
+        (status = 400, description = "Bad holder (CG-PRF-001) or no purpose (CG-REQ-006)", body = ErrorBody),
+        (status = 403, description = "The department may not ask for this proof (CG-PRF-002)", body = ErrorBody),
+        (status = 404, description = "Unknown proof type (CG-PRF-003)", body = ErrorBody),
+        (status = 502, body = ErrorBody), (status = 503, body = ErrorBody), (status = 504, body = ErrorBody)))]
+pub async fn issue_proof(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    _purpose: Purpose,
+    Path(proof_type): Path<String>,
+    Extension(slot): Extension<NoteSlot>,
+    JsonBody(body): JsonBody<ProofRequest>,
+) -> Result<(StatusCode, Json<ProofView>), ApiError> {
+    let proof = gw
+        .exchange
+        .proof_type(&proof_type)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "CG-PRF-003",
+                format!(
+                    "no proof type `{}`",
+                    proof_type.chars().take(40).collect::<String>()
+                ),
+            )
+        })?;
+    let holder = proof.holder_kind.parse(body.holder.trim()).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "CG-PRF-001",
+            format!("holder: {e}"),
+        )
+    })?;
+    slot.record(&format!("proof:{}", proof.id), &holder);
+    if !proof.departments.contains(&caller.department) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "CG-PRF-002",
+            format!("this department may not ask for {}", proof.name),
+        ));
+    }
+    // Every record the rule reads, fresh or from the source; never a stale one, and a failing
+    // source is an error, not a "no".
+    let mut records = std::collections::HashMap::new();
+    for id in proofs::datasets_read(&proof) {
+        let ds = dataset_of(&gw, id)?;
+        let record = match gw.exchange.get(&ds, &holder, false).await {
+            Ok((r, _)) => Some(r),
+            Err(FetchError::NotFound) => None,
+            Err(e) => return Err(fetch_error(&ds.id, &e)),
+        };
+        records.insert(id.to_owned(), record);
+    }
+    let now = crate::state::unix_now();
+    let mut result = true;
+    for c in &proof.conditions {
+        let met = match c {
+            Condition::Field {
+                dataset,
+                field,
+                test,
+            } => {
+                let value = records
+                    .get(dataset)
+                    .and_then(|r| r.as_ref())
+                    .and_then(|r| r.fields.get(field));
+                proofs::holds(test, value)
+            }
+            Condition::ValidLicence { licence_type } => {
+                let (h, t) = (holder.clone(), licence_type.clone());
+                let licences = gw
+                    .licences(move |svc, _| svc.licences_by_holder(&h, &t))
+                    .await?;
+                licences.iter().any(|l| {
+                    l.status == LicenceStatus::Valid && l.not_before <= now && now < l.expires_at
+                })
+            }
+        };
+        result &= met;
+    }
+    let id = format!("proof-{}", hex::encode(random_id()));
+    let claims = proofs::claims(
+        &proof,
+        &id,
+        &holder,
+        &caller.department.to_string(),
+        result,
+        now,
+    );
+    let token = gw
+        .licences(move |svc, _| svc.sign_gateway_jwt(PROOF_TYP, &claims))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ProofView {
+            id,
+            proof_type: proof.id.clone(),
+            proof_name: proof.name.clone(),
+            holder,
+            result,
+            issued_at: now,
+            expires_at: now + proof.validity.as_secs() as i64,
+            token,
+        }),
+    ))
+}
+
+fn random_id() -> [u8; 12] {
+    let mut b = [0u8; 12];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        tracing::error!("system random number generator failed");
+    }
+    b
+}
+
+/// A proof to verify.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyProof {
+    /// The proof token.
+    pub token: String,
+}
+
+/// The verdict on a proof.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProofVerdict {
+    /// True when every check passed.
+    pub valid: bool,
+    /// Each check with its outcome.
+    pub checks: Vec<ProofCheck>,
+    /// The proof's claims, when its signature verified.
+    #[schema(value_type = Option<Object>)]
+    pub proof: Option<Map<String, Value>>,
+}
+
+/// Verifies a proof: the gateway's signature, a known proof type, the time window.
+#[utoipa::path(post, path = "/v1/proofs/verify", tag = "proofs", request_body = VerifyProof,
+    responses((status = 200, body = ProofVerdict), (status = 400, body = ErrorBody)))]
+pub async fn verify_proof(
+    State(gw): State<Arc<Gateway>>,
+    _caller: Caller,
+    JsonBody(body): JsonBody<VerifyProof>,
+) -> Result<Json<ProofVerdict>, ApiError> {
+    let token = body.token;
+    let signed = gw
+        .licences(move |svc, _| Ok(svc.verify_gateway_jwt(token.trim(), PROOF_TYP)))
+        .await?;
+    let now = crate::state::unix_now();
+    let (mut checks, proof) = match signed {
+        Ok(claims) => (
+            vec![ProofCheck {
+                check: "signature",
+                ok: true,
+                detail: None,
+            }],
+            Some(claims),
+        ),
+        Err(reason) => (
+            vec![ProofCheck {
+                check: "signature",
+                ok: false,
+                detail: Some(reason),
+            }],
+            None,
+        ),
+    };
+    if let Some(claims) = &proof {
+        checks.extend(proofs::check_claims(
+            claims,
+            |t| gw.exchange.proof_type(t).is_some(),
+            now,
+        ));
+    }
+    Ok(Json(ProofVerdict {
+        valid: checks.iter().all(|c| c.ok),
+        checks,
+        proof,
+    }))
+}
