@@ -424,7 +424,7 @@ pub async fn issue_proof(
         &proof,
         &id,
         &holder,
-        &caller.department.to_string(),
+        caller.department.as_ref(),
         result,
         now,
     );

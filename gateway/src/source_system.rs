@@ -199,7 +199,7 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, controls: Arc
 async fn answer(
     controls: Arc<Controls>,
     req: http::Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+) -> Result<Response<Full<Bytes>>, SourceError> {
     let key = req
         .uri()
         .path()
@@ -236,7 +236,9 @@ async fn answer(
             let body = format!("\"{}\"", "x".repeat(n));
             return Ok(respond(StatusCode::OK, Bytes::from(body)));
         }
-        Fault::None | Fault::Down => {}
+        // Connections opened before the fault are cut mid-request.
+        Fault::Down => return Err(SourceError("down".into())),
+        Fault::None => {}
     }
     let record = controls
         .records

@@ -399,6 +399,19 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Another handle on the same HTTP/2 connection, for concurrent requests; `None` on
+    /// HTTP/1.1, which carries one request at a time.
+    pub fn fork(&self) -> Option<Conn> {
+        match &self.sender {
+            Sender::H2(s) => Some(Conn {
+                sender: Sender::H2(s.clone()),
+                resumed: self.resumed,
+                task: None,
+            }),
+            Sender::H1(_) => None,
+        }
+    }
+
     /// A GET on this connection.
     pub async fn get(&mut self, path: &str) -> anyhow::Result<Reply> {
         self.send(Method::GET, path, Bytes::new()).await

@@ -3,6 +3,7 @@
 
 mod audit;
 mod cli;
+mod exchange;
 mod identity;
 mod licences;
 mod limits;
