@@ -256,13 +256,17 @@ fn run(command: Command) -> anyhow::Result<()> {
             listen,
             ops_listen,
         } => {
-            let config = crate::demo::prepare(&dir, listen, ops_listen, now)?;
+            let mut config = crate::demo::prepare(&dir, listen, ops_listen, now)?;
             let dir = config.path.parent().map(Path::to_path_buf).unwrap_or(dir);
-            runtime()?.block_on(run_gateway(config, |gateway, api, ops| {
-                let samples = crate::demo::seed(gateway, &dir)?;
-                crate::demo::print_walkthrough(&dir, &samples, api, ops);
-                Ok(())
-            }))
+            runtime()?.block_on(async {
+                let _sources = crate::demo::start_sources(&mut config, &dir, listen.ip()).await?;
+                run_gateway(config, |gateway, api, ops| {
+                    let samples = crate::demo::seed(gateway, &dir)?;
+                    crate::demo::print_walkthrough(&dir, &samples, api, ops);
+                    Ok(())
+                })
+                .await
+            })
         }
     }
 }

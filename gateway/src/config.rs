@@ -962,12 +962,21 @@ licence_type = "11100000MB0000100D001"
         assert_eq!(x.upstreams[0].retries, 2);
         assert!(x.upstreams[0].ca_file.as_ref().unwrap().is_absolute());
         let d = &x.datasets[0];
-        assert_eq!((d.key_kind, d.origin.as_str()), (KeyKind::CitizenId, "https://127.0.0.1:9601"));
+        assert_eq!(
+            (d.key_kind, d.origin.as_str()),
+            (KeyKind::CitizenId, "https://127.0.0.1:9601")
+        );
         assert_eq!(d.grants[0].fields["address"], Mask::Partial);
         assert_eq!(d.ttl.as_secs(), 300);
         let p = &x.proof_types[0];
         assert_eq!(p.validity.as_secs(), 86_400);
-        assert!(matches!(p.conditions[0], Condition::Field { test: FieldTest::Exists(true), .. }));
+        assert!(matches!(
+            p.conditions[0],
+            Condition::Field {
+                test: FieldTest::Exists(true),
+                ..
+            }
+        ));
         assert!(matches!(p.conditions[1], Condition::ValidLicence { .. }));
     }
 
@@ -975,21 +984,77 @@ licence_type = "11100000MB0000100D001"
     fn bad_exchange_values_name_their_key() {
         let full = format!("{GOOD}{EXCHANGE}");
         let cases: &[(&str, &str, &str)] = &[
-            ("origin = \"https://127.0.0.1:9601\"", "origin = \"https://127.0.0.1:9601/x\"", "upstreams[0].origin"),
-            ("ca_file = \"ca.pem\"", "ca_file = \"nope.pem\"", "upstreams[0].ca_file"),
-            ("ca_file = \"ca.pem\"", "timeout_ms = 0", "upstreams[0].ca_file"),
-            ("id = \"household\"", "id = \"House Hold\"", "datasets[0].id"),
+            (
+                "origin = \"https://127.0.0.1:9601\"",
+                "origin = \"https://127.0.0.1:9601/x\"",
+                "upstreams[0].origin",
+            ),
+            (
+                "ca_file = \"ca.pem\"",
+                "ca_file = \"nope.pem\"",
+                "upstreams[0].ca_file",
+            ),
+            (
+                "ca_file = \"ca.pem\"",
+                "timeout_ms = 0",
+                "upstreams[0].ca_file",
+            ),
+            (
+                "id = \"household\"",
+                "id = \"House Hold\"",
+                "datasets[0].id",
+            ),
             ("/persons/{key}\"", "/persons/\"", "datasets[0].url"),
-            ("https://127.0.0.1:9601/persons", "https://127.0.0.1:9602/persons", "datasets[0].url"),
-            ("key_kind = \"citizen-id\"", "key_kind = \"passport\"", "datasets[0].key_kind"),
-            ("address = \"partial\"", "address = \"blurred\"", "datasets[0].grants[0].fields.address"),
-            ("address = \"partial\"", "phone = \"full\"", "datasets[0].grants[0].fields"),
-            ("purposes = [\"M-1\"]", "purposes = []", "datasets[0].grants[0].purposes"),
-            ("holder_kind = \"citizen-id\"", "holder_kind = \"uscc\"", "proof_types[0].conditions[0].dataset"),
-            ("op = \"exists\"", "op = \"like\"", "proof_types[0].conditions[0].op"),
-            ("field = \"address\"", "field = \"phone\"", "proof_types[0].conditions[0].field"),
-            ("conditions]]\nlicence_type = \"11100000MB0000100D001\"", "conditions]]\nlicence_type = \"11100000MB0000100D009\"", "proof_types[0].conditions[1].licence_type"),
-            ("departments = [\"91110108551385082Q\"]", "departments = []", "proof_types[0].departments"),
+            (
+                "https://127.0.0.1:9601/persons",
+                "https://127.0.0.1:9602/persons",
+                "datasets[0].url",
+            ),
+            (
+                "key_kind = \"citizen-id\"",
+                "key_kind = \"passport\"",
+                "datasets[0].key_kind",
+            ),
+            (
+                "address = \"partial\"",
+                "address = \"blurred\"",
+                "datasets[0].grants[0].fields.address",
+            ),
+            (
+                "address = \"partial\"",
+                "phone = \"full\"",
+                "datasets[0].grants[0].fields",
+            ),
+            (
+                "purposes = [\"M-1\"]",
+                "purposes = []",
+                "datasets[0].grants[0].purposes",
+            ),
+            (
+                "holder_kind = \"citizen-id\"",
+                "holder_kind = \"uscc\"",
+                "proof_types[0].conditions[0].dataset",
+            ),
+            (
+                "op = \"exists\"",
+                "op = \"like\"",
+                "proof_types[0].conditions[0].op",
+            ),
+            (
+                "field = \"address\"",
+                "field = \"phone\"",
+                "proof_types[0].conditions[0].field",
+            ),
+            (
+                "conditions]]\nlicence_type = \"11100000MB0000100D001\"",
+                "conditions]]\nlicence_type = \"11100000MB0000100D009\"",
+                "proof_types[0].conditions[1].licence_type",
+            ),
+            (
+                "departments = [\"91110108551385082Q\"]",
+                "departments = []",
+                "proof_types[0].departments",
+            ),
         ];
         for (from, to, key) in cases {
             assert!(full.contains(from), "{from}");

@@ -454,9 +454,9 @@ fn random_id() -> [u8; 12] {
     b
 }
 
-/// A proof to verify.
+/// A proof to verify. The issued proof may be sent as returned: fields other than `token`
+/// are ignored, and nothing but the token is trusted.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct VerifyProof {
     /// The proof token.
     pub token: String,

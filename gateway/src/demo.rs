@@ -63,7 +63,176 @@ pub const SAMPLE_DEPARTMENTS: &[SampleDepartment] = &[
         name: "运维中心",
         roles: &["admin"],
     },
+    SampleDepartment {
+        file: "police",
+        id: "11110105MB0000010A",
+        name: "公安局",
+        roles: &["consumer"],
+    },
+    SampleDepartment {
+        file: "tax",
+        id: "11110105MB0000011D",
+        name: "税务局",
+        roles: &["consumer"],
+    },
 ];
+
+/// Placeholder origins of the demo's two source systems in `certgate.toml`; the demo starts
+/// them on free ports and puts their real addresses in the loaded configuration.
+const POLICE_SOURCE: &str = "https://127.0.0.1:8601";
+const TAX_SOURCE: &str = "https://127.0.0.1:8602";
+
+/// The demo's shared-data exchange: the household register of 公安局 and the tax status of
+/// 税务局, each behind its own source system, and two no-proof check types.
+const EXCHANGE: &str = r#"
+# Shared-data exchange. The demo starts the two source systems itself, on free ports, and
+# uses their real addresses in place of the origins below.
+[exchange]
+cache_bytes = 67108864
+
+[[upstreams]]
+origin = "https://127.0.0.1:8601"
+ca_file = "pki/ca.pem"
+client_cert = "pki/gateway-upstream.pem"
+client_key = "pki/gateway-upstream.key"
+timeout_ms = 2000
+retries = 1
+
+[[upstreams]]
+origin = "https://127.0.0.1:8602"
+ca_file = "pki/ca.pem"
+client_cert = "pki/gateway-upstream.pem"
+client_key = "pki/gateway-upstream.key"
+timeout_ms = 2000
+retries = 1
+
+[[datasets]]
+id = "household"
+name = "户籍信息"
+owner = "11110105MB0000010A"
+url = "https://127.0.0.1:8601/persons/{key}"
+key_kind = "citizen-id"
+ttl_seconds = 300
+stale_if_error_seconds = 3600
+fields = ["name", "citizen_id", "address", "criminal_record"]
+
+# The approval bureau sees name, masked id and address for household matters only.
+[[datasets.grants]]
+department = "11110105MB0000001C"
+purposes = ["M-HUKOU-001"]
+fields = { name = "full", citizen_id = "partial", address = "full" }
+
+# The market regulator sees a masked name, for any stated purpose.
+[[datasets.grants]]
+department = "11110105MB0000002F"
+fields = { name = "partial" }
+
+[[datasets]]
+id = "tax-status"
+name = "纳税状况"
+owner = "11110105MB0000011D"
+url = "https://127.0.0.1:8602/taxpayers/{key}"
+key_kind = "uscc"
+ttl_seconds = 300
+stale_if_error_seconds = 3600
+fields = ["name", "arrears_yuan", "credit_rating"]
+invalidated_by_licence_types = ["11100000MB0000100D001"]
+
+[[datasets.grants]]
+department = "11110105MB0000001C"
+fields = { name = "full", credit_rating = "full" }
+
+# 无欠税且营业执照有效: no tax arrears and a business licence valid now.
+[[proof_types]]
+id = "no-arrears-licensed"
+name = "无欠税且营业执照有效证明"
+holder_kind = "uscc"
+departments = ["11110105MB0000001C"]
+validity_seconds = 86400
+
+[[proof_types.conditions]]
+dataset = "tax-status"
+field = "arrears_yuan"
+op = "equals"
+value = 0
+
+[[proof_types.conditions]]
+licence_type = "11100000MB0000100D001"
+
+[[proof_types]]
+id = "no-criminal-record"
+name = "无犯罪记录证明"
+holder_kind = "citizen-id"
+departments = ["11110105MB0000001C"]
+
+[[proof_types.conditions]]
+dataset = "household"
+field = "criminal_record"
+op = "exists"
+value = false
+"#;
+
+/// The demo's running source systems.
+#[derive(Debug)]
+pub struct Sources {
+    /// 公安局's household register.
+    pub police: crate::source_system::SourceSystem,
+    /// 税务局's tax status.
+    pub tax: crate::source_system::SourceSystem,
+}
+
+/// Starts the two sample source systems on free ports of `ip` (HTTPS with the demo's server
+/// certificate, client certificates from the demo CA required), fills them with sample
+/// records, and points `config`'s exchange at them.
+pub async fn start_sources(
+    config: &mut Config,
+    dir: &Path,
+    ip: std::net::IpAddr,
+) -> anyhow::Result<Sources> {
+    use crate::source_system::SourceSystem;
+    use serde_json::json;
+    let pki = dir.join("pki");
+    let any = SocketAddr::new(ip, 0);
+    let (cert, key, ca) = (
+        pki.join("server.pem"),
+        pki.join("server.key"),
+        pki.join("ca.pem"),
+    );
+    let police = SourceSystem::start(any, &cert, &key, Some(&ca)).await?;
+    let tax = SourceSystem::start(any, &cert, &key, Some(&ca)).await?;
+    police.controls.put(
+        CITIZEN,
+        &json!({"name": "张三丰", "citizen_id": CITIZEN, "address": "北京市朝阳区建国路 1 号", "criminal_record": null}),
+    );
+    police.controls.put(
+        "110101199003071233",
+        &json!({"name": "赵六", "citizen_id": "110101199003071233", "address": "北京市东城区", "criminal_record": "2019 年 盗窃"}),
+    );
+    tax.controls.put(
+        XIAOMI,
+        &json!({"name": "小米科技有限责任公司", "arrears_yuan": 0, "credit_rating": "A"}),
+    );
+    tax.controls.put(
+        HUAWEI,
+        &json!({"name": "华为技术有限公司", "arrears_yuan": 3200, "credit_rating": "B"}),
+    );
+    let real = |addr: SocketAddr| format!("https://{addr}");
+    for (placeholder, addr) in [(POLICE_SOURCE, police.addr), (TAX_SOURCE, tax.addr)] {
+        let origin = real(addr);
+        for u in &mut config.exchange.upstreams {
+            if u.origin == placeholder {
+                u.origin.clone_from(&origin);
+            }
+        }
+        for d in &mut config.exchange.datasets {
+            if d.origin == placeholder {
+                d.url = d.url.replacen(placeholder, &origin, 1);
+                d.origin.clone_from(&origin);
+            }
+        }
+    }
+    Ok(Sources { police, tax })
+}
 
 /// Creates what is missing under `dir` (PKI, client certificates, configuration, data
 /// directory) and returns the configuration with the requested listen addresses.
@@ -84,6 +253,14 @@ pub fn prepare(
             let id: Uscc = d.id.parse()?;
             ca.issue_client(&ClientSpec::department(d.file, &id, now))?;
         }
+    }
+    // The certificate the gateway presents to the source systems.
+    if !pki.join("gateway-upstream.pem").exists() {
+        let mut spec =
+            ClientSpec::department("gateway-upstream", &"11110105MB0000006U".parse()?, now);
+        spec.common_name = "certgate gateway".into();
+        spec.san_uris = vec!["urn:certgate:gateway".into()];
+        ca.issue_client(&spec)?;
     }
     let kek = dir.join("kek");
     if !kek.exists() {
@@ -146,6 +323,7 @@ fn config_text() -> String {
         );
     }
     text.push_str(LICENSING);
+    text.push_str(EXCHANGE);
     text
 }
 
@@ -204,6 +382,8 @@ pub struct Samples {
 
 const MARKET: &str = "11110105MB0000002F";
 const XIAOMI: &str = "91110108551385082Q";
+const HUAWEI: &str = "914403001922038216";
+const CITIZEN: &str = "11010519491231002X";
 
 /// Creates the sample seals and licences on first run (the market regulator has no seal yet)
 /// and writes request bodies for the walk-through to `samples/`.
@@ -309,6 +489,8 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
         json!({"fields": {"legal_representative": "雷军", "name": "某某公司"}}),
     )?;
     write("revoke.json", json!({"reason": "吊销：示例"}))?;
+    write("proof-xiaomi.json", json!({ "holder": XIAOMI }))?;
+    write("proof-huawei.json", json!({ "holder": HUAWEI }))?;
     write(
         "consent.json",
         json!({
@@ -393,6 +575,58 @@ pub fn print_walkthrough(dir: &Path, samples: &Samples, api: SocketAddr, ops: So
         "{} {json} -d @{} {base}/v1/consents",
         with("app"),
         sample("consent.json")
+    );
+    println!(
+        "# Shared data (数据共享): the approval bureau reads a household record of 公安局 for matter M-HUKOU-001;"
+    );
+    println!("# the id comes masked, fields outside its grant never leave the gateway:");
+    println!(
+        "{} -H 'X-Purpose: M-HUKOU-001' {base}/v1/data/household/{CITIZEN}",
+        with("approval")
+    );
+    println!(
+        "# The market regulator sees only a masked name (served from the cache: \"cache\": \"hit\"):"
+    );
+    println!(
+        "{} -H 'X-Purpose: M-BIZ-001' {base}/v1/data/household/{CITIZEN}",
+        with("market")
+    );
+    println!("# Refused: a purpose the approval bureau's grant does not cover (403 CG-DAT-002):");
+    println!(
+        "{} -H 'X-Purpose: M-OTHER-001' {base}/v1/data/household/{CITIZEN}",
+        with("approval")
+    );
+    println!(
+        "# 公安局 (the owner) drops the record from the cache; the next read fetches it again:"
+    );
+    println!(
+        "{} -X POST {base}/v1/data/household/{CITIZEN}/invalidate",
+        with("police")
+    );
+    println!(
+        "# No-proof check (无证明): no tax arrears and a valid business licence, as a signed proof:"
+    );
+    println!(
+        "{} -H 'X-Purpose: M-BID-001' {json} -d @{} {base}/v1/proofs/no-arrears-licensed",
+        with("approval"),
+        sample("proof-xiaomi.json")
+    );
+    println!(
+        "# 华为 has arrears in the sample tax records: the proof says false, and nothing more:"
+    );
+    println!(
+        "{} -H 'X-Purpose: M-BID-001' {json} -d @{} {base}/v1/proofs/no-arrears-licensed",
+        with("approval"),
+        sample("proof-huawei.json")
+    );
+    println!(
+        "# Issue a proof and verify it (any department; offline with /.well-known/jwks.json):"
+    );
+    println!(
+        "{} -H 'X-Purpose: M-BID-001' {json} -d @{} {base}/v1/proofs/no-arrears-licensed | {} {json} -d @- {base}/v1/proofs/verify",
+        with("approval"),
+        sample("proof-xiaomi.json"),
+        with("market")
     );
     println!("# Revoke the licence (its issuer), then verify again: valid false, status revoked:");
     println!(

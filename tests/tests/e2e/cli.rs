@@ -264,7 +264,7 @@ fn demo_prints_curl_commands_that_work_and_reuses_its_files() {
     assert!(out.status.success());
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["departments"],
-        6
+        8
     );
 
     let refused = curl(&|l| l.contains("approval.pem") && l.contains("/v1/admin/reload"));
@@ -317,6 +317,35 @@ fn demo_prints_curl_commands_that_work_and_reuses_its_files() {
         "CG-LIC-002"
     );
     assert!(json_of(&curl(&|l| l.contains("consent.json")))["token"].is_string());
+
+    // Shared data and proofs, against the demo's own source systems.
+    let household = json_of(&curl(&|l| {
+        l.contains("M-HUKOU-001") && l.contains("/v1/data/")
+    }));
+    assert_eq!(
+        household["fields"]["citizen_id"], "1101**********002X",
+        "{household}"
+    );
+    assert_eq!(household["cache"], "miss");
+    let masked = json_of(&curl(&|l| {
+        l.contains("market.pem") && l.contains("/v1/data/")
+    }));
+    assert_eq!(masked["fields"], serde_json::json!({"name": "张**"}));
+    assert_eq!(masked["cache"], "hit");
+    let refused = json_of(&curl(&|l| l.contains("M-OTHER-001")));
+    assert_eq!(refused["code"], "CG-DAT-002");
+    let dropped = json_of(&curl(&|l| {
+        l.contains("police.pem") && l.contains("/invalidate")
+    }));
+    assert_eq!(dropped["dataset"], "household");
+    let yes = json_of(&curl(&|l| {
+        l.contains("proof-xiaomi.json") && !l.contains("verify")
+    }));
+    assert_eq!(yes["result"], true, "{yes}");
+    let no = json_of(&curl(&|l| l.contains("proof-huawei.json")));
+    assert_eq!(no["result"], false, "{no}");
+    let verdict = json_of(&curl(&|l| l.contains("/v1/proofs/verify")));
+    assert_eq!(verdict["valid"], true, "{verdict}");
     assert_eq!(
         json_of(&curl(&|l| l.contains("revoke.json")))["status"],
         "revoked"
@@ -346,7 +375,17 @@ fn demo_prints_curl_commands_that_work_and_reuses_its_files() {
     ] {
         assert!(demo_dir.join(file).exists(), "{file} missing");
     }
-    for name in ["approval", "market", "audit", "push", "app", "ops"] {
+    for name in [
+        "approval",
+        "market",
+        "audit",
+        "push",
+        "app",
+        "ops",
+        "police",
+        "tax",
+        "gateway-upstream",
+    ] {
         assert!(
             demo_dir.join(format!("pki/{name}.pem")).exists(),
             "{name}.pem missing"
