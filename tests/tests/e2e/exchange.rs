@@ -410,6 +410,8 @@ async fn each_department_sees_the_fields_its_grant_allows() {
         ("/v1/data/household/110105194912310021", 400, "CG-DAT-001"),
         ("/v1/data/household/..%2f..%2fetc", 400, "CG-DAT-001"),
         ("/v1/data/no-such-dataset/1", 404, "CG-DAT-003"),
+        ("/v1/data/household/%E5%BC%A0%E4%B8%89", 400, "CG-DAT-001"),
+        ("/v1/data/household/%00", 400, "CG-DAT-001"),
     ] {
         let r = w.approval.get_with(path, &[HUKOU]).await.unwrap();
         assert_eq!(
@@ -418,6 +420,9 @@ async fn each_department_sees_the_fields_its_grant_allows() {
             "{path}"
         );
     }
+    let long = format!("/v1/data/household/{}", "1".repeat(8000));
+    let r = w.approval.get_with(&long, &[HUKOU]).await.unwrap();
+    assert!(r.status.is_client_error(), "{}", r.status);
     assert_eq!(w.police_src.controls.total_calls(), before);
     let r = w
         .approval

@@ -326,7 +326,12 @@ async fn every_route_in_the_openapi_document_exists() {
     for (path, ops) in paths {
         // Fill path parameters with sample values: a missing resource answers CG-LIC-003,
         // a missing route CG-REQ-001.
-        let concrete = path.replace("{id}", "x").replace("{n}", "0");
+        let concrete = path
+            .replace("{id}", "x")
+            .replace("{n}", "0")
+            .replace("{dataset}", "x")
+            .replace("{key}", "x")
+            .replace("{proof_type}", "x");
         for method in ops.as_object().unwrap().keys() {
             let method: Method = method.to_uppercase().parse().unwrap();
             let reply = conn
