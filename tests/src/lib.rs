@@ -644,3 +644,44 @@ impl Drop for Served {
         }
     }
 }
+
+/// Creates a seal of the calling department (`alg` `ES256` or `SM2SM3`) and returns its id.
+pub async fn create_seal(conn: &mut Conn, alg: &str) -> String {
+    let reply = conn
+        .json(
+            Method::POST,
+            "/v1/seals",
+            &[],
+            &serde_json::json!({"seal_type": "公章", "name": "某区市场监督管理局", "alg": alg}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    reply.json()["id"].as_str().unwrap().to_owned()
+}
+
+/// The body of a request to issue a business licence (营业执照) to `holder` with `seal`.
+pub fn business_licence(seal: &str, holder: &str) -> serde_json::Value {
+    serde_json::json!({
+        "licence_type": BUSINESS,
+        "holder_id": holder,
+        "holder_name": "小米科技有限责任公司",
+        "seal_id": seal,
+        "fields": {"name": "小米科技有限责任公司", "legal_representative": "雷军", "registered_capital": 185000000, "established": "2010-03-03", "business_scope": "技术开发"}
+    })
+}
+
+/// Issues a licence and returns the answer (asserting 201).
+pub async fn issue_licence(conn: &mut Conn, body: &serde_json::Value) -> serde_json::Value {
+    let reply = conn
+        .json(Method::POST, "/v1/licences", &[], body)
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()
+}

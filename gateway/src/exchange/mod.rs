@@ -67,11 +67,13 @@ impl CacheStatus {
     }
 }
 
-struct FreshFor;
+/// Expires a record after the span `span` gives for it: its TTL in the fresh cache, its TTL and
+/// stale window in the last-good cache.
+struct ExpireAfter(fn(&Record) -> Duration);
 
-impl Expiry<CacheKey, Arc<Record>> for FreshFor {
+impl Expiry<CacheKey, Arc<Record>> for ExpireAfter {
     fn expire_after_create(&self, _: &CacheKey, v: &Arc<Record>, _: Instant) -> Option<Duration> {
-        Some(v.ttl)
+        Some((self.0)(v))
     }
     fn expire_after_update(
         &self,
@@ -80,24 +82,7 @@ impl Expiry<CacheKey, Arc<Record>> for FreshFor {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(v.ttl)
-    }
-}
-
-struct KeepFor;
-
-impl Expiry<CacheKey, Arc<Record>> for KeepFor {
-    fn expire_after_create(&self, _: &CacheKey, v: &Arc<Record>, _: Instant) -> Option<Duration> {
-        Some(v.keep)
-    }
-    fn expire_after_update(
-        &self,
-        _: &CacheKey,
-        v: &Arc<Record>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(v.keep)
+        Some((self.0)(v))
     }
 }
 
@@ -135,7 +120,7 @@ impl Exchange {
         let fresh = Cache::builder()
             .max_capacity(settings.cache_bytes)
             .weigher(|_: &CacheKey, v: &Arc<Record>| v.weight)
-            .expire_after(FreshFor)
+            .expire_after(ExpireAfter(|r| r.ttl))
             .support_invalidation_closures()
             .eviction_listener(move |_, _, cause| {
                 let cause = match cause {
@@ -153,7 +138,7 @@ impl Exchange {
         let last_good = Cache::builder()
             .max_capacity(settings.cache_bytes)
             .weigher(|_: &CacheKey, v: &Arc<Record>| v.weight)
-            .expire_after(KeepFor)
+            .expire_after(ExpireAfter(|r| r.keep))
             .support_invalidation_closures()
             .build();
         Ok(Exchange {

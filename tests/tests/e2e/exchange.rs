@@ -335,8 +335,11 @@ async fn ttl_expiry_and_invalidation_refetch_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_licence_status_change_invalidates_the_holders_records() {
     let mut w = world().await;
-    let seal = create_seal(&mut w.market).await;
-    let licence = issue_business(&mut w.market, &seal, XIAOMI).await;
+    let seal = create_seal(&mut w.market, "ES256").await;
+    let licence = issue_licence(&mut w.market, &business_licence(&seal, XIAOMI)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(
         cache_status(&tax_status(&mut w.approval, XIAOMI).await),
         "miss"
@@ -572,38 +575,6 @@ async fn the_breaker_opens_after_three_failures_and_half_opens_later() {
     assert!(breaker_line(&metrics).unwrap().ends_with(" 0"));
 }
 
-async fn create_seal(market: &mut Conn) -> String {
-    let r = market
-        .json(
-            Method::POST,
-            "/v1/seals",
-            &[],
-            &json!({"seal_type": "公章", "name": "某区市场监督管理局", "alg": "ES256"}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, StatusCode::CREATED);
-    r.json()["id"].as_str().unwrap().to_owned()
-}
-
-async fn issue_business(market: &mut Conn, seal: &str, holder: &str) -> String {
-    let r = market
-        .json(
-            Method::POST,
-            "/v1/licences",
-            &[],
-            &json!({
-                "licence_type": BUSINESS, "holder_id": holder, "holder_name": "小米科技有限责任公司",
-                "seal_id": seal,
-                "fields": {"name": "小米科技有限责任公司", "legal_representative": "雷军", "established": "2010-03-03"}
-            }),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    r.json()["id"].as_str().unwrap().to_owned()
-}
-
 async fn ask_proof(conn: &mut Conn, proof: &str, holder: &str) -> Reply {
     conn.json(
         Method::POST,
@@ -671,8 +642,8 @@ fn openssl_verifies(jwks: &Value, token: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proofs_answer_yes_or_no_signed_and_say_nothing_else() {
     let mut w = world().await;
-    let seal = create_seal(&mut w.market).await;
-    issue_business(&mut w.market, &seal, XIAOMI).await;
+    let seal = create_seal(&mut w.market, "ES256").await;
+    issue_licence(&mut w.market, &business_licence(&seal, XIAOMI)).await;
     // Another enterprise with no arrears but no licence.
     w.tax_src.controls.put(
         "91110108MA0000013L",

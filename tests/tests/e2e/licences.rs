@@ -51,44 +51,6 @@ async fn world() -> World {
     }
 }
 
-async fn create_seal(conn: &mut Conn, alg: &str) -> String {
-    let reply = conn
-        .json(
-            Method::POST,
-            "/v1/seals",
-            &[],
-            &json!({"seal_type": "公章", "name": "某区市场监督管理局", "alg": alg}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    reply.json()["id"].as_str().unwrap().to_owned()
-}
-
-fn business(seal: &str, holder: &str) -> Value {
-    json!({
-        "licence_type": BUSINESS,
-        "holder_id": holder,
-        "holder_name": "小米科技有限责任公司",
-        "seal_id": seal,
-        "fields": {"name": "小米科技有限责任公司", "legal_representative": "雷军", "registered_capital": 185000000, "established": "2010-03-03", "business_scope": "技术开发"}
-    })
-}
-
-async fn issue(conn: &mut Conn, body: &Value) -> Value {
-    let reply = conn
-        .json(Method::POST, "/v1/licences", &[], body)
-        .await
-        .unwrap();
-    assert_eq!(
-        reply.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.json()
-}
-
 async fn verify(conn: &mut Conn, credential: &str) -> Value {
     let reply = conn
         .json(
@@ -129,7 +91,7 @@ fn leaf_certificate(header: &Value) -> openssl::x509::X509 {
 async fn es256_licence_round_trip_verifies_here_and_with_jsonwebtoken() {
     let mut w = world().await;
     let seal = create_seal(&mut w.market, "ES256").await;
-    let issued = issue(&mut w.market, &business(&seal, XIAOMI)).await;
+    let issued = issue_licence(&mut w.market, &business_licence(&seal, XIAOMI)).await;
     let id = issued["id"].as_str().unwrap();
     assert!(
         id.starts_with(&format!("1.2.156.3005.2.{BUSINESS}.{MARKET}.")),
@@ -193,7 +155,7 @@ async fn es256_licence_round_trip_verifies_here_and_with_jsonwebtoken() {
 async fn sm2_licence_round_trip_verifies_here_and_with_the_openssl_command() {
     let mut w = world().await;
     let seal = create_seal(&mut w.market, "SM2SM3").await;
-    let issued = issue(&mut w.market, &business(&seal, XIAOMI)).await;
+    let issued = issue_licence(&mut w.market, &business_licence(&seal, XIAOMI)).await;
     let credential = issued["credential"].as_str().unwrap();
     let report = verify(&mut w.approval, credential).await;
     assert_eq!(report["valid"], true, "{report}");
@@ -274,7 +236,7 @@ async fn sm2_licence_round_trip_verifies_here_and_with_the_openssl_command() {
 async fn lifecycle_changes_what_verification_and_the_status_list_say() {
     let mut w = world().await;
     let seal = create_seal(&mut w.market, "SM2SM3").await;
-    let issued = issue(&mut w.market, &business(&seal, XIAOMI)).await;
+    let issued = issue_licence(&mut w.market, &business_licence(&seal, XIAOMI)).await;
     let id = issued["id"].as_str().unwrap().to_owned();
     let credential = issued["credential"].as_str().unwrap().to_owned();
     let act = |action: &str| format!("/v1/licences/{id}/{action}");
@@ -383,7 +345,12 @@ async fn lifecycle_changes_what_verification_and_the_status_list_say() {
     );
     let reply = w
         .market
-        .json(Method::POST, "/v1/licences", &[], &business(&seal, XIAOMI))
+        .json(
+            Method::POST,
+            "/v1/licences",
+            &[],
+            &business_licence(&seal, XIAOMI),
+        )
         .await
         .unwrap();
     assert_eq!(reply.code(), "CG-LIC-001", "a revoked seal cannot issue");
@@ -393,7 +360,7 @@ async fn lifecycle_changes_what_verification_and_the_status_list_say() {
 async fn access_rules_purposes_and_field_checks() {
     let mut w = world().await;
     let seal = create_seal(&mut w.market, "ES256").await;
-    let issued = issue(&mut w.market, &business(&seal, XIAOMI)).await;
+    let issued = issue_licence(&mut w.market, &business_licence(&seal, XIAOMI)).await;
     let id = issued["id"].as_str().unwrap().to_owned();
     let path = format!("/v1/licences/{id}");
 
@@ -484,7 +451,7 @@ async fn access_rules_purposes_and_field_checks() {
     );
 
     // Issuing a type the department may not issue.
-    let mut body = business(&seal, XIAOMI);
+    let mut body = business_licence(&seal, XIAOMI);
     body["licence_type"] = json!(BUSINESS);
     let reply = w
         .approval
@@ -499,7 +466,7 @@ async fn bad_issue_requests_get_400_naming_the_field() {
     let mut w = world().await;
     let seal = create_seal(&mut w.market, "SM2SM3").await;
     let mut cases: Vec<(Value, &str)> = Vec::new();
-    let base = business(&seal, XIAOMI);
+    let base = business_licence(&seal, XIAOMI);
     let with = |f: &dyn Fn(&mut Value)| {
         let mut b = base.clone();
         f(&mut b);
@@ -642,7 +609,7 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
         "licence_type": FOOD, "holder_id": CITIZEN, "holder_name": "张三", "seal_id": seal,
         "fields": {"operator": "张三", "premises": "北京市朝阳区某街道1号"}
     });
-    let permit = issue(&mut w.market, &food).await;
+    let permit = issue_licence(&mut w.market, &food).await;
     let query = format!("/v1/licences?holder={CITIZEN}&type={FOOD}");
     let purpose = ("x-purpose", "M-FOOD-001");
 
@@ -861,7 +828,7 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
 async fn hostile_credentials_are_rejected_with_a_reason_and_keys_are_published() {
     let mut w = world().await;
     let seal = create_seal(&mut w.market, "ES256").await;
-    let issued = issue(&mut w.market, &business(&seal, XIAOMI)).await;
+    let issued = issue_licence(&mut w.market, &business_licence(&seal, XIAOMI)).await;
     let credential = issued["credential"].as_str().unwrap().to_owned();
     let jwt = credential.split('~').next().unwrap().to_owned();
     let (header, _, _) = jwt_parts(&credential);
@@ -953,7 +920,7 @@ async fn an_issuer_may_issue_only_its_types_with_its_own_seals() {
             Method::POST,
             "/v1/licences",
             &[],
-            &business(&tax_seal, XIAOMI),
+            &business_licence(&tax_seal, XIAOMI),
         )
         .await
         .unwrap();
@@ -969,7 +936,7 @@ async fn an_issuer_may_issue_only_its_types_with_its_own_seals() {
             Method::POST,
             "/v1/licences",
             &[],
-            &business(&tax_seal, XIAOMI),
+            &business_licence(&tax_seal, XIAOMI),
         )
         .await
         .unwrap();
@@ -978,7 +945,7 @@ async fn an_issuer_may_issue_only_its_types_with_its_own_seals() {
         (StatusCode::FORBIDDEN, "CG-LIC-002")
     );
     // Nor may anyone but the owner revoke a seal, or anyone but the issuer revoke a licence.
-    let issued = issue(&mut market, &business(&market_seal, XIAOMI)).await;
+    let issued = issue_licence(&mut market, &business_licence(&market_seal, XIAOMI)).await;
     let reply = tax
         .json(
             Method::POST,
