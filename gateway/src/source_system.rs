@@ -220,6 +220,12 @@ async fn answer(
         );
         r
     };
+    // The record is read when the request arrives; a delay is then spent "on the way back".
+    let record = controls
+        .records
+        .read()
+        .ok()
+        .and_then(|r| r.get(&key).cloned());
     match controls.fault() {
         Fault::Delay(d) => tokio::time::sleep(d).await,
         Fault::Status(s) => {
@@ -240,11 +246,6 @@ async fn answer(
         Fault::Down => return Err(SourceError("down".into())),
         Fault::None => {}
     }
-    let record = controls
-        .records
-        .read()
-        .ok()
-        .and_then(|r| r.get(&key).cloned());
     Ok(match record {
         Some(body) => respond(StatusCode::OK, body),
         None => respond(StatusCode::NOT_FOUND, Bytes::from_static(b"{}")),

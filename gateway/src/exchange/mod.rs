@@ -12,7 +12,7 @@ pub mod upstream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cert_store::Uscc;
@@ -91,6 +91,9 @@ pub struct Exchange {
     datasets: HashMap<String, Arc<Dataset>>,
     proof_types: HashMap<String, Arc<ProofType>>,
     upstreams: HashMap<String, Arc<Upstream>>,
+    /// Bumped by every invalidation of a dataset (or of one of its keys), so that a fetch that
+    /// was under way when its owner invalidated is done again rather than cached.
+    generations: HashMap<String, AtomicU64>,
     fresh: Cache<CacheKey, Arc<Record>>,
     last_good: Cache<CacheKey, Arc<Record>>,
     metrics: Arc<ExchangeMetrics>,
@@ -142,6 +145,11 @@ impl Exchange {
             .support_invalidation_closures()
             .build();
         Ok(Exchange {
+            generations: settings
+                .datasets
+                .iter()
+                .map(|d| (d.id.clone(), AtomicU64::new(0)))
+                .collect(),
             datasets: settings
                 .datasets
                 .into_iter()
@@ -234,7 +242,13 @@ impl Exchange {
         let fetched_here = AtomicBool::new(false);
         let init = async {
             fetched_here.store(true, Ordering::Relaxed);
-            let record = Arc::new(self.fetch(dataset, key).await?);
+            let generation = self.generation(&dataset.id);
+            let mut record = Arc::new(self.fetch(dataset, key).await?);
+            if self.generation(&dataset.id) != generation {
+                // Invalidated while the fetch was under way: what came back may predate the
+                // owner's change.
+                record = Arc::new(self.fetch(dataset, key).await?);
+            }
             if !dataset.stale_if_error.is_zero() {
                 self.last_good.insert(ck.clone(), record.clone()).await;
             }
@@ -261,6 +275,18 @@ impl Exchange {
                 }
                 Err((*e).clone())
             }
+        }
+    }
+
+    fn generation(&self, dataset: &str) -> u64 {
+        self.generations
+            .get(dataset)
+            .map_or(0, |g| g.load(Ordering::SeqCst))
+    }
+
+    fn bump_generation(&self, dataset: &str) {
+        if let Some(g) = self.generations.get(dataset) {
+            g.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -292,6 +318,7 @@ impl Exchange {
 
     /// Drops one key of a dataset from the cache: the next request fetches it again.
     pub async fn invalidate_key(&self, dataset: &str, key: &str) {
+        self.bump_generation(dataset);
         let ck = CacheKey {
             dataset: Arc::from(dataset),
             key: Arc::from(key),
@@ -302,6 +329,7 @@ impl Exchange {
 
     /// Drops every key of a dataset from the cache.
     pub fn invalidate_dataset(&self, dataset: &str) {
+        self.bump_generation(dataset);
         for cache in [&self.fresh, &self.last_good] {
             let id: Arc<str> = Arc::from(dataset);
             // Only fails when closures are not enabled, which the builder above does.

@@ -333,6 +333,39 @@ async fn ttl_expiry_and_invalidation_refetch_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_during_a_fetch_is_not_undone_by_it() {
+    let mut w = world().await;
+    w.tax_src
+        .controls
+        .set_fault(Fault::Delay(Duration::from_millis(400)));
+    let mut c = w.approval.fork().unwrap();
+    let in_flight = tokio::spawn(async move { tax_status(&mut c, XIAOMI).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The source's record changes while the fetch is on its way back; the owner invalidates.
+    w.tax_src.controls.set_fault(Fault::None);
+    w.tax_src.controls.put(
+        XIAOMI,
+        &json!({"name": "小米科技有限责任公司", "arrears_yuan": 0, "credit_rating": "AA"}),
+    );
+    let r = post(
+        &mut w.tax,
+        &format!("/v1/data/tax-status/{XIAOMI}/invalidate"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.json()["fields"]["credit_rating"], "AA", "fetched again");
+    let r = tax_status(&mut w.approval, XIAOMI).await;
+    assert_eq!(
+        (
+            cache_status(&r),
+            r.json()["fields"]["credit_rating"].as_str()
+        ),
+        ("hit", Some("AA"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_licence_status_change_invalidates_the_holders_records() {
     let mut w = world().await;
     let seal = create_seal(&mut w.market, "ES256").await;
