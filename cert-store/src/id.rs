@@ -186,7 +186,7 @@ fn validate_uscc(s: &str) -> Result<(), IdError> {
 
 /// Whether `year` is a leap year in the Gregorian calendar.
 fn is_leap_year(year: u16) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
 }
 
 /// Checks a birth date and converts it; `None` if it is not a real date or

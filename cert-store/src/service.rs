@@ -615,12 +615,11 @@ impl LicenceService {
 
     /// Counts a licence entered in `list`.
     fn count_entry(&self, list: u32) {
-        if let Ok(mut open) = self.open_list.lock() {
-            if let Some((l, n)) = open.as_mut() {
-                if *l == list {
-                    *n += 1;
-                }
-            }
+        if let Ok(mut open) = self.open_list.lock()
+            && let Some((l, n)) = open.as_mut()
+            && *l == list
+        {
+            *n += 1;
         }
     }
 
@@ -883,13 +882,13 @@ impl LicenceService {
         let (Some(seal), Some(material)) = (seal, material) else {
             return Err(format!("seal {kid} is not known"));
         };
-        if let Some(revoked_at) = seal.revoked_at {
-            if revoked_at <= now {
-                return Err(format!(
-                    "seal revoked at {revoked_at}: {}",
-                    seal.revocation_reason.unwrap_or_default()
-                ));
-            }
+        if let Some(revoked_at) = seal.revoked_at
+            && revoked_at <= now
+        {
+            return Err(format!(
+                "seal revoked at {revoked_at}: {}",
+                seal.revocation_reason.unwrap_or_default()
+            ));
         }
         let note = format!(
             "seal {kid} ({}) chains to the certgate seal CA and is not revoked",

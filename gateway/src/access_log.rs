@@ -534,10 +534,10 @@ impl Writer {
                     bytes
                 ])?;
                 let nodes = merkle::new_nodes(seq, merkle::leaf_hash(&bytes), |level, idx| {
-                    if let Some((i, h)) = frontier.get(&level) {
-                        if *i == idx {
-                            return Ok(*h);
-                        }
+                    if let Some((i, h)) = frontier.get(&level)
+                        && *i == idx
+                    {
+                        return Ok(*h);
                     }
                     let h: Vec<u8> = lookup.query_row(params![level, idx as i64], |r| r.get(0))?;
                     h.try_into()

@@ -146,10 +146,10 @@ impl MemoryTree {
             row.push(hash);
             // Below `top` the new node is a right child, so the row now ends with its left
             // sibling and itself (the row holds `(index >> level) + 1 >= 2` nodes).
-            if level < top {
-                if let [.., left, right] = row.as_slice() {
-                    hash = node_hash(left, right);
-                }
+            if level < top
+                && let [.., left, right] = row.as_slice()
+            {
+                hash = node_hash(left, right);
             }
         }
         index
@@ -204,7 +204,7 @@ fn subtree_hash<S: NodeStore + ?Sized>(store: &S, lo: u64, hi: u64) -> Result<Ha
     if n == 0 {
         return Ok(EMPTY_ROOT);
     }
-    if n.is_power_of_two() && lo % n == 0 {
+    if n.is_power_of_two() && lo.is_multiple_of(n) {
         return stored(store, n.trailing_zeros(), lo / n);
     }
     let k = split(n);
@@ -1000,7 +1000,7 @@ mod tests {
             .unwrap();
             // Exactly the nodes whose last leaf is leaf n, lowest first.
             let expected: Vec<(u32, u64)> = (0..64u32)
-                .take_while(|&k| (n + 1) % (1u64 << k) == 0)
+                .take_while(|&k| (n + 1).is_multiple_of(1u64 << k))
                 .map(|k| (k, (n + 1) / (1u64 << k) - 1))
                 .collect();
             let got: Vec<(u32, u64)> = nodes.iter().map(|&(k, i, _)| (k, i)).collect();

@@ -458,12 +458,11 @@ impl Conn {
         match self.exchange(method, path, headers, body).await {
             Ok(reply) => Ok(reply),
             Err(request_error) => {
-                if let Some(task) = self.task.take() {
-                    if let Ok(Ok(Err(conn_error))) =
+                if let Some(task) = self.task.take()
+                    && let Ok(Ok(Err(conn_error))) =
                         tokio::time::timeout(std::time::Duration::from_secs(2), task).await
-                    {
-                        return Err(anyhow::Error::new(conn_error).context(request_error));
-                    }
+                {
+                    return Err(anyhow::Error::new(conn_error).context(request_error));
                 }
                 Err(request_error)
             }

@@ -264,14 +264,14 @@ impl Exchange {
         match result {
             Ok(r) => Ok((r, CacheStatus::Miss)),
             Err(e) => {
-                if allow_stale && e.allows_stale() {
-                    if let Some(r) = self.last_good.get(&ck).await {
-                        if r.fetched.elapsed() < r.keep {
-                            ExchangeMetrics::count(&self.metrics.stale, &dataset.id);
-                            tracing::warn!(dataset = %dataset.id, error = %e, "source failing; stale record served");
-                            return Ok((r, CacheStatus::Stale));
-                        }
-                    }
+                if allow_stale
+                    && e.allows_stale()
+                    && let Some(r) = self.last_good.get(&ck).await
+                    && r.fetched.elapsed() < r.keep
+                {
+                    ExchangeMetrics::count(&self.metrics.stale, &dataset.id);
+                    tracing::warn!(dataset = %dataset.id, error = %e, "source failing; stale record served");
+                    return Ok((r, CacheStatus::Stale));
                 }
                 Err((*e).clone())
             }
@@ -343,10 +343,10 @@ impl Exchange {
     /// from every dataset that depends on that type.
     pub async fn licence_changed(&self, licence_type: &str, holder: &str) {
         for d in self.datasets.values() {
-            if d.invalidated_by_licence_types.contains(licence_type) {
-                if let Ok(key) = d.key_kind.parse(holder) {
-                    self.invalidate_key(&d.id, &key).await;
-                }
+            if d.invalidated_by_licence_types.contains(licence_type)
+                && let Ok(key) = d.key_kind.parse(holder)
+            {
+                self.invalidate_key(&d.id, &key).await;
             }
         }
     }

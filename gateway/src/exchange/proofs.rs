@@ -35,10 +35,10 @@ fn same(a: &Value, b: &Value) -> bool {
 pub fn datasets_read(proof: &ProofType) -> Vec<&str> {
     let mut out: Vec<&str> = Vec::new();
     for c in &proof.conditions {
-        if let Condition::Field { dataset, .. } = c {
-            if !out.contains(&dataset.as_str()) {
-                out.push(dataset);
-            }
+        if let Condition::Field { dataset, .. } = c
+            && !out.contains(&dataset.as_str())
+        {
+            out.push(dataset);
         }
     }
     out

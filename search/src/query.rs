@@ -1,0 +1,74 @@
+//! Field options and queries for text analysed by [`ChineseAnalyzer`].
+
+use std::collections::HashSet;
+
+use tantivy::Term;
+use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+use tantivy::schema::{Field, IndexRecordOption, TextFieldIndexing, TextOptions};
+
+use crate::{ChineseAnalyzer, TOKENIZER};
+
+/// A text field option set that indexes with the [`TOKENIZER`] ("zh") tokenizer, with term
+/// frequencies and positions, and stores the text (for [`snippet`](crate::snippet)).
+///
+/// Register the analyzer on the index with [`ChineseAnalyzer::register`] before using it.
+pub fn text_options() -> TextOptions {
+    TextOptions::default()
+        .set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(TOKENIZER)
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        )
+        .set_stored()
+}
+
+/// A query for user text, or `None` when there is nothing to search for (the text has no
+/// tokens, or `fields` is empty).
+///
+/// The text is tokenised by `analyzer` (never by tantivy's `QueryParser`, so no query syntax:
+/// `AND`, quotes and `field:` are plain text). Each distinct token becomes a `TermQuery` on
+/// every field in `fields` (`Should` across fields), and all tokens must match (`Must` across
+/// tokens): a search for 专精特新 finds only documents with that token, never those with
+/// just 专精 or 特新. The domain terms that [`ChineseAnalyzer::tokens`] adds after a compound
+/// (专精特新 after 专精特新小巨人) are left out: a document with the compound has them too.
+///
+/// Scores are BM25 sums; the number of clauses grows with the text, so callers should bound the
+/// length of user text.
+pub fn text_query(
+    analyzer: &ChineseAnalyzer,
+    fields: &[Field],
+    text: &str,
+) -> Option<Box<dyn Query>> {
+    if fields.is_empty() {
+        return None;
+    }
+    let mut seen = HashSet::new();
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    for token in analyzer.query_tokens(text) {
+        if !seen.insert(token.clone()) {
+            continue;
+        }
+        let mut per_field: Vec<(Occur, Box<dyn Query>)> = fields
+            .iter()
+            .map(|&field| {
+                let term = Term::from_field_text(field, &token);
+                let query: Box<dyn Query> =
+                    Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs));
+                (Occur::Should, query)
+            })
+            .collect();
+        let clause: Box<dyn Query> = match per_field.pop() {
+            Some((_, only)) if per_field.is_empty() => only,
+            Some(last) => {
+                per_field.push(last);
+                Box::new(BooleanQuery::new(per_field))
+            }
+            None => continue,
+        };
+        clauses.push((Occur::Must, clause));
+    }
+    if clauses.is_empty() {
+        return None;
+    }
+    Some(Box::new(BooleanQuery::new(clauses)))
+}
