@@ -25,7 +25,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::identity::{Caller, PeerIdentity, Refusal};
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::state::{Gateway, LoadSummary};
-use crate::{audit, data, licences};
+use crate::{audit, data, licences, matching};
 
 /// What a connection knows about itself; every request on it carries this in its extensions.
 #[derive(Debug)]
@@ -92,6 +92,16 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/proof-types", get(data::proof_types))
         .route("/v1/proofs/verify", post(data::verify_proof))
         .route("/v1/proofs/{proof_type}", post(data::issue_proof))
+        .route("/v1/policies", post(matching::publish))
+        .route("/v1/policies/match", post(matching::match_enterprise))
+        .route("/v1/policies/search", get(matching::search))
+        .route("/v1/policies/{id}", get(matching::policy))
+        .route(
+            "/v1/policies/{id}/eligible-enterprises",
+            get(matching::eligible_enterprises),
+        )
+        .route("/v1/enterprises", post(matching::upsert_profile))
+        .route("/v1/push-feed", get(matching::push_feed))
         .route("/v1/audit/log-key", get(audit::log_key))
         .route("/v1/audit/checkpoint", get(audit::checkpoint))
         .route("/v1/audit/proof/inclusion", get(audit::inclusion))
@@ -265,13 +275,16 @@ Every caller is a department system authenticated by its TLS client certificate 
         audit::log_key, audit::checkpoint, audit::inclusion, audit::consistency, audit::entries,
         audit::holder_view, audit::export,
         data::datasets, data::record, data::invalidate_key, data::invalidate_dataset,
-        data::proof_types, data::issue_proof, data::verify_proof),
+        data::proof_types, data::issue_proof, data::verify_proof,
+        matching::publish, matching::match_enterprise, matching::search, matching::policy,
+        matching::eligible_enterprises, matching::upsert_profile, matching::push_feed),
     components(schemas(ErrorBody, WhoAmI, LoadSummary)),
     tags(
         (name = "seals", description = "Electronic seals (电子印章) and the keys that verify them"),
         (name = "licences", description = "Electronic licences (电子证照): issue, query, verify, check, lifecycle, status lists"),
         (name = "data", description = "Shared-data exchange (数据共享): records of departments' source systems, cached, filtered per department and purpose"),
         (name = "proofs", description = "No-proof checks (无证明): signed yes/no proofs instead of paper certificates"),
+        (name = "policies", description = "Policy finds the enterprise (政策找企业): matching both ways with explanations, search, the push feed"),
         (name = "audit", description = "The tamper-evident access log: entries, checkpoints, proofs, the holder's view"),
         (name = "holders", description = "Holder consent (用证授权) and show-codes (一码亮证), through city apps"),
         (name = "identity", description = "Who the gateway takes the caller for"),

@@ -52,6 +52,12 @@ enum Command {
     /// The access log, offline.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The policy knowledge base, offline (stop the gateway first, or use the API).
+    #[command(subcommand)]
+    Policies(PoliciesCommand),
+    /// Enterprise profiles, offline (stop the gateway first, or use the API).
+    #[command(subcommand)]
+    Enterprises(EnterprisesCommand),
     /// Create (or reuse) a development PKI, configuration and data directory, start the
     /// gateway and print curl commands that work.
     Demo {
@@ -85,6 +91,48 @@ enum AuditCommand {
         /// access-log.vkey the gateway wrote into the data directory.
         #[arg(long)]
         log_key: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PoliciesCommand {
+    /// Publish policies from a JSON Lines file: valid lines are stored, bad ones reported by
+    /// line and field (exit 1), lines already stored at the same version are skipped, so the
+    /// import can be repeated.
+    Import {
+        /// The configuration file (its data directory holds the knowledge base).
+        #[arg(long, env = "CERTGATE_CONFIG")]
+        config: PathBuf,
+        /// The JSON Lines file, one policy a line.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EnterprisesCommand {
+    /// Add or replace enterprise profiles from a JSON Lines file (as `policies import`).
+    Import {
+        /// The configuration file.
+        #[arg(long, env = "CERTGATE_CONFIG")]
+        config: PathBuf,
+        /// The JSON Lines file, one profile a line.
+        file: PathBuf,
+    },
+    /// Write a deterministic synthetic population as JSON Lines: the same count and seed
+    /// always give the same profiles.
+    Generate {
+        /// How many profiles.
+        #[arg(long)]
+        count: u64,
+        /// The seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The profiles' update date (ages count back from it).
+        #[arg(long, default_value = "2026-11-01")]
+        as_of: String,
+        /// Output file (standard output when absent).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -251,6 +299,78 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Policies(PoliciesCommand::Import { config, file }) => {
+            let kb = open_knowledge_base(&config)?;
+            let input = std::io::BufReader::new(
+                std::fs::File::open(&file)
+                    .with_context(|| format!("cannot open {}", file.display()))?,
+            );
+            let (good, mut bad) = policies::import::read_policies(input);
+            let mut fresh = Vec::new();
+            let mut unchanged = 0;
+            for (line, p) in good {
+                match kb.policy(&p.id) {
+                    Some(old)
+                        if old.version > p.version || (old.version == p.version && *old != p) =>
+                    {
+                        bad.push(policies::import::LineError {
+                            line,
+                            error: policies::InvalidField {
+                                field: "version".into(),
+                                reason: format!("policy {} is stored at version {}; give a higher version for a change", p.id, old.version),
+                            },
+                        });
+                    }
+                    Some(old) if old.version == p.version => unchanged += 1,
+                    _ => fresh.push(p),
+                }
+            }
+            let changes = kb.publish(fresh, crate::matching::today())?;
+            report_import("policies", changes, unchanged, &bad)
+        }
+        Command::Enterprises(EnterprisesCommand::Import { config, file }) => {
+            let kb = open_knowledge_base(&config)?;
+            let input = std::io::BufReader::new(
+                std::fs::File::open(&file)
+                    .with_context(|| format!("cannot open {}", file.display()))?,
+            );
+            let (good, bad) = policies::import::read_profiles(input);
+            let mut total = policies::Changes::default();
+            let profiles: Vec<_> = good.into_iter().map(|(_, p)| p).collect();
+            for batch in profiles.chunks(50_000) {
+                let c = kb.upsert_profiles(batch.to_vec(), crate::matching::today())?;
+                total.stored += c.stored;
+                total.new_matches += c.new_matches;
+                total.ended_matches += c.ended_matches;
+            }
+            report_import("profiles", total, 0, &bad)
+        }
+        Command::Enterprises(EnterprisesCommand::Generate {
+            count,
+            seed,
+            as_of,
+            out,
+        }) => {
+            use std::io::Write;
+            let day = time::Date::parse(
+                &as_of,
+                time::macros::format_description!("[year]-[month]-[day]"),
+            )
+            .with_context(|| format!("--as-of `{as_of}` is not a date YYYY-MM-DD"))?;
+            let mut sink: Box<dyn Write> = match &out {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            for p in policies::generate::population(count, seed, day) {
+                serde_json::to_writer(&mut sink, &p)?;
+                sink.write_all(b"\n")?;
+            }
+            sink.flush()?;
+            Ok(())
+        }
         Command::Demo {
             dir,
             listen,
@@ -268,6 +388,44 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .await
             })
         }
+    }
+}
+
+fn open_knowledge_base(config: &Path) -> anyhow::Result<policies::KnowledgeBase> {
+    let config = Config::load(config)?;
+    let analyzer = match &config.policies.user_dictionary {
+        Some(p) => search::ChineseAnalyzer::with_user_dictionary(p),
+        None => search::ChineseAnalyzer::new(),
+    }?;
+    let dir = config.server.data_dir.join("policies");
+    policies::KnowledgeBase::open(Some(&dir), analyzer).with_context(|| {
+        format!(
+            "cannot open the knowledge base in {} (is the gateway running?)",
+            dir.display()
+        )
+    })
+}
+
+fn report_import(
+    what: &str,
+    changes: policies::Changes,
+    unchanged: usize,
+    bad: &[policies::import::LineError],
+) -> anyhow::Result<()> {
+    for e in bad {
+        eprintln!("{e}");
+    }
+    println!(
+        "{what}: {} stored, {unchanged} unchanged, {} refused; {} new matches (push-feed events), {} ended",
+        changes.stored,
+        bad.len(),
+        changes.new_matches,
+        changes.ended_matches
+    );
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{} line(s) refused", bad.len())
     }
 }
 

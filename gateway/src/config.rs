@@ -39,6 +39,17 @@ pub struct Config {
     pub access_log: AccessLogSettings,
     /// Shared-data exchange: source systems, datasets, no-proof check types.
     pub exchange: ExchangeSettings,
+    /// The policy knowledge base.
+    pub policies: PolicySettings,
+}
+
+/// Settings of the policy knowledge base.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySettings {
+    /// A jieba user dictionary added to the shipped dictionary of policy terms.
+    pub user_dictionary: Option<PathBuf>,
+    /// The data department that maintains enterprise profiles (may upsert them over the API).
+    pub profile_owner: Option<Uscc>,
 }
 
 /// Settings of the access log.
@@ -374,6 +385,15 @@ struct RawConfig {
     datasets: Vec<catalog::RawDataset>,
     #[serde(default)]
     proof_types: Vec<catalog::RawProofType>,
+    #[serde(default)]
+    policies: RawPolicies,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicies {
+    user_dictionary: Option<PathBuf>,
+    profile_owner: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -630,6 +650,36 @@ impl RawConfig {
             &licensing.licence_types,
             base,
         )?;
+        let policies = PolicySettings {
+            user_dictionary: match self.policies.user_dictionary {
+                None => None,
+                Some(p) => {
+                    let p = base.join(p);
+                    if !p.is_file() {
+                        return Err(ConfigError::key(
+                            "policies.user_dictionary",
+                            format!("{} is not a file", p.display()),
+                        ));
+                    }
+                    Some(p)
+                }
+            },
+            profile_owner: match self.policies.profile_owner {
+                None => None,
+                Some(id) => {
+                    let id: Uscc = id
+                        .parse()
+                        .map_err(|e| ConfigError::key("policies.profile_owner", e))?;
+                    if departments.get(&id).is_none() {
+                        return Err(ConfigError::key(
+                            "policies.profile_owner",
+                            "not in the department table",
+                        ));
+                    }
+                    Some(id)
+                }
+            },
+        };
         Ok(Config {
             path: path.to_owned(),
             server,
@@ -638,6 +688,7 @@ impl RawConfig {
             licensing,
             access_log,
             exchange,
+            policies,
         })
     }
 }

@@ -111,6 +111,22 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ),
     ("CG-PRF-003", 404, "no such proof type"),
     (
+        "CG-POL-001",
+        400,
+        "a policy, profile or query is invalid (the message names the field)",
+    ),
+    ("CG-POL-002", 404, "no such policy or enterprise profile"),
+    (
+        "CG-POL-003",
+        409,
+        "the policy's version is not newer than the stored one",
+    ),
+    (
+        "CG-POL-004",
+        403,
+        "only the data department named in policies.profile_owner maintains profiles",
+    ),
+    (
         "CG-CFG-001",
         422,
         "the configuration could not be reloaded; the previous one stays in force",

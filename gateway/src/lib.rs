@@ -17,6 +17,7 @@ pub mod error;
 pub mod exchange;
 pub mod identity;
 pub mod licences;
+pub mod matching;
 pub mod merkle;
 pub mod metrics;
 pub mod pki;

@@ -80,6 +80,9 @@ pub enum StartError {
     /// The licence service could not start (keys could not be loaded or created).
     #[error("cannot start the licence service: {0}")]
     Licences(ServiceError),
+    /// The policy knowledge base could not be opened.
+    #[error("cannot open the policy knowledge base: {0}")]
+    Policies(String),
     /// An upstream source system's client could not be built (bad CA or client certificate).
     #[error("cannot set up the exchange: {0}")]
     Exchange(#[from] crate::exchange::upstream::UpstreamError),
@@ -111,6 +114,10 @@ pub struct Gateway {
     pub access_log: AccessLog,
     /// The shared-data exchange: source systems, cache, proof types.
     pub exchange: Exchange,
+    /// The policy knowledge base.
+    pub policies: Arc<policies::KnowledgeBase>,
+    /// The department that maintains enterprise profiles.
+    pub profile_owner: Option<cert_store::Uscc>,
     /// Turns holder ids into the pseudonyms the access log records.
     pseudonym_key: [u8; 32],
     /// The access log's verifier key (`GET /v1/audit/log-key`).
@@ -156,6 +163,14 @@ impl Gateway {
         );
         let metrics = Metrics::default();
         let exchange = Exchange::new(config.exchange.clone(), metrics.exchange.clone())?;
+        let analyzer = match &config.policies.user_dictionary {
+            Some(p) => search::ChineseAnalyzer::with_user_dictionary(p),
+            None => search::ChineseAnalyzer::new(),
+        }
+        .map_err(|e| StartError::Policies(e.to_string()))?;
+        let policies =
+            policies::KnowledgeBase::open(Some(&config.server.data_dir.join("policies")), analyzer)
+                .map_err(|e| StartError::Policies(e.to_string()))?;
         let licensing = &config.licensing;
         let licences = LicenceService::open(
             Arc::new(store),
@@ -169,6 +184,8 @@ impl Gateway {
             licences: Arc::new(licences),
             access_log,
             exchange,
+            policies: Arc::new(policies),
+            profile_owner: config.policies.profile_owner.clone(),
             pseudonym_key: config.access_log.pseudonym_key,
             log_verifier_key,
             settings: config.server,

@@ -1,6 +1,17 @@
-//! The policy knowledge base: enterprise-support policies, their conditions, enterprise
-//! profiles, eligibility with explanations, matching in both directions and the push feed.
-//! This crate knows nothing of HTTP, TLS or the gateway.
-//!
-//! It holds no code yet: the model and the matcher arrive with the policy issue.
+//! The policy knowledge base (政策找企业, 免申即享): enterprise-support policies with their
+//! conditions as data, enterprise profiles, eligibility decided in Rust and explained condition
+//! by condition, matching in both directions through tantivy indexes that only narrow the
+//! candidates, and the push feed. This crate knows nothing of HTTP, TLS or the gateway.
 #![forbid(unsafe_code)]
+
+pub mod codes;
+pub mod eligibility;
+pub mod generate;
+pub mod import;
+pub mod index;
+pub mod kb;
+pub mod model;
+pub mod store;
+
+pub use kb::{Changes, KbError, KnowledgeBase, Matches, PolicyMatch};
+pub use model::{InvalidField, Policy, Profile};

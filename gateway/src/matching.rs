@@ -1,0 +1,551 @@
+//! Routes of the policy knowledge base (政策找企业): matching in both directions, search, the
+//! push feed, and upserts of policies (admin) and profiles (the data department). Thin: parse,
+//! call `policies::KnowledgeBase` on a blocking thread, map.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::{StatusCode, header};
+use policies::eligibility::Explained;
+use policies::index::SearchFilter;
+use policies::model::{Category, from_json};
+use policies::{KbError, KnowledgeBase, Policy, PolicyMatch, Profile};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::Date;
+
+use crate::api::{QueryParams, require};
+use crate::config::Role;
+use crate::error::{ApiError, ErrorBody};
+use crate::identity::Caller;
+use crate::state::Gateway;
+
+fn invalid(e: &policies::InvalidField) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "CG-POL-001", e.to_string())
+}
+
+fn bad(field: &str, reason: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "CG-POL-001",
+        format!("`{field}`: {reason}"),
+    )
+}
+
+fn not_found(what: String) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "CG-POL-002", what)
+}
+
+fn kb_error(e: KbError) -> ApiError {
+    tracing::error!(error = %e, "policy knowledge base failed");
+    ApiError::internal()
+}
+
+/// Today in China Standard Time: windows and ages are counted in local days.
+pub fn today() -> Date {
+    let offset = time::UtcOffset::from_hms(8, 0, 0).unwrap_or(time::UtcOffset::UTC);
+    time::OffsetDateTime::now_utc().to_offset(offset).date()
+}
+
+async fn blocking<T: Send + 'static>(
+    gw: &Gateway,
+    f: impl FnOnce(&KnowledgeBase) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let kb = gw.policies.clone();
+    tokio::task::spawn_blocking(move || f(&kb))
+        .await
+        .map_err(|_| ApiError::internal())?
+}
+
+/// Reads a JSON body into `T` with the field at fault named (`CG-POL-001`).
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| bad("(document)", "not UTF-8"))?;
+    from_json(text).map_err(|e| invalid(&e))
+}
+
+// ---- enterprise → policies ----
+
+/// One condition as explained to the caller.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConditionView {
+    /// `region`, `window` or the condition kind.
+    pub condition: &'static str,
+    /// `met`, `not_met` or `missing`.
+    pub outcome: &'static str,
+    /// The enterprise's value.
+    #[schema(value_type = Object)]
+    pub value: Value,
+    /// The policy's threshold.
+    #[schema(value_type = Object)]
+    pub threshold: Value,
+}
+
+impl From<&Explained> for ConditionView {
+    fn from(e: &Explained) -> Self {
+        ConditionView {
+            condition: e.condition,
+            outcome: match e.outcome {
+                policies::eligibility::Outcome::Met => "met",
+                policies::eligibility::Outcome::NotMet => "not_met",
+                policies::eligibility::Outcome::Missing => "missing",
+            },
+            value: e.value.clone(),
+            threshold: e.threshold.clone(),
+        }
+    }
+}
+
+/// A policy matched to an enterprise.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MatchView {
+    /// Policy id.
+    pub policy_id: String,
+    /// Version.
+    pub version: u32,
+    /// Title.
+    pub title: String,
+    /// Issuer.
+    pub issuer: String,
+    /// 免申即享, 在线办理 or 宣传展示.
+    pub category: &'static str,
+    /// Estimated benefit in yuan (absent when a formula's field is missing).
+    pub benefit_yuan: Option<u64>,
+    /// Relevance of the policy to the enterprise's business scope.
+    pub relevance: f32,
+    /// True when eligible.
+    pub eligible: bool,
+    /// Every condition with its outcome.
+    pub conditions: Vec<ConditionView>,
+}
+
+impl From<&PolicyMatch> for MatchView {
+    fn from(m: &PolicyMatch) -> Self {
+        MatchView {
+            policy_id: m.policy.id.clone(),
+            version: m.policy.version,
+            title: m.policy.title.clone(),
+            issuer: m.policy.issuer.clone(),
+            category: m.policy.category.as_str(),
+            benefit_yuan: m.eligibility.benefit_yuan,
+            relevance: m.relevance,
+            eligible: m.eligibility.eligible,
+            conditions: m
+                .eligibility
+                .conditions
+                .iter()
+                .map(ConditionView::from)
+                .collect(),
+        }
+    }
+}
+
+/// The answer to a match request.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MatchResult {
+    /// The enterprise.
+    pub uscc: String,
+    /// The day eligibility was decided on.
+    pub date: String,
+    /// Eligible policies, ranked: category (免申即享 first), benefit, relevance.
+    pub eligible: Vec<MatchView>,
+    /// Policies missed by exactly one condition (other than the region), with what is missing.
+    pub almost_eligible: Vec<MatchView>,
+}
+
+/// A match request: a USCC whose profile is in the store, or an inline profile.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatchRequest {
+    /// The enterprise's USCC (its stored profile is used).
+    pub uscc: Option<String>,
+    /// A profile given inline instead.
+    #[schema(value_type = Option<Object>)]
+    pub profile: Option<Value>,
+}
+
+/// Enterprise → policies: every policy the enterprise is eligible for, explained condition by
+/// condition, and the policies it misses by one condition.
+#[utoipa::path(post, path = "/v1/policies/match", tag = "policies", request_body = MatchRequest,
+    responses((status = 200, body = MatchResult),
+        (status = 400, description = "Bad request, the field named (CG-POL-001)", body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, description = "No such enterprise (CG-POL-002)", body = ErrorBody)))]
+pub async fn match_enterprise(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> Result<Json<MatchResult>, ApiError> {
+    if !(caller.has(Role::Consumer) || caller.has(Role::PolicyPush) || caller.has(Role::Admin)) {
+        return Err(ApiError::missing_role(Role::Consumer));
+    }
+    let req: MatchRequest = parse(&body)?;
+    let day = today();
+    blocking(&gw, move |kb| {
+        let profile: Arc<Profile> = match (req.uscc, req.profile) {
+            (Some(u), None) => {
+                let u: cert_store::Uscc = u.parse().map_err(|e| bad("uscc", e))?;
+                kb.profile(u.as_str())
+                    .ok_or_else(|| not_found(format!("no profile for {u}")))?
+            }
+            (None, Some(p)) => {
+                let p: Profile = from_json(&p.to_string()).map_err(|e| {
+                    bad(
+                        &format!("profile.{}", e.field.trim_start_matches('.')),
+                        e.reason,
+                    )
+                })?;
+                p.validate()
+                    .map_err(|e| bad(&format!("profile.{}", e.field), e.reason))?;
+                Arc::new(p)
+            }
+            _ => return Err(bad("uscc", "give either uscc or profile")),
+        };
+        let m = kb.match_enterprise(&profile, day).map_err(kb_error)?;
+        Ok(Json(MatchResult {
+            uscc: profile.uscc.to_string(),
+            date: policies::model::format_date(day),
+            eligible: m.eligible.iter().map(MatchView::from).collect(),
+            almost_eligible: m.almost.iter().map(MatchView::from).collect(),
+        }))
+    })
+    .await
+}
+
+// ---- policy → enterprises ----
+
+/// `?cursor=&limit=` of the eligible-enterprise list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// The last USCC of the previous page.
+    pub cursor: Option<String>,
+    /// Enterprises per page (default 1000, at most 100000).
+    pub limit: Option<usize>,
+}
+
+/// Every enterprise eligible for a policy today, by USCC, cursor-paged; the page is streamed
+/// as it is written. Each line of `enterprises` is `{uscc, name, region, benefit_yuan}`.
+#[utoipa::path(get, path = "/v1/policies/{id}/eligible-enterprises", tag = "policies",
+    params(("id" = String, Path, description = "Policy id"), PageQuery),
+    responses((status = 200, description = "{\"policy_id\", \"enterprises\": [...], \"next_cursor\"}", content_type = "application/json"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn eligible_enterprises(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    QueryParams(q): QueryParams<PageQuery>,
+) -> Result<Response, ApiError> {
+    if !(caller.has(Role::PolicyPush) || caller.has(Role::Admin) || caller.has(Role::Consumer)) {
+        return Err(ApiError::missing_role(Role::PolicyPush));
+    }
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > 100_000 {
+        return Err(bad("limit", "between 1 and 100000"));
+    }
+    if let Some(c) = &q.cursor {
+        c.parse::<cert_store::Uscc>()
+            .map_err(|e| bad("cursor", e))?;
+    }
+    let day = today();
+    let (policy, page, next) = blocking(&gw, move |kb| {
+        let policy = kb.policy(&id).ok_or_else(|| {
+            not_found(format!(
+                "no policy {}",
+                id.chars().take(40).collect::<String>()
+            ))
+        })?;
+        let all = kb.eligible_enterprises(&policy, day).map_err(kb_error)?;
+        let start = match &q.cursor {
+            Some(c) => all.partition_point(|p| p.uscc.as_str() <= c.as_str()),
+            None => 0,
+        };
+        let page: Vec<Arc<Profile>> = all.iter().skip(start).take(limit).cloned().collect();
+        let next = (start + page.len() < all.len())
+            .then(|| page.last().map(|p| p.uscc.to_string()))
+            .flatten();
+        Ok((policy, page, next))
+    })
+    .await?;
+    // Stream the page in chunks rather than building one large string.
+    let head = serde_json::json!({ "policy_id": policy.id, "version": policy.version }).to_string();
+    let head = format!("{},\"enterprises\":[", head.trim_end_matches('}'));
+    let tail = format!("],\"next_cursor\":{}}}", serde_json::json!(next));
+    let chunks = page.chunks(512).map(|chunk| {
+        let mut s = String::new();
+        for p in chunk {
+            let line = serde_json::json!({
+                "uscc": p.uscc.as_str(),
+                "name": p.name,
+                "region": p.region,
+                "benefit_yuan": policies::eligibility::benefit(&policy, p),
+            });
+            s.push_str(&line.to_string());
+            s.push(',');
+        }
+        s
+    });
+    let mut parts: Vec<String> = Vec::with_capacity(page.len() / 512 + 3);
+    parts.push(head);
+    let mut body: Vec<String> = chunks.collect();
+    if let Some(last) = body.last_mut() {
+        last.pop(); // the trailing comma
+    }
+    parts.extend(body);
+    parts.push(tail);
+    let stream = futures_util::stream::iter(parts.into_iter().map(Ok::<_, std::io::Error>));
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+// ---- search ----
+
+/// `?q=&region=&category=&industry=&limit=`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    /// Text, analysed with the same Chinese analyser as the index.
+    pub q: Option<String>,
+    /// Policies that apply in this region (GB/T 2260).
+    pub region: Option<String>,
+    /// 免申即享, 在线办理 or 宣传展示.
+    pub category: Option<String>,
+    /// GB/T 4754-2017 code.
+    pub industry: Option<String>,
+    /// At most this many hits (default 20, at most 200).
+    pub limit: Option<usize>,
+}
+
+/// A search hit.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SearchHitView {
+    /// Policy id.
+    pub policy_id: String,
+    /// Title.
+    pub title: String,
+    /// Category.
+    pub category: &'static str,
+    /// Region code.
+    pub region: String,
+    /// Score.
+    pub score: f32,
+    /// Highlighted fragment of the text (`<em>` around matched terms, HTML-escaped otherwise).
+    pub snippet: String,
+}
+
+/// Full-text search of the policy knowledge base, with filters and highlighted snippets.
+#[utoipa::path(get, path = "/v1/policies/search", tag = "policies", params(SearchQuery),
+    responses((status = 200, body = [SearchHitView]), (status = 400, body = ErrorBody)))]
+pub async fn search(
+    State(gw): State<Arc<Gateway>>,
+    _caller: Caller,
+    QueryParams(q): QueryParams<SearchQuery>,
+) -> Result<Json<Vec<SearchHitView>>, ApiError> {
+    let text = q.q.unwrap_or_default();
+    if text.chars().count() > 200 {
+        return Err(bad("q", "at most 200 characters"));
+    }
+    let filter = SearchFilter {
+        region: q
+            .region
+            .map(|r| policies::codes::Region::parse(&r))
+            .transpose()
+            .map_err(|e| bad("region", e))?,
+        category: q
+            .category
+            .map(|c| from_json::<Category>(&serde_json::json!(c).to_string()))
+            .transpose()
+            .map_err(|_| bad("category", "one of 免申即享, 在线办理, 宣传展示"))?,
+        industry: q
+            .industry
+            .map(|i| policies::codes::Industry::parse(&i))
+            .transpose()
+            .map_err(|e| bad("industry", e))?,
+    };
+    let limit = q.limit.unwrap_or(20);
+    if limit == 0 || limit > 200 {
+        return Err(bad("limit", "between 1 and 200"));
+    }
+    blocking(&gw, move |kb| {
+        let hits = kb.search(&text, &filter, limit).map_err(kb_error)?;
+        Ok(Json(
+            hits.into_iter()
+                .filter_map(|h| {
+                    let p = kb.policy(&h.id)?;
+                    Some(SearchHitView {
+                        policy_id: h.id,
+                        title: p.title.clone(),
+                        category: p.category.as_str(),
+                        region: p.region.code(),
+                        score: h.score,
+                        snippet: h.snippet,
+                    })
+                })
+                .collect(),
+        ))
+    })
+    .await
+}
+
+/// One policy.
+#[utoipa::path(get, path = "/v1/policies/{id}", tag = "policies",
+    params(("id" = String, Path, description = "Policy id")),
+    responses((status = 200, description = "The policy", content_type = "application/json"), (status = 404, body = ErrorBody)))]
+pub async fn policy(
+    State(gw): State<Arc<Gateway>>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Policy>, ApiError> {
+    gw.policies
+        .policy(&id)
+        .map(|p| Json((*p).clone()))
+        .ok_or_else(|| {
+            not_found(format!(
+                "no policy {}",
+                id.chars().take(40).collect::<String>()
+            ))
+        })
+}
+
+/// What a publication or an upsert changed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ChangesView {
+    /// Items stored.
+    pub stored: usize,
+    /// New (policy, enterprise) eligibilities: one push-feed event each.
+    pub new_matches: usize,
+    /// Matches that no longer hold.
+    pub ended_matches: usize,
+}
+
+impl From<policies::Changes> for ChangesView {
+    fn from(c: policies::Changes) -> Self {
+        ChangesView {
+            stored: c.stored,
+            new_matches: c.new_matches,
+            ended_matches: c.ended_matches,
+        }
+    }
+}
+
+/// Publishes a new policy or a new version of one (admin). Every enterprise newly eligible
+/// becomes one push-feed event.
+#[utoipa::path(post, path = "/v1/policies", tag = "policies",
+    request_body(content = Object, description = "A policy (see the README for its schema)"),
+    responses((status = 200, body = ChangesView),
+        (status = 400, description = "Invalid, the field named (CG-POL-001)", body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 409, description = "The version is not newer than the stored one (CG-POL-003)", body = ErrorBody)))]
+pub async fn publish(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> Result<Json<ChangesView>, ApiError> {
+    require(&caller, Role::Admin)?;
+    let policy: Policy = parse(&body)?;
+    policy.validate().map_err(|e| invalid(&e))?;
+    let day = today();
+    blocking(&gw, move |kb| {
+        if let Some(old) = kb.policy(&policy.id)
+            && old.version >= policy.version
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "CG-POL-003",
+                format!(
+                    "policy {} is at version {}; publish a higher version",
+                    policy.id, old.version
+                ),
+            ));
+        }
+        kb.publish(vec![policy], day)
+            .map(|c| Json(c.into()))
+            .map_err(kb_error)
+    })
+    .await
+}
+
+/// Adds or replaces an enterprise profile (the data department named by
+/// `policies.profile_owner`). A profile that becomes eligible for a policy produces one
+/// push-feed event per policy.
+#[utoipa::path(post, path = "/v1/enterprises", tag = "policies",
+    request_body(content = Object, description = "An enterprise profile (see the README)"),
+    responses((status = 200, body = ChangesView),
+        (status = 400, description = "Invalid, the field named (CG-POL-001)", body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
+pub async fn upsert_profile(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> Result<Json<ChangesView>, ApiError> {
+    if gw.profile_owner.as_ref() != Some(&caller.department) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "CG-POL-004",
+            "only the data department named in policies.profile_owner maintains profiles",
+        ));
+    }
+    let profile: Profile = parse(&body)?;
+    profile.validate().map_err(|e| invalid(&e))?;
+    let day = today();
+    blocking(&gw, move |kb| {
+        kb.upsert_profiles(vec![profile], day)
+            .map(|c| Json(c.into()))
+            .map_err(kb_error)
+    })
+    .await
+}
+
+/// `?after=&limit=` of the push feed.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FeedQuery {
+    /// Read events after this cursor (the `seq` of the last event read; default 0).
+    pub after: Option<i64>,
+    /// At most this many events (default 100, at most 10000).
+    pub limit: Option<usize>,
+}
+
+/// A page of the push feed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FeedPage {
+    /// Events in order.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<policies::store::FeedEvent>,
+    /// Pass as `after` to read on (the last event's `seq`, or the `after` given).
+    pub next_cursor: i64,
+}
+
+/// The push feed for the policy-push service: new (policy, enterprise) eligibilities in order.
+/// Reading again from an old cursor returns the same events (at-least-once; the `event_id` is
+/// stable, so the reader can drop duplicates).
+#[utoipa::path(get, path = "/v1/push-feed", tag = "policies", params(FeedQuery),
+    responses((status = 200, body = FeedPage), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn push_feed(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    QueryParams(q): QueryParams<FeedQuery>,
+) -> Result<Json<FeedPage>, ApiError> {
+    require(&caller, Role::PolicyPush)?;
+    let after = q.after.unwrap_or(0);
+    if after < 0 {
+        return Err(bad("after", "a cursor is not negative"));
+    }
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 10_000 {
+        return Err(bad("limit", "between 1 and 10000"));
+    }
+    blocking(&gw, move |kb| {
+        let events = kb.feed(after, limit).map_err(kb_error)?;
+        let next_cursor = events.last().map_or(after, |e| e.seq);
+        Ok(Json(FeedPage {
+            events,
+            next_cursor,
+        }))
+    })
+    .await
+}

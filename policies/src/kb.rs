@@ -1,0 +1,429 @@
+//! The knowledge base: the store, the profiles and policies in memory, and the two indexes,
+//! kept in step. Matching in both directions, the push feed, search.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use search::ChineseAnalyzer;
+use time::Date;
+
+use crate::eligibility::{self, Eligibility, Outcome};
+use crate::index::{EnterpriseIndex, IndexError, PolicyIndex, SearchFilter, SearchHit};
+use crate::model::{Policy, Profile};
+use crate::store::{FeedEvent, NewMatch, Store, StoreError};
+
+/// A knowledge-base error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KbError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An index failed.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// A lock was poisoned by a panic elsewhere.
+    #[error("knowledge base lock poisoned")]
+    Poisoned,
+}
+
+/// A policy matched to an enterprise, with the explanation.
+#[derive(Debug, Clone)]
+pub struct PolicyMatch {
+    /// The policy.
+    pub policy: Arc<Policy>,
+    /// Its eligibility, condition by condition.
+    pub eligibility: Eligibility,
+    /// Relevance of the policy's text to the enterprise's business scope.
+    pub relevance: f32,
+}
+
+/// An enterprise's matches: eligible policies, ranked, and policies it misses by one condition.
+#[derive(Debug, Clone, Default)]
+pub struct Matches {
+    /// Eligible, ranked by category, benefit, relevance.
+    pub eligible: Vec<PolicyMatch>,
+    /// Exactly one condition (other than the region) not met or missing.
+    pub almost: Vec<PolicyMatch>,
+}
+
+#[derive(Default)]
+struct Profiles {
+    rows: Vec<Arc<Profile>>,
+    by_uscc: HashMap<String, u64>,
+}
+
+/// What a publication or an import changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Items stored.
+    pub stored: usize,
+    /// New feed events.
+    pub new_matches: usize,
+    /// Matches that no longer hold.
+    pub ended_matches: usize,
+}
+
+/// The knowledge base.
+pub struct KnowledgeBase {
+    store: Store,
+    policies: RwLock<HashMap<String, Arc<Policy>>>,
+    profiles: RwLock<Profiles>,
+    policy_index: PolicyIndex,
+    enterprise_index: EnterpriseIndex,
+    /// Serialises changes, so that match bookkeeping sees one change at a time.
+    writing: Mutex<()>,
+}
+
+impl std::fmt::Debug for KnowledgeBase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KnowledgeBase").finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl KnowledgeBase {
+    /// Opens the knowledge base in `dir` (`policies.db`, `index/`), or in memory without one.
+    /// Profiles and policies are loaded into memory; an index that is missing, corrupt or out
+    /// of step with the store is rebuilt from it.
+    pub fn open(dir: Option<&Path>, analyzer: ChineseAnalyzer) -> Result<KnowledgeBase, KbError> {
+        let store = match dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).map_err(|e| StoreError::from_io(d, e))?;
+                Store::open(&d.join("policies.db"))?
+            }
+            None => Store::in_memory()?,
+        };
+        let (policy_index, fresh_p) =
+            PolicyIndex::open(dir.map(|d| d.join("index/policies")).as_deref(), analyzer)?;
+        let (enterprise_index, fresh_e) =
+            EnterpriseIndex::open(dir.map(|d| d.join("index/enterprises")).as_deref())?;
+        let mut profiles = Profiles::default();
+        store.for_each_profile(|p| {
+            let row = profiles.rows.len() as u64;
+            profiles.by_uscc.insert(p.uscc.as_str().to_owned(), row);
+            profiles.rows.push(Arc::new(p));
+        })?;
+        let policies: HashMap<String, Arc<Policy>> = store
+            .policies()?
+            .into_iter()
+            .map(|p| (p.id.clone(), Arc::new(p)))
+            .collect();
+        // Rows are handed out in store order on every start, so the index is rebuilt when its
+        // size differs (and when it is new).
+        if fresh_e || enterprise_index.len() != profiles.rows.len() as u64 {
+            enterprise_index.clear()?;
+            for (row, p) in profiles.rows.iter().enumerate() {
+                enterprise_index.upsert(row as u64, p)?;
+            }
+            enterprise_index.commit()?;
+        }
+        if fresh_p || policy_index.len() != policies.len() as u64 {
+            policy_index.clear()?;
+            for p in policies.values() {
+                policy_index.upsert(p)?;
+            }
+            policy_index.commit()?;
+        }
+        Ok(KnowledgeBase {
+            store,
+            policies: RwLock::new(policies),
+            profiles: RwLock::new(profiles),
+            policy_index,
+            enterprise_index,
+            writing: Mutex::new(()),
+        })
+    }
+
+    /// A policy by id.
+    pub fn policy(&self, id: &str) -> Option<Arc<Policy>> {
+        self.policies.read().ok()?.get(id).cloned()
+    }
+
+    /// Every policy.
+    pub fn policies(&self) -> Vec<Arc<Policy>> {
+        self.policies
+            .read()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A profile by USCC.
+    pub fn profile(&self, uscc: &str) -> Option<Arc<Profile>> {
+        let p = self.profiles.read().ok()?;
+        let row = *p.by_uscc.get(uscc)?;
+        p.rows.get(row as usize).cloned()
+    }
+
+    /// Number of profiles.
+    pub fn profile_count(&self) -> usize {
+        self.profiles.read().map_or(0, |p| p.rows.len())
+    }
+
+    /// Every profile (tests and brute-force checks).
+    pub fn profiles(&self) -> Vec<Arc<Profile>> {
+        self.profiles
+            .read()
+            .map(|p| p.rows.clone())
+            .unwrap_or_default()
+    }
+
+    /// The enterprises eligible for `policy` on `today`, by USCC.
+    pub fn eligible_enterprises(
+        &self,
+        policy: &Policy,
+        today: Date,
+    ) -> Result<Vec<Arc<Profile>>, KbError> {
+        let rows = self.enterprise_index.candidates(policy, today)?;
+        let profiles = self.profiles.read().map_err(|_| KbError::Poisoned)?;
+        let mut out: Vec<Arc<Profile>> = rows
+            .into_iter()
+            .filter_map(|r| profiles.rows.get(r as usize))
+            .filter(|p| eligibility::is_eligible(policy, p, today))
+            .cloned()
+            .collect();
+        out.sort_unstable_by(|a, b| a.uscc.cmp(&b.uscc));
+        Ok(out)
+    }
+
+    /// The policies `profile` is eligible for on `today`, ranked, with the ones it misses by
+    /// one condition.
+    pub fn match_enterprise(&self, profile: &Profile, today: Date) -> Result<Matches, KbError> {
+        let candidates = self
+            .policy_index
+            .candidates(profile.region, &profile.business_scope)?;
+        let policies = self.policies.read().map_err(|_| KbError::Poisoned)?;
+        let mut m = Matches::default();
+        for (id, relevance) in candidates {
+            let Some(policy) = policies.get(&id) else {
+                continue;
+            };
+            let eligible = eligibility::is_eligible(policy, profile, today);
+            let e = eligibility::evaluate(policy, profile, today);
+            let pm = PolicyMatch {
+                policy: policy.clone(),
+                eligibility: e,
+                relevance,
+            };
+            if eligible {
+                m.eligible.push(pm);
+            } else if pm.eligibility.unmet().count() == 1
+                && pm
+                    .eligibility
+                    .conditions
+                    .first()
+                    .is_some_and(|c| c.outcome == Outcome::Met)
+            {
+                m.almost.push(pm);
+            }
+        }
+        let rank = |a: &PolicyMatch, b: &PolicyMatch| {
+            b.policy
+                .category
+                .rank()
+                .cmp(&a.policy.category.rank())
+                .then(b.eligibility.benefit_yuan.cmp(&a.eligibility.benefit_yuan))
+                .then(b.relevance.total_cmp(&a.relevance))
+                .then(a.policy.id.cmp(&b.policy.id))
+        };
+        m.eligible.sort_by(rank);
+        m.almost.sort_by(rank);
+        Ok(m)
+    }
+
+    /// Full-text search.
+    pub fn search(
+        &self,
+        text: &str,
+        filter: &SearchFilter,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>, KbError> {
+        Ok(self.policy_index.search(text, filter, limit)?)
+    }
+
+    /// Feed events after `after`.
+    pub fn feed(&self, after: i64, limit: usize) -> Result<Vec<FeedEvent>, KbError> {
+        Ok(self.store.feed(after, limit)?)
+    }
+
+    /// Loads policies and profiles into an empty knowledge base without computing matches (no
+    /// feed events): for benchmarks and for seeding a test population. Matches are computed for
+    /// each policy the next time it is published.
+    pub fn load_without_matching(
+        &self,
+        policies: Vec<Policy>,
+        profiles: Vec<Profile>,
+    ) -> Result<(), KbError> {
+        let _w = self.writing.lock().map_err(|_| KbError::Poisoned)?;
+        {
+            let mut rows = self.profiles.write().map_err(|_| KbError::Poisoned)?;
+            for p in profiles {
+                let row = rows.rows.len() as u64;
+                self.enterprise_index.upsert(row, &p)?;
+                rows.by_uscc.insert(p.uscc.as_str().to_owned(), row);
+                rows.rows.push(Arc::new(p));
+            }
+        }
+        self.enterprise_index.commit()?;
+        for p in &policies {
+            self.policy_index.upsert(p)?;
+        }
+        self.policy_index.commit()?;
+        let mut map = self.policies.write().map_err(|_| KbError::Poisoned)?;
+        for p in policies {
+            map.insert(p.id.clone(), Arc::new(p));
+        }
+        Ok(())
+    }
+
+    /// Publishes new or changed policies: stores them, indexes them, and turns every new
+    /// (policy, enterprise) eligibility into a feed event. A policy whose version is not newer
+    /// than the stored one is refused by the caller's check ([`KnowledgeBase::policy`]).
+    pub fn publish(&self, policies: Vec<Policy>, today: Date) -> Result<Changes, KbError> {
+        let _w = self.writing.lock().map_err(|_| KbError::Poisoned)?;
+        let mut changes = Changes::default();
+        for policy in &policies {
+            self.policy_index.upsert(policy)?;
+        }
+        self.policy_index.commit()?;
+        for policy in policies {
+            let c = self.rematch_policy(&policy, today)?;
+            changes.new_matches += c.new_matches;
+            changes.ended_matches += c.ended_matches;
+            changes.stored += 1;
+            if let Ok(mut p) = self.policies.write() {
+                p.insert(policy.id.clone(), Arc::new(policy));
+            }
+        }
+        Ok(changes)
+    }
+
+    fn rematch_policy(&self, policy: &Policy, today: Date) -> Result<Changes, KbError> {
+        let eligible = self.eligible_enterprises(policy, today)?;
+        let before: HashSet<String> = self
+            .store
+            .matches_of_policy(&policy.id)?
+            .into_iter()
+            .collect();
+        let now: HashSet<&str> = eligible.iter().map(|p| p.uscc.as_str()).collect();
+        let added: Vec<NewMatch> = eligible
+            .iter()
+            .filter(|p| !before.contains(p.uscc.as_str()))
+            .map(|p| {
+                let e = eligibility::evaluate(policy, p, today);
+                NewMatch {
+                    uscc: p.uscc.to_string(),
+                    benefit_yuan: e.benefit_yuan,
+                    digest: e.digest(),
+                }
+            })
+            .collect();
+        let removed: Vec<String> = before
+            .iter()
+            .filter(|u| !now.contains(u.as_str()))
+            .cloned()
+            .collect();
+        self.store.save_policy(policy, &added, &removed, now_ms())?;
+        Ok(Changes {
+            stored: 1,
+            new_matches: added.len(),
+            ended_matches: removed.len(),
+        })
+    }
+
+    /// Adds or replaces profiles; every new (policy, enterprise) eligibility becomes a feed
+    /// event. Large batches are matched policy by policy, small ones enterprise by enterprise.
+    pub fn upsert_profiles(&self, batch: Vec<Profile>, today: Date) -> Result<Changes, KbError> {
+        let _w = self.writing.lock().map_err(|_| KbError::Poisoned)?;
+        let mut changed = Vec::with_capacity(batch.len());
+        {
+            let mut profiles = self.profiles.write().map_err(|_| KbError::Poisoned)?;
+            for p in batch {
+                let key = p.uscc.as_str().to_owned();
+                let p = Arc::new(p);
+                let row = match profiles.by_uscc.get(&key) {
+                    Some(row) => {
+                        let row = *row;
+                        if let Some(slot) = profiles.rows.get_mut(row as usize) {
+                            *slot = p.clone();
+                        }
+                        row
+                    }
+                    None => {
+                        let row = profiles.rows.len() as u64;
+                        profiles.rows.push(p.clone());
+                        profiles.by_uscc.insert(key, row);
+                        row
+                    }
+                };
+                self.enterprise_index.upsert(row, &p)?;
+                changed.push(p);
+            }
+        }
+        self.enterprise_index.commit()?;
+        let stored = changed.len();
+        let policies = self.policies();
+        if changed.len() > 64 && changed.len() > policies.len() {
+            // Bulk: store the profiles, then match policy by policy.
+            let items: Vec<_> = changed
+                .iter()
+                .map(|p| ((**p).clone(), Vec::new(), Vec::new()))
+                .collect();
+            self.store.save_profiles(&items, now_ms())?;
+            let mut changes = Changes {
+                stored,
+                ..Changes::default()
+            };
+            for policy in policies {
+                let c = self.rematch_policy(&policy, today)?;
+                changes.new_matches += c.new_matches;
+                changes.ended_matches += c.ended_matches;
+            }
+            return Ok(changes);
+        }
+        let mut changes = Changes {
+            stored,
+            ..Changes::default()
+        };
+        let mut items = Vec::with_capacity(changed.len());
+        for p in changed {
+            let m = self.match_enterprise(&p, today)?;
+            let before: HashSet<String> = self
+                .store
+                .matches_of_enterprise(p.uscc.as_str())?
+                .into_iter()
+                .collect();
+            let now: HashSet<&str> = m.eligible.iter().map(|x| x.policy.id.as_str()).collect();
+            let added: Vec<_> = m
+                .eligible
+                .iter()
+                .filter(|x| !before.contains(&x.policy.id))
+                .map(|x| {
+                    (
+                        x.policy.clone(),
+                        NewMatch {
+                            uscc: p.uscc.to_string(),
+                            benefit_yuan: x.eligibility.benefit_yuan,
+                            digest: x.eligibility.digest(),
+                        },
+                    )
+                })
+                .collect();
+            let removed: Vec<String> = before
+                .into_iter()
+                .filter(|id| !now.contains(id.as_str()))
+                .collect();
+            changes.new_matches += added.len();
+            changes.ended_matches += removed.len();
+            items.push(((*p).clone(), added, removed));
+        }
+        self.store.save_profiles(&items, now_ms())?;
+        Ok(changes)
+    }
+}

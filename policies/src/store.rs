@@ -1,0 +1,285 @@
+//! The policy knowledge base's store: policies, enterprise profiles, the current matches and
+//! the push feed, in SQLite (WAL, `synchronous=FULL`). The store is the truth; the indexes are
+//! rebuilt from it.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::model::{Policy, Profile};
+
+/// A store error.
+#[derive(Debug, thiserror::Error)]
+#[error("policy store: {0}")]
+pub struct StoreError(String);
+
+impl StoreError {
+    /// An I/O error on `path`.
+    pub fn from_io(path: &Path, e: std::io::Error) -> StoreError {
+        StoreError(format!("{}: {e}", path.display()))
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+/// One event of the push feed: a (policy, enterprise) eligibility that did not exist before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FeedEvent {
+    /// Position in the feed; read on with `after = seq`.
+    pub seq: i64,
+    /// Stable id: the same (policy, version, enterprise) always has the same id.
+    pub event_id: String,
+    /// The policy.
+    pub policy_id: String,
+    /// Its version when the match arose.
+    pub policy_version: u32,
+    /// The enterprise.
+    pub uscc: String,
+    /// The policy's category.
+    pub category: String,
+    /// The estimated benefit in yuan, when it can be computed.
+    pub benefit_yuan: Option<u64>,
+    /// SHA-256 of the explanation.
+    pub explanation_digest: String,
+    /// When the event was recorded (Unix milliseconds).
+    pub created_ms: i64,
+}
+
+/// A new match to record.
+#[derive(Debug, Clone)]
+pub struct NewMatch {
+    /// The enterprise.
+    pub uscc: String,
+    /// The benefit estimate.
+    pub benefit_yuan: Option<u64>,
+    /// The explanation digest.
+    pub digest: String,
+}
+
+/// A profile to store with the policies it newly matches and the policy ids it no longer
+/// matches.
+pub type ProfileChange = (
+    Profile,
+    Vec<(std::sync::Arc<Policy>, NewMatch)>,
+    Vec<String>,
+);
+
+/// The SQLite store.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// The stable id of the event for `policy` at `version` matching `uscc`.
+pub fn event_id(policy: &str, version: u32, uscc: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("{policy}|{version}|{uscc}").as_bytes());
+    hex::encode(&d[..16])
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// A store in memory (tests).
+    pub fn in_memory() -> Result<Store, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Store, StoreError> {
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
+             CREATE TABLE IF NOT EXISTS policies (
+                id TEXT PRIMARY KEY, version INTEGER NOT NULL, json TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS enterprises (uscc TEXT PRIMARY KEY, json TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS matches (
+                policy_id TEXT NOT NULL, uscc TEXT NOT NULL,
+                PRIMARY KEY (policy_id, uscc)) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS matches_by_uscc ON matches (uscc);
+             CREATE TABLE IF NOT EXISTS feed (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+                policy_id TEXT NOT NULL, policy_version INTEGER NOT NULL, uscc TEXT NOT NULL,
+                category TEXT NOT NULL, benefit_yuan INTEGER, digest TEXT NOT NULL,
+                created_ms INTEGER NOT NULL);",
+        )?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+        self.conn
+            .lock()
+            .map_err(|_| StoreError("store lock poisoned".into()))
+    }
+
+    /// Every policy.
+    pub fn policies(&self) -> Result<Vec<Policy>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare("SELECT json FROM policies ORDER BY id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for json in rows {
+            out.push(serde_json::from_str(&json?).map_err(|e| StoreError(e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    /// One policy.
+    pub fn policy(&self, id: &str) -> Result<Option<Policy>, StoreError> {
+        let conn = self.conn()?;
+        let json: Option<String> = conn
+            .query_row("SELECT json FROM policies WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        json.map(|j| serde_json::from_str(&j).map_err(|e| StoreError(e.to_string())))
+            .transpose()
+    }
+
+    /// Calls `f` on every profile, in USCC order.
+    pub fn for_each_profile(&self, mut f: impl FnMut(Profile)) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare("SELECT json FROM enterprises ORDER BY uscc")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        for json in rows {
+            f(serde_json::from_str(&json?).map_err(|e| StoreError(e.to_string()))?);
+        }
+        Ok(())
+    }
+
+    /// Stores `policy` and its match changes in one transaction: `added` become matches and
+    /// feed events, `removed` stop being matches.
+    pub fn save_policy(
+        &self,
+        policy: &Policy,
+        added: &[NewMatch],
+        removed: &[String],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let json = serde_json::to_string(policy).map_err(|e| StoreError(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO policies (id, version, json) VALUES (?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET version = excluded.version, json = excluded.json",
+            params![policy.id, policy.version, json],
+        )?;
+        record_matches(&tx, policy, added, removed, now_ms)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores profiles and their match changes in one transaction. Each item is the profile,
+    /// the policies it newly matches (with the match), and the policies it no longer matches.
+    pub fn save_profiles(&self, items: &[ProfileChange], now_ms: i64) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        for (profile, added, removed) in items {
+            let json = serde_json::to_string(profile).map_err(|e| StoreError(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO enterprises (uscc, json) VALUES (?1, ?2)
+                 ON CONFLICT (uscc) DO UPDATE SET json = excluded.json",
+                params![profile.uscc.as_str(), json],
+            )?;
+            for (policy, m) in added {
+                record_matches(&tx, policy, std::slice::from_ref(m), &[], now_ms)?;
+            }
+            for policy_id in removed {
+                tx.execute(
+                    "DELETE FROM matches WHERE policy_id = ?1 AND uscc = ?2",
+                    params![policy_id, profile.uscc.as_str()],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The enterprises currently matching `policy_id`.
+    pub fn matches_of_policy(&self, policy_id: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare("SELECT uscc FROM matches WHERE policy_id = ?1")?;
+        let rows = stmt.query_map([policy_id], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>().map_err(Into::into)
+    }
+
+    /// The policies currently matching `uscc`.
+    pub fn matches_of_enterprise(&self, uscc: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare("SELECT policy_id FROM matches WHERE uscc = ?1")?;
+        let rows = stmt.query_map([uscc], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>().map_err(Into::into)
+    }
+
+    /// Feed events after `after`, at most `limit`, in order.
+    pub fn feed(&self, after: i64, limit: usize) -> Result<Vec<FeedEvent>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT seq, event_id, policy_id, policy_version, uscc, category, benefit_yuan, digest,
+                    created_ms FROM feed WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after, limit as i64], |r| {
+            Ok(FeedEvent {
+                seq: r.get(0)?,
+                event_id: r.get(1)?,
+                policy_id: r.get(2)?,
+                policy_version: r.get(3)?,
+                uscc: r.get(4)?,
+                category: r.get(5)?,
+                benefit_yuan: r.get::<_, Option<i64>>(6)?.map(|v| v.max(0) as u64),
+                explanation_digest: r.get(7)?,
+                created_ms: r.get(8)?,
+            })
+        })?;
+        rows.collect::<Result<_, _>>().map_err(Into::into)
+    }
+}
+
+fn record_matches(
+    tx: &rusqlite::Transaction<'_>,
+    policy: &Policy,
+    added: &[NewMatch],
+    removed: &[String],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let mut add =
+        tx.prepare_cached("INSERT OR IGNORE INTO matches (policy_id, uscc) VALUES (?1, ?2)")?;
+    let mut event = tx.prepare_cached(
+        "INSERT OR IGNORE INTO feed (event_id, policy_id, policy_version, uscc, category,
+            benefit_yuan, digest, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for m in added {
+        if add.execute(params![policy.id, m.uscc])? == 1 {
+            event.execute(params![
+                event_id(&policy.id, policy.version, &m.uscc),
+                policy.id,
+                policy.version,
+                m.uscc,
+                policy.category.as_str(),
+                m.benefit_yuan.map(|v| v.min(i64::MAX as u64) as i64),
+                m.digest,
+                now_ms
+            ])?;
+        }
+    }
+    let mut remove = tx.prepare_cached("DELETE FROM matches WHERE policy_id = ?1 AND uscc = ?2")?;
+    for uscc in removed {
+        remove.execute(params![policy.id, uscc])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! The knowledge base on the shipped sample policies and a generated population: index-backed
+//! matching against brute force in both directions, the push feed, Chinese search.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+
+use policies::codes::Tag;
+use policies::eligibility::{self, Outcome};
+use policies::import::read_policies;
+use policies::index::SearchFilter;
+use policies::{KnowledgeBase, Policy, Profile};
+use search::ChineseAnalyzer;
+use time::Date;
+
+const SAMPLE: &str = include_str!("../data/policies.jsonl");
+
+fn day(s: &str) -> Date {
+    Date::parse(s, time::macros::format_description!("[year]-[month]-[day]")).unwrap()
+}
+
+fn sample_policies() -> Vec<Policy> {
+    let (good, bad) = read_policies(SAMPLE.as_bytes());
+    assert!(bad.is_empty(), "the sample policies are valid: {bad:?}");
+    assert!(good.len() >= 100);
+    good.into_iter().map(|(_, p)| p).collect()
+}
+
+fn kb() -> KnowledgeBase {
+    KnowledgeBase::open(None, ChineseAnalyzer::new().unwrap()).unwrap()
+}
+
+#[test]
+fn index_backed_matching_equals_brute_force_both_ways() {
+    let today = day("2026-12-01");
+    let kb = kb();
+    let policies = sample_policies();
+    kb.publish(policies.clone(), today).unwrap();
+    let population: Vec<Profile> =
+        policies::generate::population(10_000, 42, day("2026-11-01")).collect();
+    kb.upsert_profiles(population.clone(), today).unwrap();
+
+    // Policy → enterprises.
+    let mut total = 0;
+    for p in &policies {
+        let brute: Vec<&str> = {
+            let mut v: Vec<&str> = population
+                .iter()
+                .filter(|e| eligibility::evaluate(p, e, today).eligible)
+                .map(|e| e.uscc.as_str())
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let indexed: Vec<String> = kb
+            .eligible_enterprises(p, today)
+            .unwrap()
+            .iter()
+            .map(|e| e.uscc.to_string())
+            .collect();
+        assert_eq!(indexed, brute, "policy {}", p.id);
+        total += brute.len();
+    }
+    assert!(
+        total > 1000,
+        "the sample is not trivially empty: {total} matches"
+    );
+
+    // Enterprise → policies, eligible and almost eligible.
+    let mut eligible_pairs = 0;
+    for e in &population {
+        let m = kb.match_enterprise(e, today).unwrap();
+        let got: BTreeSet<&str> = m.eligible.iter().map(|x| x.policy.id.as_str()).collect();
+        let want: BTreeSet<&str> = policies
+            .iter()
+            .filter(|p| eligibility::evaluate(p, e, today).eligible)
+            .map(|p| p.id.as_str())
+            .collect();
+        assert_eq!(got, want, "enterprise {}", e.uscc);
+        let got: BTreeSet<&str> = m.almost.iter().map(|x| x.policy.id.as_str()).collect();
+        let want: BTreeSet<&str> = policies
+            .iter()
+            .filter(|p| {
+                let ev = eligibility::evaluate(p, e, today);
+                ev.conditions[0].outcome == Outcome::Met && ev.unmet().count() == 1
+            })
+            .map(|p| p.id.as_str())
+            .collect();
+        assert_eq!(got, want, "almost, enterprise {}", e.uscc);
+        eligible_pairs += m.eligible.len();
+    }
+    assert_eq!(eligible_pairs, total);
+}
+
+#[test]
+fn the_push_feed_has_one_event_per_new_match_and_replays_the_same() {
+    let today = day("2026-12-01");
+    let kb = kb();
+    let population: Vec<Profile> =
+        policies::generate::population(3_000, 7, day("2026-11-01")).collect();
+    kb.upsert_profiles(population.clone(), today).unwrap();
+    assert!(kb.feed(0, 10).unwrap().is_empty(), "no policies, no events");
+
+    // Publishing a policy: one event per eligible enterprise.
+    let policies = sample_policies();
+    let broad = policies
+        .iter()
+        .find(|p| {
+            let n = kb.eligible_enterprises(p, today).unwrap().len();
+            (20..1000).contains(&n)
+        })
+        .expect("a policy with a few eligible enterprises")
+        .clone();
+    let eligible = kb.eligible_enterprises(&broad, today).unwrap();
+    let changes = kb.publish(vec![broad.clone()], today).unwrap();
+    assert_eq!(changes.new_matches, eligible.len());
+    let events = kb.feed(0, 100_000).unwrap();
+    assert_eq!(events.len(), eligible.len());
+    let ids: BTreeSet<&str> = events.iter().map(|e| e.uscc.as_str()).collect();
+    assert_eq!(ids, eligible.iter().map(|e| e.uscc.as_str()).collect());
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.policy_id == broad.id && e.category == broad.category.as_str())
+    );
+
+    // Replays from any cursor are identical.
+    let mid = events[events.len() / 2].seq;
+    assert_eq!(
+        kb.feed(mid, 100_000).unwrap(),
+        events[events.len() / 2 + 1..]
+    );
+    assert_eq!(kb.feed(0, 100_000).unwrap(), events);
+
+    // A new version with the same eligible set: no duplicate events.
+    let mut v2 = broad.clone();
+    v2.version += 1;
+    v2.title.push_str("（修订）");
+    assert_eq!(kb.publish(vec![v2.clone()], today).unwrap().new_matches, 0);
+    assert_eq!(kb.feed(0, 100_000).unwrap().len(), events.len());
+
+    // A profile that changes so that it becomes eligible: exactly one event.
+    let outsider = population
+        .iter()
+        .find(|e| {
+            let ev = eligibility::evaluate(&v2, e, today);
+            !ev.eligible && ev.conditions[0].outcome == Outcome::Met
+        })
+        .expect("an enterprise in the region that is not eligible");
+    let mut fixed = outsider.clone();
+    make_eligible(&v2, &mut fixed, today);
+    assert!(
+        eligibility::evaluate(&v2, &fixed, today).eligible,
+        "{:?}",
+        eligibility::evaluate(&v2, &fixed, today)
+    );
+    let before = kb.feed(0, 100_000).unwrap().len();
+    let c = kb.upsert_profiles(vec![fixed.clone()], today).unwrap();
+    assert_eq!(c.new_matches, 1);
+    let after = kb.feed(0, 100_000).unwrap();
+    assert_eq!(after.len(), before + 1);
+    assert_eq!(after.last().unwrap().uscc, fixed.uscc.as_str());
+    // The same profile again: nothing new.
+    assert_eq!(
+        kb.upsert_profiles(vec![fixed], today).unwrap().new_matches,
+        0
+    );
+    assert_eq!(kb.feed(0, 100_000).unwrap().len(), before + 1);
+}
+
+/// Changes `p` so that it meets every condition of `policy`.
+fn make_eligible(policy: &Policy, p: &mut Profile, today: Date) {
+    use policies::model::Condition as C;
+    for c in &policy.conditions {
+        match c {
+            C::RegionWithin { regions } => p.region = regions[0],
+            C::IndustryWithin { codes } => {
+                let code = codes[0].as_str();
+                let full = match code.len() {
+                    1 => match code {
+                        "C" => "C3911".to_owned(),
+                        "I" => "I6513".to_owned(),
+                        "A" => "A0111".to_owned(),
+                        other => format!("{other}{}", "0000"),
+                    },
+                    n => format!("{code}{}", &"1111"[..5 - n]),
+                };
+                p.industry = Some(policies::codes::Industry::parse(&full).unwrap());
+            }
+            C::ScaleIn { scales } => p.scale = Some(scales[0]),
+            C::AgeYears { min, max } => {
+                let years = min
+                    .unwrap_or(0)
+                    .max(max.map_or(0, |m| m.min(min.unwrap_or(0))));
+                p.founded = Some(today - time::Duration::days(i64::from(years) * 366 + 10));
+            }
+            C::RegisteredCapital { min_yuan, max_yuan } => {
+                p.registered_capital_yuan = Some(min_yuan.or(*max_yuan).unwrap_or(0))
+            }
+            C::Employees { min, max } => p.employees = Some(min.or(*max).unwrap_or(0)),
+            C::AnnualRevenue { min_yuan, max_yuan } => {
+                p.annual_revenue_yuan = Some(min_yuan.or(*max_yuan).unwrap_or(0))
+            }
+            C::TagsAll { tags } => p.tags.extend(tags.iter().copied()),
+            C::TagsNone { tags } => {
+                for t in tags {
+                    p.tags.remove(t);
+                }
+            }
+            C::CreditAtLeast { .. } => p.credit_rating = Some(policies::codes::Credit::A),
+        }
+    }
+}
+
+#[test]
+fn search_keeps_domain_terms_whole_and_highlights() {
+    let kb = kb();
+    let policies = sample_policies();
+    kb.publish(policies.clone(), day("2026-12-01")).unwrap();
+    let hits = kb
+        .search("专精特新", &SearchFilter::default(), 200)
+        .unwrap();
+    let got: BTreeSet<&str> = hits.iter().map(|h| h.id.as_str()).collect();
+    let want: BTreeSet<&str> = policies
+        .iter()
+        .filter(|p| p.text.contains("专精特新") || p.title.contains("专精特新"))
+        .map(|p| p.id.as_str())
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
+    let only_part: Vec<&Policy> = policies
+        .iter()
+        .filter(|p| {
+            let t = format!("{}{}", p.title, p.text);
+            !t.contains("专精特新") && (t.contains("专精") || t.contains("特新"))
+        })
+        .collect();
+    assert!(
+        only_part.len() >= 2,
+        "the sample has policies with only 专精 or 特新"
+    );
+    for p in only_part {
+        assert!(
+            !got.contains(p.id.as_str()),
+            "{} mentions only part of 专精特新",
+            p.id
+        );
+    }
+    assert!(
+        hits.iter().any(|h| h.snippet.contains("<em>专精特新</em>")),
+        "{:?}",
+        hits.first()
+    );
+
+    // Filters: category and region.
+    let filter = SearchFilter {
+        category: Some(policies::model::Category::Automatic),
+        region: Some(policies::codes::Region::parse("440305").unwrap()),
+        industry: None,
+    };
+    for h in kb.search("", &filter, 200).unwrap() {
+        let p = kb.policy(&h.id).unwrap();
+        assert_eq!(p.category, policies::model::Category::Automatic);
+        let r = policies::codes::Region::parse("440305").unwrap();
+        assert!(r.within(p.region) || p.region.within(r), "{}", p.id);
+    }
+}
+
+#[test]
+fn explanations_name_value_and_threshold() {
+    let today = day("2026-12-01");
+    let policies = sample_policies();
+    let p = policies
+        .iter()
+        .find(|p| p.conditions.iter().any(|c| c.kind() == "credit_at_least"))
+        .unwrap();
+    let mut e = policies::generate::population(1, 3, day("2026-11-01"))
+        .next()
+        .unwrap();
+    e.region = match p.region {
+        r if r == policies::codes::Region::NATION => {
+            policies::codes::Region::parse("110108").unwrap()
+        }
+        r => r,
+    };
+    e.credit_rating = Some(policies::codes::Credit::D);
+    e.tags.insert(Tag::parse("失信被执行人").unwrap());
+    let ev = eligibility::evaluate(p, &e, today);
+    let credit = ev
+        .conditions
+        .iter()
+        .find(|c| c.condition == "credit_at_least")
+        .unwrap();
+    assert_eq!(credit.outcome, Outcome::NotMet);
+    assert_eq!(credit.value, "D");
+    e.credit_rating = None;
+    let ev = eligibility::evaluate(p, &e, today);
+    let credit = ev
+        .conditions
+        .iter()
+        .find(|c| c.condition == "credit_at_least")
+        .unwrap();
+    assert_eq!(credit.outcome, Outcome::Missing);
+    assert!(credit.value.is_null());
+    assert!(!ev.eligible);
+}
