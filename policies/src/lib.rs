@@ -15,3 +15,7 @@ pub mod store;
 
 pub use kb::{Changes, KbError, KnowledgeBase, Matches, PolicyMatch};
 pub use model::{InvalidField, Policy, Profile};
+
+/// The sample policies shipped with certgate (JSON Lines; written for this project, not real
+/// government documents): the demo loads them, the tests and benchmarks use them.
+pub const SAMPLE_POLICIES: &str = include_str!("../data/policies.jsonl");

@@ -12,7 +12,7 @@ use policies::{KnowledgeBase, Policy, Profile};
 use search::ChineseAnalyzer;
 use time::Date;
 
-const SAMPLE: &str = include_str!("../data/policies.jsonl");
+const SAMPLE: &str = policies::SAMPLE_POLICIES;
 
 fn day(s: &str) -> Date {
     Date::parse(s, time::macros::format_description!("[year]-[month]-[day]")).unwrap()
@@ -176,13 +176,17 @@ fn make_eligible(policy: &Policy, p: &mut Profile, today: Date) {
             C::RegionWithin { regions } => p.region = regions[0],
             C::IndustryWithin { codes } => {
                 let code = codes[0].as_str();
+                // A class inside the code: the section's sample class, or the code padded.
                 let full = match code.len() {
-                    1 => match code {
-                        "C" => "C3911".to_owned(),
-                        "I" => "I6513".to_owned(),
-                        "A" => "A0111".to_owned(),
-                        other => format!("{other}{}", "0000"),
-                    },
+                    1 => [
+                        "A0111", "B0610", "C3911", "D4411", "E4710", "F5137", "G5432", "H6110",
+                        "I6513", "J6620", "K7010", "L7212", "M7320", "N7721", "O8010", "P8391",
+                        "Q8411", "R8710", "S9110", "T9700",
+                    ]
+                    .iter()
+                    .find(|c| c.starts_with(code))
+                    .map(|c| (*c).to_owned())
+                    .unwrap(),
                     n => format!("{code}{}", &"1111"[..5 - n]),
                 };
                 p.industry = Some(policies::codes::Industry::parse(&full).unwrap());

@@ -7,3 +7,4 @@ mod exchange;
 mod identity;
 mod licences;
 mod limits;
+mod matching;

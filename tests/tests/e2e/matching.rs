@@ -1,0 +1,483 @@
+//! Policy finds the enterprise, over real mTLS: publication and profile upserts by the right
+//! departments only, matching in both directions checked against brute force, search, the push
+//! feed, and bad input.
+
+use std::collections::BTreeSet;
+
+use certgate_tests::*;
+use http::{Method, StatusCode};
+use policies::eligibility;
+use policies::{Policy, Profile};
+use serde_json::{Value, json};
+
+/// 政策推送服务 (policy-push).
+const PUSH: &str = "12110105MB0000004J";
+/// 大数据局: maintains enterprise profiles.
+const DATA: &str = "11110105MB0000012G";
+
+struct World {
+    _pki: TestPki,
+    _gw: TestGateway,
+    ops: Conn,
+    data: Conn,
+    approval: Conn,
+    push: Conn,
+    audit: Conn,
+}
+
+async fn world() -> World {
+    let pki = TestPki::new();
+    let departments = standard_departments()
+        + &dept(PUSH, "政策推送服务", &["policy-push"], true)
+        + &dept(DATA, "大数据局", &["consumer"], true)
+        + &format!("\n[policies]\nprofile_owner = \"{DATA}\"\n");
+    let gw = TestGateway::start(&write_config(&pki, "", &departments)).await;
+    let mut conns = Vec::new();
+    for (name, id) in [
+        ("ops", OPS),
+        ("data", DATA),
+        ("approval", APPROVAL),
+        ("push", PUSH),
+        ("audit", AUDIT),
+    ] {
+        let identity = pki.department(name, id);
+        conns.push(
+            Client::new(&pki.ca_pem(), Some(&identity), Proto::H2)
+                .connect(gw.addr)
+                .await
+                .unwrap(),
+        );
+    }
+    let audit = conns.pop().unwrap();
+    let push = conns.pop().unwrap();
+    let approval = conns.pop().unwrap();
+    let data = conns.pop().unwrap();
+    let ops = conns.pop().unwrap();
+    World {
+        _pki: pki,
+        _gw: gw,
+        ops,
+        data,
+        approval,
+        push,
+        audit,
+    }
+}
+
+fn sample(n: usize) -> Vec<(String, Policy)> {
+    policies::SAMPLE_POLICIES
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(n)
+        .map(|l| (l.to_owned(), Policy::from_json(l).unwrap()))
+        .collect()
+}
+
+fn population(n: u64) -> Vec<Profile> {
+    let day = time::Date::from_calendar_date(2026, time::Month::November, 1).unwrap();
+    policies::generate::population(n, 11, day).collect()
+}
+
+async fn post_raw(conn: &mut Conn, path: &str, body: &str) -> Reply {
+    conn.send_with(
+        Method::POST,
+        path,
+        &[("content-type", "application/json")],
+        bytes::Bytes::from(body.to_owned()),
+    )
+    .await
+    .unwrap()
+}
+
+async fn seeded() -> (World, Vec<Policy>, Vec<Profile>) {
+    let mut w = world().await;
+    let profiles = population(400);
+    for p in &profiles {
+        let r = post_raw(
+            &mut w.data,
+            "/v1/enterprises",
+            &serde_json::to_string(p).unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+    let mut published = Vec::new();
+    for (line, p) in sample(40) {
+        let r = post_raw(&mut w.ops, "/v1/policies", &line).await;
+        assert_eq!(r.status, StatusCode::OK, "{}: {:?}", p.id, r.body);
+        published.push(p);
+    }
+    (w, published, profiles)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matching_both_ways_equals_brute_force_and_the_feed_replays() {
+    let (mut w, policies, profiles) = seeded().await;
+    let today = gateway::matching::today();
+
+    // Enterprise → policies, by USCC, for every profile.
+    let mut pairs = 0;
+    for p in &profiles {
+        let r = w
+            .approval
+            .json(
+                Method::POST,
+                "/v1/policies/match",
+                &[],
+                &json!({ "uscc": p.uscc }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        let body = r.json();
+        let got: BTreeSet<String> = body["eligible"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["policy_id"].as_str().unwrap().to_owned())
+            .collect();
+        let want: BTreeSet<String> = policies
+            .iter()
+            .filter(|x| eligibility::evaluate(x, p, today).eligible)
+            .map(|x| x.id.clone())
+            .collect();
+        assert_eq!(got, want, "{}", p.uscc);
+        pairs += want.len();
+        for m in body["eligible"].as_array().unwrap() {
+            assert!(
+                m["conditions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|c| c["outcome"] == "met")
+            );
+        }
+        for m in body["almost_eligible"].as_array().unwrap() {
+            let unmet = m["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["outcome"] != "met")
+                .count();
+            assert_eq!(unmet, 1, "{m}");
+        }
+    }
+    assert!(pairs > 0, "some enterprise is eligible for something");
+
+    // Policy → enterprises, paged with a cursor.
+    for p in &policies {
+        let want: Vec<String> = {
+            let mut v: Vec<String> = profiles
+                .iter()
+                .filter(|e| eligibility::evaluate(p, e, today).eligible)
+                .map(|e| e.uscc.to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        let mut got = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!(
+                    "/v1/policies/{}/eligible-enterprises?limit=7&cursor={c}",
+                    p.id
+                ),
+                None => format!("/v1/policies/{}/eligible-enterprises?limit=7", p.id),
+            };
+            let r = w.push.get(&path).await.unwrap();
+            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+            let page = r.json();
+            got.extend(
+                page["enterprises"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["uscc"].as_str().unwrap().to_owned()),
+            );
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(got, want, "{}", p.id);
+    }
+
+    // The push feed: one event per match (profiles first, policies later: each publication
+    // produced its matches), replay identical.
+    let mut events = Vec::new();
+    let mut after = 0;
+    loop {
+        let r = w
+            .push
+            .get(&format!("/v1/push-feed?after={after}&limit=50"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        let page = r.json();
+        let batch = page["events"].as_array().unwrap().clone();
+        if batch.is_empty() {
+            break;
+        }
+        after = page["next_cursor"].as_i64().unwrap();
+        events.extend(batch);
+    }
+    assert_eq!(events.len(), pairs);
+    let replay = w
+        .push
+        .get("/v1/push-feed?after=0&limit=10000")
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(replay["events"].as_array().unwrap(), &events);
+    let ids: BTreeSet<&str> = events
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), events.len(), "event ids are unique");
+
+    // A profile changed so that it becomes eligible for one more policy: one event.
+    let (policy, mut profile) = policies
+        .iter()
+        .find_map(|p| {
+            profiles.iter().find_map(|e| {
+                let ev = eligibility::evaluate(p, e, today);
+                let only_credit = !ev.eligible
+                    && ev.unmet().count() == 1
+                    && ev.unmet().all(|c| c.condition == "credit_at_least");
+                only_credit.then(|| (p.clone(), e.clone()))
+            })
+        })
+        .expect("an enterprise missing one policy by its credit rating");
+    profile.credit_rating = Some(policies::codes::Credit::A);
+    let r = post_raw(
+        &mut w.data,
+        "/v1/enterprises",
+        &serde_json::to_string(&profile).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        r.json()["new_matches"].as_u64().unwrap() >= 1,
+        true,
+        "{:?}",
+        r.body
+    );
+    let tail = w
+        .push
+        .get(&format!("/v1/push-feed?after={after}"))
+        .await
+        .unwrap()
+        .json();
+    let new: Vec<&Value> = tail["events"].as_array().unwrap().iter().collect();
+    assert!(
+        new.iter()
+            .any(|e| e["policy_id"] == policy.id.as_str() && e["uscc"] == profile.uscc.as_str())
+    );
+    assert!(new.iter().all(|e| e["uscc"] == profile.uscc.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_whole_domain_terms_with_highlights() {
+    let (mut w, policies, _) = seeded().await;
+    let r = w
+        .approval
+        .get("/v1/policies/search?q=%E4%B8%93%E7%B2%BE%E7%89%B9%E6%96%B0&limit=200")
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let hits = r.json();
+    let got: BTreeSet<&str> = hits
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["policy_id"].as_str().unwrap())
+        .collect();
+    let want: BTreeSet<&str> = policies
+        .iter()
+        .filter(|p| p.text.contains("专精特新") || p.title.contains("专精特新"))
+        .map(|p| p.id.as_str())
+        .collect();
+    assert_eq!(got, want);
+    assert!(
+        hits.as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["snippet"].as_str().unwrap().contains("<em>专精特新</em>"))
+    );
+    let r = w
+        .approval
+        .get("/v1/policies/search?category=%E5%85%8D%E7%94%B3%E5%8D%B3%E4%BA%AB&region=110108")
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    for h in r.json().as_array().unwrap() {
+        assert_eq!(h["category"], "免申即享");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_names_the_field_and_wrong_roles_are_refused() {
+    let mut w = world().await;
+    let (line, policy) = sample(1).remove(0);
+    // Only the admin publishes; only the data department maintains profiles.
+    let r = post_raw(&mut w.approval, "/v1/policies", &line).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::FORBIDDEN, "CG-AUTH-006")
+    );
+    let profile = serde_json::to_string(&population(1)[0]).unwrap();
+    let r = post_raw(&mut w.ops, "/v1/enterprises", &profile).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::FORBIDDEN, "CG-POL-004")
+    );
+    // Only the policy-push service reads the feed; auditors do not match.
+    let r = w.approval.get("/v1/push-feed").await.unwrap();
+    assert_eq!(r.code(), "CG-AUTH-006");
+    let r = w
+        .audit
+        .json(
+            Method::POST,
+            "/v1/policies/match",
+            &[],
+            &json!({"uscc": XIAOMI}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // Malformed policies and profiles: 400 naming the field.
+    let mut v: Value = serde_json::from_str(&line).unwrap();
+    v["category"] = json!("其他");
+    for (body, field) in [
+        (v.to_string(), "`category`"),
+        (
+            line.replacen(
+                &format!("\"region\":\"{}\"", policy.region),
+                "\"region\":\"123456\"",
+                1,
+            ),
+            "`region`",
+        ),
+        ("{".to_owned(), "(document)"),
+        ("[]".to_owned(), "(document)"),
+    ] {
+        let r = post_raw(&mut w.ops, "/v1/policies", &body).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::BAD_REQUEST, "CG-POL-001"),
+            "{body}"
+        );
+        assert!(
+            r.json()["message"].as_str().unwrap().contains(field),
+            "{}: {field}",
+            r.json()
+        );
+    }
+    let mut p: Value = serde_json::from_str(&profile).unwrap();
+    p["scale"] = json!("巨");
+    let r = post_raw(&mut w.data, "/v1/enterprises", &p.to_string()).await;
+    assert_eq!(r.code(), "CG-POL-001");
+    assert!(r.json()["message"].as_str().unwrap().contains("`scale`"));
+
+    // Publishing the same version again: 409.
+    assert_eq!(
+        post_raw(&mut w.ops, "/v1/policies", &line).await.status,
+        StatusCode::OK
+    );
+    let r = post_raw(&mut w.ops, "/v1/policies", &line).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::CONFLICT, "CG-POL-003")
+    );
+
+    // Bad queries.
+    for (path, field) in [
+        ("/v1/policies/search?region=12", "region"),
+        ("/v1/policies/search?industry=Z9", "industry"),
+        ("/v1/policies/search?category=x", "category"),
+        ("/v1/policies/search?limit=0", "limit"),
+    ] {
+        let r = w.approval.get(path).await.unwrap();
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::BAD_REQUEST, "CG-POL-001"),
+            "{path}"
+        );
+        assert!(r.json()["message"].as_str().unwrap().contains(field));
+    }
+    let long = format!("/v1/policies/search?q={}", "%E4%B8%93".repeat(300));
+    assert_eq!(
+        w.approval.get(&long).await.unwrap().status,
+        StatusCode::BAD_REQUEST
+    );
+    let r = w.push.get("/v1/push-feed?after=-1").await.unwrap();
+    assert_eq!(r.code(), "CG-POL-001");
+    let r = w.push.get("/v1/push-feed?after=x").await.unwrap();
+    assert_eq!(r.code(), "CG-REQ-007");
+    let path = format!(
+        "/v1/policies/{}/eligible-enterprises?cursor=nope",
+        policy.id
+    );
+    assert_eq!(w.push.get(&path).await.unwrap().code(), "CG-POL-001");
+    assert_eq!(
+        w.push
+            .get("/v1/policies/NOPE/eligible-enterprises")
+            .await
+            .unwrap()
+            .code(),
+        "CG-POL-002"
+    );
+    for body in [
+        json!({}),
+        json!({"uscc": XIAOMI, "profile": {}}),
+        json!({"uscc": "bad"}),
+    ] {
+        let r = w
+            .approval
+            .json(Method::POST, "/v1/policies/match", &[], &body)
+            .await
+            .unwrap();
+        assert_eq!(r.code(), "CG-POL-001", "{body}");
+    }
+    let r = w
+        .approval
+        .json(Method::POST, "/v1/policies/match", &[], &json!({"profile": {"uscc": XIAOMI, "name": "x", "region": "110108", "updated": "2026-11-01", "employees": -3}}))
+        .await
+        .unwrap();
+    assert_eq!(r.code(), "CG-POL-001");
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("profile.employees"),
+        "{}",
+        r.json()
+    );
+    let r = w
+        .approval
+        .json(
+            Method::POST,
+            "/v1/policies/match",
+            &[],
+            &json!({"uscc": XIAOMI}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::NOT_FOUND, "CG-POL-002")
+    );
+    // An inline profile is matched without being stored.
+    let r = w
+        .approval
+        .json(
+            Method::POST,
+            "/v1/policies/match",
+            &[],
+            &json!({"profile": serde_json::from_str::<Value>(&profile).unwrap()}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+}
