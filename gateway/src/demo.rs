@@ -75,6 +75,12 @@ pub const SAMPLE_DEPARTMENTS: &[SampleDepartment] = &[
         name: "税务局",
         roles: &["consumer"],
     },
+    SampleDepartment {
+        file: "data",
+        id: "11110105MB0000012G",
+        name: "大数据局",
+        roles: &["consumer"],
+    },
 ];
 
 /// Placeholder origins of the demo's two source systems in `certgate.toml`; the demo starts
@@ -324,6 +330,10 @@ fn config_text() -> String {
     }
     text.push_str(LICENSING);
     text.push_str(EXCHANGE);
+    text.push_str(
+        "\n# The policy knowledge base: 大数据局 maintains the enterprise profiles.\n\
+         [policies]\nprofile_owner = \"11110105MB0000012G\"\n",
+    );
     text
 }
 
@@ -378,6 +388,10 @@ pub struct Samples {
     pub business_licence: String,
     /// A food permit (consent required for queries by holder).
     pub food_permit: String,
+    /// An enterprise of the generated population with eligible policies.
+    pub enterprise: String,
+    /// A policy with a handful of eligible enterprises.
+    pub policy: String,
 }
 
 const MARKET: &str = "11110105MB0000002F";
@@ -498,12 +512,78 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
             "licence_types": ["11100000MB0000100D002"], "purpose": "M-FOOD-001", "ttl_seconds": 3600
         }),
     )?;
+    let (enterprise, policy) = seed_policies(gateway, &samples_dir)?;
     Ok(Samples {
         sm2_seal,
         es256_seal,
         business_licence,
         food_permit,
+        enterprise,
+        policy,
     })
+}
+
+/// Profiles the demo generates (seed 1, as of 2026-11-01).
+const POPULATION: u64 = 10_000;
+
+/// Loads the sample policies and a generated population on first run, and picks an enterprise
+/// and a policy for the walk-through.
+fn seed_policies(
+    gateway: &crate::state::Gateway,
+    samples_dir: &Path,
+) -> anyhow::Result<(String, String)> {
+    let kb = &gateway.policies;
+    let today = crate::matching::today();
+    if kb.policies().is_empty() {
+        let (good, bad) = policies::import::read_policies(policies::SAMPLE_POLICIES.as_bytes());
+        anyhow::ensure!(bad.is_empty(), "sample policies: {bad:?}");
+        kb.publish(good.into_iter().map(|(_, p)| p).collect(), today)?;
+    }
+    if kb.profile_count() == 0 {
+        let as_of = time::Date::from_calendar_date(2026, time::Month::November, 1)?;
+        kb.upsert_profiles(
+            policies::generate::population(POPULATION, 1, as_of).collect(),
+            today,
+        )?;
+    }
+    let picks = samples_dir.join("policies.json");
+    if let Some(v) = std::fs::read(&picks)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    {
+        if let (Some(e), Some(p)) = (v["enterprise"].as_str(), v["policy"].as_str()) {
+            return Ok((e.to_owned(), p.to_owned()));
+        }
+    }
+    let mut enterprise = String::new();
+    for p in kb.profiles() {
+        let m = kb.match_enterprise(&p, today)?;
+        if m.eligible.len() >= 2 && !m.almost.is_empty() {
+            enterprise = p.uscc.to_string();
+            break;
+        }
+    }
+    let mut policy = String::new();
+    let mut all = kb.policies();
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    for p in all {
+        let n = kb.eligible_enterprises(&p, today)?.len();
+        if (5..=200).contains(&n) {
+            policy = p.id.clone();
+            break;
+        }
+    }
+    std::fs::write(
+        &picks,
+        serde_json::to_vec_pretty(
+            &serde_json::json!({ "enterprise": enterprise, "policy": policy }),
+        )?,
+    )?;
+    std::fs::write(
+        samples_dir.join("match.json"),
+        serde_json::to_vec(&serde_json::json!({ "uscc": enterprise }))?,
+    )?;
+    Ok((enterprise, policy))
 }
 
 /// Prints where the demo runs and curl commands that work as printed.
@@ -628,6 +708,34 @@ pub fn print_walkthrough(dir: &Path, samples: &Samples, api: SocketAddr, ops: So
         sample("proof-xiaomi.json"),
         with("market")
     );
+    println!(
+        "# Policy finds the enterprise (政策找企业): the policies enterprise {} is eligible for, each condition explained,",
+        samples.enterprise
+    );
+    println!("# and the ones it misses by one condition:");
+    println!(
+        "{} {json} -d @{} {base}/v1/policies/match",
+        with("approval"),
+        sample("match.json")
+    );
+    println!(
+        "# Every enterprise eligible for policy {} (cursor-paged):",
+        samples.policy
+    );
+    println!(
+        "{} '{base}/v1/policies/{}/eligible-enterprises?limit=5'",
+        with("push"),
+        samples.policy
+    );
+    println!(
+        "# Full-text search with Chinese analysis: 专精特新 is one term; snippets are highlighted:"
+    );
+    println!(
+        "{} -G --data-urlencode 'q=专精特新' --data-urlencode 'category=免申即享' {base}/v1/policies/search",
+        with("approval")
+    );
+    println!("# The push feed of new matches, read from a cursor (the policy-push service):");
+    println!("{} '{base}/v1/push-feed?after=0&limit=3'", with("push"));
     println!("# Revoke the licence (its issuer), then verify again: valid false, status revoked:");
     println!(
         "{} {json} -d @{} {base}/v1/licences/{lic}/revoke",

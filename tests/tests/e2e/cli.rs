@@ -264,7 +264,7 @@ fn demo_prints_curl_commands_that_work_and_reuses_its_files() {
     assert!(out.status.success());
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["departments"],
-        8
+        9
     );
 
     let refused = curl(&|l| l.contains("approval.pem") && l.contains("/v1/admin/reload"));
@@ -346,6 +346,26 @@ fn demo_prints_curl_commands_that_work_and_reuses_its_files() {
     assert_eq!(no["result"], false, "{no}");
     let verdict = json_of(&curl(&|l| l.contains("/v1/proofs/verify")));
     assert_eq!(verdict["valid"], true, "{verdict}");
+
+    // Policy matching against the sample policies and the generated population.
+    let matched = json_of(&curl(&|l| l.contains("match.json")));
+    assert!(
+        matched["eligible"].as_array().is_some_and(|e| e.len() >= 2),
+        "{matched}"
+    );
+    assert!(!matched["almost_eligible"].as_array().unwrap().is_empty());
+    let page = json_of(&curl(&|l| l.contains("/eligible-enterprises")));
+    assert_eq!(page["enterprises"].as_array().unwrap().len(), 5, "{page}");
+    let hits = json_of(&curl(&|l| l.contains("q=专精特新")));
+    assert!(
+        hits.as_array().is_some_and(|h| !h.is_empty()
+            && h.iter().all(|x| x["category"] == "免申即享")
+            && h.iter()
+                .any(|x| x["snippet"].as_str().unwrap().contains("<em>专精特新</em>"))),
+        "{hits}"
+    );
+    let feed = json_of(&curl(&|l| l.contains("/v1/push-feed")));
+    assert_eq!(feed["events"].as_array().unwrap().len(), 3, "{feed}");
     assert_eq!(
         json_of(&curl(&|l| l.contains("revoke.json")))["status"],
         "revoked"
@@ -384,6 +404,7 @@ fn demo_prints_curl_commands_that_work_and_reuses_its_files() {
         "ops",
         "police",
         "tax",
+        "data",
         "gateway-upstream",
     ] {
         assert!(
@@ -415,4 +436,114 @@ fn demo_prints_curl_commands_that_work_and_reuses_its_files() {
         .find(|l| l.starts_with("curl") && l.contains("approval.pem") && l.ends_with("/v1/whoami"))
         .unwrap();
     assert!(run(whoami).status.success());
+}
+
+#[test]
+fn enterprises_generate_is_deterministic_and_imports_report_bad_lines() {
+    let pki = TestPki::new();
+    let config = write_config(&pki, "", &standard_departments());
+    let config = config.to_str().unwrap();
+    let a = certgate(&["enterprises", "generate", "--count", "50", "--seed", "3"]);
+    let b = certgate(&["enterprises", "generate", "--count", "50", "--seed", "3"]);
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert_eq!(a.stdout, b.stdout, "same count and seed, same population");
+    let c = certgate(&["enterprises", "generate", "--count", "50", "--seed", "4"]);
+    assert_ne!(a.stdout, c.stdout);
+    let text = String::from_utf8(a.stdout).unwrap();
+    assert_eq!(text.lines().count(), 50);
+    for line in text.lines() {
+        policies::Profile::from_json(line).unwrap();
+    }
+    let bad = certgate(&[
+        "enterprises",
+        "generate",
+        "--count",
+        "1",
+        "--as-of",
+        "2026-13-01",
+    ]);
+    assert!(!bad.status.success() && stderr(&bad).contains("--as-of"));
+
+    // Profiles: a bad line is named by line and field; the good ones are kept.
+    let dir = pki.dir.path();
+    let profiles = dir.join("profiles.jsonl");
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines.insert(2, lines[0].replace("\"region\":\"", "\"region\":\"9"));
+    std::fs::write(&profiles, lines.join("\n")).unwrap();
+    let out = certgate(&[
+        "enterprises",
+        "import",
+        "--config",
+        config,
+        profiles.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("line 3: `region`"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("50 stored"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Policies: the sample file imports cleanly, and again as unchanged.
+    let policies_file = dir.join("policies.jsonl");
+    std::fs::write(&policies_file, policies::SAMPLE_POLICIES).unwrap();
+    let out = certgate(&[
+        "policies",
+        "import",
+        "--config",
+        config,
+        policies_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let n = policies::SAMPLE_POLICIES
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{n} stored")));
+    let out = certgate(&[
+        "policies",
+        "import",
+        "--config",
+        config,
+        policies_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("0 stored, {n} unchanged")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A changed policy without a new version is refused.
+    let first = policies::SAMPLE_POLICIES.lines().next().unwrap();
+    std::fs::write(
+        &policies_file,
+        first.replacen("\"title\":\"", "\"title\":\"改", 1),
+    )
+    .unwrap();
+    let out = certgate(&[
+        "policies",
+        "import",
+        "--config",
+        config,
+        policies_file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("line 1: `version`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = certgate(&[
+        "policies",
+        "import",
+        "--config",
+        config,
+        "/nonexistent.jsonl",
+    ]);
+    assert!(!out.status.success() && stderr(&out).contains("/nonexistent.jsonl"));
 }
