@@ -550,10 +550,9 @@ fn seed_policies(
     if let Some(v) = std::fs::read(&picks)
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        && let (Some(e), Some(p)) = (v["enterprise"].as_str(), v["policy"].as_str())
     {
-        if let (Some(e), Some(p)) = (v["enterprise"].as_str(), v["policy"].as_str()) {
-            return Ok((e.to_owned(), p.to_owned()));
-        }
+        return Ok((e.to_owned(), p.to_owned()));
     }
     let mut enterprise = String::new();
     for p in kb.profiles() {

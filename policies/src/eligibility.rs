@@ -198,6 +198,19 @@ pub fn is_eligible(policy: &Policy, p: &Profile, today: Date) -> bool {
         && policy.conditions.iter().all(|c| holds(c, p, today))
 }
 
+/// Whether the region condition holds, and how many of the other conditions (window
+/// included) do not: without building the explanation.
+pub fn unmet_count(policy: &Policy, p: &Profile, today: Date) -> (bool, usize) {
+    let region = p.region.within(policy.region);
+    let unmet = usize::from(!policy.window.contains(today))
+        + policy
+            .conditions
+            .iter()
+            .filter(|c| !holds(c, p, today))
+            .count();
+    (region, unmet)
+}
+
 fn within<T: PartialOrd>(v: Option<T>, min: Option<T>, max: Option<T>) -> bool {
     v.is_some_and(|v| min.is_none_or(|m| v >= m) && max.is_none_or(|m| v <= m))
 }

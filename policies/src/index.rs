@@ -111,6 +111,7 @@ fn relevance_query(
 
 /// The policy index.
 pub struct PolicyIndex {
+    row: Field,
     reader: IndexReader,
     writer: std::sync::Mutex<IndexWriter>,
     analyzer: ChineseAnalyzer,
@@ -162,6 +163,7 @@ impl PolicyIndex {
         analyzer: ChineseAnalyzer,
     ) -> Result<(PolicyIndex, bool), IndexError> {
         let mut b = Schema::builder();
+        let row = b.add_u64_field(ROW, FAST);
         let id = b.add_text_field("id", STRING | STORED);
         let title = b.add_text_field("title", search::text_options());
         let text = b.add_text_field("text", search::text_options());
@@ -175,6 +177,7 @@ impl PolicyIndex {
         let writer = index.writer(WRITER_HEAP)?;
         Ok((
             PolicyIndex {
+                row,
                 reader: reader(&index)?,
                 writer: std::sync::Mutex::new(writer),
                 analyzer,
@@ -197,9 +200,11 @@ impl PolicyIndex {
             .map_err(|_| IndexError("index writer lock poisoned".into()))
     }
 
-    /// Adds or replaces `policy` (visible after [`PolicyIndex::commit`]).
-    pub fn upsert(&self, policy: &Policy) -> Result<(), IndexError> {
+    /// Adds or replaces `policy`, held at `row` in memory (visible after
+    /// [`PolicyIndex::commit`]).
+    pub fn upsert(&self, row: u64, policy: &Policy) -> Result<(), IndexError> {
         let mut d = TantivyDocument::default();
+        d.add_u64(self.row, row);
         d.add_text(self.id, &policy.id);
         d.add_text(self.title, &policy.title);
         d.add_text(self.text, &policy.text);
@@ -264,11 +269,7 @@ impl PolicyIndex {
     /// Ids of the policies whose region covers `region` — the candidates for an enterprise
     /// registered there (every other condition is decided in Rust) — with the relevance of
     /// `scope` (the enterprise's business scope) to each.
-    pub fn candidates(
-        &self,
-        region: Region,
-        scope: &str,
-    ) -> Result<Vec<(String, f32)>, IndexError> {
+    pub fn candidates(&self, region: Region, scope: &str) -> Result<Vec<(u64, f32)>, IndexError> {
         let searcher = self.reader.searcher();
         let filter = term_any(self.region, region.ancestors().iter().map(|r| r.code()));
         let relevance = relevance_query(&self.analyzer, &[self.title, self.text], scope);
@@ -279,16 +280,7 @@ impl PolicyIndex {
             ])),
             None => filter,
         };
-        let limit = searcher.num_docs().max(1) as usize;
-        let top = searcher.search(&query, &TopDocs::with_limit(limit).order_by_score())?;
-        let mut out = Vec::with_capacity(top.len());
-        for (score, addr) in top {
-            let d: TantivyDocument = searcher.doc(addr)?;
-            if let Some(id) = d.get_first(self.id).and_then(|v| v.as_str()) {
-                out.push((id.to_owned(), score));
-            }
-        }
-        Ok(out)
+        Ok(searcher.search(&query, &Rows { scored: true })?)
     }
 
     /// Full-text search with filters; `text` empty lists by filter only.
@@ -576,20 +568,27 @@ impl EnterpriseIndex {
             must.push(q);
         }
         let query = BooleanQuery::new(must);
-        Ok(self.reader.searcher().search(&query, &Rows)?)
+        let rows = self
+            .reader
+            .searcher()
+            .search(&query, &Rows { scored: false })?;
+        Ok(rows.into_iter().map(|(row, _)| row).collect())
     }
 }
 
-/// Collects the `row` fast field of every matching document.
-struct Rows;
+/// Collects the `row` fast field (and, when `scored`, the score) of every matching document:
+/// no stored document is read.
+struct Rows {
+    scored: bool,
+}
 
 struct SegmentRows {
     rows: Column<u64>,
-    out: Vec<u64>,
+    out: Vec<(u64, f32)>,
 }
 
 impl Collector for Rows {
-    type Fruit = Vec<u64>;
+    type Fruit = Vec<(u64, f32)>;
     type Child = SegmentRows;
 
     fn for_segment(&self, _: u32, segment: &SegmentReader) -> tantivy::Result<SegmentRows> {
@@ -600,24 +599,24 @@ impl Collector for Rows {
     }
 
     fn requires_scoring(&self) -> bool {
-        false
+        self.scored
     }
 
-    fn merge_fruits(&self, fruits: Vec<Vec<u64>>) -> tantivy::Result<Vec<u64>> {
+    fn merge_fruits(&self, fruits: Vec<Vec<(u64, f32)>>) -> tantivy::Result<Vec<(u64, f32)>> {
         Ok(fruits.concat())
     }
 }
 
 impl SegmentCollector for SegmentRows {
-    type Fruit = Vec<u64>;
+    type Fruit = Vec<(u64, f32)>;
 
-    fn collect(&mut self, doc: DocId, _: Score) {
+    fn collect(&mut self, doc: DocId, score: Score) {
         if let Some(row) = self.rows.first(doc) {
-            self.out.push(row);
+            self.out.push((row, score));
         }
     }
 
-    fn harvest(self) -> Vec<u64> {
+    fn harvest(self) -> Vec<(u64, f32)> {
         self.out
     }
 }

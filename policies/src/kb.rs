@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use search::ChineseAnalyzer;
 use time::Date;
 
-use crate::eligibility::{self, Eligibility, Outcome};
+use crate::eligibility::{self, Eligibility};
 use crate::index::{EnterpriseIndex, IndexError, PolicyIndex, SearchFilter, SearchHit};
 use crate::model::{Policy, Profile};
 use crate::store::{FeedEvent, NewMatch, Store, StoreError};
@@ -48,10 +48,58 @@ pub struct Matches {
     pub almost: Vec<PolicyMatch>,
 }
 
+/// Profiles by row (the row is what the enterprise index holds).
 #[derive(Default)]
 struct Profiles {
     rows: Vec<Arc<Profile>>,
     by_uscc: HashMap<String, u64>,
+    /// True while rows are in USCC order, so that sorting rows sorts by USCC.
+    sorted: bool,
+}
+
+impl Profiles {
+    /// Puts `p` in its row (a new one at the end) and returns the row.
+    fn put(&mut self, p: Arc<Profile>) -> u64 {
+        if let Some(row) = self.by_uscc.get(p.uscc.as_str()).copied() {
+            if let Some(slot) = self.rows.get_mut(row as usize) {
+                *slot = p;
+            }
+            return row;
+        }
+        if self.rows.last().is_some_and(|last| last.uscc > p.uscc) {
+            self.sorted = false;
+        }
+        let row = self.rows.len() as u64;
+        self.by_uscc.insert(p.uscc.as_str().to_owned(), row);
+        self.rows.push(p);
+        row
+    }
+}
+
+/// Policies by row (the row is what the policy index holds).
+#[derive(Default)]
+struct Policies {
+    rows: Vec<Arc<Policy>>,
+    by_id: HashMap<String, u64>,
+}
+
+impl Policies {
+    fn put(&mut self, p: Arc<Policy>) -> u64 {
+        if let Some(row) = self.by_id.get(&p.id).copied() {
+            if let Some(slot) = self.rows.get_mut(row as usize) {
+                *slot = p;
+            }
+            return row;
+        }
+        let row = self.rows.len() as u64;
+        self.by_id.insert(p.id.clone(), row);
+        self.rows.push(p);
+        row
+    }
+
+    fn get(&self, id: &str) -> Option<&Arc<Policy>> {
+        self.rows.get(*self.by_id.get(id)? as usize)
+    }
 }
 
 /// What a publication or an import changed.
@@ -68,7 +116,7 @@ pub struct Changes {
 /// The knowledge base.
 pub struct KnowledgeBase {
     store: Store,
-    policies: RwLock<HashMap<String, Arc<Policy>>>,
+    policies: RwLock<Policies>,
     profiles: RwLock<Profiles>,
     policy_index: PolicyIndex,
     enterprise_index: EnterpriseIndex,
@@ -104,17 +152,18 @@ impl KnowledgeBase {
             PolicyIndex::open(dir.map(|d| d.join("index/policies")).as_deref(), analyzer)?;
         let (enterprise_index, fresh_e) =
             EnterpriseIndex::open(dir.map(|d| d.join("index/enterprises")).as_deref())?;
-        let mut profiles = Profiles::default();
+        // The store hands profiles out in USCC order.
+        let mut profiles = Profiles {
+            sorted: true,
+            ..Profiles::default()
+        };
         store.for_each_profile(|p| {
-            let row = profiles.rows.len() as u64;
-            profiles.by_uscc.insert(p.uscc.as_str().to_owned(), row);
-            profiles.rows.push(Arc::new(p));
+            profiles.put(Arc::new(p));
         })?;
-        let policies: HashMap<String, Arc<Policy>> = store
-            .policies()?
-            .into_iter()
-            .map(|p| (p.id.clone(), Arc::new(p)))
-            .collect();
+        let mut policies = Policies::default();
+        for p in store.policies()? {
+            policies.put(Arc::new(p));
+        }
         // Rows are handed out in store order on every start, so the index is rebuilt when its
         // size differs (and when it is new).
         if fresh_e || enterprise_index.len() != profiles.rows.len() as u64 {
@@ -124,10 +173,10 @@ impl KnowledgeBase {
             }
             enterprise_index.commit()?;
         }
-        if fresh_p || policy_index.len() != policies.len() as u64 {
+        if fresh_p || policy_index.len() != policies.rows.len() as u64 {
             policy_index.clear()?;
-            for p in policies.values() {
-                policy_index.upsert(p)?;
+            for (row, p) in policies.rows.iter().enumerate() {
+                policy_index.upsert(row as u64, p)?;
             }
             policy_index.commit()?;
         }
@@ -150,7 +199,7 @@ impl KnowledgeBase {
     pub fn policies(&self) -> Vec<Arc<Policy>> {
         self.policies
             .read()
-            .map(|p| p.values().cloned().collect())
+            .map(|p| p.rows.clone())
             .unwrap_or_default()
     }
 
@@ -180,15 +229,20 @@ impl KnowledgeBase {
         policy: &Policy,
         today: Date,
     ) -> Result<Vec<Arc<Profile>>, KbError> {
-        let rows = self.enterprise_index.candidates(policy, today)?;
+        let mut rows = self.enterprise_index.candidates(policy, today)?;
         let profiles = self.profiles.read().map_err(|_| KbError::Poisoned)?;
+        if profiles.sorted {
+            rows.sort_unstable();
+        }
         let mut out: Vec<Arc<Profile>> = rows
             .into_iter()
             .filter_map(|r| profiles.rows.get(r as usize))
             .filter(|p| eligibility::is_eligible(policy, p, today))
             .cloned()
             .collect();
-        out.sort_unstable_by(|a, b| a.uscc.cmp(&b.uscc));
+        if !profiles.sorted {
+            out.sort_unstable_by(|a, b| a.uscc.cmp(&b.uscc));
+        }
         Ok(out)
     }
 
@@ -200,26 +254,22 @@ impl KnowledgeBase {
             .candidates(profile.region, &profile.business_scope)?;
         let policies = self.policies.read().map_err(|_| KbError::Poisoned)?;
         let mut m = Matches::default();
-        for (id, relevance) in candidates {
-            let Some(policy) = policies.get(&id) else {
+        for (row, relevance) in candidates {
+            let Some(policy) = policies.rows.get(row as usize) else {
                 continue;
             };
-            let eligible = eligibility::is_eligible(policy, profile, today);
-            let e = eligibility::evaluate(policy, profile, today);
+            let (region, unmet) = eligibility::unmet_count(policy, profile, today);
+            if !region || unmet > 1 {
+                continue;
+            }
             let pm = PolicyMatch {
                 policy: policy.clone(),
-                eligibility: e,
+                eligibility: eligibility::evaluate(policy, profile, today),
                 relevance,
             };
-            if eligible {
+            if unmet == 0 {
                 m.eligible.push(pm);
-            } else if pm.eligibility.unmet().count() == 1
-                && pm
-                    .eligibility
-                    .conditions
-                    .first()
-                    .is_some_and(|c| c.outcome == Outcome::Met)
-            {
+            } else {
                 m.almost.push(pm);
             }
         }
@@ -261,24 +311,29 @@ impl KnowledgeBase {
         profiles: Vec<Profile>,
     ) -> Result<(), KbError> {
         let _w = self.writing.lock().map_err(|_| KbError::Poisoned)?;
+        let mut profiles = profiles;
+        profiles.sort_unstable_by(|a, b| a.uscc.cmp(&b.uscc));
         {
             let mut rows = self.profiles.write().map_err(|_| KbError::Poisoned)?;
+            if rows.rows.is_empty() {
+                rows.sorted = true;
+            }
             for p in profiles {
-                let row = rows.rows.len() as u64;
+                let p = Arc::new(p);
+                let row = rows.put(p.clone());
                 self.enterprise_index.upsert(row, &p)?;
-                rows.by_uscc.insert(p.uscc.as_str().to_owned(), row);
-                rows.rows.push(Arc::new(p));
             }
         }
         self.enterprise_index.commit()?;
-        for p in &policies {
-            self.policy_index.upsert(p)?;
+        {
+            let mut set = self.policies.write().map_err(|_| KbError::Poisoned)?;
+            for p in policies {
+                let p = Arc::new(p);
+                let row = set.put(p.clone());
+                self.policy_index.upsert(row, &p)?;
+            }
         }
         self.policy_index.commit()?;
-        let mut map = self.policies.write().map_err(|_| KbError::Poisoned)?;
-        for p in policies {
-            map.insert(p.id.clone(), Arc::new(p));
-        }
         Ok(())
     }
 
@@ -288,8 +343,12 @@ impl KnowledgeBase {
     pub fn publish(&self, policies: Vec<Policy>, today: Date) -> Result<Changes, KbError> {
         let _w = self.writing.lock().map_err(|_| KbError::Poisoned)?;
         let mut changes = Changes::default();
-        for policy in &policies {
-            self.policy_index.upsert(policy)?;
+        {
+            let mut set = self.policies.write().map_err(|_| KbError::Poisoned)?;
+            for policy in &policies {
+                let row = set.put(Arc::new(policy.clone()));
+                self.policy_index.upsert(row, policy)?;
+            }
         }
         self.policy_index.commit()?;
         for policy in policies {
@@ -297,9 +356,6 @@ impl KnowledgeBase {
             changes.new_matches += c.new_matches;
             changes.ended_matches += c.ended_matches;
             changes.stored += 1;
-            if let Ok(mut p) = self.policies.write() {
-                p.insert(policy.id.clone(), Arc::new(policy));
-            }
         }
         Ok(changes)
     }
@@ -344,24 +400,14 @@ impl KnowledgeBase {
         let mut changed = Vec::with_capacity(batch.len());
         {
             let mut profiles = self.profiles.write().map_err(|_| KbError::Poisoned)?;
+            if profiles.rows.is_empty() {
+                profiles.sorted = true;
+            }
+            let mut batch = batch;
+            batch.sort_unstable_by(|a, b| a.uscc.cmp(&b.uscc));
             for p in batch {
-                let key = p.uscc.as_str().to_owned();
                 let p = Arc::new(p);
-                let row = match profiles.by_uscc.get(&key) {
-                    Some(row) => {
-                        let row = *row;
-                        if let Some(slot) = profiles.rows.get_mut(row as usize) {
-                            *slot = p.clone();
-                        }
-                        row
-                    }
-                    None => {
-                        let row = profiles.rows.len() as u64;
-                        profiles.rows.push(p.clone());
-                        profiles.by_uscc.insert(key, row);
-                        row
-                    }
-                };
+                let row = profiles.put(p.clone());
                 self.enterprise_index.upsert(row, &p)?;
                 changed.push(p);
             }

@@ -562,22 +562,42 @@ async fn sigkill_mid_load_loses_no_acknowledged_leaf() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_fails_inside_the_gateway_is_logged_as_an_error() {
+    use gateway::source_system::{Fault, SourceSystem};
     let pki = TestPki::new();
-    let market = pki.department("market", MARKET);
+    let approval = pki.department("approval", APPROVAL);
     let auditor = pki.department("audit", AUDIT);
-    // A request timeout no seal creation can meet (key generation, certificate, fsync).
-    let gw = TestGateway::standard(&pki, "request_timeout_ms = 1").await;
-    let mut market = Client::new(&pki.ca_pem(), Some(&market), Proto::H2)
+    // A source system slower than the gateway's request timeout (and within the upstream's).
+    let dir = pki.pki_dir();
+    let source = SourceSystem::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &dir.join("server.pem"),
+        &dir.join("server.key"),
+        None,
+    )
+    .await
+    .unwrap();
+    source
+        .controls
+        .set_fault(Fault::Delay(std::time::Duration::from_secs(3)));
+    let port = source.addr.port();
+    let exchange = format!(
+        "\n[[upstreams]]\norigin = \"https://127.0.0.1:{port}\"\nca_file = \"pki/ca.pem\"\ntimeout_ms = 10000\n\
+         [[datasets]]\nid = \"slow\"\nname = \"慢\"\nowner = \"{MARKET}\"\n\
+         url = \"https://127.0.0.1:{port}/r/{{key}}\"\nkey_kind = \"free\"\nfields = [\"a\"]\n\
+         [[datasets.grants]]\ndepartment = \"{APPROVAL}\"\nfields = {{ a = \"full\" }}\n"
+    );
+    let config = write_config(
+        &pki,
+        "request_timeout_ms = 300",
+        &(standard_departments() + &exchange),
+    );
+    let gw = TestGateway::start(&config).await;
+    let mut approval = Client::new(&pki.ca_pem(), Some(&approval), Proto::H2)
         .connect(gw.addr)
         .await
         .unwrap();
-    let reply = market
-        .json(
-            Method::POST,
-            "/v1/seals",
-            &[],
-            &json!({"seal_type": "公章", "name": "某局", "alg": "SM2SM3"}),
-        )
+    let reply = approval
+        .get_with("/v1/data/slow/k1", &[("x-purpose", "M-1")])
         .await
         .unwrap();
     assert_eq!(
@@ -589,27 +609,21 @@ async fn a_request_that_fails_inside_the_gateway_is_logged_as_an_error() {
         .connect(gw.addr)
         .await
         .unwrap();
-    // The auditor's own queries may time out too at 1 ms; retry until one answers.
-    for _ in 0..200 {
-        let reply = auditor
-            .get("/v1/audit/entries?outcome=error")
-            .await
-            .unwrap();
-        if reply.status == StatusCode::OK {
-            let entries = reply.json();
-            let hit: Vec<&Value> = entries["entries"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|e| e["request_id"] == rid.as_str())
-                .collect();
-            assert_eq!(hit.len(), 1, "{entries}");
-            assert_eq!(
-                (hit[0]["status"].as_u64(), hit[0]["code"].as_str()),
-                (Some(503), Some("CG-REQ-005"))
-            );
-            return;
-        }
-    }
-    panic!("no audit query got through");
+    let entries = auditor
+        .get("/v1/audit/entries?outcome=error")
+        .await
+        .unwrap()
+        .json();
+    let hit: Vec<&Value> = entries["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["request_id"] == rid.as_str())
+        .collect();
+    assert_eq!(hit.len(), 1, "{entries}");
+    assert_eq!(
+        (hit[0]["status"].as_u64(), hit[0]["code"].as_str()),
+        (Some(503), Some("CG-REQ-005"))
+    );
+    assert_eq!(hit[0]["resource"], "dataset:slow/k1");
 }

@@ -256,9 +256,8 @@ async fn matching_both_ways_equals_brute_force_and_the_feed_replays() {
         &serde_json::to_string(&profile).unwrap(),
     )
     .await;
-    assert_eq!(
+    assert!(
         r.json()["new_matches"].as_u64().unwrap() >= 1,
-        true,
         "{:?}",
         r.body
     );
