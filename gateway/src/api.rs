@@ -95,7 +95,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/policies", post(matching::publish))
         .route("/v1/policies/match", post(matching::match_enterprise))
         .route("/v1/policies/search", get(matching::search))
-        .route("/v1/policies/{id}", get(matching::policy))
+        .route(
+            "/v1/policies/{id}",
+            get(matching::policy).delete(matching::withdraw),
+        )
         .route(
             "/v1/policies/{id}/eligible-enterprises",
             get(matching::eligible_enterprises),
@@ -276,7 +279,7 @@ Every caller is a department system authenticated by its TLS client certificate 
         audit::holder_view, audit::export,
         data::datasets, data::record, data::invalidate_key, data::invalidate_dataset,
         data::proof_types, data::issue_proof, data::verify_proof,
-        matching::publish, matching::match_enterprise, matching::search, matching::policy,
+        matching::publish, matching::withdraw, matching::match_enterprise, matching::search, matching::policy,
         matching::eligible_enterprises, matching::upsert_profile, matching::push_feed),
     components(schemas(ErrorBody, WhoAmI, LoadSummary)),
     tags(

@@ -469,6 +469,39 @@ pub async fn publish(
     .await
 }
 
+/// What a withdrawal ended.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Withdrawn {
+    /// The policy id.
+    pub policy_id: String,
+    /// Matches that ended with it (their feed events stay, as history).
+    pub ended_matches: usize,
+}
+
+/// Withdraws a policy (admin): it leaves the knowledge base, the index and every match.
+#[utoipa::path(delete, path = "/v1/policies/{id}", tag = "policies",
+    params(("id" = String, Path, description = "Policy id")),
+    responses((status = 200, body = Withdrawn), (status = 403, body = ErrorBody),
+        (status = 404, description = "No such policy (CG-POL-002)", body = ErrorBody)))]
+pub async fn withdraw(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Withdrawn>, ApiError> {
+    require(&caller, Role::Admin)?;
+    blocking(&gw, move |kb| match kb.withdraw(&id).map_err(kb_error)? {
+        Some(ended_matches) => Ok(Json(Withdrawn {
+            policy_id: id,
+            ended_matches,
+        })),
+        None => Err(not_found(format!(
+            "no policy {}",
+            id.chars().take(40).collect::<String>()
+        ))),
+    })
+    .await
+}
+
 /// Adds or replaces an enterprise profile (the data department named by
 /// `policies.profile_owner`). A profile that becomes eligible for a policy produces one
 /// push-feed event per policy.

@@ -76,10 +76,11 @@ impl Profiles {
     }
 }
 
-/// Policies by row (the row is what the policy index holds).
+/// Policies by row (the row is what the policy index holds); a withdrawn policy leaves an
+/// empty row.
 #[derive(Default)]
 struct Policies {
-    rows: Vec<Arc<Policy>>,
+    rows: Vec<Option<Arc<Policy>>>,
     by_id: HashMap<String, u64>,
 }
 
@@ -87,18 +88,34 @@ impl Policies {
     fn put(&mut self, p: Arc<Policy>) -> u64 {
         if let Some(row) = self.by_id.get(&p.id).copied() {
             if let Some(slot) = self.rows.get_mut(row as usize) {
-                *slot = p;
+                *slot = Some(p);
             }
             return row;
         }
         let row = self.rows.len() as u64;
         self.by_id.insert(p.id.clone(), row);
-        self.rows.push(p);
+        self.rows.push(Some(p));
         row
     }
 
     fn get(&self, id: &str) -> Option<&Arc<Policy>> {
-        self.rows.get(*self.by_id.get(id)? as usize)
+        self.row(*self.by_id.get(id)?)
+    }
+
+    fn row(&self, row: u64) -> Option<&Arc<Policy>> {
+        self.rows.get(row as usize)?.as_ref()
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Arc<Policy>> {
+        let row = self.by_id.remove(id)?;
+        self.rows.get_mut(row as usize)?.take()
+    }
+
+    fn live(&self) -> impl Iterator<Item = (u64, &Arc<Policy>)> {
+        self.rows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i as u64, p)))
     }
 }
 
@@ -175,8 +192,8 @@ impl KnowledgeBase {
         }
         if fresh_p || policy_index.len() != policies.rows.len() as u64 {
             policy_index.clear()?;
-            for (row, p) in policies.rows.iter().enumerate() {
-                policy_index.upsert(row as u64, p)?;
+            for (row, p) in policies.live() {
+                policy_index.upsert(row, p)?;
             }
             policy_index.commit()?;
         }
@@ -199,7 +216,7 @@ impl KnowledgeBase {
     pub fn policies(&self) -> Vec<Arc<Policy>> {
         self.policies
             .read()
-            .map(|p| p.rows.clone())
+            .map(|p| p.live().map(|(_, p)| p.clone()).collect())
             .unwrap_or_default()
     }
 
@@ -255,7 +272,7 @@ impl KnowledgeBase {
         let policies = self.policies.read().map_err(|_| KbError::Poisoned)?;
         let mut m = Matches::default();
         for (row, relevance) in candidates {
-            let Some(policy) = policies.rows.get(row as usize) else {
+            let Some(policy) = policies.row(row) else {
                 continue;
             };
             let (region, unmet) = eligibility::unmet_count(policy, profile, today);
@@ -335,6 +352,23 @@ impl KnowledgeBase {
         }
         self.policy_index.commit()?;
         Ok(())
+    }
+
+    /// Withdraws a policy: it leaves the store, the index and every match (its feed events
+    /// stay, as history). Returns the number of matches ended, or `None` for an unknown id.
+    pub fn withdraw(&self, id: &str) -> Result<Option<usize>, KbError> {
+        let _w = self.writing.lock().map_err(|_| KbError::Poisoned)?;
+        if self.policy(id).is_none() {
+            return Ok(None);
+        }
+        let ended = self.store.delete_policy(id)?;
+        self.policy_index.delete(id)?;
+        self.policy_index.commit()?;
+        self.policies
+            .write()
+            .map_err(|_| KbError::Poisoned)?
+            .remove(id);
+        Ok(Some(ended))
     }
 
     /// Publishes new or changed policies: stores them, indexes them, and turns every new

@@ -210,6 +210,16 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes a policy and its matches (not its feed events); returns the matches ended.
+    pub fn delete_policy(&self, id: &str) -> Result<usize, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let ended = tx.execute("DELETE FROM matches WHERE policy_id = ?1", [id])?;
+        tx.execute("DELETE FROM policies WHERE id = ?1", [id])?;
+        tx.commit()?;
+        Ok(ended)
+    }
+
     /// The enterprises currently matching `policy_id`.
     pub fn matches_of_policy(&self, policy_id: &str) -> Result<Vec<String>, StoreError> {
         let conn = self.conn()?;

@@ -308,3 +308,74 @@ fn explanations_name_value_and_threshold() {
     assert!(credit.value.is_null());
     assert!(!ev.eligible);
 }
+
+#[test]
+fn withdrawal_and_rebuilding_the_indexes_from_the_store() {
+    let today = day("2026-12-01");
+    let dir = tempfile::tempdir().unwrap();
+    let policies = sample_policies();
+    let population: Vec<Profile> =
+        policies::generate::population(2_000, 5, day("2026-11-01")).collect();
+    let expected = |kb: &KnowledgeBase| -> Vec<(String, usize)> {
+        kb.policies()
+            .iter()
+            .map(|p| {
+                (
+                    p.id.clone(),
+                    kb.eligible_enterprises(p, today).unwrap().len(),
+                )
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .collect()
+    };
+    let before = {
+        let kb = KnowledgeBase::open(Some(dir.path()), ChineseAnalyzer::new().unwrap()).unwrap();
+        kb.publish(policies.clone(), today).unwrap();
+        kb.upsert_profiles(population.clone(), today).unwrap();
+        // Withdraw one policy with matches.
+        let gone = policies
+            .iter()
+            .find(|p| !kb.eligible_enterprises(p, today).unwrap().is_empty())
+            .unwrap();
+        let events = kb.feed(0, 1_000_000).unwrap().len();
+        assert!(kb.withdraw(&gone.id).unwrap().unwrap() > 0);
+        assert!(kb.withdraw(&gone.id).unwrap().is_none());
+        assert!(kb.policy(&gone.id).is_none());
+        assert!(
+            kb.search("", &SearchFilter::default(), 1000)
+                .unwrap()
+                .iter()
+                .all(|h| h.id != gone.id)
+        );
+        for e in population.iter().take(200) {
+            let m = kb.match_enterprise(e, today).unwrap();
+            assert!(
+                m.eligible
+                    .iter()
+                    .chain(&m.almost)
+                    .all(|x| x.policy.id != gone.id)
+            );
+        }
+        assert_eq!(
+            kb.feed(0, 1_000_000).unwrap().len(),
+            events,
+            "feed events stay"
+        );
+        expected(&kb)
+    };
+    // Reopened as it is, then with the enterprise index missing and the policy index corrupt:
+    // the same answers.
+    let reopen = || KnowledgeBase::open(Some(dir.path()), ChineseAnalyzer::new().unwrap()).unwrap();
+    assert_eq!(expected(&reopen()), before);
+    std::fs::remove_dir_all(dir.path().join("index/enterprises")).unwrap();
+    std::fs::write(dir.path().join("index/policies/meta.json"), b"{ not json").unwrap();
+    let kb = reopen();
+    assert_eq!(expected(&kb), before);
+    assert!(
+        !kb.search("专精特新", &SearchFilter::default(), 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(kb.profile_count(), population.len());
+}

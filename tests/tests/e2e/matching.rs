@@ -467,6 +467,27 @@ async fn bad_input_names_the_field_and_wrong_roles_are_refused() {
         (r.status, r.code().as_str()),
         (StatusCode::NOT_FOUND, "CG-POL-002")
     );
+    // Withdrawal: admin only; unknown ids are 404; the policy is gone afterwards.
+    let path = format!("/v1/policies/{}", policy.id);
+    let r = w
+        .approval
+        .send(Method::DELETE, &path, bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.code(), "CG-AUTH-006");
+    let r = w
+        .ops
+        .send(Method::DELETE, "/v1/policies/NOPE", bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.code(), "CG-POL-002");
+    let r = w
+        .ops
+        .send(Method::DELETE, &path, bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(w.approval.get(&path).await.unwrap().code(), "CG-POL-002");
     // An inline profile is matched without being stored.
     let r = w
         .approval
