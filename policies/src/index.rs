@@ -66,11 +66,57 @@ fn open_or_create(dir: Option<&Path>, schema: Schema) -> Result<(Index, bool), I
     }
 }
 
-fn reader(index: &Index) -> Result<IndexReader, IndexError> {
-    Ok(index
-        .reader_builder()
-        .reload_policy(ReloadPolicy::Manual)
-        .try_into()?)
+/// A reader and a writer of one index: what both indexes do alike.
+pub struct Handle {
+    reader: IndexReader,
+    writer: std::sync::Mutex<IndexWriter>,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle").finish_non_exhaustive()
+    }
+}
+
+impl Handle {
+    fn open(index: &Index) -> Result<Handle, IndexError> {
+        Ok(Handle {
+            reader: index
+                .reader_builder()
+                .reload_policy(ReloadPolicy::Manual)
+                .try_into()?,
+            writer: std::sync::Mutex::new(index.writer(WRITER_HEAP)?),
+        })
+    }
+
+    fn writer(&self) -> Result<std::sync::MutexGuard<'_, IndexWriter>, IndexError> {
+        self.writer
+            .lock()
+            .map_err(|_| IndexError("index writer lock poisoned".into()))
+    }
+
+    /// Removes every document (before a rebuild).
+    pub fn clear(&self) -> Result<(), IndexError> {
+        self.writer()?.delete_all_documents()?;
+        Ok(())
+    }
+
+    /// Commits what was added and makes it visible.
+    pub fn commit(&self) -> Result<(), IndexError> {
+        self.writer()?.commit()?;
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// Documents in the index.
+    pub fn len(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 fn term_any(field: Field, values: impl IntoIterator<Item = String>) -> Box<dyn Query> {
@@ -111,9 +157,8 @@ fn relevance_query(
 
 /// The policy index.
 pub struct PolicyIndex {
+    handle: Handle,
     row: Field,
-    reader: IndexReader,
-    writer: std::sync::Mutex<IndexWriter>,
     analyzer: ChineseAnalyzer,
     id: Field,
     title: Field,
@@ -128,6 +173,22 @@ pub struct PolicyIndex {
 impl std::fmt::Debug for PolicyIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicyIndex").finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for PolicyIndex {
+    type Target = Handle;
+
+    fn deref(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+impl std::ops::Deref for EnterpriseIndex {
+    type Target = Handle;
+
+    fn deref(&self) -> &Handle {
+        &self.handle
     }
 }
 
@@ -174,12 +235,10 @@ impl PolicyIndex {
         let category = b.add_text_field("category", STRING);
         let (index, fresh) = open_or_create(dir, b.build())?;
         analyzer.register(&index);
-        let writer = index.writer(WRITER_HEAP)?;
         Ok((
             PolicyIndex {
+                handle: Handle::open(&index)?,
                 row,
-                reader: reader(&index)?,
-                writer: std::sync::Mutex::new(writer),
                 analyzer,
                 id,
                 title,
@@ -192,12 +251,6 @@ impl PolicyIndex {
             },
             fresh,
         ))
-    }
-
-    fn writer(&self) -> Result<std::sync::MutexGuard<'_, IndexWriter>, IndexError> {
-        self.writer
-            .lock()
-            .map_err(|_| IndexError("index writer lock poisoned".into()))
     }
 
     /// Adds or replaces `policy`, held at `row` in memory (visible after
@@ -230,35 +283,23 @@ impl PolicyIndex {
                 d.add_text(self.industry_prefixes, p);
             }
         }
-        let w = self.writer()?;
+        let w = self.handle.writer()?;
         w.delete_term(Term::from_field_text(self.id, &policy.id));
         w.add_document(d)?;
         Ok(())
     }
 
-    /// Removes every document (before a rebuild).
-    pub fn clear(&self) -> Result<(), IndexError> {
-        self.writer()?.delete_all_documents()?;
-        Ok(())
-    }
-
     /// Removes a policy.
     pub fn delete(&self, id: &str) -> Result<(), IndexError> {
-        self.writer()?
+        self.handle
+            .writer()?
             .delete_term(Term::from_field_text(self.id, id));
-        Ok(())
-    }
-
-    /// Commits what was added and makes it visible.
-    pub fn commit(&self) -> Result<(), IndexError> {
-        self.writer()?.commit()?;
-        self.reader.reload()?;
         Ok(())
     }
 
     /// Documents in the index.
     pub fn len(&self) -> u64 {
-        self.reader.searcher().num_docs()
+        self.handle.reader.searcher().num_docs()
     }
 
     /// True when empty.
@@ -270,7 +311,7 @@ impl PolicyIndex {
     /// registered there (every other condition is decided in Rust) — with the relevance of
     /// `scope` (the enterprise's business scope) to each.
     pub fn candidates(&self, region: Region, scope: &str) -> Result<Vec<(u64, f32)>, IndexError> {
-        let searcher = self.reader.searcher();
+        let searcher = self.handle.reader.searcher();
         let filter = term_any(self.region, region.ancestors().iter().map(|r| r.code()));
         let relevance = relevance_query(&self.analyzer, &[self.title, self.text], scope);
         let query: Box<dyn Query> = match relevance {
@@ -290,7 +331,7 @@ impl PolicyIndex {
         filter: &SearchFilter,
         limit: usize,
     ) -> Result<Vec<SearchHit>, IndexError> {
-        let searcher = self.reader.searcher();
+        let searcher = self.handle.reader.searcher();
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         let text_query = search::text_query(&self.analyzer, &[self.title, self.text], text);
         if let Some(q) = &text_query {
@@ -354,9 +395,8 @@ impl PolicyIndex {
 
 /// The enterprise index.
 pub struct EnterpriseIndex {
-    index: Index,
-    reader: IndexReader,
-    writer: std::sync::Mutex<IndexWriter>,
+    handle: Handle,
+    row: Field,
     uscc: Field,
     region: Field,
     industry: Field,
@@ -386,7 +426,7 @@ impl EnterpriseIndex {
     /// Opens the index in `dir` (in memory without one); `true`: new, fill it from the store.
     pub fn open(dir: Option<&Path>) -> Result<(EnterpriseIndex, bool), IndexError> {
         let mut b = Schema::builder();
-        b.add_u64_field(ROW, FAST);
+        let row = b.add_u64_field(ROW, FAST);
         let uscc = b.add_text_field("uscc", STRING);
         let region = b.add_text_field("region", STRING);
         let industry = b.add_text_field("industry", STRING);
@@ -398,12 +438,10 @@ impl EnterpriseIndex {
         let revenue = b.add_u64_field("revenue", INDEXED | FAST);
         let credit = b.add_u64_field("credit", INDEXED | FAST);
         let (index, fresh) = open_or_create(dir, b.build())?;
-        let writer = index.writer(WRITER_HEAP)?;
         Ok((
             EnterpriseIndex {
-                reader: reader(&index)?,
-                writer: std::sync::Mutex::new(writer),
-                index,
+                handle: Handle::open(&index)?,
+                row,
                 uscc,
                 region,
                 industry,
@@ -419,22 +457,9 @@ impl EnterpriseIndex {
         ))
     }
 
-    fn writer(&self) -> Result<std::sync::MutexGuard<'_, IndexWriter>, IndexError> {
-        self.writer
-            .lock()
-            .map_err(|_| IndexError("index writer lock poisoned".into()))
-    }
-
-    /// Removes every document (before a rebuild).
-    pub fn clear(&self) -> Result<(), IndexError> {
-        self.writer()?.delete_all_documents()?;
-        Ok(())
-    }
-
     /// Adds or replaces the profile held at `row` in memory.
     pub fn upsert(&self, row: u64, p: &Profile) -> Result<(), IndexError> {
-        let row_field = self.index.schema().get_field(ROW)?;
-        let mut d = doc!(row_field => row, self.uscc => p.uscc.as_str());
+        let mut d = doc!(self.row => row, self.uscc => p.uscc.as_str());
         for r in p.region.ancestors() {
             d.add_text(self.region, r.code());
         }
@@ -464,7 +489,7 @@ impl EnterpriseIndex {
         if let Some(c) = p.credit_rating {
             d.add_u64(self.credit, u64::from(c.rank()));
         }
-        let w = self.writer()?;
+        let w = self.handle.writer()?;
         w.delete_term(Term::from_field_text(self.uscc, p.uscc.as_str()));
         w.add_document(d)?;
         Ok(())
@@ -472,19 +497,9 @@ impl EnterpriseIndex {
 
     /// Commits and makes visible.
     pub fn commit(&self) -> Result<(), IndexError> {
-        self.writer()?.commit()?;
+        self.handle.writer()?.commit()?;
         self.reader.reload()?;
         Ok(())
-    }
-
-    /// Documents in the index.
-    pub fn len(&self) -> u64 {
-        self.reader.searcher().num_docs()
-    }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn range_u64(field: Field, min: Option<u64>, max: Option<u64>) -> Box<dyn Query> {

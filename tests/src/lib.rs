@@ -684,3 +684,23 @@ pub async fn issue_licence(conn: &mut Conn, body: &serde_json::Value) -> serde_j
     );
     reply.json()
 }
+
+/// Issues a certificate for each `(file stem, USCC)` and opens an HTTP/2 connection to `addr`
+/// as that department, in order.
+pub async fn connect_departments(
+    pki: &TestPki,
+    addr: SocketAddr,
+    who: &[(&str, &str)],
+) -> Vec<Conn> {
+    let mut conns = Vec::with_capacity(who.len());
+    for (name, id) in who {
+        let identity = pki.department(name, id);
+        conns.push(
+            Client::new(&pki.ca_pem(), Some(&identity), Proto::H2)
+                .connect(addr)
+                .await
+                .unwrap(),
+        );
+    }
+    conns
+}

@@ -161,21 +161,17 @@ async fn world() -> World {
     let departments =
         standard_departments() + &exchange_config(police_src.addr.port(), tax_src.addr.port());
     let gw = TestGateway::start(&write_config(&pki, "", &departments)).await;
-    let mut conns = Vec::new();
-    for (name, id) in [
-        ("approval", APPROVAL),
-        ("market", MARKET),
-        ("police", POLICE),
-        ("tax", TAX),
-    ] {
-        let identity = pki.department(name, id);
-        conns.push(
-            Client::new(&pki.ca_pem(), Some(&identity), Proto::H2)
-                .connect(gw.addr)
-                .await
-                .unwrap(),
-        );
-    }
+    let mut conns = connect_departments(
+        &pki,
+        gw.addr,
+        &[
+            ("approval", APPROVAL),
+            ("market", MARKET),
+            ("police", POLICE),
+            ("tax", TAX),
+        ],
+    )
+    .await;
     let tax = conns.pop().unwrap();
     let police = conns.pop().unwrap();
     let market = conns.pop().unwrap();

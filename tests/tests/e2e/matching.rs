@@ -32,22 +32,18 @@ async fn world() -> World {
         + &dept(DATA, "大数据局", &["consumer"], true)
         + &format!("\n[policies]\nprofile_owner = \"{DATA}\"\n");
     let gw = TestGateway::start(&write_config(&pki, "", &departments)).await;
-    let mut conns = Vec::new();
-    for (name, id) in [
-        ("ops", OPS),
-        ("data", DATA),
-        ("approval", APPROVAL),
-        ("push", PUSH),
-        ("audit", AUDIT),
-    ] {
-        let identity = pki.department(name, id);
-        conns.push(
-            Client::new(&pki.ca_pem(), Some(&identity), Proto::H2)
-                .connect(gw.addr)
-                .await
-                .unwrap(),
-        );
-    }
+    let mut conns = connect_departments(
+        &pki,
+        gw.addr,
+        &[
+            ("ops", OPS),
+            ("data", DATA),
+            ("approval", APPROVAL),
+            ("push", PUSH),
+            ("audit", AUDIT),
+        ],
+    )
+    .await;
     let audit = conns.pop().unwrap();
     let push = conns.pop().unwrap();
     let approval = conns.pop().unwrap();
