@@ -102,6 +102,20 @@ impl Policies {
         self.row(*self.by_id.get(id)?)
     }
 
+    /// Puts a stored policy back in its row.
+    fn put_at(&mut self, row: u64, p: Arc<Policy>) {
+        let i = row as usize;
+        if self.rows.len() <= i {
+            self.rows.resize(i + 1, None);
+        }
+        self.by_id.insert(p.id.clone(), row);
+        self.rows[i] = Some(p);
+    }
+
+    fn row_of(&self, id: &str) -> Option<u64> {
+        self.by_id.get(id).copied()
+    }
+
     fn row(&self, row: u64) -> Option<&Arc<Policy>> {
         self.rows.get(row as usize)?.as_ref()
     }
@@ -169,20 +183,23 @@ impl KnowledgeBase {
             PolicyIndex::open(dir.map(|d| d.join("index/policies")).as_deref(), analyzer)?;
         let (enterprise_index, fresh_e) =
             EnterpriseIndex::open(dir.map(|d| d.join("index/enterprises")).as_deref())?;
-        // The store hands profiles out in USCC order.
-        let mut profiles = Profiles {
-            sorted: true,
-            ..Profiles::default()
-        };
-        store.for_each_profile(|p| {
+        // Rows are stored with the profiles and policies, so that the rows the indexes hold
+        // stay theirs across restarts.
+        let mut profiles = Profiles::default();
+        let mut gap = false;
+        store.for_each_profile(|row, p| {
+            gap |= row != profiles.rows.len() as u64;
             profiles.put(Arc::new(p));
         })?;
-        let mut policies = Policies::default();
-        for p in store.policies()? {
-            policies.put(Arc::new(p));
+        if gap {
+            return Err(StoreError::corrupt("enterprise rows are not contiguous").into());
         }
-        // Rows are handed out in store order on every start, so the index is rebuilt when its
-        // size differs (and when it is new).
+        profiles.sorted = profiles.rows.windows(2).all(|w| w[0].uscc < w[1].uscc);
+        let mut policies = Policies::default();
+        for (row, p) in store.policies()? {
+            policies.put_at(row, Arc::new(p));
+        }
+        // An index that is new, or of another size than the store, is rebuilt.
         if fresh_e || enterprise_index.len() != profiles.rows.len() as u64 {
             enterprise_index.clear()?;
             for (row, p) in profiles.rows.iter().enumerate() {
@@ -190,7 +207,7 @@ impl KnowledgeBase {
             }
             enterprise_index.commit()?;
         }
-        if fresh_p || policy_index.len() != policies.rows.len() as u64 {
+        if fresh_p || policy_index.len() != policies.live().count() as u64 {
             policy_index.clear()?;
             for (row, p) in policies.live() {
                 policy_index.upsert(row, p)?;
@@ -419,7 +436,14 @@ impl KnowledgeBase {
             .filter(|u| !now.contains(u.as_str()))
             .cloned()
             .collect();
-        self.store.save_policy(policy, &added, &removed, now_ms())?;
+        let row = self
+            .policies
+            .read()
+            .map_err(|_| KbError::Poisoned)?
+            .row_of(&policy.id)
+            .ok_or(KbError::Poisoned)?;
+        self.store
+            .save_policy(row, policy, &added, &removed, now_ms())?;
         Ok(Changes {
             stored: 1,
             new_matches: added.len(),
@@ -443,7 +467,7 @@ impl KnowledgeBase {
                 let p = Arc::new(p);
                 let row = profiles.put(p.clone());
                 self.enterprise_index.upsert(row, &p)?;
-                changed.push(p);
+                changed.push((row, p));
             }
         }
         self.enterprise_index.commit()?;
@@ -453,7 +477,7 @@ impl KnowledgeBase {
             // Bulk: store the profiles, then match policy by policy.
             let items: Vec<_> = changed
                 .iter()
-                .map(|p| ((**p).clone(), Vec::new(), Vec::new()))
+                .map(|(row, p)| (*row, (**p).clone(), Vec::new(), Vec::new()))
                 .collect();
             self.store.save_profiles(&items, now_ms())?;
             let mut changes = Changes {
@@ -472,7 +496,7 @@ impl KnowledgeBase {
             ..Changes::default()
         };
         let mut items = Vec::with_capacity(changed.len());
-        for p in changed {
+        for (row, p) in changed {
             let m = self.match_enterprise(&p, today)?;
             let before: HashSet<String> = self
                 .store
@@ -501,7 +525,7 @@ impl KnowledgeBase {
                 .collect();
             changes.new_matches += added.len();
             changes.ended_matches += removed.len();
-            items.push(((*p).clone(), added, removed));
+            items.push((row, (*p).clone(), added, removed));
         }
         self.store.save_profiles(&items, now_ms())?;
         Ok(changes)

@@ -16,6 +16,11 @@ use crate::model::{Policy, Profile};
 pub struct StoreError(String);
 
 impl StoreError {
+    /// The stored data is not as certgate writes it.
+    pub fn corrupt(what: &str) -> StoreError {
+        StoreError(format!("corrupt: {what}"))
+    }
+
     /// An I/O error on `path`.
     pub fn from_io(path: &Path, e: std::io::Error) -> StoreError {
         StoreError(format!("{}: {e}", path.display()))
@@ -62,9 +67,10 @@ pub struct NewMatch {
     pub digest: String,
 }
 
-/// A profile to store with the policies it newly matches and the policy ids it no longer
-/// matches.
+/// A profile to store, with its row, the policies it newly matches and the policy ids it no
+/// longer matches.
 pub type ProfileChange = (
+    u64,
     Profile,
     Vec<(std::sync::Arc<Policy>, NewMatch)>,
     Vec<String>,
@@ -104,8 +110,10 @@ impl Store {
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
              CREATE TABLE IF NOT EXISTS policies (
-                id TEXT PRIMARY KEY, version INTEGER NOT NULL, json TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS enterprises (uscc TEXT PRIMARY KEY, json TEXT NOT NULL);
+                id TEXT PRIMARY KEY, row INTEGER NOT NULL UNIQUE, version INTEGER NOT NULL,
+                json TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS enterprises (
+                uscc TEXT PRIMARY KEY, row INTEGER NOT NULL UNIQUE, json TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS matches (
                 policy_id TEXT NOT NULL, uscc TEXT NOT NULL,
                 PRIMARY KEY (policy_id, uscc)) WITHOUT ROWID;
@@ -127,14 +135,16 @@ impl Store {
             .map_err(|_| StoreError("store lock poisoned".into()))
     }
 
-    /// Every policy.
-    pub fn policies(&self) -> Result<Vec<Policy>, StoreError> {
+    /// Every policy with its row (the indexes' key), by row.
+    pub fn policies(&self) -> Result<Vec<(u64, Policy)>, StoreError> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare("SELECT json FROM policies ORDER BY id")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut stmt = conn.prepare("SELECT row, json FROM policies ORDER BY row")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
-        for json in rows {
-            out.push(serde_json::from_str(&json?).map_err(|e| StoreError(e.to_string()))?);
+        for row in rows {
+            let (n, json) = row?;
+            let p = serde_json::from_str(&json).map_err(|e| StoreError(e.to_string()))?;
+            out.push((n.max(0) as u64, p));
         }
         Ok(out)
     }
@@ -151,13 +161,15 @@ impl Store {
             .transpose()
     }
 
-    /// Calls `f` on every profile, in USCC order.
-    pub fn for_each_profile(&self, mut f: impl FnMut(Profile)) -> Result<(), StoreError> {
+    /// Calls `f` on every profile with its row, by row.
+    pub fn for_each_profile(&self, mut f: impl FnMut(u64, Profile)) -> Result<(), StoreError> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare("SELECT json FROM enterprises ORDER BY uscc")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        for json in rows {
-            f(serde_json::from_str(&json?).map_err(|e| StoreError(e.to_string()))?);
+        let mut stmt = conn.prepare("SELECT row, json FROM enterprises ORDER BY row")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (n, json) = row?;
+            let p = serde_json::from_str(&json).map_err(|e| StoreError(e.to_string()))?;
+            f(n.max(0) as u64, p);
         }
         Ok(())
     }
@@ -166,6 +178,7 @@ impl Store {
     /// feed events, `removed` stop being matches.
     pub fn save_policy(
         &self,
+        row: u64,
         policy: &Policy,
         added: &[NewMatch],
         removed: &[String],
@@ -175,9 +188,9 @@ impl Store {
         let tx = conn.transaction()?;
         let json = serde_json::to_string(policy).map_err(|e| StoreError(e.to_string()))?;
         tx.execute(
-            "INSERT INTO policies (id, version, json) VALUES (?1, ?2, ?3)
+            "INSERT INTO policies (id, row, version, json) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (id) DO UPDATE SET version = excluded.version, json = excluded.json",
-            params![policy.id, policy.version, json],
+            params![policy.id, row as i64, policy.version, json],
         )?;
         record_matches(&tx, policy, added, removed, now_ms)?;
         tx.commit()?;
@@ -189,12 +202,12 @@ impl Store {
     pub fn save_profiles(&self, items: &[ProfileChange], now_ms: i64) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
-        for (profile, added, removed) in items {
+        for (row, profile, added, removed) in items {
             let json = serde_json::to_string(profile).map_err(|e| StoreError(e.to_string()))?;
             tx.execute(
-                "INSERT INTO enterprises (uscc, json) VALUES (?1, ?2)
+                "INSERT INTO enterprises (uscc, row, json) VALUES (?1, ?2, ?3)
                  ON CONFLICT (uscc) DO UPDATE SET json = excluded.json",
-                params![profile.uscc.as_str(), json],
+                params![profile.uscc.as_str(), *row as i64, json],
             )?;
             for (policy, m) in added {
                 record_matches(&tx, policy, std::slice::from_ref(m), &[], now_ms)?;

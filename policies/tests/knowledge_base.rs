@@ -331,8 +331,12 @@ fn withdrawal_and_rebuilding_the_indexes_from_the_store() {
     };
     let before = {
         let kb = KnowledgeBase::open(Some(dir.path()), ChineseAnalyzer::new().unwrap()).unwrap();
-        kb.publish(policies.clone(), today).unwrap();
         kb.upsert_profiles(population.clone(), today).unwrap();
+        kb.publish(policies.clone(), today).unwrap();
+        // Profiles that arrive later, out of USCC order, one by one.
+        for p in policies::generate::population(30, 6, day("2026-11-01")) {
+            kb.upsert_profiles(vec![p], today).unwrap();
+        }
         // Withdraw one policy with matches.
         let gone = policies
             .iter()
@@ -368,14 +372,64 @@ fn withdrawal_and_rebuilding_the_indexes_from_the_store() {
     // the same answers.
     let reopen = || KnowledgeBase::open(Some(dir.path()), ChineseAnalyzer::new().unwrap()).unwrap();
     assert_eq!(expected(&reopen()), before);
+    {
+        // Reopened with the indexes kept: the rows they hold are still the profiles' rows.
+        let kb = reopen();
+        let all = kb.profiles();
+        for p in kb.policies() {
+            let want = all
+                .iter()
+                .filter(|e| eligibility::is_eligible(&p, e, today))
+                .count();
+            assert_eq!(
+                kb.eligible_enterprises(&p, today).unwrap().len(),
+                want,
+                "{}",
+                p.id
+            );
+        }
+    }
     std::fs::remove_dir_all(dir.path().join("index/enterprises")).unwrap();
     std::fs::write(dir.path().join("index/policies/meta.json"), b"{ not json").unwrap();
     let kb = reopen();
     assert_eq!(expected(&kb), before);
+    // And every answer is still exactly the brute-force one.
+    let all = kb.profiles();
+    for p in kb.policies() {
+        let mut want: Vec<String> = all
+            .iter()
+            .filter(|e| eligibility::is_eligible(&p, e, today))
+            .map(|e| e.uscc.to_string())
+            .collect();
+        want.sort();
+        let got: Vec<String> = kb
+            .eligible_enterprises(&p, today)
+            .unwrap()
+            .iter()
+            .map(|e| e.uscc.to_string())
+            .collect();
+        assert_eq!(got, want, "{}", p.id);
+    }
+    for e in all.iter().step_by(50) {
+        let got: BTreeSet<String> = kb
+            .match_enterprise(e, today)
+            .unwrap()
+            .eligible
+            .iter()
+            .map(|m| m.policy.id.clone())
+            .collect();
+        let want: BTreeSet<String> = kb
+            .policies()
+            .iter()
+            .filter(|p| eligibility::is_eligible(p, e, today))
+            .map(|p| p.id.clone())
+            .collect();
+        assert_eq!(got, want, "{}", e.uscc);
+    }
     assert!(
         !kb.search("专精特新", &SearchFilter::default(), 10)
             .unwrap()
             .is_empty()
     );
-    assert_eq!(kb.profile_count(), population.len());
+    assert_eq!(kb.profile_count(), population.len() + 30);
 }
