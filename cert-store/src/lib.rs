@@ -16,6 +16,7 @@ pub mod id;
 pub mod jws;
 pub mod licence;
 pub mod licence_id;
+pub mod pg_store;
 pub mod sdjwt;
 pub mod seal_ca;
 pub mod service;

@@ -583,6 +583,9 @@ impl LicenceService {
 
     /// The next serial number of `issuer`.
     fn next_serial(&self, issuer: &Uscc) -> Result<u64, ServiceError> {
+        if let Some(n) = self.store.reserve_serial(issuer)? {
+            return Ok(n);
+        }
         let mut serials = self
             .serials
             .lock()
@@ -1431,6 +1434,37 @@ fn random_index() -> Result<u32, ServiceError> {
     Ok(u32::from_le_bytes(b) % STATUS_LIST_ENTRIES)
 }
 
+/// The service's tests, run once on the embedded store and once on PostgreSQL (skipped, and
+/// said so, when `CERTGATE_TEST_POSTGRES_URL` is not set).
 #[cfg(test)]
-#[path = "service_tests.rs"]
-mod tests;
+mod tests {
+    mod sqlite {
+        type Backend = (
+            std::sync::Arc<dyn crate::store::Store>,
+            Option<crate::pg_store::SchemaGuard>,
+        );
+
+        fn backend(_: &str) -> Option<Backend> {
+            Some((
+                std::sync::Arc::new(crate::store::SqliteStore::in_memory().unwrap()),
+                None,
+            ))
+        }
+
+        include!("service_tests.rs");
+    }
+
+    mod postgres {
+        type Backend = (
+            std::sync::Arc<dyn crate::store::Store>,
+            Option<crate::pg_store::SchemaGuard>,
+        );
+
+        fn backend(test: &str) -> Option<Backend> {
+            let (store, guard) = crate::pg_store::test_store(test).unwrap()?;
+            Some((store, Some(guard)))
+        }
+
+        include!("service_tests.rs");
+    }
+}

@@ -1,10 +1,9 @@
-//! Tests of the licence service: issuance and verification round trips, forged credentials
-//! signed with real seal keys, x5c problems, seal revocation, the licence lifecycle, status
-//! list tokens, issuance refusals, consents and show-codes.
+// Tests of the licence service: issuance and verification round trips, forged credentials
+// signed with real seal keys, x5c problems, seal revocation, the licence lifecycle, status
+// list tokens, issuance refusals, consents and show-codes.
 
-use super::*;
+use crate::service::*;
 use crate::licence::{FieldKind, FieldSpec};
-use crate::store::SqliteStore;
 
 const NOW: i64 = 1_800_000_000;
 const MARKET: &str = "11110105MB0000002F";
@@ -17,6 +16,7 @@ const STATUS_BASE: &str = "https://gw.example/v1/status-lists";
 
 struct Fixture {
     svc: LicenceService,
+    _schema: Option<crate::pg_store::SchemaGuard>,
     market: Uscc,
     approval: Uscc,
     sm2: SealRecord,
@@ -63,9 +63,12 @@ fn types() -> Vec<LicenceType> {
     ]
 }
 
-fn fixture() -> Fixture {
+/// The fixture on this module's backend; `None` when the backend is not available here.
+#[track_caller]
+fn fixture() -> Option<Fixture> {
+    let (store, schema) = backend(std::panic::Location::caller().to_string().as_str())?;
     let svc = LicenceService::open(
-        Arc::new(SqliteStore::in_memory().unwrap()),
+        store,
         Kek::generate().unwrap(),
         types(),
         STATUS_BASE,
@@ -94,13 +97,14 @@ fn fixture() -> Fixture {
             NOW,
         )
         .unwrap();
-    Fixture {
+    Some(Fixture {
         svc,
+        _schema: schema,
         market,
         approval,
         sm2,
         es256,
-    }
+    })
 }
 
 fn obj(value: Value) -> Map<String, Value> {
@@ -234,7 +238,7 @@ fn forge_with(
 // ---- round trips ----
 
 fn round_trip(alg: JwsAlg) {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let seal = if alg == JwsAlg::Sm2Sm3 {
         &f.sm2
     } else {
@@ -283,7 +287,7 @@ fn round_trip_es256() {
 fn forged_control_with_unchanged_claims_verifies() {
     // The forging helper itself produces a valid credential: each forgery below differs
     // from it only by the defect under test.
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.sm2);
     let cred = forge_with(&f, &licence, |_, _| {});
     assert_valid(&f.svc.verify(&cred, NOW));
@@ -293,7 +297,7 @@ fn forged_control_with_unchanged_claims_verifies() {
 
 #[test]
 fn forged_without_exp_is_refused() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.es256);
     let cred = forge_with(&f, &licence, |p, _| {
         p.remove("exp");
@@ -303,7 +307,7 @@ fn forged_without_exp_is_refused() {
 
 #[test]
 fn forged_with_unknown_vct_is_refused() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.sm2);
     let cred = forge_with(&f, &licence, |p, _| {
         p.insert("vct".into(), json!("11100000MB0000100D999"));
@@ -317,7 +321,7 @@ fn forged_with_unknown_vct_is_refused() {
 
 #[test]
 fn forged_not_yet_valid_is_refused() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.sm2);
     let cred = forge_with(&f, &licence, |p, _| {
         p.insert("nbf".into(), json!(NOW + 3600));
@@ -331,7 +335,7 @@ fn forged_not_yet_valid_is_refused() {
 
 #[test]
 fn forged_expired_is_refused_after_expiry() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.es256);
     let cred = forge_with(&f, &licence, |p, _| {
         p.insert("exp".into(), json!(NOW + 100));
@@ -346,7 +350,7 @@ fn forged_expired_is_refused_after_expiry() {
 
 #[test]
 fn forged_disclosure_outside_the_type_is_refused() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.sm2);
     let cred = forge_with(&f, &licence, |_, d| {
         d.insert("colour".into(), json!("red"));
@@ -361,7 +365,7 @@ fn forged_disclosure_outside_the_type_is_refused() {
 #[test]
 fn forged_iss_smuggled_in_a_disclosure_is_refused() {
     // sdjwt::issue refuses to make `iss` disclosable, so build the credential by hand.
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.es256);
     let key = f.svc.seal_key(&f.es256).unwrap();
     let mut payload = plain_of(&licence);
@@ -384,7 +388,7 @@ fn forged_iss_smuggled_in_a_disclosure_is_refused() {
 fn forged_by_another_departments_seal_is_refused() {
     // APPROVAL's own, valid seal signs a business licence (a type only MARKET may issue)
     // claiming to come from MARKET and borrowing a real licence's status entry.
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.sm2);
     let theirs = f
         .svc
@@ -414,7 +418,7 @@ fn forged_by_another_departments_seal_is_refused() {
 fn forged_with_another_seal_of_the_issuer_borrowing_a_status_entry_is_refused() {
     // The issuer's ES256 seal signs a credential pointing at the licence its SM2 seal
     // signed: the register says which seal signed that licence.
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.sm2);
     let key = f.svc.seal_key(&f.es256).unwrap();
     let cred = forge(
@@ -438,7 +442,7 @@ fn ca_time(t: i64) -> time::OffsetDateTime {
 
 #[test]
 fn self_signed_x5c_leaf_is_refused() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.es256);
     let rogue = SealCa::create("certgate seal CA", ca_time(NOW), 365).unwrap();
     let header = JwsHeader {
@@ -455,7 +459,7 @@ fn self_signed_x5c_leaf_is_refused() {
 
 #[test]
 fn seal_certificate_from_a_foreign_ca_is_refused() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.es256);
     let foreign = SealCa::create("certgate seal CA", ca_time(NOW), 365).unwrap();
     let key = SealKey::generate(JwsAlg::Es256).unwrap();
@@ -482,7 +486,7 @@ fn seal_certificate_from_a_foreign_ca_is_refused() {
 
 #[test]
 fn missing_x5c_is_refused() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.es256);
     let key = f.svc.seal_key(&f.es256).unwrap();
     let header = JwsHeader {
@@ -499,7 +503,7 @@ fn missing_x5c_is_refused() {
 
 #[test]
 fn kid_of_another_seal_with_the_real_x5c_is_refused() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.es256);
     let key = f.svc.seal_key(&f.es256).unwrap();
     let header = JwsHeader {
@@ -518,7 +522,7 @@ fn kid_of_another_seal_with_the_real_x5c_is_refused() {
 
 #[test]
 fn revoked_seal_fails_from_the_revocation_time() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.sm2);
     let revoked = f
         .svc
@@ -546,7 +550,7 @@ fn revoked_seal_fails_from_the_revocation_time() {
 
 #[test]
 fn suspend_resume_revoke() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.sm2);
     let id = licence.id.as_str();
 
@@ -587,7 +591,7 @@ fn suspend_resume_revoke() {
 
 #[test]
 fn renew_revokes_the_old_licence_and_links_the_new() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let old = issue(&f, &f.es256);
     assert!(matches!(
         f.svc.renew(&old.id, &f.approval, None, None, NOW + 100),
@@ -624,7 +628,7 @@ fn renew_revokes_the_old_licence_and_links_the_new() {
 
 #[test]
 fn status_list_token_reflects_every_licence() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let revoked = issue(&f, &f.sm2);
     let suspended = issue(&f, &f.es256);
     let valid = issue(&f, &f.sm2);
@@ -687,7 +691,7 @@ fn invalid_field(result: Result<LicenceRecord, ServiceError>) -> (String, String
 
 #[test]
 fn issuing_a_type_the_department_may_not_issue_is_forbidden() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let req = IssueRequest {
         licence_type: FOOD.into(),
         fields: obj(json!({"licence_class": "A"})),
@@ -701,7 +705,7 @@ fn issuing_a_type_the_department_may_not_issue_is_forbidden() {
 
 #[test]
 fn issuing_with_another_departments_seal_is_forbidden() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let theirs = f
         .svc
         .create_seal(
@@ -731,7 +735,7 @@ fn issuing_with_another_departments_seal_is_forbidden() {
 
 #[test]
 fn issuing_to_a_bad_holder_id_is_invalid() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let req = IssueRequest {
         holder_id: "91110108551385082A".into(),
         ..request(&f.sm2)
@@ -742,7 +746,7 @@ fn issuing_to_a_bad_holder_id_is_invalid() {
 
 #[test]
 fn issuing_an_unknown_field_is_invalid() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let mut req = request(&f.sm2);
     req.fields.insert("colour".into(), json!("red"));
     let (field, reason) = invalid_field(f.svc.issue(&f.market, &req, NOW));
@@ -752,7 +756,7 @@ fn issuing_an_unknown_field_is_invalid() {
 
 #[test]
 fn issuing_without_a_required_field_is_invalid() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let mut req = request(&f.es256);
     req.fields.remove("legal_representative");
     let (field, reason) = invalid_field(f.svc.issue(&f.market, &req, NOW));
@@ -762,7 +766,7 @@ fn issuing_without_a_required_field_is_invalid() {
 
 #[test]
 fn issuing_a_field_of_the_wrong_type_is_invalid() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let mut req = request(&f.es256);
     req.fields.insert("name".into(), json!(42));
     let (field, reason) = invalid_field(f.svc.issue(&f.market, &req, NOW));
@@ -800,7 +804,7 @@ fn forbidden(result: Result<ConsentRecord, ServiceError>) -> String {
 
 #[test]
 fn consent_is_checked_against_department_holder_type_and_time() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let (record, token) = consent(&f);
     assert_eq!(record.expires_at, NOW + 3600);
     let ok = f
@@ -831,7 +835,7 @@ fn consent_is_checked_against_department_holder_type_and_time() {
 
 #[test]
 fn revoked_consent_is_refused() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let (record, token) = consent(&f);
     assert!(matches!(
         f.svc.revoke_consent(&record.id, &f.approval, NOW),
@@ -853,7 +857,7 @@ fn revoked_consent_is_refused() {
 
 #[test]
 fn consent_token_signed_by_another_key_is_refused() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let (record, _) = consent(&f);
     let claims = json!({
         "iss": "urn:certgate:gateway",
@@ -879,7 +883,7 @@ fn consent_token_signed_by_another_key_is_refused() {
 
 #[test]
 fn consent_ttl_must_be_between_one_second_and_a_day() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     for ttl in [0, -1, MAX_CONSENT_SECONDS + 1] {
         match f.svc.create_consent(
             &f.market,
@@ -913,7 +917,7 @@ fn consent_ttl_must_be_between_one_second_and_a_day() {
 
 #[test]
 fn show_code_redeems_once() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.sm2);
     let (code, expires_at) = f.svc.create_show_code(&f.market, &licence.id, NOW).unwrap();
     assert_eq!(expires_at, NOW + SHOW_CODE_SECONDS);
@@ -930,7 +934,7 @@ fn show_code_redeems_once() {
 
 #[test]
 fn expired_or_unknown_show_code_is_refused() {
-    let f = fixture();
+    let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.es256);
     let (code, _) = f.svc.create_show_code(&f.market, &licence.id, NOW).unwrap();
     assert!(matches!(

@@ -64,6 +64,11 @@ pub trait Store: Send + Sync {
     /// The highest numeric licence serial an issuer has used (0 for none). Inserting a
     /// licence with a numeric serial raises it in the same transaction.
     fn last_serial(&self, issuer: &Uscc) -> Result<u64>;
+    /// Reserves the next serial of `issuer` in the store itself, for stores that several
+    /// processes share; `None` when the caller may hand serials out in memory (one process).
+    fn reserve_serial(&self, _issuer: &Uscc) -> Result<Option<u64>> {
+        Ok(None)
+    }
     /// Stores a new licence. `Conflict` when its id or status-list slot is taken.
     fn insert_licence(&self, licence: &LicenceRecord) -> Result<()>;
     /// Stores `new` and marks `old` revoked and replaced by it, in one transaction.
@@ -648,9 +653,7 @@ mod tests {
         assert!(!s.revoke_seal("seal-1", 6, "again").unwrap());
     }
 
-    #[test]
-    fn numeric_serials_raise_the_issuers_mark_in_the_same_insert() {
-        let s = SqliteStore::in_memory().unwrap();
+    fn numeric_serials_raise_the_issuers_mark_in_the_same_insert(s: &dyn Store) {
         s.insert_seal(&seal()).unwrap();
         let id = |serial: &str| {
             crate::licence_id::LicenceId::new(
@@ -668,9 +671,7 @@ mod tests {
         assert_eq!(s.last_serial(&MARKET.parse().unwrap()).unwrap(), 41);
     }
 
-    #[test]
-    fn renewal_links_both_licences_once() {
-        let s = SqliteStore::in_memory().unwrap();
+    fn renewal_links_both_licences_once(s: &dyn Store) {
         s.insert_seal(&seal()).unwrap();
         s.insert_licence(&licence("L1", 1)).unwrap();
         let mut new = licence("L2", 2);
@@ -690,9 +691,7 @@ mod tests {
         );
     }
 
-    #[test]
-    fn show_codes_redeem_once_and_not_after_expiry() {
-        let s = SqliteStore::in_memory().unwrap();
+    fn show_codes_redeem_once_and_not_after_expiry(s: &dyn Store) {
         let code = |h: &str, exp| ShowCodeRecord {
             code_sha256: h.into(),
             licence_id: "L1".into(),
@@ -711,9 +710,7 @@ mod tests {
         assert!(s.redeem_show_code("zzz", &by, 200).unwrap().is_none());
     }
 
-    #[test]
-    fn secrets_keep_the_first_value_and_consents_revoke_once() {
-        let s = SqliteStore::in_memory().unwrap();
+    fn secrets_keep_the_first_value_and_consents_revoke_once(s: &dyn Store) {
         assert_eq!(s.put_secret_once("k", b"one").unwrap(), b"one");
         assert_eq!(s.put_secret_once("k", b"two").unwrap(), b"one");
         let c = ConsentRecord {
@@ -731,4 +728,34 @@ mod tests {
         assert!(s.revoke_consent("c1", 5).unwrap());
         assert!(!s.revoke_consent("c1", 6).unwrap());
     }
+
+    /// Runs each scenario on the embedded store and on PostgreSQL (skipped, and said so,
+    /// without `CERTGATE_TEST_POSTGRES_URL`).
+    macro_rules! on_both_backends {
+        ($($name:ident),* $(,)?) => {
+            mod on_sqlite {
+                $(#[test]
+                fn $name() {
+                    super::$name(&crate::store::SqliteStore::in_memory().unwrap());
+                })*
+            }
+            mod on_postgres {
+                $(#[test]
+                fn $name() {
+                    if let Some((s, _schema)) =
+                        crate::pg_store::test_store(stringify!($name)).unwrap()
+                    {
+                        super::$name(&*s);
+                    }
+                })*
+            }
+        };
+    }
+
+    on_both_backends!(
+        numeric_serials_raise_the_issuers_mark_in_the_same_insert,
+        renewal_links_both_licences_once,
+        show_codes_redeem_once_and_not_after_expiry,
+        secrets_keep_the_first_value_and_consents_revoke_once,
+    );
 }

@@ -161,6 +161,17 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// The embedded data directory.
     pub data_dir: PathBuf,
+    /// Where licences, seals, status lists, consents and show-codes are stored.
+    pub storage: Storage,
+}
+
+/// The store of licences and seals.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// SQLite in the data directory (one node).
+    Embedded,
+    /// A PostgreSQL database shared by several nodes.
+    Postgres(cert_store::pg_store::PgSettings),
 }
 
 /// TLS material locations.
@@ -476,6 +487,11 @@ struct RawServer {
     max_body_bytes: usize,
     shutdown_grace_ms: u64,
     data_dir: PathBuf,
+    storage: String,
+    storage_schema: String,
+    storage_pool_size: usize,
+    storage_connect_timeout_ms: u64,
+    storage_statement_timeout_ms: u64,
 }
 
 impl Default for RawServer {
@@ -490,6 +506,11 @@ impl Default for RawServer {
             max_body_bytes: 1024 * 1024,
             shutdown_grace_ms: 30_000,
             data_dir: PathBuf::from("data"),
+            storage: "sqlite".into(),
+            storage_schema: "certgate".into(),
+            storage_pool_size: 8,
+            storage_connect_timeout_ms: 5_000,
+            storage_statement_timeout_ms: 10_000,
         }
     }
 }
@@ -553,7 +574,43 @@ impl RawConfig {
                 format!("must be between 1 and {MAX_BODY_LIMIT}"),
             ));
         }
+        let storage = match s.storage.trim() {
+            "sqlite" => Storage::Embedded,
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let mut pg = cert_store::pg_store::PgSettings::new(url);
+                pg.schema = s.storage_schema.clone();
+                if s.storage_pool_size == 0 || s.storage_pool_size > 256 {
+                    return Err(ConfigError::key(
+                        "server.storage_pool_size",
+                        "must be between 1 and 256",
+                    ));
+                }
+                pg.pool_size = s.storage_pool_size;
+                pg.connect_timeout = millis(
+                    "server.storage_connect_timeout_ms",
+                    s.storage_connect_timeout_ms,
+                )?;
+                pg.statement_timeout = millis(
+                    "server.storage_statement_timeout_ms",
+                    s.storage_statement_timeout_ms,
+                )?;
+                if cert_store::pg_store::PgPool::new(pg.clone()).is_err() {
+                    return Err(ConfigError::key(
+                        "server.storage",
+                        "not a valid PostgreSQL URL (or server.storage_schema is not a-z 0-9 _)",
+                    ));
+                }
+                Storage::Postgres(pg)
+            }
+            _ => {
+                return Err(ConfigError::key(
+                    "server.storage",
+                    "\"sqlite\" (the embedded store) or a postgres:// URL",
+                ));
+            }
+        };
         let server = ServerSettings {
+            storage,
             listen: addr("server.listen", &s.listen)?,
             ops_listen: addr("server.ops_listen", &s.ops_listen)?,
             max_connections: s.max_connections,

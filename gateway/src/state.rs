@@ -136,11 +136,21 @@ impl Gateway {
             path: config.server.data_dir.clone(),
             reason: e.to_string(),
         })?;
-        let db = config.server.data_dir.join("certgate.db");
-        let store = SqliteStore::open(&db).map_err(|e| StartError::Store {
-            path: db.clone(),
-            reason: e.to_string(),
-        })?;
+        let store: Arc<dyn cert_store::store::Store> = match &config.server.storage {
+            crate::config::Storage::Embedded => {
+                let db = config.server.data_dir.join("certgate.db");
+                Arc::new(SqliteStore::open(&db).map_err(|e| StartError::Store {
+                    path: db.clone(),
+                    reason: e.to_string(),
+                })?)
+            }
+            crate::config::Storage::Postgres(pg) => Arc::new(
+                cert_store::pg_store::PgStore::open(pg.clone()).map_err(|e| StartError::Store {
+                    path: PathBuf::from(format!("PostgreSQL schema {}", pg.schema)),
+                    reason: e.to_string(),
+                })?,
+            ),
+        };
         let log_settings = &config.access_log;
         let log_path = config.server.data_dir.join("access-log.db");
         let access_log = AccessLog::open(
@@ -172,13 +182,17 @@ impl Gateway {
             policies::KnowledgeBase::open(Some(&config.server.data_dir.join("policies")), analyzer)
                 .map_err(|e| StartError::Policies(e.to_string()))?;
         let licensing = &config.licensing;
-        let licences = LicenceService::open(
-            Arc::new(store),
-            licensing.kek.clone(),
-            licensing.licence_types.clone(),
-            &format!("{}/v1/status-lists", licensing.public_url),
-            unix_now(),
-        )
+        // Opening reads the keys from the store; a PostgreSQL client must not block a thread
+        // that drives async tasks, and the gateway may be built from one.
+        let status_base = format!("{}/v1/status-lists", licensing.public_url);
+        let (kek, types) = (licensing.kek.clone(), licensing.licence_types.clone());
+        let licences = std::thread::scope(|s| {
+            s.spawn(|| LicenceService::open(store, kek, types, &status_base, unix_now()))
+                .join()
+        })
+        .map_err(|_| {
+            StartError::Licences(ServiceError::Internal("the opening thread failed".into()))
+        })?
         .map_err(StartError::Licences)?;
         Ok(Arc::new(Gateway {
             licences: Arc::new(licences),

@@ -8,3 +8,4 @@ mod identity;
 mod licences;
 mod limits;
 mod matching;
+mod multinode;

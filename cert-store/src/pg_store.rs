@@ -1,0 +1,713 @@
+//! The PostgreSQL store: the same [`Store`] as the embedded SQLite one, for several gateway
+//! nodes sharing one database. Blocking (the `postgres` crate), with a small pool of
+//! connections, connect and statement timeouts, and its own migrations applied at start under
+//! an advisory lock (several nodes may start at once). Everything lives in one schema
+//! (`certgate` unless told otherwise).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use postgres::{Client, NoTls, Row, error::SqlState};
+
+use crate::id::Uscc;
+use crate::jws::JwsAlg;
+use crate::licence::{ConsentRecord, LicenceRecord, LicenceStatus, SealRecord, ShowCodeRecord};
+use crate::store::{Store, StoreError};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        match e.code() {
+            Some(c)
+                if *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::FOREIGN_KEY_VIOLATION =>
+            {
+                StoreError::Conflict(e.to_string())
+            }
+            _ => StoreError::Database(e.to_string()),
+        }
+    }
+}
+
+/// Settings of a PostgreSQL connection pool.
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    /// `postgres://user@host:port/db` (key-value strings are accepted too).
+    pub url: String,
+    /// The schema certgate's tables live in.
+    pub schema: String,
+    /// Connections kept open at most.
+    pub pool_size: usize,
+    /// Time allowed to open a connection.
+    pub connect_timeout: Duration,
+    /// Time allowed for one statement.
+    pub statement_timeout: Duration,
+}
+
+impl PgSettings {
+    /// Defaults for `url`: schema `certgate`, 8 connections, 5 s to connect, 10 s a statement.
+    pub fn new(url: &str) -> PgSettings {
+        PgSettings {
+            url: url.to_owned(),
+            schema: "certgate".into(),
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A small blocking pool: idle connections are reused, broken ones dropped, new ones opened
+/// on demand (the number in use is bounded by the callers: tokio's blocking pool).
+pub struct PgPool {
+    settings: PgSettings,
+    config: postgres::Config,
+    idle: Mutex<Vec<Client>>,
+}
+
+impl std::fmt::Debug for PgPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgPool")
+            .field("schema", &self.settings.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs `f` on a thread of its own: the `postgres` client drives its own small runtime and
+/// must not block a thread that is running async tasks (the gateway opens its store from one).
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+impl Drop for PgPool {
+    fn drop(&mut self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            let clients = std::mem::take(&mut *idle);
+            off_runtime(move || drop(clients));
+        }
+    }
+}
+
+fn valid_schema(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !s.as_bytes()[0].is_ascii_digit()
+}
+
+impl PgPool {
+    /// A pool for `settings` (no connection is opened yet).
+    pub fn new(settings: PgSettings) -> Result<PgPool> {
+        if !valid_schema(&settings.schema) {
+            return Err(StoreError::Database(format!(
+                "schema `{}`: use lower-case letters, digits and _",
+                settings.schema
+            )));
+        }
+        let mut config: postgres::Config = settings
+            .url
+            .parse()
+            .map_err(|e| StoreError::Database(format!("PostgreSQL URL: {e}")))?;
+        config.connect_timeout(settings.connect_timeout);
+        config.application_name("certgate");
+        Ok(PgPool {
+            settings,
+            config,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> &str {
+        &self.settings.schema
+    }
+
+    fn connect(&self) -> Result<Client> {
+        let mut c = self.config.connect(NoTls)?;
+        c.batch_execute(&format!(
+            "SET search_path TO {}; SET statement_timeout = {}",
+            self.settings.schema,
+            self.settings.statement_timeout.as_millis()
+        ))?;
+        Ok(c)
+    }
+
+    /// Runs `f` on a connection; a connection that failed is not reused.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        let taken = self.idle.lock().ok().and_then(|mut v| v.pop());
+        let mut client = match taken {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect()?,
+        };
+        let result = f(&mut client);
+        let reusable = match &result {
+            Ok(_) => !client.is_closed(),
+            Err(StoreError::Database(_)) => false,
+            Err(_) => !client.is_closed(),
+        };
+        if reusable
+            && let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.settings.pool_size
+        {
+            idle.push(client);
+        }
+        result
+    }
+
+    /// Applies the migrations of `component` that have not run yet, under an advisory lock so
+    /// that nodes starting together apply each once.
+    pub fn migrate(&self, component: &str, migrations: &[&str]) -> Result<()> {
+        let schema = self.settings.schema.clone();
+        let mut c = self.config.connect(NoTls)?;
+        let mut tx = c.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock(4242001)", &[])?;
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; SET LOCAL search_path TO {schema};
+             CREATE TABLE IF NOT EXISTS migrations (component TEXT PRIMARY KEY, version BIGINT NOT NULL);"
+        ))?;
+        let done: i64 = tx
+            .query_opt(
+                "SELECT version FROM migrations WHERE component = $1",
+                &[&component],
+            )?
+            .map_or(0, |r| r.get(0));
+        for (i, sql) in migrations.iter().enumerate() {
+            if (i as i64) >= done {
+                tx.batch_execute(sql)?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO migrations (component, version) VALUES ($1, $2)
+             ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+            &[&component, &(migrations.len() as i64)],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE secrets (name TEXT PRIMARY KEY, blob BYTEA NOT NULL);
+CREATE TABLE seals (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, seal_type TEXT NOT NULL, name TEXT NOT NULL,
+    alg TEXT NOT NULL, certificate_pem TEXT NOT NULL, encrypted_key BYTEA NOT NULL,
+    picture_sha256 TEXT, picture BYTEA, created_at BIGINT NOT NULL, not_after BIGINT NOT NULL,
+    revoked_at BIGINT, revocation_reason TEXT
+);
+CREATE INDEX seals_owner ON seals(owner);
+CREATE TABLE serials (issuer TEXT PRIMARY KEY, last BIGINT NOT NULL);
+CREATE TABLE licences (
+    id TEXT PRIMARY KEY, type_code TEXT NOT NULL, issuer TEXT NOT NULL, holder TEXT NOT NULL,
+    seal_id TEXT NOT NULL REFERENCES seals(id), sd_jwt TEXT NOT NULL, fields TEXT NOT NULL,
+    status TEXT NOT NULL, status_reason TEXT, status_list BIGINT NOT NULL,
+    status_index BIGINT NOT NULL, issued_at BIGINT NOT NULL, not_before BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL, replaces TEXT, replaced_by TEXT,
+    UNIQUE (status_list, status_index)
+);
+CREATE INDEX licences_holder ON licences(holder, type_code);
+CREATE TABLE consents (
+    id TEXT PRIMARY KEY, holder TEXT NOT NULL, department TEXT NOT NULL,
+    licence_types TEXT NOT NULL, purpose TEXT NOT NULL, created_by TEXT NOT NULL,
+    expires_at BIGINT NOT NULL, revoked_at BIGINT
+);
+CREATE TABLE show_codes (
+    code_sha256 TEXT PRIMARY KEY, licence_id TEXT NOT NULL, created_by TEXT NOT NULL,
+    expires_at BIGINT NOT NULL, redeemed_at BIGINT, redeemed_by TEXT
+);
+"#];
+
+/// The PostgreSQL store of seals, licences, status entries, consents, show-codes and secrets.
+#[derive(Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+const SEAL_COLUMNS: &str = "id, owner, seal_type, name, alg, certificate_pem, encrypted_key, \
+    picture_sha256, picture, created_at, not_after, revoked_at, revocation_reason";
+const LICENCE_COLUMNS: &str = "id, type_code, issuer, holder, seal_id, sd_jwt, fields, status, \
+    status_reason, status_list, status_index, issued_at, not_before, expires_at, replaces, replaced_by";
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn uscc(row: &Row, i: usize) -> Result<Uscc> {
+    let s: String = row.try_get(i)?;
+    s.parse().map_err(|e| corrupt("USCC", e))
+}
+
+fn u32_of(row: &Row, i: usize) -> Result<u32> {
+    let v: i64 = row.try_get(i)?;
+    u32::try_from(v).map_err(|e| corrupt("u32", e))
+}
+
+fn seal_row(row: &Row) -> Result<SealRecord> {
+    let alg: String = row.try_get(4)?;
+    Ok(SealRecord {
+        id: row.try_get(0)?,
+        owner: uscc(row, 1)?,
+        seal_type: row.try_get(2)?,
+        name: row.try_get(3)?,
+        alg: JwsAlg::from_name(&alg).ok_or_else(|| corrupt("alg", &alg))?,
+        certificate_pem: row.try_get(5)?,
+        encrypted_key: row.try_get(6)?,
+        picture_sha256: row.try_get(7)?,
+        picture: row.try_get(8)?,
+        created_at: row.try_get(9)?,
+        not_after: row.try_get(10)?,
+        revoked_at: row.try_get(11)?,
+        revocation_reason: row.try_get(12)?,
+    })
+}
+
+fn licence_row(row: &Row) -> Result<LicenceRecord> {
+    let fields: String = row.try_get(6)?;
+    let status: String = row.try_get(7)?;
+    Ok(LicenceRecord {
+        id: row.try_get(0)?,
+        type_code: row.try_get(1)?,
+        issuer: uscc(row, 2)?,
+        holder: row.try_get(3)?,
+        seal_id: row.try_get(4)?,
+        sd_jwt: row.try_get(5)?,
+        fields: serde_json::from_str(&fields).map_err(|e| corrupt("fields", e))?,
+        status: LicenceStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        status_reason: row.try_get(8)?,
+        status_list: u32_of(row, 9)?,
+        status_index: u32_of(row, 10)?,
+        issued_at: row.try_get(11)?,
+        not_before: row.try_get(12)?,
+        expires_at: row.try_get(13)?,
+        replaces: row.try_get(14)?,
+        replaced_by: row.try_get(15)?,
+    })
+}
+
+fn insert_licence_in(tx: &mut postgres::Transaction<'_>, l: &LicenceRecord) -> Result<()> {
+    if let Some(n) =
+        l.id.parse::<crate::licence_id::LicenceId>()
+            .ok()
+            .and_then(|id| id.serial().parse::<u64>().ok())
+            .filter(|n| *n <= i64::MAX as u64)
+    {
+        tx.execute(
+            "INSERT INTO serials (issuer, last) VALUES ($1, $2)
+             ON CONFLICT (issuer) DO UPDATE SET last = GREATEST(serials.last, excluded.last)",
+            &[&l.issuer.as_str(), &(n as i64)],
+        )?;
+    }
+    let fields =
+        serde_json::to_string(&l.fields).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    tx.execute(
+        &format!(
+            "INSERT INTO licences ({LICENCE_COLUMNS}) VALUES
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        ),
+        &[
+            &l.id,
+            &l.type_code,
+            &l.issuer.as_str(),
+            &l.holder,
+            &l.seal_id,
+            &l.sd_jwt,
+            &fields,
+            &l.status.as_str(),
+            &l.status_reason,
+            &i64::from(l.status_list),
+            &i64::from(l.status_index),
+            &l.issued_at,
+            &l.not_before,
+            &l.expires_at,
+            &l.replaces,
+            &l.replaced_by,
+        ],
+    )?;
+    Ok(())
+}
+
+impl PgStore {
+    /// Connects, applies pending migrations and returns the store.
+    pub fn open(settings: PgSettings) -> Result<PgStore> {
+        let pool = PgPool::new(settings)?;
+        off_runtime(|| pool.migrate("licences", MIGRATIONS))?;
+        Ok(PgStore { pool })
+    }
+
+    /// The schema the store lives in.
+    pub fn schema(&self) -> &str {
+        self.pool.schema()
+    }
+
+    /// Drops the store's schema with everything in it (tests).
+    pub fn drop_schema(&self) -> Result<()> {
+        let schema = self.pool.schema().to_owned();
+        off_runtime(|| {
+            self.pool.with(|c| {
+                c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
+                Ok(())
+            })
+        })
+    }
+}
+
+impl Store for PgStore {
+    fn put_secret_once(&self, name: &str, blob: &[u8]) -> Result<Vec<u8>> {
+        self.pool.with(|c| {
+            c.execute(
+                "INSERT INTO secrets (name, blob) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                &[&name, &blob],
+            )?;
+            Ok(
+                c.query_one("SELECT blob FROM secrets WHERE name = $1", &[&name])?
+                    .try_get(0)?,
+            )
+        })
+    }
+
+    fn secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.pool.with(|c| {
+            Ok(
+                c.query_opt("SELECT blob FROM secrets WHERE name = $1", &[&name])?
+                    .map(|r| r.try_get(0))
+                    .transpose()?,
+            )
+        })
+    }
+
+    fn insert_seal(&self, s: &SealRecord) -> Result<()> {
+        self.pool.with(|c| {
+            c.execute(
+                &format!(
+                    "INSERT INTO seals ({SEAL_COLUMNS}) VALUES
+                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                ),
+                &[
+                    &s.id,
+                    &s.owner.as_str(),
+                    &s.seal_type,
+                    &s.name,
+                    &s.alg.name(),
+                    &s.certificate_pem,
+                    &s.encrypted_key,
+                    &s.picture_sha256,
+                    &s.picture,
+                    &s.created_at,
+                    &s.not_after,
+                    &s.revoked_at,
+                    &s.revocation_reason,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn seal(&self, id: &str) -> Result<Option<SealRecord>> {
+        self.pool.with(|c| {
+            c.query_opt(
+                &format!("SELECT {SEAL_COLUMNS} FROM seals WHERE id = $1"),
+                &[&id],
+            )?
+            .map(|r| seal_row(&r))
+            .transpose()
+        })
+    }
+
+    fn seals(&self, owner: Option<&Uscc>) -> Result<Vec<SealRecord>> {
+        let owner = owner.map(Uscc::as_str);
+        self.pool.with(|c| {
+            c.query(
+                &format!(
+                    "SELECT {SEAL_COLUMNS} FROM seals WHERE $1::TEXT IS NULL OR owner = $1
+                     ORDER BY created_at DESC, id"
+                ),
+                &[&owner],
+            )?
+            .iter()
+            .map(seal_row)
+            .collect()
+        })
+    }
+
+    fn revoke_seal(&self, id: &str, at: i64, reason: &str) -> Result<bool> {
+        self.pool.with(|c| {
+            Ok(c.execute(
+                "UPDATE seals SET revoked_at = $2, revocation_reason = $3
+                 WHERE id = $1 AND revoked_at IS NULL",
+                &[&id, &at, &reason],
+            )? == 1)
+        })
+    }
+
+    fn last_serial(&self, issuer: &Uscc) -> Result<u64> {
+        self.pool.with(|c| {
+            let last: Option<i64> = c
+                .query_opt(
+                    "SELECT last FROM serials WHERE issuer = $1",
+                    &[&issuer.as_str()],
+                )?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+            Ok(last.map_or(0, |n| n.max(0) as u64))
+        })
+    }
+
+    fn reserve_serial(&self, issuer: &Uscc) -> Result<Option<u64>> {
+        // Several gateway nodes issue for the same department: the counter is the database's.
+        self.pool.with(|c| {
+            let n: i64 = c
+                .query_one(
+                    "INSERT INTO serials (issuer, last) VALUES ($1, 1)
+                     ON CONFLICT (issuer) DO UPDATE SET last = serials.last + 1
+                     RETURNING last",
+                    &[&issuer.as_str()],
+                )?
+                .try_get(0)?;
+            Ok(Some(n.max(0) as u64))
+        })
+    }
+
+    fn insert_licence(&self, l: &LicenceRecord) -> Result<()> {
+        self.pool.with(|c| {
+            let mut tx = c.transaction()?;
+            insert_licence_in(&mut tx, l)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn insert_renewal(&self, old: &str, new: &LicenceRecord, at: i64) -> Result<()> {
+        self.pool.with(|c| {
+            let mut tx = c.transaction()?;
+            insert_licence_in(&mut tx, new)?;
+            let n = tx.execute(
+                "UPDATE licences SET status = 'revoked', status_reason = $3, replaced_by = $2
+                 WHERE id = $1 AND replaced_by IS NULL AND status = 'valid'",
+                &[&old, &new.id, &format!("renewed as {} at {at}", new.id)],
+            )?;
+            if n != 1 {
+                return Err(StoreError::Conflict(format!(
+                    "{old} is unknown or already renewed"
+                )));
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn licence(&self, id: &str) -> Result<Option<LicenceRecord>> {
+        self.pool.with(|c| {
+            c.query_opt(
+                &format!("SELECT {LICENCE_COLUMNS} FROM licences WHERE id = $1"),
+                &[&id],
+            )?
+            .map(|r| licence_row(&r))
+            .transpose()
+        })
+    }
+
+    fn licences_by_holder(&self, holder: &str, type_code: &str) -> Result<Vec<LicenceRecord>> {
+        self.pool.with(|c| {
+            c.query(
+                &format!(
+                    "SELECT {LICENCE_COLUMNS} FROM licences WHERE holder = $1 AND type_code = $2
+                     ORDER BY issued_at DESC, id"
+                ),
+                &[&holder, &type_code],
+            )?
+            .iter()
+            .map(licence_row)
+            .collect()
+        })
+    }
+
+    fn set_status(
+        &self,
+        id: &str,
+        from: LicenceStatus,
+        to: LicenceStatus,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        self.pool.with(|c| {
+            let n = c.execute(
+                "UPDATE licences SET status = $3, status_reason = $4
+                 WHERE id = $1 AND status = $2 AND replaced_by IS NULL",
+                &[&id, &from.as_str(), &to.as_str(), &reason],
+            )?;
+            if n == 0 {
+                let exists = c
+                    .query_opt("SELECT 1 FROM licences WHERE id = $1", &[&id])?
+                    .is_some();
+                return Err(if exists {
+                    StoreError::Conflict(format!("{id} changed meanwhile"))
+                } else {
+                    StoreError::NotFound(id.to_owned())
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn status_entries(&self, list: u32) -> Result<Vec<(u32, LicenceStatus)>> {
+        self.pool.with(|c| {
+            c.query(
+                "SELECT status_index, status FROM licences WHERE status_list = $1",
+                &[&i64::from(list)],
+            )?
+            .iter()
+            .map(|r| {
+                let status: String = r.try_get(1)?;
+                Ok((
+                    u32_of(r, 0)?,
+                    LicenceStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+                ))
+            })
+            .collect()
+        })
+    }
+
+    fn status_list_len(&self, list: u32) -> Result<u64> {
+        self.pool.with(|c| {
+            let n: i64 = c
+                .query_one(
+                    "SELECT COUNT(*) FROM licences WHERE status_list = $1",
+                    &[&i64::from(list)],
+                )?
+                .try_get(0)?;
+            Ok(n.max(0) as u64)
+        })
+    }
+
+    fn insert_consent(&self, k: &ConsentRecord) -> Result<()> {
+        let types = serde_json::to_string(&k.licence_types)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.pool.with(|c| {
+            c.execute(
+                "INSERT INTO consents (id, holder, department, licence_types, purpose, created_by,
+                 expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &k.id,
+                    &k.holder,
+                    &k.department.as_str(),
+                    &types,
+                    &k.purpose,
+                    &k.created_by.as_str(),
+                    &k.expires_at,
+                    &k.revoked_at,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn consent(&self, id: &str) -> Result<Option<ConsentRecord>> {
+        self.pool.with(|c| {
+            c.query_opt(
+                "SELECT id, holder, department, licence_types, purpose, created_by, expires_at,
+                 revoked_at FROM consents WHERE id = $1",
+                &[&id],
+            )?
+            .map(|r| {
+                let types: String = r.try_get(3)?;
+                Ok(ConsentRecord {
+                    id: r.try_get(0)?,
+                    holder: r.try_get(1)?,
+                    department: uscc(&r, 2)?,
+                    licence_types: serde_json::from_str(&types)
+                        .map_err(|e| corrupt("licence_types", e))?,
+                    purpose: r.try_get(4)?,
+                    created_by: uscc(&r, 5)?,
+                    expires_at: r.try_get(6)?,
+                    revoked_at: r.try_get(7)?,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn revoke_consent(&self, id: &str, at: i64) -> Result<bool> {
+        self.pool.with(|c| {
+            Ok(c.execute(
+                "UPDATE consents SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                &[&id, &at],
+            )? == 1)
+        })
+    }
+
+    fn insert_show_code(&self, s: &ShowCodeRecord) -> Result<()> {
+        self.pool.with(|c| {
+            c.execute(
+                "INSERT INTO show_codes (code_sha256, licence_id, created_by, expires_at)
+                 VALUES ($1, $2, $3, $4)",
+                &[
+                    &s.code_sha256,
+                    &s.licence_id,
+                    &s.created_by.as_str(),
+                    &s.expires_at,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn redeem_show_code(
+        &self,
+        code_sha256: &str,
+        by: &Uscc,
+        now: i64,
+    ) -> Result<Option<ShowCodeRecord>> {
+        self.pool.with(|c| {
+            c.query_opt(
+                "UPDATE show_codes SET redeemed_at = $3, redeemed_by = $2
+                 WHERE code_sha256 = $1 AND redeemed_at IS NULL AND expires_at > $3
+                 RETURNING code_sha256, licence_id, created_by, expires_at, redeemed_at, redeemed_by",
+                &[&code_sha256, &by.as_str(), &now],
+            )?
+            .map(|r| {
+                let redeemed_by: Option<String> = r.try_get(5)?;
+                Ok(ShowCodeRecord {
+                    code_sha256: r.try_get(0)?,
+                    licence_id: r.try_get(1)?,
+                    created_by: uscc(&r, 2)?,
+                    expires_at: r.try_get(3)?,
+                    redeemed_at: r.try_get(4)?,
+                    redeemed_by: redeemed_by
+                        .map(|s| s.parse().map_err(|e| corrupt("USCC", e)))
+                        .transpose()?,
+                })
+            })
+            .transpose()
+        })
+    }
+}
+
+/// For tests: a store in a fresh schema of the database named by `CERTGATE_TEST_POSTGRES_URL`,
+/// dropped with the guard; `Ok(None)` (with a line on standard error saying the test was
+/// skipped) when the variable is not set. A configured database that does not answer is an
+/// error, not a skip.
+pub fn test_store(test: &str) -> Result<Option<(std::sync::Arc<PgStore>, SchemaGuard)>> {
+    let Ok(url) = std::env::var("CERTGATE_TEST_POSTGRES_URL") else {
+        eprintln!("SKIPPED {test}: CERTGATE_TEST_POSTGRES_URL is not set (see the README)");
+        return Ok(None);
+    };
+    let mut tag = [0u8; 6];
+    openssl::rand::rand_bytes(&mut tag).map_err(|e| StoreError::Database(e.to_string()))?;
+    let mut settings = PgSettings::new(&url);
+    settings.schema = format!("t_{}", hex::encode(tag));
+    let store = std::sync::Arc::new(PgStore::open(settings)?);
+    let guard = SchemaGuard(store.clone());
+    Ok(Some((store, guard)))
+}
+
+/// Drops a test schema when it goes out of scope.
+#[derive(Debug)]
+pub struct SchemaGuard(std::sync::Arc<PgStore>);
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        let _ = self.0.drop_schema();
+    }
+}
