@@ -7,6 +7,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls, Row, error::SqlState};
 
 use crate::id::Uscc;
@@ -190,6 +191,83 @@ impl PgPool {
     }
 }
 
+/// What a listener hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusEvent {
+    /// A notification's payload.
+    Message(String),
+    /// The listener has (re)connected: notifications sent while it was away are lost, so
+    /// whatever they would have refreshed must be refreshed now.
+    Resync,
+    /// Nothing arrived for a while (a chance to stop).
+    Idle,
+}
+
+impl PgPool {
+    /// The notification channel of this pool's schema (nodes of one schema hear each other).
+    pub fn channel(&self) -> String {
+        format!("certgate_{}", self.settings.schema)
+    }
+
+    /// Sends `payload` to every listener of [`PgPool::channel`].
+    pub fn notify(&self, payload: &str) -> Result<()> {
+        let channel = self.channel();
+        self.with(|c| {
+            c.execute("SELECT pg_notify($1, $2)", &[&channel, &payload])?;
+            Ok(())
+        })
+    }
+
+    /// Listens on [`PgPool::channel`] and calls `on` with every event until it returns false;
+    /// reconnects after a failure (with [`BusEvent::Resync`] once back). Blocks: run it on a
+    /// thread of its own.
+    pub fn listen(&self, mut on: impl FnMut(BusEvent) -> bool) {
+        let channel = self.channel();
+        loop {
+            let mut client = match self.config.connect(NoTls) {
+                Ok(c) => c,
+                Err(_) => {
+                    if !on(BusEvent::Idle) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+            };
+            if client.batch_execute(&format!("LISTEN {channel}")).is_err() {
+                continue;
+            }
+            if !on(BusEvent::Resync) {
+                return;
+            }
+            'connected: loop {
+                {
+                    let mut notifications = client.notifications();
+                    let mut iter = notifications.timeout_iter(Duration::from_millis(250));
+                    loop {
+                        match iter.next() {
+                            Ok(Some(n)) => {
+                                if !on(BusEvent::Message(n.payload().to_owned())) {
+                                    return;
+                                }
+                            }
+                            Err(_) => break 'connected,
+                            Ok(None) => break,
+                        }
+                    }
+                }
+                if !on(BusEvent::Idle) {
+                    return;
+                }
+                // A dead connection shows on the next query, not in the notification stream.
+                if client.is_closed() || client.simple_query("SELECT 1").is_err() {
+                    break 'connected;
+                }
+            }
+        }
+    }
+}
+
 const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE secrets (name TEXT PRIMARY KEY, blob BYTEA NOT NULL);
 CREATE TABLE seals (
@@ -340,6 +418,11 @@ impl PgStore {
     /// The schema the store lives in.
     pub fn schema(&self) -> &str {
         self.pool.schema()
+    }
+
+    /// The store's connection pool (for notifications between nodes).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// Drops the store's schema with everything in it (tests).

@@ -203,7 +203,11 @@ pub async fn invalidate_key(
         .map_err(|e| bad_key(format!("key: {e}")))?;
     note(&slot, &ds, &key);
     require_owner(&caller, &ds)?;
-    gw.exchange.invalidate_key(&ds.id, &key).await;
+    gw.invalidate(crate::state::Freshness::DataKey {
+        dataset: ds.id.clone(),
+        key: key.clone(),
+    })
+    .await;
     Ok(Json(Invalidated {
         dataset: ds.id.clone(),
         key: Some(key),
@@ -224,7 +228,10 @@ pub async fn invalidate_dataset(
     let ds = dataset_of(&gw, &dataset)?;
     slot.record_resource(&format!("dataset:{}", ds.id));
     require_owner(&caller, &ds)?;
-    gw.exchange.invalidate_dataset(&ds.id);
+    gw.invalidate(crate::state::Freshness::Dataset {
+        dataset: ds.id.clone(),
+    })
+    .await;
     Ok(Json(Invalidated {
         dataset: ds.id.clone(),
         key: None,
@@ -446,7 +453,7 @@ pub async fn issue_proof(
     ))
 }
 
-fn random_id() -> [u8; 12] {
+pub(crate) fn random_id() -> [u8; 12] {
     let mut b = [0u8; 12];
     if aws_lc_rs::rand::fill(&mut b).is_err() {
         tracing::error!("system random number generator failed");

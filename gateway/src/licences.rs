@@ -624,9 +624,11 @@ async fn lifecycle(
     let record = gw
         .licences(move |svc, _| svc.change_status(&id, &caller.department, action, &reason))
         .await?;
-    gw.exchange
-        .licence_changed(&record.type_code, &record.holder)
-        .await;
+    gw.invalidate(crate::state::Freshness::Licence {
+        licence_type: record.type_code.clone(),
+        holder: record.holder.clone(),
+    })
+    .await;
     let credential = record.sd_jwt.clone();
     Ok((noted(&record), Json(view(record, credential))))
 }
@@ -698,9 +700,11 @@ pub async fn renew(
     let record = gw
         .licences(move |svc, now| svc.renew(&id, &caller.department, b.fields, b.valid_until, now))
         .await?;
-    gw.exchange
-        .licence_changed(&record.type_code, &record.holder)
-        .await;
+    gw.invalidate(crate::state::Freshness::Licence {
+        licence_type: record.type_code.clone(),
+        holder: record.holder.clone(),
+    })
+    .await;
     let credential = record.sd_jwt.clone();
     Ok((
         StatusCode::CREATED,

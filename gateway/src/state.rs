@@ -113,7 +113,11 @@ pub struct Gateway {
     /// The tamper-evident access log.
     pub access_log: AccessLog,
     /// The shared-data exchange: source systems, cache, proof types.
-    pub exchange: Exchange,
+    pub exchange: Arc<Exchange>,
+    /// With a shared PostgreSQL store: tells the other nodes what this one invalidated.
+    bus: Option<Arc<cert_store::pg_store::PgStore>>,
+    /// This process's id in those notifications.
+    node_id: String,
     /// The policy knowledge base.
     pub policies: Arc<policies::KnowledgeBase>,
     /// The department that maintains enterprise profiles.
@@ -136,20 +140,27 @@ impl Gateway {
             path: config.server.data_dir.clone(),
             reason: e.to_string(),
         })?;
-        let store: Arc<dyn cert_store::store::Store> = match &config.server.storage {
+        let (store, bus): (Arc<dyn cert_store::store::Store>, _) = match &config.server.storage {
             crate::config::Storage::Embedded => {
                 let db = config.server.data_dir.join("certgate.db");
-                Arc::new(SqliteStore::open(&db).map_err(|e| StartError::Store {
+                let store = SqliteStore::open(&db).map_err(|e| StartError::Store {
                     path: db.clone(),
                     reason: e.to_string(),
-                })?)
+                })?;
+                (Arc::new(store), None)
             }
-            crate::config::Storage::Postgres(pg) => Arc::new(
-                cert_store::pg_store::PgStore::open(pg.clone()).map_err(|e| StartError::Store {
-                    path: PathBuf::from(format!("PostgreSQL schema {}", pg.schema)),
-                    reason: e.to_string(),
-                })?,
-            ),
+            crate::config::Storage::Postgres(pg) => {
+                let store = Arc::new(cert_store::pg_store::PgStore::open(pg.clone()).map_err(
+                    |e| StartError::Store {
+                        path: PathBuf::from(format!("PostgreSQL schema {}", pg.schema)),
+                        reason: e.to_string(),
+                    },
+                )?);
+                (
+                    store.clone() as Arc<dyn cert_store::store::Store>,
+                    Some(store),
+                )
+            }
         };
         let log_settings = &config.access_log;
         let log_path = config.server.data_dir.join("access-log.db");
@@ -172,7 +183,14 @@ impl Gateway {
             &log_verifier_key,
         );
         let metrics = Metrics::default();
-        let exchange = Exchange::new(config.exchange.clone(), metrics.exchange.clone())?;
+        let exchange = Arc::new(Exchange::new(
+            config.exchange.clone(),
+            metrics.exchange.clone(),
+        )?);
+        let node_id = hex::encode(crate::data::random_id());
+        if let Some(pg) = &bus {
+            listen_for_other_nodes(pg.clone(), Arc::downgrade(&exchange), node_id.clone());
+        }
         let analyzer = match &config.policies.user_dictionary {
             Some(p) => search::ChineseAnalyzer::with_user_dictionary(p),
             None => search::ChineseAnalyzer::new(),
@@ -198,6 +216,8 @@ impl Gateway {
             licences: Arc::new(licences),
             access_log,
             exchange,
+            bus,
+            node_id,
             policies: Arc::new(policies),
             profile_owner: config.policies.profile_owner.clone(),
             pseudonym_key: config.access_log.pseudonym_key,
@@ -264,6 +284,27 @@ impl Gateway {
             .map_err(ApiError::from)
     }
 
+    /// Applies an invalidation here and tells the other nodes sharing the database.
+    pub async fn invalidate(&self, event: Freshness) {
+        apply(&self.exchange, &event).await;
+        if let Some(pg) = &self.bus {
+            let note = Note {
+                node: self.node_id.clone(),
+                event,
+            };
+            let pg = pg.clone();
+            let sent = tokio::task::spawn_blocking(move || {
+                let payload = serde_json::to_string(&note).unwrap_or_default();
+                pg.pool().notify(&payload)
+            })
+            .await;
+            if !matches!(sent, Ok(Ok(()))) {
+                // The others resynchronise when they reconnect; a lost notice is logged.
+                tracing::error!("cannot notify the other nodes of an invalidation");
+            }
+        }
+    }
+
     /// Marks the gateway as shutting down: `/readyz` answers 503 from now on.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
@@ -272,6 +313,87 @@ impl Gateway {
     /// True when the gateway accepts new work.
     pub fn is_ready(&self) -> bool {
         !self.shutting_down.load(Ordering::SeqCst) && self.access_log.is_healthy()
+    }
+}
+
+/// Something cached that changed: what one node tells the others.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Freshness {
+    /// One record of a dataset.
+    DataKey {
+        /// Dataset id.
+        dataset: String,
+        /// Record key.
+        key: String,
+    },
+    /// A whole dataset.
+    Dataset {
+        /// Dataset id.
+        dataset: String,
+    },
+    /// A licence status change of a holder.
+    Licence {
+        /// Licence type code.
+        licence_type: String,
+        /// Holder id.
+        holder: String,
+    },
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Note {
+    node: String,
+    #[serde(flatten)]
+    event: Freshness,
+}
+
+async fn apply(exchange: &Exchange, event: &Freshness) {
+    match event {
+        Freshness::DataKey { dataset, key } => exchange.invalidate_key(dataset, key).await,
+        Freshness::Dataset { dataset } => exchange.invalidate_dataset(dataset),
+        Freshness::Licence {
+            licence_type,
+            holder,
+        } => exchange.licence_changed(licence_type, holder).await,
+    }
+}
+
+/// Listens for the other nodes' invalidations on a thread of its own until the exchange is
+/// gone; after a gap (a reconnection) it drops the whole cache, since notices were missed.
+fn listen_for_other_nodes(
+    pg: Arc<cert_store::pg_store::PgStore>,
+    exchange: std::sync::Weak<Exchange>,
+    node_id: String,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::error!("no async runtime: invalidations of other nodes will not be heard");
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("certgate-listen".into())
+        .spawn(move || {
+            use cert_store::pg_store::BusEvent;
+            pg.pool().listen(|event| {
+                let Some(exchange) = exchange.upgrade() else {
+                    return false;
+                };
+                match event {
+                    BusEvent::Idle => {}
+                    BusEvent::Resync => exchange.invalidate_all(),
+                    BusEvent::Message(payload) => match serde_json::from_str::<Note>(&payload) {
+                        Ok(note) if note.node != node_id => {
+                            runtime.spawn(async move { apply(&exchange, &note.event).await });
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "unreadable notice from another node"),
+                    },
+                }
+                true
+            });
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the listener for other nodes");
     }
 }
 

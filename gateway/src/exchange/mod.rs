@@ -339,6 +339,15 @@ impl Exchange {
         }
     }
 
+    /// Drops everything from the cache (after a gap in the notifications from other nodes).
+    pub fn invalidate_all(&self) {
+        for g in self.generations.values() {
+            g.fetch_add(1, Ordering::SeqCst);
+        }
+        self.fresh.invalidate_all();
+        self.last_good.invalidate_all();
+    }
+
     /// A licence of `licence_type` held by `holder` changed status: drop the holder's record
     /// from every dataset that depends on that type.
     pub async fn licence_changed(&self, licence_type: &str, holder: &str) {

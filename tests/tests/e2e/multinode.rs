@@ -10,10 +10,16 @@ use serde_json::{Value, json};
 
 /// Writes the configuration of one node (its own data directory and access log, the shared
 /// database) and returns its path.
-fn node_config(pki: &TestPki, name: &str, url: &str, schema: &str) -> std::path::PathBuf {
+fn node_config(
+    pki: &TestPki,
+    name: &str,
+    url: &str,
+    schema: &str,
+    more: &str,
+) -> std::path::PathBuf {
     let extra =
         format!("data_dir = \"data-{name}\"\nstorage = \"{url}\"\nstorage_schema = \"{schema}\"");
-    let written = write_config(pki, &extra, &standard_departments());
+    let written = write_config(pki, &extra, &(standard_departments() + more));
     let path = pki.dir.path().join(format!("certgate-{name}.toml"));
     std::fs::copy(&written, &path).unwrap();
     path
@@ -26,8 +32,8 @@ async fn a_revocation_on_one_node_is_seen_by_the_other_and_serials_never_collide
     };
     let url = std::env::var("CERTGATE_TEST_POSTGRES_URL").unwrap();
     let pki = TestPki::new();
-    let a = TestGateway::start(&node_config(&pki, "a", &url, store.schema())).await;
-    let b = TestGateway::start(&node_config(&pki, "b", &url, store.schema())).await;
+    let a = TestGateway::start(&node_config(&pki, "a", &url, store.schema(), "")).await;
+    let b = TestGateway::start(&node_config(&pki, "b", &url, store.schema(), "")).await;
     let [mut market_a, mut approval_b] = <[Conn; 2]>::try_from(
         connect_departments(&pki, a.addr, &[("market", MARKET)])
             .await
@@ -117,4 +123,89 @@ async fn a_revocation_on_one_node_is_seen_by_the_other_and_serials_never_collide
         all.extend(ids);
     }
     assert_eq!(all.len(), 30, "no identifier was handed out twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_on_one_node_makes_the_other_refetch() {
+    use gateway::source_system::SourceSystem;
+    let Some((store, _schema)) =
+        cert_store::pg_store::test_store("multinode-invalidation").unwrap()
+    else {
+        return;
+    };
+    let url = std::env::var("CERTGATE_TEST_POSTGRES_URL").unwrap();
+    let pki = TestPki::new();
+    let dir = pki.pki_dir();
+    let source = SourceSystem::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &dir.join("server.pem"),
+        &dir.join("server.key"),
+        None,
+    )
+    .await
+    .unwrap();
+    source.controls.put("k1", &json!({"a": 1}));
+    let port = source.addr.port();
+    let exchange = format!(
+        "\n[[upstreams]]\norigin = \"https://127.0.0.1:{port}\"\nca_file = \"pki/ca.pem\"\n\
+         [[datasets]]\nid = \"d\"\nname = \"数据\"\nowner = \"{MARKET}\"\nttl_seconds = 3600\n\
+         url = \"https://127.0.0.1:{port}/r/{{key}}\"\nkey_kind = \"free\"\nfields = [\"a\"]\n\
+         [[datasets.grants]]\ndepartment = \"{APPROVAL}\"\nfields = {{ a = \"full\" }}\n"
+    );
+    let a = TestGateway::start(&node_config(&pki, "a", &url, store.schema(), &exchange)).await;
+    let b = TestGateway::start(&node_config(&pki, "b", &url, store.schema(), &exchange)).await;
+    let mut on_a = connect_departments(&pki, a.addr, &[("market", MARKET)])
+        .await
+        .remove(0);
+    let mut on_b = connect_departments(&pki, b.addr, &[("approval", APPROVAL)])
+        .await
+        .remove(0);
+    let status = |r: &Reply| r.headers["cache-status"].to_str().unwrap().to_owned();
+    assert_eq!(
+        status(
+            &on_b
+                .get_with("/v1/data/d/k1", &[("x-purpose", "M-1")])
+                .await
+                .unwrap()
+        ),
+        "miss"
+    );
+    assert_eq!(
+        status(
+            &on_b
+                .get_with("/v1/data/d/k1", &[("x-purpose", "M-1")])
+                .await
+                .unwrap()
+        ),
+        "hit"
+    );
+    // Give both listeners time to be connected.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    source.controls.put("k1", &json!({"a": 2}));
+    let r = on_a
+        .send(
+            Method::POST,
+            "/v1/data/d/k1/invalidate",
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let started = Instant::now();
+    loop {
+        let r = on_b
+            .get_with("/v1/data/d/k1", &[("x-purpose", "M-1")])
+            .await
+            .unwrap();
+        if r.json()["fields"]["a"] == 2 {
+            assert_eq!(status(&r), "miss");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "B still serves the old record"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(source.controls.calls("k1"), 2);
 }
