@@ -3,7 +3,9 @@
 //! core.
 //!
 //! Run: `cargo bench -p cert-store --bench signing` (set `CERTGATE_BENCH_SECONDS`, default 3,
-//! for the time spent on each measurement).
+//! for the time spent on each measurement; `CERTGATE_BENCH_MEMORY=1` for an in-memory SQLite
+//! store; `CERTGATE_BENCH_POSTGRES_URL=postgres://…` for the PostgreSQL store, in a schema of
+//! its own that is dropped afterwards).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -28,11 +30,22 @@ fn main() {
         .unwrap_or(3.0);
     let budget = Duration::from_secs_f64(seconds);
     let dir = tempfile::tempdir().unwrap();
-    let store = if std::env::var("CERTGATE_BENCH_MEMORY").is_ok() {
-        SqliteStore::in_memory().unwrap()
-    } else {
-        SqliteStore::open(&dir.path().join("bench.db")).unwrap()
-    };
+    let mut schema = None;
+    let (store, store_name): (Arc<dyn cert_store::store::Store>, &str) =
+        if let Ok(url) = std::env::var("CERTGATE_BENCH_POSTGRES_URL") {
+            let mut settings = cert_store::pg_store::PgSettings::new(&url);
+            settings.schema = format!("bench_{}", std::process::id());
+            let pg = Arc::new(cert_store::pg_store::PgStore::open(settings).unwrap());
+            schema = Some(pg.clone());
+            (pg, "postgres")
+        } else if std::env::var("CERTGATE_BENCH_MEMORY").is_ok() {
+            (Arc::new(SqliteStore::in_memory().unwrap()), "memory")
+        } else {
+            (
+                Arc::new(SqliteStore::open(&dir.path().join("bench.db")).unwrap()),
+                "file (FULL)",
+            )
+        };
     let licence_type = LicenceType {
         code: TYPE.parse().unwrap(),
         name: "营业执照".into(),
@@ -50,7 +63,7 @@ fn main() {
     };
     let now = 1_800_000_000;
     let svc = LicenceService::open(
-        Arc::new(store),
+        store,
         Kek::generate().unwrap(),
         vec![licence_type],
         "https://bench/v1/status-lists",
@@ -59,7 +72,9 @@ fn main() {
     .unwrap();
     let issuer = ISSUER.parse().unwrap();
 
-    println!("# certgate licence signing benchmark ({seconds} s per measurement, one thread)");
+    println!(
+        "# certgate licence signing benchmark ({seconds} s per measurement, one thread, store: {store_name})"
+    );
     println!(
         "| alg | certgate sign/s (raw JWS) | issue/s (end to end) | verify/s (end to end) | openssl speed sign/s | openssl speed verify/s | issue ÷ openssl sign | verify ÷ openssl verify |"
     );
@@ -104,6 +119,9 @@ fn main() {
             issue / speed_sign,
             verify / speed_verify
         );
+    }
+    if let Some(pg) = schema {
+        pg.drop_schema().unwrap();
     }
 }
 

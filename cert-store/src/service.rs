@@ -126,6 +126,10 @@ pub struct VerifyReport {
     pub claims: Map<String, Value>,
     /// The disclosed fields.
     pub disclosed: Map<String, Value>,
+    /// True when the store could not be read: the verdict is then unknown, not "invalid",
+    /// and the caller must say so (the gateway answers 503).
+    #[serde(skip)]
+    pub store_unavailable: bool,
 }
 
 impl VerifyReport {
@@ -441,7 +445,10 @@ impl LicenceService {
             .map_err(|e| invalid(&format!("fields.{}", e.field), e.reason))?;
         let seal = self
             .seal(&req.seal_id)
-            .map_err(|_| invalid("seal_id", "no such seal"))?;
+            .map_err(|e| match e {
+                ServiceError::NotFound(_) => invalid("seal_id", "no such seal"),
+                other => other,
+            })?;
         if &seal.owner != issuer {
             return Err(ServiceError::Forbidden(
                 "the seal belongs to another department".into(),
@@ -699,21 +706,36 @@ impl LicenceService {
             status: None,
             claims: Map::new(),
             disclosed: Map::new(),
+            store_unavailable: false,
         };
-        report.valid = self.run_checks(presented, now, &mut report).is_some();
+        let unavailable = std::cell::Cell::new(false);
+        report.valid = self
+            .run_checks(presented, now, &mut report, &unavailable)
+            .is_some();
+        if unavailable.get() {
+            report.valid = false;
+            report.store_unavailable = true;
+        }
         report
     }
 
     /// Runs the checks in order, recording each; stops (with `None`) at the first failure.
-    fn run_checks(&self, presented: &str, now: i64, report: &mut VerifyReport) -> Option<()> {
+    fn run_checks(
+        &self,
+        presented: &str,
+        now: i64,
+        report: &mut VerifyReport,
+        unavailable: &std::cell::Cell<bool>,
+    ) -> Option<()> {
         // The seal found while resolving the key is kept for the seal check below, so a
         // verification reads it once.
         let resolved_seal = std::cell::RefCell::new(None);
         let resolved = sdjwt::verify(presented, &|parsed: &jws::ParsedJws| {
-            self.resolve_seal_key(parsed, now).map(|(key, note, seal)| {
-                *resolved_seal.borrow_mut() = Some((note, seal));
-                key
-            })
+            self.resolve_seal_key(parsed, now, unavailable)
+                .map(|(key, note, seal)| {
+                    *resolved_seal.borrow_mut() = Some((note, seal));
+                    key
+                })
         });
         let verified = match resolved {
             Ok(v) => v,
@@ -790,7 +812,7 @@ impl LicenceService {
                 .map(|()| "within nbf..exp".to_owned())
                 .map_err(|e| e.to_string()),
         )?;
-        let status = self.status_of(&verified.claims, kid);
+        let status = self.status_of(&verified.claims, kid, unavailable);
         report.status = status.as_ref().ok().copied();
         report.record(
             "status",
@@ -814,6 +836,7 @@ impl LicenceService {
         &self,
         parsed: &jws::ParsedJws,
         now: i64,
+        unavailable: &std::cell::Cell<bool>,
     ) -> Result<(Box<dyn JwsVerifier>, String, SealRecord), String> {
         let x5c_der = parsed
             .header
@@ -835,10 +858,10 @@ impl LicenceService {
             .and_then(Value::as_i64)
             .unwrap_or(now);
         let kid = parsed.header.kid.as_deref().ok_or("kid is missing")?;
-        let seal = self
-            .store
-            .seal(kid)
-            .map_err(|e| format!("seal lookup failed: {e}"))?;
+        let seal = self.store.seal(kid).map_err(|e| {
+            unavailable.set(matches!(e, StoreError::Database(_)));
+            format!("seal lookup failed: {e}")
+        })?;
         let material = match &seal {
             Some(seal) => Some(
                 self.material(seal)
@@ -904,6 +927,7 @@ impl LicenceService {
         &self,
         claims: &Map<String, Value>,
         seal_id: &str,
+        unavailable: &std::cell::Cell<bool>,
     ) -> Result<LicenceStatus, String> {
         let entry = claims
             .get("status")
@@ -928,7 +952,10 @@ impl LicenceService {
         let licence = self
             .store
             .licence(id)
-            .map_err(|e| format!("status lookup failed: {e}"))?
+            .map_err(|e| {
+                unavailable.set(matches!(e, StoreError::Database(_)));
+                format!("status lookup failed: {e}")
+            })?
             .ok_or_else(|| format!("licence {id} is not in this gateway's register"))?;
         if u64::from(licence.status_index) != idx
             || licence.status_list != list

@@ -127,6 +127,11 @@ pub const CODES: &[(&str, u16, &str)] = &[
         "only the data department named in policies.profile_owner maintains profiles",
     ),
     (
+        "CG-STO-001",
+        503,
+        "the licence store (PostgreSQL) cannot be reached: nothing is issued or verified until it is back",
+    ),
+    (
         "CG-CFG-001",
         422,
         "the configuration could not be reloaded; the previous one stays in force",
@@ -234,6 +239,15 @@ impl From<cert_store::service::ServiceError> for ApiError {
             E::Forbidden(m) => Self::new(StatusCode::FORBIDDEN, "CG-LIC-002", m),
             E::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "CG-LIC-003", e.to_string()),
             E::Conflict(m) => Self::new(StatusCode::CONFLICT, "CG-LIC-004", m),
+            E::Store(cert_store::store::StoreError::Database(detail)) => {
+                // Fail closed: without the store nothing is issued or verified.
+                tracing::error!(error = %detail, "licence store unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "CG-STO-001",
+                    "the licence store cannot be reached; try again later",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "licence service failure");
                 Self::internal()

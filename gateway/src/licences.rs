@@ -524,14 +524,26 @@ impl From<VerifyReport> for VerifyView {
 /// Verifies a presented licence: signature, seal certificate chain, seal not revoked, `typ`,
 /// `vct`, time window, status and every disclosure's digest.
 #[utoipa::path(post, path = "/v1/licences/verify", tag = "licences", request_body = VerifyBody,
-    responses((status = 200, body = VerifyView), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = VerifyView), (status = 400, body = ErrorBody),
+        (status = 503, description = "The licence store cannot be reached (CG-STO-001)", body = ErrorBody)))]
 pub async fn verify(
     State(gw): State<Arc<Gateway>>,
     _caller: Caller,
     JsonBody(body): JsonBody<VerifyBody>,
 ) -> Result<Json<VerifyView>, ApiError> {
     let report = gw
-        .licences(move |svc, now| Ok(svc.verify(&body.credential, now)))
+        .licences(move |svc, now| {
+            let report = svc.verify(&body.credential, now);
+            if report.store_unavailable {
+                // Unknown is not invalid: say the store is down rather than "not valid".
+                return Err(cert_store::service::ServiceError::Store(
+                    cert_store::store::StoreError::Database(
+                        "store unavailable during verification".into(),
+                    ),
+                ));
+            }
+            Ok(report)
+        })
         .await?;
     Ok(Json(report.into()))
 }

@@ -209,3 +209,82 @@ async fn an_invalidation_on_one_node_makes_the_other_refetch() {
     }
     assert_eq!(source.controls.calls("k1"), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_gone_requests_fail_closed_and_recover_without_a_restart() {
+    let Some((store, _schema)) = cert_store::pg_store::test_store("multinode-outage").unwrap()
+    else {
+        return;
+    };
+    let url = std::env::var("CERTGATE_TEST_POSTGRES_URL").unwrap();
+    // The same database, reached through a relay the test can cut.
+    let target: std::net::SocketAddr = {
+        let rest = url.split('@').nth(1).unwrap_or("127.0.0.1:5432/test");
+        let host_port = rest.split('/').next().unwrap();
+        tokio::net::lookup_host(host_port)
+            .await
+            .unwrap()
+            .next()
+            .unwrap()
+    };
+    let relay = Relay::start(target).await;
+    let relayed = url
+        .replacen(&target.to_string(), &relay.addr.to_string(), 1)
+        .replacen(
+            &format!("localhost:{}", target.port()),
+            &relay.addr.to_string(),
+            1,
+        );
+    let pki = TestPki::new();
+    let gw = TestGateway::start(&node_config(&pki, "a", &relayed, store.schema(), "")).await;
+    let mut market = connect_departments(&pki, gw.addr, &[("market", MARKET)])
+        .await
+        .remove(0);
+    let seal = create_seal(&mut market, "ES256").await;
+    let issued = issue_licence(&mut market, &business_licence(&seal, XIAOMI)).await;
+    let credential = issued["credential"].as_str().unwrap().to_owned();
+    let verify = json!({ "credential": credential });
+
+    relay.cut();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let r = market
+            .json(Method::POST, "/v1/licences/verify", &[], &verify)
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "CG-STO-001"),
+            "{:?}",
+            r.body
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "{:?}",
+            started.elapsed()
+        );
+        let r = market
+            .json(
+                Method::POST,
+                "/v1/licences",
+                &[],
+                &business_licence(&seal, XIAOMI),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            r.code(),
+            "CG-STO-001",
+            "nothing is issued without the store"
+        );
+    }
+
+    relay.restore();
+    let r = market
+        .json(Method::POST, "/v1/licences/verify", &[], &verify)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["valid"], true);
+    issue_licence(&mut market, &business_licence(&seal, XIAOMI)).await;
+}
