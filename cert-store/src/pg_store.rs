@@ -25,6 +25,14 @@ impl From<postgres::Error> for StoreError {
             {
                 StoreError::Conflict(e.to_string())
             }
+            // PostgreSQL text cannot hold NUL: a value with one is refused, not a failure of
+            // the database.
+            Some(c)
+                if *c == SqlState::CHARACTER_NOT_IN_REPERTOIRE
+                    || *c == SqlState::UNTRANSLATABLE_CHARACTER =>
+            {
+                StoreError::Conflict("the value holds a character PostgreSQL cannot store".into())
+            }
             _ => StoreError::Database(e.to_string()),
         }
     }
@@ -452,6 +460,9 @@ impl Store for PgStore {
     }
 
     fn secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        if name.contains('\0') {
+            return Ok(None); // no stored key holds NUL
+        }
         self.pool.with(|c| {
             Ok(
                 c.query_opt("SELECT blob FROM secrets WHERE name = $1", &[&name])?
@@ -489,6 +500,9 @@ impl Store for PgStore {
     }
 
     fn seal(&self, id: &str) -> Result<Option<SealRecord>> {
+        if id.contains('\0') {
+            return Ok(None); // no stored key holds NUL
+        }
         self.pool.with(|c| {
             c.query_opt(
                 &format!("SELECT {SEAL_COLUMNS} FROM seals WHERE id = $1"),
@@ -582,6 +596,9 @@ impl Store for PgStore {
     }
 
     fn licence(&self, id: &str) -> Result<Option<LicenceRecord>> {
+        if id.contains('\0') {
+            return Ok(None); // no stored key holds NUL
+        }
         self.pool.with(|c| {
             c.query_opt(
                 &format!("SELECT {LICENCE_COLUMNS} FROM licences WHERE id = $1"),
@@ -593,6 +610,9 @@ impl Store for PgStore {
     }
 
     fn licences_by_holder(&self, holder: &str, type_code: &str) -> Result<Vec<LicenceRecord>> {
+        if holder.contains('\0') || type_code.contains('\0') {
+            return Ok(Vec::new());
+        }
         self.pool.with(|c| {
             c.query(
                 &format!(
@@ -687,6 +707,9 @@ impl Store for PgStore {
     }
 
     fn consent(&self, id: &str) -> Result<Option<ConsentRecord>> {
+        if id.contains('\0') {
+            return Ok(None); // no stored key holds NUL
+        }
         self.pool.with(|c| {
             c.query_opt(
                 "SELECT id, holder, department, licence_types, purpose, created_by, expires_at,
@@ -742,6 +765,9 @@ impl Store for PgStore {
         by: &Uscc,
         now: i64,
     ) -> Result<Option<ShowCodeRecord>> {
+        if code_sha256.contains('\0') {
+            return Ok(None);
+        }
         self.pool.with(|c| {
             c.query_opt(
                 "UPDATE show_codes SET redeemed_at = $3, redeemed_by = $2

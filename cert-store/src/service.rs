@@ -443,12 +443,10 @@ impl LicenceService {
         licence_type
             .validate_fields(&req.fields)
             .map_err(|e| invalid(&format!("fields.{}", e.field), e.reason))?;
-        let seal = self
-            .seal(&req.seal_id)
-            .map_err(|e| match e {
-                ServiceError::NotFound(_) => invalid("seal_id", "no such seal"),
-                other => other,
-            })?;
+        let seal = self.seal(&req.seal_id).map_err(|e| match e {
+            ServiceError::NotFound(_) => invalid("seal_id", "no such seal"),
+            other => other,
+        })?;
         if &seal.owner != issuer {
             return Err(ServiceError::Forbidden(
                 "the seal belongs to another department".into(),

@@ -729,6 +729,16 @@ mod tests {
         assert!(!s.revoke_consent("c1", 6).unwrap());
     }
 
+    fn keys_with_nul_are_simply_absent(s: &dyn Store) {
+        assert!(s.seal("a\0b").unwrap().is_none());
+        assert!(s.licence("\0").unwrap().is_none());
+        assert!(s.consent("c\0").unwrap().is_none());
+        assert!(s.secret("k\0").unwrap().is_none());
+        assert!(s.licences_by_holder("h\0", "t").unwrap().is_empty());
+        let by: Uscc = APPROVAL.parse().unwrap();
+        assert!(s.redeem_show_code("\0", &by, 1).unwrap().is_none());
+    }
+
     /// Runs each scenario on the embedded store and on PostgreSQL (skipped, and said so,
     /// without `CERTGATE_TEST_POSTGRES_URL`).
     macro_rules! on_both_backends {
@@ -757,5 +767,6 @@ mod tests {
         renewal_links_both_licences_once,
         show_codes_redeem_once_and_not_after_expiry,
         secrets_keep_the_first_value_and_consents_revoke_once,
+        keys_with_nul_are_simply_absent,
     );
 }

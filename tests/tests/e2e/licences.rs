@@ -1,5 +1,5 @@
-//! E-seals and e-licences over real mTLS: issue, query, verify (and verify again with code that
-//! is not ours), field checks, lifecycle, access rules, consents and show-codes.
+// E-seals and e-licences over real mTLS: issue, query, verify (and verify again with code that
+// is not ours), field checks, lifecycle, access rules, consents and show-codes.
 
 use std::process::Command;
 
@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 /// A gateway with the standard departments and a connection per department.
 struct World {
+    _schema: Option<cert_store::pg_store::SchemaGuard>,
     _pki: TestPki,
     gw: TestGateway,
     market: Conn,
@@ -19,7 +20,9 @@ struct World {
     ops: Conn,
 }
 
-async fn world() -> World {
+/// The world on this module's backend; `None` when the backend is not available here.
+async fn world() -> Option<World> {
+    let (extra, schema) = storage("licences")?;
     let pki = TestPki::new();
     let ids = [
         pki.department("market", MARKET),
@@ -27,7 +30,7 @@ async fn world() -> World {
         pki.department("app", APP),
         pki.department("ops", OPS),
     ];
-    let gw = TestGateway::standard(&pki, "").await;
+    let gw = TestGateway::standard(&pki, &extra).await;
     let mut conns = Vec::new();
     for id in &ids {
         conns.push(
@@ -41,14 +44,15 @@ async fn world() -> World {
     let app = conns.pop().unwrap();
     let approval = conns.pop().unwrap();
     let market = conns.pop().unwrap();
-    World {
+    Some(World {
+        _schema: schema,
         _pki: pki,
         gw,
         market,
         approval,
         app,
         ops,
-    }
+    })
 }
 
 async fn verify(conn: &mut Conn, credential: &str) -> Value {
@@ -89,7 +93,7 @@ fn leaf_certificate(header: &Value) -> openssl::x509::X509 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn es256_licence_round_trip_verifies_here_and_with_jsonwebtoken() {
-    let mut w = world().await;
+    let Some(mut w) = world().await else { return };
     let seal = create_seal(&mut w.market, "ES256").await;
     let issued = issue_licence(&mut w.market, &business_licence(&seal, XIAOMI)).await;
     let id = issued["id"].as_str().unwrap();
@@ -153,7 +157,7 @@ async fn es256_licence_round_trip_verifies_here_and_with_jsonwebtoken() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sm2_licence_round_trip_verifies_here_and_with_the_openssl_command() {
-    let mut w = world().await;
+    let Some(mut w) = world().await else { return };
     let seal = create_seal(&mut w.market, "SM2SM3").await;
     let issued = issue_licence(&mut w.market, &business_licence(&seal, XIAOMI)).await;
     let credential = issued["credential"].as_str().unwrap();
@@ -234,7 +238,7 @@ async fn sm2_licence_round_trip_verifies_here_and_with_the_openssl_command() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_changes_what_verification_and_the_status_list_say() {
-    let mut w = world().await;
+    let Some(mut w) = world().await else { return };
     let seal = create_seal(&mut w.market, "SM2SM3").await;
     let issued = issue_licence(&mut w.market, &business_licence(&seal, XIAOMI)).await;
     let id = issued["id"].as_str().unwrap().to_owned();
@@ -358,7 +362,7 @@ async fn lifecycle_changes_what_verification_and_the_status_list_say() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_rules_purposes_and_field_checks() {
-    let mut w = world().await;
+    let Some(mut w) = world().await else { return };
     let seal = create_seal(&mut w.market, "ES256").await;
     let issued = issue_licence(&mut w.market, &business_licence(&seal, XIAOMI)).await;
     let id = issued["id"].as_str().unwrap().to_owned();
@@ -463,7 +467,7 @@ async fn access_rules_purposes_and_field_checks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_issue_requests_get_400_naming_the_field() {
-    let mut w = world().await;
+    let Some(mut w) = world().await else { return };
     let seal = create_seal(&mut w.market, "SM2SM3").await;
     let mut cases: Vec<(Value, &str)> = Vec::new();
     let base = business_licence(&seal, XIAOMI);
@@ -603,7 +607,7 @@ async fn bad_issue_requests_get_400_naming_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
-    let mut w = world().await;
+    let Some(mut w) = world().await else { return };
     let seal = create_seal(&mut w.market, "ES256").await;
     let food = json!({
         "licence_type": FOOD, "holder_id": CITIZEN, "holder_name": "张三", "seal_id": seal,
@@ -826,7 +830,7 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_credentials_are_rejected_with_a_reason_and_keys_are_published() {
-    let mut w = world().await;
+    let Some(mut w) = world().await else { return };
     let seal = create_seal(&mut w.market, "ES256").await;
     let issued = issue_licence(&mut w.market, &business_licence(&seal, XIAOMI)).await;
     let credential = issued["credential"].as_str().unwrap().to_owned();
@@ -898,11 +902,14 @@ async fn hostile_credentials_are_rejected_with_a_reason_and_keys_are_published()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_issuer_may_issue_only_its_types_with_its_own_seals() {
+    let Some((extra, _schema)) = storage("issuer-types") else {
+        return;
+    };
     let pki = TestPki::new();
     let market = pki.department("market", MARKET);
     let tax = pki.department("tax", STRANGER);
     let departments = standard_departments() + &dept(STRANGER, "税务局", &["issuer"], true);
-    let gw = TestGateway::start(&write_config(&pki, "", &departments)).await;
+    let gw = TestGateway::start(&write_config(&pki, &extra, &departments)).await;
     let mut market = Client::new(&pki.ca_pem(), Some(&market), Proto::H1)
         .connect(gw.addr)
         .await
@@ -974,7 +981,7 @@ async fn an_issuer_may_issue_only_its_types_with_its_own_seals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_paths_and_query_strings_get_errors_in_the_error_model() {
-    let mut w = world().await;
+    let Some(mut w) = world().await else { return };
     let purpose = [("x-purpose", "M-1")];
     let cases: &[(&str, StatusCode, &str)] = &[
         (

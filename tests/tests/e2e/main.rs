@@ -5,7 +5,33 @@ mod audit;
 mod cli;
 mod exchange;
 mod identity;
-mod licences;
+/// The licence suite, once on the embedded store and once on PostgreSQL (skipped, and said
+/// so, without `CERTGATE_TEST_POSTGRES_URL`).
+mod licences {
+    type Storage = (String, Option<cert_store::pg_store::SchemaGuard>);
+
+    mod sqlite {
+        fn storage(_: &str) -> Option<super::Storage> {
+            Some((String::new(), None))
+        }
+
+        include!("licences.rs");
+    }
+
+    mod postgres {
+        fn storage(test: &str) -> Option<super::Storage> {
+            let (store, guard) = cert_store::pg_store::test_store(test).unwrap()?;
+            let url = std::env::var("CERTGATE_TEST_POSTGRES_URL").unwrap();
+            let lines = format!(
+                "storage = \"{url}\"\nstorage_schema = \"{}\"",
+                store.schema()
+            );
+            Some((lines, Some(guard)))
+        }
+
+        include!("licences.rs");
+    }
+}
 mod limits;
 mod matching;
 mod multinode;
