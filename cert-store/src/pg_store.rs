@@ -102,7 +102,7 @@ impl Drop for PgPool {
 
 fn valid_schema(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 63
+        && s.len() <= 54 // the notification channel `certgate_<schema>` stays within 63
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !s.as_bytes()[0].is_ascii_digit()
@@ -122,6 +122,9 @@ impl PgPool {
             .parse()
             .map_err(|e| StoreError::Database(format!("PostgreSQL URL: {e}")))?;
         config.connect_timeout(settings.connect_timeout);
+        // A path that silently drops is noticed in about a minute, not hours.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
         config.application_name("certgate");
         Ok(PgPool {
             settings,
@@ -243,6 +246,10 @@ impl PgPool {
                 }
             };
             if client.batch_execute(&format!("LISTEN {channel}")).is_err() {
+                if !on(BusEvent::Idle) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(500));
                 continue;
             }
             if !on(BusEvent::Resync) {
@@ -550,6 +557,10 @@ impl Store for PgStore {
                 .transpose()?;
             Ok(last.map_or(0, |n| n.max(0) as u64))
         })
+    }
+
+    fn is_shared(&self) -> bool {
+        true
     }
 
     fn reserve_serial(&self, issuer: &Uscc) -> Result<Option<u64>> {

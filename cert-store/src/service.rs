@@ -610,6 +610,8 @@ impl LicenceService {
             .lock()
             .map_err(|_| ServiceError::Internal("status list lock poisoned".into()))?;
         let (mut list, mut len) = match *open {
+            // Other nodes fill the lists too: count again each time on a shared store.
+            Some((list, _)) if self.store.is_shared() => (list, self.store.status_list_len(list)?),
             Some(state) => state,
             None => (0, self.store.status_list_len(0)?),
         };

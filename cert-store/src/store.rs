@@ -64,6 +64,12 @@ pub trait Store: Send + Sync {
     /// The highest numeric licence serial an issuer has used (0 for none). Inserting a
     /// licence with a numeric serial raises it in the same transaction.
     fn last_serial(&self, issuer: &Uscc) -> Result<u64>;
+    /// True when several processes share the store, so that counts kept in one process's
+    /// memory would be wrong.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     /// Reserves the next serial of `issuer` in the store itself, for stores that several
     /// processes share; `None` when the caller may hand serials out in memory (one process).
     fn reserve_serial(&self, _issuer: &Uscc) -> Result<Option<u64>> {

@@ -482,9 +482,17 @@ async fn gate_inner(gateway: Arc<Gateway>, mut req: Request, next: Next) -> Resp
 /// The request path as the access log may record it: a segment that is a citizen id (a client
 /// that put one where it does not belong) is replaced, since raw citizen ids never enter the log.
 fn redact_path(path: &str) -> String {
+    // Anything shaped like a citizen id is hidden, valid or not: a mistyped check character
+    // still names a person.
+    let looks_like_citizen_id = |seg: &str| {
+        (15..=18).contains(&seg.len())
+            && seg
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b'X' || b == b'x')
+    };
     path.split('/')
         .map(|seg| {
-            if seg.parse::<cert_store::CitizenId>().is_ok() {
+            if looks_like_citizen_id(seg) || seg.parse::<cert_store::CitizenId>().is_ok() {
                 "[citizen-id]"
             } else {
                 seg
@@ -510,5 +518,35 @@ async fn buffer_body(req: Request, limit: usize) -> Result<Request, ApiError> {
         Ok(collected) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
         Err(e) if e.is::<LengthLimitError>() => Err(ApiError::body_too_large(limit)),
         Err(_) => Err(ApiError::unreadable_body()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_path;
+
+    #[test]
+    fn anything_shaped_like_a_citizen_id_is_redacted() {
+        assert_eq!(
+            redact_path("/v1/data/h/11010519491231002X"),
+            "/v1/data/h/[citizen-id]"
+        );
+        // A wrong check character or a lower-case x still names a person.
+        assert_eq!(
+            redact_path("/v1/data/h/11010519491231002x"),
+            "/v1/data/h/[citizen-id]"
+        );
+        assert_eq!(
+            redact_path("/v1/data/h/110105194912310021"),
+            "/v1/data/h/[citizen-id]"
+        );
+        assert_eq!(
+            redact_path("/v1/licences/1.2.156.3005.2.x"),
+            "/v1/licences/1.2.156.3005.2.x"
+        );
+        assert_eq!(
+            redact_path("/v1/data/tax/91110108551385082Q"),
+            "/v1/data/tax/91110108551385082Q"
+        );
     }
 }

@@ -341,6 +341,12 @@ pub async fn issue(
     let record = gw
         .licences(move |svc, now| svc.issue(&caller.department, &req, now))
         .await?;
+    // A new licence changes what datasets that depend on its type say about the holder.
+    gw.invalidate(crate::state::Freshness::Licence {
+        licence_type: record.type_code.clone(),
+        holder: record.holder.clone(),
+    })
+    .await;
     let credential = record.sd_jwt.clone();
     Ok((
         StatusCode::CREATED,

@@ -449,22 +449,14 @@ pub async fn publish(
     let policy: Policy = parse(&body)?;
     policy.validate().map_err(|e| invalid(&e))?;
     let day = today();
-    blocking(&gw, move |kb| {
-        if let Some(old) = kb.policy(&policy.id)
-            && old.version >= policy.version
-        {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "CG-POL-003",
-                format!(
-                    "policy {} is at version {}; publish a higher version",
-                    policy.id, old.version
-                ),
-            ));
-        }
-        kb.publish(vec![policy], day)
-            .map(|c| Json(c.into()))
-            .map_err(kb_error)
+    blocking(&gw, move |kb| match kb.publish(vec![policy], day) {
+        Ok(c) => Ok(Json(c.into())),
+        Err(e @ KbError::NotNewer { .. }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "CG-POL-003",
+            e.to_string(),
+        )),
+        Err(e) => Err(kb_error(e)),
     })
     .await
 }

@@ -26,6 +26,14 @@ pub enum KbError {
     /// A lock was poisoned by a panic elsewhere.
     #[error("knowledge base lock poisoned")]
     Poisoned,
+    /// A policy's version is not newer than the stored one.
+    #[error("policy {id} is at version {stored}; publish a higher version")]
+    NotNewer {
+        /// The policy.
+        id: String,
+        /// Its stored version.
+        stored: u32,
+    },
 }
 
 /// A policy matched to an enterprise, with the explanation.
@@ -185,14 +193,22 @@ impl KnowledgeBase {
             EnterpriseIndex::open(dir.map(|d| d.join("index/enterprises")).as_deref())?;
         // Rows are stored with the profiles and policies, so that the rows the indexes hold
         // stay theirs across restarts.
-        let mut profiles = Profiles::default();
-        let mut gap = false;
-        store.for_each_profile(|row, p| {
-            gap |= row != profiles.rows.len() as u64;
-            profiles.put(Arc::new(p));
-        })?;
+        let load = |store: &Store| -> Result<(Profiles, bool), KbError> {
+            let mut profiles = Profiles::default();
+            let mut gap = false;
+            store.for_each_profile(|row, p| {
+                gap |= row != profiles.rows.len() as u64;
+                profiles.put(Arc::new(p));
+            })?;
+            Ok((profiles, gap))
+        };
+        let (mut profiles, gap) = load(&store)?;
+        // A write that failed after rows were handed out leaves a gap: number them again
+        // (and rebuild the index below, whose rows no longer match).
+        let renumbered = gap;
         if gap {
-            return Err(StoreError::corrupt("enterprise rows are not contiguous").into());
+            store.renumber_profiles()?;
+            profiles = load(&store)?.0;
         }
         profiles.sorted = profiles.rows.windows(2).all(|w| w[0].uscc < w[1].uscc);
         let mut policies = Policies::default();
@@ -200,7 +216,7 @@ impl KnowledgeBase {
             policies.put_at(row, Arc::new(p));
         }
         // An index that is new, or of another size than the store, is rebuilt.
-        if fresh_e || enterprise_index.len() != profiles.rows.len() as u64 {
+        if fresh_e || renumbered || enterprise_index.len() != profiles.rows.len() as u64 {
             enterprise_index.clear()?;
             for (row, p) in profiles.rows.iter().enumerate() {
                 enterprise_index.upsert(row as u64, p)?;
@@ -393,20 +409,58 @@ impl KnowledgeBase {
     /// than the stored one is refused by the caller's check ([`KnowledgeBase::policy`]).
     pub fn publish(&self, policies: Vec<Policy>, today: Date) -> Result<Changes, KbError> {
         let _w = self.writing.lock().map_err(|_| KbError::Poisoned)?;
-        let mut changes = Changes::default();
+        // Checked under the lock, so that two racing publications cannot go backwards.
+        for p in &policies {
+            if let Some(old) = self.policy(&p.id)
+                && old.version >= p.version
+            {
+                return Err(KbError::NotNewer {
+                    id: p.id.clone(),
+                    stored: old.version,
+                });
+            }
+        }
+        // Index them all and commit once; then match and store them one by one.
+        let mut staged = Vec::with_capacity(policies.len());
         {
             let mut set = self.policies.write().map_err(|_| KbError::Poisoned)?;
-            for policy in &policies {
+            for policy in policies {
+                let previous = set.get(&policy.id).cloned();
                 let row = set.put(Arc::new(policy.clone()));
-                self.policy_index.upsert(row, policy)?;
+                self.policy_index.upsert(row, &policy)?;
+                staged.push((row, policy, previous));
             }
         }
         self.policy_index.commit()?;
-        for policy in policies {
-            let c = self.rematch_policy(&policy, today)?;
-            changes.new_matches += c.new_matches;
-            changes.ended_matches += c.ended_matches;
-            changes.stored += 1;
+        let mut changes = Changes::default();
+        for (k, (_, policy, _)) in staged.iter().enumerate() {
+            match self.rematch_policy(policy, today) {
+                Ok(c) => {
+                    changes.new_matches += c.new_matches;
+                    changes.ended_matches += c.ended_matches;
+                    changes.stored += 1;
+                }
+                Err(e) => {
+                    // Those not stored go back, in memory and in the index, to what the store
+                    // holds.
+                    let mut set = self.policies.write().map_err(|_| KbError::Poisoned)?;
+                    for (row, policy, previous) in &staged[k..] {
+                        match previous {
+                            Some(old) => {
+                                set.put(old.clone());
+                                self.policy_index.upsert(*row, old)?;
+                            }
+                            None => {
+                                set.remove(&policy.id);
+                                self.policy_index.delete(&policy.id)?;
+                            }
+                        }
+                    }
+                    drop(set);
+                    self.policy_index.commit()?;
+                    return Err(e);
+                }
+            }
         }
         Ok(changes)
     }

@@ -223,6 +223,22 @@ impl Store {
         Ok(())
     }
 
+    /// Numbers the profiles' rows 0, 1, 2 … again in their present order (after a failed
+    /// write left a gap); the indexes must then be rebuilt.
+    pub fn renumber_profiles(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        tx.execute_batch(
+            "CREATE TEMP TABLE renumbered AS
+                SELECT uscc, ROW_NUMBER() OVER (ORDER BY row) - 1 AS r FROM enterprises;
+             UPDATE enterprises SET row = -row - 1;
+             UPDATE enterprises SET row = (SELECT r FROM renumbered WHERE renumbered.uscc = enterprises.uscc);
+             DROP TABLE renumbered;",
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Deletes a policy and its matches (not its feed events); returns the matches ended.
     pub fn delete_policy(&self, id: &str) -> Result<usize, StoreError> {
         let mut conn = self.conn()?;

@@ -433,3 +433,39 @@ fn withdrawal_and_rebuilding_the_indexes_from_the_store() {
     );
     assert_eq!(kb.profile_count(), population.len() + 30);
 }
+
+#[test]
+fn a_gap_in_the_stored_rows_is_renumbered_and_the_index_rebuilt() {
+    let today = day("2026-12-01");
+    let dir = tempfile::tempdir().unwrap();
+    let population: Vec<Profile> =
+        policies::generate::population(300, 9, day("2026-11-01")).collect();
+    {
+        let kb = KnowledgeBase::open(Some(dir.path()), ChineseAnalyzer::new().unwrap()).unwrap();
+        kb.publish(sample_policies(), today).unwrap();
+        kb.upsert_profiles(population, today).unwrap();
+    }
+    // What a failed write leaves behind: rows 100.. moved up by five.
+    let db = rusqlite::Connection::open(dir.path().join("policies.db")).unwrap();
+    db.execute_batch(
+        "UPDATE enterprises SET row = -row - 1 WHERE row >= 100;
+         UPDATE enterprises SET row = -row - 1 + 5 WHERE row < 0;",
+    )
+    .unwrap();
+    drop(db);
+    let kb = KnowledgeBase::open(Some(dir.path()), ChineseAnalyzer::new().unwrap()).unwrap();
+    assert_eq!(kb.profile_count(), 300);
+    let all = kb.profiles();
+    for p in kb.policies() {
+        let want = all
+            .iter()
+            .filter(|e| eligibility::is_eligible(&p, e, today))
+            .count();
+        assert_eq!(
+            kb.eligible_enterprises(&p, today).unwrap().len(),
+            want,
+            "{}",
+            p.id
+        );
+    }
+}

@@ -76,7 +76,9 @@ impl KeyKind {
                 .map(|c| c.as_str().to_owned())
                 .map_err(|e| e.to_string()),
             KeyKind::Free => {
+                // No leading dot: `.` and `..` would name another path of the source.
                 let ok = !key.is_empty()
+                    && !key.starts_with('.')
                     && key.len() <= 64
                     && key
                         .bytes()
@@ -84,7 +86,7 @@ impl KeyKind {
                 if ok {
                     Ok(key.to_owned())
                 } else {
-                    Err("a key is 1-64 of A-Z a-z 0-9 . _ -".into())
+                    Err("a key is 1-64 of A-Z a-z 0-9 . _ - and does not start with a dot".into())
                 }
             }
         }
@@ -813,7 +815,16 @@ mod tests {
         assert!(KeyKind::CitizenId.parse("11010519491231002X").is_ok());
         assert!(KeyKind::CitizenId.parse("110105194912310021").is_err());
         assert!(KeyKind::Free.parse("abc-1.2_3").is_ok());
-        for bad in ["", "a/b", "a b", "%2e%2e", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "a/b",
+            "a b",
+            "%2e%2e",
+            ".",
+            "..",
+            ".hidden",
+            &"x".repeat(65),
+        ] {
             assert!(KeyKind::Free.parse(bad).is_err(), "{bad}");
         }
     }

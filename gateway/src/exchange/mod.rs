@@ -240,13 +240,17 @@ impl Exchange {
             return Ok((r, CacheStatus::Hit));
         }
         let fetched_here = AtomicBool::new(false);
+        // The generation the cached record was fetched at.
+        let fetched_at = AtomicU64::new(0);
         let init = async {
             fetched_here.store(true, Ordering::Relaxed);
             let generation = self.generation(&dataset.id);
+            fetched_at.store(generation, Ordering::SeqCst);
             let mut record = Arc::new(self.fetch(dataset, key).await?);
             if self.generation(&dataset.id) != generation {
                 // Invalidated while the fetch was under way: what came back may predate the
                 // owner's change.
+                fetched_at.store(self.generation(&dataset.id), Ordering::SeqCst);
                 record = Arc::new(self.fetch(dataset, key).await?);
             }
             if !dataset.stale_if_error.is_zero() {
@@ -261,8 +265,21 @@ impl Exchange {
             &self.metrics.coalesced
         };
         ExchangeMetrics::count(counter, &dataset.id);
+        // An invalidation that came while the record was on its way into the cache found
+        // nothing to remove: remove it now (this request still gets what it fetched).
+        if fetched_here.load(Ordering::Relaxed)
+            && self.generation(&dataset.id) != fetched_at.load(Ordering::SeqCst)
+        {
+            self.fresh.invalidate(&ck).await;
+            self.last_good.invalidate(&ck).await;
+        }
         match result {
             Ok(r) => Ok((r, CacheStatus::Miss)),
+            Err(e) if matches!(*e, FetchError::NotFound) => {
+                // The source no longer has it: it must not come back as a stale answer.
+                self.last_good.invalidate(&ck).await;
+                Err(FetchError::NotFound)
+            }
             Err(e) => {
                 if allow_stale
                     && e.allows_stale()

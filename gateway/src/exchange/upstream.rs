@@ -51,7 +51,7 @@ impl FetchError {
     /// True when the source is failing (rather than answering something definite), so that a
     /// stale record may stand in.
     pub fn allows_stale(&self) -> bool {
-        !matches!(self, FetchError::NotFound)
+        self.is_outage() || matches!(self, FetchError::BreakerOpen)
     }
 
     /// True when the failure counts against the circuit breaker.
@@ -376,7 +376,10 @@ mod tests {
     #[test]
     fn errors_are_classified() {
         assert!(!FetchError::NotFound.allows_stale());
+        assert!(!FetchError::Status(403).allows_stale());
+        assert!(!FetchError::Malformed(String::new()).allows_stale());
         assert!(FetchError::BreakerOpen.allows_stale());
+        assert!(FetchError::Status(503).allows_stale());
         assert!(FetchError::Status(503).is_retryable());
         assert!(!FetchError::Status(500).is_retryable());
         assert!(FetchError::Status(500).is_outage());

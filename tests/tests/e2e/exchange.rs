@@ -882,3 +882,27 @@ async fn data_access_is_logged_with_the_holder_pseudonymised() {
     assert_eq!(data[0]["status"], 200);
     assert_eq!(data[1]["status"], 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_source_deleted_never_comes_back_as_stale() {
+    let mut w = world().await;
+    assert_eq!(
+        cache_status(&tax_status(&mut w.approval, XIAOMI).await),
+        "miss"
+    );
+    // The source deletes it; after the TTL the gateway learns so (404)...
+    w.tax_src.controls.remove(XIAOMI);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = tax_status(&mut w.approval, XIAOMI).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::NOT_FOUND, "CG-DAT-004")
+    );
+    // ... and when the source then fails, the deleted record is not served as stale.
+    w.tax_src.controls.set_fault(Fault::Down);
+    let r = tax_status(&mut w.approval, XIAOMI).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "CG-DAT-006")
+    );
+}
