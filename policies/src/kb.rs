@@ -496,11 +496,12 @@ impl KnowledgeBase {
             .map_err(|_| KbError::Poisoned)?
             .row_of(&policy.id)
             .ok_or(KbError::Poisoned)?;
-        self.store
+        let events = self
+            .store
             .save_policy(row, policy, &added, &removed, now_ms())?;
         Ok(Changes {
             stored: 1,
-            new_matches: added.len(),
+            new_matches: events,
             ended_matches: removed.len(),
         })
     }
@@ -577,11 +578,10 @@ impl KnowledgeBase {
                 .into_iter()
                 .filter(|id| !now.contains(id.as_str()))
                 .collect();
-            changes.new_matches += added.len();
             changes.ended_matches += removed.len();
             items.push((row, (*p).clone(), added, removed));
         }
-        self.store.save_profiles(&items, now_ms())?;
+        changes.new_matches += self.store.save_profiles(&items, now_ms())?;
         Ok(changes)
     }
 }

@@ -175,7 +175,8 @@ impl Store {
     }
 
     /// Stores `policy` and its match changes in one transaction: `added` become matches and
-    /// feed events, `removed` stop being matches.
+    /// feed events, `removed` stop being matches. Returns the feed events written (a match
+    /// that ends and comes back at the same policy version is not reported twice).
     pub fn save_policy(
         &self,
         row: u64,
@@ -183,7 +184,7 @@ impl Store {
         added: &[NewMatch],
         removed: &[String],
         now_ms: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let json = serde_json::to_string(policy).map_err(|e| StoreError(e.to_string()))?;
@@ -192,14 +193,15 @@ impl Store {
              ON CONFLICT (id) DO UPDATE SET version = excluded.version, json = excluded.json",
             params![policy.id, row as i64, policy.version, json],
         )?;
-        record_matches(&tx, policy, added, removed, now_ms)?;
+        let events = record_matches(&tx, policy, added, removed, now_ms)?;
         tx.commit()?;
-        Ok(())
+        Ok(events)
     }
 
     /// Stores profiles and their match changes in one transaction. Each item is the profile,
     /// the policies it newly matches (with the match), and the policies it no longer matches.
-    pub fn save_profiles(&self, items: &[ProfileChange], now_ms: i64) -> Result<(), StoreError> {
+    pub fn save_profiles(&self, items: &[ProfileChange], now_ms: i64) -> Result<usize, StoreError> {
+        let mut events = 0;
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         for (row, profile, added, removed) in items {
@@ -210,7 +212,7 @@ impl Store {
                 params![profile.uscc.as_str(), *row as i64, json],
             )?;
             for (policy, m) in added {
-                record_matches(&tx, policy, std::slice::from_ref(m), &[], now_ms)?;
+                events += record_matches(&tx, policy, std::slice::from_ref(m), &[], now_ms)?;
             }
             for policy_id in removed {
                 tx.execute(
@@ -220,7 +222,7 @@ impl Store {
             }
         }
         tx.commit()?;
-        Ok(())
+        Ok(events)
     }
 
     /// Numbers the profiles' rows 0, 1, 2 … again in their present order (after a failed
@@ -295,7 +297,8 @@ fn record_matches(
     added: &[NewMatch],
     removed: &[String],
     now_ms: i64,
-) -> Result<(), StoreError> {
+) -> Result<usize, StoreError> {
+    let mut events = 0;
     let mut add =
         tx.prepare_cached("INSERT OR IGNORE INTO matches (policy_id, uscc) VALUES (?1, ?2)")?;
     let mut event = tx.prepare_cached(
@@ -304,7 +307,7 @@ fn record_matches(
     )?;
     for m in added {
         if add.execute(params![policy.id, m.uscc])? == 1 {
-            event.execute(params![
+            events += event.execute(params![
                 event_id(&policy.id, policy.version, &m.uscc),
                 policy.id,
                 policy.version,
@@ -320,5 +323,5 @@ fn record_matches(
     for uscc in removed {
         remove.execute(params![policy.id, uscc])?;
     }
-    Ok(())
+    Ok(events)
 }
