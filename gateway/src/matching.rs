@@ -44,6 +44,36 @@ fn kb_error(e: KbError) -> ApiError {
     ApiError::internal()
 }
 
+/// Decides every policy again once a day (and once at start): eligibility that changes with
+/// time alone (windows, anniversaries) reaches the push feed. Ends with the gateway.
+pub async fn rematch_daily(gateway: std::sync::Weak<Gateway>) {
+    let mut done: Option<Date> = None;
+    loop {
+        let day = today();
+        if done != Some(day) {
+            let Some(gw) = gateway.upgrade() else { return };
+            let kb = gw.policies.clone();
+            drop(gw);
+            match tokio::task::spawn_blocking(move || kb.rematch_all(day)).await {
+                Ok(Ok(c)) => {
+                    tracing::info!(
+                        new = c.new_matches,
+                        ended = c.ended_matches,
+                        "daily rematch"
+                    );
+                    done = Some(day);
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "daily rematch failed; retried later"),
+                Err(e) => tracing::error!(error = %e, "daily rematch task failed"),
+            }
+        }
+        if gateway.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+    }
+}
+
 /// Today in China Standard Time: windows and ages are counted in local days.
 pub fn today() -> Date {
     let offset = time::UtcOffset::from_hms(8, 0, 0).unwrap_or(time::UtcOffset::UTC);

@@ -32,6 +32,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let router = api::router(gateway.clone());
+    let daily = tokio::spawn(crate::matching::rematch_daily(Arc::downgrade(&gateway)));
     let limit = Arc::new(Semaphore::new(gateway.settings.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -63,6 +64,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    daily.abort();
     gateway.begin_shutdown();
     tracing::info!("shutting down: no new connections; waiting for in-flight requests");
     tokio::select! {

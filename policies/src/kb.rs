@@ -223,7 +223,11 @@ impl KnowledgeBase {
             }
             enterprise_index.commit()?;
         }
-        if fresh_p || policy_index.len() != policies.live().count() as u64 {
+        // The policy index is small (20,000 policies index in under a second): it is rebuilt
+        // at every start, so a crash between an index commit and the store's cannot leave it
+        // ahead of the store.
+        let _ = fresh_p;
+        {
             policy_index.clear()?;
             for (row, p) in policies.live() {
                 policy_index.upsert(row, p)?;
@@ -385,6 +389,20 @@ impl KnowledgeBase {
         }
         self.policy_index.commit()?;
         Ok(())
+    }
+
+    /// Decides every policy again for today: eligibility that changes with time alone (an
+    /// application window opening or closing, an enterprise's anniversary) becomes feed events
+    /// and ended matches. Run once a day.
+    pub fn rematch_all(&self, today: Date) -> Result<Changes, KbError> {
+        let _w = self.writing.lock().map_err(|_| KbError::Poisoned)?;
+        let mut changes = Changes::default();
+        for policy in self.policies() {
+            let c = self.rematch_policy(&policy, today)?;
+            changes.new_matches += c.new_matches;
+            changes.ended_matches += c.ended_matches;
+        }
+        Ok(changes)
     }
 
     /// Withdraws a policy: it leaves the store, the index and every match (its feed events

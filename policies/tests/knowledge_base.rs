@@ -469,3 +469,36 @@ fn a_gap_in_the_stored_rows_is_renumbered_and_the_index_rebuilt() {
         );
     }
 }
+
+#[test]
+fn eligibility_that_changes_with_time_reaches_the_feed_on_the_daily_rematch() {
+    let kb = kb();
+    let population: Vec<Profile> =
+        policies::generate::population(2_000, 13, day("2026-11-01")).collect();
+    kb.upsert_profiles(population, day("2026-12-01")).unwrap();
+    // A policy whose window opens later: no matches today, its matches on the day it opens.
+    let mut later = sample_policies()
+        .into_iter()
+        .find(|p| p.conditions.len() <= 1 && p.region == policies::codes::Region::NATION)
+        .unwrap_or_else(|| sample_policies().remove(0));
+    later.window.start = day("2027-01-01");
+    later.window.end = day("2027-12-31");
+    assert_eq!(
+        kb.publish(vec![later.clone()], day("2026-12-01"))
+            .unwrap()
+            .new_matches,
+        0
+    );
+    assert_eq!(kb.rematch_all(day("2026-12-31")).unwrap().new_matches, 0);
+    let opened = kb.rematch_all(day("2027-01-01")).unwrap();
+    let eligible = kb
+        .eligible_enterprises(&later, day("2027-01-01"))
+        .unwrap()
+        .len();
+    assert!(eligible > 0);
+    assert_eq!(opened.new_matches, eligible);
+    assert_eq!(kb.feed(0, 1_000_000).unwrap().len(), eligible);
+    // Once it closes, the matches end (their events stay).
+    let closed = kb.rematch_all(day("2028-01-01")).unwrap();
+    assert_eq!(closed.ended_matches, eligible);
+}
