@@ -283,36 +283,6 @@ impl PgPool {
     }
 }
 
-const MIGRATIONS: &[&str] = &[r#"
-CREATE TABLE secrets (name TEXT PRIMARY KEY, blob BYTEA NOT NULL);
-CREATE TABLE seals (
-    id TEXT PRIMARY KEY, owner TEXT NOT NULL, seal_type TEXT NOT NULL, name TEXT NOT NULL,
-    alg TEXT NOT NULL, certificate_pem TEXT NOT NULL, encrypted_key BYTEA NOT NULL,
-    picture_sha256 TEXT, picture BYTEA, created_at BIGINT NOT NULL, not_after BIGINT NOT NULL,
-    revoked_at BIGINT, revocation_reason TEXT
-);
-CREATE INDEX seals_owner ON seals(owner);
-CREATE TABLE serials (issuer TEXT PRIMARY KEY, last BIGINT NOT NULL);
-CREATE TABLE licences (
-    id TEXT PRIMARY KEY, type_code TEXT NOT NULL, issuer TEXT NOT NULL, holder TEXT NOT NULL,
-    seal_id TEXT NOT NULL REFERENCES seals(id), sd_jwt TEXT NOT NULL, fields TEXT NOT NULL,
-    status TEXT NOT NULL, status_reason TEXT, status_list BIGINT NOT NULL,
-    status_index BIGINT NOT NULL, issued_at BIGINT NOT NULL, not_before BIGINT NOT NULL,
-    expires_at BIGINT NOT NULL, replaces TEXT, replaced_by TEXT,
-    UNIQUE (status_list, status_index)
-);
-CREATE INDEX licences_holder ON licences(holder, type_code);
-CREATE TABLE consents (
-    id TEXT PRIMARY KEY, holder TEXT NOT NULL, department TEXT NOT NULL,
-    licence_types TEXT NOT NULL, purpose TEXT NOT NULL, created_by TEXT NOT NULL,
-    expires_at BIGINT NOT NULL, revoked_at BIGINT
-);
-CREATE TABLE show_codes (
-    code_sha256 TEXT PRIMARY KEY, licence_id TEXT NOT NULL, created_by TEXT NOT NULL,
-    expires_at BIGINT NOT NULL, redeemed_at BIGINT, redeemed_by TEXT
-);
-"#];
-
 /// The PostgreSQL store of seals, licences, status entries, consents, show-codes and secrets.
 #[derive(Debug)]
 pub struct PgStore {
@@ -426,7 +396,9 @@ impl PgStore {
     /// Connects, applies pending migrations and returns the store.
     pub fn open(settings: PgSettings) -> Result<PgStore> {
         let pool = PgPool::new(settings)?;
-        off_runtime(|| pool.migrate("licences", MIGRATIONS))?;
+        let migrations = crate::store::migrations("BYTEA", "BIGINT");
+        let migrations: Vec<&str> = migrations.iter().map(String::as_str).collect();
+        off_runtime(|| pool.migrate("licences", &migrations))?;
         Ok(PgStore { pool })
     }
 

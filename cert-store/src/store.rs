@@ -123,35 +123,46 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
+/// The tables of every store, one migration an entry, with `{BLOB}` and `{INT}` standing for
+/// the backend's byte-string and 64-bit integer types (SQLite: BLOB, INTEGER; PostgreSQL:
+/// BYTEA, BIGINT), so that both backends create the same tables.
 const MIGRATIONS: &[&str] = &[r#"
-CREATE TABLE secrets (name TEXT PRIMARY KEY, blob BLOB NOT NULL);
+CREATE TABLE secrets (name TEXT PRIMARY KEY, blob {BLOB} NOT NULL);
 CREATE TABLE seals (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, seal_type TEXT NOT NULL, name TEXT NOT NULL,
-    alg TEXT NOT NULL, certificate_pem TEXT NOT NULL, encrypted_key BLOB NOT NULL,
-    picture_sha256 TEXT, picture BLOB, created_at INTEGER NOT NULL, not_after INTEGER NOT NULL,
-    revoked_at INTEGER, revocation_reason TEXT
+    alg TEXT NOT NULL, certificate_pem TEXT NOT NULL, encrypted_key {BLOB} NOT NULL,
+    picture_sha256 TEXT, picture {BLOB}, created_at {INT} NOT NULL, not_after {INT} NOT NULL,
+    revoked_at {INT}, revocation_reason TEXT
 );
 CREATE INDEX seals_owner ON seals(owner);
-CREATE TABLE serials (issuer TEXT PRIMARY KEY, last INTEGER NOT NULL);
+CREATE TABLE serials (issuer TEXT PRIMARY KEY, last {INT} NOT NULL);
 CREATE TABLE licences (
     id TEXT PRIMARY KEY, type_code TEXT NOT NULL, issuer TEXT NOT NULL, holder TEXT NOT NULL,
     seal_id TEXT NOT NULL REFERENCES seals(id), sd_jwt TEXT NOT NULL, fields TEXT NOT NULL,
-    status TEXT NOT NULL, status_reason TEXT, status_list INTEGER NOT NULL,
-    status_index INTEGER NOT NULL, issued_at INTEGER NOT NULL, not_before INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL, replaces TEXT, replaced_by TEXT,
+    status TEXT NOT NULL, status_reason TEXT, status_list {INT} NOT NULL,
+    status_index {INT} NOT NULL, issued_at {INT} NOT NULL, not_before {INT} NOT NULL,
+    expires_at {INT} NOT NULL, replaces TEXT, replaced_by TEXT,
     UNIQUE (status_list, status_index)
 );
 CREATE INDEX licences_holder ON licences(holder, type_code);
 CREATE TABLE consents (
     id TEXT PRIMARY KEY, holder TEXT NOT NULL, department TEXT NOT NULL,
     licence_types TEXT NOT NULL, purpose TEXT NOT NULL, created_by TEXT NOT NULL,
-    expires_at INTEGER NOT NULL, revoked_at INTEGER
+    expires_at {INT} NOT NULL, revoked_at {INT}
 );
 CREATE TABLE show_codes (
     code_sha256 TEXT PRIMARY KEY, licence_id TEXT NOT NULL, created_by TEXT NOT NULL,
-    expires_at INTEGER NOT NULL, redeemed_at INTEGER, redeemed_by TEXT
+    expires_at {INT} NOT NULL, redeemed_at {INT}, redeemed_by TEXT
 );
 "#];
+
+/// The migrations with the backend's type names.
+pub(crate) fn migrations(blob: &str, int: &str) -> Vec<String> {
+    MIGRATIONS
+        .iter()
+        .map(|m| m.replace("{BLOB}", blob).replace("{INT}", int))
+        .collect()
+}
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
@@ -171,12 +182,13 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let tx = conn.transaction()?;
-        for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let migrations = migrations("BLOB", "INTEGER");
+        for (i, sql) in migrations.iter().enumerate() {
             if (i as i64) >= version {
                 tx.execute_batch(sql)?;
             }
         }
-        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+        tx.pragma_update(None, "user_version", migrations.len() as i64)?;
         tx.commit()?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
