@@ -355,7 +355,7 @@ fn insert_licence_in(tx: &mut postgres::Transaction<'_>, l: &LicenceRecord) -> R
         l.id.parse::<crate::licence_id::LicenceId>()
             .ok()
             .and_then(|id| id.serial().parse::<u64>().ok())
-            .filter(|n| *n <= i64::MAX as u64)
+            .filter(|n| *n <= crate::store::MAX_SERIAL_MARK)
     {
         tx.execute(
             "INSERT INTO serials (issuer, last) VALUES ($1, $2)

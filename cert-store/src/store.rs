@@ -44,6 +44,10 @@ impl From<rusqlite::Error> for StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+/// The highest explicit serial that raises an issuer's serial mark: far beyond any real count,
+/// and far enough below the integer limit that numbering on from it never overflows.
+pub const MAX_SERIAL_MARK: u64 = 1 << 53;
+
 /// What the licence and seal services need from storage.
 pub trait Store: Send + Sync {
     /// Stores a named secret blob (already encrypted by the caller) if none of that name
@@ -285,7 +289,7 @@ fn insert_licence_in(conn: &Connection, l: &LicenceRecord) -> Result<()> {
         l.id.parse::<crate::licence_id::LicenceId>()
             .ok()
             .and_then(|id| id.serial().parse::<u64>().ok())
-            .filter(|n| *n <= i64::MAX as u64)
+            .filter(|n| *n <= crate::store::MAX_SERIAL_MARK)
     {
         conn.prepare_cached(
             "INSERT INTO serials (issuer, last) VALUES (?1, ?2)
@@ -686,6 +690,9 @@ mod tests {
         s.insert_licence(&licence(&id("000000000041"), 1)).unwrap();
         s.insert_licence(&licence(&id("7"), 2)).unwrap();
         s.insert_licence(&licence(&id("ABC"), 3)).unwrap();
+        assert_eq!(s.last_serial(&MARKET.parse().unwrap()).unwrap(), 41);
+        // A huge explicit serial does not raise the mark: numbering on from it could overflow.
+        s.insert_licence(&licence(&id("9223372036854775807"), 4)).unwrap();
         assert_eq!(s.last_serial(&MARKET.parse().unwrap()).unwrap(), 41);
     }
 
