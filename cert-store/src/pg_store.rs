@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, NoTls, Row, error::SqlState};
+use postgres::{Client, Row, error::SqlState};
+use postgres_openssl::MakeTlsConnector;
 
 use crate::id::Uscc;
 use crate::jws::JwsAlg;
@@ -51,6 +52,10 @@ pub struct PgSettings {
     pub connect_timeout: Duration,
     /// Time allowed for one statement.
     pub statement_timeout: Duration,
+    /// PEM CA(s) to verify the server's certificate with. Without one, connections are
+    /// encrypted when the server offers TLS (or as `sslmode` in the URL says) but the server
+    /// is not authenticated — as libpq's `require`.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl PgSettings {
@@ -62,6 +67,7 @@ impl PgSettings {
             pool_size: 8,
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(10),
+            ca_file: None,
         }
     }
 }
@@ -71,6 +77,7 @@ impl PgSettings {
 pub struct PgPool {
     settings: PgSettings,
     config: postgres::Config,
+    tls: MakeTlsConnector,
     idle: Mutex<Vec<Client>>,
 }
 
@@ -80,6 +87,28 @@ impl std::fmt::Debug for PgPool {
             .field("schema", &self.settings.schema)
             .finish_non_exhaustive()
     }
+}
+
+/// TLS for connections to PostgreSQL: the server is verified against `ca` (name included)
+/// when one is given; otherwise the connection is encrypted without authenticating it.
+fn tls_connector(ca: Option<&std::path::Path>) -> Result<MakeTlsConnector> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let fail = |e: openssl::error::ErrorStack| StoreError::Database(format!("TLS: {e}"));
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(fail)?;
+    match ca {
+        Some(ca) => builder
+            .set_ca_file(ca)
+            .map_err(|e| StoreError::Database(format!("TLS CA file {}: {e}", ca.display())))?,
+        None => builder.set_verify(SslVerifyMode::NONE),
+    }
+    let mut connector = MakeTlsConnector::new(builder.build());
+    if ca.is_none() {
+        connector.set_callback(|config, _| {
+            config.set_verify_hostname(false);
+            Ok(())
+        });
+    }
+    Ok(connector)
 }
 
 /// Runs `f` on a thread of its own: the `postgres` client drives its own small runtime and
@@ -126,9 +155,11 @@ impl PgPool {
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
         config.application_name("certgate");
+        let tls = tls_connector(settings.ca_file.as_deref())?;
         Ok(PgPool {
             settings,
             config,
+            tls,
             idle: Mutex::new(Vec::new()),
         })
     }
@@ -139,7 +170,7 @@ impl PgPool {
     }
 
     fn connect(&self) -> Result<Client> {
-        let mut c = self.config.connect(NoTls)?;
+        let mut c = self.config.connect(self.tls.clone())?;
         c.batch_execute(&format!(
             "SET search_path TO {}; SET statement_timeout = {}",
             self.settings.schema,
@@ -174,7 +205,7 @@ impl PgPool {
     /// that nodes starting together apply each once.
     pub fn migrate(&self, component: &str, migrations: &[&str]) -> Result<()> {
         let schema = self.settings.schema.clone();
-        let mut c = self.config.connect(NoTls)?;
+        let mut c = self.config.connect(self.tls.clone())?;
         let mut tx = c.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock(4242001)", &[])?;
         tx.batch_execute(&format!(
@@ -235,7 +266,7 @@ impl PgPool {
     pub fn listen(&self, mut on: impl FnMut(BusEvent) -> bool) {
         let channel = self.channel();
         loop {
-            let mut client = match self.config.connect(NoTls) {
+            let mut client = match self.config.connect(self.tls.clone()) {
                 Ok(c) => c,
                 Err(_) => {
                     if !on(BusEvent::Idle) {
@@ -801,5 +832,48 @@ pub struct SchemaGuard(std::sync::Arc<PgStore>);
 impl Drop for SchemaGuard {
     fn drop(&mut self) {
         let _ = self.0.drop_schema();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_encrypted_when_the_server_offers_tls() {
+        let Some((store, _schema)) = test_store("tls").unwrap() else {
+            return;
+        };
+        let (offered, encrypted): (String, bool) = store
+            .pool()
+            .with(|c| {
+                let offered: String = c.query_one("SHOW ssl", &[])?.try_get(0)?;
+                let encrypted: bool = c
+                    .query_one(
+                        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                        &[],
+                    )?
+                    .try_get(0)?;
+                Ok((offered, encrypted))
+            })
+            .unwrap();
+        assert_eq!(encrypted, offered == "on", "server ssl = {offered}");
+        // `sslmode=disable` in the URL is honoured.
+        let url = std::env::var("CERTGATE_TEST_POSTGRES_URL").unwrap();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let mut plain = PgSettings::new(&format!("{url}{sep}sslmode=disable"));
+        plain.schema = store.schema().to_owned();
+        let pool = PgPool::new(plain).unwrap();
+        let encrypted: bool = off_runtime(|| {
+            pool.with(|c| {
+                Ok(c.query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )?
+                .try_get(0)?)
+            })
+        })
+        .unwrap();
+        assert!(!encrypted);
     }
 }

@@ -692,7 +692,8 @@ mod tests {
         s.insert_licence(&licence(&id("ABC"), 3)).unwrap();
         assert_eq!(s.last_serial(&MARKET.parse().unwrap()).unwrap(), 41);
         // A huge explicit serial does not raise the mark: numbering on from it could overflow.
-        s.insert_licence(&licence(&id("9223372036854775807"), 4)).unwrap();
+        s.insert_licence(&licence(&id("9223372036854775807"), 4))
+            .unwrap();
         assert_eq!(s.last_serial(&MARKET.parse().unwrap()).unwrap(), 41);
     }
 

@@ -492,6 +492,7 @@ struct RawServer {
     storage_pool_size: usize,
     storage_connect_timeout_ms: u64,
     storage_statement_timeout_ms: u64,
+    storage_ca_file: Option<PathBuf>,
 }
 
 impl Default for RawServer {
@@ -511,6 +512,7 @@ impl Default for RawServer {
             storage_pool_size: 8,
             storage_connect_timeout_ms: 5_000,
             storage_statement_timeout_ms: 10_000,
+            storage_ca_file: None,
         }
     }
 }
@@ -594,6 +596,16 @@ impl RawConfig {
                     "server.storage_statement_timeout_ms",
                     s.storage_statement_timeout_ms,
                 )?;
+                if let Some(ca) = &s.storage_ca_file {
+                    let ca = base.join(ca);
+                    if !ca.is_file() {
+                        return Err(ConfigError::key(
+                            "server.storage_ca_file",
+                            format!("{} is not a file", ca.display()),
+                        ));
+                    }
+                    pg.ca_file = Some(ca);
+                }
                 if cert_store::pg_store::PgPool::new(pg.clone()).is_err() {
                     return Err(ConfigError::key(
                         "server.storage",
