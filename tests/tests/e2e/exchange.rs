@@ -1,5 +1,5 @@
-//! Shared-data exchange and no-proof checks over real mTLS, against real source systems (HTTPS
-//! servers that demand the gateway's client certificate) that the tests slow down and break.
+// Shared-data exchange and no-proof checks over real mTLS, against real source systems (HTTPS
+// servers that demand the gateway's client certificate) that the tests slow down and break.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ const TAX: &str = "11110105MB0000011D";
 const OTHER_FIRM: &str = "91110108MA0000012H";
 
 struct World {
+    _schema: Option<cert_store::pg_store::SchemaGuard>,
     pki: TestPki,
     gw: TestGateway,
     police_src: SourceSystem,
@@ -129,7 +130,9 @@ value = false
     )
 }
 
-async fn world() -> World {
+/// The world on this module's backend; `None` when the backend is not available here.
+async fn world() -> Option<World> {
+    let (extra, schema) = storage("exchange")?;
     let pki = TestPki::new();
     let dir = pki.pki_dir();
     pki.client(&pki.spec("gateway-upstream", OPS));
@@ -160,7 +163,7 @@ async fn world() -> World {
     );
     let departments =
         standard_departments() + &exchange_config(police_src.addr.port(), tax_src.addr.port());
-    let gw = TestGateway::start(&write_config(&pki, "", &departments)).await;
+    let gw = TestGateway::start(&write_config(&pki, &extra, &departments)).await;
     let mut conns = connect_departments(
         &pki,
         gw.addr,
@@ -176,7 +179,8 @@ async fn world() -> World {
     let police = conns.pop().unwrap();
     let market = conns.pop().unwrap();
     let approval = conns.pop().unwrap();
-    World {
+    Some(World {
+        _schema: schema,
         pki,
         gw,
         police_src,
@@ -185,7 +189,7 @@ async fn world() -> World {
         market,
         police,
         tax,
-    }
+    })
 }
 
 const HUKOU: (&str, &str) = ("x-purpose", "M-HUKOU-001");
@@ -213,7 +217,7 @@ async fn post(conn: &mut Conn, path: &str) -> Reply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_misses_make_one_upstream_call() {
-    let w = world().await;
+    let Some(w) = world().await else { return };
     w.police_src
         .controls
         .set_fault(Fault::Delay(Duration::from_millis(300)));
@@ -267,7 +271,7 @@ async fn a_thousand_concurrent_misses_make_one_upstream_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_expiry_and_invalidation_refetch_once() {
-    let mut w = world().await;
+    let Some(mut w) = world().await else { return };
     let calls = |w: &World| w.tax_src.controls.calls(XIAOMI);
     let r = tax_status(&mut w.approval, XIAOMI).await;
     assert_eq!((r.status, cache_status(&r)), (StatusCode::OK, "miss"));
@@ -330,7 +334,7 @@ async fn ttl_expiry_and_invalidation_refetch_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidation_during_a_fetch_is_not_undone_by_it() {
-    let mut w = world().await;
+    let Some(mut w) = world().await else { return };
     w.tax_src
         .controls
         .set_fault(Fault::Delay(Duration::from_millis(400)));
@@ -363,7 +367,7 @@ async fn an_invalidation_during_a_fetch_is_not_undone_by_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_licence_status_change_invalidates_the_holders_records() {
-    let mut w = world().await;
+    let Some(mut w) = world().await else { return };
     let seal = create_seal(&mut w.market, "ES256").await;
     let licence = issue_licence(&mut w.market, &business_licence(&seal, XIAOMI)).await["id"]
         .as_str()
@@ -397,7 +401,7 @@ async fn a_licence_status_change_invalidates_the_holders_records() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_department_sees_the_fields_its_grant_allows() {
-    let mut w = world().await;
+    let Some(mut w) = world().await else { return };
     let path = format!("/v1/data/household/{CITIZEN}");
     let r = w.approval.get_with(&path, &[HUKOU]).await.unwrap();
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
@@ -469,7 +473,7 @@ async fn each_department_sees_the_fields_its_grant_allows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_source_gets_distinct_answers_and_stale_only_within_the_window() {
-    let mut w = world().await;
+    let Some(mut w) = world().await else { return };
     // Stale within the window, 503 after it.
     assert_eq!(
         cache_status(&tax_status(&mut w.approval, XIAOMI).await),
@@ -551,7 +555,7 @@ async fn a_failing_source_gets_distinct_answers_and_stale_only_within_the_window
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_breaker_opens_after_three_failures_and_half_opens_later() {
-    let mut w = world().await;
+    let Some(mut w) = world().await else { return };
     let keys = [
         "110101199003071233",
         "110101199003073714",
@@ -670,7 +674,7 @@ fn openssl_verifies(jwks: &Value, token: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proofs_answer_yes_or_no_signed_and_say_nothing_else() {
-    let mut w = world().await;
+    let Some(mut w) = world().await else { return };
     let seal = create_seal(&mut w.market, "ES256").await;
     issue_licence(&mut w.market, &business_licence(&seal, XIAOMI)).await;
     // Another enterprise with no arrears but no licence.
@@ -783,7 +787,7 @@ async fn proofs_answer_yes_or_no_signed_and_say_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proof_requests_that_cannot_be_answered_are_refused_not_answered_no() {
-    let mut w = world().await;
+    let Some(mut w) = world().await else { return };
     for (market, proof, holder, status, code) in [
         (
             false,
@@ -846,7 +850,7 @@ async fn proof_requests_that_cannot_be_answered_are_refused_not_answered_no() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_access_is_logged_with_the_holder_pseudonymised() {
-    let mut w = world().await;
+    let Some(mut w) = world().await else { return };
     let r = w
         .approval
         .get_with(&format!("/v1/data/household/{CITIZEN}"), &[HUKOU])
@@ -885,7 +889,7 @@ async fn data_access_is_logged_with_the_holder_pseudonymised() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_the_source_deleted_never_comes_back_as_stale() {
-    let mut w = world().await;
+    let Some(mut w) = world().await else { return };
     assert_eq!(
         cache_status(&tax_status(&mut w.approval, XIAOMI).await),
         "miss"

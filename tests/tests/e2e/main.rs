@@ -3,35 +3,53 @@
 
 mod audit;
 mod cli;
-mod exchange;
 mod identity;
-/// The licence suite, once on the embedded store and once on PostgreSQL (skipped, and said
-/// so, without `CERTGATE_TEST_POSTGRES_URL`).
+mod limits;
+mod matching;
+mod multinode;
+
+/// `[server]` lines choosing a store, and the guard of its schema.
+type Storage = (String, Option<cert_store::pg_store::SchemaGuard>);
+
+/// The embedded store.
+fn on_sqlite(_: &str) -> Option<Storage> {
+    Some((String::new(), None))
+}
+
+/// A fresh PostgreSQL schema, or `None` (the test is skipped, and says so) without
+/// `CERTGATE_TEST_POSTGRES_URL`.
+fn on_postgres(test: &str) -> Option<Storage> {
+    let (store, guard) = cert_store::pg_store::test_store(test).unwrap()?;
+    let url = std::env::var("CERTGATE_TEST_POSTGRES_URL").unwrap();
+    let lines = format!(
+        "storage = \"{url}\"\nstorage_schema = \"{}\"",
+        store.schema()
+    );
+    Some((lines, Some(guard)))
+}
+
+/// The licence suite, once on the embedded store and once on PostgreSQL.
 mod licences {
-    type Storage = (String, Option<cert_store::pg_store::SchemaGuard>);
-
     mod sqlite {
-        fn storage(_: &str) -> Option<super::Storage> {
-            Some((String::new(), None))
-        }
-
+        use crate::on_sqlite as storage;
         include!("licences.rs");
     }
 
     mod postgres {
-        fn storage(test: &str) -> Option<super::Storage> {
-            let (store, guard) = cert_store::pg_store::test_store(test).unwrap()?;
-            let url = std::env::var("CERTGATE_TEST_POSTGRES_URL").unwrap();
-            let lines = format!(
-                "storage = \"{url}\"\nstorage_schema = \"{}\"",
-                store.schema()
-            );
-            Some((lines, Some(guard)))
-        }
-
+        use crate::on_postgres as storage;
         include!("licences.rs");
     }
 }
-mod limits;
-mod matching;
-mod multinode;
+
+/// The exchange and no-proof suite, once on each store.
+mod exchange {
+    mod sqlite {
+        use crate::on_sqlite as storage;
+        include!("exchange.rs");
+    }
+
+    mod postgres {
+        use crate::on_postgres as storage;
+        include!("exchange.rs");
+    }
+}
