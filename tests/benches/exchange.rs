@@ -17,11 +17,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use certgate_tests::load::{Round, round};
 use certgate_tests::*;
 use gateway::source_system::SourceSystem;
-use http::StatusCode;
 use serde_json::json;
 
 const TAX: &str = "11110105MB0000011D";
@@ -31,54 +31,6 @@ fn env(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-struct Round {
-    rps: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-async fn round(
-    client: &Client,
-    addr: SocketAddr,
-    path: &str,
-    headers: &'static [(&'static str, &'static str)],
-    conns: usize,
-    requests: usize,
-) -> Round {
-    let mut open = Vec::new();
-    for _ in 0..conns {
-        open.push(client.connect(addr).await.unwrap());
-    }
-    let per_conn = requests / conns;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for mut conn in open {
-        let path = path.to_owned();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(per_conn);
-            for _ in 0..per_conn {
-                let t = Instant::now();
-                let reply = conn.get_with(&path, headers).await.unwrap();
-                assert_eq!(reply.status, StatusCode::OK);
-                latencies.push(t.elapsed());
-            }
-            latencies
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    let elapsed = started.elapsed();
-    all.sort_unstable();
-    let pct = |p: f64| all[((all.len() as f64 - 1.0) * p).round() as usize];
-    Round {
-        rps: all.len() as f64 / elapsed.as_secs_f64(),
-        p50: pct(0.50),
-        p99: pct(0.99),
-    }
 }
 
 fn main() {

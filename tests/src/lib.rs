@@ -768,3 +768,67 @@ impl Drop for Relay {
         self.cut();
     }
 }
+
+/// A small load generator over the fixtures' mTLS client.
+pub mod load {
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use http::StatusCode;
+
+    use crate::Client;
+
+    /// What one round of load measured.
+    pub struct Round {
+        /// Requests per second.
+        pub rps: f64,
+        /// Median latency.
+        pub p50: Duration,
+        /// 99th percentile latency.
+        pub p99: Duration,
+    }
+
+    /// `requests` GETs of `path` over `conns` keep-alive connections of `client` to `addr`, each
+    /// connection sending its share one after another; every answer must be 200.
+    pub async fn round(
+        client: &Client,
+        addr: SocketAddr,
+        path: &str,
+        headers: &'static [(&'static str, &'static str)],
+        conns: usize,
+        requests: usize,
+    ) -> Round {
+        let mut open = Vec::new();
+        for _ in 0..conns {
+            open.push(client.connect(addr).await.unwrap());
+        }
+        let per_conn = requests / conns;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for mut conn in open {
+            let path = path.to_owned();
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_conn);
+                for _ in 0..per_conn {
+                    let t = Instant::now();
+                    let reply = conn.get_with(&path, headers).await.unwrap();
+                    assert_eq!(reply.status, StatusCode::OK);
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        let elapsed = started.elapsed();
+        all.sort_unstable();
+        let pct = |p: f64| all[((all.len() as f64 - 1.0) * p).round() as usize];
+        Round {
+            rps: all.len() as f64 / elapsed.as_secs_f64(),
+            p50: pct(0.50),
+            p99: pct(0.99),
+        }
+    }
+}
