@@ -187,7 +187,8 @@ impl KnowledgeBase {
             }
             None => Store::in_memory()?,
         };
-        let (policy_index, fresh_p) =
+        // Whether the policy index is new does not matter: it is rebuilt below in any case.
+        let (policy_index, _) =
             PolicyIndex::open(dir.map(|d| d.join("index/policies")).as_deref(), analyzer)?;
         let (enterprise_index, fresh_e) =
             EnterpriseIndex::open(dir.map(|d| d.join("index/enterprises")).as_deref())?;
@@ -226,14 +227,11 @@ impl KnowledgeBase {
         // The policy index is small (20,000 policies index in under a second): it is rebuilt
         // at every start, so a crash between an index commit and the store's cannot leave it
         // ahead of the store.
-        let _ = fresh_p;
-        {
-            policy_index.clear()?;
-            for (row, p) in policies.live() {
-                policy_index.upsert(row, p)?;
-            }
-            policy_index.commit()?;
+        policy_index.clear()?;
+        for (row, p) in policies.live() {
+            policy_index.upsert(row, p)?;
         }
+        policy_index.commit()?;
         Ok(KnowledgeBase {
             store,
             policies: RwLock::new(policies),
@@ -513,7 +511,7 @@ impl KnowledgeBase {
             .read()
             .map_err(|_| KbError::Poisoned)?
             .row_of(&policy.id)
-            .ok_or(KbError::Poisoned)?;
+            .ok_or_else(|| StoreError::corrupt("a policy being matched has no row"))?;
         let events = self
             .store
             .save_policy(row, policy, &added, &removed, now_ms())?;

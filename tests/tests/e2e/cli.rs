@@ -490,28 +490,17 @@ fn enterprises_generate_is_deterministic_and_imports_report_bad_lines() {
     );
 
     // Policies: the sample file imports cleanly, and again as unchanged.
+    let import = |file: &str| certgate(&["policies", "import", "--config", config, file]);
     let policies_file = dir.join("policies.jsonl");
     std::fs::write(&policies_file, policies::SAMPLE_POLICIES).unwrap();
-    let out = certgate(&[
-        "policies",
-        "import",
-        "--config",
-        config,
-        policies_file.to_str().unwrap(),
-    ]);
+    let out = import(policies_file.to_str().unwrap());
     assert!(out.status.success(), "{}", stderr(&out));
     let n = policies::SAMPLE_POLICIES
         .lines()
         .filter(|l| !l.trim().is_empty())
         .count();
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{n} stored")));
-    let out = certgate(&[
-        "policies",
-        "import",
-        "--config",
-        config,
-        policies_file.to_str().unwrap(),
-    ]);
+    let out = import(policies_file.to_str().unwrap());
     assert!(out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!("0 stored, {n} unchanged")),
@@ -525,25 +514,13 @@ fn enterprises_generate_is_deterministic_and_imports_report_bad_lines() {
         first.replacen("\"title\":\"", "\"title\":\"改", 1),
     )
     .unwrap();
-    let out = certgate(&[
-        "policies",
-        "import",
-        "--config",
-        config,
-        policies_file.to_str().unwrap(),
-    ]);
+    let out = import(policies_file.to_str().unwrap());
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("line 1: `version`"),
         "{}",
         stderr(&out)
     );
-    let out = certgate(&[
-        "policies",
-        "import",
-        "--config",
-        config,
-        "/nonexistent.jsonl",
-    ]);
+    let out = import("/nonexistent.jsonl");
     assert!(!out.status.success() && stderr(&out).contains("/nonexistent.jsonl"));
 }
