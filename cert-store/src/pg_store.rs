@@ -829,6 +829,13 @@ pub fn test_store(test: &str) -> Result<Option<(std::sync::Arc<PgStore>, SchemaG
 #[derive(Debug)]
 pub struct SchemaGuard(std::sync::Arc<PgStore>);
 
+impl SchemaGuard {
+    /// The store in the guarded schema.
+    pub fn store(&self) -> &std::sync::Arc<PgStore> {
+        &self.0
+    }
+}
+
 impl Drop for SchemaGuard {
     fn drop(&mut self) {
         let _ = self.0.drop_schema();

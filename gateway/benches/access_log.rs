@@ -13,7 +13,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway::access_log::{self, AccessLog, LEAF_VERSION, Leaf, WriterSettings};
+use gateway::access_log::{
+    self, AccessLog, LEAF_VERSION, Leaf, LogBackend, LogDb, SqliteLog, WriterSettings,
+};
 use gateway::checkpoint::LogKey;
 use gateway::merkle;
 use rusqlite::params;
@@ -74,7 +76,7 @@ fn main() {
     for appenders in [64usize, 512] {
         let path = dir.path().join(format!("appends-{appenders}.db"));
         let log = AccessLog::open(
-            &path,
+            LogBackend::Sqlite(path),
             key.clone(),
             WriterSettings {
                 queue_capacity: 65_536,
@@ -122,7 +124,8 @@ fn main() {
     let path = dir.path().join("proofs.db");
     let build = Instant::now();
     {
-        let mut conn = access_log::open_db(&path).unwrap();
+        let mut db = SqliteLog::open(&path).unwrap();
+        let conn = db.conn();
         conn.pragma_update(None, "synchronous", "OFF").unwrap();
         let tx = conn.transaction().unwrap();
         {
@@ -158,10 +161,8 @@ fn main() {
         "(built {leaves} leaves in {:.1} s)",
         build.elapsed().as_secs_f64()
     );
-    let conn =
-        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    let root = access_log::root(&conn, leaves).unwrap();
+    let mut db = SqliteLog::open_read_only(&path).unwrap();
+    let root = access_log::root(&mut db, leaves).unwrap();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
         state ^= state << 13;
@@ -173,15 +174,9 @@ fn main() {
     for _ in 0..2000 {
         let index = next() % leaves;
         let start = Instant::now();
-        let proof = access_log::inclusion_proof(&conn, index, leaves).unwrap();
+        let proof = access_log::inclusion_proof(&mut db, index, leaves).unwrap();
         inc.push(start.elapsed());
-        let data: Vec<u8> = conn
-            .query_row(
-                "SELECT data FROM leaves WHERE seq = ?1",
-                [index as i64],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let data = db.leaf(index).unwrap().unwrap();
         assert!(merkle::verify_inclusion(
             &merkle::leaf_hash(&data),
             index,
@@ -191,7 +186,7 @@ fn main() {
         ));
         let old = 1 + next() % (leaves - 1);
         let start = Instant::now();
-        access_log::consistency_proof(&conn, old, leaves).unwrap();
+        access_log::consistency_proof(&mut db, old, leaves).unwrap();
         cons.push(start.elapsed());
     }
     inc.sort_unstable();

@@ -11,12 +11,11 @@
 //! same bytes.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use std::sync::mpsc;
 
@@ -176,91 +175,189 @@ pub enum LogError {
     OutOfRange(String),
 }
 
-impl From<rusqlite::Error> for LogError {
-    fn from(e: rusqlite::Error) -> Self {
-        LogError::Store(e.to_string())
-    }
+mod postgres;
+mod sqlite;
+
+pub use self::postgres::PgLog;
+pub use self::sqlite::SqliteLog;
+
+/// The most recent complete-subtree hash per level: the only nodes an append looks up.
+pub type Frontier = HashMap<u32, (u64, Hash)>;
+
+/// What an auditor's entries query filters on (all optional), after position `after`.
+#[derive(Debug, Clone, Default)]
+pub struct EntryFilter {
+    /// Only leaves after this position (-1: from the start).
+    pub after: i64,
+    /// The calling department's USCC.
+    pub department: Option<String>,
+    /// The holder's pseudonym.
+    pub holder: Option<String>,
+    /// The resource.
+    pub resource: Option<String>,
+    /// The route pattern.
+    pub route: Option<String>,
+    /// `allowed`, `denied` or `error`.
+    pub outcome: Option<String>,
+    /// From this time (Unix ms, inclusive).
+    pub from_ms: Option<i64>,
+    /// Until this time (Unix ms, exclusive).
+    pub to_ms: Option<i64>,
 }
 
-const MIGRATION: &str = r#"
-CREATE TABLE IF NOT EXISTS leaves (
-    seq INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, department TEXT, holder TEXT,
-    resource TEXT, route TEXT, outcome TEXT NOT NULL, data BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS leaves_department ON leaves(department, seq);
-CREATE INDEX IF NOT EXISTS leaves_holder ON leaves(holder, seq);
-CREATE INDEX IF NOT EXISTS leaves_resource ON leaves(resource, seq);
-CREATE INDEX IF NOT EXISTS leaves_time ON leaves(time_ms);
-CREATE TABLE IF NOT EXISTS nodes (
-    level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (level, idx)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, note TEXT NOT NULL);
-"#;
+/// One stored leaf as a full scan sees it, before anything is trusted.
+#[derive(Debug)]
+pub struct ScannedLeaf<'a> {
+    /// The position it is stored at.
+    pub seq: i64,
+    /// Its bytes; `None` when the stored value is not bytes at all.
+    pub data: Option<&'a [u8]>,
+    /// The level-0 node stored for that position, if any.
+    pub stored_hash: Option<&'a [u8]>,
+}
 
-/// Opens the log database with the durability settings every writer and reader uses.
-pub fn open_db(path: &Path) -> Result<Connection, LogError> {
-    let conn = Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    conn.execute_batch(MIGRATION)?;
-    Ok(conn)
+/// Where the log lives: the embedded SQLite file of one node ([`SqliteLog`]) or the schema
+/// all nodes share in PostgreSQL ([`PgLog`]). The writer and the auditors' reads go through
+/// this and nothing else.
+pub trait LogDb: Send {
+    /// Leaves committed.
+    fn size(&mut self) -> Result<u64, LogError>;
+    /// The stored hash of complete subtree `index` at `level`.
+    fn node(&mut self, level: u32, index: u64) -> Result<Option<Hash>, LogError>;
+    /// The signed checkpoints, smallest first: all of them, or only the latest.
+    fn checkpoints(&mut self, latest_only: bool) -> Result<Vec<(u64, String)>, LogError>;
+    /// The canonical bytes of leaf `seq`.
+    fn leaf(&mut self, seq: u64) -> Result<Option<Vec<u8>>, LogError>;
+    /// Up to `limit` leaves matching `filter`, oldest first.
+    fn entries(&mut self, filter: &EntryFilter, limit: u32) -> Result<Vec<Vec<u8>>, LogError>;
+    /// Calls `f` with every stored leaf below `size`, in order of position, until it returns
+    /// false; in constant memory.
+    fn scan(
+        &mut self,
+        size: u64,
+        f: &mut dyn FnMut(ScannedLeaf<'_>) -> bool,
+    ) -> Result<(), LogError>;
+    /// Appends `leaves` as the next leaves of the tree in one durable transaction: numbers
+    /// them (setting `seq`), stores them and the subtree hashes they complete. `frontier` is
+    /// a cache of right-edge nodes, updated as nodes are written (the caller discards it if
+    /// this fails). Returns the tree size after the batch.
+    fn append(
+        &mut self,
+        leaves: &mut [&mut Leaf],
+        frontier: &mut Frontier,
+    ) -> Result<u64, LogError>;
+    /// Stores a signed checkpoint; one already stored at that size stays.
+    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), LogError>;
+}
+
+/// A subtree hash an append completes: level, index, hash.
+type NewNode = (u32, u64, Hash);
+
+/// Numbers `leaves` from `start` and computes each one's bytes and the nodes it completes,
+/// looking nodes up in `frontier` first and in the store (`lookup`) otherwise.
+fn prepare_batch(
+    leaves: &mut [&mut Leaf],
+    start: u64,
+    frontier: &mut Frontier,
+    mut lookup: impl FnMut(u32, u64) -> Result<Option<Hash>, LogError>,
+) -> Result<(Vec<Vec<u8>>, Vec<NewNode>), LogError> {
+    let mut encoded = Vec::with_capacity(leaves.len());
+    let mut all_nodes = Vec::with_capacity(leaves.len() * 2);
+    for (i, leaf) in leaves.iter_mut().enumerate() {
+        let seq = start + i as u64;
+        leaf.seq = seq;
+        leaf.v = LEAF_VERSION;
+        let bytes = leaf.to_bytes();
+        let nodes = merkle::new_nodes(seq, merkle::leaf_hash(&bytes), |level, idx| {
+            if let Some((i, h)) = frontier.get(&level)
+                && *i == idx
+            {
+                return Ok(*h);
+            }
+            lookup(level, idx)?.ok_or_else(|| {
+                LogError::Store(format!("subtree {level}/{idx} is missing from the tree"))
+            })
+        })?;
+        for &(level, idx, hash) in &nodes {
+            frontier.insert(level, (idx, hash));
+        }
+        all_nodes.extend(nodes);
+        encoded.push(bytes);
+    }
+    Ok((encoded, all_nodes))
+}
+
+/// A 32-byte hash from a stored value.
+fn stored_hash(bytes: Vec<u8>) -> Result<Hash, LogError> {
+    bytes
+        .try_into()
+        .map_err(|_| LogError::Store("stored hash is not 32 bytes".into()))
 }
 
 /// Reads stored complete-subtree hashes for proofs.
-struct DbNodes<'a>(&'a Connection);
+struct DbNodes<'a>(std::cell::RefCell<&'a mut dyn LogDb>);
 
 impl merkle::NodeStore for DbNodes<'_> {
     type Error = LogError;
 
     fn node(&self, level: u32, index: u64) -> Result<Option<Hash>, LogError> {
-        let hash: Option<Vec<u8>> = self
-            .0
-            .prepare_cached("SELECT hash FROM nodes WHERE level = ?1 AND idx = ?2")?
-            .query_row(params![level, index as i64], |r| r.get(0))
-            .optional()?;
-        hash.map(|h| {
-            h.try_into()
-                .map_err(|_| LogError::Store("stored hash is not 32 bytes".into()))
-        })
-        .transpose()
+        self.0.borrow_mut().node(level, index)
     }
 }
 
-/// Number of leaves stored.
-pub fn size(conn: &Connection) -> Result<u64, LogError> {
-    let n: i64 = conn.query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM leaves", [], |r| {
-        r.get(0)
-    })?;
-    Ok(n as u64)
+fn proof_error(e: merkle::ProofError) -> LogError {
+    match e {
+        merkle::ProofError::OutOfRange => LogError::OutOfRange(e.to_string()),
+        other => LogError::Store(other.to_string()),
+    }
 }
 
 /// The root over the first `size` leaves, from stored nodes.
-pub fn root(conn: &Connection, size: u64) -> Result<Hash, LogError> {
-    merkle::root(&DbNodes(conn), size).map_err(|e| LogError::Store(e.to_string()))
+pub fn root(db: &mut dyn LogDb, size: u64) -> Result<Hash, LogError> {
+    merkle::root(&DbNodes(db.into()), size).map_err(proof_error)
 }
 
 /// An inclusion proof for leaf `index` in the tree of `size` leaves.
-pub fn inclusion_proof(conn: &Connection, index: u64, size: u64) -> Result<Vec<Hash>, LogError> {
-    merkle::inclusion_proof(&DbNodes(conn), index, size)
-        .map_err(|e| LogError::OutOfRange(e.to_string()))
+pub fn inclusion_proof(db: &mut dyn LogDb, index: u64, size: u64) -> Result<Vec<Hash>, LogError> {
+    merkle::inclusion_proof(&DbNodes(db.into()), index, size).map_err(proof_error)
 }
 
 /// A consistency proof between the trees of `old` and `new` leaves.
-pub fn consistency_proof(conn: &Connection, old: u64, new: u64) -> Result<Vec<Hash>, LogError> {
-    merkle::consistency_proof(&DbNodes(conn), old, new)
-        .map_err(|e| LogError::OutOfRange(e.to_string()))
+pub fn consistency_proof(db: &mut dyn LogDb, old: u64, new: u64) -> Result<Vec<Hash>, LogError> {
+    merkle::consistency_proof(&DbNodes(db.into()), old, new).map_err(proof_error)
 }
 
 /// The latest signed checkpoint note, if any.
-pub fn latest_checkpoint(conn: &Connection) -> Result<Option<(u64, String)>, LogError> {
-    Ok(conn
-        .query_row(
-            "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1",
-            [],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
-        )
-        .optional()?)
+pub fn latest_checkpoint(db: &mut dyn LogDb) -> Result<Option<(u64, String)>, LogError> {
+    Ok(db.checkpoints(true)?.pop())
+}
+
+/// Where a node keeps its access log.
+#[derive(Debug, Clone)]
+pub enum LogBackend {
+    /// Its own SQLite file.
+    Sqlite(PathBuf),
+    /// The tree every node shares, in PostgreSQL.
+    Postgres(Arc<cert_store::pg_store::PgStore>),
+}
+
+impl LogBackend {
+    /// A connection for reads (for SQLite, read-only beside the writer).
+    pub fn reader(&self) -> Result<Box<dyn LogDb>, LogError> {
+        Ok(match self {
+            LogBackend::Sqlite(path) => Box::new(SqliteLog::open_read_only(path)?),
+            LogBackend::Postgres(store) => Box::new(PgLog::new(store.clone())),
+        })
+    }
+
+    fn writer(&self, settings: &WriterSettings) -> Result<Box<dyn LogDb>, LogError> {
+        Ok(match self {
+            LogBackend::Sqlite(path) => {
+                Box::new(SqliteLog::open_writer(path, settings.max_db_pages)?)
+            }
+            LogBackend::Postgres(store) => Box::new(PgLog::open(store.clone())?),
+        })
+    }
 }
 
 /// A leaf waiting for its batch.
@@ -279,7 +376,7 @@ pub struct AccessLog {
     /// Leaves queued and not yet taken by the writer.
     queued: Arc<AtomicU64>,
     capacity: u64,
-    path: PathBuf,
+    backend: LogBackend,
 }
 
 /// How the writer behaves.
@@ -298,20 +395,22 @@ pub struct WriterSettings {
 }
 
 impl AccessLog {
-    /// Opens the log at `path`, checks the stored tree against the last checkpoint (refusing
-    /// to start on a mismatch), and starts the single writer thread.
+    /// Opens the log in `backend`, checks the stored tree against the last checkpoint
+    /// (refusing to start on a mismatch), and starts this node's writer thread.
+    ///
+    /// With PostgreSQL, every node's writer appends to the one shared tree: a batch takes the
+    /// next positions under a row lock on the tree state, so the tree is the same whichever
+    /// node wrote which leaf.
     pub fn open(
-        path: &Path,
+        backend: LogBackend,
         key: Arc<LogKey>,
         settings: WriterSettings,
     ) -> Result<AccessLog, LogError> {
-        let conn = open_db(path)?;
-        if settings.max_db_pages > 0 {
-            conn.pragma_update(None, "max_page_count", settings.max_db_pages as i64)?;
-        }
-        let stored = size(&conn)?;
+        let mut db = backend.writer(&settings)?;
+        let conn = db.as_mut();
+        let stored = conn.size()?;
         let mut checkpointed_at_start = 0;
-        if let Some((cp_size, note)) = latest_checkpoint(&conn)? {
+        if let Some((cp_size, note)) = latest_checkpoint(conn)? {
             checkpointed_at_start = cp_size;
             let cp = verify_note(&note, &key.verifier_key())
                 .map_err(|e| LogError::Inconsistent(e.to_string()))?;
@@ -321,7 +420,7 @@ impl AccessLog {
                     cp.size
                 )));
             }
-            if root(&conn, cp.size)? != cp.root {
+            if root(conn, cp.size)? != cp.root {
                 return Err(LogError::Inconsistent(format!(
                     "the root over the first {} leaves differs from the signed checkpoint",
                     cp.size
@@ -335,7 +434,7 @@ impl AccessLog {
         let capacity = settings.queue_capacity.max(1) as u64;
         let (tx, rx) = mpsc::sync_channel(settings.queue_capacity.max(1));
         let mut writer = Writer {
-            conn,
+            db,
             next: stored,
             frontier: HashMap::new(),
             key,
@@ -358,7 +457,7 @@ impl AccessLog {
             queued,
             capacity,
             size: size_counter,
-            path: path.to_owned(),
+            backend,
         })
     }
 
@@ -417,25 +516,23 @@ impl AccessLog {
         true
     }
 
-    /// Leaves durably stored.
+    /// The tree size after this node's last committed batch (with a shared log, other
+    /// nodes' leaves may follow).
     pub fn size(&self) -> u64 {
         self.size.load(Ordering::SeqCst)
     }
 
-    /// A read-only connection for queries and proofs (WAL lets it read beside the writer).
-    pub fn reader(&self) -> Result<Connection, LogError> {
-        let conn =
-            Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        Ok(conn)
+    /// A connection for queries and proofs, beside the writer.
+    pub fn reader(&self) -> Result<Box<dyn LogDb>, LogError> {
+        self.backend.reader()
     }
 }
 
 struct Writer {
-    conn: Connection,
+    db: Box<dyn LogDb>,
+    /// The tree size after this node's last committed batch.
     next: u64,
-    /// The most recent complete-subtree hash per level: the only nodes appends look up.
-    frontier: HashMap<u32, (u64, Hash)>,
+    frontier: Frontier,
     key: Arc<LogKey>,
     settings: WriterSettings,
     last_checkpoint: Option<Instant>,
@@ -505,58 +602,15 @@ impl Writer {
 
     /// Writes the batch in one transaction (one fsync); on failure nothing of it remains.
     fn commit(&mut self, batch: &mut [Pending]) -> Result<(), LogError> {
-        let start = self.next;
         let mut frontier = self.frontier.clone();
-        let tx = self.conn.transaction()?;
-        {
-            let mut insert_leaf = tx.prepare_cached(
-                "INSERT INTO leaves (seq, time_ms, department, holder, resource, route, outcome, data)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            let mut insert_node =
-                tx.prepare_cached("INSERT INTO nodes (level, idx, hash) VALUES (?1, ?2, ?3)")?;
-            let mut lookup =
-                tx.prepare_cached("SELECT hash FROM nodes WHERE level = ?1 AND idx = ?2")?;
-            for (i, p) in batch.iter_mut().enumerate() {
-                let seq = start + i as u64;
-                p.leaf.seq = seq;
-                p.leaf.v = LEAF_VERSION;
-                let bytes = p.leaf.to_bytes();
-                let l = &p.leaf;
-                insert_leaf.execute(params![
-                    seq as i64,
-                    l.time_ms,
-                    l.department,
-                    l.holder,
-                    l.resource,
-                    l.route,
-                    l.outcome,
-                    bytes
-                ])?;
-                let nodes = merkle::new_nodes(seq, merkle::leaf_hash(&bytes), |level, idx| {
-                    if let Some((i, h)) = frontier.get(&level)
-                        && *i == idx
-                    {
-                        return Ok(*h);
-                    }
-                    let h: Vec<u8> = lookup.query_row(params![level, idx as i64], |r| r.get(0))?;
-                    h.try_into()
-                        .map_err(|_| LogError::Store("stored hash is not 32 bytes".into()))
-                })?;
-                for (level, idx, hash) in nodes {
-                    insert_node.execute(params![level, idx as i64, hash.as_slice()])?;
-                    frontier.insert(level, (idx, hash));
-                }
-            }
-        }
-        tx.commit()?;
-        self.next = start + batch.len() as u64;
+        let mut leaves: Vec<&mut Leaf> = batch.iter_mut().map(|p| &mut p.leaf).collect();
+        self.next = self.db.append(&mut leaves, &mut frontier)?;
         self.frontier = frontier;
         Ok(())
     }
 
     fn maybe_checkpoint(&mut self) {
-        if self.next == self.checkpointed
+        if self.next <= self.checkpointed
             || self
                 .last_checkpoint
                 .is_some_and(|t| t.elapsed() < self.settings.checkpoint_interval)
@@ -572,17 +626,15 @@ impl Writer {
     }
 
     fn checkpoint(&mut self) -> Result<(), LogError> {
-        let size = self.next;
+        // With a shared log the tree may have grown past this node's batches: sign all of it.
+        let size = self.db.size()?.max(self.next);
         let cp = Checkpoint {
             origin: self.settings.origin.clone(),
             size,
-            root: root(&self.conn, size)?,
+            root: root(self.db.as_mut(), size)?,
         };
         let note = self.key.sign(&cp);
-        self.conn.execute(
-            "INSERT OR IGNORE INTO checkpoints (size, time_ms, note) VALUES (?1, ?2, ?3)",
-            params![size as i64, crate::state::unix_now() * 1000, note],
-        )?;
+        self.db.put_checkpoint(size, &note)?;
         self.checkpointed = size;
         self.covered.store(size, Ordering::SeqCst);
         Ok(())
@@ -628,21 +680,12 @@ pub enum VerifyFailure {
 /// Recomputes every leaf hash and every root from the stored leaves alone, compares them with
 /// the stored tree nodes, and checks every checkpoint's signature, root, and its consistency
 /// with the one before. Read-only.
-pub fn verify_offline(db: &Path, verifier_key: &str) -> Result<VerifySummary, VerifyFailure> {
+pub fn verify_offline(
+    db: &mut dyn LogDb,
+    verifier_key: &str,
+) -> Result<VerifySummary, VerifyFailure> {
     let unreadable = |e: &dyn std::fmt::Display| VerifyFailure::Unreadable(e.to_string());
-    let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| unreadable(&e))?;
-    let mut checkpoints: Vec<(u64, String)> = {
-        let mut stmt = conn
-            .prepare("SELECT size, note FROM checkpoints ORDER BY size")
-            .map_err(|e| unreadable(&e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-            })
-            .map_err(|e| unreadable(&e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| unreadable(&e))?
-    };
+    let mut checkpoints = db.checkpoints(false).map_err(|e| unreadable(&e))?;
     checkpoints.reverse(); // popped from the end, smallest first
 
     let mut tree = merkle::MemoryTree::default();
@@ -680,40 +723,46 @@ pub fn verify_offline(db: &Path, verifier_key: &str) -> Result<VerifySummary, Ve
     };
     check_due(&tree, &mut checkpoints)?;
 
-    let mut stmt = conn
-        .prepare("SELECT l.seq, l.data, n.hash FROM leaves l LEFT JOIN nodes n ON n.level = 0 AND n.idx = l.seq ORDER BY l.seq")
-        .map_err(|e| unreadable(&e))?;
-    let mut rows = stmt.query([]).map_err(|e| unreadable(&e))?;
-    while let Some(row) = rows.next().map_err(|e| unreadable(&e))? {
+    let mut failure = None;
+    db.scan(u64::MAX, &mut |row| {
         let index = tree.len();
         let bad = |reason: &str| VerifyFailure::Leaf {
             index,
             reason: reason.to_owned(),
         };
-        let seq: i64 = row.get(0).map_err(|e| unreadable(&e))?;
-        if seq as u64 != index {
-            return Err(bad(&format!("missing: the next stored leaf is {seq}")));
+        let outcome = (|| {
+            if row.seq < 0 || row.seq as u64 != index {
+                return Err(bad(&format!(
+                    "missing: the next stored leaf is {}",
+                    row.seq
+                )));
+            }
+            let data = row.data.ok_or_else(|| bad("its data is not bytes"))?;
+            let leaf: Leaf =
+                serde_json::from_slice(data).map_err(|_| bad("not a valid leaf encoding"))?;
+            if leaf.seq != index {
+                return Err(bad(&format!(
+                    "out of place: it records position {}",
+                    leaf.seq
+                )));
+            }
+            if row.stored_hash != Some(merkle::leaf_hash(data).as_slice()) {
+                return Err(bad("its bytes do not match the hash in the tree"));
+            }
+            tree.push(data);
+            check_due(&tree, &mut checkpoints)
+        })();
+        match outcome {
+            Ok(()) => true,
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
         }
-        // Read whatever type the column holds now: an edited row may no longer be a blob.
-        let data: Vec<u8> = match row.get_ref(1).map_err(|e| unreadable(&e))? {
-            rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => b.to_vec(),
-            _ => return Err(bad("its data is not bytes")),
-        };
-        let leaf: Leaf =
-            serde_json::from_slice(&data).map_err(|_| bad("not a valid leaf encoding"))?;
-        if leaf.seq != index {
-            return Err(bad(&format!(
-                "out of place: it records position {}",
-                leaf.seq
-            )));
-        }
-        let hash = merkle::leaf_hash(&data);
-        let stored: Option<Vec<u8>> = row.get(2).map_err(|e| unreadable(&e))?;
-        if stored.as_deref() != Some(hash.as_slice()) {
-            return Err(bad("its bytes do not match the hash in the tree"));
-        }
-        tree.push(&data);
-        check_due(&tree, &mut checkpoints)?;
+    })
+    .map_err(|e| unreadable(&e))?;
+    if let Some(f) = failure {
+        return Err(f);
     }
     if !tree.is_empty() && checked == 0 {
         return Err(VerifyFailure::Checkpoint {
@@ -795,6 +844,7 @@ pub fn verify_export(
 mod tests {
     use super::*;
     use crate::merkle::NodeStore;
+    use rusqlite::params;
 
     fn key() -> Arc<LogKey> {
         Arc::new(
@@ -844,7 +894,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access-log.db");
         let key = key();
-        let log = AccessLog::open(&path, key.clone(), settings()).unwrap();
+        let log =
+            AccessLog::open(LogBackend::Sqlite(path.clone()), key.clone(), settings()).unwrap();
         let mut tasks = Vec::new();
         for i in 0..n {
             let log = log.clone();
@@ -864,8 +915,8 @@ mod tests {
         );
         assert_eq!(log.size(), n);
         // Let the writer sign its checkpoint over everything before the test touches the file.
-        let conn = open_db(&path).unwrap();
-        while latest_checkpoint(&conn).unwrap().map(|(s, _)| s) != Some(n) {
+        let mut db = SqliteLog::open(&path).unwrap();
+        while latest_checkpoint(&mut db).unwrap().map(|(s, _)| s) != Some(n) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         (dir, path, key)
@@ -874,18 +925,16 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_appends_form_one_verifiable_tree_with_proofs() {
         let (_dir, path, key) = filled(500).await;
-        let summary = verify_offline(&path, &key.verifier_key()).unwrap();
+        let mut db = SqliteLog::open(&path).unwrap();
+        let summary = verify_offline(&mut db, &key.verifier_key()).unwrap();
         assert_eq!(summary.leaves, 500);
         assert!(summary.checkpoints >= 1);
 
-        let conn = open_db(&path).unwrap();
-        let (size, note) = latest_checkpoint(&conn).unwrap().unwrap();
+        let (size, note) = latest_checkpoint(&mut db).unwrap().unwrap();
         let cp = verify_note(&note, &key.verifier_key()).unwrap();
         assert_eq!(cp.size, size);
-        let data: Vec<u8> = conn
-            .query_row("SELECT data FROM leaves WHERE seq = 123", [], |r| r.get(0))
-            .unwrap();
-        let proof = inclusion_proof(&conn, 123, size).unwrap();
+        let data = db.leaf(123).unwrap().unwrap();
+        let proof = inclusion_proof(&mut db, 123, size).unwrap();
         assert!(merkle::verify_inclusion(
             &merkle::leaf_hash(&data),
             123,
@@ -893,8 +942,8 @@ mod tests {
             &proof,
             &cp.root
         ));
-        let old_root = root(&conn, 100).unwrap();
-        let proof = consistency_proof(&conn, 100, size).unwrap();
+        let old_root = root(&mut db, 100).unwrap();
+        let proof = consistency_proof(&mut db, 100, size).unwrap();
         assert!(merkle::verify_consistency(
             100, size, &old_root, &cp.root, &proof
         ));
@@ -917,10 +966,9 @@ mod tests {
             ),
         ] {
             let (_dir, path, key) = filled(100).await;
-            let conn = open_db(&path).unwrap();
-            conn.execute_batch(sql).unwrap();
-            drop(conn);
-            match verify_offline(&path, &key.verifier_key()) {
+            let mut db = SqliteLog::open(&path).unwrap();
+            db.conn().execute_batch(sql).unwrap();
+            match verify_offline(&mut db, &key.verifier_key()) {
                 Err(VerifyFailure::Leaf { index: i, .. }) => assert_eq!(i, index, "{name}"),
                 other => panic!("{name}: {other:?}"),
             }
@@ -930,7 +978,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_tree_rewritten_to_hide_an_edit_fails_its_checkpoint_and_refuses_to_open() {
         let (_dir, path, key) = filled(64).await;
-        let conn = open_db(&path).unwrap();
+        let mut db = SqliteLog::open(&path).unwrap();
+        let conn = db.conn();
         // Rewrite leaf 5 and every node above it, as a careful forger would.
         let mut tree = merkle::MemoryTree::default();
         let mut stmt = conn
@@ -968,15 +1017,103 @@ mod tests {
                 .unwrap();
             }
         }
-        drop(conn);
         assert!(matches!(
-            verify_offline(&path, &key.verifier_key()),
+            verify_offline(&mut db, &key.verifier_key()),
             Err(VerifyFailure::Checkpoint { .. })
         ));
         assert!(matches!(
-            AccessLog::open(&path, key, settings()),
+            AccessLog::open(LogBackend::Sqlite(path), key, settings()),
             Err(LogError::Inconsistent(_))
         ));
+    }
+
+    /// Two writers on one PostgreSQL schema, as two gateway nodes: one tree, proofs that
+    /// verify, and a tampered leaf found by position.
+    #[test]
+    fn two_nodes_on_postgres_append_to_one_verifiable_tree() {
+        let Some((store, _schema)) =
+            cert_store::pg_store::test_store("access_log::two_nodes_on_postgres").unwrap()
+        else {
+            return;
+        };
+        let key = key();
+        let open = || {
+            AccessLog::open(LogBackend::Postgres(store.clone()), key.clone(), settings()).unwrap()
+        };
+        let (a, b) = (open(), open());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let n = 600u64;
+        let mut seqs = rt.block_on(async {
+            let tasks: Vec<_> = (0..n)
+                .map(|i| {
+                    let log = if i % 2 == 0 { a.clone() } else { b.clone() };
+                    tokio::spawn(async move { log.append(leaf(i)).await.unwrap() })
+                })
+                .collect();
+            let mut seqs = Vec::new();
+            for t in tasks {
+                seqs.push(t.await.unwrap());
+            }
+            seqs
+        });
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (0..n).collect::<Vec<_>>(),
+            "one numbering for both nodes"
+        );
+        let mut db = PgLog::new(store.clone());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while latest_checkpoint(&mut db).unwrap().map(|(s, _)| s) != Some(n) {
+            assert!(
+                Instant::now() < deadline,
+                "no checkpoint over both nodes' leaves"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let summary = verify_offline(&mut db, &key.verifier_key()).unwrap();
+        assert_eq!(summary.leaves, n);
+        let (size, note) = latest_checkpoint(&mut db).unwrap().unwrap();
+        let cp = verify_note(&note, &key.verifier_key()).unwrap();
+        for index in [0, 1, 299, 598, 599] {
+            let data = db.leaf(index).unwrap().unwrap();
+            let proof = inclusion_proof(&mut db, index, size).unwrap();
+            assert!(merkle::verify_inclusion(
+                &merkle::leaf_hash(&data),
+                index,
+                size,
+                &proof,
+                &cp.root
+            ));
+        }
+        let mut filter = EntryFilter {
+            after: 100,
+            resource: Some("licence-3".into()),
+            ..EntryFilter::default()
+        };
+        let page = db.entries(&filter, 5).unwrap();
+        assert_eq!(page.len(), 5);
+        filter.resource = Some("nothing".into());
+        assert!(db.entries(&filter, 5).unwrap().is_empty());
+
+        store
+            .pool()
+            .with(|c| {
+                c.execute(
+                    "UPDATE log_leaves SET data = convert_to(replace(convert_from(data, 'UTF8'),                      '\"status\":200', '\"status\":201'), 'UTF8') WHERE seq = 40",
+                    &[],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        match verify_offline(&mut db, &key.verifier_key()) {
+            Err(VerifyFailure::Leaf { index, .. }) => assert_eq!(index, 40),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

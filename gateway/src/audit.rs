@@ -9,10 +9,9 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use http::{StatusCode, header};
-use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
-use crate::access_log::{self, Leaf, LogError};
+use crate::access_log::{self, EntryFilter, Leaf, LogDb, LogError};
 use crate::api::{QueryParams, require};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
@@ -34,13 +33,13 @@ impl From<LogError> for ApiError {
     }
 }
 
-/// Runs a read of the log on a blocking thread with its own read-only connection.
+/// Runs a read of the log on a blocking thread with its own connection.
 async fn read<T: Send + 'static>(
     gw: &Gateway,
-    f: impl FnOnce(&rusqlite::Connection) -> Result<T, LogError> + Send + 'static,
+    f: impl FnOnce(&mut dyn LogDb) -> Result<T, LogError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let log = gw.access_log.clone();
-    tokio::task::spawn_blocking(move || f(&log.reader()?))
+    tokio::task::spawn_blocking(move || f(log.reader()?.as_mut()))
         .await
         .map_err(|_| ApiError::internal())?
         .map_err(ApiError::from)
@@ -106,18 +105,16 @@ pub async fn inclusion(
 ) -> Result<Json<InclusionView>, ApiError> {
     require(&caller, Role::Auditor)?;
     let view = read(&gw, move |c| {
-        let stored = access_log::size(c)?;
+        let stored = c.size()?;
         if q.size > stored || q.index >= q.size {
             return Err(LogError::OutOfRange(format!(
                 "need index < size <= {stored}; got index {} and size {}",
                 q.index, q.size
             )));
         }
-        let bytes: Vec<u8> = c.query_row(
-            "SELECT data FROM leaves WHERE seq = ?1",
-            params![q.index as i64],
-            |r| r.get(0),
-        )?;
+        let bytes = c
+            .leaf(q.index)?
+            .ok_or_else(|| LogError::Store(format!("leaf {} is missing", q.index)))?;
         let leaf: Leaf =
             serde_json::from_slice(&bytes).map_err(|e| LogError::Store(e.to_string()))?;
         let proof = access_log::inclusion_proof(c, q.index, q.size)?;
@@ -164,7 +161,7 @@ pub async fn consistency(
 ) -> Result<Json<ConsistencyView>, ApiError> {
     require(&caller, Role::Auditor)?;
     let proof = read(&gw, move |c| {
-        let stored = access_log::size(c)?;
+        let stored = c.size()?;
         if q.from > q.to || q.to > stored {
             return Err(LogError::OutOfRange(format!("need from <= to <= {stored}")));
         }
@@ -212,7 +209,7 @@ pub struct EntriesView {
 }
 
 fn query_entries(
-    c: &rusqlite::Connection,
+    c: &mut dyn LogDb,
     q: &EntriesQuery,
     holder: Option<String>,
 ) -> Result<EntriesView, LogError> {
@@ -222,41 +219,25 @@ fn query_entries(
             "limit must be between 1 and {MAX_PAGE}"
         )));
     }
-    let mut stmt = c.prepare_cached(
-        "SELECT seq, data FROM leaves
-         WHERE seq > ?1 AND (?2 IS NULL OR department = ?2) AND (?3 IS NULL OR holder = ?3)
-           AND (?4 IS NULL OR resource = ?4) AND (?5 IS NULL OR route = ?5)
-           AND (?6 IS NULL OR outcome = ?6) AND (?7 IS NULL OR time_ms >= ?7)
-           AND (?8 IS NULL OR time_ms < ?8)
-         ORDER BY seq LIMIT ?9",
-    )?;
-    let after = q.cursor.map_or(-1, |c| c as i64);
-    let rows = stmt.query_map(
-        params![
-            after,
-            q.department,
-            holder,
-            q.resource,
-            q.route,
-            q.outcome,
-            q.from_ms,
-            q.to_ms,
-            i64::from(limit) + 1
-        ],
-        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
-    )?;
-    let mut entries = Vec::new();
-    let mut more = false;
-    for row in rows {
-        let (_, data) = row?;
-        if entries.len() == limit as usize {
-            more = true;
-            break;
-        }
-        entries.push(
-            serde_json::from_slice::<Leaf>(&data).map_err(|e| LogError::Store(e.to_string()))?,
-        );
-    }
+    let filter = EntryFilter {
+        after: q.cursor.map_or(-1, |c| c.min(i64::MAX as u64) as i64),
+        department: q.department.clone(),
+        holder,
+        resource: q.resource.clone(),
+        route: q.route.clone(),
+        outcome: q.outcome.clone(),
+        from_ms: q.from_ms,
+        to_ms: q.to_ms,
+    };
+    let rows = c.entries(&filter, limit + 1)?;
+    let more = rows.len() > limit as usize;
+    let entries = rows
+        .iter()
+        .take(limit as usize)
+        .map(|data| {
+            serde_json::from_slice::<Leaf>(data).map_err(|e| LogError::Store(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let next_cursor = more.then(|| entries.last().map(|l| l.seq)).flatten();
     Ok(EntriesView {
         entries,
@@ -441,7 +422,6 @@ pub async fn export(
         }
     };
     let log = gw.access_log.clone();
-    let size = q.size.unwrap_or_else(|| log.size()).min(log.size());
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
     tokio::task::spawn_blocking(move || {
         // A reader that stops reading for this long loses the export: the read snapshot it
@@ -465,29 +445,41 @@ pub async fn export(
             }
         };
         let result = (|| -> Result<(), LogError> {
-            let conn = log.reader()?;
-            let mut stmt = conn.prepare("SELECT data FROM leaves WHERE seq < ?1 ORDER BY seq")?;
-            let mut rows = stmt.query(params![size as i64])?;
+            let mut db = log.reader()?;
+            // All leaves stored now (with a shared log, other nodes' too), or the first `size`.
+            let stored = db.size()?;
+            let size = q.size.map_or(stored, |s| s.min(stored));
             let mut chunk = if csv {
                 CSV_HEADER.to_owned().into_bytes()
             } else {
                 Vec::new()
             };
-            while let Some(row) = rows.next()? {
-                let data: Vec<u8> = row.get(0)?;
+            let (mut failure, mut gone) = (None, false);
+            db.scan(size, &mut |row| {
+                let data = row.data.unwrap_or_default();
                 if csv {
-                    let leaf: Leaf = serde_json::from_slice(&data)
-                        .map_err(|e| LogError::Store(e.to_string()))?;
-                    chunk.extend_from_slice(csv_row(&leaf).as_bytes());
+                    match serde_json::from_slice::<Leaf>(data) {
+                        Ok(leaf) => chunk.extend_from_slice(csv_row(&leaf).as_bytes()),
+                        Err(e) => {
+                            failure = Some(LogError::Store(e.to_string()));
+                            return false;
+                        }
+                    }
                 } else {
-                    chunk.extend_from_slice(&data);
+                    chunk.extend_from_slice(data);
                     chunk.push(b'\n');
                 }
                 if chunk.len() >= 64 * 1024 && !send(Ok(std::mem::take(&mut chunk).into())) {
-                    return Ok(()); // the client went away or stalled
+                    gone = true; // the client went away or stalled
                 }
+                !gone
+            })?;
+            if let Some(e) = failure {
+                return Err(e);
             }
-            send(Ok(chunk.into()));
+            if !gone {
+                send(Ok(chunk.into()));
+            }
             Ok(())
         })();
         if let Err(e) = result {

@@ -12,7 +12,8 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::access_log::{LogDb, PgLog, SqliteLog};
+use crate::config::{Config, Storage};
 use crate::pki::{ClientSpec, DevCa};
 use crate::server;
 use crate::state::Gateway;
@@ -79,8 +80,12 @@ enum AuditCommand {
     /// signature and consistency; exit 0 only when all holds, else name the first bad index.
     Verify {
         /// The gateway's data directory (holds access-log.db and access-log.vkey).
-        #[arg(long, required_unless_present = "export", conflicts_with = "export")]
+        #[arg(long, required_unless_present_any = ["export", "config"], conflicts_with_all = ["export", "config"])]
         data_dir: Option<PathBuf>,
+        /// The gateway's configuration: verifies the log where it keeps it (the shared tree in
+        /// PostgreSQL when `server.storage` names one), with the configured log key.
+        #[arg(long, conflicts_with = "export")]
+        config: Option<PathBuf>,
         /// An NDJSON export (`GET /v1/audit/export?format=ndjson`) to verify instead.
         #[arg(long, requires_all = ["checkpoint", "log_key"])]
         export: Option<PathBuf>,
@@ -227,6 +232,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Audit(AuditCommand::Verify {
             data_dir,
+            config,
             export,
             checkpoint,
             log_key,
@@ -251,15 +257,40 @@ fn run(command: Command) -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            let data_dir = data_dir.context("--data-dir or --export is required")?;
-            let db = data_dir.join("access-log.db");
-            if !db.is_file() {
-                anyhow::bail!("{} does not exist", db.display());
-            }
-            let key_file = log_key.unwrap_or_else(|| data_dir.join("access-log.vkey"));
-            let key = std::fs::read_to_string(&key_file)
-                .with_context(|| format!("cannot read the verifier key {}", key_file.display()))?;
-            let summary = crate::access_log::verify_offline(&db, key.trim())
+            let read_key = |file: &PathBuf| {
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read the verifier key {}", file.display()))
+            };
+            let (mut db, key): (Box<dyn LogDb>, String) = match config {
+                Some(file) => {
+                    let config = Config::load(&file)?;
+                    let key = match &log_key {
+                        Some(f) => read_key(f)?,
+                        None => config.access_log.key.verifier_key(),
+                    };
+                    let db: Box<dyn LogDb> = match &config.server.storage {
+                        Storage::Postgres(pg) => Box::new(PgLog::new(Arc::new(
+                            cert_store::pg_store::PgStore::open(pg.clone()).with_context(|| {
+                                format!("cannot open PostgreSQL schema {}", pg.schema)
+                            })?,
+                        ))),
+                        Storage::Embedded => {
+                            sqlite_log(&config.server.data_dir.join("access-log.db"))?
+                        }
+                    };
+                    (db, key)
+                }
+                None => {
+                    let data_dir =
+                        data_dir.context("--data-dir, --config or --export is required")?;
+                    let key_file = log_key.unwrap_or_else(|| data_dir.join("access-log.vkey"));
+                    (
+                        sqlite_log(&data_dir.join("access-log.db"))?,
+                        read_key(&key_file)?,
+                    )
+                }
+            };
+            let summary = crate::access_log::verify_offline(db.as_mut(), key.trim())
                 .map_err(|e| anyhow::anyhow!("access log verification FAILED: {e}"))?;
             println!(
                 "access log verified: {} leaves, {} checkpoints, root {}",
@@ -427,6 +458,16 @@ fn report_import(
     } else {
         anyhow::bail!("{} line(s) refused", bad.len())
     }
+}
+
+/// The SQLite access log at `path`, read-only; an error if there is none.
+fn sqlite_log(path: &Path) -> anyhow::Result<Box<dyn LogDb>> {
+    if !path.is_file() {
+        anyhow::bail!("{} does not exist", path.display());
+    }
+    Ok(Box::new(SqliteLog::open_read_only(path).with_context(
+        || format!("cannot open {}", path.display()),
+    )?))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -13,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use cert_store::service::{LicenceService, ServiceError};
 use cert_store::store::SqliteStore;
 
-use crate::access_log::{AccessLog, WriterSettings};
+use crate::access_log::{AccessLog, LogBackend, LogError, WriterSettings};
 use crate::config::{AccessRule, Config, ConfigError, DepartmentTable, ServerSettings};
 use crate::error::ApiError;
 use crate::exchange::Exchange;
@@ -163,18 +163,25 @@ impl Gateway {
             }
         };
         let log_settings = &config.access_log;
-        let log_path = config.server.data_dir.join("access-log.db");
-        let access_log = AccessLog::open(
-            &log_path,
-            log_settings.key.clone(),
-            WriterSettings {
-                queue_capacity: log_settings.queue_capacity,
-                max_batch: log_settings.max_batch,
-                checkpoint_interval: std::time::Duration::from_secs(1),
-                origin: log_settings.origin.clone(),
-                max_db_pages: log_settings.max_db_pages,
-            },
-        )
+        let log_backend = match &bus {
+            Some(pg) => LogBackend::Postgres(pg.clone()),
+            None => LogBackend::Sqlite(config.server.data_dir.join("access-log.db")),
+        };
+        let writer_settings = WriterSettings {
+            queue_capacity: log_settings.queue_capacity,
+            max_batch: log_settings.max_batch,
+            checkpoint_interval: std::time::Duration::from_secs(1),
+            origin: log_settings.origin.clone(),
+            max_db_pages: log_settings.max_db_pages,
+        };
+        // Opening checks the stored tree; a PostgreSQL client must not block a thread that
+        // drives async tasks (see below).
+        let key = log_settings.key.clone();
+        let access_log = std::thread::scope(|s| {
+            s.spawn(|| AccessLog::open(log_backend, key, writer_settings))
+                .join()
+        })
+        .map_err(|_| StartError::AccessLog(LogError::Store("the opening thread failed".into())))?
         .map_err(StartError::AccessLog)?;
         let log_verifier_key = log_settings.key.verifier_key();
         // Kept beside the log so that `certgate audit verify --data-dir` needs nothing else.

@@ -832,3 +832,159 @@ pub mod load {
         }
     }
 }
+
+/// Runs the `certgate` command line and waits for it.
+pub fn certgate(args: &[&str]) -> std::process::Output {
+    Command::new(certgate_bin()).args(args).output().unwrap()
+}
+
+/// The request ids of every leaf in a stored log.
+pub fn logged_request_ids(log: &StoredLog) -> std::collections::HashSet<String> {
+    log.all()
+        .into_iter()
+        .filter_map(|(_, data)| {
+            serde_json::from_slice::<serde_json::Value>(&data).unwrap()["request_id"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// A gateway's stored access log reached directly, past the gateway, as someone with write
+/// access to the database would: for tests that tamper with it and check it is found out.
+#[derive(Debug, Clone)]
+pub enum StoredLog {
+    /// `access-log.db` in a data directory.
+    Sqlite(PathBuf),
+    /// The shared tables in a PostgreSQL schema.
+    Postgres(std::sync::Arc<cert_store::pg_store::PgStore>),
+}
+
+impl StoredLog {
+    /// The log of a gateway with data directory `data` on the store `schema` guards (none: the
+    /// embedded store).
+    pub fn of(data: &Path, schema: &Option<cert_store::pg_store::SchemaGuard>) -> StoredLog {
+        match schema {
+            Some(g) => StoredLog::Postgres(g.store().clone()),
+            None => StoredLog::Sqlite(data.join("access-log.db")),
+        }
+    }
+
+    /// Runs one statement; `?1`-style parameters become `$1` on PostgreSQL, and table
+    /// names `leaves`/`nodes` get PostgreSQL's `log_` prefix.
+    fn exec(&self, sql: &str, seq: i64, data: Option<&[u8]>) {
+        match self {
+            StoredLog::Sqlite(path) => {
+                let db = rusqlite::Connection::open(path).unwrap();
+                let mut stmt = db.prepare(sql).unwrap();
+                let n = stmt.parameter_count();
+                match (n, data) {
+                    (1, _) => stmt.execute(rusqlite::params![seq]).unwrap(),
+                    (2, Some(d)) => stmt.execute(rusqlite::params![seq, d]).unwrap(),
+                    _ => stmt.execute([]).unwrap(),
+                };
+            }
+            StoredLog::Postgres(store) => {
+                let sql = sql
+                    .replace("?1", "$1")
+                    .replace("?2", "$2")
+                    .replace(" leaves", " log_leaves")
+                    .replace(" nodes", " log_nodes");
+                let store = store.clone();
+                let data = data.map(<[u8]>::to_vec);
+                std::thread::spawn(move || {
+                    store
+                        .pool()
+                        .with(|c| {
+                            let n = c.prepare(&sql)?.params().len();
+                            match (n, &data) {
+                                (1, _) => c.execute(&sql, &[&seq])?,
+                                (2, Some(d)) => c.execute(&sql, &[&seq, d])?,
+                                _ => c.execute(&sql, &[])?,
+                            };
+                            Ok(())
+                        })
+                        .unwrap()
+                })
+                .join()
+                .unwrap();
+            }
+        }
+    }
+
+    /// Every stored leaf's bytes, by position.
+    pub fn all(&self) -> Vec<(i64, Vec<u8>)> {
+        match self {
+            StoredLog::Sqlite(path) => {
+                let db = rusqlite::Connection::open(path).unwrap();
+                let mut stmt = db
+                    .prepare("SELECT seq, data FROM leaves ORDER BY seq")
+                    .unwrap();
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect()
+            }
+            StoredLog::Postgres(store) => {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    store
+                        .pool()
+                        .with(|c| {
+                            Ok(
+                                c.query("SELECT seq, data FROM log_leaves ORDER BY seq", &[])?
+                                    .iter()
+                                    .map(|r| (r.get(0), r.get(1)))
+                                    .collect(),
+                            )
+                        })
+                        .unwrap()
+                })
+                .join()
+                .unwrap()
+            }
+        }
+    }
+
+    /// The bytes of leaf `seq`.
+    pub fn get(&self, seq: i64) -> Vec<u8> {
+        self.all()
+            .into_iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, d)| d)
+            .unwrap()
+    }
+
+    /// Overwrites the bytes of leaf `seq`.
+    pub fn put(&self, seq: i64, data: &[u8]) {
+        self.exec(
+            "UPDATE leaves SET data = ?2 WHERE seq = ?1",
+            seq,
+            Some(data),
+        );
+    }
+
+    /// Deletes leaf `seq`.
+    pub fn delete(&self, seq: i64) {
+        self.exec("DELETE FROM leaves WHERE seq = ?1", seq, None);
+    }
+
+    /// Puts leaf `seq` back.
+    pub fn insert(&self, seq: i64, data: &[u8]) {
+        self.exec(
+            "INSERT INTO leaves (seq, time_ms, outcome, data) VALUES (?1, 0, 'allowed', ?2)",
+            seq,
+            Some(data),
+        );
+    }
+
+    /// Deletes every leaf from `seq` on, with their level-0 nodes (and, on PostgreSQL, sets
+    /// the tree size back), as someone hiding the newest entries would.
+    pub fn truncate(&self, seq: i64) {
+        self.exec("DELETE FROM leaves WHERE seq >= ?1", seq, None);
+        self.exec("DELETE FROM nodes WHERE level = 0 AND idx >= ?1", seq, None);
+        if let StoredLog::Postgres(_) = self {
+            self.exec("UPDATE log_state SET size = ?1", seq, None);
+        }
+    }
+}

@@ -1,7 +1,7 @@
-//! The access log end to end: every request and refused handshake recorded once, auditors'
-//! queries and proofs against signed checkpoints, tampering found offline, failing closed.
+// The access log end to end: every request and refused handshake recorded once, auditors'
+// queries and proofs against signed checkpoints, tampering found offline, failing closed.
+// Included once per store (see main.rs): `storage` names the module's backend.
 
-use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
@@ -34,6 +34,9 @@ async fn checkpoint_covering(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_outcome_is_logged_once_and_provable_against_a_signed_checkpoint() {
+    let Some((extra, _schema)) = storage("audit-outcomes") else {
+        return;
+    };
     let pki = TestPki::new();
     let ids = [
         pki.department("market", MARKET),
@@ -42,7 +45,7 @@ async fn every_outcome_is_logged_once_and_provable_against_a_signed_checkpoint()
         pki.department("audit", AUDIT),
         pki.department("app", APP),
     ];
-    let gw = TestGateway::standard(&pki, "").await;
+    let gw = TestGateway::standard(&pki, &extra).await;
     let conn = |i: usize| Client::new(&pki.ca_pem(), Some(&ids[i]), Proto::H2);
     let (mut market, mut approval, mut ops, mut auditor, mut app) = (
         conn(0).connect(gw.addr).await.unwrap(),
@@ -312,16 +315,15 @@ async fn every_outcome_is_logged_once_and_provable_against_a_signed_checkpoint()
     drop(market);
 }
 
-fn certgate(args: &[&str]) -> std::process::Output {
-    Command::new(certgate_bin()).args(args).output().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_verify_finds_tampering_and_the_gateway_refuses_an_inconsistent_log() {
+    let Some((extra, schema)) = storage("audit-tampering") else {
+        return;
+    };
     let pki = TestPki::new();
     let approval = pki.department("approval", APPROVAL);
-    let config = write_config(&pki, "", &standard_departments());
-    let data = pki.dir.path().join("data");
+    let config = write_config(&pki, &extra, &standard_departments());
+    let stored = StoredLog::of(&pki.dir.path().join("data"), &schema);
     let served = Served::start(&config);
     let api = served.api;
     let client = Client::new(&pki.ca_pem(), Some(&approval), Proto::H1);
@@ -334,97 +336,59 @@ async fn audit_verify_finds_tampering_and_the_gateway_refuses_an_inconsistent_lo
     drop(conn);
     served.stop();
 
-    let data_dir = data.to_str().unwrap();
-    let out = certgate(&["audit", "verify", "--data-dir", data_dir]);
+    let config_arg = config.to_str().unwrap();
+    let verify = || certgate(&["audit", "verify", "--config", config_arg]);
+    let out = verify();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("access log verified: 21 leaves"));
+    if schema.is_none() {
+        // The embedded log is found from the data directory alone, too.
+        let data = pki.dir.path().join("data");
+        let out = certgate(&["audit", "verify", "--data-dir", data.to_str().unwrap()]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("access log verified: 21 leaves"));
+    }
+    let fails_at = |leaf: &str| {
+        let out = verify();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(leaf),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
 
-    let db = rusqlite::Connection::open(data.join("access-log.db")).unwrap();
-    let original: Vec<u8> = db
-        .query_row("SELECT data FROM leaves WHERE seq = 7", [], |r| r.get(0))
-        .unwrap();
+    let original = stored.get(7);
     let edited = String::from_utf8(original.clone())
         .unwrap()
         .replace("\"status\":200", "\"status\":201")
         .into_bytes();
-    db.execute("UPDATE leaves SET data = ?1 WHERE seq = 7", [&edited])
-        .unwrap();
-    let out = certgate(&["audit", "verify", "--data-dir", data_dir]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("leaf 7"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    db.execute("UPDATE leaves SET data = ?1 WHERE seq = 7", [&original])
-        .unwrap();
-    assert!(
-        certgate(&["audit", "verify", "--data-dir", data_dir])
-            .status
-            .success()
-    );
+    stored.put(7, &edited);
+    fails_at("leaf 7");
+    stored.put(7, &original);
+    assert!(verify().status.success());
 
     // Two leaves swapped: found at the first of them.
-    let get = |seq: i64| -> Vec<u8> {
-        db.query_row("SELECT data FROM leaves WHERE seq = ?1", [seq], |r| {
-            r.get(0)
-        })
-        .unwrap()
-    };
-    let (three, four) = (get(3), get(4));
-    let put = |seq: i64, data: &Vec<u8>| {
-        db.execute(
-            "UPDATE leaves SET data = ?1 WHERE seq = ?2",
-            rusqlite::params![data, seq],
-        )
-        .unwrap()
-    };
-    put(3, &four);
-    put(4, &three);
-    let out = certgate(&["audit", "verify", "--data-dir", data_dir]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("leaf 3"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    put(3, &three);
-    put(4, &four);
+    let (three, four) = (stored.get(3), stored.get(4));
+    stored.put(3, &four);
+    stored.put(4, &three);
+    fails_at("leaf 3");
+    stored.put(3, &three);
+    stored.put(4, &four);
 
     // One leaf deleted: found where it is missing.
-    let kept: Vec<u8> = db
-        .query_row("SELECT data FROM leaves WHERE seq = 9", [], |r| r.get(0))
-        .unwrap();
-    db.execute("DELETE FROM leaves WHERE seq = 9", []).unwrap();
-    let out = certgate(&["audit", "verify", "--data-dir", data_dir]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("leaf 9"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    db.execute(
-        "INSERT INTO leaves (seq, time_ms, outcome, data) VALUES (9, 0, 'allowed', ?1)",
-        [&kept],
-    )
-    .unwrap();
-    assert!(
-        certgate(&["audit", "verify", "--data-dir", data_dir])
-            .status
-            .success()
-    );
+    let kept = stored.get(9);
+    stored.delete(9);
+    fails_at("leaf 9");
+    stored.insert(9, &kept);
+    assert!(verify().status.success());
 
     // Deleting the newest leaves leaves the last checkpoint without its tree.
-    db.execute("DELETE FROM leaves WHERE seq >= 15", [])
-        .unwrap();
-    db.execute("DELETE FROM nodes WHERE level = 0 AND idx >= 15", [])
-        .unwrap();
-    drop(db);
-    let out = certgate(&["audit", "verify", "--data-dir", data_dir]);
+    stored.truncate(15);
+    let out = verify();
     assert!(!out.status.success());
     let mut child = serve_command(&config).spawn().unwrap();
     let status = child.wait().unwrap();
@@ -441,45 +405,15 @@ async fn audit_verify_finds_tampering_and_the_gateway_refuses_an_inconsistent_lo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_log_that_cannot_be_written_fails_closed() {
-    let pki = TestPki::new();
-    let approval = pki.department("approval", APPROVAL);
-    let config = write_config_with_log(&pki, "", &standard_departments(), "max_db_pages = 40");
-    let gw = TestGateway::start(&config).await;
-    let mut conn = Client::new(&pki.ca_pem(), Some(&approval), Proto::H2)
-        .connect(gw.addr)
-        .await
-        .unwrap();
-    let mut failed = None;
-    for i in 0..5000 {
-        let reply = conn.get("/v1/whoami").await.unwrap();
-        if reply.status != StatusCode::OK {
-            failed = Some((i, reply));
-            break;
-        }
-    }
-    let (served, reply) = failed.expect("the capped log never filled");
-    assert!(served > 10, "the log failed too early ({served})");
-    assert_eq!(
-        (reply.status, reply.code().as_str()),
-        (StatusCode::SERVICE_UNAVAILABLE, "CG-LOG-001")
-    );
-    assert!(
-        reply.json().get("department").is_none(),
-        "data served unlogged"
-    );
-    // From now on nothing is served, and readiness says so.
-    let reply = conn.get("/v1/whoami").await.unwrap();
-    assert_eq!(reply.code(), "CG-LOG-001");
-    assert_eq!(gw.ops_get("/readyz").await.0, 503);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_load_loses_no_acknowledged_leaf() {
+    let Some((extra, schema)) = storage("audit-sigkill") else {
+        return;
+    };
     let pki = TestPki::new();
     let approval = pki.department("approval", APPROVAL);
-    let config = write_config(&pki, "", &standard_departments());
-    let data = pki.dir.path().join("data");
+    let config = write_config(&pki, &extra, &standard_departments());
+    let stored = StoredLog::of(&pki.dir.path().join("data"), &schema);
+    let config_arg = config.to_str().unwrap();
     let served = Served::start(&config);
     let api = served.api;
     let client = Client::new(&pki.ca_pem(), Some(&approval), Proto::H2);
@@ -517,32 +451,19 @@ async fn sigkill_mid_load_loses_no_acknowledged_leaf() {
     );
 
     // The log verifies, and every acknowledged request is in it.
-    let out = certgate(&["audit", "verify", "--data-dir", data.to_str().unwrap()]);
+    let out = certgate(&["audit", "verify", "--config", config_arg]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let db = rusqlite::Connection::open(data.join("access-log.db")).unwrap();
-    let mut stmt = db.prepare("SELECT data FROM leaves").unwrap();
-    let logged: std::collections::HashSet<String> = stmt
-        .query_map([], |r| r.get::<_, Vec<u8>>(0))
-        .unwrap()
-        .map(|d| {
-            serde_json::from_slice::<Value>(&d.unwrap()).unwrap()["request_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .collect();
+    let logged = logged_request_ids(&stored);
     let lost: Vec<&String> = acked.iter().filter(|id| !logged.contains(*id)).collect();
     assert!(
         lost.is_empty(),
         "{} acknowledged requests have no leaf",
         lost.len()
     );
-    drop(stmt);
-    drop(db);
 
     // It restarts on the same log (the tree still matches its last checkpoint) and keeps going.
     let served = Served::start(&config);
@@ -552,7 +473,7 @@ async fn sigkill_mid_load_loses_no_acknowledged_leaf() {
         StatusCode::OK
     );
     served.stop();
-    let out = certgate(&["audit", "verify", "--data-dir", data.to_str().unwrap()]);
+    let out = certgate(&["audit", "verify", "--config", config_arg]);
     assert!(
         out.status.success(),
         "{}",
@@ -563,6 +484,9 @@ async fn sigkill_mid_load_loses_no_acknowledged_leaf() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_fails_inside_the_gateway_is_logged_as_an_error() {
     use gateway::source_system::{Fault, SourceSystem};
+    let Some((extra, _schema)) = storage("audit-error") else {
+        return;
+    };
     let pki = TestPki::new();
     let approval = pki.department("approval", APPROVAL);
     let auditor = pki.department("audit", AUDIT);
@@ -588,7 +512,7 @@ async fn a_request_that_fails_inside_the_gateway_is_logged_as_an_error() {
     );
     let config = write_config(
         &pki,
-        "request_timeout_ms = 300",
+        &format!("request_timeout_ms = 300\n{extra}"),
         &(standard_departments() + &exchange),
     );
     let gw = TestGateway::start(&config).await;

@@ -9,10 +9,6 @@ use certgate_tests::*;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn certgate(args: &[&str]) -> Output {
-    Command::new(certgate_bin()).args(args).output().unwrap()
-}
-
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

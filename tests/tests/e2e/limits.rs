@@ -218,3 +218,38 @@ async fn operations_listener_serves_health_readiness_and_metrics() {
         assert!(metrics.contains(&needle), "missing {needle}:\n{metrics}");
     }
 }
+
+/// The embedded access log capped in size: when it fills, nothing more is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_cannot_be_written_fails_closed() {
+    let pki = TestPki::new();
+    let approval = pki.department("approval", APPROVAL);
+    let config = write_config_with_log(&pki, "", &standard_departments(), "max_db_pages = 40");
+    let gw = TestGateway::start(&config).await;
+    let mut conn = Client::new(&pki.ca_pem(), Some(&approval), Proto::H2)
+        .connect(gw.addr)
+        .await
+        .unwrap();
+    let mut failed = None;
+    for i in 0..5000 {
+        let reply = conn.get("/v1/whoami").await.unwrap();
+        if reply.status != StatusCode::OK {
+            failed = Some((i, reply));
+            break;
+        }
+    }
+    let (served, reply) = failed.expect("the capped log never filled");
+    assert!(served > 10, "the log failed too early ({served})");
+    assert_eq!(
+        (reply.status, reply.code().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "CG-LOG-001")
+    );
+    assert!(
+        reply.json().get("department").is_none(),
+        "data served unlogged"
+    );
+    // From now on nothing is served, and readiness says so.
+    let reply = conn.get("/v1/whoami").await.unwrap();
+    assert_eq!(reply.code(), "CG-LOG-001");
+    assert_eq!(gw.ops_get("/readyz").await.0, 503);
+}

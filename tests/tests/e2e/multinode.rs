@@ -245,6 +245,33 @@ async fn with_the_database_gone_requests_fail_closed_and_recover_without_a_resta
     let credential = issued["credential"].as_str().unwrap().to_owned();
     let verify = json!({ "credential": credential });
 
+    // Load throughout: verifications from four more connections. Any answer but 200 or a
+    // fail-closed 503 is a failure.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut loaders = Vec::new();
+    for _ in 0..4 {
+        let (mut c, stop, verify) = (market.fork().unwrap(), stop.clone(), verify.clone());
+        loaders.push(tokio::spawn(async move {
+            let (mut ok, mut refused, mut other) = (0u32, 0u32, Vec::new());
+            while !*stop.borrow() {
+                match c
+                    .json(Method::POST, "/v1/licences/verify", &[], &verify)
+                    .await
+                {
+                    Ok(r) if r.status == StatusCode::OK => ok += 1,
+                    Ok(r) if r.status == StatusCode::SERVICE_UNAVAILABLE => refused += 1,
+                    Ok(r) => other.push(r.status),
+                    Err(e) => panic!("the connection broke: {e}"),
+                }
+            }
+            (ok, refused, other)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Both the store and the shared access log are in the database: whichever is reached
+    // first refuses the request.
+    let fail_closed = ["CG-STO-001", "CG-LOG-001"];
     relay.cut();
     for _ in 0..3 {
         let started = Instant::now();
@@ -252,12 +279,8 @@ async fn with_the_database_gone_requests_fail_closed_and_recover_without_a_resta
             .json(Method::POST, "/v1/licences/verify", &[], &verify)
             .await
             .unwrap();
-        assert_eq!(
-            (r.status, r.code().as_str()),
-            (StatusCode::SERVICE_UNAVAILABLE, "CG-STO-001"),
-            "{:?}",
-            r.body
-        );
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+        assert!(fail_closed.contains(&r.code().as_str()), "{:?}", r.body);
         assert!(
             started.elapsed() < Duration::from_secs(6),
             "{:?}",
@@ -272,19 +295,217 @@ async fn with_the_database_gone_requests_fail_closed_and_recover_without_a_resta
             )
             .await
             .unwrap();
-        assert_eq!(
-            r.code(),
-            "CG-STO-001",
-            "nothing is issued without the store"
+        assert!(
+            fail_closed.contains(&r.code().as_str()),
+            "nothing is issued without the store: {:?}",
+            r.body
         );
     }
 
+    // Back: within a few seconds requests are served again, without a restart.
     relay.restore();
-    let r = market
-        .json(Method::POST, "/v1/licences/verify", &[], &verify)
+    let back = Instant::now();
+    loop {
+        let r = market
+            .json(Method::POST, "/v1/licences/verify", &[], &verify)
+            .await
+            .unwrap();
+        if r.status == StatusCode::OK {
+            assert_eq!(r.json()["valid"], true);
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(10), "{:?}", r.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    issue_licence(&mut market, &business_licence(&seal, XIAOMI)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_tx.send(true).unwrap();
+    let (mut served, mut refused) = (0, 0);
+    for l in loaders {
+        let (ok, r, other) = l.await.unwrap();
+        assert!(other.is_empty(), "answers other than 200/503: {other:?}");
+        served += ok;
+        refused += r;
+    }
+    assert!(
+        served > 0 && refused > 0,
+        "{served} served, {refused} refused"
+    );
+}
+
+/// Clients that send `/v1/whoami` to `addr` until `stop` or the first failure, and return
+/// the request ids that were answered 200 (acknowledged) and the number of failures.
+fn load(
+    client: &Client,
+    addr: std::net::SocketAddr,
+    clients: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<(Vec<String>, usize)>> {
+    (0..clients)
+        .map(|_| {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut acked, mut failed) = (Vec::new(), 0);
+                let Ok(mut conn) = client.connect(addr).await else {
+                    return (acked, 1);
+                };
+                while !*stop.borrow() && acked.len() < 20_000 {
+                    match conn.get("/v1/whoami").await {
+                        Ok(r) if r.status == StatusCode::OK => {
+                            acked.push(r.headers["x-request-id"].to_str().unwrap().to_owned())
+                        }
+                        _ => {
+                            failed += 1;
+                            break;
+                        }
+                    }
+                }
+                (acked, failed)
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tree_for_both_nodes_and_a_killed_node_loses_no_acknowledged_entry() {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
+    let Some((store, schema)) = cert_store::pg_store::test_store("multinode-log").unwrap() else {
+        return;
+    };
+    let url = std::env::var("CERTGATE_TEST_POSTGRES_URL").unwrap();
+    let pki = TestPki::new();
+    let approval = pki.department("approval", APPROVAL);
+    let audit = pki.department("audit", AUDIT);
+    let config_a = node_config(&pki, "a", &url, store.schema(), "");
+    let config_b = node_config(&pki, "b", &url, store.schema(), "");
+    let (a, b) = (Served::start(&config_a), Served::start(&config_b));
+    let client = Client::new(&pki.ca_pem(), Some(&approval), Proto::H2);
+
+    // Both nodes under load; A is killed (SIGKILL) in the middle of it, B goes on.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let on_a = load(&client, a.api, 4, stop.clone());
+    let on_b = load(&client, b.api, 4, stop);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    a.kill();
+    let mut acked = Vec::new();
+    for t in on_a {
+        acked.extend(t.await.unwrap().0);
+    }
+    let acked_on_a = acked.len();
+    let from_a: BTreeSet<String> = acked.iter().cloned().collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop_tx.send(true).unwrap();
+    let mut acked_on_b = 0;
+    for t in on_b {
+        let (ids, failed) = t.await.unwrap();
+        assert_eq!(failed, 0, "B failed requests while A died");
+        acked_on_b += ids.len();
+        acked.extend(ids);
+    }
+    assert!(
+        acked_on_a > 50 && acked_on_b > 100,
+        "too little load: {acked_on_a} on A, {acked_on_b} on B"
+    );
+
+    // Every acknowledged request, from either node, is in the one tree.
+    let schema = Some(schema);
+    let logged = logged_request_ids(&StoredLog::of(pki.dir.path(), &schema));
+    let lost = acked.iter().filter(|id| !logged.contains(*id)).count();
+    assert_eq!(lost, 0, "{lost} acknowledged requests have no leaf");
+
+    // An auditor on B: a checkpoint over everything, inclusion proofs for leaves A and B wrote.
+    let mut auditor = Client::new(&pki.ca_pem(), Some(&audit), Proto::H2)
+        .connect(b.api)
         .await
         .unwrap();
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    assert_eq!(r.json()["valid"], true);
-    issue_licence(&mut market, &business_licence(&seal, XIAOMI)).await;
+    let key = String::from_utf8(
+        auditor
+            .get("/v1/audit/log-key")
+            .await
+            .unwrap()
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    let key = key.trim();
+    let total = logged.len() as u64;
+    let (note, cp) = loop {
+        let reply = auditor.get("/v1/audit/checkpoint").await.unwrap();
+        let note = String::from_utf8(reply.body.to_vec()).unwrap();
+        let cp = gateway::checkpoint::verify_note(&note, key).unwrap();
+        if cp.size >= total {
+            break (note, cp);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The whole tree, exported through B, verifies offline with the command line against B's
+    // checkpoint, and so does the log in the database.
+    let export = auditor
+        .get(&format!("/v1/audit/export?format=ndjson&size={}", cp.size))
+        .await
+        .unwrap();
+    let dir = pki.dir.path();
+    std::fs::write(dir.join("export.ndjson"), &export.body).unwrap();
+    std::fs::write(dir.join("checkpoint"), &note).unwrap();
+    std::fs::write(dir.join("log.vkey"), key).unwrap();
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+    let out = certgate(&[
+        "audit",
+        "verify",
+        "--export",
+        &path("export.ndjson"),
+        "--checkpoint",
+        &path("checkpoint"),
+        "--log-key",
+        &path("log.vkey"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An inclusion proof for the first leaf of a request through A and of one through B.
+    let mut firsts = [None, None];
+    for (index, line) in export.body.split(|b| *b == b'\n').enumerate() {
+        let Ok(leaf) = serde_json::from_slice::<Value>(line) else {
+            continue;
+        };
+        let Some(rid) = leaf["request_id"].as_str() else {
+            continue;
+        };
+        let node = usize::from(!from_a.contains(rid));
+        firsts[node].get_or_insert(index as u64);
+    }
+    for index in firsts.map(|i| i.expect("a leaf from each node")) {
+        let view = auditor
+            .get(&format!(
+                "/v1/audit/proof/inclusion?index={index}&size={}",
+                cp.size
+            ))
+            .await
+            .unwrap()
+            .json();
+        let bytes = B64.decode(view["leaf_bytes"].as_str().unwrap()).unwrap();
+        let proof: Vec<gateway::merkle::Hash> = view["proof"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| B64.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+            .collect();
+        assert!(gateway::merkle::verify_inclusion(
+            &gateway::merkle::leaf_hash(&bytes),
+            index,
+            cp.size,
+            &proof,
+            &cp.root
+        ));
+    }
+    let out = certgate(&["audit", "verify", "--config", config_b.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b.stop();
 }
