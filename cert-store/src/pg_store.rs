@@ -233,6 +233,58 @@ impl PgPool {
     }
 }
 
+/// A connection taken out of a [`PgPool`] for longer than one call (to hold a session-level
+/// advisory lock, say); back in the pool when dropped, unless discarded or broken.
+pub struct Held<'a> {
+    pool: &'a PgPool,
+    client: Option<Client>,
+}
+
+impl std::fmt::Debug for Held<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held").finish_non_exhaustive()
+    }
+}
+
+impl PgPool {
+    /// Takes a connection out of the pool (opening one if none is idle).
+    pub fn hold(&self) -> Result<Held<'_>> {
+        let taken = self.idle.lock().ok().and_then(|mut v| v.pop());
+        let client = match taken {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect()?,
+        };
+        Ok(Held {
+            pool: self,
+            client: Some(client),
+        })
+    }
+}
+
+impl Held<'_> {
+    /// The connection; `None` once discarded.
+    pub fn client(&mut self) -> Option<&mut Client> {
+        self.client.as_mut()
+    }
+
+    /// Closes the connection instead of returning it to the pool.
+    pub fn discard(&mut self) {
+        self.client = None;
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take()
+            && !c.is_closed()
+            && let Ok(mut idle) = self.pool.idle.lock()
+            && idle.len() < self.pool.settings.pool_size
+        {
+            idle.push(c);
+        }
+    }
+}
+
 /// What a listener hears.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BusEvent {

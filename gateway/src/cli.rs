@@ -424,15 +424,17 @@ fn run(command: Command) -> anyhow::Result<()> {
 
 fn open_knowledge_base(config: &Path) -> anyhow::Result<policies::KnowledgeBase> {
     let config = Config::load(config)?;
-    let analyzer = match &config.policies.user_dictionary {
-        Some(p) => search::ChineseAnalyzer::with_user_dictionary(p),
-        None => search::ChineseAnalyzer::new(),
-    }?;
-    let dir = config.server.data_dir.join("policies");
-    policies::KnowledgeBase::open(Some(&dir), analyzer).with_context(|| {
-        format!(
-            "cannot open the knowledge base in {} (is the gateway running?)",
-            dir.display()
+    let shared = match &config.server.storage {
+        Storage::Postgres(pg) => Some(Arc::new(
+            cert_store::pg_store::PgStore::open(pg.clone())
+                .with_context(|| format!("cannot open PostgreSQL schema {}", pg.schema))?,
+        )),
+        Storage::Embedded => None,
+    };
+    crate::matching::open_knowledge_base(&config, shared).map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (the embedded knowledge base in {} is open only to one process: is the gateway running?)",
+            config.server.data_dir.join("policies").display()
         )
     })
 }

@@ -44,6 +44,29 @@ fn kb_error(e: KbError) -> ApiError {
     ApiError::internal()
 }
 
+/// Opens the knowledge base of `config`: indexes in the data directory, and the store there
+/// too, or in the PostgreSQL schema `shared` all nodes use.
+pub fn open_knowledge_base(
+    config: &crate::config::Config,
+    shared: Option<Arc<cert_store::pg_store::PgStore>>,
+) -> Result<KnowledgeBase, String> {
+    let analyzer = match &config.policies.user_dictionary {
+        Some(p) => search::ChineseAnalyzer::with_user_dictionary(p),
+        None => search::ChineseAnalyzer::new(),
+    }
+    .map_err(|e| e.to_string())?;
+    let dir = config.server.data_dir.join("policies");
+    let opened = match shared {
+        None => KnowledgeBase::open(Some(&dir), analyzer),
+        Some(pg) => {
+            let store = policies::pg_store::PgKbStore::open(pg)
+                .map_err(|e| format!("knowledge base store: {e}"))?;
+            KnowledgeBase::open_on(Some(&dir), analyzer, Arc::new(store))
+        }
+    };
+    opened.map_err(|e| format!("cannot open the knowledge base: {e}"))
+}
+
 /// Decides every policy again once a day (and once at start): eligibility that changes with
 /// time alone (windows, anniversaries) reaches the push feed. Ends with the gateway.
 pub async fn rematch_daily(gateway: std::sync::Weak<Gateway>) {

@@ -195,17 +195,22 @@ impl Gateway {
             metrics.exchange.clone(),
         )?);
         let node_id = hex::encode(crate::data::random_id());
+        let policies = Arc::new(
+            std::thread::scope(|s| {
+                s.spawn(|| crate::matching::open_knowledge_base(&config, bus.clone()))
+                    .join()
+            })
+            .map_err(|_| StartError::Policies("the opening thread failed".into()))?
+            .map_err(StartError::Policies)?,
+        );
         if let Some(pg) = &bus {
-            listen_for_other_nodes(pg.clone(), Arc::downgrade(&exchange), node_id.clone());
+            listen_for_other_nodes(
+                pg.clone(),
+                Arc::downgrade(&exchange),
+                Arc::downgrade(&policies),
+                node_id.clone(),
+            );
         }
-        let analyzer = match &config.policies.user_dictionary {
-            Some(p) => search::ChineseAnalyzer::with_user_dictionary(p),
-            None => search::ChineseAnalyzer::new(),
-        }
-        .map_err(|e| StartError::Policies(e.to_string()))?;
-        let policies =
-            policies::KnowledgeBase::open(Some(&config.server.data_dir.join("policies")), analyzer)
-                .map_err(|e| StartError::Policies(e.to_string()))?;
         let licensing = &config.licensing;
         // Opening reads the keys from the store; a PostgreSQL client must not block a thread
         // that drives async tasks, and the gateway may be built from one.
@@ -225,7 +230,7 @@ impl Gateway {
             exchange,
             bus,
             node_id,
-            policies: Arc::new(policies),
+            policies,
             profile_owner: config.policies.profile_owner.clone(),
             pseudonym_key: config.access_log.pseudonym_key,
             log_verifier_key,
@@ -346,6 +351,9 @@ pub enum Freshness {
         /// Holder id.
         holder: String,
     },
+    /// Policies or enterprise profiles changed (sent by the knowledge base's store itself,
+    /// when the change commits): catch up from the store.
+    Policies,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -363,14 +371,26 @@ async fn apply(exchange: &Exchange, event: &Freshness) {
             licence_type,
             holder,
         } => exchange.licence_changed(licence_type, holder).await,
+        Freshness::Policies => {}
     }
 }
 
-/// Listens for the other nodes' invalidations on a thread of its own until the exchange is
-/// gone; after a gap (a reconnection) it drops the whole cache, since notices were missed.
+/// Brings this node's knowledge base up to the shared store, off the async threads.
+fn refresh_policies(runtime: &tokio::runtime::Handle, kb: Arc<policies::KnowledgeBase>) {
+    runtime.spawn_blocking(move || {
+        if let Err(e) = kb.refresh() {
+            tracing::error!(error = %e, "cannot catch up with the other nodes' policy changes");
+        }
+    });
+}
+
+/// Listens for the other nodes' invalidations and policy changes on a thread of its own until
+/// the gateway is gone; after a gap (a reconnection) it drops the whole exchange cache and
+/// catches up with the policy store, since notices were missed.
 fn listen_for_other_nodes(
     pg: Arc<cert_store::pg_store::PgStore>,
     exchange: std::sync::Weak<Exchange>,
+    kb: std::sync::Weak<policies::KnowledgeBase>,
     node_id: String,
 ) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -382,13 +402,20 @@ fn listen_for_other_nodes(
         .spawn(move || {
             use cert_store::pg_store::BusEvent;
             pg.pool().listen(|event| {
-                let Some(exchange) = exchange.upgrade() else {
+                let (Some(exchange), Some(kb)) = (exchange.upgrade(), kb.upgrade()) else {
                     return false;
                 };
                 match event {
                     BusEvent::Idle => {}
-                    BusEvent::Resync => exchange.invalidate_all(),
+                    BusEvent::Resync => {
+                        exchange.invalidate_all();
+                        refresh_policies(&runtime, kb);
+                    }
                     BusEvent::Message(payload) => match serde_json::from_str::<Note>(&payload) {
+                        Ok(Note {
+                            event: Freshness::Policies,
+                            ..
+                        }) => refresh_policies(&runtime, kb),
                         Ok(note) if note.node != node_id => {
                             runtime.spawn(async move { apply(&exchange, &note.event).await });
                         }

@@ -11,7 +11,7 @@ use time::Date;
 use crate::eligibility::{self, Eligibility};
 use crate::index::{EnterpriseIndex, IndexError, PolicyIndex, SearchFilter, SearchHit};
 use crate::model::{Policy, Profile};
-use crate::store::{FeedEvent, NewMatch, Store, StoreError};
+use crate::store::{FeedEvent, KbStore, NewMatch, Store, StoreError};
 
 /// A knowledge-base error.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +154,10 @@ pub struct Changes {
 
 /// The knowledge base.
 pub struct KnowledgeBase {
-    store: Store,
+    store: Arc<dyn KbStore>,
+    /// The store's change mark this node's memory and indexes reflect (see
+    /// [`KbStore::changes_since`]).
+    mark: Mutex<i64>,
     policies: RwLock<Policies>,
     profiles: RwLock<Profiles>,
     policy_index: PolicyIndex,
@@ -187,6 +190,23 @@ impl KnowledgeBase {
             }
             None => Store::in_memory()?,
         };
+        KnowledgeBase::open_on(dir, analyzer, Arc::new(store))
+    }
+
+    /// Opens the knowledge base on `store`, with its indexes in `dir` (or in memory). With a
+    /// store several nodes share, the indexes are rebuilt at start and kept in step with the
+    /// other nodes' changes by [`KnowledgeBase::refresh`] and before every write.
+    pub fn open_on(
+        dir: Option<&Path>,
+        analyzer: ChineseAnalyzer,
+        store: Arc<dyn KbStore>,
+    ) -> Result<KnowledgeBase, KbError> {
+        if let Some(d) = dir {
+            std::fs::create_dir_all(d).map_err(|e| StoreError::from_io(d, e))?;
+        }
+        // Taken before loading: a change made while loading is applied again later, which
+        // is harmless, rather than missed.
+        let mark = store.mark()?;
         // Whether the policy index is new does not matter: it is rebuilt below in any case.
         let (policy_index, _) =
             PolicyIndex::open(dir.map(|d| d.join("index/policies")).as_deref(), analyzer)?;
@@ -194,22 +214,22 @@ impl KnowledgeBase {
             EnterpriseIndex::open(dir.map(|d| d.join("index/enterprises")).as_deref())?;
         // Rows are stored with the profiles and policies, so that the rows the indexes hold
         // stay theirs across restarts.
-        let load = |store: &Store| -> Result<(Profiles, bool), KbError> {
+        let load = |store: &dyn KbStore| -> Result<(Profiles, bool), KbError> {
             let mut profiles = Profiles::default();
             let mut gap = false;
-            store.for_each_profile(|row, p| {
+            store.for_each_profile(&mut |row, p| {
                 gap |= row != profiles.rows.len() as u64;
                 profiles.put(Arc::new(p));
             })?;
             Ok((profiles, gap))
         };
-        let (mut profiles, gap) = load(&store)?;
+        let (mut profiles, gap) = load(store.as_ref())?;
         // A write that failed after rows were handed out leaves a gap: number them again
         // (and rebuild the index below, whose rows no longer match).
         let renumbered = gap;
         if gap {
             store.renumber_profiles()?;
-            profiles = load(&store)?.0;
+            profiles = load(store.as_ref())?.0;
         }
         profiles.sorted = profiles.rows.windows(2).all(|w| w[0].uscc < w[1].uscc);
         let mut policies = Policies::default();
@@ -217,7 +237,11 @@ impl KnowledgeBase {
             policies.put_at(row, Arc::new(p));
         }
         // An index that is new, or of another size than the store, is rebuilt.
-        if fresh_e || renumbered || enterprise_index.len() != profiles.rows.len() as u64 {
+        if fresh_e
+            || renumbered
+            || !store.keeps_rows()
+            || enterprise_index.len() != profiles.rows.len() as u64
+        {
             enterprise_index.clear()?;
             for (row, p) in profiles.rows.iter().enumerate() {
                 enterprise_index.upsert(row as u64, p)?;
@@ -234,6 +258,7 @@ impl KnowledgeBase {
         policy_index.commit()?;
         Ok(KnowledgeBase {
             store,
+            mark: Mutex::new(mark),
             policies: RwLock::new(policies),
             profiles: RwLock::new(profiles),
             policy_index,
@@ -394,30 +419,90 @@ impl KnowledgeBase {
     /// and ended matches. Run once a day.
     pub fn rematch_all(&self, today: Date) -> Result<Changes, KbError> {
         let _w = self.writing.lock().map_err(|_| KbError::Poisoned)?;
-        let mut changes = Changes::default();
-        for policy in self.policies() {
-            let c = self.rematch_policy(&policy, today)?;
-            changes.new_matches += c.new_matches;
-            changes.ended_matches += c.ended_matches;
+        self.write(|| {
+            let mut changes = Changes::default();
+            for policy in self.policies() {
+                let c = self.rematch_policy(&policy, today)?;
+                changes.new_matches += c.new_matches;
+                changes.ended_matches += c.ended_matches;
+            }
+            Ok(changes)
+        })
+    }
+
+    /// Applies what other nodes sharing the store changed since this node last looked;
+    /// returns the number of policies and profiles applied. (A store of one node's own has
+    /// nothing to apply.)
+    pub fn refresh(&self) -> Result<usize, KbError> {
+        let _w = self.writing.lock().map_err(|_| KbError::Poisoned)?;
+        self.catch_up()
+    }
+
+    /// Runs a change with every other writer of the store held off, after catching up with
+    /// them, so that matching sees every earlier change of every node.
+    fn write<T>(&self, change: impl FnOnce() -> Result<T, KbError>) -> Result<T, KbError> {
+        let _lock = self.store.lock_writes()?;
+        self.catch_up()?;
+        let out = change()?;
+        // Nobody else has written since the catch-up: this node is at the newest change.
+        *self.mark.lock().map_err(|_| KbError::Poisoned)? = self.store.mark()?;
+        Ok(out)
+    }
+
+    /// Brings memory and indexes up to the store's newest change. Call with `writing` held.
+    fn catch_up(&self) -> Result<usize, KbError> {
+        let mut mark = self.mark.lock().map_err(|_| KbError::Poisoned)?;
+        let changes = self.store.changes_since(*mark)?;
+        let applied = changes.policies.len() + changes.profiles.len();
+        if !changes.policies.is_empty() {
+            let mut set = self.policies.write().map_err(|_| KbError::Poisoned)?;
+            for (id, policy) in changes.policies {
+                match policy {
+                    Some(p) => {
+                        let p = Arc::new(p);
+                        let row = set.put(p.clone());
+                        self.policy_index.upsert(row, &p)?;
+                    }
+                    None => {
+                        set.remove(&id);
+                        self.policy_index.delete(&id)?;
+                    }
+                }
+            }
+            drop(set);
+            self.policy_index.commit()?;
         }
-        Ok(changes)
+        if !changes.profiles.is_empty() {
+            let mut profiles = self.profiles.write().map_err(|_| KbError::Poisoned)?;
+            for p in changes.profiles {
+                let p = Arc::new(p);
+                let row = profiles.put(p.clone());
+                self.enterprise_index.upsert(row, &p)?;
+            }
+            drop(profiles);
+            self.enterprise_index.commit()?;
+        }
+        *mark = changes.mark;
+        Ok(applied)
     }
 
     /// Withdraws a policy: it leaves the store, the index and every match (its feed events
     /// stay, as history). Returns the number of matches ended, or `None` for an unknown id.
     pub fn withdraw(&self, id: &str) -> Result<Option<usize>, KbError> {
         let _w = self.writing.lock().map_err(|_| KbError::Poisoned)?;
-        if self.policy(id).is_none() {
-            return Ok(None);
-        }
-        let ended = self.store.delete_policy(id)?;
-        self.policy_index.delete(id)?;
-        self.policy_index.commit()?;
-        self.policies
-            .write()
-            .map_err(|_| KbError::Poisoned)?
-            .remove(id);
-        Ok(Some(ended))
+        self.write(|| {
+            if self.policy(id).is_none() {
+                return Ok(None);
+            }
+            let ended = self.store.delete_policy(id)?;
+            self.policy_index.delete(id)?;
+            self.policy_index.commit()?;
+            self.policies
+                .write()
+                .map_err(|_| KbError::Poisoned)?
+                .remove(id);
+            Ok(Some(ended))
+        })
     }
 
     /// Publishes new or changed policies: stores them, indexes them, and turns every new
@@ -425,6 +510,10 @@ impl KnowledgeBase {
     /// than the stored one is refused by the caller's check ([`KnowledgeBase::policy`]).
     pub fn publish(&self, policies: Vec<Policy>, today: Date) -> Result<Changes, KbError> {
         let _w = self.writing.lock().map_err(|_| KbError::Poisoned)?;
+        self.write(|| self.publish_locked(policies, today))
+    }
+
+    fn publish_locked(&self, policies: Vec<Policy>, today: Date) -> Result<Changes, KbError> {
         // Checked under the lock, so that two racing publications cannot go backwards.
         for p in &policies {
             if let Some(old) = self.policy(&p.id)
@@ -526,6 +615,10 @@ impl KnowledgeBase {
     /// event. Large batches are matched policy by policy, small ones enterprise by enterprise.
     pub fn upsert_profiles(&self, batch: Vec<Profile>, today: Date) -> Result<Changes, KbError> {
         let _w = self.writing.lock().map_err(|_| KbError::Poisoned)?;
+        self.write(|| self.upsert_profiles_locked(batch, today))
+    }
+
+    fn upsert_profiles_locked(&self, batch: Vec<Profile>, today: Date) -> Result<Changes, KbError> {
         let mut changed = Vec::with_capacity(batch.len());
         {
             let mut profiles = self.profiles.write().map_err(|_| KbError::Poisoned)?;

@@ -11,6 +11,7 @@ pub mod import;
 pub mod index;
 pub mod kb;
 pub mod model;
+pub mod pg_store;
 pub mod store;
 
 pub use kb::{Changes, KbError, KnowledgeBase, Matches, PolicyMatch};

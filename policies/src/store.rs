@@ -1,6 +1,7 @@
 //! The policy knowledge base's store: policies, enterprise profiles, the current matches and
-//! the push feed, in SQLite (WAL, `synchronous=FULL`). The store is the truth; the indexes are
-//! rebuilt from it.
+//! the push feed. The store is the truth; the indexes are rebuilt from it. [`KbStore`] is what
+//! the knowledge base needs of one; [`Store`] keeps it in SQLite (WAL, `synchronous=FULL`), one
+//! node's own; [`crate::pg_store::PgKbStore`] in PostgreSQL, shared by several nodes.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -21,9 +22,32 @@ impl StoreError {
         StoreError(format!("corrupt: {what}"))
     }
 
+    /// The store is busy (another node holds it) for longer than a writer waits.
+    pub fn busy(what: &str) -> StoreError {
+        StoreError(format!("busy: {what}"))
+    }
+
     /// An I/O error on `path`.
     pub fn from_io(path: &Path, e: std::io::Error) -> StoreError {
         StoreError(format!("{}: {e}", path.display()))
+    }
+}
+
+impl From<cert_store::store::StoreError> for StoreError {
+    fn from(e: cert_store::store::StoreError) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError(e.to_string())
     }
 }
 
@@ -75,6 +99,90 @@ pub type ProfileChange = (
     Vec<(std::sync::Arc<Policy>, NewMatch)>,
     Vec<String>,
 );
+
+/// Policies and profiles changed since a mark (by any node sharing the store).
+#[derive(Debug, Default)]
+pub struct StoreChanges {
+    /// Policies stored (`Some`) or withdrawn (`None`), by id, oldest change first.
+    pub policies: Vec<(String, Option<Policy>)>,
+    /// Profiles stored, oldest change first.
+    pub profiles: Vec<Profile>,
+    /// The mark to ask from next time.
+    pub mark: i64,
+}
+
+/// What the knowledge base keeps its truth in.
+pub trait KbStore: Send + Sync {
+    /// Every policy with its row (the indexes' key), by row.
+    fn policies(&self) -> Result<Vec<(u64, Policy)>, StoreError>;
+
+    /// Calls `f` on every profile with its row, by row.
+    fn for_each_profile(&self, f: &mut dyn FnMut(u64, Profile)) -> Result<(), StoreError>;
+
+    /// Stores `policy` and its match changes in one transaction: `added` become matches and
+    /// feed events, `removed` stop being matches. Returns the feed events written (a match
+    /// that ends and comes back at the same policy version is not reported twice).
+    fn save_policy(
+        &self,
+        row: u64,
+        policy: &Policy,
+        added: &[NewMatch],
+        removed: &[String],
+        now_ms: i64,
+    ) -> Result<usize, StoreError>;
+
+    /// Stores profiles and their match changes in one transaction. Each item is the profile,
+    /// the policies it newly matches (with the match), and the policies it no longer matches.
+    fn save_profiles(&self, items: &[ProfileChange], now_ms: i64) -> Result<usize, StoreError>;
+
+    /// Numbers the profiles' rows 0, 1, 2 … again in their present order (after a failed
+    /// write left a gap); the indexes must then be rebuilt.
+    fn renumber_profiles(&self) -> Result<(), StoreError>;
+
+    /// Deletes a policy and its matches (not its feed events); returns the matches ended.
+    fn delete_policy(&self, id: &str) -> Result<usize, StoreError>;
+
+    /// The enterprises currently matching `policy_id`.
+    fn matches_of_policy(&self, policy_id: &str) -> Result<Vec<String>, StoreError>;
+
+    /// The policies currently matching `uscc`.
+    fn matches_of_enterprise(&self, uscc: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Feed events after `after`, at most `limit`, in order.
+    fn feed(&self, after: i64, limit: usize) -> Result<Vec<FeedEvent>, StoreError>;
+
+    /// Whether the rows given to the save methods are kept, so that a node's index keyed by
+    /// row stays valid across restarts. A shared store numbers nothing: each node numbers its
+    /// rows as it loads, and rebuilds its indexes at start.
+    fn keeps_rows(&self) -> bool {
+        true
+    }
+
+    /// Holds off every other writer of the store (on any node) until the guard is dropped;
+    /// a writer catches up with [`KbStore::changes_since`] first, so that its matching sees
+    /// every change before its own.
+    fn lock_writes(&self) -> Result<Box<dyn WriteLock + '_>, StoreError> {
+        Ok(Box::new(()))
+    }
+
+    /// The mark of the newest change stored (0: none, or the store is one node's own).
+    fn mark(&self) -> Result<i64, StoreError> {
+        Ok(0)
+    }
+
+    /// Policies and profiles changed after `mark`, by any node.
+    fn changes_since(&self, mark: i64) -> Result<StoreChanges, StoreError> {
+        Ok(StoreChanges {
+            mark,
+            ..StoreChanges::default()
+        })
+    }
+}
+
+/// Held while a node writes (see [`KbStore::lock_writes`]); released when dropped.
+pub trait WriteLock {}
+
+impl WriteLock for () {}
 
 /// The SQLite store.
 pub struct Store {
@@ -135,8 +243,21 @@ impl Store {
             .map_err(|_| StoreError("store lock poisoned".into()))
     }
 
-    /// Every policy with its row (the indexes' key), by row.
-    pub fn policies(&self) -> Result<Vec<(u64, Policy)>, StoreError> {
+    /// One policy.
+    pub fn policy(&self, id: &str) -> Result<Option<Policy>, StoreError> {
+        let conn = self.conn()?;
+        let json: Option<String> = conn
+            .query_row("SELECT json FROM policies WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        json.map(|j| serde_json::from_str(&j).map_err(|e| StoreError(e.to_string())))
+            .transpose()
+    }
+}
+
+impl KbStore for Store {
+    fn policies(&self) -> Result<Vec<(u64, Policy)>, StoreError> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare("SELECT row, json FROM policies ORDER BY row")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
@@ -149,20 +270,7 @@ impl Store {
         Ok(out)
     }
 
-    /// One policy.
-    pub fn policy(&self, id: &str) -> Result<Option<Policy>, StoreError> {
-        let conn = self.conn()?;
-        let json: Option<String> = conn
-            .query_row("SELECT json FROM policies WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        json.map(|j| serde_json::from_str(&j).map_err(|e| StoreError(e.to_string())))
-            .transpose()
-    }
-
-    /// Calls `f` on every profile with its row, by row.
-    pub fn for_each_profile(&self, mut f: impl FnMut(u64, Profile)) -> Result<(), StoreError> {
+    fn for_each_profile(&self, f: &mut dyn FnMut(u64, Profile)) -> Result<(), StoreError> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare("SELECT row, json FROM enterprises ORDER BY row")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
@@ -174,10 +282,7 @@ impl Store {
         Ok(())
     }
 
-    /// Stores `policy` and its match changes in one transaction: `added` become matches and
-    /// feed events, `removed` stop being matches. Returns the feed events written (a match
-    /// that ends and comes back at the same policy version is not reported twice).
-    pub fn save_policy(
+    fn save_policy(
         &self,
         row: u64,
         policy: &Policy,
@@ -198,9 +303,7 @@ impl Store {
         Ok(events)
     }
 
-    /// Stores profiles and their match changes in one transaction. Each item is the profile,
-    /// the policies it newly matches (with the match), and the policies it no longer matches.
-    pub fn save_profiles(&self, items: &[ProfileChange], now_ms: i64) -> Result<usize, StoreError> {
+    fn save_profiles(&self, items: &[ProfileChange], now_ms: i64) -> Result<usize, StoreError> {
         let mut events = 0;
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
@@ -225,9 +328,7 @@ impl Store {
         Ok(events)
     }
 
-    /// Numbers the profiles' rows 0, 1, 2 … again in their present order (after a failed
-    /// write left a gap); the indexes must then be rebuilt.
-    pub fn renumber_profiles(&self) -> Result<(), StoreError> {
+    fn renumber_profiles(&self) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         tx.execute_batch(
@@ -241,8 +342,7 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a policy and its matches (not its feed events); returns the matches ended.
-    pub fn delete_policy(&self, id: &str) -> Result<usize, StoreError> {
+    fn delete_policy(&self, id: &str) -> Result<usize, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let ended = tx.execute("DELETE FROM matches WHERE policy_id = ?1", [id])?;
@@ -251,24 +351,21 @@ impl Store {
         Ok(ended)
     }
 
-    /// The enterprises currently matching `policy_id`.
-    pub fn matches_of_policy(&self, policy_id: &str) -> Result<Vec<String>, StoreError> {
+    fn matches_of_policy(&self, policy_id: &str) -> Result<Vec<String>, StoreError> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare("SELECT uscc FROM matches WHERE policy_id = ?1")?;
         let rows = stmt.query_map([policy_id], |r| r.get(0))?;
         rows.collect::<Result<_, _>>().map_err(Into::into)
     }
 
-    /// The policies currently matching `uscc`.
-    pub fn matches_of_enterprise(&self, uscc: &str) -> Result<Vec<String>, StoreError> {
+    fn matches_of_enterprise(&self, uscc: &str) -> Result<Vec<String>, StoreError> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare("SELECT policy_id FROM matches WHERE uscc = ?1")?;
         let rows = stmt.query_map([uscc], |r| r.get(0))?;
         rows.collect::<Result<_, _>>().map_err(Into::into)
     }
 
-    /// Feed events after `after`, at most `limit`, in order.
-    pub fn feed(&self, after: i64, limit: usize) -> Result<Vec<FeedEvent>, StoreError> {
+    fn feed(&self, after: i64, limit: usize) -> Result<Vec<FeedEvent>, StoreError> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare(
             "SELECT seq, event_id, policy_id, policy_version, uscc, category, benefit_yuan, digest,

@@ -3,11 +3,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use policies::codes::Tag;
 use policies::eligibility::{self, Outcome};
 use policies::import::read_policies;
 use policies::index::SearchFilter;
+use policies::store::KbStore;
 use policies::{KnowledgeBase, Policy, Profile};
 use search::ChineseAnalyzer;
 use time::Date;
@@ -25,150 +27,50 @@ fn sample_policies() -> Vec<Policy> {
     good.into_iter().map(|(_, p)| p).collect()
 }
 
-fn kb() -> KnowledgeBase {
-    KnowledgeBase::open(None, ChineseAnalyzer::new().unwrap()).unwrap()
+/// Where a knowledge base keeps its truth: a SQLite file (or memory), or a PostgreSQL schema.
+struct Backend {
+    store: Option<Arc<dyn KbStore>>,
+    _schema: Option<cert_store::pg_store::SchemaGuard>,
 }
 
-#[test]
-fn index_backed_matching_equals_brute_force_both_ways() {
-    let today = day("2026-12-01");
-    let kb = kb();
-    let policies = sample_policies();
-    kb.publish(policies.clone(), today).unwrap();
-    let population: Vec<Profile> =
-        policies::generate::population(10_000, 42, day("2026-11-01")).collect();
-    kb.upsert_profiles(population.clone(), today).unwrap();
-
-    // Policy → enterprises.
-    let mut total = 0;
-    for p in &policies {
-        let brute: Vec<&str> = {
-            let mut v: Vec<&str> = population
-                .iter()
-                .filter(|e| eligibility::evaluate(p, e, today).eligible)
-                .map(|e| e.uscc.as_str())
-                .collect();
-            v.sort_unstable();
-            v
-        };
-        let indexed: Vec<String> = kb
-            .eligible_enterprises(p, today)
-            .unwrap()
-            .iter()
-            .map(|e| e.uscc.to_string())
-            .collect();
-        assert_eq!(indexed, brute, "policy {}", p.id);
-        total += brute.len();
+impl Backend {
+    /// A knowledge base on this store, with its indexes (and a SQLite store) in `dir`.
+    fn open(&self, dir: Option<&std::path::Path>) -> KnowledgeBase {
+        let analyzer = ChineseAnalyzer::new().unwrap();
+        match &self.store {
+            None => KnowledgeBase::open(dir, analyzer).unwrap(),
+            Some(store) => KnowledgeBase::open_on(dir, analyzer, store.clone()).unwrap(),
+        }
     }
-    assert!(
-        total > 1000,
-        "the sample is not trivially empty: {total} matches"
-    );
-
-    // Enterprise → policies, eligible and almost eligible.
-    let mut eligible_pairs = 0;
-    for e in &population {
-        let m = kb.match_enterprise(e, today).unwrap();
-        let got: BTreeSet<&str> = m.eligible.iter().map(|x| x.policy.id.as_str()).collect();
-        let want: BTreeSet<&str> = policies
-            .iter()
-            .filter(|p| eligibility::evaluate(p, e, today).eligible)
-            .map(|p| p.id.as_str())
-            .collect();
-        assert_eq!(got, want, "enterprise {}", e.uscc);
-        let got: BTreeSet<&str> = m.almost.iter().map(|x| x.policy.id.as_str()).collect();
-        let want: BTreeSet<&str> = policies
-            .iter()
-            .filter(|p| {
-                let ev = eligibility::evaluate(p, e, today);
-                ev.conditions[0].outcome == Outcome::Met && ev.unmet().count() == 1
-            })
-            .map(|p| p.id.as_str())
-            .collect();
-        assert_eq!(got, want, "almost, enterprise {}", e.uscc);
-        eligible_pairs += m.eligible.len();
-    }
-    assert_eq!(eligible_pairs, total);
 }
 
-#[test]
-fn the_push_feed_has_one_event_per_new_match_and_replays_the_same() {
-    let today = day("2026-12-01");
-    let kb = kb();
-    let population: Vec<Profile> =
-        policies::generate::population(3_000, 7, day("2026-11-01")).collect();
-    kb.upsert_profiles(population.clone(), today).unwrap();
-    assert!(kb.feed(0, 10).unwrap().is_empty(), "no policies, no events");
-
-    // Publishing a policy: one event per eligible enterprise.
-    let policies = sample_policies();
-    let broad = policies
-        .iter()
-        .find(|p| {
-            let n = kb.eligible_enterprises(p, today).unwrap().len();
-            (20..1000).contains(&n)
-        })
-        .expect("a policy with a few eligible enterprises")
-        .clone();
-    let eligible = kb.eligible_enterprises(&broad, today).unwrap();
-    let changes = kb.publish(vec![broad.clone()], today).unwrap();
-    assert_eq!(changes.new_matches, eligible.len());
-    let events = kb.feed(0, 100_000).unwrap();
-    assert_eq!(events.len(), eligible.len());
-    let ids: BTreeSet<&str> = events.iter().map(|e| e.uscc.as_str()).collect();
-    assert_eq!(ids, eligible.iter().map(|e| e.uscc.as_str()).collect());
-    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
-    assert!(
-        events
-            .iter()
-            .all(|e| e.policy_id == broad.id && e.category == broad.category.as_str())
-    );
-
-    // Replays from any cursor are identical.
-    let mid = events[events.len() / 2].seq;
-    assert_eq!(
-        kb.feed(mid, 100_000).unwrap(),
-        events[events.len() / 2 + 1..]
-    );
-    assert_eq!(kb.feed(0, 100_000).unwrap(), events);
-
-    // A new version with the same eligible set: no duplicate events.
-    let mut v2 = broad.clone();
-    v2.version += 1;
-    v2.title.push_str("（修订）");
-    assert_eq!(kb.publish(vec![v2.clone()], today).unwrap().new_matches, 0);
-    assert_eq!(kb.feed(0, 100_000).unwrap().len(), events.len());
-
-    // A profile that changes so that it becomes eligible: exactly one event.
-    let outsider = population
-        .iter()
-        .find(|e| {
-            let ev = eligibility::evaluate(&v2, e, today);
-            !ev.eligible && ev.conditions[0].outcome == Outcome::Met
-        })
-        .expect("an enterprise in the region that is not eligible");
-    let mut fixed = outsider.clone();
-    make_eligible(&v2, &mut fixed, today);
-    assert!(
-        eligibility::evaluate(&v2, &fixed, today).eligible,
-        "{:?}",
-        eligibility::evaluate(&v2, &fixed, today)
-    );
-    let before = kb.feed(0, 100_000).unwrap().len();
-    let c = kb.upsert_profiles(vec![fixed.clone()], today).unwrap();
-    assert_eq!(c.new_matches, 1);
-    let after = kb.feed(0, 100_000).unwrap();
-    assert_eq!(after.len(), before + 1);
-    assert_eq!(after.last().unwrap().uscc, fixed.uscc.as_str());
-    // The same profile again: nothing new.
-    assert_eq!(
-        kb.upsert_profiles(vec![fixed], today).unwrap().new_matches,
-        0
-    );
-    assert_eq!(kb.feed(0, 100_000).unwrap().len(), before + 1);
+fn on_sqlite() -> Option<Backend> {
+    Some(Backend {
+        store: None,
+        _schema: None,
+    })
 }
 
-/// Changes `p` so that it meets every condition of `policy`.
+/// A fresh PostgreSQL schema, or `None` (the test is skipped, and says so) without
+/// `CERTGATE_TEST_POSTGRES_URL`.
+fn on_postgres() -> Option<Backend> {
+    let (store, schema) = policies::pg_store::test_store("knowledge base").unwrap()?;
+    Some(Backend {
+        store: Some(store),
+        _schema: Some(schema),
+    })
+}
+
+mod sqlite {
+    use super::on_sqlite as backend;
+    include!("knowledge_base/suite.rs");
+}
+
+mod postgres {
+    use super::on_postgres as backend;
+    include!("knowledge_base/suite.rs");
+}
+
 fn make_eligible(policy: &Policy, p: &mut Profile, today: Date) {
     use policies::model::Condition as C;
     for c in &policy.conditions {
@@ -217,224 +119,6 @@ fn make_eligible(policy: &Policy, p: &mut Profile, today: Date) {
 }
 
 #[test]
-fn search_keeps_domain_terms_whole_and_highlights() {
-    let kb = kb();
-    let policies = sample_policies();
-    kb.publish(policies.clone(), day("2026-12-01")).unwrap();
-    let hits = kb
-        .search("专精特新", &SearchFilter::default(), 200)
-        .unwrap();
-    let got: BTreeSet<&str> = hits.iter().map(|h| h.id.as_str()).collect();
-    let want: BTreeSet<&str> = policies
-        .iter()
-        .filter(|p| p.text.contains("专精特新") || p.title.contains("专精特新"))
-        .map(|p| p.id.as_str())
-        .collect();
-    assert!(!want.is_empty());
-    assert_eq!(got, want);
-    let only_part: Vec<&Policy> = policies
-        .iter()
-        .filter(|p| {
-            let t = format!("{}{}", p.title, p.text);
-            !t.contains("专精特新") && (t.contains("专精") || t.contains("特新"))
-        })
-        .collect();
-    assert!(
-        only_part.len() >= 2,
-        "the sample has policies with only 专精 or 特新"
-    );
-    for p in only_part {
-        assert!(
-            !got.contains(p.id.as_str()),
-            "{} mentions only part of 专精特新",
-            p.id
-        );
-    }
-    assert!(
-        hits.iter().any(|h| h.snippet.contains("<em>专精特新</em>")),
-        "{:?}",
-        hits.first()
-    );
-
-    // Filters: category and region.
-    let filter = SearchFilter {
-        category: Some(policies::model::Category::Automatic),
-        region: Some(policies::codes::Region::parse("440305").unwrap()),
-        industry: None,
-    };
-    for h in kb.search("", &filter, 200).unwrap() {
-        let p = kb.policy(&h.id).unwrap();
-        assert_eq!(p.category, policies::model::Category::Automatic);
-        let r = policies::codes::Region::parse("440305").unwrap();
-        assert!(r.within(p.region) || p.region.within(r), "{}", p.id);
-    }
-}
-
-#[test]
-fn explanations_name_value_and_threshold() {
-    let today = day("2026-12-01");
-    let policies = sample_policies();
-    let p = policies
-        .iter()
-        .find(|p| p.conditions.iter().any(|c| c.kind() == "credit_at_least"))
-        .unwrap();
-    let mut e = policies::generate::population(1, 3, day("2026-11-01"))
-        .next()
-        .unwrap();
-    e.region = match p.region {
-        r if r == policies::codes::Region::NATION => {
-            policies::codes::Region::parse("110108").unwrap()
-        }
-        r => r,
-    };
-    e.credit_rating = Some(policies::codes::Credit::D);
-    e.tags.insert(Tag::parse("失信被执行人").unwrap());
-    let ev = eligibility::evaluate(p, &e, today);
-    let credit = ev
-        .conditions
-        .iter()
-        .find(|c| c.condition == "credit_at_least")
-        .unwrap();
-    assert_eq!(credit.outcome, Outcome::NotMet);
-    assert_eq!(credit.value, "D");
-    e.credit_rating = None;
-    let ev = eligibility::evaluate(p, &e, today);
-    let credit = ev
-        .conditions
-        .iter()
-        .find(|c| c.condition == "credit_at_least")
-        .unwrap();
-    assert_eq!(credit.outcome, Outcome::Missing);
-    assert!(credit.value.is_null());
-    assert!(!ev.eligible);
-}
-
-#[test]
-fn withdrawal_and_rebuilding_the_indexes_from_the_store() {
-    let today = day("2026-12-01");
-    let dir = tempfile::tempdir().unwrap();
-    let policies = sample_policies();
-    let population: Vec<Profile> =
-        policies::generate::population(2_000, 5, day("2026-11-01")).collect();
-    let expected = |kb: &KnowledgeBase| -> Vec<(String, usize)> {
-        kb.policies()
-            .iter()
-            .map(|p| {
-                (
-                    p.id.clone(),
-                    kb.eligible_enterprises(p, today).unwrap().len(),
-                )
-            })
-            .collect::<std::collections::BTreeMap<_, _>>()
-            .into_iter()
-            .collect()
-    };
-    let before = {
-        let kb = KnowledgeBase::open(Some(dir.path()), ChineseAnalyzer::new().unwrap()).unwrap();
-        kb.upsert_profiles(population.clone(), today).unwrap();
-        kb.publish(policies.clone(), today).unwrap();
-        // Profiles that arrive later, out of USCC order, one by one.
-        for p in policies::generate::population(30, 6, day("2026-11-01")) {
-            kb.upsert_profiles(vec![p], today).unwrap();
-        }
-        // Withdraw one policy with matches.
-        let gone = policies
-            .iter()
-            .find(|p| !kb.eligible_enterprises(p, today).unwrap().is_empty())
-            .unwrap();
-        let events = kb.feed(0, 1_000_000).unwrap().len();
-        assert!(kb.withdraw(&gone.id).unwrap().unwrap() > 0);
-        assert!(kb.withdraw(&gone.id).unwrap().is_none());
-        assert!(kb.policy(&gone.id).is_none());
-        assert!(
-            kb.search("", &SearchFilter::default(), 1000)
-                .unwrap()
-                .iter()
-                .all(|h| h.id != gone.id)
-        );
-        for e in population.iter().take(200) {
-            let m = kb.match_enterprise(e, today).unwrap();
-            assert!(
-                m.eligible
-                    .iter()
-                    .chain(&m.almost)
-                    .all(|x| x.policy.id != gone.id)
-            );
-        }
-        assert_eq!(
-            kb.feed(0, 1_000_000).unwrap().len(),
-            events,
-            "feed events stay"
-        );
-        expected(&kb)
-    };
-    // Reopened as it is, then with the enterprise index missing and the policy index corrupt:
-    // the same answers.
-    let reopen = || KnowledgeBase::open(Some(dir.path()), ChineseAnalyzer::new().unwrap()).unwrap();
-    assert_eq!(expected(&reopen()), before);
-    {
-        // Reopened with the indexes kept: the rows they hold are still the profiles' rows.
-        let kb = reopen();
-        let all = kb.profiles();
-        for p in kb.policies() {
-            let want = all
-                .iter()
-                .filter(|e| eligibility::is_eligible(&p, e, today))
-                .count();
-            assert_eq!(
-                kb.eligible_enterprises(&p, today).unwrap().len(),
-                want,
-                "{}",
-                p.id
-            );
-        }
-    }
-    std::fs::remove_dir_all(dir.path().join("index/enterprises")).unwrap();
-    std::fs::write(dir.path().join("index/policies/meta.json"), b"{ not json").unwrap();
-    let kb = reopen();
-    assert_eq!(expected(&kb), before);
-    // And every answer is still exactly the brute-force one.
-    let all = kb.profiles();
-    for p in kb.policies() {
-        let mut want: Vec<String> = all
-            .iter()
-            .filter(|e| eligibility::is_eligible(&p, e, today))
-            .map(|e| e.uscc.to_string())
-            .collect();
-        want.sort();
-        let got: Vec<String> = kb
-            .eligible_enterprises(&p, today)
-            .unwrap()
-            .iter()
-            .map(|e| e.uscc.to_string())
-            .collect();
-        assert_eq!(got, want, "{}", p.id);
-    }
-    for e in all.iter().step_by(50) {
-        let got: BTreeSet<String> = kb
-            .match_enterprise(e, today)
-            .unwrap()
-            .eligible
-            .iter()
-            .map(|m| m.policy.id.clone())
-            .collect();
-        let want: BTreeSet<String> = kb
-            .policies()
-            .iter()
-            .filter(|p| eligibility::is_eligible(p, e, today))
-            .map(|p| p.id.clone())
-            .collect();
-        assert_eq!(got, want, "{}", e.uscc);
-    }
-    assert!(
-        !kb.search("专精特新", &SearchFilter::default(), 10)
-            .unwrap()
-            .is_empty()
-    );
-    assert_eq!(kb.profile_count(), population.len() + 30);
-}
-
-#[test]
 fn a_gap_in_the_stored_rows_is_renumbered_and_the_index_rebuilt() {
     let today = day("2026-12-01");
     let dir = tempfile::tempdir().unwrap();
@@ -470,35 +154,82 @@ fn a_gap_in_the_stored_rows_is_renumbered_and_the_index_rebuilt() {
     }
 }
 
+/// Two nodes on one PostgreSQL store, writing at the same time: each sees the other's
+/// policies and profiles, and the shared feed holds exactly one event per eligible pair —
+/// none lost to a node that had not yet seen the other's change.
 #[test]
-fn eligibility_that_changes_with_time_reaches_the_feed_on_the_daily_rematch() {
-    let kb = kb();
+fn two_nodes_on_one_store_see_each_others_changes_and_miss_no_match() {
+    let Some(store) = on_postgres() else {
+        return;
+    };
+    let today = day("2026-12-01");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = store.open(Some(dir_a.path()));
+    let b = store.open(Some(dir_b.path()));
+    let policies = sample_policies();
     let population: Vec<Profile> =
-        policies::generate::population(2_000, 13, day("2026-11-01")).collect();
-    kb.upsert_profiles(population, day("2026-12-01")).unwrap();
-    // A policy whose window opens later: no matches today, its matches on the day it opens.
-    let mut later = sample_policies()
-        .into_iter()
-        .find(|p| p.conditions.len() <= 1 && p.region == policies::codes::Region::NATION)
-        .unwrap_or_else(|| sample_policies().remove(0));
-    later.window.start = day("2027-01-01");
-    later.window.end = day("2027-12-31");
-    assert_eq!(
-        kb.publish(vec![later.clone()], day("2026-12-01"))
+        policies::generate::population(1_500, 21, day("2026-11-01")).collect();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for chunk in policies.chunks(10) {
+                a.publish(chunk.to_vec(), today).unwrap();
+            }
+        });
+        s.spawn(|| {
+            for chunk in population.chunks(50) {
+                b.upsert_profiles(chunk.to_vec(), today).unwrap();
+            }
+        });
+    });
+    a.refresh().unwrap();
+    b.refresh().unwrap();
+    for node in [&a, &b] {
+        assert_eq!(node.policies().len(), policies.len());
+        assert_eq!(node.profile_count(), population.len());
+    }
+    let want: BTreeSet<(String, String)> = policies
+        .iter()
+        .flat_map(|p| {
+            population
+                .iter()
+                .filter(|e| eligibility::is_eligible(p, e, today))
+                .map(|e| (p.id.clone(), e.uscc.to_string()))
+        })
+        .collect();
+    assert!(!want.is_empty());
+    let feed = a.feed(0, 10_000_000).unwrap();
+    let got: BTreeSet<(String, String)> = feed
+        .iter()
+        .map(|e| (e.policy_id.clone(), e.uscc.clone()))
+        .collect();
+    assert_eq!(feed.len(), got.len(), "an event twice");
+    assert_eq!(got, want);
+    // Both nodes answer alike in both directions.
+    for p in policies.iter().step_by(7) {
+        let on = |kb: &KnowledgeBase| -> Vec<String> {
+            kb.eligible_enterprises(p, today)
+                .unwrap()
+                .iter()
+                .map(|e| e.uscc.to_string())
+                .collect()
+        };
+        assert_eq!(on(&a), on(&b), "{}", p.id);
+    }
+    // A withdrawal on B is gone from A once A refreshes (as its listener would make it).
+    let gone = &policies[0].id;
+    assert!(b.withdraw(gone).unwrap().is_some());
+    assert!(a.policy(gone).is_some());
+    assert!(a.refresh().unwrap() >= 1);
+    assert!(a.policy(gone).is_none());
+    assert!(
+        a.search("", &SearchFilter::default(), 1000)
             .unwrap()
-            .new_matches,
-        0
+            .iter()
+            .all(|h| h.id != *gone)
     );
-    assert_eq!(kb.rematch_all(day("2026-12-31")).unwrap().new_matches, 0);
-    let opened = kb.rematch_all(day("2027-01-01")).unwrap();
-    let eligible = kb
-        .eligible_enterprises(&later, day("2027-01-01"))
-        .unwrap()
-        .len();
-    assert!(eligible > 0);
-    assert_eq!(opened.new_matches, eligible);
-    assert_eq!(kb.feed(0, 1_000_000).unwrap().len(), eligible);
-    // Once it closes, the matches end (their events stay).
-    let closed = kb.rematch_all(day("2028-01-01")).unwrap();
-    assert_eq!(closed.ended_matches, eligible);
+    // A node opened now starts from the shared store.
+    let dir_c = tempfile::tempdir().unwrap();
+    let c = store.open(Some(dir_c.path()));
+    assert_eq!(c.policies().len(), policies.len() - 1);
+    assert_eq!(c.profile_count(), population.len());
 }

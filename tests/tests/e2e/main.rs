@@ -4,7 +4,6 @@
 mod cli;
 mod identity;
 mod limits;
-mod matching;
 mod multinode;
 
 /// `[server]` lines choosing a store, and the guard of its schema.
@@ -63,5 +62,18 @@ mod audit {
     mod postgres {
         use crate::on_postgres as storage;
         include!("audit.rs");
+    }
+}
+
+/// The policy-matching suite, once on each store.
+mod matching {
+    mod sqlite {
+        use crate::on_sqlite as storage;
+        include!("matching.rs");
+    }
+
+    mod postgres {
+        use crate::on_postgres as storage;
+        include!("matching.rs");
     }
 }

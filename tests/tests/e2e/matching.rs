@@ -1,6 +1,6 @@
-//! Policy finds the enterprise, over real mTLS: publication and profile upserts by the right
-//! departments only, matching in both directions checked against brute force, search, the push
-//! feed, and bad input.
+// Policy finds the enterprise, over real mTLS: publication and profile upserts by the right
+// departments only, matching in both directions checked against brute force, search, the push
+// feed, and bad input. Included once per store (see main.rs): `storage` names the backend.
 
 use std::collections::BTreeSet;
 
@@ -16,6 +16,7 @@ const PUSH: &str = "12110105MB0000004J";
 const DATA: &str = "11110105MB0000012G";
 
 struct World {
+    _schema: Option<cert_store::pg_store::SchemaGuard>,
     _pki: TestPki,
     _gw: TestGateway,
     ops: Conn,
@@ -25,13 +26,15 @@ struct World {
     audit: Conn,
 }
 
-async fn world() -> World {
+/// The world on this module's backend; `None` when the backend is not available here.
+async fn world() -> Option<World> {
+    let (extra, schema) = storage("matching")?;
     let pki = TestPki::new();
     let departments = standard_departments()
         + &dept(PUSH, "政策推送服务", &["policy-push"], true)
         + &dept(DATA, "大数据局", &["consumer"], true)
         + &format!("\n[policies]\nprofile_owner = \"{DATA}\"\n");
-    let gw = TestGateway::start(&write_config(&pki, "", &departments)).await;
+    let gw = TestGateway::start(&write_config(&pki, &extra, &departments)).await;
     let mut conns = connect_departments(
         &pki,
         gw.addr,
@@ -49,7 +52,8 @@ async fn world() -> World {
     let approval = conns.pop().unwrap();
     let data = conns.pop().unwrap();
     let ops = conns.pop().unwrap();
-    World {
+    Some(World {
+        _schema: schema,
         _pki: pki,
         _gw: gw,
         ops,
@@ -57,7 +61,7 @@ async fn world() -> World {
         approval,
         push,
         audit,
-    }
+    })
 }
 
 fn sample(n: usize) -> Vec<(String, Policy)> {
@@ -85,8 +89,8 @@ async fn post_raw(conn: &mut Conn, path: &str, body: &str) -> Reply {
     .unwrap()
 }
 
-async fn seeded() -> (World, Vec<Policy>, Vec<Profile>) {
-    let mut w = world().await;
+async fn seeded() -> Option<(World, Vec<Policy>, Vec<Profile>)> {
+    let mut w = world().await?;
     let profiles = population(400);
     for p in &profiles {
         let r = post_raw(
@@ -103,12 +107,14 @@ async fn seeded() -> (World, Vec<Policy>, Vec<Profile>) {
         assert_eq!(r.status, StatusCode::OK, "{}: {:?}", p.id, r.body);
         published.push(p);
     }
-    (w, published, profiles)
+    Some((w, published, profiles))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matching_both_ways_equals_brute_force_and_the_feed_replays() {
-    let (mut w, policies, profiles) = seeded().await;
+    let Some((mut w, policies, profiles)) = seeded().await else {
+        return;
+    };
     let today = gateway::matching::today();
 
     // Enterprise → policies, by USCC, for every profile.
@@ -273,7 +279,9 @@ async fn matching_both_ways_equals_brute_force_and_the_feed_replays() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_finds_whole_domain_terms_with_highlights() {
-    let (mut w, policies, _) = seeded().await;
+    let Some((mut w, policies, _)) = seeded().await else {
+        return;
+    };
     let r = w
         .approval
         .get("/v1/policies/search?q=%E4%B8%93%E7%B2%BE%E7%89%B9%E6%96%B0&limit=200")
@@ -312,7 +320,9 @@ async fn search_finds_whole_domain_terms_with_highlights() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_names_the_field_and_wrong_roles_are_refused() {
-    let mut w = world().await;
+    let Some(mut w) = world().await else {
+        return;
+    };
     let (line, policy) = sample(1).remove(0);
     // Only the admin publishes; only the data department maintains profiles.
     let r = post_raw(&mut w.approval, "/v1/policies", &line).await;

@@ -509,3 +509,167 @@ async fn one_tree_for_both_nodes_and_a_killed_node_loses_no_acknowledged_entry()
     );
     b.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_and_profiles_stored_on_one_node_are_matched_on_the_other() {
+    use policies::{Policy, Profile, eligibility};
+    let Some((store, _schema)) = cert_store::pg_store::test_store("multinode-policies").unwrap()
+    else {
+        return;
+    };
+    const DATA: &str = "11110105MB0000012G";
+    let url = std::env::var("CERTGATE_TEST_POSTGRES_URL").unwrap();
+    let pki = TestPki::new();
+    let more = dept(DATA, "大数据局", &["consumer"], true)
+        + &format!("\n[policies]\nprofile_owner = \"{DATA}\"\n");
+    let a = TestGateway::start(&node_config(&pki, "a", &url, store.schema(), &more)).await;
+    let b = TestGateway::start(&node_config(&pki, "b", &url, store.schema(), &more)).await;
+    let mut ops_a = connect_departments(&pki, a.addr, &[("ops", OPS)])
+        .await
+        .remove(0);
+    let mut on_b =
+        connect_departments(&pki, b.addr, &[("data", DATA), ("approval", APPROVAL)]).await;
+    let mut approval_b = on_b.pop().unwrap();
+    let mut data_b = on_b.pop().unwrap();
+    let post = |conn: &mut Conn, path: &'static str, body: String| {
+        let mut c = conn.fork().unwrap();
+        async move {
+            c.send_with(
+                Method::POST,
+                path,
+                &[("content-type", "application/json")],
+                bytes::Bytes::from(body),
+            )
+            .await
+            .unwrap()
+        }
+    };
+
+    // Profiles stored through B, policies published through A.
+    let day = time::Date::from_calendar_date(2026, time::Month::November, 1).unwrap();
+    let profiles: Vec<Profile> = policies::generate::population(60, 17, day).collect();
+    for p in &profiles {
+        let r = post(
+            &mut data_b,
+            "/v1/enterprises",
+            serde_json::to_string(p).unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+    let published: Vec<Policy> = policies::SAMPLE_POLICIES
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(30)
+        .map(|l| Policy::from_json(l).unwrap())
+        .collect();
+    for p in &published {
+        let r = post(
+            &mut ops_a,
+            "/v1/policies",
+            serde_json::to_string(p).unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}: {:?}", p.id, r.body);
+    }
+    let published_at = Instant::now();
+    let today = gateway::matching::today();
+
+    // B matches A's policies (within a second), A finds B's enterprises.
+    for p in &profiles {
+        let want: BTreeSet<String> = published
+            .iter()
+            .filter(|x| eligibility::is_eligible(x, p, today))
+            .map(|x| x.id.clone())
+            .collect();
+        loop {
+            let body = approval_b
+                .json(
+                    Method::POST,
+                    "/v1/policies/match",
+                    &[],
+                    &json!({ "uscc": p.uscc }),
+                )
+                .await
+                .unwrap()
+                .json();
+            let got: BTreeSet<String> = body["eligible"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["policy_id"].as_str().unwrap().to_owned())
+                .collect();
+            if got == want {
+                break;
+            }
+            assert!(
+                published_at.elapsed() < Duration::from_secs(1),
+                "{}: B answers {got:?}, want {want:?}",
+                p.uscc
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut pairs = 0;
+    for p in &published {
+        let want: Vec<String> = {
+            let mut v: Vec<String> = profiles
+                .iter()
+                .filter(|e| eligibility::is_eligible(p, e, today))
+                .map(|e| e.uscc.to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        pairs += want.len();
+        let page = ops_a
+            .get(&format!(
+                "/v1/policies/{}/eligible-enterprises?limit=1000",
+                p.id
+            ))
+            .await
+            .unwrap()
+            .json();
+        let got: Vec<String> = page["enterprises"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["uscc"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(got, want, "{}", p.id);
+    }
+    assert!(pairs > 0, "some enterprise is eligible for something");
+
+    // A withdrawal through A: B no longer offers the policy.
+    let gone = published.iter().find(|p| {
+        profiles
+            .iter()
+            .any(|e| eligibility::is_eligible(p, e, today))
+    });
+    let gone = gone.unwrap();
+    let r = ops_a
+        .send_with(
+            Method::DELETE,
+            &format!("/v1/policies/{}", gone.id),
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert!(r.status.is_success(), "{:?}", r.body);
+    let withdrawn_at = Instant::now();
+    loop {
+        let r = approval_b
+            .get(&format!("/v1/policies/{}", gone.id))
+            .await
+            .unwrap();
+        if r.status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            withdrawn_at.elapsed() < Duration::from_secs(1),
+            "B still has it"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
