@@ -1,12 +1,14 @@
 //! Access-log throughput and proof latency.
 //!
 //! - durable appends/s and append-to-ack latency (p50/p99) with many concurrent appenders,
-//!   each append acknowledged only after its batch is committed (`synchronous=FULL`);
+//!   each append acknowledged only after its batch is committed: on the embedded SQLite log
+//!   (`synchronous=FULL`) and, side by side in the same run when `CERTGATE_BENCH_POSTGRES_URL`
+//!   is set, on the log several nodes share in PostgreSQL (a schema of its own, dropped after);
 //! - inclusion- and consistency-proof latency on a log of `CERTGATE_BENCH_LEAVES` leaves
 //!   (default 1,000,000), read from the database through the stored subtree hashes.
 //!
 //! Run: `cargo bench -p gateway --bench access_log` (`CERTGATE_BENCH_SECONDS`, default 5;
-//! `CERTGATE_BENCH_LEAVES`, default 1000000).
+//! `CERTGATE_BENCH_LEAVES`, default 1000000; `CERTGATE_BENCH_POSTGRES_URL` adds the PostgreSQL log).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -73,10 +75,38 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    for appenders in [64usize, 512] {
-        let path = dir.path().join(format!("appends-{appenders}.db"));
+    let postgres = std::env::var("CERTGATE_BENCH_POSTGRES_URL").ok().map(|url| {
+        let mut settings = cert_store::pg_store::PgSettings::new(&url);
+        settings.schema = format!("bench_log_{}", std::process::id());
+        Arc::new(cert_store::pg_store::PgStore::open(settings).unwrap())
+    });
+    let mut backends = vec![("SQLite", None)];
+    if let Some(store) = &postgres {
+        backends.push(("PostgreSQL", Some(store.clone())));
+    }
+    for ((name, pg), appenders) in backends
+        .iter()
+        .flat_map(|b| [64usize, 512].map(|n| (b.clone(), n)))
+    {
+        let backend = match pg {
+            None => LogBackend::Sqlite(dir.path().join(format!("appends-{appenders}.db"))),
+            Some(store) => {
+                // A fresh tree for each run.
+                store
+                    .pool()
+                    .with(|c| {
+                        c.batch_execute(
+                            "DROP TABLE IF EXISTS log_leaves, log_nodes, log_checkpoints, log_state;
+                             DELETE FROM migrations WHERE component = 'access_log'",
+                        )?;
+                        Ok(())
+                    })
+                    .ok();
+                LogBackend::Postgres(store.clone())
+            }
+        };
         let log = AccessLog::open(
-            LogBackend::Sqlite(path),
+            backend,
             key.clone(),
             WriterSettings {
                 queue_capacity: 65_536,
@@ -113,11 +143,15 @@ fn main() {
         let mut sorted = latencies;
         sorted.sort_unstable();
         println!(
-            "| durable appends, {appenders} concurrent appenders | {:.0} appends/s | ack p50 {:.2} ms | ack p99 {:.2} ms |",
+            "| durable appends on {name}, {appenders} concurrent appenders | {:.0} appends/s | ack p50 {:.2} ms | ack p99 {:.2} ms |",
             sorted.len() as f64 / seconds as f64,
             percentile(&sorted, 0.5).as_secs_f64() * 1e3,
             percentile(&sorted, 0.99).as_secs_f64() * 1e3,
         );
+    }
+
+    if let Some(store) = postgres {
+        store.drop_schema().unwrap();
     }
 
     // 2. Proofs on a large log, built directly in one transaction (the same rows the writer makes).
