@@ -75,11 +75,13 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let postgres = std::env::var("CERTGATE_BENCH_POSTGRES_URL").ok().map(|url| {
-        let mut settings = cert_store::pg_store::PgSettings::new(&url);
-        settings.schema = format!("bench_log_{}", std::process::id());
-        Arc::new(cert_store::pg_store::PgStore::open(settings).unwrap())
-    });
+    let postgres = std::env::var("CERTGATE_BENCH_POSTGRES_URL")
+        .ok()
+        .map(|url| {
+            let mut settings = cert_store::pg_store::PgSettings::new(&url);
+            settings.schema = format!("bench_log_{}", std::process::id());
+            Arc::new(cert_store::pg_store::PgStore::open(settings).unwrap())
+        });
     let mut backends = vec![("SQLite", None)];
     if let Some(store) = &postgres {
         backends.push(("PostgreSQL", Some(store.clone())));

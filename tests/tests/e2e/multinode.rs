@@ -1,5 +1,5 @@
-//! Two gateway nodes sharing one PostgreSQL database (skipped, and said so, without
-//! `CERTGATE_TEST_POSTGRES_URL`): what one node changes, the other sees.
+//! Two gateway processes sharing one PostgreSQL database (skipped, and said so, without
+//! `CERTGATE_TEST_POSTGRES_URL`): what one node changes, the other sees; one access log.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -32,18 +32,19 @@ async fn a_revocation_on_one_node_is_seen_by_the_other_and_serials_never_collide
     };
     let url = std::env::var("CERTGATE_TEST_POSTGRES_URL").unwrap();
     let pki = TestPki::new();
-    let a = TestGateway::start(&node_config(&pki, "a", &url, store.schema(), "")).await;
-    let b = TestGateway::start(&node_config(&pki, "b", &url, store.schema(), "")).await;
+    // Two gateway processes.
+    let a = Served::start(&node_config(&pki, "a", &url, store.schema(), ""));
+    let b = Served::start(&node_config(&pki, "b", &url, store.schema(), ""));
     let [mut market_a, mut approval_b] = <[Conn; 2]>::try_from(
-        connect_departments(&pki, a.addr, &[("market", MARKET)])
+        connect_departments(&pki, a.api, &[("market", MARKET)])
             .await
             .into_iter()
-            .chain(connect_departments(&pki, b.addr, &[("approval", APPROVAL)]).await)
+            .chain(connect_departments(&pki, b.api, &[("approval", APPROVAL)]).await)
             .collect::<Vec<_>>(),
     )
     .ok()
     .unwrap();
-    let mut market_b = connect_departments(&pki, b.addr, &[("market-b", MARKET)])
+    let mut market_b = connect_departments(&pki, b.api, &[("market-b", MARKET)])
         .await
         .remove(0);
 
@@ -152,12 +153,12 @@ async fn an_invalidation_on_one_node_makes_the_other_refetch() {
          url = \"https://127.0.0.1:{port}/r/{{key}}\"\nkey_kind = \"free\"\nfields = [\"a\"]\n\
          [[datasets.grants]]\ndepartment = \"{APPROVAL}\"\nfields = {{ a = \"full\" }}\n"
     );
-    let a = TestGateway::start(&node_config(&pki, "a", &url, store.schema(), &exchange)).await;
-    let b = TestGateway::start(&node_config(&pki, "b", &url, store.schema(), &exchange)).await;
-    let mut on_a = connect_departments(&pki, a.addr, &[("market", MARKET)])
+    let a = Served::start(&node_config(&pki, "a", &url, store.schema(), &exchange));
+    let b = Served::start(&node_config(&pki, "b", &url, store.schema(), &exchange));
+    let mut on_a = connect_departments(&pki, a.api, &[("market", MARKET)])
         .await
         .remove(0);
-    let mut on_b = connect_departments(&pki, b.addr, &[("approval", APPROVAL)])
+    let mut on_b = connect_departments(&pki, b.api, &[("approval", APPROVAL)])
         .await
         .remove(0);
     let status = |r: &Reply| r.headers["cache-status"].to_str().unwrap().to_owned();
@@ -522,13 +523,13 @@ async fn policies_and_profiles_stored_on_one_node_are_matched_on_the_other() {
     let pki = TestPki::new();
     let more = dept(DATA, "大数据局", &["consumer"], true)
         + &format!("\n[policies]\nprofile_owner = \"{DATA}\"\n");
-    let a = TestGateway::start(&node_config(&pki, "a", &url, store.schema(), &more)).await;
-    let b = TestGateway::start(&node_config(&pki, "b", &url, store.schema(), &more)).await;
-    let mut ops_a = connect_departments(&pki, a.addr, &[("ops", OPS)])
+    let a = Served::start(&node_config(&pki, "a", &url, store.schema(), &more));
+    let b = Served::start(&node_config(&pki, "b", &url, store.schema(), &more));
+    let mut ops_a = connect_departments(&pki, a.api, &[("ops", OPS)])
         .await
         .remove(0);
     let mut on_b =
-        connect_departments(&pki, b.addr, &[("data", DATA), ("approval", APPROVAL)]).await;
+        connect_departments(&pki, b.api, &[("data", DATA), ("approval", APPROVAL)]).await;
     let mut approval_b = on_b.pop().unwrap();
     let mut data_b = on_b.pop().unwrap();
     let post = |conn: &mut Conn, path: &'static str, body: String| {
