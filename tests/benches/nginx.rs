@@ -1,17 +1,30 @@
-//! A cached licence GET through certgate over mTLS, side by side with nginx serving the very
-//! same response bytes as a static file over mTLS (`ssl_verify_client on`, the same CA, server
-//! certificate and client certificate).
+//! certgate against nginx, each a separate process on the same machine, serving over mTLS with
+//! the same CA, server certificate and client certificate (`ssl_verify_client on`):
 //!
-//! Both sides: HTTP/1.1 keep-alive over TLS 1.3, `CONNS` connections each sending requests one
+//! - a cached licence GET, against nginx serving the very same response bytes as a static file;
+//! - a licence verification (`POST /v1/licences/verify`), against nginx answering the POST with
+//!   the very same response bytes (`return 200`, since nginx's static module refuses POST);
+//! - full mTLS handshakes per second: TCP connect, TLS 1.3 handshake with the client
+//!   certificate, close; no session resumption (the client keeps no sessions, nginx has its
+//!   session cache and tickets off), X25519 on both sides;
+//! - certgate's resident memory idle (started, nothing served yet) and after the load, beside
+//!   nginx's (master and worker).
+//!
+//! Keep-alive rounds: HTTP/1.1 over TLS 1.3, `CONNS` connections each sending requests one
 //! after another, `REQUESTS` requests per round; rounds alternate sides and the best round of
 //! each is reported. certgate does everything a department meets: identity from the
 //! certificate, the department table, the purpose, the access rule, selective disclosure of
-//! the stored credential, JSON, and the access-log leaf committed before the response leaves.
-//! nginx (from the Debian package) runs with as many workers as the machine has cores.
+//! the stored credential (or the full verification), JSON, and the access-log leaf committed
+//! (`synchronous=FULL`) before the response leaves.
+//!
+//! Pinning: on a machine with two cores or more, each server runs on CPU 0 (nginx with one
+//! worker) and the load generator should run on another (`taskset -c 1 cargo bench …`, as
+//! `tests/bench/run` does). `CERTGATE_BENCH_PIN=0` turns pinning off (nginx then runs one worker
+//! per core).
 //!
 //! Run: `cargo bench -p certgate-tests --bench nginx` (needs `nginx` on the PATH or in
 //! /usr/sbin; `CERTGATE_BENCH_REQUESTS`, default 20000; `CERTGATE_BENCH_CONNS`, default 16;
-//! `CERTGATE_BENCH_ROUNDS`, default 3).
+//! `CERTGATE_BENCH_ROUNDS`, default 3; `CERTGATE_BENCH_HANDSHAKES`, default 4000).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -19,9 +32,11 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use certgate_tests::load::{Round, round};
+use bytes::Bytes;
+use certgate_tests::load::{Round, handshakes, round_with};
 use certgate_tests::*;
 use http::Method;
+use serde_json::json;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -38,117 +53,234 @@ fn nginx_bin() -> String {
         .expect("nginx is not installed (apt-get install nginx-light)")
 }
 
+/// A field of /proc/<pid>/status in MiB (`VmRSS`, `VmHWM`).
+fn memory_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The resident memory of nginx: its master and its workers.
+fn nginx_rss_mib(master: u32) -> f64 {
+    let children = Command::new("pgrep")
+        .args(["-P", &master.to_string()])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    memory_mib(master, "VmRSS:")
+        + children
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .map(|p| memory_mib(p, "VmRSS:"))
+            .sum::<f64>()
+}
+
+/// Best of each side, by requests per second.
+#[derive(Default)]
+struct Best(Option<Round>);
+
+impl Best {
+    fn offer(&mut self, r: Round) {
+        if self.0.as_ref().is_none_or(|b| r.rps > b.rps) {
+            self.0 = Some(r);
+        }
+    }
+
+    fn get(&self) -> &Round {
+        self.0.as_ref().unwrap()
+    }
+}
+
 fn main() {
     let requests = env("CERTGATE_BENCH_REQUESTS", 20_000);
     let conns = env("CERTGATE_BENCH_CONNS", 16);
     let rounds = env("CERTGATE_BENCH_ROUNDS", 3);
+    let handshake_count = env("CERTGATE_BENCH_HANDSHAKES", 4_000);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = cores >= 2 && env("CERTGATE_BENCH_PIN", 1) == 1;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
         let pki = TestPki::new();
-        let gw = TestGateway::standard(&pki, "").await;
+        let config = write_config(&pki, "", &standard_departments());
+        let served = Served::start_on(&config, pin.then_some(0));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle_rss = memory_mib(served.pid(), "VmRSS:");
+        let gw = served.api;
         let market = pki.department("market", MARKET);
         let approval = pki.department("approval", APPROVAL);
         let mut m = Client::new(&pki.ca_pem(), Some(&market), Proto::H1)
-            .connect(gw.addr)
+            .connect(gw)
             .await
             .unwrap();
         let seal = create_seal(&mut m, "ES256").await;
         let issued = issue_licence(&mut m, &business_licence(&seal, XIAOMI)).await;
         let path = format!("/v1/licences/{}", issued["id"].as_str().unwrap());
+        let verify_body = Bytes::from(
+            serde_json::to_vec(&json!({ "credential": issued["credential"] })).unwrap(),
+        );
         const PURPOSE: &[(&str, &str)] = &[("x-purpose", "M-BIZ-001")];
-        let client = Client::new(&pki.ca_pem(), Some(&approval), Proto::H1);
-        let body = client
-            .connect(gw.addr)
+        const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
+        let client = Client::full_handshakes(&pki.ca_pem(), Some(&approval), Proto::H1);
+        let mut probe = client.connect(gw).await.unwrap();
+        let licence_bytes = probe.get_with(&path, PURPOSE).await.unwrap().body;
+        let verified = probe
+            .send_with(Method::POST, "/v1/licences/verify", JSON, verify_body.clone())
             .await
-            .unwrap()
-            .get_with(&path, PURPOSE)
-            .await
-            .unwrap()
-            .body;
+            .unwrap();
+        assert_eq!(verified.json()["valid"], true, "{:?}", verified.body);
+        let verify_bytes = verified.body;
+        drop(probe);
 
         // nginx serving the same bytes with the same certificates.
         let dir = pki.dir.path().join("nginx");
         std::fs::create_dir_all(dir.join("logs")).unwrap();
-        std::fs::write(dir.join("licence.json"), &body).unwrap();
+        std::fs::write(dir.join("licence.json"), &licence_bytes).unwrap();
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
         let p = pki.pki_dir();
+        let verify_text = String::from_utf8(verify_bytes.to_vec())
+            .unwrap()
+            .replace('\\', "\\\\")
+            .replace('\'', "\\'");
         let conf = format!(
-            "worker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
+            "worker_processes {workers};\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
+               ssl_session_cache off;\n  ssl_session_tickets off;\n\
                server {{\n    listen 127.0.0.1:{port} ssl;\n\
                  ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
                  ssl_client_certificate {ca};\n    ssl_verify_client on;\n\
-                 ssl_protocols TLSv1.3;\n\
+                 ssl_protocols TLSv1.3;\n    ssl_ecdh_curve X25519;\n\
                  location = /licence {{ default_type application/json; alias {d}/licence.json; }}\n\
+                 location = /verify {{ default_type application/json; return 200 '{verify_text}'; }}\n\
                }}\n}}\n",
+            workers = if pin { "1".to_owned() } else { "auto".to_owned() },
             d = dir.display(),
             cert = p.join("server.pem").display(),
             key = p.join("server.key").display(),
             ca = p.join("ca.pem").display(),
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let mut nginx = Command::new(nginx_bin())
+        let mut nginx_cmd = if pin {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0", &nginx_bin()]);
+            c
+        } else {
+            Command::new(nginx_bin())
+        };
+        let mut nginx = nginx_cmd
             .args(["-p", dir.to_str().unwrap(), "-c", dir.join("nginx.conf").to_str().unwrap()])
             .args(["-g", "daemon off;"])
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let nginx_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let ng: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         for _ in 0..100 {
-            if tokio::net::TcpStream::connect(nginx_addr).await.is_ok() {
+            if tokio::net::TcpStream::connect(ng).await.is_ok() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let check = client
-            .connect(nginx_addr)
-            .await
-            .unwrap()
-            .send(Method::GET, "/licence", bytes::Bytes::new())
+        let mut check = client.connect(ng).await.unwrap();
+        assert_eq!(check.get("/licence").await.unwrap().body, licence_bytes);
+        let answer = check
+            .send_with(Method::POST, "/verify", JSON, verify_body.clone())
             .await
             .unwrap();
-        assert_eq!(check.body, body, "nginx serves the same bytes");
+        assert_eq!(answer.body, verify_bytes, "nginx answers the same bytes");
+        drop(check);
+        let nginx_idle_rss = nginx_rss_mib(nginx.id());
 
-        round(&client, gw.addr, &path, PURPOSE, 1, 10).await;
-        let mut best_gw: Option<Round> = None;
-        let mut best_ng: Option<Round> = None;
+        // Warm both up.
+        let get = |addr: SocketAddr, path: String, headers: &'static [(&'static str, &'static str)], n: usize| {
+            let client = client.clone();
+            async move { round_with(&client, addr, Method::GET, &path, headers, Bytes::new(), conns, n).await }
+        };
+        let post = |addr: SocketAddr, path: &'static str, n: usize| {
+            let (client, body) = (client.clone(), verify_body.clone());
+            async move { round_with(&client, addr, Method::POST, path, JSON, body, conns, n).await }
+        };
+        get(gw, path.clone(), PURPOSE, conns * 20).await;
+        get(ng, "/licence".into(), &[], conns * 20).await;
+
+        let (mut g_get, mut n_get, mut g_ver, mut n_ver, mut g_hs, mut n_hs) = Default::default();
         for r in 0..rounds {
-            let n = round(&client, nginx_addr, "/licence", &[], conns, requests).await;
-            let g = round(&client, gw.addr, &path, PURPOSE, conns, requests).await;
-            println!(
-                "round {r}: certgate {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms); nginx {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms)",
-                g.rps, ms(g.p50), ms(g.p99), n.rps, ms(n.p50), ms(n.p99)
+            let (n1, g1) = (
+                get(ng, "/licence".into(), &[], requests).await,
+                get(gw, path.clone(), PURPOSE, requests).await,
             );
-            if best_gw.as_ref().is_none_or(|b| g.rps > b.rps) {
-                best_gw = Some(g);
-            }
-            if best_ng.as_ref().is_none_or(|b| n.rps > b.rps) {
-                best_ng = Some(n);
-            }
+            let (n2, g2) = (post(ng, "/verify", requests).await, post(gw, "/v1/licences/verify", requests).await);
+            let (n3, g3) = (
+                handshakes(&client, ng, conns, handshake_count).await,
+                handshakes(&client, gw, conns, handshake_count).await,
+            );
+            println!(
+                "round {r}: GET certgate {:.0}/s nginx {:.0}/s; verify certgate {:.0}/s nginx {:.0}/s; handshakes certgate {:.0}/s nginx {:.0}/s",
+                g1.rps, n1.rps, g2.rps, n2.rps, g3.rps, n3.rps
+            );
+            Best::offer(&mut g_get, g1);
+            Best::offer(&mut n_get, n1);
+            Best::offer(&mut g_ver, g2);
+            Best::offer(&mut n_ver, n2);
+            Best::offer(&mut g_hs, g3);
+            Best::offer(&mut n_hs, n3);
         }
+        let (g_get, n_get, g_ver, n_ver, g_hs, n_hs): (Best, Best, Best, Best, Best, Best) =
+            (g_get, n_get, g_ver, n_ver, g_hs, n_hs);
+        let loaded_rss = memory_mib(served.pid(), "VmRSS:");
+        let peak_rss = memory_mib(served.pid(), "VmHWM:");
+        let nginx_loaded_rss = nginx_rss_mib(nginx.id());
         // SIGTERM to the master stops its workers too (SIGKILL would orphan them).
         let _ = Command::new("kill")
             .args(["-TERM", &nginx.id().to_string()])
             .status();
         let _ = nginx.wait();
-        let (g, n) = (best_gw.unwrap(), best_ng.unwrap());
+        served.stop();
+
         println!();
         println!(
-            "{requests} requests per round, {conns} keep-alive mTLS connections, best of {rounds} rounds, {} response bytes",
-            body.len()
+            "{requests} requests per keep-alive round over {conns} mTLS connections, {handshake_count} full handshakes from {conns} tasks, best of {rounds} rounds; {} cores, servers {}",
+            cores,
+            if pin { "pinned to CPU 0 (nginx: 1 worker)" } else { "not pinned" }
         );
-        println!("| server | req/s | p50 ms | p99 ms |");
-        println!("|---|---|---|---|");
-        println!("| certgate, licence GET (access log on) | {:.0} | {:.2} | {:.2} |", g.rps, ms(g.p50), ms(g.p99));
-        println!("| nginx, the same bytes as a static file | {:.0} | {:.2} | {:.2} |", n.rps, ms(n.p50), ms(n.p99));
-        println!("| ratio certgate ÷ nginx | {:.2} | | |", g.rps / n.rps);
+        println!("| measurement | certgate | nginx | certgate ÷ nginx | target |");
+        println!("|---|---|---|---|---|");
+        let row = |what: &str, g: &Round, n: &Round, target: &str| {
+            println!(
+                "| {what} | {:.0}/s (p50 {:.2} ms, p99 {:.2} ms) | {:.0}/s (p50 {:.2} ms, p99 {:.2} ms) | {:.2} | {target} |",
+                g.rps, ms(g.p50), ms(g.p99), n.rps, ms(n.p50), ms(n.p99), g.rps / n.rps
+            );
+        };
+        row(
+            &format!("cached licence GET, access log on ({} bytes)", licence_bytes.len()),
+            g_get.get(),
+            n_get.get(),
+            "≥ 1.1",
+        );
+        row(
+            &format!("licence verification, access log on ({} bytes)", verify_bytes.len()),
+            g_ver.get(),
+            n_ver.get(),
+            "",
+        );
+        row("full mTLS handshakes", g_hs.get(), n_hs.get(), "≥ 2");
+        println!(
+            "| resident memory, idle | {idle_rss:.1} MiB | {nginx_idle_rss:.1} MiB | {:.2} | ≤ 64 MiB |",
+            idle_rss / nginx_idle_rss
+        );
+        println!(
+            "| resident memory, after the load (peak) | {loaded_rss:.1} MiB ({peak_rss:.1} MiB) | {nginx_loaded_rss:.1} MiB | {:.2} | |",
+            loaded_rss / nginx_loaded_rss
+        );
     });
 }
 

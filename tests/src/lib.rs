@@ -313,12 +313,31 @@ pub struct Client {
 impl Client {
     /// A client trusting `ca` and presenting `identity` (or no certificate).
     pub fn new(ca: &Path, identity: Option<&Identity>, proto: Proto) -> Client {
+        Client::build(ca, identity, proto, true)
+    }
+
+    /// A client for comparing servers: every connection makes a full handshake (no session
+    /// resumption) and offers X25519 only, a key exchange every peer speaks.
+    pub fn full_handshakes(ca: &Path, identity: Option<&Identity>, proto: Proto) -> Client {
+        Client::build(ca, identity, proto, false)
+    }
+
+    fn build(ca: &Path, identity: Option<&Identity>, proto: Proto, resume: bool) -> Client {
         gateway::tls::install_crypto_provider();
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(ca).unwrap() {
             roots.add(cert.unwrap()).unwrap();
         }
-        let builder = ClientConfig::builder().with_root_certificates(roots);
+        let builder = if resume {
+            ClientConfig::builder()
+        } else {
+            let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+            provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+            ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+        }
+        .with_root_certificates(roots);
         let mut config = match identity {
             Some(id) => builder
                 .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
@@ -329,6 +348,9 @@ impl Client {
             Proto::H1 => vec![b"http/1.1".to_vec()],
             Proto::H2 => vec![b"h2".to_vec()],
         };
+        if !resume {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
         Client {
             config: Arc::new(config),
             proto,
@@ -579,8 +601,27 @@ pub struct Served {
 impl Served {
     /// Starts `certgate serve` and waits until it logs its listening addresses.
     pub fn start(config: &Path) -> Served {
+        Served::start_on(config, None)
+    }
+
+    /// Starts `certgate serve`, pinned to CPU `cpu` (with `taskset`) when one is given.
+    pub fn start_on(config: &Path, cpu: Option<usize>) -> Served {
         use std::io::BufRead;
-        let mut child = serve_command(config).spawn().unwrap();
+        let mut command = match cpu {
+            None => serve_command(config),
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c")
+                    .arg(cpu.to_string())
+                    .arg(certgate_bin())
+                    .args(["serve", "--config"])
+                    .arg(config)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped());
+                c
+            }
+        };
+        let mut child = command.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut lines = std::io::BufReader::new(stderr).lines();
         while let Some(Ok(line)) = lines.next() {
@@ -601,6 +642,11 @@ impl Served {
         }
         let status = child.wait().unwrap();
         panic!("certgate serve did not start ({status})");
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, std::process::Child::id)
     }
 
     /// Sends a signal (`-HUP`, `-TERM`, …).
@@ -774,7 +820,8 @@ pub mod load {
     use std::net::SocketAddr;
     use std::time::{Duration, Instant};
 
-    use http::StatusCode;
+    use bytes::Bytes;
+    use http::{Method, StatusCode};
 
     use crate::Client;
 
@@ -798,6 +845,31 @@ pub mod load {
         conns: usize,
         requests: usize,
     ) -> Round {
+        round_with(
+            client,
+            addr,
+            Method::GET,
+            path,
+            headers,
+            Bytes::new(),
+            conns,
+            requests,
+        )
+        .await
+    }
+
+    /// As [`round`], with any method and body.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn round_with(
+        client: &Client,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        headers: &'static [(&'static str, &'static str)],
+        body: Bytes,
+        conns: usize,
+        requests: usize,
+    ) -> Round {
         let mut open = Vec::new();
         for _ in 0..conns {
             open.push(client.connect(addr).await.unwrap());
@@ -806,18 +878,55 @@ pub mod load {
         let started = Instant::now();
         let mut tasks = Vec::new();
         for mut conn in open {
-            let path = path.to_owned();
+            let (path, method, body) = (path.to_owned(), method.clone(), body.clone());
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(per_conn);
                 for _ in 0..per_conn {
                     let t = Instant::now();
-                    let reply = conn.get_with(&path, headers).await.unwrap();
-                    assert_eq!(reply.status, StatusCode::OK);
+                    let reply = conn
+                        .send_with(method.clone(), &path, headers, body.clone())
+                        .await
+                        .unwrap();
+                    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
                     latencies.push(t.elapsed());
                 }
                 latencies
             }));
         }
+        summarise(tasks, started).await
+    }
+
+    /// `total` full TLS handshakes (TCP connect, handshake with the client certificate, close)
+    /// from `tasks` concurrent tasks; latency is per handshake. Use a client made with
+    /// [`Client::full_handshakes`] so that nothing is resumed.
+    pub async fn handshakes(client: &Client, addr: SocketAddr, tasks: usize, total: usize) -> Round {
+        let per_task = total / tasks;
+        let started = Instant::now();
+        let mut running = Vec::new();
+        for _ in 0..tasks {
+            let client = client.clone();
+            running.push(tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_task);
+                for _ in 0..per_task {
+                    let t = Instant::now();
+                    let tls = client.tls(addr).await.unwrap();
+                    assert_ne!(
+                        tls.get_ref().1.handshake_kind(),
+                        Some(rustls::HandshakeKind::Resumed)
+                    );
+                    latencies.push(t.elapsed());
+                    drop(tls);
+                }
+                latencies
+            }));
+        }
+        summarise(running, started).await
+    }
+
+    async fn summarise(
+        tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
+        started: Instant,
+    ) -> Round {
         let mut all = Vec::new();
         for t in tasks {
             all.extend(t.await.unwrap());
