@@ -115,6 +115,7 @@ fn main() {
                 max_batch: 4096,
                 checkpoint_interval: Duration::from_secs(1),
                 origin: "bench/log".into(),
+                group_commit_wait: Duration::ZERO,
                 max_db_pages: 0,
             },
         )

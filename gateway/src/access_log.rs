@@ -375,8 +375,22 @@ pub struct AccessLog {
     covered: Arc<AtomicU64>,
     /// Leaves queued and not yet taken by the writer.
     queued: Arc<AtomicU64>,
+    /// Requests being served whose leaf is not queued yet (see [`InFlight`]).
+    in_flight: Arc<AtomicU64>,
     capacity: u64,
     backend: LogBackend,
+}
+
+/// A request being served, counted until its leaf is queued (or the request is dropped), so
+/// that the writer can wait a moment for leaves that are about to come and commit them in one
+/// batch (group commit: one fsync for all of them) instead of one commit each.
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicU64>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// How the writer behaves.
@@ -390,6 +404,9 @@ pub struct WriterSettings {
     pub checkpoint_interval: Duration,
     /// The checkpoint origin line.
     pub origin: String,
+    /// How long the writer may hold a batch open for leaves of requests still being served
+    /// (zero: commit whatever is queued at once). Only while such requests exist.
+    pub group_commit_wait: Duration,
     /// Caps the database at this many pages (0: no cap); reaching it is a full disk.
     pub max_db_pages: u64,
 }
@@ -431,6 +448,7 @@ impl AccessLog {
         let size_counter = Arc::new(AtomicU64::new(stored));
         let covered = Arc::new(AtomicU64::new(checkpointed_at_start));
         let queued = Arc::new(AtomicU64::new(0));
+        let in_flight = Arc::new(AtomicU64::new(0));
         let capacity = settings.queue_capacity.max(1) as u64;
         let (tx, rx) = mpsc::sync_channel(settings.queue_capacity.max(1));
         let mut writer = Writer {
@@ -445,6 +463,7 @@ impl AccessLog {
             size: size_counter.clone(),
             covered: covered.clone(),
             queued: queued.clone(),
+            in_flight: in_flight.clone(),
         };
         std::thread::Builder::new()
             .name("access-log-writer".into())
@@ -455,17 +474,36 @@ impl AccessLog {
             healthy,
             covered,
             queued,
+            in_flight,
             capacity,
             size: size_counter,
             backend,
         })
     }
 
+    /// Counts a request as being served until the returned guard is dropped or passed to
+    /// [`AccessLog::append_served`].
+    pub fn serving(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.in_flight.clone())
+    }
+
+    /// Appends the leaf of a request counted by [`AccessLog::serving`]: the count drops as the
+    /// leaf is queued.
+    pub async fn append_served(&self, leaf: Leaf, serving: InFlight) -> Result<u64, LogError> {
+        self.append_then(leaf, move || drop(serving)).await
+    }
+
     /// Appends a leaf and waits until it is durable; returns its sequence number.
     pub async fn append(&self, leaf: Leaf) -> Result<u64, LogError> {
+        self.append_then(leaf, || ()).await
+    }
+
+    async fn append_then(&self, leaf: Leaf, queued: impl FnOnce()) -> Result<u64, LogError> {
         let (ack, done) = oneshot::channel();
         self.queued.fetch_add(1, Ordering::SeqCst);
-        self.tx
+        let sent = self
+            .tx
             .try_send(Pending {
                 leaf,
                 ack: Some(ack),
@@ -474,7 +512,9 @@ impl AccessLog {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
                 self.healthy.store(false, Ordering::SeqCst);
                 LogError::Unavailable("the write queue is full")
-            })?;
+            });
+        queued();
+        sent?;
         match done.await {
             Ok(Ok(seq)) => Ok(seq),
             Ok(Err(())) => Err(LogError::Store("the batch could not be committed".into())),
@@ -542,6 +582,7 @@ struct Writer {
     size: Arc<AtomicU64>,
     covered: Arc<AtomicU64>,
     queued: Arc<AtomicU64>,
+    in_flight: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -571,10 +612,24 @@ impl Writer {
                 }
             };
             batch.push(first);
+            // Group commit: while requests are still being served, their leaves are about to
+            // come; wait for them (a little) rather than commit each on its own.
+            let deadline = Instant::now() + self.settings.group_commit_wait;
             while batch.len() < self.settings.max_batch {
                 match rx.try_recv() {
                     Ok(p) => batch.push(p),
-                    Err(_) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => break,
+                    Err(mpsc::TryRecvError::Empty) => {
+                        let now = Instant::now();
+                        if self.in_flight.load(Ordering::SeqCst) == 0 || now >= deadline {
+                            break;
+                        }
+                        match rx.recv_timeout((deadline - now).min(Duration::from_micros(100))) {
+                            Ok(p) => batch.push(p),
+                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                            Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        }
+                    }
                 }
             }
             self.queued.fetch_sub(batch.len() as u64, Ordering::SeqCst);
@@ -862,6 +917,7 @@ mod tests {
             max_batch: 256,
             checkpoint_interval: Duration::from_millis(0),
             origin: "certgate.test/log".into(),
+            group_commit_wait: Duration::ZERO,
             max_db_pages: 0,
         }
     }

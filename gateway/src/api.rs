@@ -344,6 +344,7 @@ async fn gate(State(gateway): State<Arc<Gateway>>, req: Request, next: Next) -> 
 
 async fn gate_inner(gateway: Arc<Gateway>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
+    let serving = gateway.access_log.serving();
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -460,7 +461,7 @@ async fn gate_inner(gateway: Arc<Gateway>, mut req: Request, next: Next) -> Resp
             .map(|e| e.code.to_owned()),
         latency_us: started.elapsed().as_micros() as u64,
     };
-    if let Err(e) = gateway.access_log.append(leaf).await {
+    if let Err(e) = gateway.access_log.append_served(leaf, serving).await {
         // The response is withheld: nothing leaves the gateway unlogged.
         tracing::error!(error = %e, "access log append failed; response withheld");
         response = ApiError::log_unavailable().into_response();

@@ -65,6 +65,8 @@ pub struct AccessLogSettings {
     pub queue_capacity: usize,
     /// Leaves committed in one transaction (one fsync) at most.
     pub max_batch: usize,
+    /// How long a batch may wait for the leaves of requests still being served.
+    pub group_commit_wait: std::time::Duration,
     /// Caps the log database at this many 4 KiB pages (0: no cap). Reaching it behaves as a
     /// full disk: the gateway fails closed.
     pub max_db_pages: u64,
@@ -417,12 +419,17 @@ struct RawAccessLog {
     queue_capacity: usize,
     #[serde(default = "default_batch")]
     max_batch: usize,
+    #[serde(default = "default_group_commit_us")]
+    group_commit_us: u64,
     #[serde(default)]
     max_db_pages: u64,
     #[serde(default = "default_retention")]
     retention_days: u32,
 }
 
+fn default_group_commit_us() -> u64 {
+    1_000
+}
 fn default_origin() -> String {
     "certgate/access-log".into()
 }
@@ -805,6 +812,12 @@ fn validate_access_log(raw: RawAccessLog, base: &Path) -> Result<AccessLogSettin
             "must be between 1 and 100000",
         ));
     }
+    if raw.group_commit_us > 100_000 {
+        return Err(ConfigError::key(
+            "access_log.group_commit_us",
+            "must be at most 100000 (0.1 s)",
+        ));
+    }
     if raw.retention_days < 180 {
         return Err(ConfigError::key(
             "access_log.retention_days",
@@ -818,6 +831,7 @@ fn validate_access_log(raw: RawAccessLog, base: &Path) -> Result<AccessLogSettin
         origin,
         queue_capacity: raw.queue_capacity,
         max_batch: raw.max_batch,
+        group_commit_wait: std::time::Duration::from_micros(raw.group_commit_us),
         max_db_pages: raw.max_db_pages,
         retention_days: raw.retention_days,
     })

@@ -172,6 +172,7 @@ impl Gateway {
             max_batch: log_settings.max_batch,
             checkpoint_interval: std::time::Duration::from_secs(1),
             origin: log_settings.origin.clone(),
+            group_commit_wait: log_settings.group_commit_wait,
             max_db_pages: log_settings.max_db_pages,
         };
         // Opening checks the stored tree; a PostgreSQL client must not block a thread that

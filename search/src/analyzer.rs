@@ -40,8 +40,9 @@ const MAX_TOKEN_BYTES: usize = 255;
 /// What [`tokens`](Self::tokens) returns is exactly what the registered tokenizer indexes, so a
 /// query built from it (see [`text_query`](crate::text_query)) finds what was indexed.
 ///
-/// Building one loads jieba's dictionary (a fraction of a second and some tens of MB): build it
-/// once and clone it; clones share the dictionary.
+/// jieba's dictionary (a fraction of a second to load and about 33 MB in memory) is loaded on
+/// the first text analysed, so a gateway that never analyses Chinese text does not carry it;
+/// build one analyzer and clone it: clones share the dictionary.
 #[derive(Clone)]
 pub struct ChineseAnalyzer {
     inner: Arc<Inner>,
@@ -50,7 +51,7 @@ pub struct ChineseAnalyzer {
 impl fmt::Debug for ChineseAnalyzer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChineseAnalyzer")
-            .field("jieba", &self.inner.jieba)
+            .field("dictionary_loaded", &self.inner.jieba.get().is_some())
             .field("compound_terms", &self.inner.compounds.len())
             .finish()
     }
@@ -58,8 +59,10 @@ impl fmt::Debug for ChineseAnalyzer {
 
 /// The shared state of an analyzer.
 struct Inner {
-    /// jieba's default dictionary plus the domain (and user) dictionary.
-    jieba: Jieba,
+    /// jieba's default dictionary plus the domain (and user) dictionary, loaded on first use.
+    jieba: std::sync::OnceLock<Jieba>,
+    /// The domain and user words jieba gets on top of its own dictionary (checked already).
+    words: Vec<(String, usize, Option<String>)>,
     /// For each domain or user term that contains other such terms (专精特新小巨人), where those
     /// are in it (专精特新 at 0, 小巨人 at 12): they are indexed along with the compound.
     compounds: HashMap<Box<str>, Vec<SubTerm>>,
@@ -70,6 +73,19 @@ struct Inner {
 struct SubTerm {
     offset: usize,
     len: usize,
+}
+
+impl Inner {
+    /// jieba with the extra words, loaded on first use.
+    fn jieba(&self) -> &Jieba {
+        self.jieba.get_or_init(|| {
+            let mut jieba = Jieba::new();
+            for (word, freq, tag) in &self.words {
+                jieba.add_word(word, Some(*freq), tag.as_deref());
+            }
+            jieba
+        })
+    }
 }
 
 /// One line of a dictionary.
@@ -115,16 +131,21 @@ impl ChineseAnalyzer {
 
     fn build(user: &[Entry<'_>]) -> Result<ChineseAnalyzer, SearchError> {
         let domain = parse_dictionary(DOMAIN_DICTIONARY_NAME, DOMAIN_DICTIONARY)?;
-        let mut jieba = Jieba::new();
         let mut words: HashSet<&str> = HashSet::new();
+        let mut extra = Vec::with_capacity(domain.len() + user.len());
         for entry in domain.iter().chain(user) {
-            jieba.add_word(entry.word, Some(entry.freq), entry.tag);
+            extra.push((
+                entry.word.to_owned(),
+                entry.freq,
+                entry.tag.map(str::to_owned),
+            ));
             words.insert(entry.word);
         }
         Ok(ChineseAnalyzer {
             inner: Arc::new(Inner {
-                jieba,
+                jieba: std::sync::OnceLock::new(),
                 compounds: compounds(&words),
+                words: extra,
             }),
         })
     }
@@ -244,7 +265,7 @@ impl Inner {
         let Some(run) = text.get(start..end) else {
             return;
         };
-        for word in self.jieba.cut(run, false) {
+        for word in self.jieba().cut(run, false) {
             if word.word.len() > MAX_TOKEN_BYTES {
                 continue;
             }

@@ -100,7 +100,11 @@ fn main() {
     let conns = env("CERTGATE_BENCH_CONNS", 16);
     let rounds = env("CERTGATE_BENCH_ROUNDS", 3);
     let handshake_count = env("CERTGATE_BENCH_HANDSHAKES", 4_000);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The machine's cores, not this process's share: the load generator may itself be pinned.
+    let cores = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|c| c.lines().filter(|l| l.starts_with("processor")).count())
+        .unwrap_or(1)
+        .max(1);
     let pin = cores >= 2 && env("CERTGATE_BENCH_PIN", 1) == 1;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -899,7 +899,12 @@ pub mod load {
     /// `total` full TLS handshakes (TCP connect, handshake with the client certificate, close)
     /// from `tasks` concurrent tasks; latency is per handshake. Use a client made with
     /// [`Client::full_handshakes`] so that nothing is resumed.
-    pub async fn handshakes(client: &Client, addr: SocketAddr, tasks: usize, total: usize) -> Round {
+    pub async fn handshakes(
+        client: &Client,
+        addr: SocketAddr,
+        tasks: usize,
+        total: usize,
+    ) -> Round {
         let per_task = total / tasks;
         let started = Instant::now();
         let mut running = Vec::new();
