@@ -5,6 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use rustls::CertificateError;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{StoresServerSessions, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
@@ -40,6 +42,11 @@ pub struct RevokedSerials {
 }
 
 impl RevokedSerials {
+    /// True when a CRL of the issuer with this raw name was loaded.
+    pub fn covers(&self, issuer_raw: &[u8]) -> bool {
+        self.by_issuer.contains_key(issuer_raw)
+    }
+
     /// True when the certificate with this raw issuer name and raw serial is revoked.
     pub fn contains(&self, issuer_raw: &[u8], serial_raw: &[u8]) -> bool {
         self.by_issuer
@@ -93,15 +100,20 @@ impl TlsMaterial {
             .map_err(|e| file_error("tls.key", &settings.key, e))?;
 
         let mut roots = RootCertStore::empty();
+        let mut ca_certs = Vec::new();
         for (i, path) in settings.client_ca.iter().enumerate() {
             let key = format!("tls.client_ca[{i}]");
             for cert in read_certs(&key, path)? {
+                ca_certs.push(
+                    openssl::x509::X509::from_der(cert.as_ref())
+                        .map_err(|e| file_error(&key, path, e))?,
+                );
                 roots.add(cert).map_err(|e| file_error(&key, path, e))?;
             }
         }
         let trust_anchors = roots.len();
 
-        let mut crls = Vec::new();
+        let mut crls = 0;
         let mut revoked = RevokedSerials::default();
         for (i, path) in settings.crls.iter().enumerate() {
             let key = format!("tls.crls[{i}]");
@@ -114,19 +126,23 @@ impl TlsMaterial {
                 return Err(file_error(&key, path, "no X509 CRL in the file"));
             }
             for crl in &found {
+                verify_crl(crl, &ca_certs).map_err(|e| file_error(&key, path, e))?;
                 collect_revoked(crl, &mut revoked).map_err(|e| file_error(&key, path, e))?;
             }
-            crls.extend(found);
+            crls += found.len();
         }
-        let crl_count = crls.len();
+        let crl_count = crls;
 
-        let mut verifier = WebPkiClientVerifier::builder(Arc::new(roots)).with_crls(crls);
-        if settings.allow_unknown_revocation_status {
-            verifier = verifier.allow_unknown_revocation_status();
-        }
-        let verifier = verifier
+        // The chain is checked by webpki; revocation against the CRLs verified above, once,
+        // rather than verifying every CRL's signature again in every handshake.
+        let chain_verifier = WebPkiClientVerifier::builder(Arc::new(roots))
             .build()
             .map_err(|e| TlsError::Config(e.to_string()))?;
+        let verifier = Arc::new(RevocationChecked {
+            chain: chain_verifier,
+            revoked: revoked.clone(),
+            allow_unknown: settings.allow_unknown_revocation_status,
+        });
         let mut config = ServerConfig::builder()
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
@@ -139,6 +155,98 @@ impl TlsMaterial {
             trust_anchors,
             crls: crl_count,
         })
+    }
+}
+
+/// Checks that `crl` is signed by one of the trust anchors (the one that issued it).
+fn verify_crl(
+    crl: &CertificateRevocationListDer<'_>,
+    cas: &[openssl::x509::X509],
+) -> Result<(), String> {
+    let crl = openssl::x509::X509Crl::from_der(crl.as_ref()).map_err(|e| e.to_string())?;
+    let issuer = crl.issuer_name().to_der().map_err(|e| e.to_string())?;
+    for ca in cas {
+        if ca.subject_name().to_der().ok().as_deref() != Some(issuer.as_slice()) {
+            continue;
+        }
+        let key = ca.public_key().map_err(|e| e.to_string())?;
+        if crl.verify(&key).map_err(|e| e.to_string())? {
+            return Ok(());
+        }
+    }
+    Err("the CRL is not signed by any configured client CA".into())
+}
+
+/// Client certificates: the chain checked by webpki, revocation against the CRLs loaded (and
+/// verified) at start or reload — the presented certificates' serials looked up by issuer.
+#[derive(Debug)]
+struct RevocationChecked {
+    chain: Arc<dyn ClientCertVerifier>,
+    revoked: RevokedSerials,
+    allow_unknown: bool,
+}
+
+impl ClientCertVerifier for RevocationChecked {
+    fn offer_client_auth(&self) -> bool {
+        self.chain.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.chain.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.chain.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .chain
+            .verify_client_cert(end_entity, intermediates, now)?;
+        for cert in std::iter::once(end_entity).chain(intermediates) {
+            let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+                .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+            let issuer = parsed.tbs_certificate.issuer.as_raw();
+            if self
+                .revoked
+                .contains(issuer, parsed.tbs_certificate.raw_serial())
+            {
+                return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+            }
+            if !self.allow_unknown && !self.revoked.covers(issuer) {
+                return Err(rustls::Error::InvalidCertificate(
+                    CertificateError::UnknownRevocationStatus,
+                ));
+            }
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.chain.supported_verify_schemes()
     }
 }
 
@@ -173,5 +281,45 @@ fn file_error(key: &str, path: &Path, reason: impl std::fmt::Display) -> TlsErro
         key: key.to_owned(),
         path: path.to_owned(),
         reason: reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TlsSettings;
+    use crate::pki::DevCa;
+
+    fn settings(ca_dir: &Path, crl: &Path) -> TlsSettings {
+        TlsSettings {
+            cert: ca_dir.join("server.pem"),
+            key: ca_dir.join("server.key"),
+            client_ca: vec![ca_dir.join("ca.pem")],
+            crls: vec![crl.to_owned()],
+            allow_unknown_revocation_status: false,
+        }
+    }
+
+    #[test]
+    fn a_crl_not_signed_by_a_client_ca_is_refused_at_load() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let now = time::OffsetDateTime::now_utc();
+        DevCa::init(a.path(), now).unwrap();
+        DevCa::init(b.path(), now).unwrap();
+        let sessions = || rustls::server::ServerSessionMemoryCache::new(16);
+        let own = TlsMaterial::load(&settings(a.path(), &a.path().join("crl.pem")), sessions());
+        assert!(own.is_ok(), "{own:?}");
+        let foreign = TlsMaterial::load(&settings(a.path(), &b.path().join("crl.pem")), sessions());
+        match foreign {
+            Err(e) => {
+                let text = e.to_string();
+                assert!(text.contains("tls.crls[0]"), "{text}");
+                assert!(
+                    text.contains("not signed by any configured client CA"),
+                    "{text}"
+                );
+            }
+            Ok(_) => panic!("a CRL of another CA was accepted"),
+        }
     }
 }

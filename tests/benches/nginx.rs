@@ -79,18 +79,52 @@ fn nginx_rss_mib(master: u32) -> f64 {
             .sum::<f64>()
 }
 
+/// CPU seconds (user + system) a process and its children have used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let own = |pid: u32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let rest = stat.rsplit(')').next().unwrap_or_default();
+        let f: Vec<f64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0.0))
+            .collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+        (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+    };
+    let children = Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    own(pid)
+        + children
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .map(own)
+            .sum::<f64>()
+}
+
+/// Runs a measurement and returns it with the share of one core the server `pid` was busy.
+async fn busy<F: std::future::Future<Output = Round>>(pid: u32, run: F) -> (Round, f64) {
+    let (cpu, wall) = (cpu_seconds(pid), std::time::Instant::now());
+    let r = run.await;
+    let used = cpu_seconds(pid) - cpu;
+    (r, used / wall.elapsed().as_secs_f64())
+}
+
 /// Best of each side, by requests per second.
 #[derive(Default)]
-struct Best(Option<Round>);
+struct Best(Option<(Round, f64)>);
 
 impl Best {
-    fn offer(&mut self, r: Round) {
-        if self.0.as_ref().is_none_or(|b| r.rps > b.rps) {
+    fn offer(&mut self, r: (Round, f64)) {
+        if self.0.as_ref().is_none_or(|b| r.0.rps > b.0.rps) {
             self.0 = Some(r);
         }
     }
 
-    fn get(&self) -> &Round {
+    fn get(&self) -> &(Round, f64) {
         self.0.as_ref().unwrap()
     }
 }
@@ -217,19 +251,23 @@ fn main() {
         get(ng, "/licence".into(), &[], conns * 20).await;
 
         let (mut g_get, mut n_get, mut g_ver, mut n_ver, mut g_hs, mut n_hs) = Default::default();
+        let (gp, np) = (served.pid(), nginx.id());
         for r in 0..rounds {
             let (n1, g1) = (
-                get(ng, "/licence".into(), &[], requests).await,
-                get(gw, path.clone(), PURPOSE, requests).await,
+                busy(np, get(ng, "/licence".into(), &[], requests)).await,
+                busy(gp, get(gw, path.clone(), PURPOSE, requests)).await,
             );
-            let (n2, g2) = (post(ng, "/verify", requests).await, post(gw, "/v1/licences/verify", requests).await);
+            let (n2, g2) = (
+                busy(np, post(ng, "/verify", requests)).await,
+                busy(gp, post(gw, "/v1/licences/verify", requests)).await,
+            );
             let (n3, g3) = (
-                handshakes(&client, ng, conns, handshake_count).await,
-                handshakes(&client, gw, conns, handshake_count).await,
+                busy(np, handshakes(&client, ng, conns, handshake_count)).await,
+                busy(gp, handshakes(&client, gw, conns, handshake_count)).await,
             );
             println!(
                 "round {r}: GET certgate {:.0}/s nginx {:.0}/s; verify certgate {:.0}/s nginx {:.0}/s; handshakes certgate {:.0}/s nginx {:.0}/s",
-                g1.rps, n1.rps, g2.rps, n2.rps, g3.rps, n3.rps
+                g1.0.rps, n1.0.rps, g2.0.rps, n2.0.rps, g3.0.rps, n3.0.rps
             );
             Best::offer(&mut g_get, g1);
             Best::offer(&mut n_get, n1);
@@ -256,12 +294,13 @@ fn main() {
             cores,
             if pin { "pinned to CPU 0 (nginx: 1 worker)" } else { "not pinned" }
         );
+        println!("(busy: the share of one core the server used during the measurement; below 100 % the load generator, not the server, set the pace)");
         println!("| measurement | certgate | nginx | certgate ÷ nginx | target |");
         println!("|---|---|---|---|---|");
-        let row = |what: &str, g: &Round, n: &Round, target: &str| {
+        let row = |what: &str, (g, gb): &(Round, f64), (n, nb): &(Round, f64), target: &str| {
             println!(
-                "| {what} | {:.0}/s (p50 {:.2} ms, p99 {:.2} ms) | {:.0}/s (p50 {:.2} ms, p99 {:.2} ms) | {:.2} | {target} |",
-                g.rps, ms(g.p50), ms(g.p99), n.rps, ms(n.p50), ms(n.p99), g.rps / n.rps
+                "| {what} | {:.0}/s (p50 {:.2} ms, p99 {:.2} ms; busy {:.0} %) | {:.0}/s (p50 {:.2} ms, p99 {:.2} ms; busy {:.0} %) | {:.2} | {target} |",
+                g.rps, ms(g.p50), ms(g.p99), gb * 100.0, n.rps, ms(n.p50), ms(n.p99), nb * 100.0, g.rps / n.rps
             );
         };
         row(
