@@ -27,6 +27,23 @@ fn sample_policies() -> Vec<Policy> {
     good.into_iter().map(|(_, p)| p).collect()
 }
 
+/// For every policy, the index-backed number of eligible enterprises is the brute-force one.
+fn assert_counts_are_brute_force(kb: &KnowledgeBase, today: Date) {
+    let all = kb.profiles();
+    for p in kb.policies() {
+        let want = all
+            .iter()
+            .filter(|e| eligibility::is_eligible(&p, e, today))
+            .count();
+        assert_eq!(
+            kb.eligible_enterprises(&p, today).unwrap().len(),
+            want,
+            "{}",
+            p.id
+        );
+    }
+}
+
 /// Where a knowledge base keeps its truth: a SQLite file (or memory), or a PostgreSQL schema.
 struct Backend {
     store: Option<Arc<dyn KbStore>>,
@@ -139,19 +156,7 @@ fn a_gap_in_the_stored_rows_is_renumbered_and_the_index_rebuilt() {
     drop(db);
     let kb = KnowledgeBase::open(Some(dir.path()), ChineseAnalyzer::new().unwrap()).unwrap();
     assert_eq!(kb.profile_count(), 300);
-    let all = kb.profiles();
-    for p in kb.policies() {
-        let want = all
-            .iter()
-            .filter(|e| eligibility::is_eligible(&p, e, today))
-            .count();
-        assert_eq!(
-            kb.eligible_enterprises(&p, today).unwrap().len(),
-            want,
-            "{}",
-            p.id
-        );
-    }
+    assert_counts_are_brute_force(&kb, today);
 }
 
 /// Two nodes on one PostgreSQL store, writing at the same time: each sees the other's

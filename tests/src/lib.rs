@@ -1102,3 +1102,32 @@ impl StoredLog {
         }
     }
 }
+
+/// The access log's verifier key, as an auditor reads it.
+pub async fn log_key(auditor: &mut Conn) -> String {
+    let reply = auditor.get("/v1/audit/log-key").await.unwrap();
+    String::from_utf8(reply.body.to_vec())
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// Polls the latest checkpoint until it covers at least `size` leaves.
+pub async fn checkpoint_covering(
+    auditor: &mut Conn,
+    key: &str,
+    size: u64,
+) -> (String, gateway::checkpoint::Checkpoint) {
+    for _ in 0..100 {
+        let reply = auditor.get("/v1/audit/checkpoint").await.unwrap();
+        if reply.status == http::StatusCode::OK {
+            let note = String::from_utf8(reply.body.to_vec()).unwrap();
+            let cp = gateway::checkpoint::verify_note(&note, key).unwrap();
+            if cp.size >= size {
+                return (note, cp);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no checkpoint covering {size} leaves");
+}

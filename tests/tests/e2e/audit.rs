@@ -7,30 +7,9 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use certgate_tests::*;
-use gateway::checkpoint::verify_note;
 use gateway::merkle;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
-
-/// Polls the latest checkpoint until it covers at least `size` leaves.
-async fn checkpoint_covering(
-    auditor: &mut Conn,
-    key: &str,
-    size: u64,
-) -> (String, gateway::checkpoint::Checkpoint) {
-    for _ in 0..100 {
-        let reply = auditor.get("/v1/audit/checkpoint").await.unwrap();
-        if reply.status == StatusCode::OK {
-            let note = String::from_utf8(reply.body.to_vec()).unwrap();
-            let cp = verify_note(&note, key).unwrap();
-            if cp.size >= size {
-                return (note, cp);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no checkpoint covering {size} leaves");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_outcome_is_logged_once_and_provable_against_a_signed_checkpoint() {
@@ -126,16 +105,7 @@ async fn every_outcome_is_logged_once_and_provable_against_a_signed_checkpoint()
         );
     }
 
-    let key = String::from_utf8(
-        auditor
-            .get("/v1/audit/log-key")
-            .await
-            .unwrap()
-            .body
-            .to_vec(),
-    )
-    .unwrap();
-    let key = key.trim().to_owned();
+    let key = log_key(&mut auditor).await;
     let size = gw.gateway.access_log.size();
     let (_, cp) = checkpoint_covering(&mut auditor, &key, size).await;
 

@@ -420,26 +420,9 @@ async fn one_tree_for_both_nodes_and_a_killed_node_loses_no_acknowledged_entry()
         .connect(b.api)
         .await
         .unwrap();
-    let key = String::from_utf8(
-        auditor
-            .get("/v1/audit/log-key")
-            .await
-            .unwrap()
-            .body
-            .to_vec(),
-    )
-    .unwrap();
-    let key = key.trim();
-    let total = logged.len() as u64;
-    let (note, cp) = loop {
-        let reply = auditor.get("/v1/audit/checkpoint").await.unwrap();
-        let note = String::from_utf8(reply.body.to_vec()).unwrap();
-        let cp = gateway::checkpoint::verify_note(&note, key).unwrap();
-        if cp.size >= total {
-            break (note, cp);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let key = log_key(&mut auditor).await;
+    let key = key.as_str();
+    let (note, cp) = checkpoint_covering(&mut auditor, key, logged.len() as u64).await;
     // The whole tree, exported through B, verifies offline with the command line against B's
     // checkpoint, and so does the log in the database.
     let export = auditor
