@@ -20,6 +20,7 @@ pub mod pg_store;
 pub mod sdjwt;
 pub mod seal_ca;
 pub mod service;
+pub mod ses;
 pub mod status_list;
 pub mod store;
 
