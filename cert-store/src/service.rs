@@ -362,7 +362,27 @@ impl LicenceService {
 
     #[cfg(test)]
     fn seal_key(&self, seal: &SealRecord) -> Result<SealKey, ServiceError> {
+        self.seal_signing_key(seal)
+    }
+
+    /// The seal's private key (decrypted under the KEK, cached).
+    pub(crate) fn seal_signing_key(&self, seal: &SealRecord) -> Result<SealKey, ServiceError> {
         Ok(self.material(seal)?.signing.clone())
+    }
+
+    /// The seal CA's certificate: the seal maker of document seals.
+    pub(crate) fn seal_ca_certificate(&self) -> &openssl::x509::X509 {
+        self.seal_ca.certificate()
+    }
+
+    /// The seal CA's key.
+    pub(crate) fn seal_ca_key(&self) -> &SealKey {
+        self.seal_ca.key()
+    }
+
+    /// A stored seal, if there is one with this id.
+    pub(crate) fn store_seal(&self, id: &str) -> Result<Option<SealRecord>, ServiceError> {
+        Ok(self.store.seal(id)?)
     }
 
     /// The decoded key and certificate of a seal, from the cache or decoded now.

@@ -956,3 +956,116 @@ fn expired_or_unknown_show_code_is_refused() {
         Err(ServiceError::Conflict(_))
     ));
 }
+
+// ---- documents sealed in the GB/T 38540 format ----
+
+fn verdict_of(
+    f: &Fixture,
+    doc: &[u8],
+    der: &[u8],
+) -> crate::document_seal::SealVerdict {
+    f.svc
+        .verify_sealed_document(&crate::document_seal::Document::Bytes(doc), der)
+        .unwrap()
+}
+
+fn failed(v: &crate::document_seal::SealVerdict) -> Vec<&'static str> {
+    v.checks.iter().filter(|c| !c.ok).map(|c| c.check).collect()
+}
+
+#[test]
+fn documents_sealed_with_sm2_and_p256_verify_and_a_changed_byte_does_not() {
+    use crate::document_seal::Document;
+    let Some(f) = fixture() else { return };
+    let pdf = b"%PDF-1.7\n a contract between two enterprises\n%%EOF\n".to_vec();
+    for seal in [&f.sm2, &f.es256] {
+        let sealed = f
+            .svc
+            .seal_document(&seal.id, &f.market, &Document::Bytes(&pdf), "contract.pdf", NOW + 60)
+            .unwrap();
+        let v = verdict_of(&f, &pdf, &sealed.ses_signature);
+        assert!(v.valid, "{:?}: {:?}", seal.alg, v.checks);
+        assert_eq!(v.seal_id.as_deref(), Some(seal.id.as_str()));
+        assert_eq!(v.sealed_at, Some(NOW + 60));
+        assert!(v.authority.is_some());
+        let mut changed = pdf.clone();
+        changed[10] ^= 1;
+        assert_eq!(failed(&verdict_of(&f, &changed, &sealed.ses_signature)), ["document_digest"]);
+        // Sealing the digest instead of the document gives the same verdict.
+        let alg = crate::ses::SesAlg::of(seal.alg);
+        let digest = Document::Digest {
+            alg: if seal.alg == JwsAlg::Sm2Sm3 { "sm3" } else { "sha256" },
+            value: alg.digest(&pdf).unwrap(),
+        };
+        let by_digest = f
+            .svc
+            .seal_document(&seal.id, &f.market, &digest, "contract.pdf", NOW + 60)
+            .unwrap();
+        assert!(verdict_of(&f, &pdf, &by_digest.ses_signature).valid);
+    }
+}
+
+#[test]
+fn edited_seals_foreign_signers_and_revocation_are_each_named() {
+    use crate::document_seal::Document;
+    use crate::ses::SesSignature;
+    let Some(f) = fixture() else { return };
+    let doc = b"a procurement bid".to_vec();
+    let sealed = f
+        .svc
+        .seal_document(&f.sm2.id, &f.market, &Document::Bytes(&doc), "bid.pdf", NOW + 60)
+        .unwrap();
+    let parsed = SesSignature::parse(&sealed.ses_signature).unwrap();
+    let signer = f.svc.seal_key(&f.sm2).unwrap();
+
+    // The seal's name edited and the whole signature made again by the seal's own key: the
+    // maker's signature no longer holds.
+    let mut renamed = parsed.clone();
+    renamed.to_sign.seal.info.name = "某区市场监督管理局合同专用章".into();
+    let resigned = SesSignature::sign(renamed.to_sign, renamed.signer_cert, &signer).unwrap();
+    assert_eq!(
+        failed(&verdict_of(&f, &doc, &resigned.to_der())),
+        ["seal_maker_signature"]
+    );
+    // Signed by another SM2 seal's key and certificate: not a signer the seal allows.
+    let other = f
+        .svc
+        .create_seal(&f.market, "合同专用章", "某区市场监督管理局合同专用章", JwsAlg::Sm2Sm3, None, NOW)
+        .unwrap();
+    let other_key = f.svc.seal_key(&other).unwrap();
+    let other_cert = openssl::x509::X509::from_pem(other.certificate_pem.as_bytes())
+        .unwrap()
+        .to_der()
+        .unwrap();
+    let foreign = SesSignature::sign(parsed.to_sign.clone(), other_cert, &other_key).unwrap();
+    assert_eq!(failed(&verdict_of(&f, &doc, &foreign.to_der())), ["signer_in_seal"]);
+    // Sealed at a time outside the seal's validity.
+    let mut late = parsed.to_sign.clone();
+    late.time = time::OffsetDateTime::from_unix_timestamp(f.sm2.not_after + 86_400).unwrap();
+    let late = SesSignature::sign(late, parsed.signer_cert.clone(), &signer).unwrap();
+    assert!(failed(&verdict_of(&f, &doc, &late.to_der())).contains(&"seal_validity"));
+    // Revoked after the sealing: still valid; a signature made after the revocation is not.
+    f.svc
+        .revoke_seal(&f.sm2.id, &f.market, "印章遗失", NOW + 120)
+        .unwrap();
+    assert!(verdict_of(&f, &doc, &sealed.ses_signature).valid);
+    let mut after = parsed.to_sign.clone();
+    after.time = time::OffsetDateTime::from_unix_timestamp(NOW + 180).unwrap();
+    let after = SesSignature::sign(after, parsed.signer_cert.clone(), &signer).unwrap();
+    assert_eq!(failed(&verdict_of(&f, &doc, &after.to_der())), ["seal_status"]);
+    // A revoked seal signs nothing more; another department cannot seal with it either.
+    assert!(matches!(
+        f.svc
+            .seal_document(&f.sm2.id, &f.market, &Document::Bytes(&doc), "x.pdf", NOW + 200),
+        Err(ServiceError::Conflict(_))
+    ));
+    assert!(matches!(
+        f.svc
+            .seal_document(&f.es256.id, &f.approval, &Document::Bytes(&doc), "x.pdf", NOW + 200),
+        Err(ServiceError::Forbidden(_))
+    ));
+    // Truncated DER: a verdict naming the format, not an error.
+    let v = verdict_of(&f, &doc, &sealed.ses_signature[..100]);
+    assert!(!v.valid);
+    assert_eq!(failed(&v), ["format"]);
+}

@@ -1,0 +1,327 @@
+//! Sealing documents with a stored seal and verifying sealed documents, in the GB/T 38540-2020
+//! format ([`crate::ses`]): the seal information (name, picture, validity, the seal's
+//! certificate as the one allowed signer) is signed by the seal maker — certgate's seal CA —
+//! and the document's digest, the seal and the time are signed with the seal's own key.
+
+#![allow(deprecated)] // Asn1StringRef::as_utf8: names here hold no NUL
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::crypto::PublicKey;
+use crate::id::Uscc;
+use crate::seal_ca;
+use crate::service::{LicenceService, ServiceError};
+use crate::ses::{Seal, SealInfo, SesAlg, SesSignature, ToSign};
+
+/// The vendor id written into the seals certgate makes.
+pub const VENDOR_ID: &str = "certgate";
+
+/// The document, or its digest with the algorithm named.
+#[derive(Debug, Clone)]
+pub enum Document<'a> {
+    /// The document's bytes.
+    Bytes(&'a [u8]),
+    /// Its digest: `sm3` (SM2 seals) or `sha256` (P-256 seals).
+    Digest {
+        /// `sm3` or `sha256`.
+        alg: &'a str,
+        /// The digest's bytes.
+        value: Vec<u8>,
+    },
+}
+
+impl Document<'_> {
+    /// The digest a signature of `alg` carries.
+    fn digest(&self, alg: SesAlg) -> Result<Vec<u8>, ServiceError> {
+        let want = match alg {
+            SesAlg::Sm2Sm3 => "sm3",
+            SesAlg::EcdsaSha256 => "sha256",
+        };
+        match self {
+            Document::Bytes(b) => alg
+                .digest(b)
+                .map_err(|e| ServiceError::Internal(e.to_string())),
+            Document::Digest { alg: given, value } => {
+                if !given.eq_ignore_ascii_case(want) {
+                    return Err(ServiceError::Invalid {
+                        field: "digest_alg".into(),
+                        reason: format!("this seal signs {want} digests"),
+                    });
+                }
+                if value.len() != 32 {
+                    return Err(ServiceError::Invalid {
+                        field: "digest".into(),
+                        reason: "must be 32 bytes".into(),
+                    });
+                }
+                Ok(value.clone())
+            }
+        }
+    }
+}
+
+/// A sealed document's signature.
+#[derive(Debug, Clone)]
+pub struct SealedDocument {
+    /// The `SES_Signature`, DER.
+    pub ses_signature: Vec<u8>,
+    /// The document digest that was signed.
+    pub data_hash: Vec<u8>,
+    /// `timeInfo` (Unix seconds).
+    pub time: i64,
+}
+
+/// One check of a sealed-document verification.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SealCheck {
+    /// `format`, `document_digest`, `signature`, `signer_in_seal`, `seal_maker_signature`,
+    /// `certificate_chain`, `seal_validity`, `seal_status`.
+    pub check: &'static str,
+    /// Whether it passed.
+    pub ok: bool,
+    /// The reason, in words.
+    pub detail: String,
+}
+
+/// The verdict on a sealed document.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SealVerdict {
+    /// True only when every check passed.
+    pub valid: bool,
+    /// The seal's id (`esID`) and name, as the seal says.
+    pub seal_id: Option<String>,
+    /// The seal's name.
+    pub seal_name: Option<String>,
+    /// The authority that made the seal (the seal maker certificate's subject).
+    pub authority: Option<String>,
+    /// When the document was sealed (`timeInfo`, Unix seconds).
+    pub sealed_at: Option<i64>,
+    /// Every check, in order.
+    pub checks: Vec<SealCheck>,
+}
+
+fn check(checks: &mut Vec<SealCheck>, name: &'static str, ok: bool, detail: impl Into<String>) {
+    checks.push(SealCheck {
+        check: name,
+        ok,
+        detail: detail.into(),
+    });
+}
+
+fn at(t: i64) -> Result<OffsetDateTime, ServiceError> {
+    OffsetDateTime::from_unix_timestamp(t).map_err(|e| ServiceError::Internal(e.to_string()))
+}
+
+fn der_of(pem: &str) -> Result<Vec<u8>, ServiceError> {
+    openssl::x509::X509::from_pem(pem.as_bytes())
+        .and_then(|c| c.to_der())
+        .map_err(|e| ServiceError::Internal(format!("stored seal certificate: {e}")))
+}
+
+impl LicenceService {
+    /// Seals a document with seal `seal_id`, which `by` must own and which must be valid and
+    /// not revoked now. Returns the GB/T 38540 `SES_Signature`.
+    pub fn seal_document(
+        &self,
+        seal_id: &str,
+        by: &Uscc,
+        document: &Document<'_>,
+        property: &str,
+        now: i64,
+    ) -> Result<SealedDocument, ServiceError> {
+        let seal = self.seal(seal_id)?;
+        if &seal.owner != by {
+            return Err(ServiceError::Forbidden(
+                "only the seal's owner may seal with it".into(),
+            ));
+        }
+        if seal.revoked_at.is_some() {
+            return Err(ServiceError::Conflict(format!("seal {seal_id} is revoked")));
+        }
+        if now >= seal.not_after {
+            return Err(ServiceError::Conflict(format!(
+                "seal {seal_id} has expired"
+            )));
+        }
+        let property = property.trim();
+        if property.is_empty() || property.len() > 200 || !property.is_ascii() {
+            return Err(ServiceError::Invalid {
+                field: "name".into(),
+                reason: "the document's name: 1 to 200 ASCII characters".into(),
+            });
+        }
+        let signer = self.seal_signing_key(&seal)?;
+        let alg = SesAlg::of(seal.alg);
+        let data_hash = document.digest(alg)?;
+        let seal_cert = der_of(&seal.certificate_pem)?;
+        let info = SealInfo {
+            vid: VENDOR_ID.into(),
+            es_id: seal.id.clone(),
+            seal_type: 1,
+            name: seal.name.clone(),
+            certs: vec![seal_cert.clone()],
+            created: at(seal.created_at)?,
+            valid_start: at(seal.created_at)?,
+            valid_end: at(seal.not_after)?,
+            picture_type: "png".into(),
+            picture: seal.picture.clone().unwrap_or_default(),
+            width: 40,
+            height: 40,
+        };
+        let maker_cert = self
+            .seal_ca_certificate()
+            .to_der()
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let made = Seal::make(info, maker_cert, self.seal_ca_key())
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let to_sign = ToSign {
+            seal: made,
+            time: at(now)?,
+            data_hash: data_hash.clone(),
+            property: property.to_owned(),
+        };
+        let signature = SesSignature::sign(to_sign, seal_cert, &signer)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Ok(SealedDocument {
+            ses_signature: signature.to_der(),
+            data_hash,
+            time: now,
+        })
+    }
+
+    /// Verifies a sealed document: the `SES_Signature` `der` over `document`. Every check is
+    /// reported; `valid` only when all pass. Malformed input is a verdict with the `format`
+    /// check failed, not an error.
+    pub fn verify_sealed_document(
+        &self,
+        document: &Document<'_>,
+        der: &[u8],
+    ) -> Result<SealVerdict, ServiceError> {
+        let mut checks = Vec::new();
+        let mut verdict = SealVerdict {
+            valid: false,
+            seal_id: None,
+            seal_name: None,
+            authority: None,
+            sealed_at: None,
+            checks: Vec::new(),
+        };
+        let sig = match SesSignature::parse(der) {
+            Ok(s) => s,
+            Err(e) => {
+                check(&mut checks, "format", false, e.to_string());
+                verdict.checks = checks;
+                return Ok(verdict);
+            }
+        };
+        check(
+            &mut checks,
+            "format",
+            true,
+            "a GB/T 38540-2020 SES_Signature",
+        );
+        let ts = &sig.to_sign;
+        let info = &ts.seal.info;
+        verdict.seal_id = Some(info.es_id.clone());
+        verdict.seal_name = Some(info.name.clone());
+        verdict.sealed_at = Some(ts.time.unix_timestamp());
+
+        // 1. The document.
+        match document.digest(sig.alg) {
+            Ok(d) if d == ts.data_hash => check(
+                &mut checks,
+                "document_digest",
+                true,
+                "the document's digest is the one signed",
+            ),
+            Ok(_) => check(
+                &mut checks,
+                "document_digest",
+                false,
+                "the document is not the one that was sealed",
+            ),
+            Err(e) => check(&mut checks, "document_digest", false, e.to_string()),
+        }
+        // 2. The signer's signature over TBS_Sign.
+        let signer = openssl::x509::X509::from_der(&sig.signer_cert).ok();
+        let signer_key = signer
+            .as_ref()
+            .and_then(|c| PublicKey::from_certificate(c).ok());
+        check(
+            &mut checks,
+            "signature",
+            signer_key.as_ref().is_some_and(|k| sig.signature_holds(k)),
+            "the signer's signature over TBS_Sign",
+        );
+        // 3. The signer is one the seal allows.
+        check(
+            &mut checks,
+            "signer_in_seal",
+            info.certs.contains(&sig.signer_cert),
+            "the signer's certificate is in the seal's certificate list",
+        );
+        // 4. The seal maker's signature on the seal.
+        let maker = openssl::x509::X509::from_der(&ts.seal.maker_cert).ok();
+        let maker_key = maker
+            .as_ref()
+            .and_then(|c| PublicKey::from_certificate(c).ok());
+        check(
+            &mut checks,
+            "seal_maker_signature",
+            maker_key
+                .as_ref()
+                .is_some_and(|k| ts.seal.maker_signature_holds(k)),
+            "the seal maker's signature over the seal's information, picture and validity",
+        );
+        // 5. Both certificates chain to a trusted seal CA at the time of sealing.
+        let trusted = [self.seal_ca_certificate().to_owned()];
+        let chained = |c: &Option<openssl::x509::X509>| {
+            c.as_ref()
+                .is_some_and(|c| seal_ca::verify_chain(c, &[], &trusted, ts.time).is_ok())
+        };
+        let maker_is_ca = maker
+            .as_ref()
+            .and_then(|m| m.to_der().ok())
+            .zip(self.seal_ca_certificate().to_der().ok())
+            .is_some_and(|(a, b)| a == b);
+        check(
+            &mut checks,
+            "certificate_chain",
+            chained(&signer) && maker_is_ca,
+            "the signer's and the seal maker's certificates chain to a trusted seal CA",
+        );
+        verdict.authority = maker.as_ref().and_then(|m| {
+            m.subject_name()
+                .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+                .next()
+                .and_then(|e| e.data().as_utf8().ok().map(|s| s.to_string()))
+        });
+        // 6. The seal was valid when the document was sealed.
+        let in_window = info.valid_start <= ts.time && ts.time <= info.valid_end;
+        check(
+            &mut checks,
+            "seal_validity",
+            in_window,
+            format!(
+                "the seal is valid from {} to {}; the document was sealed at {}",
+                info.valid_start, info.valid_end, ts.time
+            ),
+        );
+        // 7. Not revoked before the document was sealed.
+        let status = match self.store_seal(&info.es_id)? {
+            None => (false, "the seal is not in this register".to_owned()),
+            Some(rec) => match rec.revoked_at {
+                Some(r) if r <= ts.time.unix_timestamp() => (
+                    false,
+                    format!("the seal was revoked at {r}, before the sealing"),
+                ),
+                Some(r) => (true, format!("revoked at {r}, after the sealing")),
+                None => (true, "not revoked".into()),
+            },
+        };
+        check(&mut checks, "seal_status", status.0, status.1);
+        verdict.valid = checks.iter().all(|c| c.ok);
+        verdict.checks = checks;
+        Ok(verdict)
+    }
+}
