@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod demo;
+pub mod documents;
 pub mod error;
 pub mod exchange;
 pub mod identity;

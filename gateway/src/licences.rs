@@ -915,7 +915,7 @@ fn noted(record: &LicenceRecord) -> Extension<AccessNote> {
     })
 }
 
-fn field_error(field: &str, reason: impl std::fmt::Display) -> ApiError {
+pub(crate) fn field_error(field: &str, reason: impl std::fmt::Display) -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
         "CG-LIC-001",

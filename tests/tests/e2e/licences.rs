@@ -1036,3 +1036,124 @@ async fn hostile_paths_and_query_strings_get_errors_in_the_error_model() {
     let reply = w.approval.get_with(&long, &purpose).await.unwrap();
     assert!(reply.status.is_client_error(), "{}", reply.status);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_are_sealed_and_verified_over_mtls_in_the_national_format() {
+    let Some(mut w) = world().await else { return };
+    let pdf = b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n".to_vec();
+    let pdf_b64 = STANDARD.encode(&pdf);
+    for alg in ["SM2SM3", "ES256"] {
+        let seal = create_seal(&mut w.market, alg).await;
+        let r = w
+            .market
+            .json(
+                Method::POST,
+                &format!("/v1/seals/{seal}/sign"),
+                &[],
+                &json!({ "document_base64": pdf_b64, "name": "contract.pdf" }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        let ses = r.json()["ses_signature_base64"].as_str().unwrap().to_owned();
+        // Any department verifies it, check by check.
+        let verify = |doc: &str, ses: &str| json!({ "document_base64": doc, "ses_signature_base64": ses });
+        let v = w
+            .approval
+            .json(Method::POST, "/v1/seals/verify", &[], &verify(&pdf_b64, &ses))
+            .await
+            .unwrap()
+            .json();
+        assert_eq!(v["valid"], true, "{alg}: {v}");
+        assert_eq!(v["seal_id"], seal.as_str());
+        let names: Vec<&str> = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["check"].as_str().unwrap())
+            .collect();
+        for want in [
+            "document_digest",
+            "signature",
+            "signer_in_seal",
+            "seal_maker_signature",
+            "certificate_chain",
+            "seal_validity",
+            "seal_status",
+        ] {
+            assert!(names.contains(&want), "{want} missing: {v}");
+        }
+        // One changed byte of the document: the digest check names it.
+        let mut changed = pdf.clone();
+        changed[3] ^= 1;
+        let v = w
+            .approval
+            .json(
+                Method::POST,
+                "/v1/seals/verify",
+                &[],
+                &verify(&STANDARD.encode(&changed), &ses),
+            )
+            .await
+            .unwrap()
+            .json();
+        assert_eq!(v["valid"], false);
+        let failed: Vec<&Value> = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["ok"] == false)
+            .collect();
+        assert_eq!(failed.len(), 1, "{v}");
+        assert_eq!(failed[0]["check"], "document_digest");
+        // Truncated DER: a verdict on the format, no error.
+        let der = STANDARD.decode(&ses).unwrap();
+        let v = w
+            .approval
+            .json(
+                Method::POST,
+                "/v1/seals/verify",
+                &[],
+                &verify(&pdf_b64, &STANDARD.encode(&der[..der.len() / 2])),
+            )
+            .await
+            .unwrap()
+            .json();
+        assert_eq!((v["valid"].as_bool(), v["checks"][0]["check"].as_str()), (Some(false), Some("format")));
+        // Another department cannot seal with this seal.
+        let r = w
+            .approval
+            .json(
+                Method::POST,
+                &format!("/v1/seals/{seal}/sign"),
+                &[],
+                &json!({ "document_base64": pdf_b64, "name": "contract.pdf" }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+    }
+    // Bad input is named.
+    let seal = create_seal(&mut w.market, "SM2SM3").await;
+    for (body, field) in [
+        (json!({ "document_base64": "%%%", "name": "a.pdf" }), "document_base64"),
+        (json!({ "digest_hex": "00", "name": "a.pdf" }), "digest_alg"),
+        (json!({ "digest_hex": "zz", "digest_alg": "sm3", "name": "a.pdf" }), "digest_hex"),
+        (json!({ "digest_hex": "00", "digest_alg": "sm3", "name": "a.pdf" }), "digest"),
+        (json!({ "digest_hex": "00".repeat(32), "digest_alg": "sha256", "name": "a.pdf" }), "digest_alg"),
+        (json!({ "name": "a.pdf" }), "document_base64"),
+        (json!({ "document_base64": pdf_b64, "name": "合同.pdf" }), "name"),
+    ] {
+        let r = w
+            .market
+            .json(Method::POST, &format!("/v1/seals/{seal}/sign"), &[], &body)
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {:?}", r.body);
+        assert!(
+            r.json()["message"].as_str().unwrap().starts_with(field),
+            "{body}: {:?}",
+            r.body
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! Thin handlers for sealing documents and verifying sealed documents (GB/T 38540-2020
+//! `SES_Signature`), over `cert_store::document_seal`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use cert_store::document_seal::{Document, SealVerdict};
+use serde::{Deserialize, Serialize};
+
+use crate::access_log::NoteSlot;
+use crate::api::JsonBody;
+use crate::error::{ApiError, ErrorBody};
+use crate::identity::Caller;
+use crate::licences::field_error;
+use crate::state::Gateway;
+
+/// The document to seal: its bytes, or its digest with the algorithm named (`sm3` for SM2
+/// seals, `sha256` for P-256 seals).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignDocument {
+    /// The document, base64.
+    pub document_base64: Option<String>,
+    /// Or its digest, hex.
+    pub digest_hex: Option<String>,
+    /// The digest's algorithm: `sm3` or `sha256`.
+    pub digest_alg: Option<String>,
+    /// The document's name (ASCII), recorded as `propertyInfo`.
+    pub name: String,
+}
+
+/// A sealed document's signature.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SealedView {
+    /// The GB/T 38540 `SES_Signature`, DER, base64.
+    pub ses_signature_base64: String,
+    /// The digest signed, hex.
+    pub data_hash_hex: String,
+    /// `timeInfo`, Unix seconds.
+    pub sealed_at: i64,
+}
+
+/// A sealed document to verify.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyDocument {
+    /// The document, base64.
+    pub document_base64: Option<String>,
+    /// Or its digest, hex.
+    pub digest_hex: Option<String>,
+    /// The digest's algorithm: `sm3` or `sha256`.
+    pub digest_alg: Option<String>,
+    /// The `SES_Signature`, DER, base64.
+    pub ses_signature_base64: String,
+}
+
+/// One check of a sealed-document verification.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SealCheckView {
+    /// `format`, `document_digest`, `signature`, `signer_in_seal`, `seal_maker_signature`,
+    /// `certificate_chain`, `seal_validity`, `seal_status`.
+    pub check: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// The reason, in words.
+    pub detail: String,
+}
+
+/// The verdict on a sealed document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SealVerdictView {
+    /// True only when every check passed.
+    pub valid: bool,
+    /// The seal's id (`esID`), as the signature says.
+    pub seal_id: Option<String>,
+    /// The seal's name.
+    pub seal_name: Option<String>,
+    /// The authority that made the seal (the seal maker certificate's common name).
+    pub authority: Option<String>,
+    /// When the document was sealed (`timeInfo`, Unix seconds).
+    pub sealed_at: Option<i64>,
+    /// Every check, in order.
+    pub checks: Vec<SealCheckView>,
+}
+
+impl From<SealVerdict> for SealVerdictView {
+    fn from(v: SealVerdict) -> Self {
+        SealVerdictView {
+            valid: v.valid,
+            seal_id: v.seal_id,
+            seal_name: v.seal_name,
+            authority: v.authority,
+            sealed_at: v.sealed_at,
+            checks: v
+                .checks
+                .into_iter()
+                .map(|c| SealCheckView {
+                    check: c.check.to_owned(),
+                    ok: c.ok,
+                    detail: c.detail,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The document or digest of a request, decoded.
+enum Input {
+    Bytes(Vec<u8>),
+    Digest(String, Vec<u8>),
+}
+
+impl Input {
+    fn read(
+        document: Option<String>,
+        digest: Option<String>,
+        alg: Option<String>,
+    ) -> Result<Input, ApiError> {
+        match (document, digest, alg) {
+            (Some(d), None, None) => B64
+                .decode(d.trim())
+                .map(Input::Bytes)
+                .map_err(|_| field_error("document_base64", "not base64")),
+            (None, Some(h), Some(a)) => hex::decode(h.trim())
+                .map(|v| Input::Digest(a, v))
+                .map_err(|_| field_error("digest_hex", "not hex")),
+            (None, Some(_), None) => Err(field_error("digest_alg", "required with digest_hex")),
+            _ => Err(field_error(
+                "document_base64",
+                "give the document, or digest_hex with digest_alg",
+            )),
+        }
+    }
+
+    fn document(&self) -> Document<'_> {
+        match self {
+            Input::Bytes(b) => Document::Bytes(b),
+            Input::Digest(alg, v) => Document::Digest {
+                alg,
+                value: v.clone(),
+            },
+        }
+    }
+}
+
+/// Seals a document with one of the calling department's seals: a detached GB/T 38540-2020
+/// `SES_Signature` (SM2 with SM3, or ECDSA P-256 with SHA-256, as the seal is).
+#[utoipa::path(post, path = "/v1/seals/{id}/sign", tag = "seals", request_body = SignDocument,
+    params(("id" = String, Path, description = "Seal id")),
+    responses((status = 200, body = SealedView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn sign(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Extension(slot): Extension<NoteSlot>,
+    JsonBody(body): JsonBody<SignDocument>,
+) -> Result<Json<SealedView>, ApiError> {
+    slot.record_resource(&format!("seal:{id}"));
+    let input = Input::read(body.document_base64, body.digest_hex, body.digest_alg)?;
+    let name = body.name;
+    let sealed = gw
+        .licences(move |svc, now| {
+            svc.seal_document(&id, &caller.department, &input.document(), &name, now)
+        })
+        .await?;
+    Ok(Json(SealedView {
+        ses_signature_base64: B64.encode(&sealed.ses_signature),
+        data_hash_hex: hex::encode(&sealed.data_hash),
+        sealed_at: sealed.time,
+    }))
+}
+
+/// Verifies a sealed document: the verdict and every check (digest, signature, signer in the
+/// seal, seal maker's signature, certificate chain, seal validity and revocation at the time
+/// of sealing), with the seal and the authority that made it.
+#[utoipa::path(post, path = "/v1/seals/verify", tag = "seals", request_body = VerifyDocument,
+    responses((status = 200, body = SealVerdictView), (status = 400, body = ErrorBody)))]
+pub async fn verify(
+    State(gw): State<Arc<Gateway>>,
+    _caller: Caller,
+    Extension(slot): Extension<NoteSlot>,
+    JsonBody(body): JsonBody<VerifyDocument>,
+) -> Result<Json<SealVerdictView>, ApiError> {
+    let input = Input::read(body.document_base64, body.digest_hex, body.digest_alg)?;
+    let der = B64
+        .decode(body.ses_signature_base64.trim())
+        .map_err(|_| field_error("ses_signature_base64", "not base64"))?;
+    let verdict = gw
+        .licences(move |svc, _| svc.verify_sealed_document(&input.document(), &der))
+        .await?;
+    if let Some(seal) = &verdict.seal_id {
+        slot.record_resource(&format!("seal:{seal}"));
+    }
+    Ok(Json(verdict.into()))
+}
