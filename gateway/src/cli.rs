@@ -53,6 +53,9 @@ enum Command {
     /// The access log, offline.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Documents sealed with electronic seals (GB/T 38540-2020).
+    #[command(subcommand)]
+    Seal(SealCommand),
     /// The policy knowledge base, offline (stop the gateway first, or use the API).
     #[command(subcommand)]
     Policies(PoliciesCommand),
@@ -96,6 +99,25 @@ enum AuditCommand {
         /// access-log.vkey the gateway wrote into the data directory.
         #[arg(long)]
         log_key: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SealCommand {
+    /// Verify a sealed document against the seals and the seal CA of a gateway's store (read
+    /// through its configuration; the gateway may be running). Prints every check; exits 0
+    /// only when all pass.
+    Verify {
+        /// The gateway's configuration file.
+        #[arg(long, env = "CERTGATE_CONFIG")]
+        config: PathBuf,
+        /// The document.
+        #[arg(long)]
+        doc: PathBuf,
+        /// Its `SES_Signature`: DER, or the same in base64 (as `POST /v1/seals/{id}/sign`
+        /// returns it).
+        #[arg(long)]
+        sig: PathBuf,
     },
 }
 
@@ -358,6 +380,62 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             let changes = kb.publish(fresh, crate::matching::today())?;
             report_import("policies", changes, unchanged, &bad)
+        }
+        Command::Seal(SealCommand::Verify { config, doc, sig }) => {
+            let read = |p: &PathBuf, limit: u64| -> anyhow::Result<Vec<u8>> {
+                let len = std::fs::metadata(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?
+                    .len();
+                if len > limit {
+                    anyhow::bail!("{} is {len} bytes; at most {limit} are read", p.display());
+                }
+                std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+            };
+            let document = read(&doc, 1 << 30)?;
+            let raw = read(&sig, 4 * cert_store::ses::MAX_SES_BYTES as u64)?;
+            // DER starts with a SEQUENCE tag; anything else is taken for base64 text.
+            let der = if raw.first() == Some(&0x30) {
+                raw
+            } else {
+                use base64::Engine;
+                let text: Vec<u8> = raw
+                    .into_iter()
+                    .filter(|b| !b.is_ascii_whitespace())
+                    .collect();
+                base64::engine::general_purpose::STANDARD
+                    .decode(&text)
+                    .with_context(|| format!("{} is neither DER nor base64", sig.display()))?
+            };
+            let config = Config::load(&config)?;
+            let (store, _) = crate::state::open_store(&config)?;
+            let service = crate::state::open_licences(&config, store)?;
+            let verdict = service.verify_sealed_document(
+                &cert_store::document_seal::Document::Bytes(&document),
+                &der,
+            )?;
+            if let (Some(id), Some(name)) = (&verdict.seal_id, &verdict.seal_name) {
+                println!(
+                    "seal {id} ({name}), made by {}, sealed at {}",
+                    verdict
+                        .authority
+                        .as_deref()
+                        .unwrap_or("an unknown authority"),
+                    verdict.sealed_at.unwrap_or_default()
+                );
+            }
+            for c in &verdict.checks {
+                println!(
+                    "{:<4} {:<22} {}",
+                    if c.ok { "ok" } else { "FAIL" },
+                    c.check,
+                    c.detail
+                );
+            }
+            if !verdict.valid {
+                anyhow::bail!("the sealed document did NOT verify");
+            }
+            println!("the sealed document verifies");
+            Ok(())
         }
         Command::Enterprises(EnterprisesCommand::Import { config, file }) => {
             let kb = open_knowledge_base(&config)?;

@@ -140,28 +140,7 @@ impl Gateway {
             path: config.server.data_dir.clone(),
             reason: e.to_string(),
         })?;
-        let (store, bus): (Arc<dyn cert_store::store::Store>, _) = match &config.server.storage {
-            crate::config::Storage::Embedded => {
-                let db = config.server.data_dir.join("certgate.db");
-                let store = SqliteStore::open(&db).map_err(|e| StartError::Store {
-                    path: db.clone(),
-                    reason: e.to_string(),
-                })?;
-                (Arc::new(store), None)
-            }
-            crate::config::Storage::Postgres(pg) => {
-                let store = Arc::new(cert_store::pg_store::PgStore::open(pg.clone()).map_err(
-                    |e| StartError::Store {
-                        path: PathBuf::from(format!("PostgreSQL schema {}", pg.schema)),
-                        reason: e.to_string(),
-                    },
-                )?);
-                (
-                    store.clone() as Arc<dyn cert_store::store::Store>,
-                    Some(store),
-                )
-            }
-        };
+        let (store, bus) = open_store(&config)?;
         let log_settings = &config.access_log;
         let log_backend = match &bus {
             Some(pg) => LogBackend::Postgres(pg.clone()),
@@ -212,19 +191,7 @@ impl Gateway {
                 node_id.clone(),
             );
         }
-        let licensing = &config.licensing;
-        // Opening reads the keys from the store; a PostgreSQL client must not block a thread
-        // that drives async tasks, and the gateway may be built from one.
-        let status_base = format!("{}/v1/status-lists", licensing.public_url);
-        let (kek, types) = (licensing.kek.clone(), licensing.licence_types.clone());
-        let licences = std::thread::scope(|s| {
-            s.spawn(|| LicenceService::open(store, kek, types, &status_base, unix_now()))
-                .join()
-        })
-        .map_err(|_| {
-            StartError::Licences(ServiceError::Internal("the opening thread failed".into()))
-        })?
-        .map_err(StartError::Licences)?;
+        let licences = open_licences(&config, store)?;
         Ok(Arc::new(Gateway {
             licences: Arc::new(licences),
             access_log,
@@ -327,6 +294,59 @@ impl Gateway {
     pub fn is_ready(&self) -> bool {
         !self.shutting_down.load(Ordering::SeqCst) && self.access_log.is_healthy()
     }
+}
+
+/// The shared PostgreSQL store (when the configuration names one) and the store of seals and
+/// licences: the SQLite file in the data directory, or that PostgreSQL store.
+pub fn open_store(
+    config: &Config,
+) -> Result<
+    (
+        Arc<dyn cert_store::store::Store>,
+        Option<Arc<cert_store::pg_store::PgStore>>,
+    ),
+    StartError,
+> {
+    Ok(match &config.server.storage {
+        crate::config::Storage::Embedded => {
+            let db = config.server.data_dir.join("certgate.db");
+            let store = SqliteStore::open(&db).map_err(|e| StartError::Store {
+                path: db.clone(),
+                reason: e.to_string(),
+            })?;
+            (Arc::new(store), None)
+        }
+        crate::config::Storage::Postgres(pg) => {
+            let store = Arc::new(
+                cert_store::pg_store::PgStore::open(pg.clone()).map_err(|e| StartError::Store {
+                    path: PathBuf::from(format!("PostgreSQL schema {}", pg.schema)),
+                    reason: e.to_string(),
+                })?,
+            );
+            (
+                store.clone() as Arc<dyn cert_store::store::Store>,
+                Some(store),
+            )
+        }
+    })
+}
+
+/// The licence service of `config` on `store`: its keys are read (or made) there.
+pub fn open_licences(
+    config: &Config,
+    store: Arc<dyn cert_store::store::Store>,
+) -> Result<LicenceService, StartError> {
+    let licensing = &config.licensing;
+    // Opening reads the keys from the store; a PostgreSQL client must not block a thread
+    // that drives async tasks, and the gateway may be built from one.
+    let status_base = format!("{}/v1/status-lists", licensing.public_url);
+    let (kek, types) = (licensing.kek.clone(), licensing.licence_types.clone());
+    std::thread::scope(|s| {
+        s.spawn(|| LicenceService::open(store, kek, types, &status_base, unix_now()))
+            .join()
+    })
+    .map_err(|_| StartError::Licences(ServiceError::Internal("the opening thread failed".into())))?
+    .map_err(StartError::Licences)
 }
 
 /// Something cached that changed: what one node tells the others.

@@ -520,3 +520,93 @@ fn enterprises_generate_is_deterministic_and_imports_report_bad_lines() {
     let out = import("/nonexistent.jsonl");
     assert!(!out.status.success() && stderr(&out).contains("/nonexistent.jsonl"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seal_verify_checks_a_sealed_document_offline_and_names_what_fails() {
+    use base64::Engine;
+    let pki = TestPki::new();
+    let config = write_config(&pki, "", &standard_departments());
+    let gw = TestGateway::start(&config).await;
+    let mut market = connect_departments(&pki, gw.addr, &[("market", MARKET)])
+        .await
+        .remove(0);
+    let seal = create_seal(&mut market, "SM2SM3").await;
+    let pdf = b"%PDF-1.7\n a lease \n%%EOF\n".to_vec();
+    let r = market
+        .json(
+            http::Method::POST,
+            &format!("/v1/seals/{seal}/sign"),
+            &[],
+            &serde_json::json!({
+                "document_base64": base64::engine::general_purpose::STANDARD.encode(&pdf),
+                "name": "lease.pdf"
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let ses = r.json()["ses_signature_base64"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dir = pki.dir.path();
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+    std::fs::write(dir.join("lease.pdf"), &pdf).unwrap();
+    std::fs::write(dir.join("lease.ses.b64"), &ses).unwrap();
+    std::fs::write(
+        dir.join("lease.ses"),
+        base64::engine::general_purpose::STANDARD
+            .decode(&ses)
+            .unwrap(),
+    )
+    .unwrap();
+    let verify = |doc: &str, sig: &str| {
+        certgate(&[
+            "seal",
+            "verify",
+            "--config",
+            config.to_str().unwrap(),
+            "--doc",
+            &path(doc),
+            "--sig",
+            &path(sig),
+        ])
+    };
+    // Base64 as the API returns it, and DER: both verify, with every check listed.
+    for sig in ["lease.ses.b64", "lease.ses"] {
+        let out = verify("lease.pdf", sig);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}{}", stderr(&out));
+        assert!(text.contains(&seal), "{text}");
+        assert!(text.contains("ok   document_digest"), "{text}");
+        assert!(text.contains("ok   seal_maker_signature"), "{text}");
+    }
+    // A changed document fails, naming the check.
+    let mut changed = pdf.clone();
+    changed[2] ^= 1;
+    std::fs::write(dir.join("changed.pdf"), &changed).unwrap();
+    let out = verify("changed.pdf", "lease.ses");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL document_digest"));
+    assert!(stderr(&out).contains("did NOT verify"), "{}", stderr(&out));
+    // Garbage and missing files: a clear error, no panic.
+    std::fs::write(dir.join("garbage"), "not a signature at all!").unwrap();
+    let out = verify("lease.pdf", "garbage");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("neither DER nor base64"),
+        "{}",
+        stderr(&out)
+    );
+    let out = verify("missing.pdf", "lease.ses");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
+    std::fs::write(
+        dir.join("cut.ses"),
+        &std::fs::read(dir.join("lease.ses")).unwrap()[..50],
+    )
+    .unwrap();
+    let out = verify("lease.pdf", "cut.ses");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL format"));
+}
