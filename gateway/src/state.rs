@@ -296,17 +296,15 @@ impl Gateway {
     }
 }
 
-/// The shared PostgreSQL store (when the configuration names one) and the store of seals and
-/// licences: the SQLite file in the data directory, or that PostgreSQL store.
-pub fn open_store(
-    config: &Config,
-) -> Result<
-    (
-        Arc<dyn cert_store::store::Store>,
-        Option<Arc<cert_store::pg_store::PgStore>>,
-    ),
-    StartError,
-> {
+/// The store of seals and licences, and the PostgreSQL store when that is what it is (shared
+/// with the other nodes: the access log, the knowledge base and notifications use it too).
+pub type Stores = (
+    Arc<dyn cert_store::store::Store>,
+    Option<Arc<cert_store::pg_store::PgStore>>,
+);
+
+/// The stores of `config`: the SQLite file in the data directory, or the PostgreSQL schema.
+pub fn open_store(config: &Config) -> Result<Stores, StartError> {
     Ok(match &config.server.storage {
         crate::config::Storage::Embedded => {
             let db = config.server.data_dir.join("certgate.db");
