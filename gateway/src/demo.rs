@@ -512,6 +512,30 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
             "licence_types": ["11100000MB0000100D002"], "purpose": "M-FOOD-001", "ttl_seconds": 3600
         }),
     )?;
+    // A contract to seal, and one sealed now with the SM2 seal for the verification step.
+    let contract = b"%PDF-1.7\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n2 0 obj << /Type /Pages /Kids [] /Count 0 >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n";
+    std::fs::write(samples_dir.join("contract.pdf"), contract)?;
+    let contract_b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, contract);
+    write(
+        "sign-contract.json",
+        json!({"document_base64": contract_b64, "name": "contract.pdf"}),
+    )?;
+    let sealed = svc.seal_document(
+        &sm2_seal,
+        &market,
+        &cert_store::document_seal::Document::Bytes(contract),
+        "contract.pdf",
+        now,
+    )?;
+    let ses_b64 = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        &sealed.ses_signature,
+    );
+    std::fs::write(samples_dir.join("contract.ses"), &ses_b64)?;
+    write(
+        "verify-contract.json",
+        json!({"document_base64": contract_b64, "ses_signature_base64": ses_b64}),
+    )?;
     let (enterprise, policy) = seed_policies(gateway, &samples_dir)?;
     Ok(Samples {
         sm2_seal,
@@ -745,6 +769,30 @@ pub fn print_walkthrough(dir: &Path, samples: &Samples, api: SocketAddr, ops: So
         "{} {json} -d @{} {base}/v1/licences/verify",
         with("approval"),
         sample("verify-business.json")
+    );
+    println!(
+        "# Seal a contract (PDF) with the SM2 seal: a GB/T 38540-2020 SES_Signature (DER, base64):"
+    );
+    println!(
+        "{} {json} -d @{} {base}/v1/seals/{}/sign",
+        with("market"),
+        sample("sign-contract.json"),
+        samples.sm2_seal
+    );
+    println!(
+        "# Any department verifies a sealed document, check by check (this one was sealed when the demo started):"
+    );
+    println!(
+        "{} {json} -d @{} {base}/v1/seals/verify",
+        with("approval"),
+        sample("verify-contract.json")
+    );
+    println!("# The same offline, with the command line:");
+    println!(
+        "cargo run --release -p gateway -- seal verify --config {} --doc {} --sig {}",
+        dir.join("certgate.toml").display(),
+        sample("contract.pdf"),
+        sample("contract.ses")
     );
     println!("# The status list, the seal CA and the ES256 keys:");
     println!("{} {base}/v1/status-lists/0", with("approval"));

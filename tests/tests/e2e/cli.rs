@@ -306,6 +306,10 @@ fn demo_prints_curl_commands_that_work_and_reuses_its_files() {
     assert_eq!(json_of(&no_purpose)["code"], "CG-REQ-006");
     let verify = curl(&|l| l.contains("verify-business.json"));
     assert_eq!(json_of(&verify)["valid"], true);
+    let sealed = json_of(&curl(&|l| l.contains("sign-contract.json")));
+    assert!(sealed["ses_signature_base64"].is_string(), "{sealed}");
+    let verdict = json_of(&curl(&|l| l.contains("verify-contract.json")));
+    assert_eq!(verdict["valid"], true, "{verdict}");
     let check = json_of(&curl(&|l| l.contains("check-business.json")));
     assert_eq!(check["results"]["legal_representative"], "match");
     assert_eq!(
