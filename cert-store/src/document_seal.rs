@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 
 use crate::crypto::PublicKey;
 use crate::id::Uscc;
+use crate::jws::JwsSigner;
 use crate::seal_ca;
 use crate::service::{LicenceService, ServiceError};
 use crate::ses::{Seal, SealInfo, SesAlg, SesSignature, ToSign};
@@ -60,11 +61,31 @@ impl Document<'_> {
     }
 }
 
-/// A sealed document's signature.
+/// The `typ` of the detached JWS form.
+pub const JWS_TYP: &str = "certgate-seal+jws";
+
+/// The payload of the detached JWS form: the document's digest, canonical JSON (members in
+/// name order, no spaces), rebuilt by the verifier from the document.
+fn jws_payload(alg: SesAlg, digest: &[u8]) -> String {
+    let name = match alg {
+        SesAlg::Sm2Sm3 => "sm3",
+        SesAlg::EcdsaSha256 => "sha256",
+    };
+    format!(
+        r#"{{"digest":"{}","digest_alg":"{name}"}}"#,
+        crate::jws::b64url(digest)
+    )
+}
+
+/// A sealed document's signatures.
 #[derive(Debug, Clone)]
 pub struct SealedDocument {
     /// The `SES_Signature`, DER.
     pub ses_signature: Vec<u8>,
+    /// The same seal on the same digest as a detached compact JWS (`header..signature`):
+    /// `typ` [`JWS_TYP`], `kid` the seal, `x5c` its certificate and the seal CA's, `iat` the
+    /// time of sealing; the payload is the digest (see the module).
+    pub jws: String,
     /// The document digest that was signed.
     pub data_hash: Vec<u8>,
     /// `timeInfo` (Unix seconds).
@@ -119,6 +140,164 @@ fn der_of(pem: &str) -> Result<Vec<u8>, ServiceError> {
 }
 
 impl LicenceService {
+    /// Verifies a document sealed in the detached JWS form: the digest, the signature by the
+    /// `x5c` leaf, that leaf being the certificate of the seal `kid`, the chain to the seal CA,
+    /// the seal's validity and revocation at `iat`.
+    pub fn verify_sealed_jws(
+        &self,
+        document: &Document<'_>,
+        jws: &str,
+    ) -> Result<SealVerdict, ServiceError> {
+        let mut checks = Vec::new();
+        let mut verdict = SealVerdict {
+            valid: false,
+            seal_id: None,
+            seal_name: None,
+            authority: None,
+            sealed_at: None,
+            checks: Vec::new(),
+        };
+        let fail_format = |checks: &mut Vec<SealCheck>, why: String| {
+            check(checks, "format", false, why);
+        };
+        let parts: Vec<&str> = jws.trim().split('.').collect();
+        let (header_part, signature_part) = match parts.as_slice() {
+            [h, "", s] if !h.is_empty() && !s.is_empty() => (*h, *s),
+            _ => {
+                fail_format(
+                    &mut checks,
+                    "not a detached compact JWS (header..signature)".into(),
+                );
+                verdict.checks = checks;
+                return Ok(verdict);
+            }
+        };
+        // The algorithm decides the digest: read it from the header first.
+        let alg = crate::jws::b64url_decode(header_part)
+            .ok()
+            .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
+            .and_then(|h| h["alg"].as_str().and_then(crate::jws::JwsAlg::from_name))
+            .map(SesAlg::of);
+        let Some(alg) = alg else {
+            fail_format(&mut checks, "the header has no alg ES256 or SM2SM3".into());
+            verdict.checks = checks;
+            return Ok(verdict);
+        };
+        let digest = document.digest(alg);
+        let payload = match &digest {
+            Ok(d) => jws_payload(alg, d),
+            Err(e) => {
+                check(&mut checks, "document_digest", false, e.to_string());
+                verdict.checks = checks;
+                return Ok(verdict);
+            }
+        };
+        let compact = format!(
+            "{header_part}.{}.{signature_part}",
+            crate::jws::b64url(&payload)
+        );
+        let parsed = match crate::jws::parse_compact(&compact, Some(JWS_TYP)) {
+            Ok(p) => p,
+            Err(e) => {
+                fail_format(&mut checks, e.to_string());
+                verdict.checks = checks;
+                return Ok(verdict);
+            }
+        };
+        check(
+            &mut checks,
+            "format",
+            true,
+            "a detached JWS of a sealed document",
+        );
+        let iat = parsed
+            .header_json
+            .get("iat")
+            .and_then(serde_json::Value::as_i64);
+        verdict.sealed_at = iat;
+        let leaf = parsed
+            .header
+            .x5c
+            .as_ref()
+            .and_then(|c| c.first())
+            .and_then(|c| {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, c).ok()
+            })
+            .and_then(|der| openssl::x509::X509::from_der(&der).ok());
+        let key = leaf
+            .as_ref()
+            .and_then(|c| PublicKey::from_certificate(c).ok());
+        // The payload was rebuilt from this document: a signature that holds over it is a
+        // signature over this document's digest.
+        let holds = key.as_ref().is_some_and(|k| parsed.verify(k).is_ok());
+        check(
+            &mut checks,
+            "signature",
+            holds,
+            "the seal's signature over the header and this document's digest",
+        );
+        let seal = match &parsed.header.kid {
+            Some(kid) => self.store_seal(kid)?,
+            None => None,
+        };
+        verdict.seal_id = parsed.header.kid.clone();
+        verdict.seal_name = seal.as_ref().map(|s| s.name.clone());
+        let leaf_der = leaf.as_ref().and_then(|c| c.to_der().ok());
+        let in_seal = seal
+            .as_ref()
+            .and_then(|s| der_of(&s.certificate_pem).ok())
+            .is_some_and(|d| Some(d) == leaf_der);
+        check(
+            &mut checks,
+            "signer_in_seal",
+            in_seal,
+            "the x5c certificate is the certificate of the seal named by kid",
+        );
+        let when = iat.and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
+        let trusted = [self.seal_ca_certificate().to_owned()];
+        let chained = match (&leaf, when) {
+            (Some(c), Some(t)) => seal_ca::verify_chain(c, &[], &trusted, t).is_ok(),
+            _ => false,
+        };
+        check(
+            &mut checks,
+            "certificate_chain",
+            chained,
+            "the seal's certificate chains to a trusted seal CA at iat",
+        );
+        verdict.authority = trusted[0]
+            .subject_name()
+            .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+            .next()
+            .and_then(|e| e.data().as_utf8().ok().map(|s| s.to_string()));
+        let valid_then = match (&seal, iat) {
+            (Some(s), Some(t)) => s.created_at <= t + 3600 && t <= s.not_after,
+            _ => false,
+        };
+        check(
+            &mut checks,
+            "seal_validity",
+            valid_then,
+            "the seal was valid at iat",
+        );
+        let status = match (&seal, iat) {
+            (None, _) => (false, "the seal is not in this register".to_owned()),
+            (_, None) => (false, "no iat: the time of sealing is unknown".to_owned()),
+            (Some(s), Some(t)) => match s.revoked_at {
+                Some(r) if r <= t => (
+                    false,
+                    format!("the seal was revoked at {r}, before the sealing"),
+                ),
+                Some(r) => (true, format!("revoked at {r}, after the sealing")),
+                None => (true, "not revoked".into()),
+            },
+        };
+        check(&mut checks, "seal_status", status.0, status.1);
+        verdict.valid = checks.iter().all(|c| c.ok);
+        verdict.checks = checks;
+        Ok(verdict)
+    }
+
     /// Seals a document with seal `seal_id`, which `by` must own and which must be valid and
     /// not revoked now. Returns the GB/T 38540 `SES_Signature`.
     pub fn seal_document(
@@ -180,10 +359,33 @@ impl LicenceService {
             data_hash: data_hash.clone(),
             property: property.to_owned(),
         };
+        let ca_der = self
+            .seal_ca_certificate()
+            .to_der()
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let b64 = |d: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, d);
+        let header = serde_json::json!({
+            "alg": seal.alg.name(),
+            "typ": JWS_TYP,
+            "kid": seal.id,
+            "x5c": [b64(&seal_cert), b64(&ca_der)],
+            "iat": now,
+        });
+        let input = format!(
+            "{}.{}",
+            crate::jws::b64url(header.to_string()),
+            crate::jws::b64url(jws_payload(alg, &data_hash))
+        );
+        let raw = signer
+            .sign(input.as_bytes())
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let header_part = input.split('.').next().unwrap_or_default();
+        let jws = format!("{header_part}..{}", crate::jws::b64url(raw));
         let signature = SesSignature::sign(to_sign, seal_cert, &signer)
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
         Ok(SealedDocument {
             ses_signature: signature.to_der(),
+            jws,
             data_hash,
             time: now,
         })

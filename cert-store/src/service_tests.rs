@@ -1069,3 +1069,47 @@ fn edited_seals_foreign_signers_and_revocation_are_each_named() {
     assert!(!v.valid);
     assert_eq!(failed(&v), ["format"]);
 }
+
+#[test]
+fn the_detached_jws_form_verifies_and_names_what_fails() {
+    use crate::document_seal::Document;
+    let Some(f) = fixture() else { return };
+    let doc = b"a property registration".to_vec();
+    for seal in [&f.sm2, &f.es256] {
+        let sealed = f
+            .svc
+            .seal_document(&seal.id, &f.market, &Document::Bytes(&doc), "deed.pdf", NOW + 60)
+            .unwrap();
+        let parts: Vec<&str> = sealed.jws.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        assert!(parts[1].is_empty(), "detached: no payload in the token");
+        let verdict = |d: &[u8], jws: &str| {
+            f.svc
+                .verify_sealed_jws(&Document::Bytes(d), jws)
+                .unwrap()
+        };
+        let v = verdict(&doc, &sealed.jws);
+        assert!(v.valid, "{:?}: {:?}", seal.alg, v.checks);
+        assert_eq!(v.seal_id.as_deref(), Some(seal.id.as_str()));
+        assert_eq!(v.sealed_at, Some(NOW + 60));
+        let mut changed = doc.clone();
+        changed[0] ^= 1;
+        assert_eq!(failed(&verdict(&changed, &sealed.jws)), ["signature"]);
+        assert_eq!(failed(&verdict(&doc, "not.a.jws")), ["format"]);
+        assert_eq!(failed(&verdict(&doc, &sealed.jws[..20])), ["format"]);
+    }
+    // Revoked after the sealing: still valid.
+    let sealed = f
+        .svc
+        .seal_document(&f.sm2.id, &f.market, &Document::Bytes(&doc), "deed.pdf", NOW + 60)
+        .unwrap();
+    f.svc
+        .revoke_seal(&f.sm2.id, &f.market, "印章遗失", NOW + 120)
+        .unwrap();
+    assert!(
+        f.svc
+            .verify_sealed_jws(&Document::Bytes(&doc), &sealed.jws)
+            .unwrap()
+            .valid
+    );
+}

@@ -37,6 +37,10 @@ pub struct SignDocument {
 pub struct SealedView {
     /// The GB/T 38540 `SES_Signature`, DER, base64.
     pub ses_signature_base64: String,
+    /// The same seal as a detached compact JWS (`header..signature`, `typ`
+    /// `certgate-seal+jws`, `kid` the seal, `x5c` its certificate chain, `iat`), for systems
+    /// that speak JOSE; its payload is `{"digest":"<base64url>","digest_alg":"sm3|sha256"}`.
+    pub jws_detached: String,
     /// The digest signed, hex.
     pub data_hash_hex: String,
     /// `timeInfo`, Unix seconds.
@@ -53,8 +57,10 @@ pub struct VerifyDocument {
     pub digest_hex: Option<String>,
     /// The digest's algorithm: `sm3` or `sha256`.
     pub digest_alg: Option<String>,
-    /// The `SES_Signature`, DER, base64.
-    pub ses_signature_base64: String,
+    /// The `SES_Signature`, DER, base64 (or `jws`).
+    pub ses_signature_base64: Option<String>,
+    /// The detached JWS (or `ses_signature_base64`).
+    pub jws: Option<String>,
 }
 
 /// One check of a sealed-document verification.
@@ -168,6 +174,7 @@ pub async fn sign(
         .await?;
     Ok(Json(SealedView {
         ses_signature_base64: B64.encode(&sealed.ses_signature),
+        jws_detached: sealed.jws,
         data_hash_hex: hex::encode(&sealed.data_hash),
         sealed_at: sealed.time,
     }))
@@ -185,12 +192,25 @@ pub async fn verify(
     JsonBody(body): JsonBody<VerifyDocument>,
 ) -> Result<Json<SealVerdictView>, ApiError> {
     let input = Input::read(body.document_base64, body.digest_hex, body.digest_alg)?;
-    let der = B64
-        .decode(body.ses_signature_base64.trim())
-        .map_err(|_| field_error("ses_signature_base64", "not base64"))?;
-    let verdict = gw
-        .licences(move |svc, _| svc.verify_sealed_document(&input.document(), &der))
-        .await?;
+    let verdict = match (body.ses_signature_base64, body.jws) {
+        (Some(ses), None) => {
+            let der = B64
+                .decode(ses.trim())
+                .map_err(|_| field_error("ses_signature_base64", "not base64"))?;
+            gw.licences(move |svc, _| svc.verify_sealed_document(&input.document(), &der))
+                .await?
+        }
+        (None, Some(jws)) => {
+            gw.licences(move |svc, _| svc.verify_sealed_jws(&input.document(), &jws))
+                .await?
+        }
+        _ => {
+            return Err(field_error(
+                "ses_signature_base64",
+                "give the signature in one form: ses_signature_base64 or jws",
+            ));
+        }
+    };
     if let Some(seal) = &verdict.seal_id {
         slot.record_resource(&format!("seal:{seal}"));
     }

@@ -1056,6 +1056,22 @@ async fn documents_are_sealed_and_verified_over_mtls_in_the_national_format() {
             .unwrap();
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         let ses = r.json()["ses_signature_base64"].as_str().unwrap().to_owned();
+        let jws = r.json()["jws_detached"].as_str().unwrap().to_owned();
+        // The JOSE form verifies too; with a changed document it does not.
+        for (doc, valid) in [(pdf_b64.clone(), true), (STANDARD.encode(b"other"), false)] {
+            let v = w
+                .approval
+                .json(
+                    Method::POST,
+                    "/v1/seals/verify",
+                    &[],
+                    &json!({ "document_base64": doc, "jws": jws }),
+                )
+                .await
+                .unwrap()
+                .json();
+            assert_eq!(v["valid"], valid, "{alg}: {v}");
+        }
         // Any department verifies it, check by check.
         let verify = |doc: &str, ses: &str| json!({ "document_base64": doc, "ses_signature_base64": ses });
         let v = w
