@@ -152,25 +152,41 @@ impl Input {
     }
 }
 
-/// Seals a document with one of the calling department's seals: a detached GB/T 38540-2020
-/// `SES_Signature` (SM2 with SM3, or ECDSA P-256 with SHA-256, as the seal is).
+/// Seals a document with one of the calling department's seals, or — for the holder app with
+/// `X-Holder: <USCC>` — one of that enterprise's seals: a detached GB/T 38540-2020
+/// `SES_Signature` (SM2 with SM3, or ECDSA P-256 with SHA-256, as the seal is) and the same
+/// as a detached JWS. Nobody signs with a seal that is not theirs (403).
 #[utoipa::path(post, path = "/v1/seals/{id}/sign", tag = "seals", request_body = SignDocument,
-    params(("id" = String, Path, description = "Seal id")),
+    params(("id" = String, Path, description = "Seal id"),
+        ("X-Holder" = Option<String>, Header, description = "The enterprise the holder app acts for")),
     responses((status = 200, body = SealedView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn sign(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: http::HeaderMap,
     Extension(slot): Extension<NoteSlot>,
     JsonBody(body): JsonBody<SignDocument>,
 ) -> Result<Json<SealedView>, ApiError> {
     slot.record_resource(&format!("seal:{id}"));
+    // The holder app acts for the enterprise it names; anyone else signs as itself.
+    let signer = match headers.get("x-holder") {
+        None => caller.department.clone(),
+        Some(v) => {
+            crate::api::require(&caller, crate::config::Role::HolderApp)?;
+            let holder: cert_store::Uscc = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| field_error("X-Holder", "not a USCC"))?;
+            slot.record(&format!("seal:{id}"), holder.as_str());
+            holder
+        }
+    };
     let input = Input::read(body.document_base64, body.digest_hex, body.digest_alg)?;
     let name = body.name;
     let sealed = gw
-        .licences(move |svc, now| {
-            svc.seal_document(&id, &caller.department, &input.document(), &name, now)
-        })
+        .licences(move |svc, now| svc.seal_document(&id, &signer, &input.document(), &name, now))
         .await?;
     Ok(Json(SealedView {
         ses_signature_base64: B64.encode(&sealed.ses_signature),

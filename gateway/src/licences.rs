@@ -37,6 +37,10 @@ pub struct CreateSeal {
     pub alg: JwsAlg,
     /// Optional PNG picture of the seal, base64.
     pub picture_png_base64: Option<String>,
+    /// An enterprise's USCC: the seal is made for that enterprise (its free seals at
+    /// registration, 云刻章), which uses it through the holder app; absent: the calling
+    /// department's own seal.
+    pub holder: Option<String>,
 }
 
 /// A seal as shown to departments (never its private key).
@@ -92,7 +96,8 @@ pub struct Reason {
     pub reason: String,
 }
 
-/// Creates a seal for the calling department with a new key pair and seal certificate.
+/// Creates a seal with a new key pair and seal certificate: the calling department's own, or,
+/// with `holder`, an enterprise's.
 #[utoipa::path(post, path = "/v1/seals", tag = "seals", request_body = CreateSeal,
     responses((status = 201, body = SealView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn create_seal(
@@ -101,6 +106,12 @@ pub async fn create_seal(
     JsonBody(body): JsonBody<CreateSeal>,
 ) -> Result<(StatusCode, Json<SealView>), ApiError> {
     require(&caller, Role::Issuer)?;
+    let owner = match body.holder.as_deref().map(str::trim) {
+        None => caller.department.clone(),
+        Some(h) => h
+            .parse::<cert_store::Uscc>()
+            .map_err(|e| field_error("holder", e))?,
+    };
     let picture = match body.picture_png_base64 {
         Some(b64) => Some(
             base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64.trim())
@@ -110,14 +121,7 @@ pub async fn create_seal(
     };
     let seal = gw
         .licences(move |svc, now| {
-            svc.create_seal(
-                &caller.department,
-                &body.seal_type,
-                &body.name,
-                body.alg,
-                picture,
-                now,
-            )
+            svc.create_seal(&owner, &body.seal_type, &body.name, body.alg, picture, now)
         })
         .await?;
     Ok((StatusCode::CREATED, Json(seal.into())))

@@ -1173,3 +1173,92 @@ async fn documents_are_sealed_and_verified_over_mtls_in_the_national_format() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enterprise_seals_with_its_own_seals_only_and_every_use_is_logged() {
+    let Some(mut w) = world().await else { return };
+    // The market regulator makes a contract seal for the enterprise at registration (云刻章).
+    let r = w
+        .market
+        .json(
+            Method::POST,
+            "/v1/seals",
+            &[],
+            &json!({"seal_type": "合同专用章", "name": "小米科技有限责任公司合同专用章", "alg": "SM2SM3", "holder": XIAOMI}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.json()["owner"], XIAOMI);
+    let seal = r.json()["id"].as_str().unwrap().to_owned();
+    let body = json!({ "document_base64": STANDARD.encode(b"%PDF-1.7 bid"), "name": "bid.pdf" });
+    let sign = format!("/v1/seals/{seal}/sign");
+    // The holder app, acting for the enterprise, signs with it.
+    let r = w
+        .app
+        .json(Method::POST, &sign, &[("x-holder", XIAOMI)], &body)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let ses = r.json()["ses_signature_base64"].as_str().unwrap().to_owned();
+    // Nobody else: the app acting for another enterprise, the department that made the seal,
+    // a department that names the enterprise without being the holder app.
+    for (conn, headers) in [
+        (&mut w.app, vec![("x-holder", "9144030071526726XG")]),
+        (&mut w.market, vec![]),
+        (&mut w.approval, vec![("x-holder", XIAOMI)]),
+    ] {
+        let r = conn.json(Method::POST, &sign, &headers, &body).await.unwrap();
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{headers:?}: {:?}", r.body);
+    }
+    let r = w
+        .app
+        .json(Method::POST, &sign, &[("x-holder", "not-a-uscc")], &body)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    // Another department verifies it.
+    let v = w
+        .approval
+        .json(
+            Method::POST,
+            "/v1/seals/verify",
+            &[],
+            &json!({ "document_base64": STANDARD.encode(b"%PDF-1.7 bid"), "ses_signature_base64": ses }),
+        )
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(v["valid"], true, "{v}");
+    assert_eq!(v["seal_name"], "小米科技有限责任公司合同专用章");
+
+    // Every signing and verification is in the access log, under the seal.
+    let mut auditor = connect_departments(&w._pki, w.gw.addr, &[("audit", AUDIT)])
+        .await
+        .remove(0);
+    let resource = format!("seal:{seal}");
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..50 {
+        let page = auditor
+            .get(&format!("/v1/audit/entries?resource={resource}&limit=100"))
+            .await
+            .unwrap()
+            .json();
+        seen.clear();
+        for e in page["entries"].as_array().unwrap() {
+            let key = (
+                e["route"].as_str().unwrap().to_owned(),
+                e["status"].as_u64().unwrap(),
+            );
+            *seen.entry(key).or_insert(0) += 1;
+        }
+        if seen.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let sign_route = "/v1/seals/{id}/sign".to_owned();
+    assert_eq!(seen.get(&(sign_route.clone(), 200)), Some(&1), "{seen:?}");
+    assert_eq!(seen.get(&(sign_route, 403)), Some(&3), "{seen:?}");
+    assert_eq!(seen.get(&("/v1/seals/verify".to_owned(), 200)), Some(&1), "{seen:?}");
+}
