@@ -139,7 +139,153 @@ fn der_of(pem: &str) -> Result<Vec<u8>, ServiceError> {
         .map_err(|e| ServiceError::Internal(format!("stored seal certificate: {e}")))
 }
 
+/// A seal CA trusted at some time: certgate's own, or one of the trust list.
+struct Anchor {
+    cert: openssl::x509::X509,
+    der: Vec<u8>,
+    /// The authority's name (and region, for a foreign one).
+    authority: String,
+    foreign: bool,
+}
+
 impl LicenceService {
+    /// Adds another region's seal CA to the trust list (admin). The certificate must be a
+    /// self-signed CA certificate, valid now, not already listed.
+    pub fn add_seal_ca(
+        &self,
+        certificate_pem: &str,
+        name: &str,
+        region: &str,
+        now: i64,
+    ) -> Result<crate::licence::TrustedSealCa, ServiceError> {
+        let invalid = |field: &str, reason: &str| ServiceError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        };
+        let (name, region) = (name.trim(), region.trim());
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(invalid("name", "must be 1 to 100 characters"));
+        }
+        if region.is_empty() || region.chars().count() > 50 {
+            return Err(invalid("region", "must be 1 to 50 characters"));
+        }
+        let cert = openssl::x509::X509::from_pem(certificate_pem.as_bytes())
+            .map_err(|_| invalid("certificate_pem", "not a PEM certificate"))?;
+        let self_signed = cert
+            .public_key()
+            .ok()
+            .and_then(|k| cert.verify(&k).ok())
+            .unwrap_or(false);
+        if !self_signed {
+            return Err(invalid(
+                "certificate_pem",
+                "must be the seal system's self-signed CA certificate",
+            ));
+        }
+        let now_asn1 = openssl::asn1::Asn1Time::from_unix(now)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        if cert.not_after() < now_asn1 || cert.not_before() > now_asn1 {
+            return Err(invalid(
+                "certificate_pem",
+                "the certificate is not valid now",
+            ));
+        }
+        let der = cert
+            .to_der()
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        if self.anchors()?.iter().any(|a| a.der == der) {
+            return Err(ServiceError::Conflict(
+                "this seal CA is already trusted".into(),
+            ));
+        }
+        let pem = String::from_utf8(
+            cert.to_pem()
+                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+        )
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let ca = crate::licence::TrustedSealCa {
+            id: format!(
+                "sealca-{}",
+                hex::encode(crate::crypto::random_bytes::<8>()?)
+            ),
+            name: name.to_owned(),
+            region: region.to_owned(),
+            certificate_pem: pem,
+            added_at: now,
+            removed_at: None,
+        };
+        self.store_ref().insert_trusted_ca(&ca)?;
+        Ok(ca)
+    }
+
+    /// Marks a trusted seal CA untrusted from `now` on: seals it made that are used after
+    /// this are refused; signatures made before still verify.
+    pub fn remove_seal_ca(
+        &self,
+        id: &str,
+        now: i64,
+    ) -> Result<crate::licence::TrustedSealCa, ServiceError> {
+        if !self.store_ref().remove_trusted_ca(id, now)? {
+            return match self.seal_cas()?.into_iter().find(|c| c.id == id) {
+                Some(_) => Err(ServiceError::Conflict(format!("{id} is already removed"))),
+                None => Err(ServiceError::NotFound(format!("seal CA {id}"))),
+            };
+        }
+        self.seal_cas()?
+            .into_iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| ServiceError::NotFound(format!("seal CA {id}")))
+    }
+
+    /// The trust list (removed entries included, with the time of removal).
+    pub fn seal_cas(&self) -> Result<Vec<crate::licence::TrustedSealCa>, ServiceError> {
+        Ok(self.store_ref().trusted_cas()?)
+    }
+
+    /// The seal CAs trusted at `at` (all ever listed when `None`): certgate's own and the
+    /// foreign ones not removed by then.
+    fn anchors_at(&self, at: Option<i64>) -> Result<Vec<Anchor>, ServiceError> {
+        let own = self.seal_ca_certificate().to_owned();
+        let cn = |c: &openssl::x509::X509| {
+            c.subject_name()
+                .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+                .next()
+                .and_then(|e| e.data().as_utf8().ok().map(|s| s.to_string()))
+                .unwrap_or_default()
+        };
+        let mut out = vec![Anchor {
+            der: own
+                .to_der()
+                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+            authority: cn(&own),
+            cert: own,
+            foreign: false,
+        }];
+        for ca in self.seal_cas()? {
+            if let (Some(at), Some(removed)) = (at, ca.removed_at)
+                && removed <= at
+            {
+                continue;
+            }
+            let Ok(cert) = openssl::x509::X509::from_pem(ca.certificate_pem.as_bytes()) else {
+                continue;
+            };
+            out.push(Anchor {
+                der: cert
+                    .to_der()
+                    .map_err(|e| ServiceError::Internal(e.to_string()))?,
+                authority: format!("{} ({})", ca.name, ca.region),
+                cert,
+                foreign: true,
+            });
+        }
+        Ok(out)
+    }
+
+    fn anchors(&self) -> Result<Vec<Anchor>, ServiceError> {
+        self.anchors_at(None)
+    }
+
     /// Verifies a document sealed in the detached JWS form: the digest, the signature by the
     /// `x5c` leaf, that leaf being the certificate of the seal `kid`, the chain to the seal CA,
     /// the seal's validity and revocation at `iat`.
@@ -475,28 +621,35 @@ impl LicenceService {
                 .is_some_and(|k| ts.seal.maker_signature_holds(k)),
             "the seal maker's signature over the seal's information, picture and validity",
         );
-        // 5. Both certificates chain to a trusted seal CA at the time of sealing.
-        let trusted = [self.seal_ca_certificate().to_owned()];
-        let chained = |c: &Option<openssl::x509::X509>| {
-            c.as_ref()
-                .is_some_and(|c| seal_ca::verify_chain(c, &[], &trusted, ts.time).is_ok())
+        // 5. The seal maker is a seal CA trusted when the document was sealed, and the signer's
+        // certificate chains to it.
+        let anchors = self.anchors_at(Some(ts.time.unix_timestamp()))?;
+        let maker_anchor = anchors.iter().find(|a| a.der == ts.seal.maker_cert);
+        let chained = match (maker_anchor, &signer) {
+            (Some(a), Some(c)) => {
+                seal_ca::verify_chain(c, &[], std::slice::from_ref(&a.cert), ts.time).is_ok()
+            }
+            _ => false,
         };
-        let maker_is_ca = maker
-            .as_ref()
-            .and_then(|m| m.to_der().ok())
-            .zip(self.seal_ca_certificate().to_der().ok())
-            .is_some_and(|(a, b)| a == b);
         check(
             &mut checks,
             "certificate_chain",
-            chained(&signer) && maker_is_ca,
-            "the signer's and the seal maker's certificates chain to a trusted seal CA",
+            chained,
+            match maker_anchor {
+                Some(a) => format!(
+                    "the seal maker is {}, a trusted seal CA; the signer's certificate chains to it",
+                    a.authority
+                ),
+                None => "the seal maker is not a seal CA trusted at the time of sealing".into(),
+            },
         );
-        verdict.authority = maker.as_ref().and_then(|m| {
-            m.subject_name()
-                .entries_by_nid(openssl::nid::Nid::COMMONNAME)
-                .next()
-                .and_then(|e| e.data().as_utf8().ok().map(|s| s.to_string()))
+        verdict.authority = maker_anchor.map(|a| a.authority.clone()).or_else(|| {
+            maker.as_ref().and_then(|m| {
+                m.subject_name()
+                    .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+                    .next()
+                    .and_then(|e| e.data().as_utf8().ok().map(|s| s.to_string()))
+            })
         });
         // 6. The seal was valid when the document was sealed.
         let in_window = info.valid_start <= ts.time && ts.time <= info.valid_end;
@@ -511,6 +664,13 @@ impl LicenceService {
         );
         // 7. Not revoked before the document was sealed.
         let status = match self.store_seal(&info.es_id)? {
+            None if maker_anchor.is_some_and(|a| a.foreign) => (
+                true,
+                format!(
+                    "a seal of {}: its revocation is published by that system",
+                    verdict.authority.as_deref().unwrap_or_default()
+                ),
+            ),
             None => (false, "the seal is not in this register".to_owned()),
             Some(rec) => match rec.revoked_at {
                 Some(r) if r <= ts.time.unix_timestamp() => (

@@ -261,6 +261,24 @@ pub struct ConsentRecord {
     pub revoked_at: Option<i64>,
 }
 
+/// A seal CA of another region's seal system that this one trusts (电子印章互通互认).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TrustedSealCa {
+    /// Its id (`sealca-<hex>`).
+    pub id: String,
+    /// The authority, e.g. 广东省电子印章系统.
+    pub name: String,
+    /// Its region (GB/T 2260 code or name).
+    pub region: String,
+    /// The CA certificate (PEM).
+    pub certificate_pem: String,
+    /// When it was added (Unix seconds).
+    pub added_at: i64,
+    /// From when it is no longer trusted (Unix seconds): seals used after this are refused,
+    /// those used before still verify.
+    pub removed_at: Option<i64>,
+}
+
 /// A one-use code a holder shows so that a verifier can fetch one licence (一码亮证).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShowCodeRecord {

@@ -591,6 +591,46 @@ impl Store for PgStore {
         })
     }
 
+    fn insert_trusted_ca(&self, ca: &crate::licence::TrustedSealCa) -> Result<()> {
+        self.pool.with(|c| {
+            c.execute(
+                "INSERT INTO trusted_seal_cas (id, name, region, certificate_pem, added_at, removed_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&ca.id, &ca.name, &ca.region, &ca.certificate_pem, &ca.added_at, &ca.removed_at],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn remove_trusted_ca(&self, id: &str, at: i64) -> Result<bool> {
+        self.pool.with(|c| {
+            Ok(c.execute(
+                "UPDATE trusted_seal_cas SET removed_at = $2 WHERE id = $1 AND removed_at IS NULL",
+                &[&id, &at],
+            )? == 1)
+        })
+    }
+
+    fn trusted_cas(&self) -> Result<Vec<crate::licence::TrustedSealCa>> {
+        self.pool.with(|c| {
+            Ok(c.query(
+                "SELECT id, name, region, certificate_pem, added_at, removed_at
+                 FROM trusted_seal_cas ORDER BY added_at, id",
+                &[],
+            )?
+            .iter()
+            .map(|r| crate::licence::TrustedSealCa {
+                id: r.get(0),
+                name: r.get(1),
+                region: r.get(2),
+                certificate_pem: r.get(3),
+                added_at: r.get(4),
+                removed_at: r.get(5),
+            })
+            .collect())
+        })
+    }
+
     fn revoke_seal(&self, id: &str, at: i64, reason: &str) -> Result<bool> {
         self.pool.with(|c| {
             Ok(c.execute(

@@ -380,6 +380,11 @@ impl LicenceService {
         self.seal_ca.key()
     }
 
+    /// The store.
+    pub(crate) fn store_ref(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
     /// A stored seal, if there is one with this id.
     pub(crate) fn store_seal(&self, id: &str) -> Result<Option<SealRecord>, ServiceError> {
         Ok(self.store.seal(id)?)

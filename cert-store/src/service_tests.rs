@@ -1113,3 +1113,98 @@ fn the_detached_jws_form_verifies_and_names_what_fails() {
             .valid
     );
 }
+
+#[test]
+fn seals_of_a_trusted_foreign_system_verify_and_stop_when_it_is_removed() {
+    use crate::ses::{Seal, SealInfo, SesAlg, SesSignature, ToSign};
+    let Some(f) = fixture() else { return };
+    let at = |t: i64| time::OffsetDateTime::from_unix_timestamp(t).unwrap();
+    // Another province's seal system: its CA, an enterprise's seal made there.
+    let foreign = crate::seal_ca::SealCa::create("广东省电子印章系统", at(NOW - 86_400), 3650).unwrap();
+    let signer = SealKey::generate(JwsAlg::Sm2Sm3).unwrap();
+    let cert = foreign
+        .issue_seal_certificate(
+            signer.public_key(),
+            &uscc(OTHER_HOLDER),
+            "深圳某科技有限公司合同专用章",
+            at(NOW - 3600),
+            at(NOW + 365 * 86_400),
+        )
+        .unwrap()
+        .to_der()
+        .unwrap();
+    let info = SealInfo {
+        vid: "gd-seal".into(),
+        es_id: "44030000000001".into(),
+        seal_type: 1,
+        name: "深圳某科技有限公司合同专用章".into(),
+        certs: vec![cert.clone()],
+        created: at(NOW - 3600),
+        valid_start: at(NOW - 3600),
+        valid_end: at(NOW + 365 * 86_400),
+        picture_type: "png".into(),
+        picture: vec![1, 2, 3],
+        width: 40,
+        height: 40,
+    };
+    let seal = Seal::make(info, foreign.certificate().to_der().unwrap(), foreign.key()).unwrap();
+    let doc = b"a cross-region procurement contract".to_vec();
+    let sealed_at = |t: i64| {
+        SesSignature::sign(
+            ToSign {
+                seal: seal.clone(),
+                time: at(t),
+                data_hash: SesAlg::Sm2Sm3.digest(&doc).unwrap(),
+                property: "contract.pdf".into(),
+            },
+            cert.clone(),
+            &signer,
+        )
+        .unwrap()
+        .to_der()
+    };
+    let early = sealed_at(NOW + 60);
+    // Not on the trust list: refused, the chain named.
+    assert!(failed(&verdict_of(&f, &doc, &early)).contains(&"certificate_chain"));
+    // Trusted: valid, the foreign authority named.
+    let pem = foreign.certificate_pem();
+    let ca = f.svc.add_seal_ca(&pem, "广东省电子印章系统", "440000", NOW).unwrap();
+    let v = verdict_of(&f, &doc, &early);
+    assert!(v.valid, "{:?}", v.checks);
+    assert_eq!(v.authority.as_deref(), Some("广东省电子印章系统 (440000)"));
+    // Removed from NOW + 100: what was sealed before still verifies, what after does not.
+    f.svc.remove_seal_ca(&ca.id, NOW + 100).unwrap();
+    assert!(verdict_of(&f, &doc, &early).valid);
+    let late = sealed_at(NOW + 200);
+    assert!(failed(&verdict_of(&f, &doc, &late)).contains(&"certificate_chain"));
+    assert_eq!(f.svc.seal_cas().unwrap()[0].removed_at, Some(NOW + 100));
+    // Bad requests, each named.
+    assert!(matches!(
+        f.svc.add_seal_ca("not pem", "x", "440000", NOW),
+        Err(ServiceError::Invalid { field, .. }) if field == "certificate_pem"
+    ));
+    let seal_cert_pem = String::from_utf8(
+        openssl::x509::X509::from_der(&cert).unwrap().to_pem().unwrap(),
+    )
+    .unwrap();
+    assert!(matches!(
+        f.svc.add_seal_ca(&seal_cert_pem, "x", "440000", NOW),
+        Err(ServiceError::Invalid { field, .. }) if field == "certificate_pem"
+    ));
+    assert!(matches!(
+        f.svc.add_seal_ca(&pem, "", "440000", NOW),
+        Err(ServiceError::Invalid { field, .. }) if field == "name"
+    ));
+    assert!(matches!(
+        f.svc.add_seal_ca(&pem, "广东省电子印章系统", "440000", NOW),
+        Err(ServiceError::Conflict(_))
+    ));
+    assert!(matches!(
+        f.svc.remove_seal_ca(&ca.id, NOW + 300),
+        Err(ServiceError::Conflict(_))
+    ));
+    assert!(matches!(
+        f.svc.remove_seal_ca("sealca-nope", NOW + 300),
+        Err(ServiceError::NotFound(_))
+    ));
+}

@@ -64,6 +64,13 @@ pub trait Store: Send + Sync {
     fn seals(&self, owner: Option<&Uscc>) -> Result<Vec<SealRecord>>;
     /// Marks a seal revoked; false when it was already revoked.
     fn revoke_seal(&self, id: &str, at: i64, reason: &str) -> Result<bool>;
+    /// Adds a foreign seal CA to the trust list.
+    fn insert_trusted_ca(&self, ca: &crate::licence::TrustedSealCa) -> Result<()>;
+    /// Marks a trusted seal CA untrusted from `at` (kept, for history); false if unknown or
+    /// already removed.
+    fn remove_trusted_ca(&self, id: &str, at: i64) -> Result<bool>;
+    /// The trust list, removed entries included.
+    fn trusted_cas(&self) -> Result<Vec<crate::licence::TrustedSealCa>>;
 
     /// The highest numeric licence serial an issuer has used (0 for none). Inserting a
     /// licence with a numeric serial raises it in the same transaction.
@@ -130,7 +137,8 @@ pub struct SqliteStore {
 /// The tables of every store, one migration an entry, with `{BLOB}` and `{INT}` standing for
 /// the backend's byte-string and 64-bit integer types (SQLite: BLOB, INTEGER; PostgreSQL:
 /// BYTEA, BIGINT), so that both backends create the same tables.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE secrets (name TEXT PRIMARY KEY, blob {BLOB} NOT NULL);
 CREATE TABLE seals (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, seal_type TEXT NOT NULL, name TEXT NOT NULL,
@@ -158,7 +166,14 @@ CREATE TABLE show_codes (
     code_sha256 TEXT PRIMARY KEY, licence_id TEXT NOT NULL, created_by TEXT NOT NULL,
     expires_at {INT} NOT NULL, redeemed_at {INT}, redeemed_by TEXT
 );
-"#];
+"#,
+    r#"
+CREATE TABLE trusted_seal_cas (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, region TEXT NOT NULL,
+    certificate_pem TEXT NOT NULL, added_at {INT} NOT NULL, removed_at {INT}
+);
+"#,
+];
 
 /// The migrations with the backend's type names.
 pub(crate) fn migrations(blob: &str, int: &str) -> Vec<String> {
@@ -368,6 +383,46 @@ impl Store for SqliteStore {
                 "SELECT {SEAL_COLUMNS} FROM seals WHERE ?1 IS NULL OR owner = ?1 ORDER BY created_at DESC, id"
             ))?;
             let rows = stmt.query_map([owner.map(Uscc::as_str)], seal_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn insert_trusted_ca(&self, ca: &crate::licence::TrustedSealCa) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO trusted_seal_cas (id, name, region, certificate_pem, added_at, removed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![ca.id, ca.name, ca.region, ca.certificate_pem, ca.added_at, ca.removed_at],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn remove_trusted_ca(&self, id: &str, at: i64) -> Result<bool> {
+        self.with(|c| {
+            Ok(c.execute(
+                "UPDATE trusted_seal_cas SET removed_at = ?2 WHERE id = ?1 AND removed_at IS NULL",
+                params![id, at],
+            )? == 1)
+        })
+    }
+
+    fn trusted_cas(&self) -> Result<Vec<crate::licence::TrustedSealCa>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, name, region, certificate_pem, added_at, removed_at
+                 FROM trusted_seal_cas ORDER BY added_at, id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(crate::licence::TrustedSealCa {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    region: r.get(2)?,
+                    certificate_pem: r.get(3)?,
+                    added_at: r.get(4)?,
+                    removed_at: r.get(5)?,
+                })
+            })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }

@@ -62,6 +62,12 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/seals/{id}/revoke", post(licences::revoke_seal))
         .route("/v1/seals/{id}/sign", post(crate::documents::sign))
         .route("/v1/seals/verify", post(crate::documents::verify))
+        .route("/v1/seal-cas", get(crate::documents::seal_cas))
+        .route("/v1/admin/seal-cas", post(crate::documents::add_seal_ca))
+        .route(
+            "/v1/admin/seal-cas/{id}",
+            axum::routing::delete(crate::documents::remove_seal_ca),
+        )
         .route("/v1/seal-ca.pem", get(licences::seal_ca))
         .route("/.well-known/jwks.json", get(licences::jwks))
         .route("/v1/licence-types", get(licences::licence_types))
@@ -272,7 +278,8 @@ Every caller is a department system authenticated by its TLS client certificate 
     ),
     paths(whoami, reload, openapi,
         licences::create_seal, licences::list_seals, licences::seal, licences::seal_certificate,
-        licences::revoke_seal, crate::documents::sign, crate::documents::verify, licences::seal_ca, licences::jwks, licences::licence_types,
+        licences::revoke_seal, crate::documents::sign, crate::documents::verify, crate::documents::seal_cas,
+        crate::documents::add_seal_ca, crate::documents::remove_seal_ca, licences::seal_ca, licences::jwks, licences::licence_types,
         licences::issue, licences::licence, licences::licences_by_holder, licences::verify,
         licences::check, licences::suspend, licences::resume, licences::revoke, licences::renew,
         licences::status_list, licences::create_consent, licences::revoke_consent,

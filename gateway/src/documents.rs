@@ -232,3 +232,90 @@ pub async fn verify(
     }
     Ok(Json(verdict.into()))
 }
+
+/// A seal CA of another region's seal system to trust (电子印章互通互认).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddSealCa {
+    /// The authority, e.g. 广东省电子印章系统.
+    pub name: String,
+    /// Its region (GB/T 2260 code or name).
+    pub region: String,
+    /// Its self-signed CA certificate (PEM).
+    pub certificate_pem: String,
+}
+
+/// A trusted seal CA.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SealCaView {
+    /// Its id.
+    pub id: String,
+    /// The authority.
+    pub name: String,
+    /// Its region.
+    pub region: String,
+    /// The CA certificate (PEM).
+    pub certificate_pem: String,
+    /// When it was added (Unix seconds).
+    pub added_at: i64,
+    /// From when it is no longer trusted (Unix seconds), if removed.
+    pub removed_at: Option<i64>,
+}
+
+impl From<cert_store::licence::TrustedSealCa> for SealCaView {
+    fn from(c: cert_store::licence::TrustedSealCa) -> Self {
+        SealCaView {
+            id: c.id,
+            name: c.name,
+            region: c.region,
+            certificate_pem: c.certificate_pem,
+            added_at: c.added_at,
+            removed_at: c.removed_at,
+        }
+    }
+}
+
+/// Adds another region's seal CA to the trust list: seals it made verify here, naming it.
+#[utoipa::path(post, path = "/v1/admin/seal-cas", tag = "admin", request_body = AddSealCa,
+    responses((status = 201, body = SealCaView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn add_seal_ca(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    JsonBody(body): JsonBody<AddSealCa>,
+) -> Result<(http::StatusCode, Json<SealCaView>), ApiError> {
+    crate::api::require(&caller, crate::config::Role::Admin)?;
+    let ca = gw
+        .licences(move |svc, now| {
+            svc.add_seal_ca(&body.certificate_pem, &body.name, &body.region, now)
+        })
+        .await?;
+    Ok((http::StatusCode::CREATED, Json(ca.into())))
+}
+
+/// Removes a seal CA from the trust list from now on: its seals used after now are refused,
+/// those used before still verify. The entry stays, with the time of removal.
+#[utoipa::path(delete, path = "/v1/admin/seal-cas/{id}", tag = "admin",
+    params(("id" = String, Path, description = "Trusted seal CA id")),
+    responses((status = 200, body = SealCaView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn remove_seal_ca(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SealCaView>, ApiError> {
+    crate::api::require(&caller, crate::config::Role::Admin)?;
+    let ca = gw
+        .licences(move |svc, now| svc.remove_seal_ca(&id, now))
+        .await?;
+    Ok(Json(ca.into()))
+}
+
+/// The trust list of other regions' seal CAs, removed entries included.
+#[utoipa::path(get, path = "/v1/seal-cas", tag = "seals",
+    responses((status = 200, body = [SealCaView])))]
+pub async fn seal_cas(
+    State(gw): State<Arc<Gateway>>,
+    _caller: Caller,
+) -> Result<Json<Vec<SealCaView>>, ApiError> {
+    let cas = gw.licences(move |svc, _| svc.seal_cas()).await?;
+    Ok(Json(cas.into_iter().map(SealCaView::from).collect()))
+}

@@ -1262,3 +1262,88 @@ async fn an_enterprise_seals_with_its_own_seals_only_and_every_use_is_logged() {
     assert_eq!(seen.get(&(sign_route, 403)), Some(&3), "{seen:?}");
     assert_eq!(seen.get(&("/v1/seals/verify".to_owned(), 200)), Some(&1), "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_keeps_the_trust_list_and_foreign_seals_verify_naming_their_authority() {
+    use cert_store::crypto::SealKey;
+    use cert_store::jws::JwsAlg;
+    use cert_store::ses::{Seal, SealInfo, SesAlg, SesSignature, ToSign};
+    let Some(mut w) = world().await else { return };
+    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+    let hour = time::Duration::hours(1);
+    // A seal made by another province's seal system.
+    let foreign = cert_store::seal_ca::SealCa::create("广东省电子印章系统", now - hour * 24, 3650).unwrap();
+    let signer = SealKey::generate(JwsAlg::Sm2Sm3).unwrap();
+    let cert = foreign
+        .issue_seal_certificate(
+            signer.public_key(),
+            &"9144030071526726XG".parse().unwrap(),
+            "深圳某科技有限公司合同专用章",
+            now - hour,
+            now + hour * 24 * 365,
+        )
+        .unwrap()
+        .to_der()
+        .unwrap();
+    let info = SealInfo {
+        vid: "gd-seal".into(),
+        es_id: "44030000000001".into(),
+        seal_type: 1,
+        name: "深圳某科技有限公司合同专用章".into(),
+        certs: vec![cert.clone()],
+        created: now - hour,
+        valid_start: now - hour,
+        valid_end: now + hour * 24 * 365,
+        picture_type: "png".into(),
+        picture: vec![1, 2, 3],
+        width: 40,
+        height: 40,
+    };
+    let seal = Seal::make(info, foreign.certificate().to_der().unwrap(), foreign.key()).unwrap();
+    let doc = b"a cross-region procurement contract".to_vec();
+    let ses = SesSignature::sign(
+        ToSign {
+            seal,
+            time: now,
+            data_hash: SesAlg::Sm2Sm3.digest(&doc).unwrap(),
+            property: "contract.pdf".into(),
+        },
+        cert,
+        &signer,
+    )
+    .unwrap()
+    .to_der();
+    let verify = json!({ "document_base64": STANDARD.encode(&doc), "ses_signature_base64": STANDARD.encode(&ses) });
+    let v = w.approval.json(Method::POST, "/v1/seals/verify", &[], &verify).await.unwrap().json();
+    assert_eq!(v["valid"], false, "not trusted yet: {v}");
+
+    let add = json!({ "name": "广东省电子印章系统", "region": "440000", "certificate_pem": foreign.certificate_pem() });
+    let r = w.approval.json(Method::POST, "/v1/admin/seal-cas", &[], &add).await.unwrap();
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "only an admin");
+    let r = w
+        .ops
+        .json(Method::POST, "/v1/admin/seal-cas", &[], &json!({ "name": "x", "region": "440000", "certificate_pem": "nope" }))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.json()["message"].as_str().unwrap().starts_with("certificate_pem"), "{:?}", r.body);
+    let r = w.ops.json(Method::POST, "/v1/admin/seal-cas", &[], &add).await.unwrap();
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let listed = w.approval.get("/v1/seal-cas").await.unwrap().json();
+    assert_eq!(listed[0]["name"], "广东省电子印章系统");
+
+    let v = w.approval.json(Method::POST, "/v1/seals/verify", &[], &verify).await.unwrap().json();
+    assert_eq!(v["valid"], true, "{v}");
+    assert_eq!(v["authority"], "广东省电子印章系统 (440000)");
+
+    // Removed from now on: the entry stays, marked; removing again is a conflict.
+    let del = |id: String| format!("/v1/admin/seal-cas/{id}");
+    let r = w.ops.send(Method::DELETE, &del(id.clone()), bytes::Bytes::new()).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert!(r.json()["removed_at"].is_i64());
+    let r = w.ops.send(Method::DELETE, &del(id), bytes::Bytes::new()).await.unwrap();
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = w.ops.send(Method::DELETE, &del("sealca-nope".into()), bytes::Bytes::new()).await.unwrap();
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
