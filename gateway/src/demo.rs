@@ -384,6 +384,8 @@ pub struct Samples {
     pub sm2_seal: String,
     /// The market regulator's P-256 seal.
     pub es256_seal: String,
+    /// 小米's contract seal (合同专用章, SM2), one of the free seals it received at registration.
+    pub contract_seal: String,
     /// A business licence signed with the SM2 seal.
     pub business_licence: String,
     /// A food permit (consent required for queries by holder).
@@ -512,7 +514,36 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
             "licence_types": ["11100000MB0000100D002"], "purpose": "M-FOOD-001", "ttl_seconds": 3600
         }),
     )?;
-    // A contract to seal, and one sealed now with the SM2 seal for the verification step.
+    // The enterprise's free seals at registration (云刻章): 公章 and 合同专用章, made by the
+    // market regulator, used by the enterprise through the holder app.
+    let xiaomi: Uscc = XIAOMI.parse()?;
+    let own = svc.seals(Some(&xiaomi))?;
+    let contract_seal = match own
+        .iter()
+        .find(|s| s.seal_type == "合同专用章" && s.revoked_at.is_none())
+    {
+        Some(s) => s.id.clone(),
+        None => {
+            svc.create_seal(
+                &xiaomi,
+                "公章",
+                "小米科技有限责任公司",
+                JwsAlg::Sm2Sm3,
+                None,
+                now,
+            )?;
+            svc.create_seal(
+                &xiaomi,
+                "合同专用章",
+                "小米科技有限责任公司合同专用章",
+                JwsAlg::Sm2Sm3,
+                None,
+                now,
+            )?
+            .id
+        }
+    };
+    // A contract to seal, and one sealed now with the contract seal for the verification step.
     let contract = b"%PDF-1.7\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n2 0 obj << /Type /Pages /Kids [] /Count 0 >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n";
     std::fs::write(samples_dir.join("contract.pdf"), contract)?;
     let contract_b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, contract);
@@ -521,8 +552,8 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
         json!({"document_base64": contract_b64, "name": "contract.pdf"}),
     )?;
     let sealed = svc.seal_document(
-        &sm2_seal,
-        &market,
+        &contract_seal,
+        &xiaomi,
         &cert_store::document_seal::Document::Bytes(contract),
         "contract.pdf",
         now,
@@ -538,6 +569,7 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
     )?;
     let (enterprise, policy) = seed_policies(gateway, &samples_dir)?;
     Ok(Samples {
+        contract_seal,
         sm2_seal,
         es256_seal,
         business_licence,
@@ -633,8 +665,8 @@ pub fn print_walkthrough(dir: &Path, samples: &Samples, api: SocketAddr, ops: So
         dir.display()
     );
     println!(
-        "  seals:       {} (SM2), {} (ES256) of 市场监管局",
-        samples.sm2_seal, samples.es256_seal
+        "  seals:       {} (SM2), {} (ES256) of 市场监管局; {} (合同专用章) of 小米",
+        samples.sm2_seal, samples.es256_seal, samples.contract_seal
     );
     println!();
     println!("# Who the gateway takes the approval bureau (行政审批局) for:");
@@ -771,13 +803,13 @@ pub fn print_walkthrough(dir: &Path, samples: &Samples, api: SocketAddr, ops: So
         sample("verify-business.json")
     );
     println!(
-        "# Seal a contract (PDF) with the SM2 seal: a GB/T 38540-2020 SES_Signature (DER, base64):"
+        "# 小米 seals a contract (PDF) with its contract seal (合同专用章), through the city app: a GB/T 38540-2020 SES_Signature (DER, base64) and a detached JWS:"
     );
     println!(
-        "{} {json} -d @{} {base}/v1/seals/{}/sign",
-        with("market"),
+        "{} {json} -H 'X-Holder: {XIAOMI}' -d @{} {base}/v1/seals/{}/sign",
+        with("app"),
         sample("sign-contract.json"),
-        samples.sm2_seal
+        samples.contract_seal
     );
     println!(
         "# Any department verifies a sealed document, check by check (this one was sealed when the demo started):"
