@@ -1044,6 +1044,11 @@ fn edited_seals_foreign_signers_and_revocation_are_each_named() {
     late.time = time::OffsetDateTime::from_unix_timestamp(f.sm2.not_after + 86_400).unwrap();
     let late = SesSignature::sign(late, parsed.signer_cert.clone(), &signer).unwrap();
     assert!(failed(&verdict_of(&f, &doc, &late.to_der())).contains(&"seal_validity"));
+    // Sealed before the seal was valid.
+    let mut early = parsed.to_sign.clone();
+    early.time = time::OffsetDateTime::from_unix_timestamp(f.sm2.created_at - 86_400).unwrap();
+    let early = SesSignature::sign(early, parsed.signer_cert.clone(), &signer).unwrap();
+    assert!(failed(&verdict_of(&f, &doc, &early.to_der())).contains(&"seal_validity"));
     // Revoked after the sealing: still valid; a signature made after the revocation is not.
     f.svc
         .revoke_seal(&f.sm2.id, &f.market, "印章遗失", NOW + 120)
