@@ -129,6 +129,18 @@ fn check(checks: &mut Vec<SealCheck>, name: &'static str, ok: bool, detail: impl
     });
 }
 
+/// Whether a seal revoked at `revoked_at` (if ever) was still good at `t`, and why.
+fn revocation_at(revoked_at: Option<i64>, t: i64) -> (bool, String) {
+    match revoked_at {
+        Some(r) if r <= t => (
+            false,
+            format!("the seal was revoked at {r}, before the sealing"),
+        ),
+        Some(r) => (true, format!("revoked at {r}, after the sealing")),
+        None => (true, "not revoked".into()),
+    }
+}
+
 fn at(t: i64) -> Result<OffsetDateTime, ServiceError> {
     OffsetDateTime::from_unix_timestamp(t).map_err(|e| ServiceError::Internal(e.to_string()))
 }
@@ -429,14 +441,7 @@ impl LicenceService {
         let status = match (&seal, iat) {
             (None, _) => (false, "the seal is not in this register".to_owned()),
             (_, None) => (false, "no iat: the time of sealing is unknown".to_owned()),
-            (Some(s), Some(t)) => match s.revoked_at {
-                Some(r) if r <= t => (
-                    false,
-                    format!("the seal was revoked at {r}, before the sealing"),
-                ),
-                Some(r) => (true, format!("revoked at {r}, after the sealing")),
-                None => (true, "not revoked".into()),
-            },
+            (Some(s), Some(t)) => revocation_at(s.revoked_at, t),
         };
         check(&mut checks, "seal_status", status.0, status.1);
         verdict.valid = checks.iter().all(|c| c.ok);
@@ -672,14 +677,7 @@ impl LicenceService {
                 ),
             ),
             None => (false, "the seal is not in this register".to_owned()),
-            Some(rec) => match rec.revoked_at {
-                Some(r) if r <= ts.time.unix_timestamp() => (
-                    false,
-                    format!("the seal was revoked at {r}, before the sealing"),
-                ),
-                Some(r) => (true, format!("revoked at {r}, after the sealing")),
-                None => (true, "not revoked".into()),
-            },
+            Some(rec) => revocation_at(rec.revoked_at, ts.time.unix_timestamp()),
         };
         check(&mut checks, "seal_status", status.0, status.1);
         verdict.valid = checks.iter().all(|c| c.ok);

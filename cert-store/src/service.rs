@@ -259,7 +259,7 @@ impl LicenceService {
 
     // ---- seals ----
 
-    /// Creates a seal for `owner` with a new key pair and a seal certificate.
+    /// Creates a seal for `owner` with a new key pair and a seal certificate valid ten years.
     pub fn create_seal(
         &self,
         owner: &Uscc,
@@ -269,6 +269,24 @@ impl LicenceService {
         picture: Option<Vec<u8>>,
         now: i64,
     ) -> Result<SealRecord, ServiceError> {
+        self.create_seal_valid_for(owner, seal_type, name, alg, picture, 3650, now)
+    }
+
+    /// Creates a seal for `owner` valid `days` days (1 to 3650) from now.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_seal_valid_for(
+        &self,
+        owner: &Uscc,
+        seal_type: &str,
+        name: &str,
+        alg: JwsAlg,
+        picture: Option<Vec<u8>>,
+        days: u32,
+        now: i64,
+    ) -> Result<SealRecord, ServiceError> {
+        if !(1..=3650).contains(&days) {
+            return Err(invalid("valid_days", "must be between 1 and 3650"));
+        }
         let seal_type = seal_type.trim();
         let name = name.trim();
         if seal_type.is_empty() || seal_type.chars().count() > 20 {
@@ -291,7 +309,7 @@ impl LicenceService {
         let key = SealKey::generate(alg)?;
         let at =
             |t: i64| time::OffsetDateTime::from_unix_timestamp(t).map_err(|e| invalid("now", e));
-        let not_after = now + 10 * 365 * 86400;
+        let not_after = now + i64::from(days) * 86400;
         let cert = self.seal_ca.issue_seal_certificate(
             key.public_key(),
             owner,

@@ -41,6 +41,8 @@ pub struct CreateSeal {
     /// registration, 云刻章), which uses it through the holder app; absent: the calling
     /// department's own seal.
     pub holder: Option<String>,
+    /// Days the seal is valid (1–3650, default 3650).
+    pub valid_days: Option<u32>,
 }
 
 /// A seal as shown to departments (never its private key).
@@ -121,7 +123,15 @@ pub async fn create_seal(
     };
     let seal = gw
         .licences(move |svc, now| {
-            svc.create_seal(&owner, &body.seal_type, &body.name, body.alg, picture, now)
+            svc.create_seal_valid_for(
+                &owner,
+                &body.seal_type,
+                &body.name,
+                body.alg,
+                picture,
+                body.valid_days.unwrap_or(3650),
+                now,
+            )
         })
         .await?;
     Ok((StatusCode::CREATED, Json(seal.into())))

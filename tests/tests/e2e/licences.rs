@@ -1184,13 +1184,30 @@ async fn an_enterprise_seals_with_its_own_seals_only_and_every_use_is_logged() {
             Method::POST,
             "/v1/seals",
             &[],
-            &json!({"seal_type": "合同专用章", "name": "小米科技有限责任公司合同专用章", "alg": "SM2SM3", "holder": XIAOMI}),
+            &json!({"seal_type": "合同专用章", "name": "小米科技有限责任公司合同专用章", "alg": "SM2SM3", "holder": XIAOMI, "valid_days": 1095}),
         )
         .await
         .unwrap();
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert_eq!(r.json()["owner"], XIAOMI);
     let seal = r.json()["id"].as_str().unwrap().to_owned();
+    let (created, ends) = (
+        r.json()["created_at"].as_i64().unwrap(),
+        r.json()["not_after"].as_i64().unwrap(),
+    );
+    assert_eq!(ends - created, 1095 * 86_400);
+    let r = w
+        .market
+        .json(
+            Method::POST,
+            "/v1/seals",
+            &[],
+            &json!({"seal_type": "公章", "name": "x", "alg": "SM2SM3", "holder": XIAOMI, "valid_days": 0}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert!(r.json()["message"].as_str().unwrap().starts_with("valid_days"));
     let body = json!({ "document_base64": STANDARD.encode(b"%PDF-1.7 bid"), "name": "bid.pdf" });
     let sign = format!("/v1/seals/{seal}/sign");
     // The holder app, acting for the enterprise, signs with it.
