@@ -105,7 +105,7 @@ pub struct SealCheck {
 }
 
 /// The verdict on a sealed document.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct SealVerdict {
     /// True only when every check passed.
     pub valid: bool,
@@ -307,14 +307,7 @@ impl LicenceService {
         jws: &str,
     ) -> Result<SealVerdict, ServiceError> {
         let mut checks = Vec::new();
-        let mut verdict = SealVerdict {
-            valid: false,
-            seal_id: None,
-            seal_name: None,
-            authority: None,
-            sealed_at: None,
-            checks: Vec::new(),
-        };
+        let mut verdict = SealVerdict::default();
         let fail_format = |checks: &mut Vec<SealCheck>, why: String| {
             check(checks, "format", false, why);
         };
@@ -423,11 +416,11 @@ impl LicenceService {
             chained,
             "the seal's certificate chains to a trusted seal CA at iat",
         );
-        verdict.authority = trusted[0]
-            .subject_name()
-            .entries_by_nid(openssl::nid::Nid::COMMONNAME)
-            .next()
-            .and_then(|e| e.data().as_utf8().ok().map(|s| s.to_string()));
+        verdict.authority = self
+            .anchors_at(iat)?
+            .into_iter()
+            .find(|a| !a.foreign)
+            .map(|a| a.authority);
         let valid_then = match (&seal, iat) {
             (Some(s), Some(t)) => s.created_at <= t + 3600 && t <= s.not_after,
             _ => false,
@@ -551,14 +544,7 @@ impl LicenceService {
         der: &[u8],
     ) -> Result<SealVerdict, ServiceError> {
         let mut checks = Vec::new();
-        let mut verdict = SealVerdict {
-            valid: false,
-            seal_id: None,
-            seal_name: None,
-            authority: None,
-            sealed_at: None,
-            checks: Vec::new(),
-        };
+        let mut verdict = SealVerdict::default();
         let sig = match SesSignature::parse(der) {
             Ok(s) => s,
             Err(e) => {
