@@ -503,6 +503,45 @@ impl fmt::Debug for Kek {
     }
 }
 
+/// For tests: runs `openssl pkeyutl -verify -digest sm3` with the GM/T 0009 default id on a
+/// DER SM2 signature of `msg` by `key` — an implementation other than certgate's. Returns
+/// whether it verified, and what openssl printed.
+#[cfg(test)]
+pub(crate) fn openssl_sm2_verify(key: &SealKey, der_sig: &[u8], msg: &[u8]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("msg"), msg).unwrap();
+    std::fs::write(dir.path().join("sig.der"), der_sig).unwrap();
+    std::fs::write(
+        dir.path().join("pub.pem"),
+        key.pkey().public_key_to_pem().unwrap(),
+    )
+    .unwrap();
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir.path())
+        .args([
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            "pub.pem",
+            "-rawin",
+            "-in",
+            "msg",
+            "-sigfile",
+            "sig.der",
+            "-digest",
+            "sm3",
+            "-pkeyopt",
+            "distid:1234567812345678",
+        ])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::process::Command;
@@ -586,46 +625,15 @@ mod tests {
         assert_eq!(public.jwk()["crv"], "SM2");
     }
 
-    /// Signs `msg` with SM2 and runs `openssl pkeyutl -verify` with the standard id on it.
+    /// Runs `openssl pkeyutl -verify` with the standard id on a raw `r‖s` SM2 signature.
     fn sm2_cli_verify(key: &SealKey, sig: &[u8; 64], msg: &[u8]) -> (bool, String) {
-        let dir = tempfile::tempdir().unwrap();
         let r = BigNum::from_slice(&sig[..32]).unwrap();
         let s = BigNum::from_slice(&sig[32..]).unwrap();
         let der = EcdsaSig::from_private_components(r, s)
             .unwrap()
             .to_der()
             .unwrap();
-        std::fs::write(dir.path().join("msg"), msg).unwrap();
-        std::fs::write(dir.path().join("sig.der"), der).unwrap();
-        std::fs::write(
-            dir.path().join("pub.pem"),
-            key.pkey().public_key_to_pem().unwrap(),
-        )
-        .unwrap();
-        let out = Command::new("openssl")
-            .current_dir(dir.path())
-            .args([
-                "pkeyutl",
-                "-verify",
-                "-pubin",
-                "-inkey",
-                "pub.pem",
-                "-rawin",
-                "-in",
-                "msg",
-                "-sigfile",
-                "sig.der",
-                "-digest",
-                "sm3",
-                "-pkeyopt",
-                "distid:1234567812345678",
-            ])
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        super::openssl_sm2_verify(key, &der, msg)
     }
 
     #[test]

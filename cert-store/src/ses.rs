@@ -502,13 +502,7 @@ fn der_to_raw(der: &[u8]) -> Option<[u8; 64]> {
     raw[..32].copy_from_slice(&r);
     raw[32..].copy_from_slice(&s);
     // A DER signature that does not re-encode to itself is refused (no malleability).
-    (openssl::ecdsa::EcdsaSig::from_der(der)
-        .ok()?
-        .to_der()
-        .ok()?
-        .as_slice()
-        == der)
-        .then_some(raw)
+    (sig.to_der().ok()?.as_slice() == der).then_some(raw)
 }
 
 fn verify_der(key: &PublicKey, data: &[u8], der: &[u8]) -> bool {
