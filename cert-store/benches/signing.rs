@@ -56,10 +56,13 @@ fn main() {
                 name: (*n).into(),
                 kind: FieldKind::String,
                 required: true,
+                min: None,
             })
             .collect(),
         validity_days: 3650,
         consent_required: false,
+        one_per_holder: false,
+        business_licence: true,
     };
     let now = 1_800_000_000;
     let svc = LicenceService::open(
@@ -87,7 +90,16 @@ fn main() {
         });
 
         let seal = svc
-            .create_seal(&issuer, "公章", "某区市场监督管理局", alg, None, now)
+            .create_seal(
+                cert_store::service::SealOwner::Department {
+                    id: &issuer,
+                    full_name: "某区市场监督管理局",
+                },
+                "公章",
+                alg,
+                None,
+                now,
+            )
             .unwrap();
         let request = |i: u64| {
             IssueRequest {

@@ -267,6 +267,11 @@ impl PublicKey {
         if signature.len() != 2 * FIELD_LEN {
             return Ok(false);
         }
+        // ECDSA accepts both (r, s) and (r, n−s); only the low one is taken, so a signature
+        // cannot be altered into another that also verifies (SM2 has no such twin).
+        if matches!(self.scheme, Scheme::Es256) && !is_low_s(&signature[FIELD_LEN..]) {
+            return Ok(false);
+        }
         let r = BigNum::from_slice(&signature[..FIELD_LEN])?;
         let s = BigNum::from_slice(&signature[FIELD_LEN..])?;
         let sig = EcdsaSig::from_private_components(r, s)?;
@@ -379,7 +384,7 @@ impl SealKey {
         let sig = match self.public.scheme {
             Scheme::Es256 => {
                 let ec = self.pkey.ec_key()?;
-                EcdsaSig::sign(&openssl::sha::sha256(input), &ec)?
+                low_s(EcdsaSig::sign(&openssl::sha::sha256(input), &ec)?)?
             }
             Scheme::Sm2 { za } => {
                 let e = sm2_e(&za, input)?;
@@ -395,6 +400,31 @@ impl SealKey {
         out[FIELD_LEN..].copy_from_slice(&padded(sig.s())?);
         Ok(out)
     }
+}
+
+/// Half the order of P-256, big-endian: a signature's `s` above it is the high twin.
+const P256_HALF_ORDER: [u8; 32] = [
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+];
+
+/// True when the 32-byte big-endian `s` is at most half the order of P-256.
+pub fn is_low_s(s: &[u8]) -> bool {
+    s.len() == FIELD_LEN && s <= &P256_HALF_ORDER[..]
+}
+
+/// The signature with `s` replaced by `n − s` when it is the high one.
+fn low_s(sig: EcdsaSig) -> Result<EcdsaSig, CryptoError> {
+    if is_low_s(&padded(sig.s())?) {
+        return Ok(sig);
+    }
+    let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1)?;
+    let mut order = BigNum::new()?;
+    let mut ctx = openssl::bn::BigNumContext::new()?;
+    group.order(&mut order, &mut ctx)?;
+    let mut s = BigNum::new()?;
+    s.checked_sub(&order, sig.s())?;
+    Ok(EcdsaSig::from_private_components(sig.r().to_owned()?, s)?)
 }
 
 impl JwsSigner for SealKey {

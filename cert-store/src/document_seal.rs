@@ -104,6 +104,48 @@ pub struct SealCheck {
     pub detail: String,
 }
 
+/// Who a seal belongs to, as a verdict names it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SealOwnerFacts {
+    /// The owner's USCC.
+    pub uscc: Option<String>,
+    /// The owner's registered name.
+    pub name: Option<String>,
+}
+
+impl SealOwnerFacts {
+    /// The owner of a seal in this register: its USCC and the registered name its seal was
+    /// made under (for seals made before names were bound, the seal's name less its kind).
+    fn of_record(seal: &crate::licence::SealRecord) -> SealOwnerFacts {
+        let name = seal.owner_name.clone().unwrap_or_else(|| {
+            seal.name
+                .strip_suffix(seal.seal_type.as_str())
+                .unwrap_or(&seal.name)
+                .to_owned()
+        });
+        SealOwnerFacts {
+            uscc: Some(seal.owner.to_string()),
+            name: Some(name),
+        }
+    }
+
+    /// The owner a seal certificate of another system names: `serialNumber` (the USCC) and
+    /// `organizationName` (or, without one, the common name).
+    fn of_certificate(cert: &openssl::x509::X509) -> SealOwnerFacts {
+        let entry = |nid| {
+            cert.subject_name()
+                .entries_by_nid(nid)
+                .next()
+                .and_then(|e| e.data().as_utf8().ok().map(|s| s.to_string()))
+        };
+        SealOwnerFacts {
+            uscc: entry(openssl::nid::Nid::SERIALNUMBER).filter(|s| s.parse::<Uscc>().is_ok()),
+            name: entry(openssl::nid::Nid::ORGANIZATIONNAME)
+                .or_else(|| entry(openssl::nid::Nid::COMMONNAME)),
+        }
+    }
+}
+
 /// The verdict on a sealed document.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct SealVerdict {
@@ -113,6 +155,9 @@ pub struct SealVerdict {
     pub seal_id: Option<String>,
     /// The seal's name.
     pub seal_name: Option<String>,
+    /// Who the seal belongs to (USCC and registered name): from this register for its own
+    /// seals, from the seal certificate for another region's.
+    pub owner: Option<SealOwnerFacts>,
     /// The authority that made the seal (the seal maker certificate's subject).
     pub authority: Option<String>,
     /// When the document was sealed (`timeInfo`, Unix seconds).
@@ -393,6 +438,7 @@ impl LicenceService {
         };
         verdict.seal_id = parsed.header.kid.clone();
         verdict.seal_name = seal.as_ref().map(|s| s.name.clone());
+        verdict.owner = seal.as_ref().map(SealOwnerFacts::of_record);
         let leaf_der = leaf.as_ref().and_then(|c| c.to_der().ok());
         let in_seal = seal
             .as_ref()
@@ -422,7 +468,7 @@ impl LicenceService {
             .find(|a| !a.foreign)
             .map(|a| a.authority);
         let valid_then = match (&seal, iat) {
-            (Some(s), Some(t)) => s.created_at <= t + 3600 && t <= s.not_after,
+            (Some(s), Some(t)) => s.created_at <= t.saturating_add(3600) && t <= s.not_after,
             _ => false,
         };
         check(
@@ -654,7 +700,21 @@ impl LicenceService {
             ),
         );
         // 7. Not revoked before the document was sealed.
-        let status = match self.store_seal(&info.es_id)? {
+        // The register speaks for seals certgate's own seal CA made, and only when the signer
+        // is the very certificate it holds for that seal: a foreign seal that borrows a local
+        // seal's id gets nothing of it.
+        let record = match maker_anchor {
+            Some(a) if !a.foreign => self
+                .store_seal(&info.es_id)?
+                .filter(|rec| der_of(&rec.certificate_pem).ok().as_ref() == Some(&sig.signer_cert)),
+            _ => None,
+        };
+        verdict.owner = match (&record, &signer) {
+            (Some(rec), _) => Some(SealOwnerFacts::of_record(rec)),
+            (None, Some(cert)) => Some(SealOwnerFacts::of_certificate(cert)),
+            (None, None) => None,
+        };
+        let status = match record {
             None if maker_anchor.is_some_and(|a| a.foreign) => (
                 true,
                 format!(

@@ -289,6 +289,13 @@ impl Uscc {
         self.0.get(..1).unwrap_or_default()
     }
 
+    /// True for a market entity (市场主体): registered by the market regulation administration
+    /// (登记管理部门代码 `9`): an enterprise, an individual business or a farmers' cooperative.
+    /// Government bodies (`1`), social organisations (`5`) and the rest are not.
+    pub fn is_market_entity(&self) -> bool {
+        self.registration_authority() == "9"
+    }
+
     /// The organisation code (主体标识码), positions 9–17.
     pub fn org_code(&self) -> &str {
         self.0.get(8..17).unwrap_or_default()

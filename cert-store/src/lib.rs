@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod crypto;
 pub mod document_seal;
 pub mod id;
@@ -24,5 +25,6 @@ pub mod service;
 pub mod ses;
 pub mod status_list;
 pub mod store;
+pub mod text;
 
 pub use id::{CitizenId, HolderId, IdError, IdKind, Uscc};

@@ -36,6 +36,9 @@ pub struct FieldSpec {
     /// Whether every licence of the type must carry it.
     #[serde(default)]
     pub required: bool,
+    /// The least value of an `integer` or `number` field (e.g. 0 for an amount).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<i64>,
 }
 
 /// A licence type: what may be issued, by whom, with which fields.
@@ -51,8 +54,17 @@ pub struct LicenceType {
     pub fields: Vec<FieldSpec>,
     /// Default validity in days when an issue request names none.
     pub validity_days: u32,
-    /// Whether querying licences of this type by holder needs the holder's consent.
+    /// Whether disclosing a licence of this type to a department other than its issuer needs
+    /// the holder's consent.
     pub consent_required: bool,
+    /// Whether a holder may hold one licence of this type at a time (valid or suspended);
+    /// a second is refused, and a change goes through renewal.
+    #[serde(default)]
+    pub one_per_holder: bool,
+    /// Whether this type is the register of market entities' names (营业执照): an
+    /// enterprise's seals take their name from its valid licence of this type.
+    #[serde(default)]
+    pub business_licence: bool,
 }
 
 /// True for names that licence fields may not take: the claims of the credential itself
@@ -95,18 +107,24 @@ impl LicenceType {
                     let ok = match spec.kind {
                         FieldKind::String => v
                             .as_str()
-                            .is_some_and(|s| !s.trim().is_empty() && s.chars().count() <= 1000),
-                        FieldKind::Integer => v.is_i64() || v.is_u64(),
-                        FieldKind::Number => v.is_number(),
+                            .is_some_and(|s| crate::text::plain(s, 1000).is_ok()),
+                        FieldKind::Integer => (v.is_i64() || v.is_u64()) && at_least(v, spec.min),
+                        FieldKind::Number => v.is_number() && at_least(v, spec.min),
                         FieldKind::Boolean => v.is_boolean(),
                         FieldKind::Date => v.as_str().is_some_and(is_date),
                     };
                     if !ok {
                         let expected = match spec.kind {
                             FieldKind::String => {
-                                "expected a non-empty string of at most 1000 characters"
+                                "expected a non-empty string of at most 1000 characters, without control characters"
+                            }
+                            FieldKind::Integer if spec.min.is_some() => {
+                                "expected an integer, at least the field's minimum"
                             }
                             FieldKind::Integer => "expected an integer",
+                            FieldKind::Number if spec.min.is_some() => {
+                                "expected a number, at least the field's minimum"
+                            }
                             FieldKind::Number => "expected a number",
                             FieldKind::Boolean => "expected true or false",
                             FieldKind::Date => "expected a date YYYY-MM-DD",
@@ -117,6 +135,17 @@ impl LicenceType {
             }
         }
         Ok(())
+    }
+}
+
+/// True when the number `v` is at least `min` (or there is no minimum).
+fn at_least(v: &Value, min: Option<i64>) -> bool {
+    match (min, v.as_i64(), v.as_f64()) {
+        (None, _, _) => true,
+        (Some(m), Some(i), _) => i >= m,
+        (Some(m), None, Some(f)) => f >= m as f64,
+        // A u64 beyond i64 is above any minimum.
+        (Some(_), None, None) => v.is_u64(),
     }
 }
 
@@ -189,6 +218,10 @@ pub struct SealRecord {
     pub revoked_at: Option<i64>,
     /// Why it was revoked.
     pub revocation_reason: Option<String>,
+    /// The owner's registered name (a department's full name, an enterprise's name on its
+    /// business licence), with which the seal's name starts; absent for seals made before
+    /// names were bound to their owners.
+    pub owner_name: Option<String>,
 }
 
 impl std::fmt::Debug for SealRecord {
@@ -311,25 +344,31 @@ mod tests {
                     name: "name".into(),
                     kind: FieldKind::String,
                     required: true,
+                    min: None,
                 },
                 FieldSpec {
                     name: "registered_capital".into(),
                     kind: FieldKind::Integer,
                     required: false,
+                    min: None,
                 },
                 FieldSpec {
                     name: "established".into(),
                     kind: FieldKind::Date,
                     required: true,
+                    min: None,
                 },
                 FieldSpec {
                     name: "listed".into(),
                     kind: FieldKind::Boolean,
                     required: false,
+                    min: None,
                 },
             ],
             validity_days: 3650,
             consent_required: false,
+            one_per_holder: true,
+            business_licence: true,
         }
     }
 

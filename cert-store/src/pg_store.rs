@@ -14,7 +14,7 @@ use postgres_openssl::MakeTlsConnector;
 use crate::id::Uscc;
 use crate::jws::JwsAlg;
 use crate::licence::{ConsentRecord, LicenceRecord, LicenceStatus, SealRecord, ShowCodeRecord};
-use crate::store::{Store, StoreError};
+use crate::store::{HOLDER_ORDER, HolderOrder, Store, StoreError};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -373,7 +373,7 @@ pub struct PgStore {
 }
 
 const SEAL_COLUMNS: &str = "id, owner, seal_type, name, alg, certificate_pem, encrypted_key, \
-    picture_sha256, picture, created_at, not_after, revoked_at, revocation_reason";
+    picture_sha256, picture, created_at, not_after, revoked_at, revocation_reason, owner_name";
 const LICENCE_COLUMNS: &str = "id, type_code, issuer, holder, seal_id, sd_jwt, fields, status, \
     status_reason, status_list, status_index, issued_at, not_before, expires_at, replaces, replaced_by";
 
@@ -407,6 +407,7 @@ fn seal_row(row: &Row) -> Result<SealRecord> {
         not_after: row.try_get(10)?,
         revoked_at: row.try_get(11)?,
         revocation_reason: row.try_get(12)?,
+        owner_name: row.try_get(13)?,
     })
 }
 
@@ -433,18 +434,27 @@ fn licence_row(row: &Row) -> Result<LicenceRecord> {
     })
 }
 
-fn insert_licence_in(tx: &mut postgres::Transaction<'_>, l: &LicenceRecord) -> Result<()> {
-    if let Some(n) =
-        l.id.parse::<crate::licence_id::LicenceId>()
-            .ok()
-            .and_then(|id| id.serial().parse::<u64>().ok())
-            .filter(|n| *n <= crate::store::MAX_SERIAL_MARK)
-    {
+/// Inserts a licence, first refusing it (with the licence held) when `held_at` is given and
+/// the holder holds one of its type. Racing issuances for one holder and type are serialised
+/// by a transaction-scoped advisory lock on the pair, so the check holds across nodes.
+fn insert_licence_in(
+    tx: &mut postgres::Transaction<'_>,
+    l: &LicenceRecord,
+    held_at: Option<i64>,
+) -> Result<()> {
+    if let Some(now) = held_at {
         tx.execute(
-            "INSERT INTO serials (issuer, last) VALUES ($1, $2)
-             ON CONFLICT (issuer) DO UPDATE SET last = GREATEST(serials.last, excluded.last)",
-            &[&l.issuer.as_str(), &(n as i64)],
+            "SELECT pg_advisory_xact_lock(4242003, hashtext($1 || '/' || $2))",
+            &[&l.holder, &l.type_code],
         )?;
+        let held = tx.query_opt(
+            "SELECT id FROM licences WHERE holder = $1 AND type_code = $2
+             AND status IN ('valid', 'suspended') AND expires_at > $3 LIMIT 1",
+            &[&l.holder, &l.type_code, &now],
+        )?;
+        if let Some(row) = held {
+            return Err(StoreError::Held(row.try_get(0)?));
+        }
     }
     let fields =
         serde_json::to_string(&l.fields).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -539,7 +549,7 @@ impl Store for PgStore {
             c.execute(
                 &format!(
                     "INSERT INTO seals ({SEAL_COLUMNS}) VALUES
-                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
                 ),
                 &[
                     &s.id,
@@ -555,6 +565,7 @@ impl Store for PgStore {
                     &s.not_after,
                     &s.revoked_at,
                     &s.revocation_reason,
+                    &s.owner_name,
                 ],
             )?;
             Ok(())
@@ -575,15 +586,23 @@ impl Store for PgStore {
         })
     }
 
-    fn seals(&self, owner: Option<&Uscc>) -> Result<Vec<SealRecord>> {
-        let owner = owner.map(Uscc::as_str);
+    fn seals(
+        &self,
+        owner: &Uscc,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<SealRecord>> {
+        let (t, id) = after.unwrap_or((i64::MAX, ""));
+        if id.contains('\0') {
+            return Ok(Vec::new());
+        }
         self.pool.with(|c| {
             c.query(
                 &format!(
-                    "SELECT {SEAL_COLUMNS} FROM seals WHERE $1::TEXT IS NULL OR owner = $1
-                     ORDER BY created_at DESC, id"
+                    "SELECT {SEAL_COLUMNS} FROM seals WHERE owner = $1 AND (created_at, id) < ($2, $3)
+                     ORDER BY created_at DESC, id DESC LIMIT $4"
                 ),
-                &[&owner],
+                &[&owner.as_str(), &t, &id, &i64::from(limit)],
             )?
             .iter()
             .map(seal_row)
@@ -641,42 +660,14 @@ impl Store for PgStore {
         })
     }
 
-    fn last_serial(&self, issuer: &Uscc) -> Result<u64> {
-        self.pool.with(|c| {
-            let last: Option<i64> = c
-                .query_opt(
-                    "SELECT last FROM serials WHERE issuer = $1",
-                    &[&issuer.as_str()],
-                )?
-                .map(|r| r.try_get(0))
-                .transpose()?;
-            Ok(last.map_or(0, |n| n.max(0) as u64))
-        })
-    }
-
     fn is_shared(&self) -> bool {
         true
     }
 
-    fn reserve_serial(&self, issuer: &Uscc) -> Result<Option<u64>> {
-        // Several gateway nodes issue for the same department: the counter is the database's.
-        self.pool.with(|c| {
-            let n: i64 = c
-                .query_one(
-                    "INSERT INTO serials (issuer, last) VALUES ($1, 1)
-                     ON CONFLICT (issuer) DO UPDATE SET last = serials.last + 1
-                     RETURNING last",
-                    &[&issuer.as_str()],
-                )?
-                .try_get(0)?;
-            Ok(Some(n.max(0) as u64))
-        })
-    }
-
-    fn insert_licence(&self, l: &LicenceRecord) -> Result<()> {
+    fn insert_licence(&self, l: &LicenceRecord, held_at: Option<i64>) -> Result<()> {
         self.pool.with(|c| {
             let mut tx = c.transaction()?;
-            insert_licence_in(&mut tx, l)?;
+            insert_licence_in(&mut tx, l, held_at)?;
             tx.commit()?;
             Ok(())
         })
@@ -685,7 +676,7 @@ impl Store for PgStore {
     fn insert_renewal(&self, old: &str, new: &LicenceRecord, at: i64) -> Result<()> {
         self.pool.with(|c| {
             let mut tx = c.transaction()?;
-            insert_licence_in(&mut tx, new)?;
+            insert_licence_in(&mut tx, new, None)?;
             let n = tx.execute(
                 "UPDATE licences SET status = 'revoked', status_reason = $3, replaced_by = $2
                  WHERE id = $1 AND replaced_by IS NULL AND status = 'valid'",
@@ -715,21 +706,51 @@ impl Store for PgStore {
         })
     }
 
-    fn licences_by_holder(&self, holder: &str, type_code: &str) -> Result<Vec<LicenceRecord>> {
-        if holder.contains('\0') || type_code.contains('\0') {
+    fn licences_by_holder(
+        &self,
+        holder: &str,
+        type_code: &str,
+        after: Option<&HolderOrder>,
+        limit: u32,
+    ) -> Result<Vec<LicenceRecord>> {
+        if holder.contains('\0')
+            || type_code.contains('\0')
+            || after.is_some_and(|a| a.id.contains('\0'))
+        {
             return Ok(Vec::new());
         }
         self.pool.with(|c| {
-            c.query(
-                &format!(
-                    "SELECT {LICENCE_COLUMNS} FROM licences WHERE holder = $1 AND type_code = $2
-                     ORDER BY issued_at DESC, id"
-                ),
-                &[&holder, &type_code],
-            )?
-            .iter()
-            .map(licence_row)
-            .collect()
+            let mut out = Vec::new();
+            for (rank, status) in HOLDER_ORDER.iter().enumerate() {
+                let (t, id) = match after {
+                    Some(a) if usize::from(a.rank) > rank => continue,
+                    Some(a) if usize::from(a.rank) == rank => (a.issued_at, a.id.as_str()),
+                    _ => (i64::MAX, ""),
+                };
+                let left = limit as usize - out.len();
+                if left == 0 {
+                    break;
+                }
+                for row in c.query(
+                    &format!(
+                        "SELECT {LICENCE_COLUMNS} FROM licences
+                         WHERE holder = $1 AND type_code = $2 AND status = $3
+                         AND (issued_at, id) < ($4, $5)
+                         ORDER BY issued_at DESC, id DESC LIMIT $6"
+                    ),
+                    &[
+                        &holder,
+                        &type_code,
+                        &status.as_str(),
+                        &t,
+                        &id,
+                        &(left as i64),
+                    ],
+                )? {
+                    out.push(licence_row(&row)?);
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -881,22 +902,39 @@ impl Store for PgStore {
                  RETURNING code_sha256, licence_id, created_by, expires_at, redeemed_at, redeemed_by",
                 &[&code_sha256, &by.as_str(), &now],
             )?
-            .map(|r| {
-                let redeemed_by: Option<String> = r.try_get(5)?;
-                Ok(ShowCodeRecord {
-                    code_sha256: r.try_get(0)?,
-                    licence_id: r.try_get(1)?,
-                    created_by: uscc(&r, 2)?,
-                    expires_at: r.try_get(3)?,
-                    redeemed_at: r.try_get(4)?,
-                    redeemed_by: redeemed_by
-                        .map(|s| s.parse().map_err(|e| corrupt("USCC", e)))
-                        .transpose()?,
-                })
-            })
+            .map(|r| show_code_row(&r))
             .transpose()
         })
     }
+
+    fn show_code(&self, code_sha256: &str) -> Result<Option<ShowCodeRecord>> {
+        if code_sha256.contains('\0') {
+            return Ok(None);
+        }
+        self.pool.with(|c| {
+            c.query_opt(
+                "SELECT code_sha256, licence_id, created_by, expires_at, redeemed_at, redeemed_by
+                 FROM show_codes WHERE code_sha256 = $1",
+                &[&code_sha256],
+            )?
+            .map(|r| show_code_row(&r))
+            .transpose()
+        })
+    }
+}
+
+fn show_code_row(r: &Row) -> Result<ShowCodeRecord> {
+    let redeemed_by: Option<String> = r.try_get(5)?;
+    Ok(ShowCodeRecord {
+        code_sha256: r.try_get(0)?,
+        licence_id: r.try_get(1)?,
+        created_by: uscc(r, 2)?,
+        expires_at: r.try_get(3)?,
+        redeemed_at: r.try_get(4)?,
+        redeemed_by: redeemed_by
+            .map(|s| s.parse().map_err(|e| corrupt("USCC", e)))
+            .transpose()?,
+    })
 }
 
 /// For tests: a store in a fresh schema of the database named by `CERTGATE_TEST_POSTGRES_URL`,

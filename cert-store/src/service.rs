@@ -36,6 +36,25 @@ pub const SHOW_CODE_SECONDS: i64 = 5 * 60;
 pub const STATUS_LIST_TTL: i64 = 300;
 /// Claims of the holder that are selectively disclosable besides the type's fields.
 pub const HOLDER_CLAIMS: &[&str] = &["holder_id", "holder_name"];
+/// How far the clocks of issuer and verifier may differ: a credential is taken as valid up to
+/// this many seconds before its `nbf` and after its `exp`, and the verdict says so.
+pub const CLOCK_SKEW_SECONDS: i64 = 30;
+/// The `typ` of consent tokens.
+pub const CONSENT_TYP: &str = "certgate-consent+jwt";
+/// Most licences one page of a holder query returns.
+pub const MAX_HOLDER_PAGE: u32 = 100;
+/// Most seals one page of a seal listing returns.
+pub const MAX_SEAL_PAGE: u32 = 100;
+/// Characters of an automatic licence serial (base 36: 82 bits, not guessable).
+const SERIAL_CHARS: usize = 16;
+/// The seal kinds with a fixed name; any other kind is a special-purpose seal `…专用章`.
+pub const SEAL_KINDS: &[&str] = &[
+    "公章",
+    "合同专用章",
+    "财务专用章",
+    "发票专用章",
+    "法定代表人名章",
+];
 
 /// Why a service call failed. The gateway maps each variant to a status and a stable code.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +77,9 @@ pub enum ServiceError {
     /// The object is in a state that does not allow the change.
     #[error("{0}")]
     Conflict(String),
+    /// The holder already holds a licence of a type one may hold once (its identifier).
+    #[error("the holder already holds licence {0} of this type; renew it instead")]
+    AlreadyHeld(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -97,6 +119,45 @@ pub struct IssueRequest {
     pub valid_until: Option<i64>,
     /// The issuer's serial; default the next number.
     pub serial: Option<String>,
+}
+
+/// Whose a new seal is, which decides the registered name the seal's name must carry.
+#[derive(Debug, Clone, Copy)]
+pub enum SealOwner<'a> {
+    /// A department's own seal: its full legal name comes from the department table.
+    Department {
+        /// The department.
+        id: &'a Uscc,
+        /// Its full legal name (全称), e.g. 北京市朝阳区市场监督管理局.
+        full_name: &'a str,
+    },
+    /// A market entity's seal (its free seals at registration, 云刻章), used through the
+    /// holder app: its name comes from its valid business licence in the register, and only
+    /// a department that issues business licences (the registrar) makes it.
+    Enterprise {
+        /// The enterprise.
+        id: &'a Uscc,
+        /// The department making it.
+        made_by: &'a Uscc,
+    },
+}
+
+impl SealOwner<'_> {
+    /// The owner's USCC.
+    pub fn id(&self) -> &Uscc {
+        match self {
+            SealOwner::Department { id, .. } | SealOwner::Enterprise { id, .. } => id,
+        }
+    }
+}
+
+/// A page of a holder's licences.
+#[derive(Debug, Clone)]
+pub struct HolderPage {
+    /// The licences, valid ones first, then suspended, then revoked, each newest first.
+    pub licences: Vec<LicenceRecord>,
+    /// Where the next page starts, when there may be more.
+    pub next: Option<crate::store::HolderOrder>,
 }
 
 /// One check of a verification, with its outcome.
@@ -166,9 +227,6 @@ pub struct LicenceService {
     /// microseconds to decode a key or a certificate, so each is decoded once per process.
     /// Revocation is never cached: it is read from the store on every use.
     seal_cache: Mutex<HashMap<String, Arc<SealMaterial>>>,
-    /// The next serial per issuer, handed out in memory and recorded with each licence, so an
-    /// issuance commits once. A number lost to a crash leaves a gap, never a duplicate.
-    serials: Mutex<HashMap<Uscc, u64>>,
     /// The status list taking new licences and how many it holds, counted once at start.
     open_list: Mutex<Option<(u32, u64)>>,
 }
@@ -217,7 +275,6 @@ impl LicenceService {
             types: types.into_iter().map(|t| (t.code.to_string(), t)).collect(),
             status_uri_base: status_uri_base.trim_end_matches('/').to_owned(),
             seal_cache: Mutex::new(HashMap::new()),
-            serials: Mutex::new(HashMap::new()),
             open_list: Mutex::new(None),
         })
     }
@@ -237,14 +294,22 @@ impl LicenceService {
         self.seal_ca.certificate_pem()
     }
 
-    /// The JWK set of the ES256 keys: the gateway's signing key (status lists, consents) and
-    /// every ES256 seal.
+    /// The JWK set of the ES256 keys: the gateway's signing key (status lists, consents,
+    /// proofs) and the unrevoked ES256 seals of the departments that issue licences (at most
+    /// [`MAX_SEAL_PAGE`] each). Enterprises' seals are not listed: their signatures carry
+    /// their certificates (`x5c`).
     pub fn jwks(&self) -> Result<Value, ServiceError> {
         let mut keys = Vec::new();
         let mut gateway_key = self.signing_key.public_key().jwk();
         add_jwk_fields(&mut gateway_key, &self.signing_kid, "gateway");
         keys.push(gateway_key);
-        for seal in self.store.seals(None)? {
+        let issuers: std::collections::BTreeSet<&Uscc> =
+            self.types.values().flat_map(|t| t.issuers.iter()).collect();
+        let mut seals = Vec::new();
+        for issuer in issuers {
+            seals.extend(self.store.seals(issuer, None, MAX_SEAL_PAGE)?);
+        }
+        for seal in seals {
             if seal.alg != JwsAlg::Es256 || seal.revoked_at.is_some() {
                 continue;
             }
@@ -259,26 +324,29 @@ impl LicenceService {
 
     // ---- seals ----
 
-    /// Creates a seal for `owner` with a new key pair and a seal certificate valid ten years.
+    /// Creates a seal for `owner` with a new key pair and a seal certificate valid ten years,
+    /// named after its owner (see [`LicenceService::create_seal_valid_for`]).
     pub fn create_seal(
         &self,
-        owner: &Uscc,
+        owner: SealOwner<'_>,
         seal_type: &str,
-        name: &str,
         alg: JwsAlg,
         picture: Option<Vec<u8>>,
         now: i64,
     ) -> Result<SealRecord, ServiceError> {
-        self.create_seal_valid_for(owner, seal_type, name, alg, picture, 3650, now)
+        self.create_seal_valid_for(owner, seal_type, None, alg, picture, 3650, now)
     }
 
-    /// Creates a seal for `owner` valid `days` days (1 to 3650) from now.
+    /// Creates a seal for `owner` valid `days` days (1 to 3650) from now. Its name is the
+    /// owner's registered name followed by the seal kind (`北京市朝阳区市场监督管理局公章`,
+    /// `小米科技有限责任公司合同专用章`); a `name` given must be exactly that. An enterprise's
+    /// seal needs a valid business licence in the register, whose holder name it takes.
     #[allow(clippy::too_many_arguments)]
     pub fn create_seal_valid_for(
         &self,
-        owner: &Uscc,
+        owner: SealOwner<'_>,
         seal_type: &str,
-        name: &str,
+        name: Option<&str>,
         alg: JwsAlg,
         picture: Option<Vec<u8>>,
         days: u32,
@@ -287,17 +355,37 @@ impl LicenceService {
         if !(1..=3650).contains(&days) {
             return Err(invalid("valid_days", "must be between 1 and 3650"));
         }
-        let seal_type = seal_type.trim();
-        let name = name.trim();
-        if seal_type.is_empty() || seal_type.chars().count() > 20 {
+        let seal_type = seal_kind(seal_type)?;
+        let owner_name = match owner {
+            SealOwner::Department { full_name, .. } => crate::text::name(full_name, 100)
+                .map_err(|e| invalid("owner", format!("the department's full name {e}")))?
+                .to_owned(),
+            SealOwner::Enterprise { id, made_by } => {
+                if !self.is_registrar(made_by) {
+                    return Err(ServiceError::Forbidden(
+                        "only a department that issues business licences makes enterprises' seals"
+                            .into(),
+                    ));
+                }
+                self.registered_name(id, now)?
+            }
+        };
+        let expected = format!("{owner_name}{seal_type}");
+        if let Some(given) = name
+            && given.trim() != expected
+        {
             return Err(invalid(
-                "seal_type",
-                "must be 1 to 20 characters, e.g. 公章",
+                "name",
+                format!(
+                    "must be `{expected}`: the owner's registered name followed by the seal kind"
+                ),
             ));
         }
-        if name.is_empty() || name.chars().count() > 100 {
-            return Err(invalid("name", "must be 1 to 100 characters"));
+        let name = expected.as_str();
+        if name.chars().count() > 120 {
+            return Err(invalid("name", "must be at most 120 characters"));
         }
+        let owner = owner.id();
         if let Some(p) = &picture {
             if !p.starts_with(b"\x89PNG\r\n\x1a\n") {
                 return Err(invalid("picture", "must be a PNG image"));
@@ -338,14 +426,79 @@ impl LicenceService {
             not_after,
             revoked_at: None,
             revocation_reason: None,
+            owner_name: Some(owner_name),
         };
         self.store.insert_seal(&record)?;
         Ok(record)
     }
 
-    /// Seals, optionally of one owner.
-    pub fn seals(&self, owner: Option<&Uscc>) -> Result<Vec<SealRecord>, ServiceError> {
-        Ok(self.store.seals(owner)?)
+    /// True when `department` issues the business licence (registers market entities): it
+    /// makes and revokes enterprises' seals.
+    pub fn is_registrar(&self, department: &Uscc) -> bool {
+        self.types
+            .values()
+            .any(|t| t.business_licence && t.issuers.contains(department))
+    }
+
+    /// The name a market entity is registered under: the holder name of its business licence
+    /// valid at `now` (the type marked `business_licence`).
+    pub fn registered_name(&self, enterprise: &Uscc, now: i64) -> Result<String, ServiceError> {
+        if !enterprise.is_market_entity() {
+            return Err(invalid(
+                "holder",
+                "an enterprise's seal is made for a market entity (a USCC starting with 9)",
+            ));
+        }
+        let licence_type = self
+            .types
+            .values()
+            .find(|t| t.business_licence)
+            .ok_or_else(|| {
+                ServiceError::Conflict(
+                    "no licence type is marked business_licence: enterprises' seals take their name from it".into(),
+                )
+            })?;
+        let page = self.store.licences_by_holder(
+            enterprise.as_str(),
+            licence_type.code.as_str(),
+            None,
+            MAX_HOLDER_PAGE,
+        )?;
+        page.iter()
+            .find(|l| l.status == LicenceStatus::Valid && l.not_before <= now && now < l.expires_at)
+            .and_then(|l| disclosed_value(&l.sd_jwt, "holder_name"))
+            .ok_or_else(|| {
+                ServiceError::Conflict(format!(
+                    "{enterprise} holds no valid {} in the register: its seals are made after it is registered",
+                    licence_type.name
+                ))
+            })
+    }
+
+    /// Up to `limit` (at most [`MAX_SEAL_PAGE`]) seals of `owner`, newest first, after the
+    /// seal `after` (the last id of the previous page).
+    pub fn seals(
+        &self,
+        owner: &Uscc,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<SealRecord>, ServiceError> {
+        let after = match after {
+            Some(id) => {
+                let seal = self
+                    .store
+                    .seal(id)?
+                    .filter(|s| &s.owner == owner)
+                    .ok_or_else(|| invalid("cursor", "not a seal of this owner"))?;
+                Some((seal.created_at, seal.id))
+            }
+            None => None,
+        };
+        Ok(self.store.seals(
+            owner,
+            after.as_ref().map(|(t, id)| (*t, id.as_str())),
+            limit.clamp(1, MAX_SEAL_PAGE),
+        )?)
     }
 
     /// A seal by id.
@@ -355,7 +508,8 @@ impl LicenceService {
             .ok_or_else(|| ServiceError::NotFound(format!("seal {id}")))
     }
 
-    /// Revokes one of `by`'s seals. Licences it signed fail verification from `now` on.
+    /// Revokes one of `by`'s seals, or, when `by` is the registrar, an enterprise's seal.
+    /// Licences and documents it signed fail verification from `now` on.
     pub fn revoke_seal(
         &self,
         id: &str,
@@ -364,9 +518,11 @@ impl LicenceService {
         now: i64,
     ) -> Result<SealRecord, ServiceError> {
         let seal = self.seal(id)?;
-        if &seal.owner != by {
+        let registrar = seal.owner.is_market_entity() && self.is_registrar(by);
+        if &seal.owner != by && !registrar {
             return Err(ServiceError::Forbidden(
-                "only the seal's owner may revoke it".into(),
+                "only the seal's owner (or, for an enterprise's seal, the registrar) may revoke it"
+                    .into(),
             ));
         }
         let reason = required_reason(reason)?;
@@ -479,10 +635,8 @@ impl LicenceService {
             )));
         }
         let holder: HolderId = req.holder_id.parse().map_err(|e| invalid("holder_id", e))?;
-        let holder_name = req.holder_name.trim();
-        if holder_name.is_empty() || holder_name.chars().count() > 200 {
-            return Err(invalid("holder_name", "must be 1 to 200 characters"));
-        }
+        let holder_name =
+            crate::text::name(&req.holder_name, 200).map_err(|e| invalid("holder_name", e))?;
         licence_type
             .validate_fields(&req.fields)
             .map_err(|e| invalid(&format!("fields.{}", e.field), e.reason))?;
@@ -516,6 +670,12 @@ impl LicenceService {
         if expires_at <= not_before {
             return Err(invalid("valid_until", "must be after valid_from"));
         }
+        if expires_at <= now {
+            return Err(invalid(
+                "valid_until",
+                "the validity has already ended: a licence is issued to be in force",
+            ));
+        }
         // The seal certificate is checked at issuance time (`iat`), so a licence may outlive
         // it, as a paper licence outlives the renewal of the stamp that sealed it.
         let (serial, version) = match renews {
@@ -528,7 +688,7 @@ impl LicenceService {
             }
             None => match &req.serial {
                 Some(s) => (s.clone(), 1),
-                None => (format!("{:012}", self.next_serial(issuer)?), 1),
+                None => (random_serial()?, 1),
             },
         };
         let type_code: TypeCode = licence_type.code.clone();
@@ -541,8 +701,8 @@ impl LicenceService {
                     "licence {id} already exists"
                 )));
             }
-            // An issuer chose this number by hand earlier: take the next free one.
-            let serial = format!("{:012}", self.next_serial(issuer)?);
+            // A random serial already taken (rare beyond measure): draw again.
+            let serial = random_serial()?;
             id = LicenceId::new(&type_code, issuer, &serial, version)
                 .map_err(|e| invalid("serial", e))?;
         }
@@ -605,7 +765,9 @@ impl LicenceService {
             };
             let stored = match renews {
                 Some(old) => self.store.insert_renewal(&old.id, &record, now),
-                None => self.store.insert_licence(&record),
+                None => self
+                    .store
+                    .insert_licence(&record, licence_type.one_per_holder.then_some(now)),
             };
             match stored {
                 Ok(()) => {
@@ -621,29 +783,13 @@ impl LicenceService {
                         "licence {id} already exists"
                     )));
                 }
+                Err(StoreError::Held(held)) => return Err(ServiceError::AlreadyHeld(held)),
                 Err(e) => return Err(e.into()),
             }
         }
         Err(ServiceError::Internal(
             "no free status-list slot found".into(),
         ))
-    }
-
-    /// The next serial number of `issuer`.
-    fn next_serial(&self, issuer: &Uscc) -> Result<u64, ServiceError> {
-        if let Some(n) = self.store.reserve_serial(issuer)? {
-            return Ok(n);
-        }
-        let mut serials = self
-            .serials
-            .lock()
-            .map_err(|_| ServiceError::Internal("serial lock poisoned".into()))?;
-        let next = match serials.get(issuer) {
-            Some(n) => n + 1,
-            None => self.store.last_serial(issuer)? + 1,
-        };
-        serials.insert(issuer.clone(), next);
-        Ok(next)
     }
 
     /// The list new licences go into: the lowest one not yet half full.
@@ -686,12 +832,16 @@ impl LicenceService {
             .ok_or_else(|| ServiceError::NotFound(format!("licence {id}")))
     }
 
-    /// Licences of a holder and type, newest first.
+    /// A page of the licences of a holder and type: up to `limit` (at most
+    /// [`MAX_HOLDER_PAGE`]) after `after`, valid ones first, then suspended, then revoked,
+    /// each newest first.
     pub fn licences_by_holder(
         &self,
         holder: &str,
         type_code: &str,
-    ) -> Result<Vec<LicenceRecord>, ServiceError> {
+        after: Option<&crate::store::HolderOrder>,
+        limit: u32,
+    ) -> Result<HolderPage, ServiceError> {
         let holder: HolderId = holder.parse().map_err(|e| invalid("holder", e))?;
         if !self.types.contains_key(type_code) {
             return Err(invalid(
@@ -699,7 +849,16 @@ impl LicenceService {
                 format!("unknown licence type `{type_code}`"),
             ));
         }
-        Ok(self.store.licences_by_holder(holder.as_str(), type_code)?)
+        let limit = limit.clamp(1, MAX_HOLDER_PAGE);
+        let mut licences =
+            self.store
+                .licences_by_holder(holder.as_str(), type_code, after, limit + 1)?;
+        let more = licences.len() > limit as usize;
+        licences.truncate(limit as usize);
+        let next = more
+            .then(|| licences.last().map(crate::store::HolderOrder::of))
+            .flatten();
+        Ok(HolderPage { licences, next })
     }
 
     /// The licence's SD-JWT with only the disclosures whose name `keep` accepts.
@@ -851,9 +1010,11 @@ impl LicenceService {
         }
         report.record(
             "time",
-            sdjwt::check_time(&verified.claims, now, 60)
-                .map(|()| "within nbf..exp".to_owned())
-                .map_err(|e| e.to_string()),
+            sdjwt::check_time(&verified.claims, now, CLOCK_SKEW_SECONDS)
+                .map(|()| {
+                    format!("within nbf..exp (allowing {CLOCK_SKEW_SECONDS} s of clock skew)")
+                })
+                .map_err(|e| format!("{e} (allowing {CLOCK_SKEW_SECONDS} s of clock skew)")),
         )?;
         let status = self.status_of(&verified.claims, kid, unavailable);
         report.status = status.as_ref().ok().copied();
@@ -1156,10 +1317,7 @@ impl LicenceService {
                 ));
             }
         }
-        let purpose = purpose.trim();
-        if purpose.is_empty() || purpose.chars().count() > 200 {
-            return Err(invalid("purpose", "must be 1 to 200 characters"));
-        }
+        let purpose = crate::text::plain(purpose, 200).map_err(|e| invalid("purpose", e))?;
         if ttl_seconds <= 0 || ttl_seconds > MAX_CONSENT_SECONDS {
             return Err(invalid(
                 "ttl_seconds",
@@ -1190,34 +1348,45 @@ impl LicenceService {
             "iat": now,
             "exp": record.expires_at,
         });
-        let token = self.sign_gateway_jwt("JWT", &claims)?;
+        let token = self.sign_gateway_jwt(CONSENT_TYP, &claims)?;
         Ok((record, token))
     }
 
     /// Signs `claims` as an ES256 JWT with the gateway's key (its `kid` is in the JWK set),
     /// with the header `typ`.
+    /// The signature is ECDSA with a low `s` (the one of the pair `(r, s)`, `(r, n−s)` that
+    /// verifiers here accept), like every ES256 signature certgate makes.
     pub fn sign_gateway_jwt(&self, typ: &str, claims: &Value) -> Result<String, ServiceError> {
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-        header.typ = Some(typ.to_owned());
-        header.kid = Some(self.signing_kid.clone());
-        let key = jsonwebtoken::EncodingKey::from_ec_der(&self.signing_key.to_pkcs8_der()?);
-        jsonwebtoken::encode(&header, claims, &key)
+        let header = JwsHeader {
+            alg: JwsAlg::Es256,
+            typ: Some(typ.to_owned()),
+            kid: Some(self.signing_kid.clone()),
+            x5c: None,
+        };
+        jws::sign_compact(&header, claims, &self.signing_key)
             .map_err(|e| ServiceError::Internal(format!("cannot sign a {typ} token: {e}")))
     }
 
-    /// Checks that `token` is an ES256 JWT with header `typ`, signed by the gateway's key and
-    /// issued by the gateway, and returns its claims. Time claims are left to the caller.
+    /// Checks that `token` is an ES256 JWT with header `typ`, signed by the gateway's key (with
+    /// a low `s`) and issued by the gateway, and returns its claims. Time claims and the
+    /// audience are left to the caller. The error says which rule failed, never how a decoder
+    /// failed.
     pub fn verify_gateway_jwt(&self, token: &str, typ: &str) -> Result<Map<String, Value>, String> {
         if token.len() > 16 * 1024 {
             return Err("the token is longer than 16 KiB".into());
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
-        if header.typ.as_deref() != Some(typ) {
-            return Err(format!("typ is not {typ}"));
-        }
-        if header.kid.as_deref() != Some(self.signing_kid.as_str()) {
+        // The gateway's own parser first: strict base64url, no duplicate members, `typ`, and a
+        // signature that holds with a low `s`; jsonwebtoken then checks the claims again.
+        let parsed = jws::parse_compact(token, Some(typ)).map_err(|e| match e {
+            jws::JwsError::WrongType { .. } => format!("typ is not {typ}"),
+            _ => "not a compact JWS signed by the gateway".to_owned(),
+        })?;
+        if parsed.header.kid.as_deref() != Some(self.signing_kid.as_str()) {
             return Err("not signed with the gateway's key (unknown kid)".into());
         }
+        parsed
+            .verify(self.signing_key.public_key())
+            .map_err(|_| "the signature does not hold".to_owned())?;
         let pem = self
             .signing_key
             .public_key()
@@ -1232,7 +1401,7 @@ impl LicenceService {
         validation.set_required_spec_claims(&["iss", "exp", "iat"]);
         jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
             .map(|d| d.claims)
-            .map_err(|e| format!("signature or claims refused: {e}"))
+            .map_err(|e| format!("claims refused: {}", jwt_reason(&e)))
     }
 
     /// A keyed pseudonym of a holder id for tokens that travel outside the gateway: HMAC-SHA256
@@ -1262,29 +1431,23 @@ impl LicenceService {
         type_code: &str,
         now: i64,
     ) -> Result<ConsentRecord, ServiceError> {
-        let pem = self
-            .signing_key
-            .public_key()
-            .pkey()
-            .public_key_to_pem()
-            .map_err(|e| CryptoError::Openssl(e.to_string()))?;
-        let key = jsonwebtoken::DecodingKey::from_ec_pem(&pem)
-            .map_err(|e| ServiceError::Internal(format!("consent key: {e}")))?;
-        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
-        validation.set_audience(&[format!("urn:certgate:dept:{department}")]);
-        validation.set_issuer(&["urn:certgate:gateway"]);
-        validation.validate_exp = false; // checked below against our clock
-        validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
-            .map_err(|e| ServiceError::Forbidden(format!("consent token refused: {e}")))?;
-        let id = data
-            .claims
+        let refused = |why: &str| ServiceError::Forbidden(format!("consent token refused: {why}"));
+        let claims = self
+            .verify_gateway_jwt(token, CONSENT_TYP)
+            .map_err(|why| refused(&why))?;
+        if claims.get("aud").and_then(Value::as_str)
+            != Some(format!("urn:certgate:dept:{department}").as_str())
+        {
+            return Err(refused("it was given to another department"));
+        }
+        let id = claims
             .get("jti")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let consent = self.store.consent(id)?.ok_or_else(|| {
-            ServiceError::Forbidden("consent token refused: unknown consent".into())
-        })?;
+        let consent = self
+            .store
+            .consent(id)?
+            .ok_or_else(|| refused("unknown consent"))?;
         let holder: HolderId = holder.parse().map_err(|e| invalid("holder", e))?;
         if consent.revoked_at.is_some() {
             return Err(ServiceError::Forbidden(
@@ -1312,8 +1475,13 @@ impl LicenceService {
         Ok(consent)
     }
 
-    /// Revokes a consent; only the app that created it may.
-    pub fn revoke_consent(&self, id: &str, by: &Uscc, now: i64) -> Result<(), ServiceError> {
+    /// Revokes a consent; only the app that created it may. Returns its id and holder.
+    pub fn revoke_consent(
+        &self,
+        id: &str,
+        by: &Uscc,
+        now: i64,
+    ) -> Result<(String, String), ServiceError> {
         let consent = self
             .store
             .consent(id)?
@@ -1328,7 +1496,7 @@ impl LicenceService {
                 "the consent is already revoked".into(),
             ));
         }
-        Ok(())
+        Ok((consent.id, consent.holder))
     }
 
     /// Creates a one-use show-code for a licence (valid 5 minutes); returns the code.
@@ -1361,6 +1529,22 @@ impl LicenceService {
             redeemed_by: None,
         })?;
         Ok((code, expires_at))
+    }
+
+    /// The licence a show-code shows, without redeeming it: the caller decides whether the
+    /// redeemer may see it first, so that a refused redemption does not use the code up.
+    pub fn shown_licence(&self, code: &str, now: i64) -> Result<LicenceRecord, ServiceError> {
+        let unusable =
+            || ServiceError::Forbidden("show-code unknown, expired or already used".into());
+        if code.is_empty() || code.len() > 100 {
+            return Err(invalid("code", "not a show-code"));
+        }
+        let hash = hex::encode(Sha256::digest(code.as_bytes()));
+        let shown = self.store.show_code(&hash)?.ok_or_else(unusable)?;
+        if shown.redeemed_at.is_some() || shown.expires_at <= now {
+            return Err(unusable());
+        }
+        self.licence(&shown.licence_id)
     }
 
     /// Redeems a show-code once; a second redemption, an unknown or an expired code is refused.
@@ -1497,6 +1681,51 @@ fn add_jwk_fields(jwk: &mut Value, kid: &str, usage: &str) {
 
 fn b64std(der: &[u8]) -> String {
     base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der)
+}
+
+/// A licence serial of [`SERIAL_CHARS`] base-36 characters from the system RNG: identifiers
+/// cannot be enumerated by counting.
+fn random_serial() -> Result<String, ServiceError> {
+    const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let bytes = crate::crypto::random_bytes::<SERIAL_CHARS>()?;
+    // 252 = 7 × 36: bytes at or above it are redrawn, so every character is uniform.
+    let mut out = String::with_capacity(SERIAL_CHARS);
+    let mut pool = bytes.to_vec();
+    while out.len() < SERIAL_CHARS {
+        match pool.pop() {
+            Some(b) if b < 252 => out.push(char::from(DIGITS[usize::from(b % 36)])),
+            Some(_) => {}
+            None => pool = crate::crypto::random_bytes::<SERIAL_CHARS>()?.to_vec(),
+        }
+    }
+    Ok(out)
+}
+
+/// The kind of a new seal: one of [`SEAL_KINDS`] or a special-purpose `…专用章` (2 to 12
+/// characters of plain text).
+fn seal_kind(seal_type: &str) -> Result<&str, ServiceError> {
+    let kind = crate::text::name(seal_type, 12).map_err(|e| invalid("seal_type", e))?;
+    if SEAL_KINDS.contains(&kind) || (kind.ends_with("专用章") && kind.chars().count() > 3) {
+        Ok(kind)
+    } else {
+        Err(invalid(
+            "seal_type",
+            "must be 公章, 合同专用章, 财务专用章, 发票专用章, 法定代表人名章 or another …专用章",
+        ))
+    }
+}
+
+/// A short reason for a refused token that names the rule, never the decoder's internals.
+fn jwt_reason(e: &jsonwebtoken::errors::Error) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidIssuer => "not issued by the gateway",
+        K::InvalidAudience => "given to another department",
+        K::MissingRequiredClaim(_) => "a required claim is missing",
+        K::ExpiredSignature | K::ImmatureSignature => "outside its validity",
+        K::InvalidSignature => "the signature does not hold",
+        _ => "not a valid token of the gateway",
+    }
 }
 
 fn random_index() -> Result<u32, ServiceError> {

@@ -31,7 +31,7 @@ fn field(name: &str, kind: FieldKind, required: bool) -> FieldSpec {
     FieldSpec {
         name: name.into(),
         kind,
-        required,
+        required, min: None,
     }
 }
 
@@ -48,6 +48,8 @@ fn types() -> Vec<LicenceType> {
             ],
             validity_days: 3650,
             consent_required: false,
+            one_per_holder: false,
+            business_licence: true,
         },
         LicenceType {
             code: FOOD.parse().unwrap(),
@@ -59,6 +61,8 @@ fn types() -> Vec<LicenceType> {
             ],
             validity_days: 1825,
             consent_required: true,
+            one_per_holder: true,
+            business_licence: false,
         },
     ]
 }
@@ -78,24 +82,10 @@ fn fixture() -> Option<Fixture> {
     let market = uscc(MARKET);
     let approval = uscc(APPROVAL);
     let sm2 = svc
-        .create_seal(
-            &market,
-            "公章",
-            "某区市场监督管理局",
-            JwsAlg::Sm2Sm3,
-            None,
-            NOW,
-        )
+        .create_seal(department(&market), "公章", JwsAlg::Sm2Sm3, None, NOW)
         .unwrap();
     let es256 = svc
-        .create_seal(
-            &market,
-            "业务专用章",
-            "某区市场监督管理局登记专用章",
-            JwsAlg::Es256,
-            None,
-            NOW,
-        )
+        .create_seal(department(&market), "登记专用章", JwsAlg::Es256, None, NOW)
         .unwrap();
     Some(Fixture {
         svc,
@@ -105,6 +95,18 @@ fn fixture() -> Option<Fixture> {
         sm2,
         es256,
     })
+}
+
+/// A department of the fixture as a seal owner, with its full name.
+fn department(id: &Uscc) -> SealOwner<'_> {
+    SealOwner::Department {
+        id,
+        full_name: if id.as_str() == MARKET {
+            "某区市场监督管理局"
+        } else {
+            "某区行政审批局"
+        },
+    }
 }
 
 fn obj(value: Value) -> Map<String, Value> {
@@ -246,7 +248,11 @@ fn round_trip(alg: JwsAlg) {
     };
     let licence = issue(&f, seal);
     assert_eq!(licence.status, LicenceStatus::Valid);
-    assert!(licence.id.contains(".000000000001.001."), "{}", licence.id);
+    // The serial is 16 random base-36 characters: identifiers cannot be counted through.
+    let serial = licence.id.parse::<crate::licence_id::LicenceId>().unwrap().serial().to_owned();
+    assert_eq!(serial.len(), 16, "{}", licence.id);
+    assert!(serial.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()));
+    assert_ne!(issue(&f, seal).id, licence.id);
 
     let report = f.svc.verify(&licence.sd_jwt, NOW);
     assert_valid(&report);
@@ -392,14 +398,7 @@ fn forged_by_another_departments_seal_is_refused() {
     let licence = issue(&f, &f.sm2);
     let theirs = f
         .svc
-        .create_seal(
-            &f.approval,
-            "公章",
-            "某区行政审批局",
-            JwsAlg::Es256,
-            None,
-            NOW,
-        )
+        .create_seal(department(&f.approval), "公章", JwsAlg::Es256, None, NOW)
         .unwrap();
     let key = f.svc.seal_key(&theirs).unwrap();
     let mut fields = holder_claims();
@@ -708,14 +707,7 @@ fn issuing_with_another_departments_seal_is_forbidden() {
     let Some(f) = fixture() else { return };
     let theirs = f
         .svc
-        .create_seal(
-            &f.approval,
-            "公章",
-            "某区行政审批局",
-            JwsAlg::Sm2Sm3,
-            None,
-            NOW,
-        )
+        .create_seal(department(&f.approval), "公章", JwsAlg::Sm2Sm3, None, NOW)
         .unwrap();
     assert!(matches!(
         f.svc.issue(&f.market, &request(&theirs), NOW),
@@ -1030,7 +1022,7 @@ fn edited_seals_foreign_signers_and_revocation_are_each_named() {
     // Signed by another SM2 seal's key and certificate: not a signer the seal allows.
     let other = f
         .svc
-        .create_seal(&f.market, "合同专用章", "某区市场监督管理局合同专用章", JwsAlg::Sm2Sm3, None, NOW)
+        .create_seal(department(&f.market), "合同专用章", JwsAlg::Sm2Sm3, None, NOW)
         .unwrap();
     let other_key = f.svc.seal_key(&other).unwrap();
     let other_cert = openssl::x509::X509::from_pem(other.certificate_pem.as_bytes())
@@ -1038,7 +1030,11 @@ fn edited_seals_foreign_signers_and_revocation_are_each_named() {
         .to_der()
         .unwrap();
     let foreign = SesSignature::sign(parsed.to_sign.clone(), other_cert, &other_key).unwrap();
-    assert_eq!(failed(&verdict_of(&f, &doc, &foreign.to_der())), ["signer_in_seal"]);
+    // (The register then does not speak for it either: its status is not this seal's.)
+    assert_eq!(
+        failed(&verdict_of(&f, &doc, &foreign.to_der())),
+        ["signer_in_seal", "seal_status"]
+    );
     // Sealed at a time outside the seal's validity.
     let mut late = parsed.to_sign.clone();
     late.time = time::OffsetDateTime::from_unix_timestamp(f.sm2.not_after + 86_400).unwrap();
@@ -1212,4 +1208,238 @@ fn seals_of_a_trusted_foreign_system_verify_and_stop_when_it_is_removed() {
         f.svc.remove_seal_ca("sealca-nope", NOW + 300),
         Err(ServiceError::NotFound(_))
     ));
+}
+
+#[test]
+fn seal_names_are_the_owners_registered_name_and_the_kind() {
+    let Some(f) = fixture() else { return };
+    assert_eq!(f.sm2.name, "某区市场监督管理局公章");
+    assert_eq!(f.sm2.owner_name.as_deref(), Some("某区市场监督管理局"));
+    // A name after another department is refused, naming the one it must be.
+    match f.svc.create_seal_valid_for(
+        department(&f.market),
+        "公章",
+        Some("某区行政审批局公章"),
+        JwsAlg::Sm2Sm3,
+        None,
+        30,
+        NOW,
+    ) {
+        Err(ServiceError::Invalid { field, reason }) => {
+            assert_eq!(field, "name");
+            assert!(reason.contains("某区市场监督管理局公章"), "{reason}");
+        }
+        other => panic!("a seal named after another department was made: {other:?}"),
+    }
+    for kind in ["私章", "", "=公章", "公\n章", "很长很长很长很长的专用章啊"] {
+        assert!(
+            matches!(
+                f.svc.create_seal(department(&f.market), kind, JwsAlg::Es256, None, NOW),
+                Err(ServiceError::Invalid { ref field, .. }) if field == "seal_type"
+            ),
+            "{kind:?}"
+        );
+    }
+    // An enterprise's seal: only once it holds a valid business licence, under its name.
+    let xiaomi = uscc(HOLDER);
+    assert!(matches!(
+        f.svc.create_seal(SealOwner::Enterprise { id: &xiaomi, made_by: &f.market }, "公章", JwsAlg::Sm2Sm3, None, NOW),
+        Err(ServiceError::Conflict(m)) if m.contains("营业执照")
+    ));
+    issue(&f, &f.sm2);
+    let own = f
+        .svc
+        .create_seal(SealOwner::Enterprise { id: &xiaomi, made_by: &f.market }, "合同专用章", JwsAlg::Sm2Sm3, None, NOW)
+        .unwrap();
+    assert_eq!(own.name, "小米科技有限责任公司合同专用章");
+    assert_eq!(own.owner, xiaomi);
+    assert!(matches!(
+        f.svc.create_seal_valid_for(
+            SealOwner::Enterprise { id: &xiaomi, made_by: &f.market },
+            "公章",
+            Some("华为技术有限公司公章"),
+            JwsAlg::Sm2Sm3,
+            None,
+            30,
+            NOW
+        ),
+        Err(ServiceError::Invalid { .. })
+    ));
+    // Only the registrar makes them.
+    assert!(matches!(
+        f.svc.create_seal(SealOwner::Enterprise { id: &xiaomi, made_by: &f.approval }, "公章", JwsAlg::Sm2Sm3, None, NOW),
+        Err(ServiceError::Forbidden(_))
+    ));
+    // The registrar may revoke the enterprise's seal; another department may not.
+    assert!(matches!(
+        f.svc.revoke_seal(&own.id, &f.approval, "遗失", NOW),
+        Err(ServiceError::Forbidden(_))
+    ));
+    f.svc.revoke_seal(&own.id, &f.market, "遗失", NOW).unwrap();
+    // A department is not a market entity: no enterprise seal for it.
+    assert!(matches!(
+        f.svc.create_seal(SealOwner::Enterprise { id: &f.market, made_by: &f.market }, "公章", JwsAlg::Sm2Sm3, None, NOW),
+        Err(ServiceError::Invalid { ref field, .. }) if field == "holder"
+    ));
+}
+
+#[test]
+fn es256_licences_are_signed_low_s_and_their_high_s_twin_is_refused() {
+    let Some(f) = fixture() else { return };
+    for _ in 0..8 {
+        let licence = issue(&f, &f.es256);
+        let jwt = licence.sd_jwt.split('~').next().unwrap().to_owned();
+        let (input, sig) = jwt.rsplit_once('.').unwrap();
+        let sig = crate::jws::b64url_decode(sig).unwrap();
+        assert!(crate::crypto::is_low_s(&sig[32..]), "issued high-S");
+        // The twin (r, n - s) is a valid ECDSA signature, and is refused.
+        let group =
+            openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+        let mut order = openssl::bn::BigNum::new().unwrap();
+        group
+            .order(&mut order, &mut openssl::bn::BigNumContext::new().unwrap())
+            .unwrap();
+        let s_val = openssl::bn::BigNum::from_slice(&sig[32..]).unwrap();
+        let mut high = openssl::bn::BigNum::new().unwrap();
+        high.checked_sub(&order, &s_val).unwrap();
+        let mut twin = sig[..32].to_vec();
+        twin.extend(high.to_vec_padded(32).unwrap());
+        let forged = licence
+            .sd_jwt
+            .replacen(&jwt, &format!("{input}.{}", crate::jws::b64url(&twin)), 1);
+        let r = openssl::bn::BigNum::from_slice(&twin[..32]).unwrap();
+        let s2 = openssl::bn::BigNum::from_slice(&twin[32..]).unwrap();
+        let der = openssl::ecdsa::EcdsaSig::from_private_components(r, s2).unwrap();
+        let cert = openssl::x509::X509::from_pem(f.es256.certificate_pem.as_bytes()).unwrap();
+        let ec = cert.public_key().unwrap().ec_key().unwrap();
+        assert!(
+            der.verify(&openssl::sha::sha256(input.as_bytes()), &ec).unwrap(),
+            "the twin is a valid ECDSA signature"
+        );
+        assert_fails(&f.svc.verify(&forged, NOW), "signature", "");
+    }
+}
+
+#[test]
+fn a_licence_whose_validity_has_ended_is_not_issued() {
+    let Some(f) = fixture() else { return };
+    let mut req = request(&f.sm2);
+    req.valid_from = Some(NOW - 100);
+    req.valid_until = Some(NOW - 1);
+    assert!(matches!(
+        f.svc.issue(&f.market, &req, NOW),
+        Err(ServiceError::Invalid { field, .. }) if field == "valid_until"
+    ));
+    // The verdict names the clock-skew allowance.
+    let licence = issue(&f, &f.sm2);
+    let report = f.svc.verify(&licence.sd_jwt, NOW);
+    let time = report.checks.iter().find(|c| c.check == "time").unwrap();
+    assert!(time.detail.contains("30 s of clock skew"), "{}", time.detail);
+    let late = f.svc.verify(&licence.sd_jwt, licence.expires_at + CLOCK_SKEW_SECONDS + 1);
+    assert_fails(&late, "time", "clock skew");
+}
+
+#[test]
+fn a_second_licence_of_a_type_held_once_is_refused_and_renewal_replaces() {
+    let Some(f) = fixture() else { return };
+    let seal = f
+        .svc
+        .create_seal(department(&f.approval), "公章", JwsAlg::Es256, None, NOW)
+        .unwrap();
+    let req = IssueRequest {
+        licence_type: FOOD.into(),
+        holder_id: HOLDER.into(),
+        holder_name: "小米科技有限责任公司".into(),
+        seal_id: seal.id.clone(),
+        fields: obj(json!({"licence_class": "A"})),
+        valid_from: None,
+        valid_until: None,
+        serial: None,
+    };
+    let first = f.svc.issue(&f.approval, &req, NOW).unwrap();
+    match f.svc.issue(&f.approval, &req, NOW) {
+        Err(ServiceError::AlreadyHeld(id)) => assert_eq!(id, first.id),
+        other => panic!("a second food permit was issued: {other:?}"),
+    }
+    let renewed = f.svc.renew(&first.id, &f.approval, None, None, NOW).unwrap();
+    assert_eq!(renewed.replaces.as_deref(), Some(first.id.as_str()));
+    // Other holders are not affected.
+    let mut other = req.clone();
+    other.holder_id = OTHER_HOLDER.into();
+    f.svc.issue(&f.approval, &other, NOW).unwrap();
+}
+
+#[test]
+fn holder_names_with_control_bidi_or_formula_characters_are_refused() {
+    let Some(f) = fixture() else { return };
+    for bad in ["小米\0公司", "小米\r\n公司", "=cmd|' /C calc'!A0", "小米\u{202E}司公", "@SUM(1)"] {
+        let mut req = request(&f.sm2);
+        req.holder_name = bad.into();
+        assert!(
+            matches!(f.svc.issue(&f.market, &req, NOW), Err(ServiceError::Invalid { ref field, .. }) if field == "holder_name"),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn a_holders_licences_come_in_pages_valid_first() {
+    let Some(f) = fixture() else { return };
+    let ids: Vec<String> = (0..5).map(|_| issue(&f, &f.sm2).id).collect();
+    f.svc
+        .change_status(&ids[4], &f.market, Lifecycle::Revoke, "吊销")
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = f.svc.licences_by_holder(HOLDER, BUSINESS, after.as_ref(), 2).unwrap();
+        assert!(page.licences.len() <= 2);
+        seen.extend(page.licences.iter().map(|l| (l.id.clone(), l.status)));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5);
+    assert_eq!(seen[4], (ids[4].clone(), LicenceStatus::Revoked));
+    assert!(seen[..4].iter().all(|(_, s)| *s == LicenceStatus::Valid));
+}
+
+#[test]
+fn a_shown_licence_can_be_looked_at_without_using_the_code_up() {
+    let Some(f) = fixture() else { return };
+    let licence = issue(&f, &f.sm2);
+    let (code, _) = f.svc.create_show_code(&f.market, &licence.id, NOW).unwrap();
+    assert_eq!(f.svc.shown_licence(&code, NOW + 1).unwrap().id, licence.id);
+    assert_eq!(f.svc.shown_licence(&code, NOW + 2).unwrap().id, licence.id);
+    f.svc.redeem_show_code(&code, &f.approval, NOW + 3).unwrap();
+    assert!(matches!(
+        f.svc.shown_licence(&code, NOW + 4),
+        Err(ServiceError::Forbidden(_))
+    ));
+}
+
+#[test]
+fn consent_tokens_of_another_typ_are_refused_without_decoder_details() {
+    let Some(f) = fixture() else { return };
+    let (record, token) = consent(&f);
+    let claims = f.svc.verify_gateway_jwt(&token, CONSENT_TYP).unwrap();
+    assert_eq!(claims["jti"], json!(record.id));
+    // The same claims signed by the gateway's key, but typed as a plain JWT (a proof token or
+    // any other gateway token must not pass for a consent).
+    let other = f.svc.sign_gateway_jwt("JWT", &Value::Object(claims)).unwrap();
+    let m = forbidden(f.svc.check_consent(&other, HOLDER, &f.approval, BUSINESS, NOW));
+    assert!(m.contains("typ"), "{m}");
+    for garbage in [
+        "eyJhbGciOiJFUzI1NiJ9.e30.AAAA",
+        "not a token",
+        &format!("{}!", &token[..token.len() - 1]),
+    ] {
+        let m = forbidden(f.svc.check_consent(garbage, HOLDER, &f.approval, BUSINESS, NOW));
+        let lower = m.to_lowercase();
+        assert!(
+            !lower.contains("base64") && !lower.contains("offset") && !lower.contains("error"),
+            "{m}"
+        );
+    }
 }

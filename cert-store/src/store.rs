@@ -21,6 +21,9 @@ pub enum StoreError {
     /// A unique key is taken (for example a status-list index or a licence identifier).
     #[error("already exists: {0}")]
     Conflict(String),
+    /// The holder already holds a licence of a type one may hold once: its identifier.
+    #[error("the holder already holds licence {0}")]
+    Held(String),
     /// A stored row could not be decoded (the database was edited by hand or is corrupt).
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -44,9 +47,38 @@ impl From<rusqlite::Error> for StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-/// The highest explicit serial that raises an issuer's serial mark: far beyond any real count,
-/// and far enough below the integer limit that numbering on from it never overflows.
-pub const MAX_SERIAL_MARK: u64 = 1 << 53;
+/// Where a page of a holder's licences ends: the licences come valid first, then suspended,
+/// then revoked (`rank` 0, 1, 2), each group newest first (`issued_at`, then `id`, descending).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderOrder {
+    /// 0 valid, 1 suspended, 2 revoked.
+    pub rank: u8,
+    /// The last licence's issuance time.
+    pub issued_at: i64,
+    /// The last licence's identifier.
+    pub id: String,
+}
+
+/// The statuses in the order a holder's licences are listed.
+pub const HOLDER_ORDER: [LicenceStatus; 3] = [
+    LicenceStatus::Valid,
+    LicenceStatus::Suspended,
+    LicenceStatus::Revoked,
+];
+
+impl HolderOrder {
+    /// The position of `licence` in the order.
+    pub fn of(licence: &LicenceRecord) -> HolderOrder {
+        HolderOrder {
+            rank: HOLDER_ORDER
+                .iter()
+                .position(|s| *s == licence.status)
+                .unwrap_or(2) as u8,
+            issued_at: licence.issued_at,
+            id: licence.id.clone(),
+        }
+    }
+}
 
 /// What the licence and seal services need from storage.
 pub trait Store: Send + Sync {
@@ -60,8 +92,14 @@ pub trait Store: Send + Sync {
     fn insert_seal(&self, seal: &SealRecord) -> Result<()>;
     /// A seal by id.
     fn seal(&self, id: &str) -> Result<Option<SealRecord>>;
-    /// Seals, optionally of one owner, newest first.
-    fn seals(&self, owner: Option<&Uscc>) -> Result<Vec<SealRecord>>;
+    /// Up to `limit` seals of one owner, newest first, after the seal `after` names
+    /// (`(created_at, id)` of the last one of the previous page).
+    fn seals(
+        &self,
+        owner: &Uscc,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<SealRecord>>;
     /// Marks a seal revoked; false when it was already revoked.
     fn revoke_seal(&self, id: &str, at: i64, reason: &str) -> Result<bool>;
     /// Adds a foreign seal CA to the trust list.
@@ -72,28 +110,30 @@ pub trait Store: Send + Sync {
     /// The trust list, removed entries included.
     fn trusted_cas(&self) -> Result<Vec<crate::licence::TrustedSealCa>>;
 
-    /// The highest numeric licence serial an issuer has used (0 for none). Inserting a
-    /// licence with a numeric serial raises it in the same transaction.
-    fn last_serial(&self, issuer: &Uscc) -> Result<u64>;
     /// True when several processes share the store, so that counts kept in one process's
     /// memory would be wrong.
     fn is_shared(&self) -> bool {
         false
     }
 
-    /// Reserves the next serial of `issuer` in the store itself, for stores that several
-    /// processes share; `None` when the caller may hand serials out in memory (one process).
-    fn reserve_serial(&self, _issuer: &Uscc) -> Result<Option<u64>> {
-        Ok(None)
-    }
-    /// Stores a new licence. `Conflict` when its id or status-list slot is taken.
-    fn insert_licence(&self, licence: &LicenceRecord) -> Result<()>;
+    /// Stores a new licence. `Conflict` when its id or status-list slot is taken. With
+    /// `held_at`, the holder may hold one licence of the type at a time: `Held` names the
+    /// licence it holds (valid or suspended, not expired at `held_at`), checked and inserted
+    /// atomically, so two racing issuances cannot both succeed.
+    fn insert_licence(&self, licence: &LicenceRecord, held_at: Option<i64>) -> Result<()>;
     /// Stores `new` and marks `old` revoked and replaced by it, in one transaction.
     fn insert_renewal(&self, old: &str, new: &LicenceRecord, at: i64) -> Result<()>;
     /// A licence by id.
     fn licence(&self, id: &str) -> Result<Option<LicenceRecord>>;
-    /// Licences of a holder and type, newest first.
-    fn licences_by_holder(&self, holder: &str, type_code: &str) -> Result<Vec<LicenceRecord>>;
+    /// Up to `limit` licences of a holder and type after `after`, in [`HolderOrder`]: valid
+    /// ones first, then suspended, then revoked, each newest first.
+    fn licences_by_holder(
+        &self,
+        holder: &str,
+        type_code: &str,
+        after: Option<&HolderOrder>,
+        limit: u32,
+    ) -> Result<Vec<LicenceRecord>>;
     /// Changes a licence's status.
     /// Changes a licence's status from `from` to `to`, only if it is still `from` and not
     /// renewed: two racing changes cannot both succeed (`Conflict` for the loser).
@@ -118,6 +158,8 @@ pub trait Store: Send + Sync {
 
     /// Stores a show-code.
     fn insert_show_code(&self, code: &ShowCodeRecord) -> Result<()>;
+    /// A show-code by hash, redeemed or not (looking does not redeem it).
+    fn show_code(&self, code_sha256: &str) -> Result<Option<ShowCodeRecord>>;
     /// Redeems a show-code once: returns it when it existed, was unexpired and unredeemed,
     /// and marks it redeemed in the same statement, so a second redemption gets `None`.
     fn redeem_show_code(
@@ -173,6 +215,13 @@ CREATE TABLE trusted_seal_cas (
     certificate_pem TEXT NOT NULL, added_at {INT} NOT NULL, removed_at {INT}
 );
 "#,
+    // The owner's registered name, which a seal's name must start with; the order a holder's
+    // licences are paged in.
+    r#"
+ALTER TABLE seals ADD COLUMN owner_name TEXT;
+CREATE INDEX licences_holder_page ON licences(holder, type_code, status, issued_at, id);
+CREATE INDEX seals_owner_page ON seals(owner, created_at, id);
+"#,
 ];
 
 /// The migrations with the backend's type names.
@@ -224,7 +273,7 @@ impl SqliteStore {
 }
 
 const SEAL_COLUMNS: &str = "id, owner, seal_type, name, alg, certificate_pem, encrypted_key, \
-    picture_sha256, picture, created_at, not_after, revoked_at, revocation_reason";
+    picture_sha256, picture, created_at, not_after, revoked_at, revocation_reason, owner_name";
 const LICENCE_COLUMNS: &str = "id, type_code, issuer, holder, seal_id, sd_jwt, fields, status, \
     status_reason, status_list, status_index, issued_at, not_before, expires_at, replaces, replaced_by";
 
@@ -257,6 +306,7 @@ fn seal_row(row: &Row<'_>) -> rusqlite::Result<SealRecord> {
         not_after: row.get(10)?,
         revoked_at: row.get(11)?,
         revocation_reason: row.get(12)?,
+        owner_name: row.get(13)?,
     })
 }
 
@@ -297,20 +347,20 @@ fn consent_row(row: &Row<'_>) -> rusqlite::Result<ConsentRecord> {
     })
 }
 
-/// Inserts a licence and, when its serial is a number, raises the issuer's serial mark; the
-/// caller wraps both in one transaction (one fsync per issuance).
-fn insert_licence_in(conn: &Connection, l: &LicenceRecord) -> Result<()> {
-    if let Some(n) =
-        l.id.parse::<crate::licence_id::LicenceId>()
-            .ok()
-            .and_then(|id| id.serial().parse::<u64>().ok())
-            .filter(|n| *n <= crate::store::MAX_SERIAL_MARK)
-    {
-        conn.prepare_cached(
-            "INSERT INTO serials (issuer, last) VALUES (?1, ?2)
-             ON CONFLICT(issuer) DO UPDATE SET last = max(last, excluded.last)",
-        )?
-        .execute(params![l.issuer.as_str(), n as i64])?;
+/// Inserts a licence, first refusing it (with the licence held) when `held_at` is given and
+/// the holder holds one of its type; the caller runs both in one transaction.
+fn insert_licence_in(conn: &Connection, l: &LicenceRecord, held_at: Option<i64>) -> Result<()> {
+    if let Some(now) = held_at {
+        let held: Option<String> = conn
+            .prepare_cached(
+                "SELECT id FROM licences WHERE holder = ?1 AND type_code = ?2
+                 AND status IN ('valid', 'suspended') AND expires_at > ?3 LIMIT 1",
+            )?
+            .query_row(params![l.holder, l.type_code, now], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = held {
+            return Err(StoreError::Held(id));
+        }
     }
     let fields =
         serde_json::to_string(&l.fields).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -356,11 +406,11 @@ impl Store for SqliteStore {
     fn insert_seal(&self, s: &SealRecord) -> Result<()> {
         self.with(|c| {
             c.execute(
-                &format!("INSERT INTO seals ({SEAL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+                &format!("INSERT INTO seals ({SEAL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
                 params![
                     s.id, s.owner.as_str(), s.seal_type, s.name, s.alg.name(), s.certificate_pem,
                     s.encrypted_key, s.picture_sha256, s.picture, s.created_at, s.not_after,
-                    s.revoked_at, s.revocation_reason
+                    s.revoked_at, s.revocation_reason, s.owner_name
                 ],
             )?;
             Ok(())
@@ -377,12 +427,19 @@ impl Store for SqliteStore {
         })
     }
 
-    fn seals(&self, owner: Option<&Uscc>) -> Result<Vec<SealRecord>> {
+    fn seals(
+        &self,
+        owner: &Uscc,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<SealRecord>> {
+        let (t, id) = after.unwrap_or((i64::MAX, ""));
         self.with(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {SEAL_COLUMNS} FROM seals WHERE ?1 IS NULL OR owner = ?1 ORDER BY created_at DESC, id"
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {SEAL_COLUMNS} FROM seals WHERE owner = ?1 AND (created_at, id) < (?2, ?3)
+                 ORDER BY created_at DESC, id DESC LIMIT ?4"
             ))?;
-            let rows = stmt.query_map([owner.map(Uscc::as_str)], seal_row)?;
+            let rows = stmt.query_map(params![owner.as_str(), t, id, limit], seal_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
@@ -437,23 +494,10 @@ impl Store for SqliteStore {
         })
     }
 
-    fn last_serial(&self, issuer: &Uscc) -> Result<u64> {
+    fn insert_licence(&self, l: &LicenceRecord, held_at: Option<i64>) -> Result<()> {
         self.with(|c| {
-            let last: Option<i64> = c
-                .query_row(
-                    "SELECT last FROM serials WHERE issuer = ?1",
-                    [issuer.as_str()],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            Ok(last.map_or(0, |n| n.max(0) as u64))
-        })
-    }
-
-    fn insert_licence(&self, l: &LicenceRecord) -> Result<()> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            insert_licence_in(&tx, l)?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            insert_licence_in(&tx, l, held_at)?;
             tx.commit()?;
             Ok(())
         })
@@ -462,7 +506,7 @@ impl Store for SqliteStore {
     fn insert_renewal(&self, old: &str, new: &LicenceRecord, at: i64) -> Result<()> {
         self.with(|c| {
             let tx = c.transaction()?;
-            insert_licence_in(&tx, new)?;
+            insert_licence_in(&tx, new, None)?;
             let n = tx.execute(
                 "UPDATE licences SET status = 'revoked', status_reason = ?3, replaced_by = ?2
                  WHERE id = ?1 AND replaced_by IS NULL AND status = 'valid'",
@@ -488,14 +532,39 @@ impl Store for SqliteStore {
         })
     }
 
-    fn licences_by_holder(&self, holder: &str, type_code: &str) -> Result<Vec<LicenceRecord>> {
+    fn licences_by_holder(
+        &self,
+        holder: &str,
+        type_code: &str,
+        after: Option<&HolderOrder>,
+        limit: u32,
+    ) -> Result<Vec<LicenceRecord>> {
         self.with(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {LICENCE_COLUMNS} FROM licences WHERE holder = ?1 AND type_code = ?2
-                 ORDER BY issued_at DESC, id"
+            let mut out = Vec::new();
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {LICENCE_COLUMNS} FROM licences
+                 WHERE holder = ?1 AND type_code = ?2 AND status = ?3 AND (issued_at, id) < (?4, ?5)
+                 ORDER BY issued_at DESC, id DESC LIMIT ?6"
             ))?;
-            let rows = stmt.query_map([holder, type_code], licence_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            for (rank, status) in HOLDER_ORDER.iter().enumerate() {
+                let (t, id) = match after {
+                    Some(a) if usize::from(a.rank) > rank => continue,
+                    Some(a) if usize::from(a.rank) == rank => (a.issued_at, a.id.as_str()),
+                    _ => (i64::MAX, ""),
+                };
+                let left = limit as usize - out.len();
+                if left == 0 {
+                    break;
+                }
+                let rows = stmt.query_map(
+                    params![holder, type_code, status.as_str(), t, id, left as i64],
+                    licence_row,
+                )?;
+                for row in rows {
+                    out.push(row?);
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -609,23 +678,37 @@ impl Store for SqliteStore {
                  WHERE code_sha256 = ?1 AND redeemed_at IS NULL AND expires_at > ?3
                  RETURNING code_sha256, licence_id, created_by, expires_at, redeemed_at, redeemed_by",
                 params![code_sha256, by.as_str(), now],
-                |r| {
-                    let redeemed_by: Option<String> = r.get(5)?;
-                    Ok(ShowCodeRecord {
-                        code_sha256: r.get(0)?,
-                        licence_id: r.get(1)?,
-                        created_by: uscc(r, 2)?,
-                        expires_at: r.get(3)?,
-                        redeemed_at: r.get(4)?,
-                        redeemed_by: redeemed_by
-                            .map(|s| s.parse().map_err(|e| corrupt("USCC", e)))
-                            .transpose()?,
-                    })
-                },
+                show_code_row,
             )
             .optional()?)
         })
     }
+
+    fn show_code(&self, code_sha256: &str) -> Result<Option<ShowCodeRecord>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT code_sha256, licence_id, created_by, expires_at, redeemed_at, redeemed_by
+                 FROM show_codes WHERE code_sha256 = ?1",
+                [code_sha256],
+                show_code_row,
+            )
+            .optional()?)
+        })
+    }
+}
+
+fn show_code_row(r: &Row<'_>) -> rusqlite::Result<ShowCodeRecord> {
+    let redeemed_by: Option<String> = r.get(5)?;
+    Ok(ShowCodeRecord {
+        code_sha256: r.get(0)?,
+        licence_id: r.get(1)?,
+        created_by: uscc(r, 2)?,
+        expires_at: r.get(3)?,
+        redeemed_at: r.get(4)?,
+        redeemed_by: redeemed_by
+            .map(|s| s.parse().map_err(|e| corrupt("USCC", e)))
+            .transpose()?,
+    })
 }
 
 #[cfg(test)]
@@ -651,6 +734,7 @@ mod tests {
             not_after: 1000,
             revoked_at: None,
             revocation_reason: None,
+            owner_name: Some("某区市场监督管理局".into()),
         }
     }
 
@@ -682,13 +766,13 @@ mod tests {
         {
             let s = SqliteStore::open(&path).unwrap();
             s.insert_seal(&seal()).unwrap();
-            s.insert_licence(&licence("L1", 7)).unwrap();
+            s.insert_licence(&licence("L1", 7), None).unwrap();
             assert!(matches!(
-                s.insert_licence(&licence("L2", 7)),
+                s.insert_licence(&licence("L2", 7), None),
                 Err(StoreError::Conflict(_))
             ));
             assert!(matches!(
-                s.insert_licence(&licence("L1", 8)),
+                s.insert_licence(&licence("L1", 8), None),
                 Err(StoreError::Conflict(_))
             ));
             s.set_status(
@@ -707,7 +791,6 @@ mod tests {
                 s.set_status("L1", LicenceStatus::Valid, LicenceStatus::Revoked, None),
                 Err(StoreError::Conflict(_))
             ));
-            assert_eq!(s.last_serial(&MARKET.parse().unwrap()).unwrap(), 0);
         }
         // Reopened: everything committed is there, and migrations are not applied twice.
         let s = SqliteStore::open(&path).unwrap();
@@ -719,9 +802,8 @@ mod tests {
             s.status_entries(0).unwrap(),
             vec![(7, LicenceStatus::Suspended)]
         );
-        assert_eq!(s.last_serial(&MARKET.parse().unwrap()).unwrap(), 0);
         assert_eq!(
-            s.licences_by_holder("91110108551385082Q", "T")
+            s.licences_by_holder("91110108551385082Q", "T", None, 10)
                 .unwrap()
                 .len(),
             1
@@ -730,31 +812,57 @@ mod tests {
         assert!(!s.revoke_seal("seal-1", 6, "again").unwrap());
     }
 
-    fn numeric_serials_raise_the_issuers_mark_in_the_same_insert(s: &dyn Store) {
+    fn a_holders_licences_page_valid_first_then_newest_first(s: &dyn Store) {
         s.insert_seal(&seal()).unwrap();
-        let id = |serial: &str| {
-            crate::licence_id::LicenceId::new(
-                &"11100000MB0000100D001".parse().unwrap(),
-                &MARKET.parse().unwrap(),
-                serial,
-                1,
-            )
-            .unwrap()
-            .to_string()
-        };
-        s.insert_licence(&licence(&id("000000000041"), 1)).unwrap();
-        s.insert_licence(&licence(&id("7"), 2)).unwrap();
-        s.insert_licence(&licence(&id("ABC"), 3)).unwrap();
-        assert_eq!(s.last_serial(&MARKET.parse().unwrap()).unwrap(), 41);
-        // A huge explicit serial does not raise the mark: numbering on from it could overflow.
-        s.insert_licence(&licence(&id("9223372036854775807"), 4))
+        // 7 licences: issued at 100..106; 1 and 4 suspended, 2 revoked.
+        for i in 0..7u32 {
+            let mut l = licence(&format!("L{i}"), i);
+            l.issued_at = 100 + i64::from(i);
+            s.insert_licence(&l, None).unwrap();
+        }
+        s.set_status("L1", LicenceStatus::Valid, LicenceStatus::Suspended, None)
             .unwrap();
-        assert_eq!(s.last_serial(&MARKET.parse().unwrap()).unwrap(), 41);
+        s.set_status("L4", LicenceStatus::Valid, LicenceStatus::Suspended, None)
+            .unwrap();
+        s.set_status("L2", LicenceStatus::Valid, LicenceStatus::Revoked, None)
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut after: Option<HolderOrder> = None;
+        loop {
+            let page = s
+                .licences_by_holder("91110108551385082Q", "T", after.as_ref(), 2)
+                .unwrap();
+            assert!(page.len() <= 2);
+            let Some(last) = page.last() else { break };
+            after = Some(HolderOrder::of(last));
+            seen.extend(page.iter().map(|l| l.id.clone()));
+        }
+        assert_eq!(seen, ["L6", "L5", "L3", "L0", "L4", "L1", "L2"]);
+    }
+
+    fn a_second_licence_of_a_type_held_once_is_refused_naming_the_first(s: &dyn Store) {
+        s.insert_seal(&seal()).unwrap();
+        s.insert_licence(&licence("L1", 1), Some(150)).unwrap();
+        match s.insert_licence(&licence("L2", 2), Some(150)) {
+            Err(StoreError::Held(id)) => assert_eq!(id, "L1"),
+            other => panic!("a second licence was not refused: {other:?}"),
+        }
+        assert!(s.licence("L2").unwrap().is_none());
+        // Suspended still counts as held; expired or revoked does not.
+        s.set_status("L1", LicenceStatus::Valid, LicenceStatus::Suspended, None)
+            .unwrap();
+        assert!(matches!(
+            s.insert_licence(&licence("L2", 2), Some(150)),
+            Err(StoreError::Held(_))
+        ));
+        s.insert_licence(&licence("L2", 2), Some(200)).unwrap();
+        // Without the rule, any number are taken.
+        s.insert_licence(&licence("L3", 3), None).unwrap();
     }
 
     fn renewal_links_both_licences_once(s: &dyn Store) {
         s.insert_seal(&seal()).unwrap();
-        s.insert_licence(&licence("L1", 1)).unwrap();
+        s.insert_licence(&licence("L1", 1), None).unwrap();
         let mut new = licence("L2", 2);
         new.replaces = Some("L1".into());
         s.insert_renewal("L1", &new, 150).unwrap();
@@ -784,8 +892,11 @@ mod tests {
         s.insert_show_code(&code("a", 300)).unwrap();
         s.insert_show_code(&code("b", 100)).unwrap();
         let by: Uscc = APPROVAL.parse().unwrap();
+        // Looking does not redeem.
+        assert_eq!(s.show_code("a").unwrap().unwrap().redeemed_at, None);
         let first = s.redeem_show_code("a", &by, 200).unwrap().unwrap();
         assert_eq!(first.redeemed_by, Some(by.clone()));
+        assert_eq!(s.show_code("a").unwrap().unwrap().redeemed_at, Some(200));
         assert!(s.redeem_show_code("a", &by, 201).unwrap().is_none());
         assert!(s.redeem_show_code("b", &by, 200).unwrap().is_none());
         assert!(s.redeem_show_code("zzz", &by, 200).unwrap().is_none());
@@ -815,7 +926,12 @@ mod tests {
         assert!(s.licence("\0").unwrap().is_none());
         assert!(s.consent("c\0").unwrap().is_none());
         assert!(s.secret("k\0").unwrap().is_none());
-        assert!(s.licences_by_holder("h\0", "t").unwrap().is_empty());
+        assert!(
+            s.licences_by_holder("h\0", "t", None, 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(s.show_code("\0").unwrap().is_none());
         let by: Uscc = APPROVAL.parse().unwrap();
         assert!(s.redeem_show_code("\0", &by, 1).unwrap().is_none());
     }
@@ -844,7 +960,8 @@ mod tests {
     }
 
     on_both_backends!(
-        numeric_serials_raise_the_issuers_mark_in_the_same_insert,
+        a_holders_licences_page_valid_first_then_newest_first,
+        a_second_licence_of_a_type_held_once_is_refused_naming_the_first,
         renewal_links_both_licences_once,
         show_codes_redeem_once_and_not_after_expiry,
         secrets_keep_the_first_value_and_consents_revoke_once,

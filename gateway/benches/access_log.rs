@@ -45,6 +45,8 @@ fn leaf(i: u64) -> Leaf {
         status: 200,
         code: None,
         latency_us: 150,
+        count: None,
+        first_ms: None,
     }
 }
 

@@ -68,6 +68,13 @@ pub struct Leaf {
     pub code: Option<String>,
     /// Time from request head to response, microseconds.
     pub latency_us: u64,
+    /// For a summary of refused handshakes (`kind` `handshakes`): how many it counts.
+    /// Absent on other leaves (which therefore keep their version-1 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// For a summary: the first refusal's time (Unix ms); `time_ms` is the last one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_ms: Option<i64>,
 }
 
 impl Leaf {
@@ -77,18 +84,31 @@ impl Leaf {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// The leaf of a refused TLS handshake. The certificate (if any) never reached the
-    /// application, so the peer address and the reason are what is known.
-    pub fn handshake(peer: std::net::SocketAddr, reason: &str) -> Leaf {
+    /// The summary of the TLS handshakes refused from one source (`peer` an address, or `*`
+    /// for the sources past the window's cap) between `first_ms` and `last_ms`: how many, and
+    /// how many for each reason (`code`: `reason:count,…` in name order). A certificate, if
+    /// any, never reached the application, so the address and the reasons are what is known.
+    pub fn handshakes(
+        peer: &str,
+        count: u64,
+        first_ms: i64,
+        last_ms: i64,
+        reasons: &std::collections::BTreeMap<&'static str, u64>,
+    ) -> Leaf {
+        let code = reasons
+            .iter()
+            .map(|(r, n)| format!("{r}:{n}"))
+            .collect::<Vec<_>>()
+            .join(",");
         Leaf {
             v: LEAF_VERSION,
             seq: 0,
-            time_ms: crate::state::unix_now_ms(),
-            kind: "handshake".into(),
+            time_ms: last_ms,
+            kind: "handshakes".into(),
             request_id: None,
             department: None,
             cert_sha256: None,
-            peer: Some(peer.to_string()),
+            peer: Some(peer.to_owned()),
             method: None,
             route: None,
             resource: None,
@@ -98,8 +118,10 @@ impl Leaf {
             case_id: None,
             outcome: "denied".into(),
             status: 0,
-            code: Some(reason.to_owned()),
+            code: Some(code),
             latency_us: 0,
+            count: Some(count),
+            first_ms: Some(first_ms),
         }
     }
 
@@ -556,6 +578,11 @@ impl AccessLog {
         true
     }
 
+    /// The tree size the last signed checkpoint covers.
+    pub fn covered(&self) -> u64 {
+        self.covered.load(Ordering::SeqCst)
+    }
+
     /// The tree size after this node's last committed batch (with a shared log, other
     /// nodes' leaves may follow).
     pub fn size(&self) -> u64 {
@@ -943,6 +970,8 @@ mod tests {
             status: 200,
             code: None,
             latency_us: 120,
+            count: None,
+            first_ms: None,
         }
     }
 

@@ -20,7 +20,7 @@ use serde::Serialize;
 use utoipa::OpenApi;
 
 use crate::access_log::{AccessNote, LEAF_VERSION, Leaf, NoteSlot};
-use crate::config::Role;
+use crate::config::{Role, RouteClass};
 use crate::error::{ApiError, ErrorBody};
 use crate::identity::{Caller, PeerIdentity, Refusal};
 use crate::metrics::{RequestLabels, RouteLabels};
@@ -160,13 +160,8 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
 
     async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
         let bad = |m: String| ApiError::new(http::StatusCode::BAD_REQUEST, "CG-REQ-007", m);
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
-        if !is_json {
-            return Err(bad("send the body as Content-Type: application/json".into()));
+        if !is_json(req.headers()) {
+            return Err(not_json());
         }
         // The gate has already buffered the body within the size limit.
         let bytes = axum::body::to_bytes(req.into_body(), usize::MAX)
@@ -184,6 +179,25 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
                 }
             })
     }
+}
+
+/// True when the request says its body is JSON.
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let media = v.split(';').next().unwrap_or_default().trim();
+            media.eq_ignore_ascii_case("application/json")
+        })
+}
+
+fn not_json() -> ApiError {
+    ApiError::new(
+        http::StatusCode::BAD_REQUEST,
+        "CG-REQ-007",
+        "send the body as Content-Type: application/json",
+    )
 }
 
 /// Query parameters. Unknown or malformed parameters are refused with `CG-REQ-007` and the
@@ -316,7 +330,7 @@ async fn request_id(mut req: Request, next: Next) -> Response {
         let status = response.status();
         let body = ErrorBody {
             code: err.code,
-            message: err.message,
+            message: bounded_message(err.message),
             request_id: id.clone(),
         };
         let headers = std::mem::take(response.headers_mut());
@@ -333,6 +347,19 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     response
 }
 
+/// Longest error message sent, in characters: a message that quotes what the client sent
+/// (a 900 KB tag, say) is cut, so an error is never larger than a few hundred bytes.
+pub const MAX_MESSAGE_CHARS: usize = 300;
+
+fn bounded_message(message: String) -> String {
+    if message.chars().count() <= MAX_MESSAGE_CHARS {
+        return message;
+    }
+    let mut cut: String = message.chars().take(MAX_MESSAGE_CHARS).collect();
+    cut.push_str("… (cut)");
+    cut
+}
+
 fn new_request_id() -> String {
     let mut bytes = [0u8; 16];
     // aws-lc's system RNG does not fail on supported platforms; fall back to zeros loudly.
@@ -341,6 +368,17 @@ fn new_request_id() -> String {
     }
     hex::encode(bytes)
 }
+
+/// The headers a request may carry once: a repeated one is refused (the first would win in
+/// one place and the last in another).
+const SINGLE_HEADERS: &[&str] = &[
+    "x-purpose",
+    "x-case-id",
+    "x-consent",
+    "x-holder",
+    "content-type",
+    "content-length",
+];
 
 /// Refuses unidentified callers, bounds the body and the time of every request, and counts it.
 async fn gate(State(gateway): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
@@ -351,165 +389,375 @@ async fn gate(State(gateway): State<Arc<Gateway>>, req: Request, next: Next) -> 
         .unwrap_or_else(|_| ApiError::internal().into_response())
 }
 
+/// What the gate reads of a request before anything runs, for the leaf and the metrics.
+struct RequestFacts {
+    started: Instant,
+    route: String,
+    ctx: Option<Arc<ConnectionContext>>,
+    method: http::Method,
+    path: String,
+    request_id: Option<String>,
+    purpose: Option<crate::purpose::Purpose>,
+    case_id: Option<String>,
+}
+
+impl RequestFacts {
+    fn read(req: &Request) -> RequestFacts {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        RequestFacts {
+            started: Instant::now(),
+            route: req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", |m| m.as_str())
+                .to_owned(),
+            ctx: req.extensions().get::<Arc<ConnectionContext>>().cloned(),
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
+            // The log records a purpose only as the extractor would accept it.
+            purpose: header("x-purpose").and_then(|v| crate::purpose::parse(v).ok()),
+            case_id: header("x-case-id")
+                .filter(|v| crate::purpose::is_code(v))
+                .map(|v| redact_citizen_ids(v).into_owned()),
+        }
+    }
+}
+
 async fn gate_inner(gateway: Arc<Gateway>, mut req: Request, next: Next) -> Response {
-    let started = Instant::now();
     let serving = gateway.access_log.serving();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |m| m.as_str())
-        .to_owned();
-    let ctx = req.extensions().get::<Arc<ConnectionContext>>().cloned();
-    let method = req.method().to_string();
-    let path = req.uri().path().to_owned();
-    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
-    let purpose = req
-        .headers()
-        .get("x-purpose")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| crate::purpose::parse(v).ok());
-    let case_id = req
-        .headers()
-        .get("x-case-id")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.chars().take(64).collect::<String>());
-    let mut department = "unidentified".to_owned();
+    let facts = RequestFacts::read(&req);
     let slot = NoteSlot::default();
-    // One snapshot of the reloadable configuration serves both checks below.
+    let identity = resolve_caller(&gateway, facts.ctx.as_deref());
+    let department = match &identity {
+        Ok(caller) => Some(caller.department.clone()),
+        Err((_, named)) => named.clone(),
+    };
+    let response = match identity {
+        Err((refusal, _)) => refuse(&refusal, facts.ctx.as_deref()),
+        Ok(caller) => {
+            if let Some(refused) = repeated_header(&req) {
+                refused.into_response()
+            } else if !gateway.access_log.is_healthy() {
+                // Nothing is served that cannot be logged: refuse before the handler runs.
+                ApiError::log_unavailable().into_response()
+            } else if let Err(limited) =
+                gateway.rate_limit(&caller, route_class(&facts.method, &facts.route))
+            {
+                limited
+            } else {
+                req.extensions_mut().insert(caller);
+                req.extensions_mut().insert(slot.clone());
+                serve(&gateway, req, next).await
+            }
+        }
+    };
+    let mut response = response;
+    let leaf = leaf_of(&gateway, &facts, department.as_ref(), &mut response, &slot);
+    if let Err(e) = gateway.access_log.append_served(leaf, serving).await {
+        // The response is withheld: nothing leaves the gateway unlogged.
+        tracing::error!(error = %e, "access log append failed; response withheld");
+        response = ApiError::log_unavailable().into_response();
+    }
+    record_metrics(&gateway, &facts, department.as_ref(), &response);
+    response
+}
+
+/// The caller of a request: the connection's identity (read once, after the handshake) checked
+/// against the current CRLs and department table, so a reload that revokes, disables or
+/// changes a department applies to open and resumed connections too. A refusal carries the
+/// department the certificate named, when it named one.
+fn resolve_caller(
+    gateway: &Gateway,
+    ctx: Option<&ConnectionContext>,
+) -> Result<Caller, (Refusal, Option<cert_store::Uscc>)> {
+    let Some(ctx) = ctx else {
+        return Err((Refusal::NoCertificate, None));
+    };
     let live = gateway.live();
     let revoked_since = ctx
+        .identity
+        .revocation_key
         .as_ref()
-        .and_then(|c| c.identity.revocation_key.as_ref())
         .is_some_and(|(issuer, serial)| live.revoked.contains(issuer, serial));
-    // The certificate was read once per connection; the department table is consulted on
-    // every request, so a reload that disables a department or changes its roles applies to
-    // open and resumed connections too.
-    let identity = match ctx.as_ref().map(|c| &c.identity.caller) {
-        Some(Ok(_)) if revoked_since => Some(Err(Refusal::Revoked)),
-        Some(Ok(caller)) => Some(match live.departments.get(&caller.department) {
-            None => Err(Refusal::UnknownDepartment(caller.department.clone())),
-            Some(d) if !d.enabled => Err(Refusal::DepartmentDisabled(caller.department.clone())),
+    match &ctx.identity.caller {
+        Ok(caller) if revoked_since => Err((Refusal::Revoked, Some(caller.department.clone()))),
+        Ok(caller) => match live.departments.get(&caller.department) {
+            None => Err((
+                Refusal::UnknownDepartment(caller.department.clone()),
+                Some(caller.department.clone()),
+            )),
+            Some(d) if !d.enabled => Err((
+                Refusal::DepartmentDisabled(caller.department.clone()),
+                Some(caller.department.clone()),
+            )),
             Some(d) => Ok(Caller {
                 name: d.name.clone(),
                 roles: d.roles.clone(),
                 ..caller.clone()
             }),
-        }),
-        Some(Err(refusal)) => Some(Err(refusal.clone())),
-        None => None,
-    };
-    drop(live);
-    let response = match identity {
-        None => ApiError::internal().into_response(),
-        Some(Err(refusal)) => {
-            tracing::warn!(%refusal, certificate = ?ctx.as_ref().and_then(|c| c.identity.certificate.as_ref()), "caller refused");
-            let mut response = ApiError::from(&refusal).into_response();
-            if ctx.as_ref().is_some_and(|c| c.protocol == "HTTP/1.1") {
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            response
-        }
-        // Nothing is served that cannot be logged: refuse before the handler runs.
-        Some(Ok(caller)) if !gateway.access_log.is_healthy() => {
-            department = caller.department.to_string();
-            ApiError::log_unavailable().into_response()
-        }
-        Some(Ok(caller)) => {
-            department = caller.department.to_string();
-            req.extensions_mut().insert(caller);
-            req.extensions_mut().insert(slot.clone());
-            let limit = gateway.settings.max_body_bytes;
-            // Reading the body counts against the request's time too.
-            let run = async move {
-                match buffer_body(req, limit).await {
-                    Err(e) => e.into_response(),
-                    Ok(req) => next.run(req).await,
-                }
+        },
+        Err(refusal) => {
+            let named = match refusal {
+                Refusal::UnknownDepartment(d) | Refusal::DepartmentDisabled(d) => Some(d.clone()),
+                _ => None,
             };
-            match tokio::time::timeout(gateway.settings.request_timeout, run).await {
-                Ok(r) => r,
-                Err(_) => ApiError::timeout().into_response(),
-            }
+            Err((refusal.clone(), named))
+        }
+    }
+}
+
+/// The answer to a refused caller; an HTTP/1.1 connection is closed after it.
+fn refuse(refusal: &Refusal, ctx: Option<&ConnectionContext>) -> Response {
+    tracing::warn!(%refusal, certificate = ?ctx.and_then(|c| c.identity.certificate.as_ref()), "caller refused");
+    let mut response = ApiError::from(refusal).into_response();
+    if ctx.is_some_and(|c| c.protocol == "HTTP/1.1") {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A refusal when a header that may appear once appears more often.
+fn repeated_header(req: &Request) -> Option<ApiError> {
+    SINGLE_HEADERS
+        .iter()
+        .find(|name| req.headers().get_all(**name).iter().nth(1).is_some())
+        .map(|name| {
+            ApiError::new(
+                http::StatusCode::BAD_REQUEST,
+                "CG-REQ-008",
+                format!("header `{name}` appears more than once; send it once"),
+            )
+        })
+}
+
+/// The budget class of a route.
+fn route_class(method: &http::Method, route: &str) -> RouteClass {
+    const VERIFY: &[&str] = &[
+        "/v1/licences/verify",
+        "/v1/seals/verify",
+        "/v1/proofs/verify",
+        "/v1/proofs/{proof_type}",
+        "/v1/licences/{id}/check",
+        "/v1/show-codes/redeem",
+        "/v1/policies/match",
+    ];
+    if route == "/v1/audit/export" {
+        RouteClass::Export
+    } else if VERIFY.contains(&route) {
+        RouteClass::Verify
+    } else if method == http::Method::GET || method == http::Method::HEAD {
+        RouteClass::Read
+    } else {
+        RouteClass::Write
+    }
+}
+
+/// Reads the body within the size limit and runs the handler in a task of its own, so that a
+/// panic becomes a 500 with its leaf. Reading the body counts against the request timeout,
+/// and so does a read; a change, once its handler runs, is never cut off half-way (stores,
+/// upstreams and the log bound it with their own timeouts).
+async fn serve(gateway: &Gateway, req: Request, next: Next) -> Response {
+    let timeout = gateway.settings.request_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let changes = !matches!(req.method(), &http::Method::GET | &http::Method::HEAD);
+    let req =
+        match tokio::time::timeout_at(deadline, buffer_body(req, gateway.settings.max_body_bytes))
+            .await
+        {
+            Ok(Ok(req)) => req,
+            Ok(Err(e)) => return e.into_response(),
+            Err(_) => return ApiError::timeout().into_response(),
+        };
+    let handler = tokio::spawn(next.run(req));
+    let ran = if changes {
+        handler.await
+    } else {
+        match tokio::time::timeout_at(deadline, handler).await {
+            Ok(ran) => ran,
+            Err(_) => return ApiError::timeout().into_response(),
         }
     };
-    let mut response = response;
+    ran.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "handler panicked");
+        ApiError::internal().into_response()
+    })
+}
+
+/// The request's leaf. Every text that came from the client is bounded and clean: no control
+/// or bidi characters, at most [`MAX_LOGGED_CHARS`] characters, no raw citizen id.
+fn leaf_of(
+    gateway: &Gateway,
+    facts: &RequestFacts,
+    department: Option<&cert_store::Uscc>,
+    response: &mut Response,
+    slot: &NoteSlot,
+) -> Leaf {
     let status = response.status().as_u16();
     let note = response
         .extensions_mut()
         .remove::<AccessNote>()
         .or_else(|| slot.take())
         .unwrap_or_default();
-    let leaf = Leaf {
+    let resource = note
+        .resource
+        .or_else(|| facts.route.contains('{').then(|| redact_path(&facts.path)));
+    Leaf {
         v: LEAF_VERSION,
         seq: 0,
         time_ms: crate::state::unix_now_ms(),
         kind: "request".into(),
-        request_id,
-        department: (department != "unidentified").then(|| department.clone()),
-        cert_sha256: ctx
+        request_id: facts.request_id.clone(),
+        department: department.map(ToString::to_string),
+        cert_sha256: facts
+            .ctx
             .as_ref()
             .and_then(|c| c.identity.certificate.as_ref())
             .map(|c| c.fingerprint_sha256.clone()),
-        peer: ctx.as_ref().map(|c| c.peer.to_string()),
-        method: Some(method),
-        route: Some(route.clone()),
-        resource: note
-            .resource
-            .or_else(|| route.contains('{').then(|| redact_path(&path))),
+        peer: facts.ctx.as_ref().map(|c| c.peer.to_string()),
+        method: Some(facts.method.to_string()),
+        route: Some(facts.route.clone()),
+        resource: resource.map(|r| log_text(&redact_citizen_ids(&r))),
         holder: note.holder.map(|h| gateway.pseudonym(&h)),
-        matter: purpose.as_ref().and_then(|p| p.matter.clone()),
-        reason: purpose.and_then(|p| p.reason),
-        case_id,
+        matter: facts.purpose.as_ref().and_then(|p| p.matter.clone()),
+        reason: facts
+            .purpose
+            .as_ref()
+            .and_then(|p| p.reason.as_deref())
+            .map(|r| log_text(&redact_citizen_ids(r))),
+        case_id: facts.case_id.clone(),
         outcome: Leaf::outcome_of(status).into(),
         status,
         code: response
             .extensions()
             .get::<ApiError>()
             .map(|e| e.code.to_owned()),
-        latency_us: started.elapsed().as_micros() as u64,
-    };
-    if let Err(e) = gateway.access_log.append_served(leaf, serving).await {
-        // The response is withheld: nothing leaves the gateway unlogged.
-        tracing::error!(error = %e, "access log append failed; response withheld");
-        response = ApiError::log_unavailable().into_response();
+        latency_us: facts.started.elapsed().as_micros() as u64,
+        count: None,
+        first_ms: None,
     }
+}
+
+fn record_metrics(
+    gateway: &Gateway,
+    facts: &RequestFacts,
+    department: Option<&cert_store::Uscc>,
+    response: &Response,
+) {
     let m = &gateway.metrics;
     m.requests
         .get_or_create(&RequestLabels {
-            route: route.clone(),
+            route: facts.route.clone(),
             status: response.status().as_u16(),
-            department,
+            department: department.map_or_else(|| "unidentified".to_owned(), ToString::to_string),
         })
         .inc();
     m.latency
-        .get_or_create(&RouteLabels { route })
-        .observe(started.elapsed().as_secs_f64());
-    response
+        .get_or_create(&RouteLabels {
+            route: facts.route.clone(),
+        })
+        .observe(facts.started.elapsed().as_secs_f64());
 }
 
-/// The request path as the access log may record it: a segment that is a citizen id (a client
-/// that put one where it does not belong) is replaced, since raw citizen ids never enter the log.
-fn redact_path(path: &str) -> String {
-    // Anything shaped like a citizen id is hidden, valid or not: a mistyped check character
-    // still names a person.
-    let looks_like_citizen_id = |seg: &str| {
-        (15..=18).contains(&seg.len())
-            && seg
+/// Longest text a leaf records from a client (resource, reason), in characters.
+pub const MAX_LOGGED_CHARS: usize = 200;
+
+/// `value` as a leaf may hold it: control and bidi characters dropped, at most
+/// [`MAX_LOGGED_CHARS`] characters; a longer value keeps its start and the SHA-256 of the
+/// whole, so two long values stay told apart.
+fn log_text(value: &str) -> String {
+    let clean: String = value
+        .chars()
+        .filter(|c| !c.is_control() && !cert_store::text::is_bidi_control(*c))
+        .collect();
+    if clean.chars().count() <= MAX_LOGGED_CHARS {
+        return clean;
+    }
+    let digest = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(value.as_bytes())[..8]);
+    let head: String = clean.chars().take(MAX_LOGGED_CHARS - 26).collect();
+    format!("{head}…sha256:{digest}")
+}
+
+/// Replaces every token of `text` (a run of letters and digits) shaped like a citizen id with
+/// `[citizen-id]`: raw citizen ids never enter the log, whichever field a client put them in.
+fn redact_citizen_ids(text: &str) -> std::borrow::Cow<'_, str> {
+    let looks_like_citizen_id = |token: &str| {
+        (15..=18).contains(&token.len())
+            && token
                 .bytes()
                 .all(|b| b.is_ascii_digit() || b == b'X' || b == b'x')
+            && (token.parse::<cert_store::CitizenId>().is_ok()
+                || token.parse::<cert_store::Uscc>().is_err())
     };
+    if !text
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .any(looks_like_citizen_id)
+    {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut token = String::new();
+    let flush = |token: &mut String, out: &mut String| {
+        if looks_like_citizen_id(token) {
+            out.push_str("[citizen-id]");
+        } else {
+            out.push_str(token);
+        }
+        token.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() {
+            token.push(c);
+        } else {
+            flush(&mut token, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut token, &mut out);
+    std::borrow::Cow::Owned(out)
+}
+
+/// The request path as the access log may record it: percent-decoded segment by segment, with
+/// anything shaped like a citizen id replaced (a client that put one where it does not
+/// belong), since raw citizen ids never enter the log.
+fn redact_path(path: &str) -> String {
     path.split('/')
         .map(|seg| {
-            if looks_like_citizen_id(seg) || seg.parse::<cert_store::CitizenId>().is_ok() {
-                "[citizen-id]"
+            let decoded = percent_decode_lossy(seg);
+            let trimmed = decoded.trim();
+            if trimmed.parse::<cert_store::CitizenId>().is_ok() {
+                "[citizen-id]".to_owned()
             } else {
-                seg
+                redact_citizen_ids(trimmed).into_owned()
             }
         })
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// `%XX` sequences decoded, anything undecodable kept as it was.
+fn percent_decode_lossy(seg: &str) -> String {
+    let bytes = seg.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Reads the whole body, refusing it past `limit` bytes. A declared length over the limit is
@@ -523,12 +771,18 @@ async fn buffer_body(req: Request, limit: usize) -> Result<Request, ApiError> {
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::body_too_large(limit));
     }
+    let json = is_json(req.headers());
     let (parts, body) = req.into_parts();
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
-        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::body_too_large(limit)),
-        Err(_) => Err(ApiError::unreadable_body()),
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return Err(ApiError::body_too_large(limit)),
+        Err(_) => return Err(ApiError::unreadable_body()),
+    };
+    // Every body the API takes is JSON, and says so: nothing is parsed on a guess.
+    if !bytes.is_empty() && !json {
+        return Err(not_json());
     }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
 #[cfg(test)]

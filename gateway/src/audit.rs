@@ -3,18 +3,20 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 
+use crate::access_log::NoteSlot;
 use crate::access_log::{self, EntryFilter, Leaf, LogDb, LogError};
 use crate::api::{QueryParams, require};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::HolderHeader;
 use crate::identity::Caller;
 use crate::state::Gateway;
 
@@ -162,8 +164,11 @@ pub async fn consistency(
     require(&caller, Role::Auditor)?;
     let proof = read(&gw, move |c| {
         let stored = c.size()?;
-        if q.from > q.to || q.to > stored {
-            return Err(LogError::OutOfRange(format!("need from <= to <= {stored}")));
+        // RFC 9162 defines consistency between two non-empty trees only.
+        if q.from == 0 || q.from > q.to || q.to > stored {
+            return Err(LogError::OutOfRange(format!(
+                "need 0 < from <= to <= {stored}"
+            )));
         }
         access_log::consistency_proof(c, q.from, q.to)
     })
@@ -307,6 +312,8 @@ pub struct HolderUse {
 pub async fn holder_view(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
+    acting_for: HolderHeader,
+    Extension(slot): Extension<NoteSlot>,
     QueryParams(q): QueryParams<HolderViewQuery>,
 ) -> Result<Json<HolderView>, ApiError> {
     require(&caller, Role::HolderApp)?;
@@ -317,6 +324,9 @@ pub async fn holder_view(
             format!("holder: {e}"),
         )
     })?;
+    slot.record("holder-view", holder.as_str());
+    // The app reads the view of the holder it acts for, and no one else's.
+    acting_for.require(holder.as_str())?;
     let pseudonym = gw.pseudonym(holder.as_str());
     let filter = EntriesQuery {
         cursor: q.cursor,
@@ -358,13 +368,25 @@ const CSV_HEADER: &str = "seq,time_ms,kind,request_id,department,cert_sha256,pee
 
 fn csv_field(out: &mut String, value: Option<&str>) {
     let raw = value.unwrap_or_default();
-    // A spreadsheet would run a cell starting with = + - @ as a formula.
+    // Leaves written today hold no control or bidi characters; older ones might, and a
+    // spreadsheet would show them or run a cell starting with = + - @ (after a tab or CR,
+    // too) as a formula: escape the first, guard the second.
+    let escaped: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_control() || cert_store::text::is_bidi_control(c) {
+                format!("\\u{{{:04X}}}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
     let guarded;
-    let v = if raw.starts_with(['=', '+', '-', '@']) {
-        guarded = format!("'{raw}");
+    let v = if raw.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        guarded = format!("'{escaped}");
         guarded.as_str()
     } else {
-        raw
+        escaped.as_str()
     };
     if v.contains([',', '"', '\n', '\r']) {
         out.push('"');

@@ -250,6 +250,9 @@ fn run(command: Command) -> anyhow::Result<()> {
                 material.crls,
                 material.revoked.len()
             );
+            if let Some(warning) = public_url_warning(&config) {
+                eprintln!("warning: {warning}");
+            }
             Ok(())
         }
         Command::Audit(AuditCommand::Verify {
@@ -413,14 +416,27 @@ fn run(command: Command) -> anyhow::Result<()> {
                 &cert_store::document_seal::Document::Bytes(&document),
                 &der,
             )?;
+            // Names and ids come from the signature, which anyone may have made: escaped, so
+            // that no terminal sequence in them can hide a FAIL line.
             if let (Some(id), Some(name)) = (&verdict.seal_id, &verdict.seal_name) {
                 println!(
-                    "seal {id} ({name}), made by {}, sealed at {}",
-                    verdict
-                        .authority
-                        .as_deref()
-                        .unwrap_or("an unknown authority"),
+                    "seal {} ({}), made by {}, sealed at {}",
+                    printable(id),
+                    printable(name),
+                    printable(
+                        verdict
+                            .authority
+                            .as_deref()
+                            .unwrap_or("an unknown authority")
+                    ),
                     verdict.sealed_at.unwrap_or_default()
+                );
+            }
+            if let Some(owner) = &verdict.owner {
+                println!(
+                    "owner {} ({})",
+                    printable(owner.uscc.as_deref().unwrap_or("unknown USCC")),
+                    printable(owner.name.as_deref().unwrap_or("unknown name"))
                 );
             }
             for c in &verdict.checks {
@@ -428,7 +444,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     "{:<4} {:<22} {}",
                     if c.ok { "ok" } else { "FAIL" },
                     c.check,
-                    c.detail
+                    printable(&c.detail)
                 );
             }
             if !verdict.valid {
@@ -500,6 +516,31 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// A warning when `licensing.public_url` names a port the gateway does not listen on: the
+/// status-list URIs of every licence start with it, so verifiers would ask the wrong place
+/// (unless a proxy in front forwards that port).
+fn public_url_warning(config: &Config) -> Option<String> {
+    let url = &config.licensing.public_url;
+    let authority = url.strip_prefix("https://")?.split('/').next()?;
+    // `host`, `host:port`, `[v6]` or `[v6]:port`.
+    let after_host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split_once(']')?.1,
+        None => authority.split_once(':').map_or("", |(_, p)| p),
+    };
+    let port = match after_host.trim_start_matches(':') {
+        "" => 443,
+        p => p.parse::<u16>().ok()?,
+    };
+    (port != config.server.listen.port()).then(|| {
+        format!(
+            "licensing.public_url ({url}) names port {port}, but server.listen is {}: the \
+             status-list URIs in licences point there, so verifiers reach this gateway only \
+             through a proxy that forwards it",
+            config.server.listen
+        )
+    })
+}
+
 fn open_knowledge_base(config: &Path) -> anyhow::Result<policies::KnowledgeBase> {
     let config = Config::load(config)?;
     let shared = match &config.server.storage {
@@ -557,6 +598,47 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// `text` with control and bidi characters shown as `\u{…}` escapes, for a terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() || cert_store::text::is_bidi_control(c) {
+                format!("\\u{{{:04X}}}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// What shutdown may take beyond `server.shutdown_grace_ms`: the last checkpoint and the
+/// operations listener.
+const SHUTDOWN_MARGIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Ends the process when shutdown has not finished by `deadline` from now, naming what was
+/// still running. A thread of its own, so a stuck runtime cannot hold it up.
+fn exit_after_deadline(deadline: std::time::Duration, gateway: std::sync::Weak<Gateway>) {
+    let spawned = std::thread::Builder::new()
+        .name("shutdown-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(deadline);
+            let left = match gateway.upgrade() {
+                Some(g) => g.shutdown_report(),
+                None => "the gateway's state is gone, something else still runs".to_owned(),
+            };
+            tracing::error!(
+                deadline_ms = deadline.as_millis() as u64,
+                left = %left,
+                "shutdown deadline passed; exiting"
+            );
+            eprintln!("certgate: shutdown deadline passed; exiting with {left}");
+            std::process::exit(2);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the shutdown deadline");
+    }
+}
+
 /// Binds both listeners, calls `on_ready` with the gateway and their addresses, and serves until SIGTERM or
 /// SIGINT. SIGHUP reloads the department table, trust anchors and CRLs.
 pub async fn run_gateway(
@@ -598,11 +680,14 @@ pub async fn run_gateway(
     ));
     tracing::info!(%api_addr, %ops_addr, "certgate listening");
     on_ready(&gateway, api_addr, ops_addr)?;
+    let grace = gateway.settings.shutdown_grace;
+    let watched = Arc::downgrade(&gateway);
     let shutdown = async move {
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM received"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         }
+        exit_after_deadline(grace + SHUTDOWN_MARGIN, watched);
     };
     server::serve(Arc::clone(&gateway), listener, shutdown).await;
     if !gateway

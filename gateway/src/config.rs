@@ -72,6 +72,10 @@ pub struct AccessLogSettings {
     pub max_db_pages: u64,
     /// Minimum retention in days; nothing younger is ever deleted.
     pub retention_days: u32,
+    /// Refused TLS handshakes are summarised per source address over windows this long.
+    pub refusal_window: Duration,
+    /// Sources summarised one by one per window at most; the rest share one summary.
+    pub refusal_sources: usize,
 }
 
 impl std::fmt::Debug for AccessLogSettings {
@@ -110,37 +114,7 @@ impl std::fmt::Debug for LicensingSettings {
     }
 }
 
-/// One access rule: `department` may read `fields` (or every field) of licences of
-/// `licence_type` when its stated matter code is in `purposes` (or for any purpose).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccessRule {
-    /// The department the rule grants to.
-    pub department: Uscc,
-    /// The licence type code.
-    pub licence_type: String,
-    /// Matter codes (事项编码) the rule applies to; `None` for any stated purpose.
-    pub purposes: Option<BTreeSet<String>>,
-    /// Fields the department may see; `None` for every field.
-    pub fields: Option<BTreeSet<String>>,
-}
-
-impl AccessRule {
-    /// True when the rule covers this department, type and matter code.
-    pub fn applies(&self, department: &Uscc, licence_type: &str, matter: Option<&str>) -> bool {
-        &self.department == department
-            && self.licence_type == licence_type
-            && match (&self.purposes, matter) {
-                (None, _) => true,
-                (Some(p), Some(m)) => p.contains(m),
-                (Some(_), None) => false,
-            }
-    }
-
-    /// True when the rule lets the department see `field`.
-    pub fn allows_field(&self, field: &str) -> bool {
-        self.fields.as_ref().is_none_or(|f| f.contains(field))
-    }
-}
+pub use cert_store::access::AccessRule;
 
 /// Listeners, limits and timeouts of the gateway.
 #[derive(Debug, Clone)]
@@ -151,6 +125,9 @@ pub struct ServerSettings {
     pub ops_listen: SocketAddr,
     /// Connections served at once; further connections are closed on accept.
     pub max_connections: usize,
+    /// Connections one source address may have in their TLS handshake at once; more are
+    /// closed on accept, so that one address cannot hold every slot with idle connections.
+    pub max_handshakes_per_source: usize,
     /// Time allowed for a TLS handshake.
     pub handshake_timeout: Duration,
     /// Time allowed for a client to send a complete request head (HTTP/1).
@@ -225,20 +202,110 @@ impl Role {
 }
 
 /// One row of the department table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Department {
     /// The department's unified social credit code, as carried in its certificate.
     pub id: Uscc,
     /// Display name, e.g. 行政审批局.
     pub name: String,
+    /// Full legal name (全称), e.g. 北京市朝阳区市场监督管理局: the department's own seals are
+    /// named after it. Without it the department cannot make seals.
+    pub full_name: Option<String>,
     /// Roles granted to the department.
     pub roles: BTreeSet<Role>,
     /// A disabled department is refused even with a valid certificate.
     pub enabled: bool,
+    /// Its request budgets per route class.
+    pub rate_limits: RateLimits,
+}
+
+/// The classes of routes that have a request budget each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RouteClass {
+    /// Reads: `GET` routes other than the audit export.
+    Read,
+    /// Changes: issuing, lifecycle, seals, consents, show-codes, publishing, invalidation, admin.
+    Write,
+    /// Verifications and checks: licence, seal and proof verification, field checks, proofs,
+    /// show-code redemption, policy matching.
+    Verify,
+    /// The audit export (a whole log per request).
+    Export,
+}
+
+impl RouteClass {
+    /// Every class, in order.
+    pub const ALL: [RouteClass; 4] = [
+        RouteClass::Read,
+        RouteClass::Write,
+        RouteClass::Verify,
+        RouteClass::Export,
+    ];
+
+    /// The name used in configuration, metrics and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteClass::Read => "read",
+            RouteClass::Write => "write",
+            RouteClass::Verify => "verify",
+            RouteClass::Export => "export",
+        }
+    }
+}
+
+/// A sustained rate (requests per second) for each route class. The bucket holds two seconds'
+/// worth of requests (at least three), so a burst that size passes at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimits {
+    /// Requests per second by class: read, write, verify, export.
+    pub per_second: [f64; 4],
+}
+
+impl Default for RateLimits {
+    /// What a department system never reaches in its work and an enumeration script does:
+    /// reads and verifications 50/s, changes 20/s, exports 6 a minute.
+    fn default() -> Self {
+        RateLimits {
+            per_second: [50.0, 20.0, 50.0, 0.1],
+        }
+    }
+}
+
+impl RateLimits {
+    /// The sustained rate of `class`.
+    pub fn rate(&self, class: RouteClass) -> f64 {
+        self.per_second[class as usize]
+    }
+
+    /// The bucket size of `class`: two seconds at its rate, at least three requests.
+    pub fn burst(&self, class: RouteClass) -> f64 {
+        (self.rate(class) * 2.0).max(3.0)
+    }
+}
+
+/// Parses a rate such as `50/s`, `6/min` or `1000/h` into requests per second.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let (n, unit) = text
+        .trim()
+        .split_once('/')
+        .ok_or_else(|| format!("`{text}` is not a rate like 50/s, 6/min or 100/h"))?;
+    let n: f64 = n
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n > 0.0 && *n <= 1e9)
+        .ok_or_else(|| format!("`{text}`: the count must be a positive number"))?;
+    let seconds = match unit.trim() {
+        "s" => 1.0,
+        "min" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("`{other}` is not a unit: s, min or h")),
+    };
+    Ok(n / seconds)
 }
 
 /// The department table, keyed by USCC.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DepartmentTable {
     by_id: BTreeMap<Uscc, Department>,
 }
@@ -425,6 +492,17 @@ struct RawAccessLog {
     max_db_pages: u64,
     #[serde(default = "default_retention")]
     retention_days: u32,
+    #[serde(default = "default_refusal_window_ms")]
+    refusal_window_ms: u64,
+    #[serde(default = "default_refusal_sources")]
+    refusal_sources: usize,
+}
+
+fn default_refusal_window_ms() -> u64 {
+    60_000
+}
+fn default_refusal_sources() -> usize {
+    1000
 }
 
 fn default_group_commit_us() -> u64 {
@@ -460,6 +538,10 @@ struct RawLicenceType {
     validity_days: u32,
     #[serde(default)]
     consent_required: bool,
+    #[serde(default)]
+    one_per_holder: bool,
+    #[serde(default)]
+    business_licence: bool,
     fields: Vec<FieldSpec>,
 }
 
@@ -488,6 +570,7 @@ struct RawServer {
     listen: String,
     ops_listen: String,
     max_connections: usize,
+    max_handshakes_per_source: usize,
     handshake_timeout_ms: u64,
     header_read_timeout_ms: u64,
     request_timeout_ms: u64,
@@ -508,6 +591,7 @@ impl Default for RawServer {
             listen: "127.0.0.1:8443".into(),
             ops_listen: "127.0.0.1:9090".into(),
             max_connections: 1024,
+            max_handshakes_per_source: 32,
             handshake_timeout_ms: 10_000,
             header_read_timeout_ms: 10_000,
             request_timeout_ms: 30_000,
@@ -541,9 +625,21 @@ struct RawTls {
 struct RawDepartment {
     id: String,
     name: String,
+    full_name: Option<String>,
     roles: Vec<Role>,
     #[serde(default = "enabled_by_default")]
     enabled: bool,
+    #[serde(default)]
+    rate_limits: RawRateLimits,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimits {
+    read: Option<String>,
+    write: Option<String>,
+    verify: Option<String>,
+    export: Option<String>,
 }
 
 fn enabled_by_default() -> bool {
@@ -574,6 +670,12 @@ impl RawConfig {
         if s.max_connections == 0 {
             return Err(ConfigError::key(
                 "server.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if s.max_handshakes_per_source == 0 {
+            return Err(ConfigError::key(
+                "server.max_handshakes_per_source",
                 "must be at least 1",
             ));
         }
@@ -633,6 +735,7 @@ impl RawConfig {
             listen: addr("server.listen", &s.listen)?,
             ops_listen: addr("server.ops_listen", &s.ops_listen)?,
             max_connections: s.max_connections,
+            max_handshakes_per_source: s.max_handshakes_per_source.min(s.max_connections),
             handshake_timeout: millis("server.handshake_timeout_ms", s.handshake_timeout_ms)?,
             header_read_timeout: millis("server.header_read_timeout_ms", s.header_read_timeout_ms)?,
             request_timeout: millis("server.request_timeout_ms", s.request_timeout_ms)?,
@@ -682,12 +785,29 @@ impl RawConfig {
             let id: Uscc =
                 d.id.parse()
                     .map_err(|e| ConfigError::key(format!("departments[{i}].id"), e))?;
-            let name = d.name.trim().to_owned();
-            if name.is_empty() || name.chars().count() > 100 {
-                return Err(ConfigError::key(
-                    format!("departments[{i}].name"),
-                    "must be 1 to 100 characters",
-                ));
+            let name = cert_store::text::name(&d.name, 100)
+                .map_err(|e| ConfigError::key(format!("departments[{i}].name"), e))?
+                .to_owned();
+            let full_name = d
+                .full_name
+                .as_deref()
+                .map(|f| cert_store::text::name(f, 100).map(str::to_owned))
+                .transpose()
+                .map_err(|e| ConfigError::key(format!("departments[{i}].full_name"), e))?;
+            let mut rate_limits = RateLimits::default();
+            let r = &d.rate_limits;
+            for (class, given) in RouteClass::ALL
+                .iter()
+                .zip([&r.read, &r.write, &r.verify, &r.export])
+            {
+                if let Some(text) = given {
+                    rate_limits.per_second[*class as usize] = parse_rate(text).map_err(|e| {
+                        ConfigError::key(
+                            format!("departments[{i}].rate_limits.{}", class.as_str()),
+                            e,
+                        )
+                    })?;
+                }
             }
             if d.roles.is_empty() {
                 return Err(ConfigError::key(
@@ -698,8 +818,10 @@ impl RawConfig {
             let dept = Department {
                 id: id.clone(),
                 name,
+                full_name,
                 roles: d.roles.into_iter().collect(),
                 enabled: d.enabled,
+                rate_limits,
             };
             if departments.by_id.insert(id.clone(), dept).is_some() {
                 return Err(ConfigError::key(
@@ -824,6 +946,18 @@ fn validate_access_log(raw: RawAccessLog, base: &Path) -> Result<AccessLogSettin
             "must be at least 180: network logs are kept at least six months",
         ));
     }
+    if !(100..=3_600_000).contains(&raw.refusal_window_ms) {
+        return Err(ConfigError::key(
+            "access_log.refusal_window_ms",
+            "must be between 100 and 3600000 milliseconds",
+        ));
+    }
+    if !(1..=1_000_000).contains(&raw.refusal_sources) {
+        return Err(ConfigError::key(
+            "access_log.refusal_sources",
+            "must be between 1 and 1000000",
+        ));
+    }
     let pseudonym_key = key.derive_key(b"certgate holder pseudonym v1");
     Ok(AccessLogSettings {
         key: Arc::new(key),
@@ -834,6 +968,8 @@ fn validate_access_log(raw: RawAccessLog, base: &Path) -> Result<AccessLogSettin
         group_commit_wait: std::time::Duration::from_micros(raw.group_commit_us),
         max_db_pages: raw.max_db_pages,
         retention_days: raw.retention_days,
+        refusal_window: Duration::from_millis(raw.refusal_window_ms),
+        refusal_sources: raw.refusal_sources,
     })
 }
 
@@ -900,6 +1036,12 @@ fn validate_licensing(
                 ));
             }
         }
+        if t.business_licence && licence_types.iter().any(|x| x.business_licence) {
+            return Err(ConfigError::key(
+                key("business_licence"),
+                "only one licence type is the business licence",
+            ));
+        }
         licence_types.push(LicenceType {
             code,
             name: t.name.trim().to_owned(),
@@ -907,6 +1049,8 @@ fn validate_licensing(
             fields: t.fields,
             validity_days: t.validity_days,
             consent_required: t.consent_required,
+            one_per_holder: t.one_per_holder,
+            business_licence: t.business_licence,
         });
     }
 

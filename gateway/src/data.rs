@@ -353,7 +353,7 @@ pub async fn proof_types(
 pub async fn issue_proof(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
-    _purpose: Purpose,
+    purpose: Purpose,
     Path(proof_type): Path<String>,
     Extension(slot): Extension<NoteSlot>,
     JsonBody(body): JsonBody<ProofRequest>,
@@ -387,6 +387,22 @@ pub async fn issue_proof(
             format!("this department may not ask for {}", proof.name),
         ));
     }
+    // A proof type limited to some matters answers only for them, as dataset grants do.
+    if let Some(purposes) = &proof.purposes
+        && !purpose
+            .matter
+            .as_ref()
+            .is_some_and(|m| purposes.contains(m))
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "CG-PRF-002",
+            format!(
+                "{} is not given for the matter stated in X-Purpose",
+                proof.name
+            ),
+        ));
+    }
     // Every record the rule reads, fresh or from the source; never a stale one, and a failing
     // source is an error, not a "no".
     let mut records = std::collections::HashMap::new();
@@ -416,10 +432,13 @@ pub async fn issue_proof(
             }
             Condition::ValidLicence { licence_type } => {
                 let (h, t) = (holder.clone(), licence_type.clone());
-                let licences = gw
-                    .licences(move |svc, _| svc.licences_by_holder(&h, &t))
+                // Valid licences come first: the first page holds one if any is held.
+                let page = gw
+                    .licences(move |svc, _| {
+                        svc.licences_by_holder(&h, &t, None, cert_store::service::MAX_HOLDER_PAGE)
+                    })
                     .await?;
-                licences.iter().any(|l| {
+                page.licences.iter().any(|l| {
                     l.status == LicenceStatus::Valid && l.not_before <= now && now < l.expires_at
                 })
             }
@@ -486,7 +505,7 @@ pub struct ProofVerdict {
     responses((status = 200, body = ProofVerdict), (status = 400, body = ErrorBody)))]
 pub async fn verify_proof(
     State(gw): State<Arc<Gateway>>,
-    _caller: Caller,
+    caller: Caller,
     JsonBody(body): JsonBody<VerifyProof>,
 ) -> Result<Json<ProofVerdict>, ApiError> {
     let token = body.token;
@@ -518,6 +537,20 @@ pub async fn verify_proof(
             |t| gw.exchange.proof_type(t).is_some(),
             now,
         ));
+        // A proof answers the department that asked for it, for its matter; to anyone else
+        // it is not a proof they may rely on.
+        let audience = format!("urn:certgate:dept:{}", caller.department);
+        let aud = claims.get("aud").and_then(serde_json::Value::as_str);
+        checks.push(ProofCheck {
+            check: "audience",
+            ok: aud == Some(audience.as_str()),
+            detail: (aud != Some(audience.as_str())).then(|| {
+                format!(
+                    "issued to {}, not to the department verifying it",
+                    aud.map_or_else(|| "no one".to_owned(), crate::licences::truncated)
+                )
+            }),
+        });
     }
     Ok(Json(ProofVerdict {
         valid: checks.iter().all(|c| c.ok),

@@ -21,6 +21,8 @@ pub struct SampleDepartment {
     pub id: &'static str,
     /// Its name.
     pub name: &'static str,
+    /// Its full legal name, which its seals carry.
+    pub full_name: &'static str,
     /// Its roles.
     pub roles: &'static [&'static str],
 }
@@ -31,54 +33,63 @@ pub const SAMPLE_DEPARTMENTS: &[SampleDepartment] = &[
         file: "approval",
         id: "11110105MB0000001C",
         name: "行政审批局",
+        full_name: "北京市朝阳区行政审批局",
         roles: &["consumer"],
     },
     SampleDepartment {
         file: "market",
         id: "11110105MB0000002F",
         name: "市场监管局",
+        full_name: "北京市朝阳区市场监督管理局",
         roles: &["issuer", "consumer"],
     },
     SampleDepartment {
         file: "audit",
         id: "11110105MB0000003J",
         name: "审计局",
+        full_name: "北京市朝阳区审计局",
         roles: &["auditor"],
     },
     SampleDepartment {
         file: "push",
         id: "12110105MB0000004J",
         name: "政策推送服务",
+        full_name: "北京市朝阳区政务服务数据管理中心",
         roles: &["policy-push"],
     },
     SampleDepartment {
         file: "app",
         id: "91110105MA0000005E",
         name: "城市 app",
+        full_name: "北京城市服务科技有限公司",
         roles: &["holder-app"],
     },
     SampleDepartment {
         file: "ops",
         id: "11110105MB0000006U",
         name: "运维中心",
+        full_name: "北京市朝阳区政务服务运维中心",
         roles: &["admin"],
     },
     SampleDepartment {
         file: "police",
         id: "11110105MB0000010A",
         name: "公安局",
+        full_name: "北京市公安局朝阳分局",
         roles: &["consumer"],
     },
     SampleDepartment {
         file: "tax",
         id: "11110105MB0000011D",
         name: "税务局",
+        full_name: "国家税务总局北京市朝阳区税务局",
         roles: &["consumer"],
     },
     SampleDepartment {
         file: "data",
         id: "11110105MB0000012G",
         name: "大数据局",
+        full_name: "北京市朝阳区大数据局",
         roles: &["consumer"],
     },
 ];
@@ -154,6 +165,8 @@ id = "no-arrears-licensed"
 name = "无欠税且营业执照有效证明"
 holder_kind = "uscc"
 departments = ["11110105MB0000001C"]
+# Asked for in bidding and procurement matters only.
+purposes = ["M-BID-001"]
 validity_seconds = 86400
 
 [[proof_types.conditions]]
@@ -170,6 +183,7 @@ id = "no-criminal-record"
 name = "无犯罪记录证明"
 holder_kind = "citizen-id"
 departments = ["11110105MB0000001C"]
+purposes = ["M-HIRE-001", "M-HUKOU-001"]
 
 [[proof_types.conditions]]
 dataset = "household"
@@ -303,6 +317,10 @@ pub fn prepare(
     let mut config = Config::load(&config_path)?;
     config.server.listen = listen;
     config.server.ops_listen = ops_listen;
+    // Licences name the status list's URL: it must be the address the demo serves.
+    if listen.port() != 0 {
+        config.licensing.public_url = format!("https://{listen}");
+    }
     Ok(config)
 }
 
@@ -322,9 +340,10 @@ fn config_text() -> String {
         let roles: Vec<String> = d.roles.iter().map(|r| format!("\"{r}\"")).collect();
         let _ = write!(
             text,
-            "\n[[departments]]\nid = \"{}\"\nname = \"{}\"\nroles = [{}]\n",
+            "\n[[departments]]\nid = \"{}\"\nname = \"{}\"\nfull_name = \"{}\"\nroles = [{}]\n",
             d.id,
             d.name,
+            d.full_name,
             roles.join(", ")
         );
     }
@@ -337,17 +356,22 @@ fn config_text() -> String {
     text
 }
 
-/// The demo's licence types and access rules (the end-to-end tests use them too).
+/// The demo's licence types and access rules (the end-to-end tests use them too, without the
+/// one-per-holder rule, so that a test may issue several licences to one holder).
 pub const LICENSING: &str = r#"
+# The business licence registers market entities: an enterprise holds one at a time (a
+# change goes through renewal), and its seals carry the name it gives.
 [[licence_types]]
 code = "11100000MB0000100D001"
 name = "营业执照"
 issuers = ["11110105MB0000002F"]
 validity_days = 3650
+business_licence = true
+one_per_holder = true
 fields = [
   { name = "name", kind = "string", required = true },
   { name = "legal_representative", kind = "string", required = true },
-  { name = "registered_capital", kind = "integer" },
+  { name = "registered_capital", kind = "integer", min = 0 },
   { name = "established", kind = "date", required = true },
   { name = "business_scope", kind = "string" },
 ]
@@ -411,7 +435,11 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
     let svc = gateway.licence_service();
     let now = crate::state::unix_now();
     let market: Uscc = MARKET.parse()?;
-    let seals = svc.seals(Some(&market))?;
+    let seals = svc.seals(&market, None, cert_store::service::MAX_SEAL_PAGE)?;
+    let market_owner = cert_store::service::SealOwner::Department {
+        id: &market,
+        full_name: "北京市朝阳区市场监督管理局",
+    };
     let find = |alg: JwsAlg| {
         seals
             .iter()
@@ -421,24 +449,10 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
     let (sm2_seal, es256_seal) = match (find(JwsAlg::Sm2Sm3), find(JwsAlg::Es256)) {
         (Some(a), Some(b)) => (a, b),
         _ => (
-            svc.create_seal(
-                &market,
-                "公章",
-                "北京市朝阳区市场监督管理局",
-                JwsAlg::Sm2Sm3,
-                None,
-                now,
-            )?
-            .id,
-            svc.create_seal(
-                &market,
-                "业务专用章",
-                "北京市朝阳区市场监督管理局行政审批专用章",
-                JwsAlg::Es256,
-                None,
-                now,
-            )?
-            .id,
+            svc.create_seal(market_owner, "公章", JwsAlg::Sm2Sm3, None, now)?
+                .id,
+            svc.create_seal(market_owner, "行政审批专用章", JwsAlg::Es256, None, now)?
+                .id,
         ),
     };
     let samples_dir = dir.join("samples");
@@ -517,30 +531,20 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
     // The enterprise's free seals at registration (云刻章): 公章 and 合同专用章, made by the
     // market regulator, used by the enterprise through the holder app.
     let xiaomi: Uscc = XIAOMI.parse()?;
-    let own = svc.seals(Some(&xiaomi))?;
+    let own = svc.seals(&xiaomi, None, cert_store::service::MAX_SEAL_PAGE)?;
+    let xiaomi_owner = cert_store::service::SealOwner::Enterprise {
+        id: &xiaomi,
+        made_by: &market,
+    };
     let contract_seal = match own
         .iter()
         .find(|s| s.seal_type == "合同专用章" && s.revoked_at.is_none())
     {
         Some(s) => s.id.clone(),
         None => {
-            svc.create_seal(
-                &xiaomi,
-                "公章",
-                "小米科技有限责任公司",
-                JwsAlg::Sm2Sm3,
-                None,
-                now,
-            )?;
-            svc.create_seal(
-                &xiaomi,
-                "合同专用章",
-                "小米科技有限责任公司合同专用章",
-                JwsAlg::Sm2Sm3,
-                None,
-                now,
-            )?
-            .id
+            svc.create_seal(xiaomi_owner, "公章", JwsAlg::Sm2Sm3, None, now)?;
+            svc.create_seal(xiaomi_owner, "合同专用章", JwsAlg::Sm2Sm3, None, now)?
+                .id
         }
     };
     // A contract to seal, and one sealed now with the contract seal for the verification step.
@@ -705,9 +709,11 @@ pub fn print_walkthrough(dir: &Path, samples: &Samples, api: SocketAddr, ops: So
         "{} -H 'X-Purpose: M-FOOD-001' '{base}/v1/licences?holder={XIAOMI}&type=11100000MB0000100D002'",
         with("approval")
     );
-    println!("# The city app records the holder's consent; send its token as X-Consent:");
     println!(
-        "{} {json} -d @{} {base}/v1/consents",
+        "# The city app, acting for 小米 (X-Holder), records its consent; send the token as X-Consent:"
+    );
+    println!(
+        "{} {json} -H 'X-Holder: {XIAOMI}' -d @{} {base}/v1/consents",
         with("app"),
         sample("consent.json")
     );
@@ -755,13 +761,13 @@ pub fn print_walkthrough(dir: &Path, samples: &Samples, api: SocketAddr, ops: So
         sample("proof-huawei.json")
     );
     println!(
-        "# Issue a proof and verify it (any department; offline with /.well-known/jwks.json):"
+        "# Issue a proof and verify it (the department it was issued to; offline with /.well-known/jwks.json):"
     );
     println!(
         "{} -H 'X-Purpose: M-BID-001' {json} -d @{} {base}/v1/proofs/no-arrears-licensed | {} {json} -d @- {base}/v1/proofs/verify",
         with("approval"),
         sample("proof-xiaomi.json"),
-        with("market")
+        with("approval")
     );
     println!(
         "# Policy finds the enterprise (政策找企业): the policies enterprise {} is eligible for, each condition explained,",
@@ -769,7 +775,7 @@ pub fn print_walkthrough(dir: &Path, samples: &Samples, api: SocketAddr, ops: So
     );
     println!("# and the ones it misses by one condition:");
     println!(
-        "{} {json} -d @{} {base}/v1/policies/match",
+        "{} -H 'X-Purpose: M-POLICY-001' {json} -d @{} {base}/v1/policies/match",
         with("approval"),
         sample("match.json")
     );

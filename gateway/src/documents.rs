@@ -11,10 +11,12 @@ use cert_store::document_seal::{Document, SealVerdict};
 use serde::{Deserialize, Serialize};
 
 use crate::access_log::NoteSlot;
-use crate::api::JsonBody;
+use crate::api::{JsonBody, require};
+use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::HolderHeader;
 use crate::identity::Caller;
-use crate::licences::field_error;
+use crate::licences::{field_error, truncated};
 use crate::state::Gateway;
 
 /// The document to seal: its bytes, or its digest with the algorithm named (`sm3` for SM2
@@ -84,6 +86,9 @@ pub struct SealVerdictView {
     pub seal_id: Option<String>,
     /// The seal's name.
     pub seal_name: Option<String>,
+    /// Who the seal belongs to: `uscc` and registered `name`.
+    #[schema(value_type = Option<Object>)]
+    pub owner: Option<cert_store::document_seal::SealOwnerFacts>,
     /// The authority that made the seal (the seal maker certificate's common name).
     pub authority: Option<String>,
     /// When the document was sealed (`timeInfo`, Unix seconds).
@@ -98,6 +103,7 @@ impl From<SealVerdict> for SealVerdictView {
             valid: v.valid,
             seal_id: v.seal_id,
             seal_name: v.seal_name,
+            owner: v.owner,
             authority: v.authority,
             sealed_at: v.sealed_at,
             checks: v
@@ -164,23 +170,39 @@ pub async fn sign(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
     Path(id): Path<String>,
-    headers: http::HeaderMap,
+    acting_for: HolderHeader,
     Extension(slot): Extension<NoteSlot>,
     JsonBody(body): JsonBody<SignDocument>,
 ) -> Result<Json<SealedView>, ApiError> {
-    slot.record_resource(&format!("seal:{id}"));
-    // The holder app acts for the enterprise it names; anyone else signs as itself.
-    let signer = match headers.get("x-holder") {
-        None => caller.department.clone(),
-        Some(v) => {
-            crate::api::require(&caller, crate::config::Role::HolderApp)?;
-            let holder: cert_store::Uscc = v
-                .to_str()
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .ok_or_else(|| field_error("X-Holder", "not a USCC"))?;
-            slot.record(&format!("seal:{id}"), holder.as_str());
-            holder
+    let resource = format!("seal:{}", truncated(&id));
+    slot.record_resource(&resource);
+    // The holder app acts for the enterprise it names, and signs only with that enterprise's
+    // seals; a department signs with its own seals, as itself.
+    let signer = match acting_for.holder() {
+        None => {
+            require(&caller, Role::Issuer)?;
+            caller.department.clone()
+        }
+        Some(holder) => {
+            require(&caller, Role::HolderApp)?;
+            slot.record(&resource, holder.as_str());
+            let enterprise = holder
+                .as_uscc()
+                .filter(|u| u.is_market_entity())
+                .ok_or_else(|| {
+                    field_error(
+                        "X-Holder",
+                        "the holder app seals for a market entity (a USCC starting with 9)",
+                    )
+                })?;
+            if gw.live().departments.get(enterprise).is_some() {
+                return Err(ApiError::new(
+                    http::StatusCode::FORBIDDEN,
+                    "CG-LIC-002",
+                    "X-Holder names a department: a department's seal is used by that department alone",
+                ));
+            }
+            enterprise.clone()
         }
     };
     let input = Input::read(body.document_base64, body.digest_hex, body.digest_alg)?;
@@ -228,7 +250,7 @@ pub async fn verify(
         }
     };
     if let Some(seal) = &verdict.seal_id {
-        slot.record_resource(&format!("seal:{seal}"));
+        slot.record_resource(&format!("seal:{}", truncated(seal)));
     }
     Ok(Json(verdict.into()))
 }

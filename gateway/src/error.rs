@@ -72,6 +72,52 @@ pub const CODES: &[(&str, u16, &str)] = &[
         503,
         "the request took longer than server.request_timeout_ms",
     ),
+    ("CG-REQ-006", 400, "X-Purpose is missing or malformed"),
+    (
+        "CG-REQ-007",
+        400,
+        "the body or query is not what the route expects (the message names the field)",
+    ),
+    (
+        "CG-REQ-008",
+        400,
+        "a header that may appear once (X-Purpose, X-Case-Id, X-Consent, X-Holder, Content-Type, Content-Length) appears more than once",
+    ),
+    (
+        "CG-REQ-009",
+        429,
+        "the department's request budget for this route class is spent (Retry-After says when to retry)",
+    ),
+    (
+        "CG-AUTH-007",
+        403,
+        "no access rule lets the department read this licence type (or field) for the stated purpose",
+    ),
+    (
+        "CG-LIC-001",
+        400,
+        "a licence or seal request field is invalid (the message names the field)",
+    ),
+    (
+        "CG-LIC-002",
+        403,
+        "not allowed for this licence, seal or consent",
+    ),
+    (
+        "CG-LIC-003",
+        404,
+        "no such licence, seal, consent or status list",
+    ),
+    (
+        "CG-LIC-004",
+        409,
+        "the licence, seal or consent is in a state that does not allow this",
+    ),
+    (
+        "CG-LIC-005",
+        409,
+        "the holder already holds a licence of a type held once (the message names it); renew it instead",
+    ),
     (
         "CG-DAT-001",
         400,
@@ -125,6 +171,17 @@ pub const CODES: &[(&str, u16, &str)] = &[
         "CG-POL-004",
         403,
         "only the data department named in policies.profile_owner maintains profiles",
+    ),
+    (
+        "CG-AUD-001",
+        400,
+        "an audit query or proof asks for something outside the log",
+    ),
+    ("CG-AUD-002", 404, "no checkpoint signed yet"),
+    (
+        "CG-LOG-001",
+        503,
+        "the access log cannot be written: nothing is served unlogged",
     ),
     (
         "CG-STO-001",
@@ -239,6 +296,7 @@ impl From<cert_store::service::ServiceError> for ApiError {
             E::Forbidden(m) => Self::new(StatusCode::FORBIDDEN, "CG-LIC-002", m),
             E::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "CG-LIC-003", e.to_string()),
             E::Conflict(m) => Self::new(StatusCode::CONFLICT, "CG-LIC-004", m),
+            E::AlreadyHeld(_) => Self::new(StatusCode::CONFLICT, "CG-LIC-005", e.to_string()),
             E::Store(cert_store::store::StoreError::Database(detail)) => {
                 // Fail closed: without the store nothing is issued or verified.
                 tracing::error!(error = %detail, "licence store unavailable");

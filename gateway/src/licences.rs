@@ -1,15 +1,15 @@
 //! Routes for e-seals, e-licences, status lists, consents and show-codes. Each handler checks
 //! the role, calls one `LicenceService` function on a blocking thread and maps the result.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use cert_store::access::{AccessError, Grant, Reader};
 use cert_store::jws::JwsAlg;
-use cert_store::licence::{LicenceRecord, LicenceStatus, SealRecord};
-use cert_store::service::{IssueRequest, Lifecycle, VerifyReport};
+use cert_store::licence::{LicenceRecord, LicenceStatus, LicenceType, SealRecord};
+use cert_store::service::{IssueRequest, Lifecycle, SealOwner, VerifyReport};
 use http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -18,6 +18,7 @@ use crate::access_log::{AccessNote, NoteSlot};
 use crate::api::{JsonBody, QueryParams, require};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::HolderHeader;
 use crate::identity::Caller;
 use crate::purpose::Purpose;
 use crate::state::Gateway;
@@ -28,10 +29,12 @@ use crate::state::Gateway;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSeal {
-    /// 公章, 业务专用章, 合同专用章, …
+    /// The seal kind: 公章, 合同专用章, 财务专用章, 发票专用章, 法定代表人名章, or another
+    /// `…专用章` (e.g. 行政审批专用章).
     pub seal_type: String,
-    /// The seal's name, e.g. 某区市场监督管理局公章.
-    pub name: String,
+    /// The seal's name: optional, and if given exactly the owner's registered name followed
+    /// by the kind (e.g. 北京市朝阳区市场监督管理局公章), which is what it gets otherwise.
+    pub name: Option<String>,
     /// `ES256` or `SM2SM3`.
     #[schema(value_type = String, example = "SM2SM3")]
     pub alg: JwsAlg,
@@ -70,6 +73,8 @@ pub struct SealView {
     pub revoked_at: Option<i64>,
     /// Revocation reason.
     pub revocation_reason: Option<String>,
+    /// The owner's registered name, which the seal's name starts with.
+    pub owner_name: Option<String>,
 }
 
 impl From<SealRecord> for SealView {
@@ -86,6 +91,7 @@ impl From<SealRecord> for SealView {
             not_after: s.not_after,
             revoked_at: s.revoked_at,
             revocation_reason: s.revocation_reason,
+            owner_name: s.owner_name,
         }
     }
 }
@@ -98,22 +104,49 @@ pub struct Reason {
     pub reason: String,
 }
 
-/// Creates a seal with a new key pair and seal certificate: the calling department's own, or,
-/// with `holder`, an enterprise's.
+/// Creates a seal with a new key pair and seal certificate: the calling department's own
+/// (named after its full name in the department table), or, with `holder`, an enterprise's
+/// (named after its valid business licence; only a department that issues business licences
+/// makes them).
 #[utoipa::path(post, path = "/v1/seals", tag = "seals", request_body = CreateSeal,
-    responses((status = 201, body = SealView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 201, body = SealView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_seal(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
+    Extension(slot): Extension<NoteSlot>,
     JsonBody(body): JsonBody<CreateSeal>,
 ) -> Result<(StatusCode, Json<SealView>), ApiError> {
     require(&caller, Role::Issuer)?;
-    let owner = match body.holder.as_deref().map(str::trim) {
-        None => caller.department.clone(),
-        Some(h) => h
-            .parse::<cert_store::Uscc>()
-            .map_err(|e| field_error("holder", e))?,
+    let live = gw.live();
+    let holder = match body.holder.as_deref().map(str::trim) {
+        None => None,
+        Some(h) => {
+            let h: cert_store::Uscc = h.parse().map_err(|e| field_error("holder", e))?;
+            slot.record("seal:new", h.as_str());
+            if live.departments.get(&h).is_some() {
+                return Err(field_error(
+                    "holder",
+                    "names a department: a department's seals are its own, made without holder",
+                ));
+            }
+            Some(h)
+        }
     };
+    let full_name = match &holder {
+        Some(_) => String::new(),
+        None => live
+            .departments
+            .get(&caller.department)
+            .and_then(|d| d.full_name.clone())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "CG-LIC-004",
+                    "the department table gives this department no full_name: its seals are named after it",
+                )
+            })?,
+    };
+    drop(live);
     let picture = match body.picture_png_base64 {
         Some(b64) => Some(
             base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64.trim())
@@ -121,12 +154,23 @@ pub async fn create_seal(
         ),
         None => None,
     };
+    let maker = caller.department.clone();
     let seal = gw
         .licences(move |svc, now| {
+            let owner = match &holder {
+                Some(id) => SealOwner::Enterprise {
+                    id,
+                    made_by: &maker,
+                },
+                None => SealOwner::Department {
+                    id: &maker,
+                    full_name: &full_name,
+                },
+            };
             svc.create_seal_valid_for(
-                &owner,
+                owner,
                 &body.seal_type,
-                &body.name,
+                body.name.as_deref(),
                 body.alg,
                 picture,
                 body.valid_days.unwrap_or(3650),
@@ -134,19 +178,60 @@ pub async fn create_seal(
             )
         })
         .await?;
+    slot.record_resource(&format!("seal:{}", seal.id));
+    if seal.owner != caller.department {
+        slot.record(&format!("seal:{}", seal.id), seal.owner.as_str());
+    }
     Ok((StatusCode::CREATED, Json(seal.into())))
 }
 
-/// The calling department's seals.
-#[utoipa::path(get, path = "/v1/seals", tag = "seals", responses((status = 200, body = [SealView])))]
+/// `?cursor=&limit=` of a paged list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// Where the previous page ended (its `next_cursor`).
+    pub cursor: Option<String>,
+    /// Items per page: 1 to 100, default 20.
+    pub limit: Option<u32>,
+}
+
+/// A page of seals.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SealPage {
+    /// The seals, newest first.
+    pub seals: Vec<SealView>,
+    /// Pass as `?cursor=` for the next page; absent on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// The calling department's seals, newest first, a page at a time (at most 100).
+#[utoipa::path(get, path = "/v1/seals", tag = "seals", params(PageQuery),
+    responses((status = 200, body = SealPage), (status = 400, body = ErrorBody)))]
 pub async fn list_seals(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
-) -> Result<Json<Vec<SealView>>, ApiError> {
+    QueryParams(q): QueryParams<PageQuery>,
+) -> Result<Json<SealPage>, ApiError> {
+    let limit = page_limit(q.limit)?;
     let seals = gw
-        .licences(move |svc, _| svc.seals(Some(&caller.department)))
+        .licences(move |svc, _| svc.seals(&caller.department, q.cursor.as_deref(), limit + 1))
         .await?;
-    Ok(Json(seals.into_iter().map(SealView::from).collect()))
+    let more = seals.len() > limit as usize;
+    let seals: Vec<SealView> = seals
+        .into_iter()
+        .take(limit as usize)
+        .map(SealView::from)
+        .collect();
+    let next_cursor = more.then(|| seals.last().map(|s| s.id.clone())).flatten();
+    Ok(Json(SealPage { seals, next_cursor }))
+}
+
+/// The page size of `?limit=`: 1 to 100, default 20.
+fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit.unwrap_or(20) {
+        n @ 1..=100 => Ok(n),
+        _ => Err(field_error("limit", "must be between 1 and 100")),
+    }
 }
 
 /// One seal (public information).
@@ -182,12 +267,14 @@ pub async fn revoke_seal(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
     Path(id): Path<String>,
+    Extension(slot): Extension<NoteSlot>,
     JsonBody(body): JsonBody<Reason>,
 ) -> Result<Json<SealView>, ApiError> {
     require(&caller, Role::Issuer)?;
     let seal = gw
         .licences(move |svc, now| svc.revoke_seal(&id, &caller.department, &body.reason, now))
         .await?;
+    slot.record(&format!("seal:{}", seal.id), seal.owner.as_str());
     Ok(Json(seal.into()))
 }
 
@@ -296,7 +383,7 @@ pub struct LicenceView {
     /// valid, suspended or revoked.
     #[schema(value_type = String)]
     pub status: LicenceStatus,
-    /// Why the status last changed.
+    /// Why the status last changed (shown to the issuer only).
     pub status_reason: Option<String>,
     /// Issuance time (Unix seconds).
     pub issued_at: i64,
@@ -315,14 +402,16 @@ pub struct LicenceView {
     pub disclosed: Map<String, Value>,
 }
 
-fn view(record: LicenceRecord, credential: String) -> LicenceView {
+/// The licence as a reader sees it; the status reason (the issuer's free text) only for the
+/// issuer.
+fn view(record: LicenceRecord, credential: String, issuer: bool) -> LicenceView {
     let disclosed = cert_store::service::decode_disclosures(&credential);
     LicenceView {
         id: record.id,
         licence_type: record.type_code,
         issuer: record.issuer.to_string(),
         status: record.status,
-        status_reason: record.status_reason,
+        status_reason: record.status_reason.filter(|_| issuer),
         issued_at: record.issued_at,
         valid_from: record.not_before,
         expires_at: record.expires_at,
@@ -335,13 +424,19 @@ fn view(record: LicenceRecord, credential: String) -> LicenceView {
 
 /// Issues a licence signed with one of the issuer's seals, as an SD-JWT VC.
 #[utoipa::path(post, path = "/v1/licences", tag = "licences", request_body = IssueBody,
-    responses((status = 201, body = LicenceView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 201, body = LicenceView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "The holder already holds a licence of a type held once (CG-LIC-005)", body = ErrorBody)))]
 pub async fn issue(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
+    Extension(slot): Extension<NoteSlot>,
     JsonBody(body): JsonBody<IssueBody>,
 ) -> Result<(StatusCode, Extension<AccessNote>, Json<LicenceView>), ApiError> {
     require(&caller, Role::Issuer)?;
+    slot.record(
+        &format!("issue:{}", truncated(&body.licence_type)),
+        &body.holder_id,
+    );
     let req = IssueRequest {
         licence_type: body.licence_type,
         holder_id: body.holder_id,
@@ -365,7 +460,7 @@ pub async fn issue(
     Ok((
         StatusCode::CREATED,
         noted(&record),
-        Json(view(record, credential)),
+        Json(view(record, credential, true)),
     ))
 }
 
@@ -378,26 +473,41 @@ pub struct FieldsQuery {
 }
 
 /// A licence by identifier, with the disclosures the caller's access rule allows for the
-/// stated purpose (the issuer sees every field).
+/// stated purpose (the issuer sees every field). Types that need consent require `X-Consent`
+/// from anyone but the issuer. Access is decided from the identifier (its type and issuer)
+/// before the licence is looked up: a refusal says nothing about whether it exists.
 #[utoipa::path(get, path = "/v1/licences/{id}", tag = "licences",
     params(("id" = String, Path, description = "Licence identifier"), FieldsQuery,
-        ("X-Purpose" = String, Header, description = "Matter code and/or reason")),
+        ("X-Purpose" = String, Header, description = "Matter code and/or reason"),
+        ("X-Consent" = Option<String>, Header, description = "The holder's consent token, for types that need it")),
     responses((status = 200, body = LicenceView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn licence(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
     purpose: Purpose,
+    consent: ConsentHeader,
     Path(id): Path<String>,
     QueryParams(q): QueryParams<FieldsQuery>,
     Extension(slot): Extension<NoteSlot>,
 ) -> Result<(Extension<AccessNote>, Json<LicenceView>), ApiError> {
-    let record = gw.licences(move |svc, _| svc.licence(&id)).await?;
-    slot.record(&record.id, &record.holder);
-    let visible = gw.visible_fields(&caller, &record, &purpose, q.fields.as_deref())?;
+    let decided = gw.grant_for_id(&caller, &id, &purpose);
+    let record = gw.noted_licence(&id, &slot).await;
+    let (grant, licence_type) = decided?;
+    let visible = grant
+        .fields(&licence_type, q.fields.as_deref())
+        .map_err(access_error)?;
+    let record = record?;
+    if grant.needs_consent(&licence_type) {
+        gw.require_consent(&caller, &consent, &record.holder, &licence_type, &purpose)
+            .await?;
+    }
     let credential = gw
         .licence_service()
         .present(&record, &|n| visible.contains(n))?;
-    Ok((noted(&record), Json(view(record, credential))))
+    Ok((
+        noted(&record),
+        Json(view(record, credential, grant.is_issuer())),
+    ))
 }
 
 /// `?holder=&type=` of a query by holder.
@@ -411,93 +521,106 @@ pub struct HolderQuery {
     pub licence_type: String,
     /// Comma-separated field names to narrow the disclosures to.
     pub fields: Option<String>,
+    /// Where the previous page ended (its `next_cursor`).
+    pub cursor: Option<String>,
+    /// Licences per page: 1 to 100, default 20.
+    pub limit: Option<u32>,
 }
 
-/// Licences of a holder and type (免证办). Types that need consent require `X-Consent`.
+/// A page of a holder's licences.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LicencePage {
+    /// Valid licences first, then suspended, then revoked; each group newest first.
+    pub licences: Vec<LicenceView>,
+    /// Pass as `?cursor=` for the next page; absent on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// Licences of a holder and type (免证办), a page at a time (at most 100), valid ones first.
+/// Types that need consent require `X-Consent`.
 #[utoipa::path(get, path = "/v1/licences", tag = "licences",
     params(HolderQuery,
         ("X-Purpose" = String, Header, description = "Matter code and/or reason"),
         ("X-Consent" = Option<String>, Header, description = "The holder's consent token, for types that need it")),
-    responses((status = 200, body = [LicenceView]), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = LicencePage), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn licences_by_holder(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
     purpose: Purpose,
-    headers: http::HeaderMap,
+    consent: ConsentHeader,
+    Extension(slot): Extension<NoteSlot>,
     QueryParams(q): QueryParams<HolderQuery>,
-) -> Result<(Extension<AccessNote>, Json<Vec<LicenceView>>), ApiError> {
+) -> Result<(Extension<AccessNote>, Json<LicencePage>), ApiError> {
+    let resource = format!("holder-query:{}", truncated(&q.licence_type));
+    slot.record(&resource, &q.holder);
+    let limit = page_limit(q.limit)?;
+    let after = q.cursor.as_deref().map(parse_cursor).transpose()?;
     let licence_type = gw
         .licence_service()
         .licence_type(&q.licence_type)
-        .ok_or_else(|| field_error("type", "unknown licence type"))?;
-    let consent_required = licence_type.consent_required;
-    // Decide before looking: an empty answer must not tell a department without a rule
+        .ok_or_else(|| field_error("type", "unknown licence type"))?
+        .clone();
+    // Decided before looking: an empty answer must not tell a department without a rule
     // whether the holder has licences of this type.
-    let may_ask = licence_type.issuers.contains(&caller.department)
-        || (caller.has(Role::Consumer)
-            && gw.live().access_rules.iter().any(|r| {
-                r.applies(
-                    &caller.department,
-                    &q.licence_type,
-                    purpose.matter.as_deref(),
-                )
-            }));
-    if !may_ask {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "CG-AUTH-007",
-            format!(
-                "no access rule lets this department read {} for this purpose",
-                licence_type.name
-            ),
-        ));
-    }
-    if consent_required {
-        let token = headers
-            .get("x-consent")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "CG-LIC-002",
-                    "this licence type needs the holder's consent: send X-Consent",
-                )
-            })?
-            .to_owned();
-        let (holder, department, t) = (
-            q.holder.clone(),
-            caller.department.clone(),
-            q.licence_type.clone(),
-        );
-        let consent = gw
-            .licences(move |svc, now| svc.check_consent(&token, &holder, &department, &t, now))
+    let grant = gw.grant(&caller, &licence_type, None, &purpose)?;
+    let visible = grant
+        .fields(&licence_type, q.fields.as_deref())
+        .map_err(access_error)?;
+    if grant.needs_consent(&licence_type) {
+        gw.require_consent(&caller, &consent, &q.holder, &licence_type, &purpose)
             .await?;
-        // The holder consented for one matter; the stated purpose must be that matter.
-        if purpose.matter.as_deref() != Some(consent.purpose.as_str()) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "CG-LIC-002",
-                "the consent was given for another matter than the one stated in X-Purpose",
-            ));
-        }
     }
     let (holder, t) = (q.holder.clone(), q.licence_type.clone());
-    let records = gw
-        .licences(move |svc, _| svc.licences_by_holder(&holder, &t))
+    let page = gw
+        .licences(move |svc, _| svc.licences_by_holder(&holder, &t, after.as_ref(), limit))
         .await?;
-    let mut out = Vec::with_capacity(records.len());
-    for record in records {
-        let visible = gw.visible_fields(&caller, &record, &purpose, q.fields.as_deref())?;
+    let mut out = Vec::with_capacity(page.licences.len());
+    for record in page.licences {
+        // The issuer of the type sees its own licences whole, another issuer's under rules.
+        if grant.is_issuer() && record.issuer != caller.department {
+            continue;
+        }
         let credential = gw
             .licence_service()
             .present(&record, &|n| visible.contains(n))?;
-        out.push(view(record, credential));
+        out.push(view(record, credential, grant.is_issuer()));
     }
     let note = AccessNote {
-        resource: Some(format!("holder-query:{}", q.licence_type)),
+        resource: Some(resource),
         holder: Some(q.holder),
     };
-    Ok((Extension(note), Json(out)))
+    Ok((
+        Extension(note),
+        Json(LicencePage {
+            licences: out,
+            next_cursor: page.next.as_ref().map(format_cursor),
+        }),
+    ))
+}
+
+/// The cursor of a holder page: `<rank>.<issued_at>.<licence id>`.
+fn format_cursor(o: &cert_store::store::HolderOrder) -> String {
+    format!("{}.{}.{}", o.rank, o.issued_at, o.id)
+}
+
+fn parse_cursor(text: &str) -> Result<cert_store::store::HolderOrder, ApiError> {
+    let bad = || field_error("cursor", "not a cursor this gateway gave");
+    let mut parts = text.splitn(3, '.');
+    let rank: u8 = parts
+        .next()
+        .and_then(|r| r.parse().ok())
+        .filter(|r| *r < 3)
+        .ok_or_else(bad)?;
+    let issued_at: i64 = parts.next().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+    let id = parts
+        .next()
+        .filter(|id| id.parse::<cert_store::licence_id::LicenceId>().is_ok())
+        .ok_or_else(bad)?;
+    Ok(cert_store::store::HolderOrder {
+        rank,
+        issued_at,
+        id: id.to_owned(),
+    })
 }
 
 /// A presented credential to verify.
@@ -598,19 +721,29 @@ pub async fn check(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
     purpose: Purpose,
+    consent: ConsentHeader,
     Path(id): Path<String>,
     Extension(slot): Extension<NoteSlot>,
     JsonBody(body): JsonBody<CheckBody>,
 ) -> Result<(Extension<AccessNote>, Json<CheckView>), ApiError> {
-    let record = gw.licences(move |svc, _| svc.licence(&id)).await?;
-    slot.record(&record.id, &record.holder);
+    let decided = gw.grant_for_id(&caller, &id, &purpose);
+    let record = gw.noted_licence(&id, &slot).await;
+    let (grant, licence_type) = decided?;
+    let visible = grant.fields(&licence_type, None).map_err(access_error)?;
+    let record = record?;
     let note = noted(&record);
-    let visible = gw.visible_fields(&caller, &record, &purpose, None)?;
+    if grant.needs_consent(&licence_type) {
+        gw.require_consent(&caller, &consent, &record.holder, &licence_type, &purpose)
+            .await?;
+    }
     if let Some(name) = body.fields.keys().find(|n| !visible.contains(n.as_str())) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "CG-AUTH-007",
-            format!("no access rule lets this department check `{name}`"),
+            format!(
+                "no access rule lets this department check `{}`",
+                truncated(name)
+            ),
         ));
     }
     let fields = body.fields;
@@ -650,6 +783,15 @@ async fn lifecycle(
     action: Lifecycle,
 ) -> Result<(Extension<AccessNote>, Json<LicenceView>), ApiError> {
     require(&caller, Role::Issuer)?;
+    // Only the issuer the identifier names may change it: decided before looking it up.
+    let parsed: cert_store::licence_id::LicenceId = id.parse().map_err(|e| field_error("id", e))?;
+    if parsed.issuer() != &caller.department {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "CG-LIC-002",
+            "only the licence's issuer may change it",
+        ));
+    }
     let looked_up = id.clone();
     let before = gw.licences(move |svc, _| svc.licence(&looked_up)).await?;
     slot.record(&before.id, &before.holder);
@@ -662,7 +804,7 @@ async fn lifecycle(
     })
     .await;
     let credential = record.sd_jwt.clone();
-    Ok((noted(&record), Json(view(record, credential))))
+    Ok((noted(&record), Json(view(record, credential, true))))
 }
 
 /// Suspends a licence (its issuer only).
@@ -726,9 +868,16 @@ pub async fn renew(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
     Path(id): Path<String>,
+    Extension(slot): Extension<NoteSlot>,
     JsonBody(b): JsonBody<RenewBody>,
 ) -> Result<(StatusCode, Extension<AccessNote>, Json<LicenceView>), ApiError> {
     require(&caller, Role::Issuer)?;
+    let looked_up = id.clone();
+    if let Ok(before) = gw.licences(move |svc, _| svc.licence(&looked_up)).await
+        && before.issuer == caller.department
+    {
+        slot.record(&before.id, &before.holder);
+    }
     let record = gw
         .licences(move |svc, now| svc.renew(&id, &caller.department, b.fields, b.valid_until, now))
         .await?;
@@ -741,7 +890,7 @@ pub async fn renew(
     Ok((
         StatusCode::CREATED,
         noted(&record),
-        Json(view(record, credential)),
+        Json(view(record, credential, true)),
     ))
 }
 
@@ -803,13 +952,20 @@ pub struct ConsentView {
 pub async fn create_consent(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
+    acting_for: HolderHeader,
+    Extension(slot): Extension<NoteSlot>,
     JsonBody(b): JsonBody<ConsentBody>,
 ) -> Result<(StatusCode, Json<ConsentView>), ApiError> {
     require(&caller, Role::HolderApp)?;
-    let department = b
+    slot.record("consent:new", &b.holder_id);
+    acting_for.require(&b.holder_id)?;
+    let department: cert_store::Uscc = b
         .department
         .parse()
         .map_err(|e| field_error("department", e))?;
+    if gw.live().departments.get(&department).is_none() {
+        return Err(field_error("department", "not in the department table"));
+    }
     let (record, token) = gw
         .licences(move |svc, now| {
             svc.create_consent(
@@ -823,6 +979,7 @@ pub async fn create_consent(
             )
         })
         .await?;
+    slot.record(&format!("consent:{}", record.id), &record.holder);
     Ok((
         StatusCode::CREATED,
         Json(ConsentView {
@@ -841,10 +998,13 @@ pub async fn revoke_consent(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
     Path(id): Path<String>,
+    Extension(slot): Extension<NoteSlot>,
 ) -> Result<StatusCode, ApiError> {
     require(&caller, Role::HolderApp)?;
-    gw.licences(move |svc, now| svc.revoke_consent(&id, &caller.department, now))
+    let holder = gw
+        .licences(move |svc, now| svc.revoke_consent(&id, &caller.department, now))
         .await?;
+    slot.record(&format!("consent:{}", holder.0), &holder.1);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -865,21 +1025,29 @@ pub struct ShowCodeView {
     pub expires_at: i64,
 }
 
-/// Creates a one-use show-code for a licence (一码亮证), valid 5 minutes.
+/// Creates a one-use show-code for a licence (一码亮证), valid 5 minutes: the holder app, for
+/// the holder it names in `X-Holder`, and only for that holder's licences.
 #[utoipa::path(post, path = "/v1/show-codes", tag = "holders", request_body = ShowCodeBody,
-    responses((status = 201, body = ShowCodeView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("X-Holder" = String, Header, description = "The holder the app acts for")),
+    responses((status = 201, body = ShowCodeView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn create_show_code(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
+    acting_for: HolderHeader,
+    Extension(slot): Extension<NoteSlot>,
     JsonBody(b): JsonBody<ShowCodeBody>,
 ) -> Result<(StatusCode, Extension<AccessNote>, Json<ShowCodeView>), ApiError> {
     require(&caller, Role::HolderApp)?;
-    let (record, code, expires_at) = gw
-        .licences(move |svc, now| {
-            let record = svc.licence(&b.licence_id)?;
-            let (code, expires_at) = svc.create_show_code(&caller.department, &record.id, now)?;
-            Ok((record, code, expires_at))
-        })
+    let holder = acting_for.required()?;
+    slot.record("show-code:new", holder.as_str());
+    let record = gw
+        .licences(move |svc, _| svc.licence(&b.licence_id))
+        .await?;
+    slot.record(&record.id, &record.holder);
+    acting_for.require(&record.holder)?;
+    let licence_id = record.id.clone();
+    let (code, expires_at) = gw
+        .licences(move |svc, now| svc.create_show_code(&caller.department, &licence_id, now))
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -897,28 +1065,47 @@ pub struct RedeemBody {
 }
 
 /// Redeems a show-code once (consumer or issuer, with `X-Purpose`): the licence with the
-/// disclosures the redeemer's access rules allow.
+/// disclosures the redeemer's access rules allow. The holder showing the code is its consent
+/// for this one reading. A refused redemption (no rule, another purpose) leaves the code
+/// usable by the department it was meant for.
 #[utoipa::path(post, path = "/v1/show-codes/redeem", tag = "holders", request_body = RedeemBody,
+    params(("X-Purpose" = String, Header, description = "Matter code and/or reason")),
     responses((status = 200, body = LicenceView), (status = 403, body = ErrorBody)))]
 pub async fn redeem_show_code(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
     purpose: Purpose,
+    Extension(slot): Extension<NoteSlot>,
     JsonBody(b): JsonBody<RedeemBody>,
 ) -> Result<(Extension<AccessNote>, Json<LicenceView>), ApiError> {
-    // A shown licence is still read under the reader's access rules and stated purpose.
+    // A shown licence is still read under the reader's access rules and stated purpose,
+    // decided before the code is used up.
     if !caller.has(Role::Consumer) && !caller.has(Role::Issuer) {
         return Err(ApiError::missing_role(Role::Consumer));
     }
+    let code = b.code.clone();
+    let shown = gw
+        .licences(move |svc, now| svc.shown_licence(&code, now))
+        .await?;
+    slot.record(&shown.id, &shown.holder);
+    let licence_type = gw
+        .licence_service()
+        .licence_type(&shown.type_code)
+        .ok_or_else(ApiError::internal)?
+        .clone();
+    let grant = gw.grant(&caller, &licence_type, Some(&shown.issuer), &purpose)?;
+    let visible = grant.fields(&licence_type, None).map_err(access_error)?;
     let redeemer = caller.department.clone();
     let record = gw
         .licences(move |svc, now| svc.redeem_show_code(&b.code, &redeemer, now))
         .await?;
-    let visible = gw.visible_fields(&caller, &record, &purpose, None)?;
     let credential = gw
         .licence_service()
         .present(&record, &|n| visible.contains(n))?;
-    Ok((noted(&record), Json(view(record, credential))))
+    Ok((
+        noted(&record),
+        Json(view(record, credential, grant.is_issuer())),
+    ))
 }
 
 /// The access-log note of a request that touched `record`.
@@ -937,74 +1124,144 @@ pub(crate) fn field_error(field: &str, reason: impl std::fmt::Display) -> ApiErr
     )
 }
 
+/// At most 64 characters of a client's value, for a message or a log note.
+pub(crate) fn truncated(value: &str) -> String {
+    let mut out: String = value.chars().filter(|c| !c.is_control()).take(64).collect();
+    if value.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+fn access_error(e: AccessError) -> ApiError {
+    match e {
+        AccessError::UnknownField { .. } => field_error("fields", e),
+        other => ApiError::new(StatusCode::FORBIDDEN, "CG-AUTH-007", other.to_string()),
+    }
+}
+
+/// `X-Consent`: the holder's consent token, when one is sent.
+#[derive(Debug)]
+pub struct ConsentHeader(Option<String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ConsentHeader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match parts.headers.get("x-consent") {
+            None => Ok(ConsentHeader(None)),
+            Some(v) => v
+                .to_str()
+                .map(|t| ConsentHeader(Some(t.trim().to_owned())))
+                .map_err(|_| field_error("X-Consent", "not a token")),
+        }
+    }
+}
+
 impl Gateway {
-    /// The fields of `record` that `caller` may see for `purpose`, narrowed by `?fields=`.
-    /// The issuer sees every field; a consumer what its access rules allow; anyone else nothing.
-    fn visible_fields(
+    /// Decides whether `caller` may read licences of `licence_type` for `purpose`, before any
+    /// lookup (see [`cert_store::access`]).
+    fn grant(
         &self,
         caller: &Caller,
-        record: &LicenceRecord,
+        licence_type: &LicenceType,
+        issuer: Option<&cert_store::Uscc>,
         purpose: &Purpose,
-        requested: Option<&str>,
-    ) -> Result<BTreeSet<String>, ApiError> {
-        let svc = self.licence_service();
-        let licence_type = svc
-            .licence_type(&record.type_code)
-            .ok_or_else(ApiError::internal)?;
-        let all: BTreeSet<String> = licence_type
-            .fields
-            .iter()
-            .map(|f| f.name.clone())
-            .chain(
-                cert_store::service::HOLDER_CLAIMS
-                    .iter()
-                    .map(|s| (*s).to_owned()),
-            )
-            .collect();
-        let mut visible = if caller.department == record.issuer {
-            all.clone()
-        } else {
-            let live = self.live();
-            let rules: Vec<_> = live
-                .access_rules
-                .iter()
-                .filter(|r| {
-                    r.applies(
-                        &caller.department,
-                        &record.type_code,
-                        purpose.matter.as_deref(),
-                    )
-                })
-                .collect();
-            if rules.is_empty() || !caller.has(Role::Consumer) {
-                return Err(ApiError::new(
+    ) -> Result<Grant, ApiError> {
+        let reader = Reader {
+            department: &caller.department,
+            consumer: caller.has(Role::Consumer),
+            issuer: caller.has(Role::Issuer),
+        };
+        cert_store::access::decide(
+            reader,
+            &self.live().access_rules,
+            licence_type,
+            issuer,
+            purpose.matter.as_deref(),
+        )
+        .map_err(access_error)
+    }
+
+    /// The grant for one licence named by `id`: its type and issuer are read from the
+    /// identifier, so the decision needs no lookup.
+    fn grant_for_id(
+        &self,
+        caller: &Caller,
+        id: &str,
+        purpose: &Purpose,
+    ) -> Result<(Grant, LicenceType), ApiError> {
+        let parsed: cert_store::licence_id::LicenceId = id
+            .parse()
+            .map_err(|_| field_error("id", "not a licence identifier"))?;
+        let licence_type = self
+            .licence_service()
+            .licence_type(parsed.type_code().as_str())
+            .ok_or_else(|| {
+                ApiError::new(
                     StatusCode::FORBIDDEN,
                     "CG-AUTH-007",
-                    format!(
-                        "no access rule lets this department read {} for this purpose",
-                        licence_type.name
-                    ),
-                ));
-            }
-            all.iter()
-                .filter(|f| rules.iter().any(|r| r.allows_field(f)))
-                .cloned()
-                .collect()
-        };
-        if let Some(requested) = requested {
-            let wanted: BTreeSet<String> = requested
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect();
-            if let Some(unknown) = wanted.iter().find(|f| !all.contains(*f)) {
-                return Err(field_error(
-                    "fields",
-                    format!("`{unknown}` is not a field of {}", licence_type.name),
-                ));
-            }
-            visible.retain(|f| wanted.contains(f));
+                    "no access rule lets this department read this licence type",
+                )
+            })?
+            .clone();
+        let grant = self.grant(caller, &licence_type, Some(parsed.issuer()), purpose)?;
+        Ok((grant, licence_type))
+    }
+
+    /// The licence `id`, noted in the request's leaf (its identifier and holder) whether or
+    /// not the caller may see it: a refused attempt is recorded against the licence and shows
+    /// in its holder's view, while the caller's answer does not depend on the lookup. An
+    /// identifier that does not parse is not looked up.
+    async fn noted_licence(&self, id: &str, slot: &NoteSlot) -> Result<LicenceRecord, ApiError> {
+        if id.parse::<cert_store::licence_id::LicenceId>().is_err() {
+            return Err(field_error("id", "not a licence identifier"));
         }
-        Ok(visible)
+        let id = id.to_owned();
+        let record = self.licences(move |svc, _| svc.licence(&id)).await?;
+        slot.record(&record.id, &record.holder);
+        Ok(record)
+    }
+
+    /// Refuses unless `consent` is a live consent of `holder` for the caller to read
+    /// `licence_type`, given for the matter stated in `purpose`.
+    async fn require_consent(
+        &self,
+        caller: &Caller,
+        consent: &ConsentHeader,
+        holder: &str,
+        licence_type: &LicenceType,
+        purpose: &Purpose,
+    ) -> Result<(), ApiError> {
+        let token = consent.0.clone().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "CG-LIC-002",
+                format!(
+                    "{} is disclosed only with the holder's consent: send X-Consent",
+                    licence_type.name
+                ),
+            )
+        })?;
+        let (holder, department, t) = (
+            holder.to_owned(),
+            caller.department.clone(),
+            licence_type.code.to_string(),
+        );
+        let consent = self
+            .licences(move |svc, now| svc.check_consent(&token, &holder, &department, &t, now))
+            .await?;
+        // The holder consented for one matter; the stated purpose must be that matter.
+        if purpose.matter.as_deref() != Some(consent.purpose.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "CG-LIC-002",
+                "the consent was given for another matter than the one stated in X-Purpose",
+            ));
+        }
+        Ok(())
     }
 }

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use http::{StatusCode, header};
 use policies::eligibility::Explained;
 use policies::index::SearchFilter;
@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::Date;
 
+use crate::access_log::NoteSlot;
 use crate::api::{QueryParams, require};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
@@ -228,12 +229,24 @@ pub struct MatchRequest {
 pub async fn match_enterprise(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
+    headers: http::HeaderMap,
+    Extension(slot): Extension<NoteSlot>,
     body: axum::body::Bytes,
 ) -> Result<Json<MatchResult>, ApiError> {
     if !(caller.has(Role::Consumer) || caller.has(Role::PolicyPush) || caller.has(Role::Admin)) {
         return Err(ApiError::missing_role(Role::Consumer));
     }
     let req: MatchRequest = parse(&body)?;
+    if req.uscc.is_some() == req.profile.is_some() {
+        return Err(bad("uscc", "give either uscc or profile"));
+    }
+    // A stored profile is an enterprise's data: reading it states a purpose and is logged
+    // under the enterprise, like any other data access.
+    if let Some(u) = &req.uscc {
+        let u: cert_store::Uscc = u.parse().map_err(|e| bad("uscc", e))?;
+        slot.record(&format!("profile:{u}"), u.as_str());
+        crate::purpose::Purpose::from_headers(&headers)?;
+    }
     let day = today();
     blocking(&gw, move |kb| {
         let profile: Arc<Profile> = match (req.uscc, req.profile) {

@@ -166,6 +166,15 @@ impl ExchangeMetrics {
     }
 }
 
+/// Labels of a rate-limited request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLabels {
+    /// The department's USCC.
+    pub department: String,
+    /// `read`, `write`, `verify` or `export`.
+    pub class: &'static str,
+}
+
 /// The gateway's metrics and the registry that encodes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -182,6 +191,10 @@ pub struct Metrics {
     pub rejected_connections: Counter,
     /// Configuration reloads that failed (the previous configuration stays in force).
     pub reload_failures: Counter,
+    /// Requests refused because the department's budget for the route class was spent.
+    pub rate_limited: Family<RateLabels, Counter>,
+    /// Connections in their TLS handshake (not yet authenticated).
+    pub handshaking: Gauge,
     /// The shared-data exchange.
     pub exchange: std::sync::Arc<ExchangeMetrics>,
 }
@@ -202,7 +215,19 @@ impl Default for Metrics {
         let open_connections = Gauge::default();
         let rejected_connections = Counter::default();
         let reload_failures = Counter::default();
+        let rate_limited = Family::<RateLabels, Counter>::default();
+        let handshaking = Gauge::default();
         registry.register("http_requests", "Requests served", requests.clone());
+        registry.register(
+            "rate_limited",
+            "Requests refused because the department's budget for the route class was spent",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "handshaking_connections",
+            "Connections in their TLS handshake, not yet authenticated",
+            handshaking.clone(),
+        );
         registry.register(
             "http_request_duration_seconds",
             "Request latency from head to response",
@@ -239,6 +264,8 @@ impl Default for Metrics {
             open_connections,
             rejected_connections,
             reload_failures,
+            rate_limited,
+            handshaking,
         }
     }
 }

@@ -387,21 +387,35 @@ fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     write_atomic(path, contents, 0o600)
 }
 
-/// Writes through a temporary file and a rename, so a crash never leaves half a file.
+/// Writes through a temporary file and a rename, so a crash never leaves half a file. The
+/// temporary file has a random name and is created new (never an existing file or a link
+/// someone left there), with its mode set on the open file.
 fn write_atomic(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut suffix = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut suffix).map_err(|_| {
+        io(
+            path,
+            std::io::Error::other("no randomness for a temporary name"),
+        )
+    })?;
+    let tmp = path.with_extension(format!("tmp-{}", hex::encode(suffix)));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .open(&tmp)
         .map_err(|source| io(&tmp, source))?;
-    file.write_all(contents.as_bytes())
+    let written = file
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .and_then(|()| file.write_all(contents.as_bytes()))
         .and_then(|()| file.sync_all())
-        .map_err(|source| io(&tmp, source))?;
-    std::fs::rename(&tmp, path).map_err(|source| io(path, source))
+        .map_err(|source| io(&tmp, source))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|source| io(path, source)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]

@@ -30,9 +30,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Purpose {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Purpose::from_headers(&parts.headers)
+    }
+}
+
+impl Purpose {
+    /// The purpose stated in `X-Purpose` (and `X-Case-Id`); a route that reads data only on
+    /// some requests calls this when it does.
+    pub fn from_headers(headers: &http::HeaderMap) -> Result<Purpose, ApiError> {
         let header = |name: &str| -> Result<Option<&str>, ApiError> {
-            parts
-                .headers
+            headers
                 .get(name)
                 .map(|v| {
                     v.to_str().map_err(|_| {
@@ -59,7 +66,8 @@ fn bad(message: &str) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "CG-REQ-006", message)
 }
 
-fn is_code(s: &str) -> bool {
+/// True for a code: 1 to 64 of `A-Z a-z 0-9 . _ -` (matter codes, case ids).
+pub fn is_code(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()
@@ -99,15 +107,8 @@ pub fn parse(raw: &str) -> Result<Purpose, String> {
             "reason" if purpose.reason.is_none() => {
                 let text = percent_decode(value.trim())
                     .ok_or("the reason is not valid percent-encoded UTF-8")?;
-                let text = text.trim();
-                if text.is_empty()
-                    || text.chars().count() > MAX_REASON_CHARS
-                    || text.chars().any(char::is_control)
-                {
-                    return Err(format!(
-                        "the reason must be 1 to {MAX_REASON_CHARS} printable characters"
-                    ));
-                }
+                let text = cert_store::text::plain(&text, MAX_REASON_CHARS)
+                    .map_err(|e| format!("the reason {e}"))?;
                 purpose.reason = Some(text.to_owned());
             }
             other => {
@@ -176,6 +177,8 @@ mod tests {
             "reason=%0A",
             &format!("reason={}", "a".repeat(201)),
             &"M".repeat(65),
+            "reason=a%E2%80%AEb",
+            "reason=a%0Db",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }

@@ -17,9 +17,10 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::HandshakeKind;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tower::ServiceExt;
 
+use crate::access_log::Leaf;
 use crate::api::{self, ConnectionContext};
 use crate::identity;
 use crate::state::Gateway;
@@ -33,7 +34,8 @@ pub async fn serve(
 ) {
     let router = api::router(gateway.clone());
     let daily = tokio::spawn(crate::matching::rematch_daily(Arc::downgrade(&gateway)));
-    let limit = Arc::new(Semaphore::new(gateway.settings.max_connections));
+    let summaries = tokio::spawn(summarise_refusals(Arc::downgrade(&gateway)));
+    let limit = gateway.connection_slots.clone();
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -49,8 +51,21 @@ pub async fn serve(
                 }
             },
         };
+        // One source may hold only its share of the slots while unauthenticated.
+        let Some(pending) = gateway.preauth.admit(peer.ip()) else {
+            gateway.metrics.rejected_connections.inc();
+            gateway
+                .preauth
+                .refused(peer.ip(), "source_limit", crate::state::unix_now_ms());
+            tracing::debug!(%peer, "too many handshakes from this source; connection closed");
+            drop(tcp);
+            continue;
+        };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             gateway.metrics.rejected_connections.inc();
+            gateway
+                .preauth
+                .refused(peer.ip(), "connection_limit", crate::state::unix_now_ms());
             tracing::warn!(%peer, "connection limit reached; connection closed");
             drop(tcp);
             continue;
@@ -59,12 +74,14 @@ pub async fn serve(
         let router = router.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            serve_connection(&gateway, router, tcp, peer, watcher).await;
+            serve_connection(&gateway, router, tcp, peer, watcher, pending).await;
             drop(permit);
         });
     }
     drop(listener);
     daily.abort();
+    summaries.abort();
+    append_summaries(&gateway);
     gateway.begin_shutdown();
     tracing::info!("shutting down: no new connections; waiting for in-flight requests");
     tokio::select! {
@@ -81,31 +98,35 @@ async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
     watcher: Watcher,
+    pending: crate::preauth::Pending,
 ) {
     let _ = tcp.set_nodelay(true);
     let live = gateway.live();
+    gateway.metrics.handshaking.inc();
     let handshake = tokio::time::timeout(
         gateway.settings.handshake_timeout,
         live.acceptor.accept(tcp),
     )
     .await;
+    gateway.metrics.handshaking.dec();
+    drop(pending);
+    let refused = |reason: &'static str| {
+        gateway.metrics.handshake_failed(reason);
+        gateway
+            .preauth
+            .refused(peer.ip(), reason, crate::state::unix_now_ms());
+    };
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let reason = handshake_failure_reason(&e);
-            gateway.metrics.handshake_failed(reason);
-            gateway
-                .access_log
-                .append_detached(crate::access_log::Leaf::handshake(peer, reason));
-            tracing::info!(%peer, reason, error = %e, "TLS handshake refused");
+            refused(reason);
+            tracing::debug!(%peer, reason, error = %e, "TLS handshake refused");
             return;
         }
         Err(_) => {
-            gateway.metrics.handshake_failed("timeout");
-            gateway
-                .access_log
-                .append_detached(crate::access_log::Leaf::handshake(peer, "timeout"));
-            tracing::info!(%peer, "TLS handshake timed out");
+            refused("timeout");
+            tracing::debug!(%peer, "TLS handshake timed out");
             return;
         }
     };
@@ -124,6 +145,7 @@ async fn serve_connection(
     drop(live);
 
     gateway.metrics.open_connections.inc();
+    let conn_ctx = ctx.clone();
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(ctx.clone());
         router.clone().oneshot(req)
@@ -132,11 +154,14 @@ async fn serve_connection(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(gateway.settings.header_read_timeout);
+        .header_read_timeout(gateway.settings.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
     let builder = if h2 {
         builder.http2_only()
@@ -146,8 +171,97 @@ async fn serve_connection(
     let connection = builder.serve_connection(TokioIo::new(tls), service);
     if let Err(e) = watcher.watch(connection.into_owned()).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+        // A request head hyper refused never reached the router: its answer (400, 414 or
+        // 431) went out from hyper, and its leaf is written here.
+        if let Some(status) = refused_head(&*e) {
+            gateway
+                .access_log
+                .append_detached(head_refusal_leaf(&conn_ctx, status));
+        }
     }
     gateway.metrics.open_connections.dec();
+}
+
+/// The largest request head (HTTP/1: the request line and headers; HTTP/2: the decoded
+/// header list) the gateway reads, in bytes.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// The most header fields an HTTP/1 request may carry.
+pub const MAX_HEADERS: usize = 64;
+
+/// The status hyper answered a request head it could not take with, if that ended the
+/// connection.
+fn refused_head(e: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    let e = e.downcast_ref::<hyper::Error>()?;
+    if e.is_parse_too_large() {
+        Some(if e.to_string().contains("URI too long") {
+            414
+        } else {
+            431
+        })
+    } else if e.is_parse() || e.is_parse_status() {
+        Some(400)
+    } else {
+        None
+    }
+}
+
+/// The leaf of a request head refused on an authenticated connection.
+fn head_refusal_leaf(ctx: &ConnectionContext, status: u16) -> Leaf {
+    Leaf {
+        v: crate::access_log::LEAF_VERSION,
+        seq: 0,
+        time_ms: crate::state::unix_now_ms(),
+        kind: "request".into(),
+        request_id: None,
+        department: ctx
+            .identity
+            .caller
+            .as_ref()
+            .ok()
+            .map(|c| c.department.to_string()),
+        cert_sha256: ctx
+            .identity
+            .certificate
+            .as_ref()
+            .map(|c| c.fingerprint_sha256.clone()),
+        peer: Some(ctx.peer.to_string()),
+        method: None,
+        route: None,
+        resource: None,
+        holder: None,
+        matter: None,
+        reason: None,
+        case_id: None,
+        outcome: Leaf::outcome_of(status).into(),
+        status,
+        code: Some("CG-REQ-010".into()),
+        latency_us: 0,
+        count: None,
+        first_ms: None,
+    }
+}
+
+/// Every window, writes the summaries of the handshakes refused in it to the access log.
+async fn summarise_refusals(gateway: std::sync::Weak<Gateway>) {
+    let Some(window) = gateway.upgrade().map(|g| g.refusal_window) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(window);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(gateway) = gateway.upgrade() else {
+            return;
+        };
+        append_summaries(&gateway);
+    }
+}
+
+fn append_summaries(gateway: &Gateway) {
+    for leaf in gateway.preauth.take_summaries() {
+        gateway.access_log.append_detached(leaf);
+    }
 }
 
 /// A short label for a refused handshake, for metrics and logs.
@@ -197,10 +311,12 @@ pub async fn serve_ops(
 }
 
 async fn readyz(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
-    if gateway.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    match gateway.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 

@@ -128,6 +128,14 @@ pub struct Gateway {
     pub log_verifier_key: String,
     sessions: Arc<dyn StoresServerSessions>,
     shutting_down: AtomicBool,
+    /// The departments' request budgets.
+    rate_limiter: crate::rate_limit::RateLimiter,
+    /// Connection slots of the mTLS listener (`server.max_connections`).
+    pub connection_slots: Arc<tokio::sync::Semaphore>,
+    /// Handshakes pending per source, and the summaries of refused ones.
+    pub preauth: crate::preauth::PreAuth,
+    /// How long a window of refused handshakes is summarised over.
+    pub refusal_window: std::time::Duration,
 }
 
 impl Gateway {
@@ -192,6 +200,10 @@ impl Gateway {
             );
         }
         let licences = open_licences(&config, store)?;
+        let (max_connections, max_handshakes_per_source) = (
+            config.server.max_connections,
+            config.server.max_handshakes_per_source,
+        );
         Ok(Arc::new(Gateway {
             licences: Arc::new(licences),
             access_log,
@@ -208,6 +220,13 @@ impl Gateway {
             live: ArcSwap::from_pointee(live),
             sessions,
             shutting_down: AtomicBool::new(false),
+            rate_limiter: crate::rate_limit::RateLimiter::default(),
+            connection_slots: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            preauth: crate::preauth::PreAuth::new(
+                max_handshakes_per_source,
+                config.access_log.refusal_sources,
+            ),
+            refusal_window: config.access_log.refusal_window,
         }))
     }
 
@@ -285,14 +304,87 @@ impl Gateway {
         }
     }
 
+    /// Takes one request of `class` from `caller`'s budget (from the current department
+    /// table); when it is spent, the 429 answer with `Retry-After`, counted in the metrics.
+    pub fn rate_limit(
+        &self,
+        caller: &crate::identity::Caller,
+        class: crate::config::RouteClass,
+    ) -> Result<(), axum::response::Response> {
+        use axum::response::IntoResponse;
+        let live = self.live();
+        let Some(limits) = live
+            .departments
+            .get(&caller.department)
+            .map(|d| d.rate_limits)
+        else {
+            return Ok(());
+        };
+        let Err(wait) = self.rate_limiter.take(
+            &caller.department,
+            class,
+            &limits,
+            std::time::Instant::now(),
+        ) else {
+            return Ok(());
+        };
+        self.metrics
+            .rate_limited
+            .get_or_create(&crate::metrics::RateLabels {
+                department: caller.department.to_string(),
+                class: class.as_str(),
+            })
+            .inc();
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut response = ApiError::new(
+            http::StatusCode::TOO_MANY_REQUESTS,
+            "CG-REQ-009",
+            format!(
+                "this department's {} budget ({}/s) is spent; retry after {seconds} s",
+                class.as_str(),
+                limits.rate(class)
+            ),
+        )
+        .into_response();
+        if let Ok(v) = http::HeaderValue::from_str(&seconds.to_string()) {
+            response.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
+        Err(response)
+    }
+
     /// Marks the gateway as shutting down: `/readyz` answers 503 from now on.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
 
+    /// What is still running, for the log line of a shutdown that ran out of time.
+    pub fn shutdown_report(&self) -> String {
+        format!(
+            "{} connection(s) open, {} in handshake, access log at {} leaves ({} covered by a checkpoint)",
+            self.metrics.open_connections.get(),
+            self.metrics.handshaking.get(),
+            self.access_log.size(),
+            self.access_log.covered()
+        )
+    }
+
     /// True when the gateway accepts new work.
     pub fn is_ready(&self) -> bool {
-        !self.shutting_down.load(Ordering::SeqCst) && self.access_log.is_healthy()
+        self.readiness().is_ok()
+    }
+
+    /// Whether the gateway accepts new work, and if not, why: shutting down, the access log
+    /// unwritable, or every connection slot taken.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            Err("shutting down")
+        } else if !self.access_log.is_healthy() {
+            Err("the access log cannot be written")
+        } else if self.connection_slots.available_permits() == 0 {
+            Err("every connection slot is taken")
+        } else {
+            Ok(())
+        }
     }
 }
 

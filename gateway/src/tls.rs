@@ -208,9 +208,22 @@ impl ClientCertVerifier for RevocationChecked {
         let verified = self
             .chain
             .verify_client_cert(end_entity, intermediates, now)?;
-        for cert in std::iter::once(end_entity).chain(intermediates) {
+        for (i, cert) in std::iter::once(end_entity).chain(intermediates).enumerate() {
             let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
                 .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+            // webpki checks the clientAuth purpose only when the certificate has an EKU
+            // extension at all; a department certificate must carry it.
+            if i == 0
+                && !parsed
+                    .extended_key_usage()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|eku| eku.value.client_auth)
+            {
+                return Err(rustls::Error::InvalidCertificate(
+                    CertificateError::InvalidPurpose,
+                ));
+            }
             let issuer = parsed.tbs_certificate.issuer.as_raw();
             if self
                 .revoked

@@ -56,10 +56,17 @@ pub const XIAOMI: &str = "91110108551385082Q";
 /// The example citizen id from GB 11643-1999.
 pub const CITIZEN: &str = "11010519491231002X";
 
-/// Licence types and access rules of the test gateways, the demo's: the approval bureau may
+/// Licence types and access rules of the test gateways: the demo's (the approval bureau may
 /// read the name, legal representative and holder id of business licences for any purpose,
-/// and every field of food permits for matter `M-FOOD-001`.
-pub use gateway::demo::LICENSING;
+/// and every field of food permits for matter `M-FOOD-001`), without the one-business-licence
+/// rule, so that a test may issue several licences to one holder (the rule has its own test).
+pub fn licensing() -> String {
+    gateway::demo::LICENSING.replacen("one_per_holder = true\n", "", 1)
+}
+
+/// Request budgets far above what any test sends, for the departments of [`dept`]: the
+/// budgets have tests of their own.
+pub const UNLIMITED: &str = "rate_limits = { read = \"100000/s\", write = \"100000/s\", verify = \"100000/s\", export = \"1000/s\" }\n";
 
 /// A PKI in a temporary directory: `dir/pki` holds the CA, server certificate and CRL.
 pub struct TestPki {
@@ -148,11 +155,12 @@ impl Identity {
     }
 }
 
-/// A department row of the configuration file.
+/// A department row of the configuration file; its full name is `某区` and its name, and its
+/// budgets are [`UNLIMITED`].
 pub fn dept(id: &str, name: &str, roles: &[&str], enabled: bool) -> String {
     let roles: Vec<String> = roles.iter().map(|r| format!("\"{r}\"")).collect();
     format!(
-        "\n[[departments]]\nid = \"{id}\"\nname = \"{name}\"\nroles = [{}]\nenabled = {enabled}\n",
+        "\n[[departments]]\nid = \"{id}\"\nname = \"{name}\"\nfull_name = \"某区{name}\"\nroles = [{}]\nenabled = {enabled}\n{UNLIMITED}",
         roles.join(", ")
     )
 }
@@ -202,7 +210,8 @@ pub fn write_config_with_log(
          [tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = [\"pki/ca.pem\"]\ncrls = [\"pki/crl.pem\"]\n\
          [licensing]\nkek_file = \"kek\"\npublic_url = \"https://localhost\"\n\
          [access_log]\nkey_file = \"log-key\"\norigin = \"certgate.test/access-log\"\n{log_extra}\n\
-         {departments}\n{LICENSING}"
+         {departments}\n{}",
+        licensing()
     );
     let path = pki.dir.path().join("certgate.toml");
     std::fs::write(&path, text).unwrap();
@@ -393,7 +402,7 @@ impl Client {
         self.connect(addr).await?.get(path).await
     }
 
-    /// A POST on a new connection.
+    /// A POST on a new connection, its body sent as `application/json` (whatever it holds).
     pub async fn post(
         &self,
         addr: SocketAddr,
@@ -402,7 +411,12 @@ impl Client {
     ) -> anyhow::Result<Reply> {
         self.connect(addr)
             .await?
-            .send(Method::POST, path, body.into())
+            .send_with(
+                Method::POST,
+                path,
+                &[("content-type", "application/json")],
+                body.into(),
+            )
             .await
     }
 }
@@ -697,7 +711,7 @@ pub async fn create_seal(conn: &mut Conn, alg: &str) -> String {
             Method::POST,
             "/v1/seals",
             &[],
-            &serde_json::json!({"seal_type": "公章", "name": "某区市场监督管理局", "alg": alg}),
+            &serde_json::json!({"seal_type": "公章", "alg": alg}),
         )
         .await
         .unwrap();

@@ -220,6 +220,8 @@ pub struct ProofType {
     pub holder_kind: KeyKind,
     /// Departments that may ask.
     pub departments: BTreeSet<Uscc>,
+    /// Matter codes (事项编码) a proof may be asked for; `None` for any stated purpose.
+    pub purposes: Option<BTreeSet<String>>,
     /// Lifetime of an issued proof (at most 24 hours).
     pub validity: Duration,
     /// All must hold for the answer to be yes.
@@ -335,6 +337,8 @@ pub(crate) struct RawProofType {
     name: String,
     holder_kind: KeyKind,
     departments: Vec<String>,
+    #[serde(default)]
+    purposes: Option<Vec<String>>,
     #[serde(default = "default_validity")]
     validity_seconds: u64,
     conditions: Vec<RawCondition>,
@@ -663,6 +667,10 @@ pub(crate) fn validate(
             name,
             holder_kind: p.holder_kind,
             departments: depts,
+            purposes: p
+                .purposes
+                .filter(|ps| !ps.iter().any(|m| m == "*"))
+                .map(|ps| ps.into_iter().collect()),
             validity: Duration::from_secs(p.validity_seconds),
             conditions,
         });

@@ -24,7 +24,14 @@ async fn every_outcome_is_logged_once_and_provable_against_a_signed_checkpoint()
         pki.department("audit", AUDIT),
         pki.department("app", APP),
     ];
-    let gw = TestGateway::standard(&pki, &extra).await;
+    // Refused handshakes are summarised every 300 ms here (a minute by default).
+    let gw = TestGateway::start(&write_config_with_log(
+        &pki,
+        &extra,
+        &standard_departments(),
+        "refusal_window_ms = 300",
+    ))
+    .await;
     let conn = |i: usize| Client::new(&pki.ca_pem(), Some(&ids[i]), Proto::H2);
     let (mut market, mut approval, mut ops, mut auditor, mut app) = (
         conn(0).connect(gw.addr).await.unwrap(),
@@ -40,7 +47,7 @@ async fn every_outcome_is_logged_once_and_provable_against_a_signed_checkpoint()
             Method::POST,
             "/v1/seals",
             &[],
-            &json!({"seal_type": "公章", "name": "某局", "alg": "ES256"}),
+            &json!({"seal_type": "公章", "alg": "ES256"}),
         )
         .await
         .unwrap()
@@ -83,13 +90,15 @@ async fn every_outcome_is_logged_once_and_provable_against_a_signed_checkpoint()
         .await
         .unwrap();
     assert_eq!(careless.status, StatusCode::BAD_REQUEST);
-    // Denied at TLS: no client certificate.
+    // Denied at TLS: no client certificate. The refusal is in the log as its source's
+    // summary, once the window closes.
     assert!(
         Client::new(&pki.ca_pem(), None, Proto::H1)
             .get(gw.addr, "/v1/whoami")
             .await
             .is_err()
     );
+    tokio::time::sleep(Duration::from_millis(700)).await;
 
     // Only auditors read the log.
     for path in [
@@ -171,10 +180,12 @@ async fn every_outcome_is_logged_once_and_provable_against_a_signed_checkpoint()
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["kind"] == "handshake")
+        .filter(|e| e["kind"] == "handshakes")
         .collect();
     assert_eq!(handshakes.len(), 1, "{all}");
-    assert_eq!(handshakes[0]["code"], "no_certificate");
+    assert_eq!(handshakes[0]["code"], "no_certificate:1");
+    assert_eq!(handshakes[0]["count"], 1);
+    assert_eq!(handshakes[0]["peer"], "127.0.0.1");
 
     // Filters: by holder (pseudonymised by the server), by department, by outcome.
     let by_holder = auditor
@@ -223,7 +234,10 @@ async fn every_outcome_is_logged_once_and_provable_against_a_signed_checkpoint()
 
     // The holder's own view, through the city app.
     let view = app
-        .get(&format!("/v1/audit/holder-view?holder={XIAOMI}"))
+        .get_with(
+            &format!("/v1/audit/holder-view?holder={XIAOMI}"),
+            &[("x-holder", XIAOMI)],
+        )
         .await
         .unwrap()
         .json();

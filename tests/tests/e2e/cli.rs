@@ -178,7 +178,7 @@ async fn serve_reloads_on_sighup_and_drains_on_sigterm() {
     let admin = Client::new(&ca, Some(&ops), Proto::H1);
     let mut tls = admin.tls(api).await.unwrap();
     tls.write_all(
-        b"POST /v1/admin/reload HTTP/1.1\r\nhost: localhost\r\ncontent-length: 4\r\n\r\nab",
+        b"POST /v1/admin/reload HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 4\r\n\r\nab",
     )
     .await
     .unwrap();

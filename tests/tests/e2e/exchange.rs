@@ -741,8 +741,20 @@ async fn proofs_answer_yes_or_no_signed_and_say_nothing_else() {
         "verifies offline with OpenSSL and the JWK set"
     );
     assert_eq!(verify_proof(&mut w.approval, token).await["valid"], true);
-    // Any authenticated department can verify.
-    assert_eq!(verify_proof(&mut w.police, token).await["valid"], true);
+    // Another department sees the proof was not issued to it.
+    let other = verify_proof(&mut w.police, token).await;
+    assert_eq!(other["valid"], false, "{other}");
+    let audience = other["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "audience")
+        .unwrap();
+    assert_eq!(audience["ok"], false);
+    assert!(
+        audience["detail"].as_str().unwrap().contains(APPROVAL),
+        "{audience}"
+    );
 
     // No: arrears, or no licence.
     for holder in [OTHER_FIRM, "91110108MA0000013L"] {

@@ -291,10 +291,10 @@ async fn reload_changes_the_department_table_and_needs_the_admin_role() {
     assert_eq!(open.get("/v1/whoami").await.unwrap().status, StatusCode::OK);
     let disabled = standard_departments().replacen(
         &format!(
-            "id = \"{APPROVAL}\"\nname = \"行政审批局\"\nroles = [\"consumer\"]\nenabled = true"
+            "id = \"{APPROVAL}\"\nname = \"行政审批局\"\nfull_name = \"某区行政审批局\"\nroles = [\"consumer\"]\nenabled = true"
         ),
         &format!(
-            "id = \"{APPROVAL}\"\nname = \"行政审批局\"\nroles = [\"consumer\"]\nenabled = false"
+            "id = \"{APPROVAL}\"\nname = \"行政审批局\"\nfull_name = \"某区行政审批局\"\nroles = [\"consumer\"]\nenabled = false"
         ),
         1,
     );

@@ -644,7 +644,7 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
     let consent = |dept: &str, ttl: i64| json!({"holder_id": CITIZEN, "department": dept, "licence_types": [FOOD], "purpose": "M-FOOD-001", "ttl_seconds": ttl});
     let reply = w
         .approval
-        .json(Method::POST, "/v1/consents", &[], &consent(APPROVAL, 600))
+        .json(Method::POST, "/v1/consents", &[("x-holder", CITIZEN)], &consent(APPROVAL, 600))
         .await
         .unwrap();
     assert_eq!(
@@ -657,7 +657,7 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
         .json(
             Method::POST,
             "/v1/consents",
-            &[],
+            &[("x-holder", CITIZEN)],
             &consent(APPROVAL, 86_401),
         )
         .await
@@ -665,13 +665,13 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
     assert_eq!(reply.code(), "CG-LIC-001", "at most 24 hours");
     let mine = w
         .app
-        .json(Method::POST, "/v1/consents", &[], &consent(APPROVAL, 600))
+        .json(Method::POST, "/v1/consents", &[("x-holder", CITIZEN)], &consent(APPROVAL, 600))
         .await
         .unwrap()
         .json();
     let theirs = w
         .app
-        .json(Method::POST, "/v1/consents", &[], &consent(MARKET, 600))
+        .json(Method::POST, "/v1/consents", &[("x-holder", CITIZEN)], &consent(MARKET, 600))
         .await
         .unwrap()
         .json();
@@ -683,9 +683,11 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
         .await
         .unwrap();
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    let list = reply.json();
-    assert_eq!(list.as_array().unwrap().len(), 1);
+    let page = reply.json();
+    let list = &page["licences"];
+    assert_eq!(list.as_array().unwrap().len(), 1, "{page}");
     assert_eq!(list[0]["id"], permit["id"]);
+    assert!(page["next_cursor"].is_null(), "{page}");
 
     for bad in [
         theirs["token"].as_str().unwrap(),
@@ -734,7 +736,7 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
         .json(
             Method::POST,
             "/v1/show-codes",
-            &[],
+            &[("x-holder", CITIZEN)],
             &json!({"licence_id": permit["id"]}),
         )
         .await
@@ -809,7 +811,7 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
         .json(
             Method::POST,
             "/v1/show-codes",
-            &[],
+            &[("x-holder", CITIZEN)],
             &json!({"licence_id": permit["id"]}),
         )
         .await
@@ -826,6 +828,18 @@ async fn consent_gates_queries_by_holder_and_show_codes_work_once() {
         .await
         .unwrap();
     assert_eq!(reply.code(), "CG-AUTH-007");
+    // The refusal did not use the code up: the department it was meant for redeems it.
+    let reply = w
+        .approval
+        .json(
+            Method::POST,
+            "/v1/show-codes/redeem",
+            &food_purpose,
+            &json!({"code": code["code"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1177,7 +1191,10 @@ async fn documents_are_sealed_and_verified_over_mtls_in_the_national_format() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enterprise_seals_with_its_own_seals_only_and_every_use_is_logged() {
     let Some(mut w) = world().await else { return };
-    // The market regulator makes a contract seal for the enterprise at registration (云刻章).
+    // The enterprise is registered (its business licence), then the market regulator makes
+    // a contract seal for it, named after it (云刻章).
+    let market_seal = create_seal(&mut w.market, "SM2SM3").await;
+    issue_licence(&mut w.market, &business_licence(&market_seal, XIAOMI)).await;
     let r = w
         .market
         .json(

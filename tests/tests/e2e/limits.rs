@@ -158,7 +158,7 @@ async fn graceful_shutdown_finishes_the_request_in_flight_and_refuses_new_connec
     // A request whose body is still arriving when shutdown begins.
     let mut tls = client.tls(gw.addr).await.unwrap();
     tls.write_all(
-        b"POST /v1/admin/reload HTTP/1.1\r\nhost: localhost\r\ncontent-length: 10\r\n\r\nhalf-",
+        b"POST /v1/admin/reload HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\nhalf-",
     )
     .await
     .unwrap();

@@ -125,7 +125,7 @@ async fn matching_both_ways_equals_brute_force_and_the_feed_replays() {
             .json(
                 Method::POST,
                 "/v1/policies/match",
-                &[],
+                &[("x-purpose", "M-POLICY-001")],
                 &json!({ "uscc": p.uscc }),
             )
             .await
@@ -344,7 +344,7 @@ async fn bad_input_names_the_field_and_wrong_roles_are_refused() {
         .json(
             Method::POST,
             "/v1/policies/match",
-            &[],
+            &[("x-purpose", "M-POLICY-001")],
             &json!({"uscc": XIAOMI}),
         )
         .await
@@ -464,7 +464,7 @@ async fn bad_input_names_the_field_and_wrong_roles_are_refused() {
         .json(
             Method::POST,
             "/v1/policies/match",
-            &[],
+            &[("x-purpose", "M-POLICY-001")],
             &json!({"uscc": XIAOMI}),
         )
         .await

@@ -571,7 +571,7 @@ async fn policies_and_profiles_stored_on_one_node_are_matched_on_the_other() {
                 .json(
                     Method::POST,
                     "/v1/policies/match",
-                    &[],
+                    &[("x-purpose", "M-POLICY-001")],
                     &json!({ "uscc": p.uscc }),
                 )
                 .await
