@@ -513,10 +513,13 @@ impl LicenceService {
             )));
         }
         let property = property.trim();
-        if property.is_empty() || property.len() > 200 || !property.is_ascii() {
+        if property.is_empty()
+            || property.len() > 200
+            || !property.bytes().all(|b| (0x20..0x7f).contains(&b))
+        {
             return Err(ServiceError::Invalid {
                 field: "name".into(),
-                reason: "the document's name: 1 to 200 ASCII characters".into(),
+                reason: "the document's name: 1 to 200 printable ASCII characters".into(),
             });
         }
         let signer = self.seal_signing_key(&seal)?;

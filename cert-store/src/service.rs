@@ -885,6 +885,10 @@ impl LicenceService {
         })?;
         let mut out = BTreeMap::new();
         for (name, expected) in claims {
+            // No field holds such a value: a question that cannot match is refused.
+            if let Some(text) = expected.as_str() {
+                crate::text::plain(text, 1000).map_err(|e| invalid(name, e))?;
+            }
             let actual = match name.as_str() {
                 "holder_id" => Some(Value::String(licence.holder.clone())),
                 _ if licence_type.fields.iter().any(|f| &f.name == name) => {
@@ -1569,14 +1573,8 @@ impl LicenceService {
 }
 
 fn required_reason(reason: &str) -> Result<&str, ServiceError> {
-    let reason = reason.trim();
-    if reason.is_empty() || reason.chars().count() > 500 {
-        return Err(invalid(
-            "reason",
-            "a reason of 1 to 500 characters is required",
-        ));
-    }
-    Ok(reason)
+    crate::text::plain(reason, 500)
+        .map_err(|e| invalid("reason", format!("a reason is required that {e}")))
 }
 
 /// The disclosures of a presentation this gateway produced, decoded as `name → value`

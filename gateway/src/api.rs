@@ -200,6 +200,35 @@ fn not_json() -> ApiError {
     )
 }
 
+/// The body of a route that takes none: empty, or the empty JSON object `{}`; anything else
+/// is refused with `CG-REQ-007` rather than ignored.
+#[derive(Debug)]
+pub struct NoBody;
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
+        // The gate has already buffered the body within the size limit.
+        let bytes = axum::body::to_bytes(req.into_body(), usize::MAX)
+            .await
+            .map_err(|_| ApiError::unreadable_body())?;
+        let empty_object = || {
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes)
+                .is_ok_and(|m| m.is_empty())
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) || empty_object() {
+            Ok(NoBody)
+        } else {
+            Err(ApiError::new(
+                http::StatusCode::BAD_REQUEST,
+                "CG-REQ-007",
+                "this route takes no body (or `{}`)",
+            ))
+        }
+    }
+}
+
 /// Query parameters. Unknown or malformed parameters are refused with `CG-REQ-007` and the
 /// parser's reason, in the error model like every other error.
 #[derive(Debug)]
@@ -262,6 +291,7 @@ async fn whoami(caller: Caller, req: Request) -> Result<Json<WhoAmI>, ApiError> 
 async fn reload(
     State(gateway): State<Arc<Gateway>>,
     caller: Caller,
+    _: NoBody,
 ) -> Result<Json<LoadSummary>, ApiError> {
     require(&caller, Role::Admin)?;
     tracing::info!(department = %caller.department, "reload requested over the API");

@@ -234,7 +234,7 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
-            runtime()?.block_on(run_gateway(config, |_, _, _| Ok(())))
+            runtime()?.block_on(run_gateway(config, false, |_, _, _| Ok(())))
         }
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(&file)?;
@@ -505,7 +505,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let dir = config.path.parent().map(Path::to_path_buf).unwrap_or(dir);
             runtime()?.block_on(async {
                 let _sources = crate::demo::start_sources(&mut config, &dir, listen.ip()).await?;
-                run_gateway(config, |gateway, api, ops| {
+                run_gateway(config, true, |gateway, api, ops| {
                     let samples = crate::demo::seed(gateway, &dir)?;
                     crate::demo::print_walkthrough(&dir, &samples, api, ops);
                     Ok(())
@@ -641,8 +641,13 @@ fn exit_after_deadline(deadline: std::time::Duration, gateway: std::sync::Weak<G
 
 /// Binds both listeners, calls `on_ready` with the gateway and their addresses, and serves until SIGTERM or
 /// SIGINT. SIGHUP reloads the department table, trust anchors and CRLs.
+///
+/// With `public_url_from_listener`, `licensing.public_url` becomes the address the mTLS
+/// listener is bound to (the demo: its licences name the status lists where it serves them,
+/// whatever `--listen` said, port 0 included).
 pub async fn run_gateway(
-    config: Config,
+    mut config: Config,
+    public_url_from_listener: bool,
     on_ready: impl FnOnce(&Gateway, SocketAddr, SocketAddr) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -660,6 +665,9 @@ pub async fn run_gateway(
         .await
         .with_context(|| format!("cannot listen on {}", config.server.ops_listen))?;
     let (api_addr, ops_addr) = (listener.local_addr()?, ops_listener.local_addr()?);
+    if public_url_from_listener {
+        config.licensing.public_url = format!("https://{api_addr}");
+    }
     let gateway = Gateway::new(config)?;
 
     let mut terminate = signal(SignalKind::terminate())?;

@@ -317,10 +317,6 @@ pub fn prepare(
     let mut config = Config::load(&config_path)?;
     config.server.listen = listen;
     config.server.ops_listen = ops_listen;
-    // Licences name the status list's URL: it must be the address the demo serves.
-    if listen.port() != 0 {
-        config.licensing.public_url = format!("https://{listen}");
-    }
     Ok(config)
 }
 

@@ -20,6 +20,21 @@ fn config_check_accepts_a_good_file_and_names_the_bad_key() {
     let out = certgate(&["config", "check", config.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid (6 departments"));
+    // The test configuration's public URL (https://localhost, port 443) names no listener.
+    assert!(
+        stderr(&out).contains("warning: licensing.public_url (https://localhost) names port 443"),
+        "{}",
+        stderr(&out)
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:8443\"")
+        .replace("https://localhost", "https://gw.example:8443");
+    std::fs::write(&config, text).unwrap();
+    let out = certgate(&["config", "check", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    let config = write_config(&pki, "", &standard_departments());
 
     let cases: &[(&str, &str, &str)] = &[
         ("max_connections = \"lots\"", "", "server.max_connections"),
@@ -178,7 +193,7 @@ async fn serve_reloads_on_sighup_and_drains_on_sigterm() {
     let admin = Client::new(&ca, Some(&ops), Proto::H1);
     let mut tls = admin.tls(api).await.unwrap();
     tls.write_all(
-        b"POST /v1/admin/reload HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 4\r\n\r\nab",
+        b"POST /v1/admin/reload HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 4\r\n\r\n{ ",
     )
     .await
     .unwrap();
@@ -190,7 +205,7 @@ async fn serve_reloads_on_sighup_and_drains_on_sigterm() {
         admin.get(api, "/v1/whoami").await.is_err(),
         "new connection accepted after SIGTERM"
     );
-    tls.write_all(b"cd").await.unwrap();
+    tls.write_all(b" }").await.unwrap();
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response))
         .await
@@ -294,6 +309,35 @@ fn demo_prints_curl_commands_that_work_and_reuses_its_files() {
             .as_str()
             .is_some_and(|id| id.starts_with("1.2.156.3005.2.")),
         "{issued}"
+    );
+    // The licence names the status list where this demo serves it (it listens on a port of
+    // its own, not the configuration's 8443).
+    let api = printed
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("mTLS API:"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let jwt = issued["credential"]
+        .as_str()
+        .unwrap()
+        .split('~')
+        .next()
+        .unwrap();
+    let payload: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            jwt.split('.').nth(1).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        payload["status"]["status_list"]["uri"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{api}/v1/status-lists/")),
+        "{payload} does not point at {api}"
     );
     let query = curl(&|l| l.contains("X-Purpose: M-BIZ-001") && !l.contains("/check"));
     assert_eq!(json_of(&query)["disclosed"]["legal_representative"], "雷军");

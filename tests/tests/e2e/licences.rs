@@ -1381,3 +1381,174 @@ async fn an_admin_keeps_the_trust_list_and_foreign_seals_verify_naming_their_aut
     let r = w.ops.send(Method::DELETE, &del("sealca-nope".into()), bytes::Bytes::new()).await.unwrap();
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holders_licences_come_a_page_at_a_time_valid_first() {
+    let Some(mut w) = world().await else { return };
+    let seal = create_seal(&mut w.market, "ES256").await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(
+            issue_licence(&mut w.market, &business_licence(&seal, XIAOMI)).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let r = w
+        .market
+        .json(
+            Method::POST,
+            &format!("/v1/licences/{}/revoke", ids[4]),
+            &[],
+            &json!({"reason": "吊销"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let purpose = [("x-purpose", "M-BIZ-001")];
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/licences?holder={XIAOMI}&type={BUSINESS}&limit=2&cursor={c}"),
+            None => format!("/v1/licences?holder={XIAOMI}&type={BUSINESS}&limit=2"),
+        };
+        let page = w.approval.get_with(&path, &purpose).await.unwrap();
+        assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
+        let page = page.json();
+        let list = page["licences"].as_array().unwrap();
+        assert!(list.len() <= 2);
+        seen.extend(list.iter().map(|l| (l["id"].as_str().unwrap().to_owned(), l["status"].as_str().unwrap().to_owned())));
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 5);
+    assert!(seen[..4].iter().all(|(_, s)| s == "valid"), "{seen:?}");
+    assert_eq!(seen[4], (ids[4].clone(), "revoked".to_owned()));
+    for bad in ["limit=0", "limit=101", "cursor=nonsense", "cursor=0.1.x"] {
+        let r = w
+            .approval
+            .get_with(
+                &format!("/v1/licences?holder={XIAOMI}&type={BUSINESS}&{bad}"),
+                &purpose,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_business_licence_for_one_holder_is_refused_even_when_racing() {
+    let Some((extra, _schema)) = storage("one-per-holder") else {
+        return;
+    };
+    let pki = TestPki::new();
+    let market = pki.department("market", MARKET);
+    let config = write_config(&pki, &extra, &standard_departments());
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen("business_licence = true\n", "business_licence = true\none_per_holder = true\n", 1);
+    std::fs::write(&config, text).unwrap();
+    let gw = TestGateway::start(&config).await;
+    let mut conn = Client::new(&pki.ca_pem(), Some(&market), Proto::H2)
+        .connect(gw.addr)
+        .await
+        .unwrap();
+    let seal = create_seal(&mut conn, "ES256").await;
+    let mut racing = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut c = conn.fork().unwrap();
+        let body = business_licence(&seal, XIAOMI);
+        racing.spawn(async move { c.json(Method::POST, "/v1/licences", &[], &body).await.unwrap() });
+    }
+    let mut issued = Vec::new();
+    let mut refused = Vec::new();
+    while let Some(r) = racing.join_next().await {
+        let r = r.unwrap();
+        match r.status {
+            StatusCode::CREATED => issued.push(r.json()["id"].as_str().unwrap().to_owned()),
+            StatusCode::CONFLICT => refused.push(r.json()),
+            other => panic!("{other}: {:?}", r.body),
+        }
+    }
+    assert_eq!(issued.len(), 1, "{refused:?}");
+    assert_eq!(refused.len(), 7);
+    for r in &refused {
+        assert_eq!(r["code"], "CG-LIC-005");
+        assert!(r["message"].as_str().unwrap().contains(&issued[0]), "{r}");
+    }
+    // Another holder is not held back, and renewal replaces the one held.
+    issue_licence(&mut conn, &business_licence(&seal, "914403001922038216")).await;
+    let renewed = conn
+        .json(Method::POST, &format!("/v1/licences/{}/renew", issued[0]), &[], &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(renewed.status, StatusCode::CREATED, "{:?}", renewed.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_holds_on_every_path_that_discloses_a_licence() {
+    let Some(mut w) = world().await else { return };
+    let seal = create_seal(&mut w.market, "ES256").await;
+    let permit = issue_licence(
+        &mut w.market,
+        &json!({"licence_type": FOOD, "holder_id": CITIZEN, "holder_name": "张三", "seal_id": seal,
+            "fields": {"operator": "张三", "premises": "北京市朝阳区"}}),
+    )
+    .await;
+    let id = permit["id"].as_str().unwrap();
+    let purpose = ("x-purpose", "M-FOOD-001");
+    // By identifier and by field check: refused without the holder's consent.
+    let r = w.approval.get_with(&format!("/v1/licences/{id}"), &[purpose]).await.unwrap();
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::FORBIDDEN, "CG-LIC-002"), "{:?}", r.body);
+    let r = w
+        .approval
+        .json(Method::POST, &format!("/v1/licences/{id}/check"), &[purpose], &json!({"fields": {"premises": "北京市朝阳区"}}))
+        .await
+        .unwrap();
+    assert_eq!(r.code(), "CG-LIC-002");
+    // With it: the fields the rule allows.
+    let consent = w
+        .app
+        .json(
+            Method::POST,
+            "/v1/consents",
+            &[("x-holder", CITIZEN)],
+            &json!({"holder_id": CITIZEN, "department": APPROVAL, "licence_types": [FOOD], "purpose": "M-FOOD-001", "ttl_seconds": 600}),
+        )
+        .await
+        .unwrap()
+        .json();
+    let token = consent["token"].as_str().unwrap();
+    let r = w
+        .approval
+        .get_with(&format!("/v1/licences/{id}"), &[purpose, ("x-consent", token)])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["disclosed"]["premises"], "北京市朝阳区");
+    assert!(r.json()["status_reason"].is_null());
+    // The issuer needs none.
+    let r = w.market.get_with(&format!("/v1/licences/{id}"), &[purpose]).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    // A department without a rule learns nothing, whether or not the licence exists.
+    let missing = cert_store::licence_id::LicenceId::new(
+        &FOOD.parse().unwrap(),
+        &MARKET.parse().unwrap(),
+        &"Z".repeat(16),
+        1,
+    )
+    .unwrap()
+    .to_string();
+    let a = w.ops.get_with(&format!("/v1/licences/{id}"), &[purpose]).await.unwrap();
+    let b = w.ops.get_with(&format!("/v1/licences/{missing}"), &[purpose]).await.unwrap();
+    assert_eq!((a.status, a.code()), (b.status, b.code()));
+    assert_eq!(a.json()["message"], b.json()["message"]);
+}
