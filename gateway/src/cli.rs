@@ -234,7 +234,7 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
-            runtime()?.block_on(run_gateway(config, false, |_, _, _| Ok(())))
+            finish(runtime()?, run_gateway(config, false, |_, _, _| Ok(())))
         }
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(&file)?;
@@ -503,7 +503,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let mut config = crate::demo::prepare(&dir, listen, ops_listen, now)?;
             let dir = config.path.parent().map(Path::to_path_buf).unwrap_or(dir);
-            runtime()?.block_on(async {
+            finish(runtime()?, async {
                 let _sources = crate::demo::start_sources(&mut config, &dir, listen.ip()).await?;
                 run_gateway(config, true, |gateway, api, ops| {
                     let samples = crate::demo::seed(gateway, &dir)?;
@@ -589,6 +589,17 @@ fn sqlite_log(path: &Path) -> anyhow::Result<Box<dyn LogDb>> {
     Ok(Box::new(SqliteLog::open_read_only(path).with_context(
         || format!("cannot open {}", path.display()),
     )?))
+}
+
+/// Runs `serving` to its end, then stops the runtime without waiting for blocking tasks still
+/// stuck (a store call, say) beyond a few seconds: they must not keep a stopped gateway alive.
+fn finish(
+    runtime: tokio::runtime::Runtime,
+    serving: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let result = runtime.block_on(serving);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -708,6 +719,13 @@ pub async fn run_gateway(
         );
     }
     let _ = stop_ops.send(true);
-    let _ = ops.await;
+    // A scraper holding a keep-alive connection to the operations listener would keep its
+    // graceful shutdown waiting: it gets a moment, then is dropped with the process.
+    if tokio::time::timeout(std::time::Duration::from_secs(2), ops)
+        .await
+        .is_err()
+    {
+        tracing::warn!("operations listener still had open connections; closing them");
+    }
     Ok(())
 }

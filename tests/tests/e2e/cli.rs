@@ -198,6 +198,13 @@ async fn serve_reloads_on_sighup_and_drains_on_sigterm() {
     .await
     .unwrap();
     tls.flush().await.unwrap();
+    // A probe of the operations listener stalls half-way through its request head: it must
+    // not hold the process up.
+    let mut scraper = tokio::net::TcpStream::connect(served.ops).await.unwrap();
+    scraper
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     served.signal("-TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -224,6 +231,7 @@ async fn serve_reloads_on_sighup_and_drains_on_sigterm() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    drop(scraper);
 }
 
 /// Starts `certgate demo` in `dir` on ephemeral ports and returns it with what it printed.

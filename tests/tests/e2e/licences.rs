@@ -1552,3 +1552,92 @@ async fn consent_holds_on_every_path_that_discloses_a_licence() {
     assert_eq!((a.status, a.code()), (b.status, b.code()));
     assert_eq!(a.json()["message"], b.json()["message"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_city_app_seals_only_for_the_enterprise_it_names_and_verdicts_name_the_owner() {
+    let Some(mut w) = world().await else { return };
+    let department_seal = create_seal(&mut w.market, "SM2SM3").await;
+    issue_licence(&mut w.market, &business_licence(&department_seal, XIAOMI)).await;
+    let doc = json!({"document_base64": STANDARD.encode(b"%PDF-1.7 tender"), "name": "tender.pdf"});
+    // X-Holder naming the market regulator itself: its official seal is its own alone.
+    for holder in [MARKET, XIAOMI] {
+        let r = w
+            .app
+            .json(
+                Method::POST,
+                &format!("/v1/seals/{department_seal}/sign"),
+                &[("x-holder", holder)],
+                &doc,
+            )
+            .await
+            .unwrap();
+        assert!(
+            r.status == StatusCode::FORBIDDEN || r.status == StatusCode::BAD_REQUEST,
+            "{holder}: {} {:?}",
+            r.status,
+            r.body
+        );
+    }
+    // A seal named after another department, or an enterprise seal for a department.
+    for body in [
+        json!({"seal_type": "公章", "alg": "SM2SM3", "name": "某区行政审批局公章"}),
+        json!({"seal_type": "公章", "alg": "SM2SM3", "holder": APPROVAL}),
+        json!({"seal_type": "公章", "alg": "SM2SM3", "holder": XIAOMI, "name": "华为技术有限公司公章"}),
+    ] {
+        let r = w.market.json(Method::POST, "/v1/seals", &[], &body).await.unwrap();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {:?}", r.body);
+    }
+    // The enterprise's own seal, through the app, for it: named after its business licence.
+    let own = w
+        .market
+        .json(Method::POST, "/v1/seals", &[], &json!({"seal_type": "公章", "alg": "SM2SM3", "holder": XIAOMI}))
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(own["name"], "小米科技有限责任公司公章");
+    assert_eq!(own["owner_name"], "小米科技有限责任公司");
+    let sealed = w
+        .app
+        .json(
+            Method::POST,
+            &format!("/v1/seals/{}/sign", own["id"].as_str().unwrap()),
+            &[("x-holder", XIAOMI)],
+            &doc,
+        )
+        .await
+        .unwrap();
+    assert_eq!(sealed.status, StatusCode::OK, "{:?}", sealed.body);
+    let verdict = w
+        .approval
+        .json(
+            Method::POST,
+            "/v1/seals/verify",
+            &[],
+            &json!({"document_base64": doc["document_base64"], "ses_signature_base64": sealed.json()["ses_signature_base64"]}),
+        )
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(verdict["valid"], true, "{verdict}");
+    assert_eq!(verdict["owner"], json!({"uscc": XIAOMI, "name": "小米科技有限责任公司"}));
+    // The department's own seal, signed by the department: the verdict names it.
+    let sealed = w
+        .market
+        .json(Method::POST, &format!("/v1/seals/{department_seal}/sign"), &[], &doc)
+        .await
+        .unwrap()
+        .json();
+    let verdict = w
+        .approval
+        .json(
+            Method::POST,
+            "/v1/seals/verify",
+            &[],
+            &json!({"document_base64": doc["document_base64"], "jws": sealed["jws_detached"]}),
+        )
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(verdict["valid"], true, "{verdict}");
+    assert_eq!(verdict["owner"], json!({"uscc": MARKET, "name": "某区市场监管局"}));
+}
