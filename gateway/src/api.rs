@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::request::Parts;
 use http::{HeaderValue, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde::Serialize;
 use utoipa::OpenApi;
 
@@ -790,34 +790,110 @@ fn percent_decode_lossy(seg: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Reads the whole body, refusing it past `limit` bytes. A declared length over the limit is
-/// refused before any of the body is read.
+/// Reads the whole body, refusing it past `limit` bytes.
+///
+/// Over HTTP/1 a declared length over the limit is refused before any of the body is read, and
+/// the connection closes after the answer. Over HTTP/2 the stream is the client's to finish: an
+/// answer sent while the client is still sending reaches it as a stream reset rather than as
+/// the 413, so the rest of an oversized body is read and dropped first — up to
+/// [`DRAIN_FACTOR`] times the limit (the request timeout bounds the time); past that the stream
+/// is reset.
 async fn buffer_body(req: Request, limit: usize) -> Result<Request, ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    let h2 = req.version() >= http::Version::HTTP_2;
+    if !h2 && declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::body_too_large(limit));
     }
     let json = is_json(req.headers());
-    let (parts, body) = req.into_parts();
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return Err(ApiError::body_too_large(limit)),
-        Err(_) => return Err(ApiError::unreadable_body()),
-    };
+    let (parts, mut body) = req.into_parts();
+    let mut bytes = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(ApiError::unreadable_body());
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        seen = seen.saturating_add(data.len());
+        if seen > limit {
+            if !h2 || seen > limit.saturating_mul(DRAIN_FACTOR) {
+                return Err(ApiError::body_too_large(limit));
+            }
+            continue;
+        }
+        bytes.extend_from_slice(&data);
+    }
+    if seen > limit {
+        return Err(ApiError::body_too_large(limit));
+    }
     // Every body the API takes is JSON, and says so: nothing is parsed on a guess.
     if !bytes.is_empty() && !json {
         return Err(not_json());
     }
-    Ok(Request::from_parts(parts, Body::from(bytes)))
+    Ok(Request::from_parts(parts, Body::from(bytes.freeze())))
 }
+
+/// How many times the body limit an HTTP/2 client may send before its oversized stream is reset
+/// rather than answered 413.
+pub const DRAIN_FACTOR: usize = 8;
 
 #[cfg(test)]
 mod tests {
-    use super::redact_path;
+    use super::*;
+
+    #[test]
+    fn leaf_text_is_bounded_clean_and_free_of_citizen_ids() {
+        for (input, expected) in [
+            ("审批 11010519491231002X 事项", "审批 [citizen-id] 事项"),
+            ("id=11010519491231002x;", "id=[citizen-id];"),
+            // A USCC stays: it names an organisation, not a person.
+            (
+                "dataset:tax/914403001922038216",
+                "dataset:tax/914403001922038216",
+            ),
+            (
+                "dataset:tax/91110108551385082Q",
+                "dataset:tax/91110108551385082Q",
+            ),
+        ] {
+            assert_eq!(redact_citizen_ids(input), expected, "{input}");
+        }
+        assert_eq!(log_text("seal:a\0b\r\n\u{202E}c"), "seal:abc");
+        let long = log_text(&"字".repeat(5000));
+        assert!(long.chars().count() <= MAX_LOGGED_CHARS);
+        assert!(long.contains("…sha256:"), "{long}");
+        assert_ne!(log_text(&"字".repeat(5000)), log_text(&"字".repeat(5001)));
+        let message = bounded_message("x".repeat(10_000));
+        assert!(message.chars().count() <= MAX_MESSAGE_CHARS + 10);
+    }
+
+    #[test]
+    fn routes_fall_in_their_budget_classes() {
+        for (method, route, class) in [
+            (http::Method::GET, "/v1/licences/{id}", RouteClass::Read),
+            (http::Method::POST, "/v1/licences", RouteClass::Write),
+            (
+                http::Method::POST,
+                "/v1/licences/verify",
+                RouteClass::Verify,
+            ),
+            (
+                http::Method::POST,
+                "/v1/show-codes/redeem",
+                RouteClass::Verify,
+            ),
+            (http::Method::GET, "/v1/audit/export", RouteClass::Export),
+            (http::Method::DELETE, "/v1/policies/{id}", RouteClass::Write),
+            (http::Method::GET, "unmatched", RouteClass::Read),
+        ] {
+            assert_eq!(route_class(&method, route), class, "{method} {route}");
+        }
+    }
 
     #[test]
     fn anything_shaped_like_a_citizen_id_is_redacted() {
@@ -841,6 +917,15 @@ mod tests {
         assert_eq!(
             redact_path("/v1/data/tax/91110108551385082Q"),
             "/v1/data/tax/91110108551385082Q"
+        );
+        // Percent-encoded, padded or inside a longer segment: still redacted.
+        assert_eq!(
+            redact_path("/v1/data/h/11010519491231002%58%20"),
+            "/v1/data/h/[citizen-id]"
+        );
+        assert_eq!(
+            redact_path("/v1/data/h/id-11010519491231002X"),
+            "/v1/data/h/id-[citizen-id]"
         );
     }
 }

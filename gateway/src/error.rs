@@ -89,6 +89,11 @@ pub const CODES: &[(&str, u16, &str)] = &[
         "the department's request budget for this route class is spent (Retry-After says when to retry)",
     ),
     (
+        "CG-REQ-010",
+        400,
+        "the request head was malformed or over the header budget (also 414 or 431); answered by the HTTP parser, in the access log only",
+    ),
+    (
         "CG-AUTH-007",
         403,
         "no access rule lets the department read this licence type (or field) for the stated purpose",
@@ -338,5 +343,73 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(body)).into_response();
         response.extensions_mut().insert(self);
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CODES;
+
+    /// Every code literal in the product's sources.
+    fn codes_in_sources() -> std::collections::BTreeSet<String> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut found = std::collections::BTreeSet::new();
+        let mut dirs = vec![
+            root.join("gateway/src"),
+            root.join("cert-store/src"),
+            root.join("policies/src"),
+        ];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    for piece in text.split('"') {
+                        let parts: Vec<&str> = piece.split('-').collect();
+                        if let ["CG", area, number] = parts.as_slice()
+                            && !area.is_empty()
+                            && area.bytes().all(|b| b.is_ascii_uppercase())
+                            && number.len() == 3
+                            && number.bytes().all(|b| b.is_ascii_digit())
+                        {
+                            found.insert(piece.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_code_used_is_in_the_table_and_the_readme_and_nothing_else_is() {
+        let readme = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+        )
+        .unwrap();
+        let documented: std::collections::BTreeSet<String> = readme
+            .lines()
+            .filter_map(|l| l.strip_prefix("| CG-"))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(|c| format!("CG-{c}"))
+            .collect();
+        let table: std::collections::BTreeSet<String> =
+            CODES.iter().map(|(c, _, _)| (*c).to_owned()).collect();
+        let used = codes_in_sources();
+        assert_eq!(used, table, "codes used in the sources vs error::CODES");
+        assert_eq!(
+            table, documented,
+            "error::CODES vs the README's error table"
+        );
+        // The status of each code in the README is the table's.
+        for (code, status, _) in CODES {
+            let line = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| {code} |")))
+                .unwrap();
+            assert!(line.contains(&status.to_string()), "{code}: {line}");
+        }
     }
 }

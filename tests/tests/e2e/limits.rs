@@ -255,3 +255,57 @@ async fn a_log_that_cannot_be_written_fails_closed() {
     assert_eq!(reply.code(), "CG-LOG-001");
     assert_eq!(gw.ops_get("/readyz").await.0, 503);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_gets_413_for_an_oversized_body_over_http2_and_http1() {
+    let pki = TestPki::new();
+    let ops = pki.department("ops", OPS);
+    let gw = TestGateway::standard(&pki, "").await;
+    let big = pki.pki_dir().join("big.json");
+    std::fs::write(&big, vec![b' '; 2_000_000]).unwrap();
+    let url = format!("https://127.0.0.1:{}/v1/admin/reload", gw.addr.port());
+    for proto in ["--http2", "--http1.1"] {
+        for chunked in [false, true] {
+            // Five times each: the answer must not race the client's sending.
+            for _ in 0..5 {
+                let mut args = vec![
+                    "-sS".to_owned(),
+                    proto.to_owned(),
+                    "--cacert".into(),
+                    pki.ca_pem().display().to_string(),
+                    "--cert".into(),
+                    ops.cert_path.display().to_string(),
+                    "--key".into(),
+                    ops.key_path.display().to_string(),
+                    "-H".into(),
+                    "content-type: application/json".into(),
+                    "--data-binary".into(),
+                    format!("@{}", big.display()),
+                    "-w".into(),
+                    "\n%{http_code}".into(),
+                    url.clone(),
+                ];
+                if chunked {
+                    args.splice(
+                        0..0,
+                        ["-H".to_owned(), "transfer-encoding: chunked".to_owned()],
+                    );
+                }
+                let out = tokio::task::spawn_blocking(move || {
+                    std::process::Command::new("curl")
+                        .args(&args)
+                        .output()
+                        .unwrap()
+                })
+                .await
+                .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    out.status.success() && text.ends_with("\n413") && text.contains("CG-REQ-003"),
+                    "{proto} chunked={chunked}: {text} {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+}
