@@ -471,8 +471,8 @@ async fn gate_inner(gateway: Arc<Gateway>, mut req: Request, next: Next) -> Resp
             } else if !gateway.access_log.is_healthy() {
                 // Nothing is served that cannot be logged: refuse before the handler runs.
                 ApiError::log_unavailable().into_response()
-            } else if let Err(limited) =
-                gateway.rate_limit(&caller, route_class(&facts.method, &facts.route))
+            } else if let Some(limited) =
+                gateway.rate_limited(&caller, route_class(&facts.method, &facts.route))
             {
                 limited
             } else {

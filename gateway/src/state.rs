@@ -306,28 +306,22 @@ impl Gateway {
 
     /// Takes one request of `class` from `caller`'s budget (from the current department
     /// table); when it is spent, the 429 answer with `Retry-After`, counted in the metrics.
-    pub fn rate_limit(
+    pub fn rate_limited(
         &self,
         caller: &crate::identity::Caller,
         class: crate::config::RouteClass,
-    ) -> Result<(), axum::response::Response> {
+    ) -> Option<axum::response::Response> {
         use axum::response::IntoResponse;
-        let live = self.live();
-        let Some(limits) = live
-            .departments
-            .get(&caller.department)
-            .map(|d| d.rate_limits)
-        else {
-            return Ok(());
-        };
-        let Err(wait) = self.rate_limiter.take(
-            &caller.department,
-            class,
-            &limits,
-            std::time::Instant::now(),
-        ) else {
-            return Ok(());
-        };
+        let limits = self.live().departments.get(&caller.department)?.rate_limits;
+        let wait = self
+            .rate_limiter
+            .take(
+                &caller.department,
+                class,
+                &limits,
+                std::time::Instant::now(),
+            )
+            .err()?;
         self.metrics
             .rate_limited
             .get_or_create(&crate::metrics::RateLabels {
@@ -349,7 +343,7 @@ impl Gateway {
         if let Ok(v) = http::HeaderValue::from_str(&seconds.to_string()) {
             response.headers_mut().insert(http::header::RETRY_AFTER, v);
         }
-        Err(response)
+        Some(response)
     }
 
     /// Marks the gateway as shutting down: `/readyz` answers 503 from now on.
