@@ -101,14 +101,26 @@ impl Leaf {
             .collect::<Vec<_>>()
             .join(",");
         Leaf {
+            peer: Some(peer.to_owned()),
+            code: Some(code),
+            count: Some(count),
+            first_ms: Some(first_ms),
+            ..Leaf::new("handshakes", last_ms, 0)
+        }
+    }
+
+    /// A leaf of `kind` at `time_ms` with `status` (0 for none) and its outcome, every other
+    /// field absent, for a caller to fill in.
+    pub fn new(kind: &str, time_ms: i64, status: u16) -> Leaf {
+        Leaf {
             v: LEAF_VERSION,
             seq: 0,
-            time_ms: last_ms,
-            kind: "handshakes".into(),
+            time_ms,
+            kind: kind.to_owned(),
             request_id: None,
             department: None,
             cert_sha256: None,
-            peer: Some(peer.to_owned()),
+            peer: None,
             method: None,
             route: None,
             resource: None,
@@ -116,12 +128,16 @@ impl Leaf {
             matter: None,
             reason: None,
             case_id: None,
-            outcome: "denied".into(),
-            status: 0,
-            code: Some(code),
+            outcome: if status == 0 {
+                "denied".into()
+            } else {
+                Leaf::outcome_of(status).into()
+            },
+            status,
+            code: None,
             latency_us: 0,
-            count: Some(count),
-            first_ms: Some(first_ms),
+            count: None,
+            first_ms: None,
         }
     }
 

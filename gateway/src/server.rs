@@ -208,11 +208,6 @@ fn refused_head(e: &(dyn std::error::Error + 'static)) -> Option<u16> {
 /// The leaf of a request head refused on an authenticated connection.
 fn head_refusal_leaf(ctx: &ConnectionContext, status: u16) -> Leaf {
     Leaf {
-        v: crate::access_log::LEAF_VERSION,
-        seq: 0,
-        time_ms: crate::state::unix_now_ms(),
-        kind: "request".into(),
-        request_id: None,
         department: ctx
             .identity
             .caller
@@ -225,19 +220,8 @@ fn head_refusal_leaf(ctx: &ConnectionContext, status: u16) -> Leaf {
             .as_ref()
             .map(|c| c.fingerprint_sha256.clone()),
         peer: Some(ctx.peer.to_string()),
-        method: None,
-        route: None,
-        resource: None,
-        holder: None,
-        matter: None,
-        reason: None,
-        case_id: None,
-        outcome: Leaf::outcome_of(status).into(),
-        status,
         code: Some("CG-REQ-010".into()),
-        latency_us: 0,
-        count: None,
-        first_ms: None,
+        ..Leaf::new("request", crate::state::unix_now_ms(), status)
     }
 }
 

@@ -633,21 +633,9 @@ async fn every_route_refuses_hostile_input_with_a_code_and_one_leaf_each() {
     let size = gw.gateway.access_log.size();
     checkpoint_covering(&mut conns[AUDIT_I], &key, size).await;
     let mut leaves: HashMap<String, Vec<Value>> = HashMap::new();
-    let mut cursor: Option<u64> = None;
-    loop {
-        let path = match cursor {
-            Some(c) => format!("/v1/audit/entries?limit=1000&cursor={c}"),
-            None => "/v1/audit/entries?limit=1000".to_owned(),
-        };
-        let page = conns[AUDIT_I].get(&path).await.unwrap().json();
-        for e in page["entries"].as_array().unwrap() {
-            if let Some(rid) = e["request_id"].as_str() {
-                leaves.entry(rid.to_owned()).or_default().push(e.clone());
-            }
-        }
-        match page["next_cursor"].as_u64() {
-            Some(c) => cursor = Some(c),
-            None => break,
+    for e in all_entries(&mut conns[AUDIT_I]).await {
+        if let Some(rid) = e["request_id"].as_str() {
+            leaves.entry(rid.to_owned()).or_default().push(e.clone());
         }
     }
     for (rid, (what, status)) in &refused {
@@ -678,8 +666,8 @@ async fn connect_from(
     socket.connect(addr).await
 }
 
-/// Leaves of refused handshakes (their summaries) now in the log.
-async fn handshake_summaries(auditor: &mut Conn) -> Vec<Value> {
+/// Every entry of the log, paged through as an auditor.
+async fn all_entries(auditor: &mut Conn) -> Vec<Value> {
     let mut out = Vec::new();
     let mut cursor: Option<u64> = None;
     loop {
@@ -688,19 +676,19 @@ async fn handshake_summaries(auditor: &mut Conn) -> Vec<Value> {
             None => "/v1/audit/entries?limit=1000".to_owned(),
         };
         let page = auditor.get(&path).await.unwrap().json();
-        out.extend(
-            page["entries"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|e| e["kind"] == "handshakes")
-                .cloned(),
-        );
+        out.extend(page["entries"].as_array().unwrap().iter().cloned());
         match page["next_cursor"].as_u64() {
             Some(c) => cursor = Some(c),
             None => return out,
         }
     }
+}
+
+/// Leaves of refused handshakes (their summaries) now in the log.
+async fn handshake_summaries(auditor: &mut Conn) -> Vec<Value> {
+    let mut all = all_entries(auditor).await;
+    all.retain(|e| e["kind"] == "handshakes");
+    all
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
