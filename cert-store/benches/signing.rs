@@ -33,10 +33,11 @@ fn main() {
     let mut schema = None;
     let (store, store_name): (Arc<dyn cert_store::store::Store>, &str) =
         if let Ok(url) = std::env::var("CERTGATE_BENCH_POSTGRES_URL") {
-            let mut settings = cert_store::pg_store::PgSettings::new(&url);
+            let mut settings = storage::PgSettings::new(&url);
             settings.schema = format!("bench_{}", std::process::id());
-            let pg = Arc::new(cert_store::pg_store::PgStore::open(settings).unwrap());
-            schema = Some(pg.clone());
+            let pool = Arc::new(storage::PgPool::new(settings).unwrap());
+            let pg = Arc::new(cert_store::pg_store::PgStore::open(pool.clone()).unwrap());
+            schema = Some(pool);
             (pg, "postgres")
         } else if std::env::var("CERTGATE_BENCH_MEMORY").is_ok() {
             (Arc::new(SqliteStore::in_memory().unwrap()), "memory")
@@ -132,8 +133,8 @@ fn main() {
             verify / speed_verify
         );
     }
-    if let Some(pg) = schema {
-        pg.drop_schema().unwrap();
+    if let Some(pool) = schema {
+        pool.drop_schema().unwrap();
     }
 }
 

@@ -1,15 +1,12 @@
 //! The PostgreSQL store: the same [`Store`] as the embedded SQLite one, for several gateway
-//! nodes sharing one database. Blocking (the `postgres` crate), with a small pool of
-//! connections, connect and statement timeouts, and its own migrations applied at start under
-//! an advisory lock (several nodes may start at once). Everything lives in one schema
-//! (`certgate` unless told otherwise).
+//! nodes sharing one database. Blocking (the `postgres` crate), on the node's
+//! [`storage::PgPool`], with its migrations (component `licences`) applied at start.
 
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::Arc;
 
-use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, Row, error::SqlState};
-use postgres_openssl::MakeTlsConnector;
+use postgres::{Row, error::SqlState};
+use storage::PgPool;
+use storage::pg::off_runtime;
 
 use crate::id::Uscc;
 use crate::jws::JwsAlg;
@@ -39,337 +36,10 @@ impl From<postgres::Error> for StoreError {
     }
 }
 
-/// Settings of a PostgreSQL connection pool.
-#[derive(Debug, Clone)]
-pub struct PgSettings {
-    /// `postgres://user@host:port/db` (key-value strings are accepted too).
-    pub url: String,
-    /// The schema certgate's tables live in.
-    pub schema: String,
-    /// Connections kept open at most.
-    pub pool_size: usize,
-    /// Time allowed to open a connection.
-    pub connect_timeout: Duration,
-    /// Time allowed for one statement.
-    pub statement_timeout: Duration,
-    /// PEM CA(s) to verify the server's certificate with. Without one, connections are
-    /// encrypted when the server offers TLS (or as `sslmode` in the URL says) but the server
-    /// is not authenticated — as libpq's `require`.
-    pub ca_file: Option<std::path::PathBuf>,
-}
-
-impl PgSettings {
-    /// Defaults for `url`: schema `certgate`, 8 connections, 5 s to connect, 10 s a statement.
-    pub fn new(url: &str) -> PgSettings {
-        PgSettings {
-            url: url.to_owned(),
-            schema: "certgate".into(),
-            pool_size: 8,
-            connect_timeout: Duration::from_secs(5),
-            statement_timeout: Duration::from_secs(10),
-            ca_file: None,
-        }
-    }
-}
-
-/// A small blocking pool: idle connections are reused, broken ones dropped, new ones opened
-/// on demand (the number in use is bounded by the callers: tokio's blocking pool).
-pub struct PgPool {
-    settings: PgSettings,
-    config: postgres::Config,
-    tls: MakeTlsConnector,
-    idle: Mutex<Vec<Client>>,
-}
-
-impl std::fmt::Debug for PgPool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgPool")
-            .field("schema", &self.settings.schema)
-            .finish_non_exhaustive()
-    }
-}
-
-/// TLS for connections to PostgreSQL: the server is verified against `ca` (name included)
-/// when one is given; otherwise the connection is encrypted without authenticating it.
-fn tls_connector(ca: Option<&std::path::Path>) -> Result<MakeTlsConnector> {
-    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
-    let fail = |e: openssl::error::ErrorStack| StoreError::Database(format!("TLS: {e}"));
-    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(fail)?;
-    match ca {
-        Some(ca) => builder
-            .set_ca_file(ca)
-            .map_err(|e| StoreError::Database(format!("TLS CA file {}: {e}", ca.display())))?,
-        None => builder.set_verify(SslVerifyMode::NONE),
-    }
-    let mut connector = MakeTlsConnector::new(builder.build());
-    if ca.is_none() {
-        connector.set_callback(|config, _| {
-            config.set_verify_hostname(false);
-            Ok(())
-        });
-    }
-    Ok(connector)
-}
-
-/// Runs `f` on a thread of its own: the `postgres` client drives its own small runtime and
-/// must not block a thread that is running async tasks (the gateway opens its store from one).
-fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| match s.spawn(f).join() {
-        Ok(v) => v,
-        Err(panic) => std::panic::resume_unwind(panic),
-    })
-}
-
-impl Drop for PgPool {
-    fn drop(&mut self) {
-        if let Ok(mut idle) = self.idle.lock() {
-            let clients = std::mem::take(&mut *idle);
-            off_runtime(move || drop(clients));
-        }
-    }
-}
-
-fn valid_schema(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 54 // the notification channel `certgate_<schema>` stays within 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && !s.as_bytes()[0].is_ascii_digit()
-}
-
-impl PgPool {
-    /// A pool for `settings` (no connection is opened yet).
-    pub fn new(settings: PgSettings) -> Result<PgPool> {
-        if !valid_schema(&settings.schema) {
-            return Err(StoreError::Database(format!(
-                "schema `{}`: use lower-case letters, digits and _",
-                settings.schema
-            )));
-        }
-        let mut config: postgres::Config = settings
-            .url
-            .parse()
-            .map_err(|e| StoreError::Database(format!("PostgreSQL URL: {e}")))?;
-        config.connect_timeout(settings.connect_timeout);
-        // A path that silently drops is noticed in about a minute, not hours.
-        config.keepalives(true);
-        config.keepalives_idle(Duration::from_secs(30));
-        config.application_name("certgate");
-        let tls = tls_connector(settings.ca_file.as_deref())?;
-        Ok(PgPool {
-            settings,
-            config,
-            tls,
-            idle: Mutex::new(Vec::new()),
-        })
-    }
-
-    /// The schema.
-    pub fn schema(&self) -> &str {
-        &self.settings.schema
-    }
-
-    fn connect(&self) -> Result<Client> {
-        let mut c = self.config.connect(self.tls.clone())?;
-        c.batch_execute(&format!(
-            "SET search_path TO {}; SET statement_timeout = {}",
-            self.settings.schema,
-            self.settings.statement_timeout.as_millis()
-        ))?;
-        Ok(c)
-    }
-
-    /// Runs `f` on a connection; a connection that failed is not reused.
-    pub fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
-        let taken = self.idle.lock().ok().and_then(|mut v| v.pop());
-        let mut client = match taken {
-            Some(c) if !c.is_closed() => c,
-            _ => self.connect()?,
-        };
-        let result = f(&mut client);
-        let reusable = match &result {
-            Ok(_) => !client.is_closed(),
-            Err(StoreError::Database(_)) => false,
-            Err(_) => !client.is_closed(),
-        };
-        if reusable
-            && let Ok(mut idle) = self.idle.lock()
-            && idle.len() < self.settings.pool_size
-        {
-            idle.push(client);
-        }
-        result
-    }
-
-    /// Applies the migrations of `component` that have not run yet, under an advisory lock so
-    /// that nodes starting together apply each once.
-    pub fn migrate(&self, component: &str, migrations: &[&str]) -> Result<()> {
-        let schema = self.settings.schema.clone();
-        let mut c = self.config.connect(self.tls.clone())?;
-        let mut tx = c.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock(4242001)", &[])?;
-        tx.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {schema}; SET LOCAL search_path TO {schema};
-             CREATE TABLE IF NOT EXISTS migrations (component TEXT PRIMARY KEY, version BIGINT NOT NULL);"
-        ))?;
-        let done: i64 = tx
-            .query_opt(
-                "SELECT version FROM migrations WHERE component = $1",
-                &[&component],
-            )?
-            .map_or(0, |r| r.get(0));
-        for (i, sql) in migrations.iter().enumerate() {
-            if (i as i64) >= done {
-                tx.batch_execute(sql)?;
-            }
-        }
-        tx.execute(
-            "INSERT INTO migrations (component, version) VALUES ($1, $2)
-             ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-            &[&component, &(migrations.len() as i64)],
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-}
-
-/// A connection taken out of a [`PgPool`] for longer than one call (to hold a session-level
-/// advisory lock, say); back in the pool when dropped, unless discarded or broken.
-pub struct Held<'a> {
-    pool: &'a PgPool,
-    client: Option<Client>,
-}
-
-impl std::fmt::Debug for Held<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Held").finish_non_exhaustive()
-    }
-}
-
-impl PgPool {
-    /// Takes a connection out of the pool (opening one if none is idle).
-    pub fn hold(&self) -> Result<Held<'_>> {
-        let taken = self.idle.lock().ok().and_then(|mut v| v.pop());
-        let client = match taken {
-            Some(c) if !c.is_closed() => c,
-            _ => self.connect()?,
-        };
-        Ok(Held {
-            pool: self,
-            client: Some(client),
-        })
-    }
-}
-
-impl Held<'_> {
-    /// The connection; `None` once discarded.
-    pub fn client(&mut self) -> Option<&mut Client> {
-        self.client.as_mut()
-    }
-
-    /// Closes the connection instead of returning it to the pool.
-    pub fn discard(&mut self) {
-        self.client = None;
-    }
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        if let Some(c) = self.client.take()
-            && !c.is_closed()
-            && let Ok(mut idle) = self.pool.idle.lock()
-            && idle.len() < self.pool.settings.pool_size
-        {
-            idle.push(c);
-        }
-    }
-}
-
-/// What a listener hears.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BusEvent {
-    /// A notification's payload.
-    Message(String),
-    /// The listener has (re)connected: notifications sent while it was away are lost, so
-    /// whatever they would have refreshed must be refreshed now.
-    Resync,
-    /// Nothing arrived for a while (a chance to stop).
-    Idle,
-}
-
-impl PgPool {
-    /// The notification channel of this pool's schema (nodes of one schema hear each other).
-    pub fn channel(&self) -> String {
-        format!("certgate_{}", self.settings.schema)
-    }
-
-    /// Sends `payload` to every listener of [`PgPool::channel`].
-    pub fn notify(&self, payload: &str) -> Result<()> {
-        let channel = self.channel();
-        self.with(|c| {
-            c.execute("SELECT pg_notify($1, $2)", &[&channel, &payload])?;
-            Ok(())
-        })
-    }
-
-    /// Listens on [`PgPool::channel`] and calls `on` with every event until it returns false;
-    /// reconnects after a failure (with [`BusEvent::Resync`] once back). Blocks: run it on a
-    /// thread of its own.
-    pub fn listen(&self, mut on: impl FnMut(BusEvent) -> bool) {
-        let channel = self.channel();
-        loop {
-            let mut client = match self.config.connect(self.tls.clone()) {
-                Ok(c) => c,
-                Err(_) => {
-                    if !on(BusEvent::Idle) {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(500));
-                    continue;
-                }
-            };
-            if client.batch_execute(&format!("LISTEN {channel}")).is_err() {
-                if !on(BusEvent::Idle) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(500));
-                continue;
-            }
-            if !on(BusEvent::Resync) {
-                return;
-            }
-            'connected: loop {
-                {
-                    let mut notifications = client.notifications();
-                    let mut iter = notifications.timeout_iter(Duration::from_millis(250));
-                    loop {
-                        match iter.next() {
-                            Ok(Some(n)) => {
-                                if !on(BusEvent::Message(n.payload().to_owned())) {
-                                    return;
-                                }
-                            }
-                            Err(_) => break 'connected,
-                            Ok(None) => break,
-                        }
-                    }
-                }
-                if !on(BusEvent::Idle) {
-                    return;
-                }
-                // A dead connection shows on the next query, not in the notification stream.
-                if client.is_closed() || client.simple_query("SELECT 1").is_err() {
-                    break 'connected;
-                }
-            }
-        }
-    }
-}
-
 /// The PostgreSQL store of seals, licences, status entries, consents, show-codes and secrets.
 #[derive(Debug)]
 pub struct PgStore {
-    pool: PgPool,
+    pool: Arc<PgPool>,
 }
 
 const SEAL_COLUMNS: &str = "id, owner, seal_type, name, alg, certificate_pem, encrypted_key, \
@@ -486,12 +156,11 @@ fn insert_licence_in(
 }
 
 impl PgStore {
-    /// Connects, applies pending migrations and returns the store.
-    pub fn open(settings: PgSettings) -> Result<PgStore> {
-        let pool = PgPool::new(settings)?;
+    /// The store on `pool`'s schema, its pending migrations applied.
+    pub fn open(pool: Arc<PgPool>) -> Result<PgStore> {
         let migrations = crate::store::migrations("BYTEA", "BIGINT");
         let migrations: Vec<&str> = migrations.iter().map(String::as_str).collect();
-        off_runtime(|| pool.migrate("licences", &migrations))?;
+        off_runtime(|| pool.migrate(MIGRATION_COMPONENT, &migrations))?;
         Ok(PgStore { pool })
     }
 
@@ -499,23 +168,10 @@ impl PgStore {
     pub fn schema(&self) -> &str {
         self.pool.schema()
     }
-
-    /// The store's connection pool (for notifications between nodes).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// Drops the store's schema with everything in it (tests).
-    pub fn drop_schema(&self) -> Result<()> {
-        let schema = self.pool.schema().to_owned();
-        off_runtime(|| {
-            self.pool.with(|c| {
-                c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
-                Ok(())
-            })
-        })
-    }
 }
+
+/// The component name this store's migrations are recorded under.
+pub const MIGRATION_COMPONENT: &str = "licences";
 
 impl Store for PgStore {
     fn put_secret_once(&self, name: &str, blob: &[u8]) -> Result<Vec<u8>> {
@@ -638,15 +294,17 @@ impl Store for PgStore {
                 &[],
             )?
             .iter()
-            .map(|r| crate::licence::TrustedSealCa {
-                id: r.get(0),
-                name: r.get(1),
-                region: r.get(2),
-                certificate_pem: r.get(3),
-                added_at: r.get(4),
-                removed_at: r.get(5),
+            .map(|r| -> Result<_> {
+                Ok(crate::licence::TrustedSealCa {
+                    id: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                    region: r.try_get(2)?,
+                    certificate_pem: r.try_get(3)?,
+                    added_at: r.try_get(4)?,
+                    removed_at: r.try_get(5)?,
+                })
             })
-            .collect())
+            .collect::<Result<_>>()?)
         })
     }
 
@@ -939,78 +597,13 @@ fn show_code_row(r: &Row) -> Result<ShowCodeRecord> {
 
 /// For tests: a store in a fresh schema of the database named by `CERTGATE_TEST_POSTGRES_URL`,
 /// dropped with the guard; `Ok(None)` (with a line on standard error saying the test was
-/// skipped) when the variable is not set. A configured database that does not answer is an
-/// error, not a skip.
-pub fn test_store(test: &str) -> Result<Option<(std::sync::Arc<PgStore>, SchemaGuard)>> {
-    let Ok(url) = std::env::var("CERTGATE_TEST_POSTGRES_URL") else {
-        eprintln!("SKIPPED {test}: CERTGATE_TEST_POSTGRES_URL is not set (see the README)");
+/// skipped) when the variable is not set.
+pub fn test_store(test: &str) -> Result<Option<(Arc<PgStore>, storage::SchemaGuard)>> {
+    let Some((pool, guard)) = storage::pg::test_pool(test)? else {
         return Ok(None);
     };
-    let mut tag = [0u8; 6];
-    openssl::rand::rand_bytes(&mut tag).map_err(|e| StoreError::Database(e.to_string()))?;
-    let mut settings = PgSettings::new(&url);
-    settings.schema = format!("t_{}", hex::encode(tag));
-    let store = std::sync::Arc::new(PgStore::open(settings)?);
-    let guard = SchemaGuard(store.clone());
-    Ok(Some((store, guard)))
+    Ok(Some((Arc::new(PgStore::open(pool)?), guard)))
 }
 
-/// Drops a test schema when it goes out of scope.
-#[derive(Debug)]
-pub struct SchemaGuard(std::sync::Arc<PgStore>);
-
-impl SchemaGuard {
-    /// The store in the guarded schema.
-    pub fn store(&self) -> &std::sync::Arc<PgStore> {
-        &self.0
-    }
-}
-
-impl Drop for SchemaGuard {
-    fn drop(&mut self) {
-        let _ = self.0.drop_schema();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connections_are_encrypted_when_the_server_offers_tls() {
-        let Some((store, _schema)) = test_store("tls").unwrap() else {
-            return;
-        };
-        let (offered, encrypted): (String, bool) = store
-            .pool()
-            .with(|c| {
-                let offered: String = c.query_one("SHOW ssl", &[])?.try_get(0)?;
-                let encrypted: bool = c
-                    .query_one(
-                        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-                        &[],
-                    )?
-                    .try_get(0)?;
-                Ok((offered, encrypted))
-            })
-            .unwrap();
-        assert_eq!(encrypted, offered == "on", "server ssl = {offered}");
-        // `sslmode=disable` in the URL is honoured.
-        let url = std::env::var("CERTGATE_TEST_POSTGRES_URL").unwrap();
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let mut plain = PgSettings::new(&format!("{url}{sep}sslmode=disable"));
-        plain.schema = store.schema().to_owned();
-        let pool = PgPool::new(plain).unwrap();
-        let encrypted: bool = off_runtime(|| {
-            pool.with(|c| {
-                Ok(c.query_one(
-                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-                    &[],
-                )?
-                .try_get(0)?)
-            })
-        })
-        .unwrap();
-        assert!(!encrypted);
-    }
-}
+/// The guard of a test schema.
+pub use storage::SchemaGuard;

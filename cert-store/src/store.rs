@@ -32,6 +32,16 @@ pub enum StoreError {
     NotFound(String),
 }
 
+impl From<storage::Error> for StoreError {
+    fn from(e: storage::Error) -> Self {
+        match e {
+            storage::Error::Sqlite(e) => e.into(),
+            storage::Error::Database(e) => e.into(),
+            other => StoreError::Database(other.to_string()),
+        }
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         match &e {
@@ -248,16 +258,15 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let tx = conn.transaction()?;
         let migrations = migrations("BLOB", "INTEGER");
-        for (i, sql) in migrations.iter().enumerate() {
-            if (i as i64) >= version {
-                tx.execute_batch(sql)?;
-            }
-        }
-        tx.pragma_update(None, "user_version", migrations.len() as i64)?;
-        tx.commit()?;
+        let migrations: Vec<&str> = migrations.iter().map(String::as_str).collect();
+        // Files made before versions were recorded per component counted them in user_version.
+        storage::sqlite::migrate(
+            &mut conn,
+            crate::pg_store::MIGRATION_COMPONENT,
+            &migrations,
+            |c| c.pragma_query_value(None, "user_version", |r| r.get(0)),
+        )?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })

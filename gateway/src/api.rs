@@ -19,13 +19,14 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use utoipa::OpenApi;
 
-use crate::access_log::{AccessNote, LEAF_VERSION, Leaf, NoteSlot};
 use crate::config::{Role, RouteClass};
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::{AccessNote, NoteSlot};
 use crate::identity::{Caller, PeerIdentity, Refusal};
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::state::{Gateway, LoadSummary};
 use crate::{audit, data, licences, matching};
+use tlog::{LEAF_VERSION, Leaf};
 
 /// What a connection knows about itself; every request on it carries this in its extensions.
 #[derive(Debug)]

@@ -11,14 +11,14 @@ use base64::engine::general_purpose::STANDARD as B64;
 use http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 
-use crate::access_log::NoteSlot;
-use crate::access_log::{self, EntryFilter, Leaf, LogDb, LogError};
 use crate::api::{QueryParams, require};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::HolderHeader;
+use crate::extract::NoteSlot;
 use crate::identity::Caller;
 use crate::state::Gateway;
+use tlog::{EntryFilter, Leaf, LogDb, LogError};
 
 /// Most entries one page returns.
 pub const MAX_PAGE: u32 = 1000;
@@ -66,7 +66,7 @@ pub async fn checkpoint(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     require(&caller, Role::Auditor)?;
-    let latest = read(&gw, access_log::latest_checkpoint).await?;
+    let latest = read(&gw, tlog::latest_checkpoint).await?;
     let (_, note) = latest
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "CG-AUD-002", "no checkpoint yet"))?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
@@ -92,6 +92,7 @@ pub struct InclusionView {
     /// The leaf's canonical bytes, base64.
     pub leaf_bytes: String,
     /// The leaf, decoded.
+    #[schema(value_type = Object)]
     pub leaf: Leaf,
     /// The audit path, base64 hashes.
     pub proof: Vec<String>,
@@ -119,7 +120,7 @@ pub async fn inclusion(
             .ok_or_else(|| LogError::Store(format!("leaf {} is missing", q.index)))?;
         let leaf: Leaf =
             serde_json::from_slice(&bytes).map_err(|e| LogError::Store(e.to_string()))?;
-        let proof = access_log::inclusion_proof(c, q.index, q.size)?;
+        let proof = tlog::inclusion_proof(c, q.index, q.size)?;
         Ok(InclusionView {
             index: q.index,
             size: q.size,
@@ -170,7 +171,7 @@ pub async fn consistency(
                 "need 0 < from <= to <= {stored}"
             )));
         }
-        access_log::consistency_proof(c, q.from, q.to)
+        tlog::consistency_proof(c, q.from, q.to)
     })
     .await?;
     Ok(Json(ConsistencyView {
@@ -208,6 +209,7 @@ pub struct EntriesQuery {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EntriesView {
     /// The matching leaves, oldest first.
+    #[schema(value_type = Vec<Object>)]
     pub entries: Vec<Leaf>,
     /// Pass as `cursor` for the next page; absent on the last page.
     pub next_cursor: Option<u64>,

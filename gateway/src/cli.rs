@@ -12,12 +12,12 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::access_log::{LogDb, PgLog, SqliteLog};
 use crate::config::{Config, Storage};
 use crate::pki::{ClientSpec, DevCa};
 use crate::server;
 use crate::state::Gateway;
 use crate::tls::TlsMaterial;
+use tlog::{LogDb, PgLog, SqliteLog};
 
 /// certgate: the mTLS gateway for e-licences, e-seals, shared data and policy matching.
 #[derive(Debug, Parser)]
@@ -270,7 +270,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 };
                 let file = std::fs::File::open(&export)
                     .with_context(|| format!("cannot read {}", export.display()))?;
-                let summary = crate::access_log::verify_export(
+                let summary = tlog::verify_export(
                     std::io::BufReader::new(file),
                     &read(&checkpoint)?,
                     read(log_key)?.trim(),
@@ -295,7 +295,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     };
                     let db: Box<dyn LogDb> = match &config.server.storage {
                         Storage::Postgres(pg) => Box::new(PgLog::new(Arc::new(
-                            cert_store::pg_store::PgStore::open(pg.clone()).with_context(|| {
+                            storage::PgPool::new(pg.clone()).with_context(|| {
                                 format!("cannot open PostgreSQL schema {}", pg.schema)
                             })?,
                         ))),
@@ -315,7 +315,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     )
                 }
             };
-            let summary = crate::access_log::verify_offline(db.as_mut(), key.trim())
+            let summary = tlog::verify_offline(db.as_mut(), key.trim())
                 .map_err(|e| anyhow::anyhow!("access log verification FAILED: {e}"))?;
             println!(
                 "access log verified: {} leaves, {} checkpoints, root {}",
@@ -545,7 +545,7 @@ fn open_knowledge_base(config: &Path) -> anyhow::Result<policies::KnowledgeBase>
     let config = Config::load(config)?;
     let shared = match &config.server.storage {
         Storage::Postgres(pg) => Some(Arc::new(
-            cert_store::pg_store::PgStore::open(pg.clone())
+            storage::PgPool::new(pg.clone())
                 .with_context(|| format!("cannot open PostgreSQL schema {}", pg.schema))?,
         )),
         Storage::Embedded => None,

@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use cert_store::Uscc;
 
-use crate::checkpoint::{CheckpointError, LogKey};
 use crate::exchange::catalog::{self, ExchangeSettings};
 use cert_store::crypto::Kek;
 use cert_store::licence::{FieldSpec, LicenceType, is_reserved_field_name};
 use serde::{Deserialize, Serialize};
+use tlog::checkpoint::{CheckpointError, LogKey};
 
 /// The prefix of environment variables that override configuration keys. A variable
 /// `CERTGATE_SERVER__MAX_CONNECTIONS=64` sets `server.max_connections`; `__` separates levels.
@@ -150,7 +150,7 @@ pub enum Storage {
     /// SQLite in the data directory (one node).
     Embedded,
     /// A PostgreSQL database shared by several nodes.
-    Postgres(cert_store::pg_store::PgSettings),
+    Postgres(storage::PgSettings),
 }
 
 /// TLS material locations.
@@ -688,7 +688,7 @@ impl RawConfig {
         let storage = match s.storage.trim() {
             "sqlite" => Storage::Embedded,
             url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                let mut pg = cert_store::pg_store::PgSettings::new(url);
+                let mut pg = storage::PgSettings::new(url);
                 pg.schema = s.storage_schema.clone();
                 if s.storage_pool_size == 0 || s.storage_pool_size > 256 {
                     return Err(ConfigError::key(
@@ -715,7 +715,7 @@ impl RawConfig {
                     }
                     pg.ca_file = Some(ca);
                 }
-                if cert_store::pg_store::PgPool::new(pg.clone()).is_err() {
+                if storage::PgPool::new(pg.clone()).is_err() {
                     return Err(ConfigError::key(
                         "server.storage",
                         "not a valid PostgreSQL URL (or server.storage_schema is not a-z 0-9 _)",

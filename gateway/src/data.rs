@@ -12,7 +12,6 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::access_log::NoteSlot;
 use crate::api::{JsonBody, require};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
@@ -20,6 +19,7 @@ use crate::exchange::catalog::{Condition, Dataset};
 use crate::exchange::proofs::{self, PROOF_TYP, ProofCheck};
 use crate::exchange::upstream::FetchError;
 use crate::exchange::{self, Exchange};
+use crate::extract::NoteSlot;
 use crate::identity::Caller;
 use crate::purpose::Purpose;
 use crate::state::Gateway;
@@ -203,7 +203,7 @@ pub async fn invalidate_key(
         .map_err(|e| bad_key(format!("key: {e}")))?;
     note(&slot, &ds, &key);
     require_owner(&caller, &ds)?;
-    gw.invalidate(crate::state::Freshness::DataKey {
+    gw.invalidate(storage::bus::Change::DataKey {
         dataset: ds.id.clone(),
         key: key.clone(),
     })
@@ -228,7 +228,7 @@ pub async fn invalidate_dataset(
     let ds = dataset_of(&gw, &dataset)?;
     slot.record_resource(&format!("dataset:{}", ds.id));
     require_owner(&caller, &ds)?;
-    gw.invalidate(crate::state::Freshness::Dataset {
+    gw.invalidate(storage::bus::Change::Dataset {
         dataset: ds.id.clone(),
     })
     .await;

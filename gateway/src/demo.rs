@@ -299,7 +299,7 @@ pub fn prepare(
     if !log_key.exists() {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let seed = crate::checkpoint::LogKey::generate_seed_base64()?;
+        let seed = tlog::checkpoint::LogKey::generate_seed_base64()?;
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -10,11 +10,11 @@ use base64::engine::general_purpose::STANDARD as B64;
 use cert_store::document_seal::{Document, SealVerdict};
 use serde::{Deserialize, Serialize};
 
-use crate::access_log::NoteSlot;
 use crate::api::{JsonBody, require};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::HolderHeader;
+use crate::extract::NoteSlot;
 use crate::identity::Caller;
 use crate::licences::{field_error, truncated};
 use crate::state::Gateway;

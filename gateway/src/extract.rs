@@ -1,5 +1,7 @@
-//! Request parts that several feature routers read: `X-Holder`, the holder a city app acts
-//! for. (The caller and the purpose have their extractors beside their types.)
+//! What the feature routers share about a request: `X-Holder` (the holder a city app acts
+//! for), and the note a handler leaves for the request's access-log leaf.
+
+use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use cert_store::HolderId;
@@ -7,6 +9,50 @@ use http::StatusCode;
 use http::request::Parts;
 
 use crate::error::ApiError;
+
+/// What a handler tells the access log about the request it served: the resource touched and
+/// the holder whose data it was (pseudonymised before it is written). Put it in the response
+/// extensions.
+#[derive(Debug, Clone, Default)]
+pub struct AccessNote {
+    /// The resource, e.g. a licence identifier.
+    pub resource: Option<String>,
+    /// The holder's id (USCC or citizen id).
+    pub holder: Option<String>,
+}
+
+/// A place in the request's extensions where a handler notes what it touched as soon as it
+/// knows, so that a request refused later (a 403 after the licence was looked up) still names
+/// the licence and the holder's pseudonym in its leaf.
+#[derive(Debug, Clone, Default)]
+pub struct NoteSlot(Arc<std::sync::Mutex<Option<AccessNote>>>);
+
+impl NoteSlot {
+    /// Notes the resource and holder touched.
+    pub fn record(&self, resource: &str, holder: &str) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(AccessNote {
+                resource: Some(resource.to_owned()),
+                holder: Some(holder.to_owned()),
+            });
+        }
+    }
+
+    /// Notes a resource that belongs to no holder.
+    pub fn record_resource(&self, resource: &str) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(AccessNote {
+                resource: Some(resource.to_owned()),
+                holder: None,
+            });
+        }
+    }
+
+    /// What was noted, if anything.
+    pub fn take(&self) -> Option<AccessNote> {
+        self.0.lock().ok().and_then(|mut s| s.take())
+    }
+}
 
 /// `X-Holder`: the holder (citizen or enterprise) a holder app acts for. The gate has already
 /// refused a request that repeats the header.

@@ -5,10 +5,8 @@
 //! The domain logic lives in the `cert-store`, `policies` and `search` libraries.
 #![forbid(unsafe_code)]
 
-pub mod access_log;
 pub mod api;
 pub mod audit;
-pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;
@@ -20,7 +18,6 @@ pub mod extract;
 pub mod identity;
 pub mod licences;
 pub mod matching;
-pub mod merkle;
 pub mod metrics;
 pub mod pki;
 pub mod preauth;

@@ -14,11 +14,11 @@ use http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::access_log::{AccessNote, NoteSlot};
 use crate::api::{JsonBody, QueryParams, require};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::HolderHeader;
+use crate::extract::{AccessNote, NoteSlot};
 use crate::identity::Caller;
 use crate::purpose::Purpose;
 use crate::state::Gateway;
@@ -451,7 +451,7 @@ pub async fn issue(
         .licences(move |svc, now| svc.issue(&caller.department, &req, now))
         .await?;
     // A new licence changes what datasets that depend on its type say about the holder.
-    gw.invalidate(crate::state::Freshness::Licence {
+    gw.invalidate(storage::bus::Change::Licence {
         licence_type: record.type_code.clone(),
         holder: record.holder.clone(),
     })
@@ -798,7 +798,7 @@ async fn lifecycle(
     let record = gw
         .licences(move |svc, _| svc.change_status(&id, &caller.department, action, &reason))
         .await?;
-    gw.invalidate(crate::state::Freshness::Licence {
+    gw.invalidate(storage::bus::Change::Licence {
         licence_type: record.type_code.clone(),
         holder: record.holder.clone(),
     })
@@ -881,7 +881,7 @@ pub async fn renew(
     let record = gw
         .licences(move |svc, now| svc.renew(&id, &caller.department, b.fields, b.valid_until, now))
         .await?;
-    gw.invalidate(crate::state::Freshness::Licence {
+    gw.invalidate(storage::bus::Change::Licence {
         licence_type: record.type_code.clone(),
         holder: record.holder.clone(),
     })

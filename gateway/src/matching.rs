@@ -17,10 +17,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::Date;
 
-use crate::access_log::NoteSlot;
 use crate::api::{QueryParams, require};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::NoteSlot;
 use crate::identity::Caller;
 use crate::state::Gateway;
 
@@ -49,7 +49,7 @@ fn kb_error(e: KbError) -> ApiError {
 /// too, or in the PostgreSQL schema `shared` all nodes use.
 pub fn open_knowledge_base(
     config: &crate::config::Config,
-    shared: Option<Arc<cert_store::pg_store::PgStore>>,
+    shared: Option<Arc<storage::PgPool>>,
 ) -> Result<KnowledgeBase, String> {
     let analyzer = match &config.policies.user_dictionary {
         Some(p) => search::ChineseAnalyzer::with_user_dictionary(p),

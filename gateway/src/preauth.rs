@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use crate::access_log::Leaf;
+use tlog::Leaf;
 
 /// Pending handshakes per source, and the refusals of the current window.
 #[derive(Debug)]

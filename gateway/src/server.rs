@@ -20,10 +20,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::access_log::Leaf;
 use crate::api::{self, ConnectionContext};
 use crate::identity;
 use crate::state::Gateway;
+use tlog::Leaf;
 
 /// Serves the mTLS listener until `shutdown` completes, then stops accepting, lets in-flight
 /// requests finish (up to `server.shutdown_grace_ms`) and returns.

@@ -8,17 +8,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
 use serde::Serialize;
+use storage::bus::{Change, Event, Notice};
 use tokio_rustls::TlsAcceptor;
 
 use cert_store::service::{LicenceService, ServiceError};
 use cert_store::store::SqliteStore;
 
-use crate::access_log::{AccessLog, LogBackend, LogError, WriterSettings};
 use crate::config::{AccessRule, Config, ConfigError, DepartmentTable, ServerSettings};
 use crate::error::ApiError;
 use crate::exchange::Exchange;
 use crate::metrics::Metrics;
 use crate::tls::{RevokedSerials, TlsError, TlsMaterial};
+use tlog::{AccessLog, LogBackend, LogError, WriterSettings};
 
 /// How many TLS sessions the server remembers for resumption.
 const SESSION_CACHE_SIZE: usize = 4096;
@@ -76,7 +77,7 @@ pub enum StartError {
     },
     /// The access log could not be opened, or does not match its last checkpoint.
     #[error("cannot open the access log: {0}")]
-    AccessLog(crate::access_log::LogError),
+    AccessLog(tlog::LogError),
     /// The licence service could not start (keys could not be loaded or created).
     #[error("cannot start the licence service: {0}")]
     Licences(ServiceError),
@@ -115,7 +116,7 @@ pub struct Gateway {
     /// The shared-data exchange: source systems, cache, proof types.
     pub exchange: Arc<Exchange>,
     /// With a shared PostgreSQL store: tells the other nodes what this one invalidated.
-    bus: Option<Arc<cert_store::pg_store::PgStore>>,
+    bus: Option<Arc<storage::PgPool>>,
     /// This process's id in those notifications.
     node_id: String,
     /// The policy knowledge base.
@@ -161,6 +162,7 @@ impl Gateway {
             origin: log_settings.origin.clone(),
             group_commit_wait: log_settings.group_commit_wait,
             max_db_pages: log_settings.max_db_pages,
+            clock: Arc::new(storage::SystemClock),
         };
         // Opening checks the stored tree; a PostgreSQL client must not block a thread that
         // drives async tasks (see below).
@@ -284,19 +286,15 @@ impl Gateway {
     }
 
     /// Applies an invalidation here and tells the other nodes sharing the database.
-    pub async fn invalidate(&self, event: Freshness) {
-        apply(&self.exchange, &event).await;
+    pub async fn invalidate(&self, change: Change) {
+        apply(&self.exchange, &change).await;
         if let Some(pg) = &self.bus {
-            let note = Note {
+            let notice = Notice {
                 node: self.node_id.clone(),
-                event,
+                change,
             };
             let pg = pg.clone();
-            let sent = tokio::task::spawn_blocking(move || {
-                let payload = serde_json::to_string(&note).unwrap_or_default();
-                pg.pool().notify(&payload)
-            })
-            .await;
+            let sent = tokio::task::spawn_blocking(move || pg.notify(&notice)).await;
             if !matches!(sent, Ok(Ok(()))) {
                 // The others resynchronise when they reconnect; a lost notice is logged.
                 tracing::error!("cannot notify the other nodes of an invalidation");
@@ -382,11 +380,11 @@ impl Gateway {
     }
 }
 
-/// The store of seals and licences, and the PostgreSQL store when that is what it is (shared
+/// The store of seals and licences, and the PostgreSQL pool when that is where it is (shared
 /// with the other nodes: the access log, the knowledge base and notifications use it too).
 pub type Stores = (
     Arc<dyn cert_store::store::Store>,
-    Option<Arc<cert_store::pg_store::PgStore>>,
+    Option<Arc<storage::PgPool>>,
 );
 
 /// The stores of `config`: the SQLite file in the data directory, or the PostgreSQL schema.
@@ -401,16 +399,15 @@ pub fn open_store(config: &Config) -> Result<Stores, StartError> {
             (Arc::new(store), None)
         }
         crate::config::Storage::Postgres(pg) => {
-            let store = Arc::new(
-                cert_store::pg_store::PgStore::open(pg.clone()).map_err(|e| StartError::Store {
-                    path: PathBuf::from(format!("PostgreSQL schema {}", pg.schema)),
-                    reason: e.to_string(),
-                })?,
-            );
-            (
-                store.clone() as Arc<dyn cert_store::store::Store>,
-                Some(store),
-            )
+            let failed = |reason: String| StartError::Store {
+                path: PathBuf::from(format!("PostgreSQL schema {}", pg.schema)),
+                reason,
+            };
+            let pool =
+                Arc::new(storage::PgPool::new(pg.clone()).map_err(|e| failed(e.to_string()))?);
+            let store = cert_store::pg_store::PgStore::open(pool.clone())
+                .map_err(|e| failed(e.to_string()))?;
+            (Arc::new(store), Some(pool))
         }
     })
 }
@@ -433,50 +430,16 @@ pub fn open_licences(
     .map_err(StartError::Licences)
 }
 
-/// Something cached that changed: what one node tells the others.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Freshness {
-    /// One record of a dataset.
-    DataKey {
-        /// Dataset id.
-        dataset: String,
-        /// Record key.
-        key: String,
-    },
-    /// A whole dataset.
-    Dataset {
-        /// Dataset id.
-        dataset: String,
-    },
-    /// A licence status change of a holder.
-    Licence {
-        /// Licence type code.
-        licence_type: String,
-        /// Holder id.
-        holder: String,
-    },
-    /// Policies or enterprise profiles changed (sent by the knowledge base's store itself,
-    /// when the change commits): catch up from the store.
-    Policies,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Note {
-    node: String,
-    #[serde(flatten)]
-    event: Freshness,
-}
-
-async fn apply(exchange: &Exchange, event: &Freshness) {
-    match event {
-        Freshness::DataKey { dataset, key } => exchange.invalidate_key(dataset, key).await,
-        Freshness::Dataset { dataset } => exchange.invalidate_dataset(dataset),
-        Freshness::Licence {
+async fn apply(exchange: &Exchange, change: &Change) {
+    match change {
+        Change::DataKey { dataset, key } => exchange.invalidate_key(dataset, key).await,
+        Change::Dataset { dataset } => exchange.invalidate_dataset(dataset),
+        Change::Licence {
             licence_type,
             holder,
         } => exchange.licence_changed(licence_type, holder).await,
-        Freshness::Policies => {}
+        // Changes of the knowledge base are caught up from its store; others are not cached.
+        _ => {}
     }
 }
 
@@ -493,7 +456,7 @@ fn refresh_policies(runtime: &tokio::runtime::Handle, kb: Arc<policies::Knowledg
 /// the gateway is gone; after a gap (a reconnection) it drops the whole exchange cache and
 /// catches up with the policy store, since notices were missed.
 fn listen_for_other_nodes(
-    pg: Arc<cert_store::pg_store::PgStore>,
+    pg: Arc<storage::PgPool>,
     exchange: std::sync::Weak<Exchange>,
     kb: std::sync::Weak<policies::KnowledgeBase>,
     node_id: String,
@@ -505,28 +468,28 @@ fn listen_for_other_nodes(
     let spawned = std::thread::Builder::new()
         .name("certgate-listen".into())
         .spawn(move || {
-            use cert_store::pg_store::BusEvent;
-            pg.pool().listen(|event| {
+            pg.listen(|event| {
                 let (Some(exchange), Some(kb)) = (exchange.upgrade(), kb.upgrade()) else {
                     return false;
                 };
                 match event {
-                    BusEvent::Idle => {}
-                    BusEvent::Resync => {
+                    Event::Idle => {}
+                    Event::Resync => {
                         exchange.invalidate_all();
                         refresh_policies(&runtime, kb);
                     }
-                    BusEvent::Message(payload) => match serde_json::from_str::<Note>(&payload) {
-                        Ok(Note {
-                            event: Freshness::Policies,
-                            ..
-                        }) => refresh_policies(&runtime, kb),
-                        Ok(note) if note.node != node_id => {
-                            runtime.spawn(async move { apply(&exchange, &note.event).await });
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "unreadable notice from another node"),
-                    },
+                    Event::Notice(Notice {
+                        change: Change::Policies,
+                        ..
+                    }) => refresh_policies(&runtime, kb),
+                    Event::Notice(notice) if notice.node != node_id => {
+                        runtime.spawn(async move { apply(&exchange, &notice.change).await });
+                    }
+                    Event::Notice(_) => {}
+                    Event::Unreadable(payload) => tracing::warn!(
+                        payload = %payload.chars().take(200).collect::<String>(),
+                        "unreadable notice from another node"
+                    ),
                 }
                 true
             });

@@ -6,16 +6,17 @@
 //! `kb_change`. Since one node writes at a time and commits before letting go, the changes
 //! committed at any moment are exactly those up to some mark: a node catches up by reading
 //! what changed after the mark it last saw. Each write also notifies the other nodes on the
-//! schema's channel (`{"kind":"policies"}`), so that they catch up at once rather than at
-//! their next write.
+//! schema's channel ([`storage::bus::Change::Policies`]), so that they catch up at once
+//! rather than at their next write.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cert_store::pg_store::{Held, PgStore};
 use postgres::Transaction;
 use postgres::fallible_iterator::FallibleIterator;
+use storage::bus::{Change, Notice};
+use storage::{Held, PgPool};
 
 use crate::model::{Policy, Profile};
 use crate::store::{
@@ -45,50 +46,36 @@ const WRITE_LOCK: i64 = 4_242_002;
 /// How long a writer waits for another node's write to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(120);
 
-/// The notice other nodes hear after a change.
-const NOTICE: &str = r#"{"node":"","kind":"policies"}"#;
+/// The component name this store's migrations are recorded under.
+pub const MIGRATION_COMPONENT: &str = "policies";
 
 /// The shared store.
 #[derive(Debug)]
 pub struct PgKbStore {
-    store: Arc<PgStore>,
+    pool: Arc<PgPool>,
 }
 
 impl PgKbStore {
-    /// The store in `store`'s schema, creating its tables if this is the first node to start.
-    pub fn open(store: Arc<PgStore>) -> Result<PgKbStore, StoreError> {
-        store.pool().migrate("policies", MIGRATIONS)?;
-        Ok(PgKbStore { store })
+    /// The store on `pool`'s schema, creating its tables if this is the first node to start.
+    pub fn open(pool: Arc<PgPool>) -> Result<PgKbStore, StoreError> {
+        pool.migrate(MIGRATION_COMPONENT, MIGRATIONS)?;
+        Ok(PgKbStore { pool })
     }
 
     fn with<T>(
         &self,
         f: impl FnOnce(&mut postgres::Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut failure = None;
-        let out = self.store.pool().with(|c| match f(c) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) => {
-                failure = Some(e);
-                // Not reused: the connection may be in any state.
-                Err(cert_store::store::StoreError::Database("failed".into()))
-            }
-        });
-        match (out, failure) {
-            (_, Some(e)) => Err(e),
-            (Ok(Some(v)), None) => Ok(v),
-            (Ok(None), None) => Err(StoreError::corrupt("no result")),
-            (Err(e), None) => Err(e.into()),
-        }
+        self.pool.with(f)
     }
 
     fn notify(&self, tx: &mut Transaction<'_>) -> Result<(), StoreError> {
         // Delivered when the transaction commits, and only then.
-        tx.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&self.store.pool().channel(), &NOTICE],
-        )?;
-        Ok(())
+        let notice = Notice {
+            node: String::new(),
+            change: Change::Policies,
+        };
+        Ok(storage::bus::notify_in(tx, &self.pool.channel(), &notice)?)
     }
 }
 
@@ -114,8 +101,8 @@ fn record_matches(
                 &[&policy.id, &usccs],
             )?
             .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
         let new: Vec<&NewMatch> = added.iter().filter(|m| fresh.contains(&m.uscc)).collect();
         if !new.is_empty() {
             let ids: Vec<String> = new
@@ -185,7 +172,7 @@ impl KbStore for PgKbStore {
             )?;
             rows.iter()
                 .enumerate()
-                .map(|(i, r)| Ok((i as u64, parse(r.get::<_, &str>(0))?)))
+                .map(|(i, r)| Ok((i as u64, parse(r.try_get::<_, &str>(0)?)?)))
                 .collect()
         })
     }
@@ -200,7 +187,7 @@ impl KbStore for PgKbStore {
             )?;
             let mut row = 0u64;
             while let Some(r) = rows.next()? {
-                f(row, parse(r.get::<_, &str>(0))?);
+                f(row, parse(r.try_get::<_, &str>(0)?)?);
                 row += 1;
             }
             drop(rows);
@@ -302,8 +289,8 @@ impl KbStore for PgKbStore {
                 &[&policy_id],
             )?
             .iter()
-            .map(|r| r.get(0))
-            .collect())
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
         })
     }
 
@@ -312,8 +299,8 @@ impl KbStore for PgKbStore {
             Ok(
                 c.query("SELECT policy_id FROM kb_matches WHERE uscc = $1", &[&uscc])?
                     .iter()
-                    .map(|r| r.get(0))
-                    .collect(),
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<_, _>>()?,
             )
         })
     }
@@ -327,18 +314,20 @@ impl KbStore for PgKbStore {
                 &[&after, &(limit.min(i64::MAX as usize) as i64)],
             )?
             .iter()
-            .map(|r| FeedEvent {
-                seq: r.get(0),
-                event_id: r.get(1),
-                policy_id: r.get(2),
-                policy_version: r.get::<_, i32>(3).max(0) as u32,
-                uscc: r.get(4),
-                category: r.get(5),
-                benefit_yuan: r.get::<_, Option<i64>>(6).map(|v| v.max(0) as u64),
-                explanation_digest: r.get(7),
-                created_ms: r.get(8),
+            .map(|r| -> Result<FeedEvent, StoreError> {
+                Ok(FeedEvent {
+                    seq: r.try_get(0)?,
+                    event_id: r.try_get(1)?,
+                    policy_id: r.try_get(2)?,
+                    policy_version: r.try_get::<_, i32>(3)?.max(0) as u32,
+                    uscc: r.try_get(4)?,
+                    category: r.try_get(5)?,
+                    benefit_yuan: r.try_get::<_, Option<i64>>(6)?.map(|v| v.max(0) as u64),
+                    explanation_digest: r.try_get(7)?,
+                    created_ms: r.try_get(8)?,
+                })
             })
-            .collect())
+            .collect::<Result<_, _>>()?)
         })
     }
 
@@ -347,7 +336,7 @@ impl KbStore for PgKbStore {
     }
 
     fn lock_writes(&self) -> Result<Box<dyn WriteLock + '_>, StoreError> {
-        let mut held = self.store.pool().hold()?;
+        let mut held = self.pool.hold()?;
         let started = Instant::now();
         loop {
             let client = held
@@ -355,7 +344,7 @@ impl KbStore for PgKbStore {
                 .ok_or_else(|| StoreError::corrupt("lock connection gone"))?;
             let got: bool = client
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITE_LOCK])?
-                .get(0);
+                .try_get(0)?;
             if got {
                 return Ok(Box::new(PgWriteLock(held)));
             }
@@ -374,7 +363,7 @@ impl KbStore for PgKbStore {
                 "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM kb_change",
                 &[],
             )?
-            .get(0))
+            .try_get(0)?)
         })
     }
 
@@ -394,16 +383,17 @@ impl KbStore for PgKbStore {
                 "SELECT id, json, change FROM kb_policies WHERE change > $1 ORDER BY change",
                 &[&mark],
             )? {
-                let json: Option<&str> = r.get(1);
-                out.policies.push((r.get(0), json.map(parse).transpose()?));
-                out.mark = out.mark.max(r.get(2));
+                let json: Option<&str> = r.try_get(1)?;
+                out.policies
+                    .push((r.try_get(0)?, json.map(parse).transpose()?));
+                out.mark = out.mark.max(r.try_get(2)?);
             }
             for r in tx.query(
                 "SELECT json, change FROM kb_enterprises WHERE change > $1 ORDER BY change",
                 &[&mark],
             )? {
-                out.profiles.push(parse(r.get::<_, &str>(0))?);
-                out.mark = out.mark.max(r.get(1));
+                out.profiles.push(parse(r.try_get::<_, &str>(0)?)?);
+                out.mark = out.mark.max(r.try_get(1)?);
             }
             tx.commit()?;
             Ok(out)
@@ -415,9 +405,9 @@ impl KbStore for PgKbStore {
 /// (dropped with the guard), or `None` — with a line saying the test was skipped — without it.
 pub fn test_store(
     test: &str,
-) -> Result<Option<(Arc<PgKbStore>, cert_store::pg_store::SchemaGuard)>, StoreError> {
-    let Some((store, guard)) = cert_store::pg_store::test_store(test)? else {
+) -> Result<Option<(Arc<PgKbStore>, storage::SchemaGuard)>, StoreError> {
+    let Some((pool, guard)) = storage::pg::test_pool(test)? else {
         return Ok(None);
     };
-    Ok(Some((Arc::new(PgKbStore::open(store)?), guard)))
+    Ok(Some((Arc::new(PgKbStore::open(pool)?), guard)))
 }

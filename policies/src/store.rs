@@ -33,8 +33,8 @@ impl StoreError {
     }
 }
 
-impl From<cert_store::store::StoreError> for StoreError {
-    fn from(e: cert_store::store::StoreError) -> Self {
+impl From<storage::Error> for StoreError {
+    fn from(e: storage::Error) -> Self {
         StoreError(e.to_string())
     }
 }
@@ -202,6 +202,25 @@ pub fn event_id(policy: &str, version: u32, uscc: &str) -> String {
     hex::encode(&d[..16])
 }
 
+/// The embedded store's tables, one migration an entry (the first creates them only where
+/// missing: files made before versions were recorded have them).
+pub const SQLITE_MIGRATIONS: &[&str] = &["
+CREATE TABLE IF NOT EXISTS policies (
+    id TEXT PRIMARY KEY, row INTEGER NOT NULL UNIQUE, version INTEGER NOT NULL,
+    json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS enterprises (
+    uscc TEXT PRIMARY KEY, row INTEGER NOT NULL UNIQUE, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS matches (
+    policy_id TEXT NOT NULL, uscc TEXT NOT NULL,
+    PRIMARY KEY (policy_id, uscc)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS matches_by_uscc ON matches (uscc);
+CREATE TABLE IF NOT EXISTS feed (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+    policy_id TEXT NOT NULL, policy_version INTEGER NOT NULL, uscc TEXT NOT NULL,
+    category TEXT NOT NULL, benefit_yuan INTEGER, digest TEXT NOT NULL,
+    created_ms INTEGER NOT NULL);
+"];
+
 impl Store {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
@@ -214,23 +233,15 @@ impl Store {
         Self::init(Connection::open_in_memory()?)
     }
 
-    fn init(conn: Connection) -> Result<Store, StoreError> {
+    fn init(mut conn: Connection) -> Result<Store, StoreError> {
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
-             CREATE TABLE IF NOT EXISTS policies (
-                id TEXT PRIMARY KEY, row INTEGER NOT NULL UNIQUE, version INTEGER NOT NULL,
-                json TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS enterprises (
-                uscc TEXT PRIMARY KEY, row INTEGER NOT NULL UNIQUE, json TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS matches (
-                policy_id TEXT NOT NULL, uscc TEXT NOT NULL,
-                PRIMARY KEY (policy_id, uscc)) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS matches_by_uscc ON matches (uscc);
-             CREATE TABLE IF NOT EXISTS feed (
-                seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
-                policy_id TEXT NOT NULL, policy_version INTEGER NOT NULL, uscc TEXT NOT NULL,
-                category TEXT NOT NULL, benefit_yuan INTEGER, digest TEXT NOT NULL,
-                created_ms INTEGER NOT NULL);",
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+        )?;
+        storage::sqlite::migrate(
+            &mut conn,
+            crate::pg_store::MIGRATION_COMPONENT,
+            SQLITE_MIGRATIONS,
+            storage::sqlite::none,
         )?;
         Ok(Store {
             conn: Mutex::new(conn),

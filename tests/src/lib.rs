@@ -201,7 +201,7 @@ pub fn write_config_with_log(
     }
     let log_key = pki.dir.path().join("log-key");
     if !log_key.exists() {
-        let seed = gateway::checkpoint::LogKey::generate_seed_base64().unwrap();
+        let seed = tlog::checkpoint::LogKey::generate_seed_base64().unwrap();
         std::fs::write(&log_key, seed).unwrap();
         std::fs::set_permissions(&log_key, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
@@ -985,15 +985,15 @@ pub enum StoredLog {
     /// `access-log.db` in a data directory.
     Sqlite(PathBuf),
     /// The shared tables in a PostgreSQL schema.
-    Postgres(std::sync::Arc<cert_store::pg_store::PgStore>),
+    Postgres(std::sync::Arc<storage::PgPool>),
 }
 
 impl StoredLog {
     /// The log of a gateway with data directory `data` on the store `schema` guards (none: the
     /// embedded store).
-    pub fn of(data: &Path, schema: &Option<cert_store::pg_store::SchemaGuard>) -> StoredLog {
+    pub fn of(data: &Path, schema: &Option<storage::SchemaGuard>) -> StoredLog {
         match schema {
-            Some(g) => StoredLog::Postgres(g.store().clone()),
+            Some(g) => StoredLog::Postgres(g.pool().clone()),
             None => StoredLog::Sqlite(data.join("access-log.db")),
         }
     }
@@ -1022,8 +1022,7 @@ impl StoredLog {
                 let data = data.map(<[u8]>::to_vec);
                 std::thread::spawn(move || {
                     store
-                        .pool()
-                        .with(|c| {
+                        .with(|c| -> Result<(), storage::Error> {
                             let n = c.prepare(&sql)?.params().len();
                             match (n, &data) {
                                 (1, _) => c.execute(&sql, &[&seq])?,
@@ -1057,14 +1056,11 @@ impl StoredLog {
                 let store = store.clone();
                 std::thread::spawn(move || {
                     store
-                        .pool()
-                        .with(|c| {
-                            Ok(
-                                c.query("SELECT seq, data FROM log_leaves ORDER BY seq", &[])?
-                                    .iter()
-                                    .map(|r| (r.get(0), r.get(1)))
-                                    .collect(),
-                            )
+                        .with(|c| -> Result<_, storage::Error> {
+                            c.query("SELECT seq, data FROM log_leaves ORDER BY seq", &[])?
+                                .iter()
+                                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                                .collect()
                         })
                         .unwrap()
                 })
@@ -1131,12 +1127,12 @@ pub async fn checkpoint_covering(
     auditor: &mut Conn,
     key: &str,
     size: u64,
-) -> (String, gateway::checkpoint::Checkpoint) {
+) -> (String, tlog::checkpoint::Checkpoint) {
     for _ in 0..100 {
         let reply = auditor.get("/v1/audit/checkpoint").await.unwrap();
         if reply.status == http::StatusCode::OK {
             let note = String::from_utf8(reply.body.to_vec()).unwrap();
-            let cp = gateway::checkpoint::verify_note(&note, key).unwrap();
+            let cp = tlog::checkpoint::verify_note(&note, key).unwrap();
             if cp.size >= size {
                 return (note, cp);
             }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use certgate_tests::*;
-use gateway::merkle;
+use tlog::merkle;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 

@@ -471,14 +471,14 @@ async fn one_tree_for_both_nodes_and_a_killed_node_loses_no_acknowledged_entry()
             .unwrap()
             .json();
         let bytes = B64.decode(view["leaf_bytes"].as_str().unwrap()).unwrap();
-        let proof: Vec<gateway::merkle::Hash> = view["proof"]
+        let proof: Vec<tlog::merkle::Hash> = view["proof"]
             .as_array()
             .unwrap()
             .iter()
             .map(|h| B64.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
             .collect();
-        assert!(gateway::merkle::verify_inclusion(
-            &gateway::merkle::leaf_hash(&bytes),
+        assert!(tlog::merkle::verify_inclusion(
+            &tlog::merkle::leaf_hash(&bytes),
             index,
             cp.size,
             &proof,

@@ -1,14 +1,6 @@
-//! The tamper-evident access log: one leaf per request (and per refused handshake), an
-//! RFC 9162 Merkle tree over the leaves, signed checkpoints, and group commit — many leaves
-//! share one fsync, and a leaf is durable before the caller is told it is.
-//!
-//! Storage is its own SQLite file (`access-log.db` in the data directory): `leaves` (the
-//! canonical leaf bytes plus indexed columns for auditors' queries), `nodes` (the hash of every
-//! complete subtree, so proofs take O(log n) reads) and `checkpoints` (signed notes).
-//!
-//! Leaf bytes (version 1) are the JSON serialisation of [`Leaf`] with its fields in declaration
-//! order, no insignificant whitespace, absent values as `null`: the same leaf always gives the
-//! same bytes.
+//! The log itself: the writer (group commit — many leaves share one fsync, and a leaf is
+//! durable before the caller is told it is), checkpoints signed at most every interval, the
+//! [`LogDb`] interface of the two back ends, proofs, and offline verification.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,184 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 
 use crate::checkpoint::{Checkpoint, LogKey, verify_note};
+use crate::leaf::{LEAF_VERSION, Leaf};
 use crate::merkle::{self, Hash};
-
-/// The version of the leaf encoding written today.
-pub const LEAF_VERSION: u8 = 1;
-
-/// One access, as recorded. Field order is part of the encoding: do not reorder.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Leaf {
-    /// Encoding version (1).
-    pub v: u8,
-    /// Position in the log (0-based), assigned when the leaf is appended.
-    pub seq: u64,
-    /// Time of the access, Unix milliseconds.
-    pub time_ms: i64,
-    /// `request` or `handshake` (a refused TLS handshake).
-    pub kind: String,
-    /// The request id (also in the response header).
-    pub request_id: Option<String>,
-    /// The caller's USCC, when identified.
-    pub department: Option<String>,
-    /// SHA-256 of the caller's certificate, when one was presented.
-    pub cert_sha256: Option<String>,
-    /// The peer address, for refused handshakes.
-    pub peer: Option<String>,
-    /// HTTP method.
-    pub method: Option<String>,
-    /// Route pattern, e.g. `/v1/licences/{id}`.
-    pub route: Option<String>,
-    /// The resource touched: a licence identifier, `seal:<id>`, `dataset:<id>/<key>`, …
-    pub resource: Option<String>,
-    /// Keyed pseudonym (HMAC-SHA256, hex) of the holder whose data was touched; never the id.
-    pub holder: Option<String>,
-    /// Stated matter code.
-    pub matter: Option<String>,
-    /// Stated reason.
-    pub reason: Option<String>,
-    /// Case id.
-    pub case_id: Option<String>,
-    /// `allowed`, `denied` or `error`.
-    pub outcome: String,
-    /// HTTP status (0 for a refused handshake).
-    pub status: u16,
-    /// Stable error code, or the handshake refusal reason.
-    pub code: Option<String>,
-    /// Time from request head to response, microseconds.
-    pub latency_us: u64,
-    /// For a summary of refused handshakes (`kind` `handshakes`): how many it counts.
-    /// Absent on other leaves (which therefore keep their version-1 bytes).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub count: Option<u64>,
-    /// For a summary: the first refusal's time (Unix ms); `time_ms` is the last one's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub first_ms: Option<i64>,
-}
-
-impl Leaf {
-    /// The canonical bytes hashed into the tree.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        // Serialising a struct of strings and integers cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    /// The summary of the TLS handshakes refused from one source (`peer` an address, or `*`
-    /// for the sources past the window's cap) between `first_ms` and `last_ms`: how many, and
-    /// how many for each reason (`code`: `reason:count,…` in name order). A certificate, if
-    /// any, never reached the application, so the address and the reasons are what is known.
-    pub fn handshakes(
-        peer: &str,
-        count: u64,
-        first_ms: i64,
-        last_ms: i64,
-        reasons: &std::collections::BTreeMap<&'static str, u64>,
-    ) -> Leaf {
-        let code = reasons
-            .iter()
-            .map(|(r, n)| format!("{r}:{n}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        Leaf {
-            peer: Some(peer.to_owned()),
-            code: Some(code),
-            count: Some(count),
-            first_ms: Some(first_ms),
-            ..Leaf::new("handshakes", last_ms, 0)
-        }
-    }
-
-    /// A leaf of `kind` at `time_ms` with `status` (0 for none) and its outcome, every other
-    /// field absent, for a caller to fill in.
-    pub fn new(kind: &str, time_ms: i64, status: u16) -> Leaf {
-        Leaf {
-            v: LEAF_VERSION,
-            seq: 0,
-            time_ms,
-            kind: kind.to_owned(),
-            request_id: None,
-            department: None,
-            cert_sha256: None,
-            peer: None,
-            method: None,
-            route: None,
-            resource: None,
-            holder: None,
-            matter: None,
-            reason: None,
-            case_id: None,
-            outcome: if status == 0 {
-                "denied".into()
-            } else {
-                Leaf::outcome_of(status).into()
-            },
-            status,
-            code: None,
-            latency_us: 0,
-            count: None,
-            first_ms: None,
-        }
-    }
-
-    /// The outcome of an HTTP status.
-    pub fn outcome_of(status: u16) -> &'static str {
-        match status {
-            0..=399 => "allowed",
-            400..=499 => "denied",
-            _ => "error",
-        }
-    }
-}
-
-/// What a handler tells the access log about the request it served: the resource touched and
-/// the holder whose data it was (pseudonymised before it is written). Put it in the response
-/// extensions.
-#[derive(Debug, Clone, Default)]
-pub struct AccessNote {
-    /// The resource, e.g. a licence identifier.
-    pub resource: Option<String>,
-    /// The holder's id (USCC or citizen id).
-    pub holder: Option<String>,
-}
-
-/// A place in the request's extensions where a handler notes what it touched as soon as it
-/// knows, so that a request refused later (a 403 after the licence was looked up) still names
-/// the licence and the holder's pseudonym in its leaf.
-#[derive(Debug, Clone, Default)]
-pub struct NoteSlot(Arc<std::sync::Mutex<Option<AccessNote>>>);
-
-impl NoteSlot {
-    /// Notes the resource and holder touched.
-    pub fn record(&self, resource: &str, holder: &str) {
-        if let Ok(mut slot) = self.0.lock() {
-            *slot = Some(AccessNote {
-                resource: Some(resource.to_owned()),
-                holder: Some(holder.to_owned()),
-            });
-        }
-    }
-
-    /// Notes a resource that belongs to no holder.
-    pub fn record_resource(&self, resource: &str) {
-        if let Ok(mut slot) = self.0.lock() {
-            *slot = Some(AccessNote {
-                resource: Some(resource.to_owned()),
-                holder: None,
-            });
-        }
-    }
-
-    /// What was noted, if anything.
-    pub fn take(&self) -> Option<AccessNote> {
-        self.0.lock().ok().and_then(|mut s| s.take())
-    }
-}
 
 /// Why the log could not take or answer something.
 #[derive(Debug, thiserror::Error)]
@@ -213,11 +34,8 @@ pub enum LogError {
     OutOfRange(String),
 }
 
-mod postgres;
-mod sqlite;
-
-pub use self::postgres::PgLog;
-pub use self::sqlite::SqliteLog;
+use crate::postgres::PgLog;
+use crate::sqlite::SqliteLog;
 
 /// The most recent complete-subtree hash per level: the only nodes an append looks up.
 pub type Frontier = HashMap<u32, (u64, Hash)>;
@@ -285,7 +103,7 @@ pub trait LogDb: Send {
         frontier: &mut Frontier,
     ) -> Result<u64, LogError>;
     /// Stores a signed checkpoint; one already stored at that size stays.
-    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), LogError>;
+    fn put_checkpoint(&mut self, size: u64, note: &str, time_ms: i64) -> Result<(), LogError>;
 }
 
 /// A subtree hash an append completes: level, index, hash.
@@ -293,7 +111,7 @@ type NewNode = (u32, u64, Hash);
 
 /// Numbers `leaves` from `start` and computes each one's bytes and the nodes it completes,
 /// looking nodes up in `frontier` first and in the store (`lookup`) otherwise.
-fn prepare_batch(
+pub(crate) fn prepare_batch(
     leaves: &mut [&mut Leaf],
     start: u64,
     frontier: &mut Frontier,
@@ -326,7 +144,7 @@ fn prepare_batch(
 }
 
 /// A 32-byte hash from a stored value.
-fn stored_hash(bytes: Vec<u8>) -> Result<Hash, LogError> {
+pub(crate) fn stored_hash(bytes: Vec<u8>) -> Result<Hash, LogError> {
     bytes
         .try_into()
         .map_err(|_| LogError::Store("stored hash is not 32 bytes".into()))
@@ -376,7 +194,7 @@ pub enum LogBackend {
     /// Its own SQLite file.
     Sqlite(PathBuf),
     /// The tree every node shares, in PostgreSQL.
-    Postgres(Arc<cert_store::pg_store::PgStore>),
+    Postgres(Arc<storage::PgPool>),
 }
 
 impl LogBackend {
@@ -447,6 +265,8 @@ pub struct WriterSettings {
     pub group_commit_wait: Duration,
     /// Caps the database at this many pages (0: no cap); reaching it is a full disk.
     pub max_db_pages: u64,
+    /// The time written with each checkpoint.
+    pub clock: Arc<dyn storage::Clock>,
 }
 
 impl AccessLog {
@@ -732,7 +552,8 @@ impl Writer {
             root: root(self.db.as_mut(), size)?,
         };
         let note = self.key.sign(&cp);
-        self.db.put_checkpoint(size, &note)?;
+        self.db
+            .put_checkpoint(size, &note, self.settings.clock.now_ms())?;
         self.checkpointed = size;
         self.covered.store(size, Ordering::SeqCst);
         Ok(())
@@ -962,6 +783,7 @@ mod tests {
             origin: "certgate.test/log".into(),
             group_commit_wait: Duration::ZERO,
             max_db_pages: 0,
+            clock: Arc::new(storage::SystemClock),
         }
     }
 
@@ -1133,7 +955,7 @@ mod tests {
     #[test]
     fn two_nodes_on_postgres_append_to_one_verifiable_tree() {
         let Some((store, _schema)) =
-            cert_store::pg_store::test_store("access_log::two_nodes_on_postgres").unwrap()
+            storage::pg::test_pool("access_log::two_nodes_on_postgres").unwrap()
         else {
             return;
         };
@@ -1202,8 +1024,7 @@ mod tests {
         assert!(db.entries(&filter, 5).unwrap().is_empty());
 
         store
-            .pool()
-            .with(|c| {
+            .with(|c| -> Result<(), LogError> {
                 c.execute(
                     "UPDATE log_leaves SET data = convert_to(replace(convert_from(data, 'UTF8'),                      '\"status\":200', '\"status\":201'), 'UTF8') WHERE seq = 40",
                     &[],

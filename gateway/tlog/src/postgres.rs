@@ -5,20 +5,21 @@
 
 use std::sync::Arc;
 
-use cert_store::pg_store::PgStore;
-use cert_store::store::StoreError;
 use postgres::fallible_iterator::FallibleIterator;
+use storage::PgPool;
 
-use super::{
-    EntryFilter, Frontier, Leaf, LogDb, LogError, ScannedLeaf, prepare_batch, stored_hash,
-};
+use crate::leaf::Leaf;
+use crate::log::{EntryFilter, Frontier, LogDb, LogError, ScannedLeaf, prepare_batch, stored_hash};
 use crate::merkle::Hash;
 
-impl From<StoreError> for LogError {
-    fn from(e: StoreError) -> Self {
+impl From<postgres::Error> for LogError {
+    fn from(e: postgres::Error) -> Self {
         LogError::Store(e.to_string())
     }
 }
+
+/// The component name this log's migrations are recorded under.
+pub const MIGRATION_COMPONENT: &str = "access_log";
 
 const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE log_leaves (
@@ -37,10 +38,10 @@ CREATE TABLE log_state (id INTEGER PRIMARY KEY CHECK (id = 1), size BIGINT NOT N
 INSERT INTO log_state (id, size) VALUES (1, 0);
 "#];
 
-/// The shared log, through the store's connection pool.
+/// The shared log, through the node's connection pool.
 #[derive(Debug, Clone)]
 pub struct PgLog {
-    store: Arc<PgStore>,
+    pool: Arc<PgPool>,
 }
 
 /// PostgreSQL text cannot hold NUL; the indexed copies of a leaf's fields drop it (the leaf's
@@ -50,35 +51,36 @@ fn text(v: &Option<String>) -> Option<String> {
 }
 
 impl PgLog {
-    /// The log in `store`'s schema, creating its tables if this is the first node to start.
-    pub fn open(store: Arc<PgStore>) -> Result<PgLog, LogError> {
-        store.pool().migrate("access_log", MIGRATIONS)?;
-        Ok(PgLog { store })
+    /// The log on `pool`'s schema, creating its tables if this is the first node to start.
+    pub fn open(pool: Arc<PgPool>) -> Result<PgLog, LogError> {
+        pool.migrate(MIGRATION_COMPONENT, MIGRATIONS)?;
+        Ok(PgLog { pool })
     }
 
-    /// The log in `store`'s schema, for reading (tables already made by [`PgLog::open`]).
-    pub fn new(store: Arc<PgStore>) -> PgLog {
-        PgLog { store }
+    /// The log on `pool`'s schema, for reading (tables already made by [`PgLog::open`]).
+    pub fn new(pool: Arc<PgPool>) -> PgLog {
+        PgLog { pool }
     }
 }
 
 impl LogDb for PgLog {
     fn size(&mut self) -> Result<u64, LogError> {
-        Ok(self.store.pool().with(|c| {
+        self.pool.with(|c| -> Result<_, LogError> {
             let n: i64 = c
                 .query_one("SELECT size FROM log_state WHERE id = 1", &[])?
-                .get(0);
+                .try_get(0)?;
             Ok(n as u64)
-        })?)
+        })
     }
 
     fn node(&mut self, level: u32, index: u64) -> Result<Option<Hash>, LogError> {
-        let hash: Option<Vec<u8>> = self.store.pool().with(|c| {
+        let hash: Option<Vec<u8>> = self.pool.with(|c| -> Result<_, LogError> {
             Ok(c.query_opt(
                 "SELECT hash FROM log_nodes WHERE level = $1 AND idx = $2",
                 &[&(level as i32), &(index as i64)],
             )?
-            .map(|r| r.get(0)))
+            .map(|r| r.try_get(0))
+            .transpose()?)
         })?;
         hash.map(stored_hash).transpose()
     }
@@ -89,26 +91,27 @@ impl LogDb for PgLog {
         } else {
             "SELECT size, note FROM log_checkpoints ORDER BY size"
         };
-        Ok(self.store.pool().with(|c| {
+        self.pool.with(|c| -> Result<_, LogError> {
             Ok(c.query(sql, &[])?
                 .iter()
-                .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)))
-                .collect())
-        })?)
+                .map(|r| Ok((r.try_get::<_, i64>(0)? as u64, r.try_get(1)?)))
+                .collect::<Result<_, LogError>>()?)
+        })
     }
 
     fn leaf(&mut self, seq: u64) -> Result<Option<Vec<u8>>, LogError> {
-        Ok(self.store.pool().with(|c| {
+        self.pool.with(|c| -> Result<_, LogError> {
             Ok(c.query_opt(
                 "SELECT data FROM log_leaves WHERE seq = $1",
                 &[&(seq as i64)],
             )?
-            .map(|r| r.get(0)))
-        })?)
+            .map(|r| r.try_get(0))
+            .transpose()?)
+        })
     }
 
     fn entries(&mut self, f: &EntryFilter, limit: u32) -> Result<Vec<Vec<u8>>, LogError> {
-        Ok(self.store.pool().with(|c| {
+        self.pool.with(|c| -> Result<_, LogError> {
             Ok(c.query(
                 "SELECT data FROM log_leaves
                  WHERE seq > $1 AND ($2::text IS NULL OR department = $2)
@@ -129,9 +132,9 @@ impl LogDb for PgLog {
                 ],
             )?
             .iter()
-            .map(|r| r.get(0))
-            .collect())
-        })?)
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
+        })
     }
 
     fn scan(
@@ -140,7 +143,7 @@ impl LogDb for PgLog {
         f: &mut dyn FnMut(ScannedLeaf<'_>) -> bool,
     ) -> Result<(), LogError> {
         let size = size.min(i64::MAX as u64) as i64;
-        Ok(self.store.pool().with(|c| {
+        self.pool.with(|c| -> Result<_, LogError> {
             // One snapshot for the whole scan; rows stream through a portal in batches.
             let mut tx = c
                 .build_transaction()
@@ -159,10 +162,10 @@ impl LogDb for PgLog {
                 let mut any = false;
                 while let Some(row) = rows.next()? {
                     any = true;
-                    let data: Vec<u8> = row.get(1);
-                    let hash: Option<Vec<u8>> = row.get(2);
+                    let data: Vec<u8> = row.try_get(1)?;
+                    let hash: Option<Vec<u8>> = row.try_get(2)?;
                     if !f(ScannedLeaf {
-                        seq: row.get(0),
+                        seq: row.try_get(0)?,
                         data: Some(&data),
                         stored_hash: hash.as_deref(),
                     }) {
@@ -175,7 +178,7 @@ impl LogDb for PgLog {
             }
             tx.commit()?;
             Ok(())
-        })?)
+        })
     }
 
     fn append(
@@ -183,34 +186,23 @@ impl LogDb for PgLog {
         leaves: &mut [&mut Leaf],
         frontier: &mut Frontier,
     ) -> Result<u64, LogError> {
-        let mut failure = None;
-        let result = self.store.pool().with(|c| {
+        self.pool.with(|c| -> Result<_, LogError> {
             let mut tx = c.transaction()?;
             // The row lock orders batches of all nodes: the next positions are ours until
             // commit.
             let start: i64 = tx
                 .query_one("SELECT size FROM log_state WHERE id = 1 FOR UPDATE", &[])?
-                .get(0);
-            let lookup = |tx: &mut postgres::Transaction<'_>, level: u32, idx: u64| {
+                .try_get(0)?;
+            let (encoded, nodes) = prepare_batch(leaves, start as u64, frontier, |level, idx| {
                 tx.query_opt(
                     "SELECT hash FROM log_nodes WHERE level = $1 AND idx = $2",
                     &[&(level as i32), &(idx as i64)],
-                )
-                .map(|r| r.map(|r| r.get::<_, Vec<u8>>(0)))
-            };
-            let prepared = prepare_batch(leaves, start as u64, frontier, |level, idx| {
-                lookup(&mut tx, level, idx)
-                    .map_err(|e| LogError::Store(e.to_string()))?
-                    .map(stored_hash)
-                    .transpose()
-            });
-            let (encoded, nodes) = match prepared {
-                Ok(v) => v,
-                Err(e) => {
-                    failure = Some(e);
-                    return Err(StoreError::Database("batch not prepared".into()));
-                }
-            };
+                )?
+                .map(|r| r.try_get::<_, Vec<u8>>(0))
+                .transpose()?
+                .map(stored_hash)
+                .transpose()
+            })?;
             let mut cols = LeafColumns::default();
             for (l, bytes) in leaves.iter().zip(encoded) {
                 cols.seq.push(l.seq as i64);
@@ -249,22 +241,18 @@ impl LogDb for PgLog {
             tx.execute("UPDATE log_state SET size = $1 WHERE id = 1", &[&end])?;
             tx.commit()?;
             Ok(end as u64)
-        });
-        match (result, failure) {
-            (_, Some(e)) => Err(e),
-            (r, None) => Ok(r?),
-        }
+        })
     }
 
-    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), LogError> {
-        Ok(self.store.pool().with(|c| {
+    fn put_checkpoint(&mut self, size: u64, note: &str, time_ms: i64) -> Result<(), LogError> {
+        self.pool.with(|c| -> Result<_, LogError> {
             c.execute(
                 "INSERT INTO log_checkpoints (size, time_ms, note) VALUES ($1, $2, $3)
                  ON CONFLICT (size) DO NOTHING",
-                &[&(size as i64), &crate::state::unix_now_ms(), &note],
+                &[&(size as i64), &time_ms, &note],
             )?;
             Ok(())
-        })?)
+        })
     }
 }
 

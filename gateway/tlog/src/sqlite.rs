@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{
-    EntryFilter, Frontier, Leaf, LogDb, LogError, ScannedLeaf, prepare_batch, stored_hash,
-};
+use crate::leaf::Leaf;
+use crate::log::{EntryFilter, Frontier, LogDb, LogError, ScannedLeaf, prepare_batch, stored_hash};
 use crate::merkle::Hash;
 
 impl From<rusqlite::Error> for LogError {
@@ -19,7 +18,9 @@ impl From<rusqlite::Error> for LogError {
     }
 }
 
-const MIGRATION: &str = r#"
+/// The log file's tables, one migration an entry (the first creates them only where missing:
+/// files made before versions were recorded have them).
+pub const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE IF NOT EXISTS leaves (
     seq INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, department TEXT, holder TEXT,
     resource TEXT, route TEXT, outcome TEXT NOT NULL, data BLOB NOT NULL
@@ -32,7 +33,13 @@ CREATE TABLE IF NOT EXISTS nodes (
     level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (level, idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, note TEXT NOT NULL);
-"#;
+"#];
+
+impl From<storage::Error> for LogError {
+    fn from(e: storage::Error) -> Self {
+        LogError::Store(e.to_string())
+    }
+}
 
 /// The log in one SQLite file.
 #[derive(Debug)]
@@ -44,11 +51,16 @@ impl SqliteLog {
     /// Opens (creating) the file with the durability settings every writer uses: WAL,
     /// `synchronous=FULL`.
     pub fn open(path: &Path) -> Result<SqliteLog, LogError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        conn.execute_batch(MIGRATION)?;
+        storage::sqlite::migrate(
+            &mut conn,
+            crate::postgres::MIGRATION_COMPONENT,
+            MIGRATIONS,
+            storage::sqlite::none,
+        )?;
         Ok(SqliteLog { conn })
     }
 
@@ -216,10 +228,10 @@ impl LogDb for SqliteLog {
         Ok(start + leaves.len() as u64)
     }
 
-    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), LogError> {
+    fn put_checkpoint(&mut self, size: u64, note: &str, time_ms: i64) -> Result<(), LogError> {
         self.conn.execute(
             "INSERT OR IGNORE INTO checkpoints (size, time_ms, note) VALUES (?1, ?2, ?3)",
-            params![size as i64, crate::state::unix_now_ms(), note],
+            params![size as i64, time_ms, note],
         )?;
         Ok(())
     }

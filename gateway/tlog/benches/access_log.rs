@@ -7,7 +7,7 @@
 //! - inclusion- and consistency-proof latency on a log of `CERTGATE_BENCH_LEAVES` leaves
 //!   (default 1,000,000), read from the database through the stored subtree hashes.
 //!
-//! Run: `cargo bench -p gateway --bench access_log` (`CERTGATE_BENCH_SECONDS`, default 5;
+//! Run: `cargo bench -p tlog --bench access_log` (`CERTGATE_BENCH_SECONDS`, default 5;
 //! `CERTGATE_BENCH_LEAVES`, default 1000000; `CERTGATE_BENCH_POSTGRES_URL` adds the PostgreSQL log).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -15,12 +15,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway::access_log::{
-    self, AccessLog, LEAF_VERSION, Leaf, LogBackend, LogDb, SqliteLog, WriterSettings,
-};
-use gateway::checkpoint::LogKey;
-use gateway::merkle;
 use rusqlite::params;
+use tlog::checkpoint::LogKey;
+use tlog::merkle;
+use tlog::{AccessLog, LEAF_VERSION, Leaf, LogBackend, LogDb, SqliteLog, WriterSettings};
 
 fn leaf(i: u64) -> Leaf {
     Leaf {
@@ -80,9 +78,9 @@ fn main() {
     let postgres = std::env::var("CERTGATE_BENCH_POSTGRES_URL")
         .ok()
         .map(|url| {
-            let mut settings = cert_store::pg_store::PgSettings::new(&url);
+            let mut settings = storage::PgSettings::new(&url);
             settings.schema = format!("bench_log_{}", std::process::id());
-            Arc::new(cert_store::pg_store::PgStore::open(settings).unwrap())
+            Arc::new(storage::PgPool::new(settings).unwrap())
         });
     let mut backends = vec![("SQLite", None)];
     if let Some(store) = &postgres {
@@ -97,8 +95,7 @@ fn main() {
             Some(store) => {
                 // A fresh tree for each run.
                 store
-                    .pool()
-                    .with(|c| {
+                    .with(|c| -> Result<(), storage::Error> {
                         c.batch_execute(
                             "DROP TABLE IF EXISTS log_leaves, log_nodes, log_checkpoints, log_state;
                              DELETE FROM migrations WHERE component = 'access_log'",
@@ -119,6 +116,7 @@ fn main() {
                 origin: "bench/log".into(),
                 group_commit_wait: Duration::ZERO,
                 max_db_pages: 0,
+                clock: Arc::new(storage::SystemClock),
             },
         )
         .unwrap();
@@ -201,7 +199,7 @@ fn main() {
         build.elapsed().as_secs_f64()
     );
     let mut db = SqliteLog::open_read_only(&path).unwrap();
-    let root = access_log::root(&mut db, leaves).unwrap();
+    let root = tlog::root(&mut db, leaves).unwrap();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
         state ^= state << 13;
@@ -213,7 +211,7 @@ fn main() {
     for _ in 0..2000 {
         let index = next() % leaves;
         let start = Instant::now();
-        let proof = access_log::inclusion_proof(&mut db, index, leaves).unwrap();
+        let proof = tlog::inclusion_proof(&mut db, index, leaves).unwrap();
         inc.push(start.elapsed());
         let data = db.leaf(index).unwrap().unwrap();
         assert!(merkle::verify_inclusion(
@@ -225,7 +223,7 @@ fn main() {
         ));
         let old = 1 + next() % (leaves - 1);
         let start = Instant::now();
-        access_log::consistency_proof(&mut db, old, leaves).unwrap();
+        tlog::consistency_proof(&mut db, old, leaves).unwrap();
         cons.push(start.elapsed());
     }
     inc.sort_unstable();

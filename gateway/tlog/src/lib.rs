@@ -1,0 +1,30 @@
+//! certgate's transparency log: every access becomes a [`Leaf`] of an RFC 9162 Merkle tree,
+//! durable before the caller is told it is (group commit: many leaves share one fsync), with
+//! C2SP signed checkpoints, inclusion and consistency proofs, auditors' queries, and offline
+//! verification of the whole tree or of an export.
+//!
+//! It knows nothing of HTTP, TLS, licences or departments: a leaf is a record of strings and
+//! numbers, and time comes in through a [`storage::Clock`]. The log lives in its own SQLite
+//! file ([`SqliteLog`]: `leaves`, `nodes`, `checkpoints`) or in the PostgreSQL schema all
+//! nodes share ([`PgLog`]), both behind [`LogDb`].
+//!
+//! ```
+//! use tlog::merkle::{leaf_hash, MemoryTree};
+//! let mut tree = MemoryTree::default();
+//! tree.push_leaf_hash(leaf_hash(b"one access"));
+//! assert_eq!(tree.len(), 1);
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod checkpoint;
+pub mod leaf;
+mod log;
+pub mod merkle;
+pub mod postgres;
+pub mod sqlite;
+
+pub use leaf::{LEAF_VERSION, Leaf};
+pub use log::*;
+pub use postgres::PgLog;
+pub use sqlite::SqliteLog;
