@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use cert_store::Uscc;
 
-use crate::exchange::catalog::{self, ExchangeSettings};
 use cert_store::crypto::Kek;
 use cert_store::licence::{FieldSpec, LicenceType, is_reserved_field_name};
+use exchange::catalog::{self, ExchangeSettings};
 use serde::{Deserialize, Serialize};
 use tlog::checkpoint::{CheckpointError, LogKey};
 
@@ -844,10 +844,11 @@ impl RawConfig {
             self.upstreams,
             self.datasets,
             self.proof_types,
-            &departments,
+            &|id| departments.get(id).is_some(),
             &licensing.licence_types,
             base,
-        )?;
+        )
+        .map_err(|e| ConfigError::key(e.key, e.reason))?;
         let policies = PolicySettings {
             user_dictionary: match self.policies.user_dictionary {
                 None => None,
@@ -1234,7 +1235,7 @@ licence_type = "11100000MB0000100D001"
 
     #[test]
     fn the_exchange_catalog_loads() {
-        use crate::exchange::catalog::{Condition, FieldTest, KeyKind, Mask};
+        use exchange::catalog::{Condition, FieldTest, KeyKind, Mask};
         let c = load(&format!("{GOOD}{EXCHANGE}"), &[]).unwrap();
         let x = &c.exchange;
         assert_eq!(x.upstreams[0].retries, 2);

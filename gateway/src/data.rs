@@ -15,14 +15,14 @@ use serde_json::{Map, Value};
 use crate::api::{JsonBody, require};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
-use crate::exchange::catalog::{Condition, Dataset};
-use crate::exchange::proofs::{self, PROOF_TYP, ProofCheck};
-use crate::exchange::upstream::FetchError;
-use crate::exchange::{self, Exchange};
 use crate::extract::NoteSlot;
 use crate::identity::Caller;
 use crate::purpose::Purpose;
 use crate::state::Gateway;
+use exchange::catalog::Dataset;
+use exchange::proofs::{self, PROOF_TYP, ProofCheck, ProofError};
+use exchange::upstream::FetchError;
+use exchange::{self, Exchange};
 
 /// A record as the calling department may see it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -96,6 +96,11 @@ fn fetch_error(dataset: &str, e: &FetchError) -> ApiError {
             StatusCode::BAD_GATEWAY,
             "CG-DAT-005",
             format!("the source system's answer is larger than the dataset's limit of {n} bytes"),
+        ),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "CG-DAT-006",
+            "the source system cannot be used now".to_owned(),
         ),
     };
     ApiError::new(status, code, format!("{dataset}: {message}"))
@@ -358,93 +363,28 @@ pub async fn issue_proof(
     Extension(slot): Extension<NoteSlot>,
     JsonBody(body): JsonBody<ProofRequest>,
 ) -> Result<(StatusCode, Json<ProofView>), ApiError> {
-    let proof = gw
+    let (proof, holder) = gw
         .exchange
-        .proof_type(&proof_type)
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "CG-PRF-003",
-                format!(
-                    "no proof type `{}`",
-                    proof_type.chars().take(40).collect::<String>()
-                ),
-            )
-        })?;
-    let holder = proof.holder_kind.parse(body.holder.trim()).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "CG-PRF-001",
-            format!("holder: {e}"),
-        )
-    })?;
+        .proof_request(&proof_type, &body.holder)
+        .map_err(proof_error)?;
     slot.record(&format!("proof:{}", proof.id), &holder);
-    if !proof.departments.contains(&caller.department) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "CG-PRF-002",
-            format!("this department may not ask for {}", proof.name),
-        ));
-    }
-    // A proof type limited to some matters answers only for them, as dataset grants do.
-    if let Some(purposes) = &proof.purposes
-        && !purpose
-            .matter
-            .as_ref()
-            .is_some_and(|m| purposes.contains(m))
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "CG-PRF-002",
-            format!(
-                "{} is not given for the matter stated in X-Purpose",
-                proof.name
-            ),
-        ));
-    }
-    // Every record the rule reads, fresh or from the source; never a stale one, and a failing
-    // source is an error, not a "no".
-    let mut records = std::collections::HashMap::new();
-    for id in proofs::datasets_read(&proof) {
-        let ds = dataset_of(&gw, id)?;
-        let record = match gw.exchange.get(&ds, &holder, false).await {
-            Ok((r, _)) => Some(r),
-            Err(FetchError::NotFound) => None,
-            Err(e) => return Err(fetch_error(&ds.id, &e)),
-        };
-        records.insert(id.to_owned(), record);
-    }
-    let now = crate::state::unix_now();
-    let mut result = true;
-    for c in &proof.conditions {
-        let met = match c {
-            Condition::Field {
-                dataset,
-                field,
-                test,
-            } => {
-                let value = records
-                    .get(dataset)
-                    .and_then(|r| r.as_ref())
-                    .and_then(|r| r.fields.get(field));
-                proofs::holds(test, value)
-            }
-            Condition::ValidLicence { licence_type } => {
-                let (h, t) = (holder.clone(), licence_type.clone());
-                // Valid licences come first: the first page holds one if any is held.
-                let page = gw
-                    .licences(move |svc, _| {
-                        svc.licences_by_holder(&h, &t, None, cert_store::service::MAX_HOLDER_PAGE)
-                    })
-                    .await?;
-                page.licences.iter().any(|l| {
-                    l.status == LicenceStatus::Valid && l.not_before <= now && now < l.expires_at
-                })
-            }
-        };
-        result &= met;
-    }
+    let answer = gw
+        .exchange
+        .answer_proof(
+            proof,
+            holder,
+            &caller.department,
+            purpose.matter.as_deref(),
+            |holder, licence_type, now| gw.holds_valid(holder, licence_type, now),
+        )
+        .await
+        .map_err(proof_error)?;
+    let (proof, holder, result, now) = (
+        answer.proof,
+        answer.holder,
+        answer.result,
+        answer.decided_at,
+    );
     let id = format!("proof-{}", hex::encode(random_id()));
     let claims = proofs::claims(
         &proof,
@@ -472,6 +412,61 @@ pub async fn issue_proof(
     ))
 }
 
+/// The answer to a proof that could not be given.
+fn proof_error(e: ProofError<ApiError>) -> ApiError {
+    match e {
+        ProofError::UnknownType(id) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "CG-PRF-003",
+            format!("no proof type `{id}`"),
+        ),
+        ProofError::BadHolder(why) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "CG-PRF-001",
+            format!("holder: {why}"),
+        ),
+        ProofError::NotForDepartment(name) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "CG-PRF-002",
+            format!("this department may not ask for {name}"),
+        ),
+        ProofError::NotForMatter(name) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "CG-PRF-002",
+            format!("{name} is not given for the matter stated in X-Purpose"),
+        ),
+        ProofError::Dataset { dataset, error } => fetch_error(&dataset, &error),
+        ProofError::Register(e) => e,
+        _ => ApiError::internal(),
+    }
+}
+
+impl Gateway {
+    /// True when `holder` holds a licence of `licence_type` valid at `now` (valid ones come
+    /// first in a holder's list, so the first page holds one if any is held).
+    async fn holds_valid(
+        &self,
+        holder: String,
+        licence_type: String,
+        now: i64,
+    ) -> Result<bool, ApiError> {
+        let page = self
+            .licences(move |svc, _| {
+                svc.licences_by_holder(
+                    &holder,
+                    &licence_type,
+                    None,
+                    cert_store::service::MAX_HOLDER_PAGE,
+                )
+            })
+            .await?;
+        Ok(page
+            .licences
+            .iter()
+            .any(|l| l.status == LicenceStatus::Valid && l.not_before <= now && now < l.expires_at))
+    }
+}
+
 pub(crate) fn random_id() -> [u8; 12] {
     let mut b = [0u8; 12];
     if aws_lc_rs::rand::fill(&mut b).is_err() {
@@ -494,6 +489,7 @@ pub struct ProofVerdict {
     /// True when every check passed.
     pub valid: bool,
     /// Each check with its outcome.
+    #[schema(value_type = Vec<Object>)]
     pub checks: Vec<ProofCheck>,
     /// The proof's claims, when its signature verified.
     #[schema(value_type = Option<Object>)]

@@ -72,6 +72,42 @@ pub struct ExchangeMetrics {
     breaker: Family<UpstreamLabels, Gauge>,
 }
 
+impl exchange::Observer for ExchangeMetrics {
+    fn cache(&self, dataset: &str, event: exchange::CacheEvent) {
+        let family = match event {
+            exchange::CacheEvent::Hit => &self.hits,
+            exchange::CacheEvent::Miss => &self.misses,
+            exchange::CacheEvent::Coalesced => &self.coalesced,
+            exchange::CacheEvent::Stale => &self.stale,
+        };
+        ExchangeMetrics::count(family, dataset);
+    }
+
+    fn evicted(&self, cause: &'static str) {
+        self.evictions
+            .get_or_create(&EvictionLabels { cause })
+            .inc();
+    }
+
+    fn fetched(&self, origin: &str, seconds: f64) {
+        self.observe_upstream(origin, seconds);
+    }
+
+    fn retried(&self, origin: &str) {
+        self.upstream_retry(origin);
+    }
+
+    fn breaker(&self, origin: &str, state: exchange::upstream::BreakerState) {
+        use exchange::upstream::BreakerState as B;
+        let v = match state {
+            B::Closed => 0,
+            B::Open => 1,
+            B::HalfOpen => 2,
+        };
+        self.set_breaker(origin, v);
+    }
+}
+
 impl ExchangeMetrics {
     fn new() -> Self {
         ExchangeMetrics {

@@ -16,9 +16,9 @@ use cert_store::store::SqliteStore;
 
 use crate::config::{AccessRule, Config, ConfigError, DepartmentTable, ServerSettings};
 use crate::error::ApiError;
-use crate::exchange::Exchange;
 use crate::metrics::Metrics;
 use crate::tls::{RevokedSerials, TlsError, TlsMaterial};
+use exchange::Exchange;
 use tlog::{AccessLog, LogBackend, LogError, WriterSettings};
 
 /// How many TLS sessions the server remembers for resumption.
@@ -86,7 +86,7 @@ pub enum StartError {
     Policies(String),
     /// An upstream source system's client could not be built (bad CA or client certificate).
     #[error("cannot set up the exchange: {0}")]
-    Exchange(#[from] crate::exchange::upstream::UpstreamError),
+    Exchange(#[from] exchange::UpstreamError),
 }
 
 /// Why a reload failed; the previous configuration stays in force.
@@ -182,7 +182,9 @@ impl Gateway {
         let metrics = Metrics::default();
         let exchange = Arc::new(Exchange::new(
             config.exchange.clone(),
+            &crate::upstream::HttpTransport::new,
             metrics.exchange.clone(),
+            Arc::new(storage::SystemClock),
         )?);
         let node_id = hex::encode(crate::data::random_id());
         let policies = Arc::new(

@@ -11,7 +11,24 @@ use cert_store::{CitizenId, Uscc};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::{ConfigError, DepartmentTable};
+/// A catalog entry that is not valid, naming its configuration key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration key `{key}`: {reason}")]
+pub struct CatalogError {
+    /// The dotted key, e.g. `datasets[0].url`.
+    pub key: String,
+    /// Why it is refused.
+    pub reason: String,
+}
+
+impl CatalogError {
+    fn key(key: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        CatalogError {
+            key: key.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
 
 /// Everything the exchange needs from configuration.
 #[derive(Debug, Clone, Default)]
@@ -230,9 +247,10 @@ pub struct ProofType {
 
 // ---- raw configuration ----
 
-#[derive(Deserialize)]
+/// `Exchange` as written in the configuration file; [`validate`] checks it.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawExchange {
+pub struct RawExchange {
     #[serde(default = "default_cache_bytes")]
     cache_bytes: u64,
 }
@@ -249,9 +267,10 @@ fn default_cache_bytes() -> u64 {
     64 * 1024 * 1024
 }
 
-#[derive(Deserialize)]
+/// `Upstream` as written in the configuration file; [`validate`] checks it.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawUpstream {
+pub struct RawUpstream {
     origin: String,
     ca_file: Option<PathBuf>,
     client_cert: Option<PathBuf>,
@@ -289,9 +308,10 @@ fn default_breaker_open_ms() -> u64 {
     10_000
 }
 
-#[derive(Deserialize)]
+/// `Dataset` as written in the configuration file; [`validate`] checks it.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawDataset {
+pub struct RawDataset {
     id: String,
     name: String,
     owner: String,
@@ -317,9 +337,10 @@ fn default_max_entry() -> usize {
     64 * 1024
 }
 
-#[derive(Deserialize)]
+/// `Grant` as written in the configuration file; [`validate`] checks it.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawGrant {
+pub struct RawGrant {
     department: String,
     #[serde(default = "any_purpose")]
     purposes: Vec<String>,
@@ -330,9 +351,10 @@ fn any_purpose() -> Vec<String> {
     vec!["*".into()]
 }
 
-#[derive(Deserialize)]
+/// `ProofType` as written in the configuration file; [`validate`] checks it.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawProofType {
+pub struct RawProofType {
     id: String,
     name: String,
     holder_kind: KeyKind,
@@ -348,9 +370,10 @@ fn default_validity() -> u64 {
     86_400
 }
 
-#[derive(Deserialize)]
+/// `Condition` as written in the configuration file; [`validate`] checks it.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawCondition {
+pub struct RawCondition {
     dataset: Option<String>,
     field: Option<String>,
     op: Option<String>,
@@ -396,9 +419,9 @@ fn origin_of(url: &str) -> Option<(String, &str)> {
     Some((format!("{scheme}://{authority}"), path))
 }
 
-fn millis(key: String, v: u64) -> Result<Duration, ConfigError> {
+fn millis(key: String, v: u64) -> Result<Duration, CatalogError> {
     if v == 0 || v > 600_000 {
-        Err(ConfigError::key(
+        Err(CatalogError::key(
             key,
             "must be between 1 and 600000 milliseconds",
         ))
@@ -408,31 +431,31 @@ fn millis(key: String, v: u64) -> Result<Duration, ConfigError> {
 }
 
 /// Validates the exchange part of the configuration.
-pub(crate) fn validate(
+pub fn validate(
     raw: RawExchange,
     upstreams: Vec<RawUpstream>,
     datasets: Vec<RawDataset>,
     proof_types: Vec<RawProofType>,
-    departments: &DepartmentTable,
+    is_department: &dyn Fn(&Uscc) -> bool,
     licence_types: &[LicenceType],
     base: &Path,
-) -> Result<ExchangeSettings, ConfigError> {
+) -> Result<ExchangeSettings, CatalogError> {
     if raw.cache_bytes == 0 || raw.cache_bytes > MAX_CACHE_BYTES {
-        return Err(ConfigError::key(
+        return Err(CatalogError::key(
             "exchange.cache_bytes",
             format!("must be between 1 and {MAX_CACHE_BYTES}"),
         ));
     }
-    let file = |key: String, p: Option<PathBuf>| -> Result<Option<PathBuf>, ConfigError> {
+    let file = |key: String, p: Option<PathBuf>| -> Result<Option<PathBuf>, CatalogError> {
         let Some(p) = p else { return Ok(None) };
         let p = base.join(p);
         match std::fs::metadata(&p) {
             Ok(m) if m.is_file() => Ok(Some(p)),
-            Ok(_) => Err(ConfigError::key(
+            Ok(_) => Err(CatalogError::key(
                 key,
                 format!("{} is not a file", p.display()),
             )),
-            Err(e) => Err(ConfigError::key(key, format!("{}: {e}", p.display()))),
+            Err(e) => Err(CatalogError::key(key, format!("{}: {e}", p.display()))),
         }
     };
     let mut out_upstreams: Vec<UpstreamSettings> = Vec::new();
@@ -441,32 +464,32 @@ pub(crate) fn validate(
         let origin = match origin_of(u.origin.trim()) {
             Some((origin, "")) => origin,
             _ => {
-                return Err(ConfigError::key(
+                return Err(CatalogError::key(
                     key("origin"),
                     "must be https://host:port (or http://host:port) with no path",
                 ));
             }
         };
         if out_upstreams.iter().any(|x| x.origin == origin) {
-            return Err(ConfigError::key(key("origin"), "listed twice"));
+            return Err(CatalogError::key(key("origin"), "listed twice"));
         }
         if origin.starts_with("https://") && u.ca_file.is_none() {
-            return Err(ConfigError::key(
+            return Err(CatalogError::key(
                 key("ca_file"),
                 "an https upstream needs the CA that issued its server certificate",
             ));
         }
         if u.client_cert.is_some() != u.client_key.is_some() {
-            return Err(ConfigError::key(
+            return Err(CatalogError::key(
                 key("client_key"),
                 "client_cert and client_key go together",
             ));
         }
         if u.retries > 5 {
-            return Err(ConfigError::key(key("retries"), "must be at most 5"));
+            return Err(CatalogError::key(key("retries"), "must be at most 5"));
         }
         if u.breaker_failures == 0 || u.breaker_failures > 1000 {
-            return Err(ConfigError::key(
+            return Err(CatalogError::key(
                 key("breaker_failures"),
                 "must be between 1 and 1000",
             ));
@@ -487,10 +510,10 @@ pub(crate) fn validate(
         });
     }
 
-    let department = |key: String, id: &str| -> Result<Uscc, ConfigError> {
-        let id: Uscc = id.parse().map_err(|e| ConfigError::key(key.clone(), e))?;
-        if departments.get(&id).is_none() {
-            return Err(ConfigError::key(key, "not in the department table"));
+    let department = |key: String, id: &str| -> Result<Uscc, CatalogError> {
+        let id: Uscc = id.parse().map_err(|e| CatalogError::key(key.clone(), e))?;
+        if !is_department(&id) {
+            return Err(CatalogError::key(key, "not in the department table"));
         }
         Ok(id)
     };
@@ -500,49 +523,52 @@ pub(crate) fn validate(
     for (i, d) in datasets.into_iter().enumerate() {
         let key = |k: &str| format!("datasets[{i}].{k}");
         if !is_id(&d.id) || out_datasets.iter().any(|x| x.id == d.id) {
-            return Err(ConfigError::key(
+            return Err(CatalogError::key(
                 key("id"),
                 "must be a unique id of 1-40 of a-z 0-9 -",
             ));
         }
         let name = d.name.trim().to_owned();
         if name.is_empty() || name.chars().count() > 100 {
-            return Err(ConfigError::key(key("name"), "must be 1 to 100 characters"));
+            return Err(CatalogError::key(
+                key("name"),
+                "must be 1 to 100 characters",
+            ));
         }
         let owner = department(key("owner"), &d.owner)?;
         let url = d.url.trim().to_owned();
         let Some((origin, path)) = origin_of(&url) else {
-            return Err(ConfigError::key(
+            return Err(CatalogError::key(
                 key("url"),
                 "must be an http(s):// URL template such as https://host:port/records/{key}",
             ));
         };
         if url.matches("{key}").count() != 1 || !path.contains("{key}") {
-            return Err(ConfigError::key(
+            return Err(CatalogError::key(
                 key("url"),
                 "must hold `{key}` exactly once, in the path",
             ));
         }
         if !out_upstreams.iter().any(|u| u.origin == origin) {
-            return Err(ConfigError::key(
+            return Err(CatalogError::key(
                 key("url"),
                 format!("no [[upstreams]] entry has origin {origin}"),
             ));
         }
         if d.ttl_seconds == 0 || d.ttl_seconds > 7 * 86_400 {
-            return Err(ConfigError::key(
+            return Err(CatalogError::key(
                 key("ttl_seconds"),
                 "must be between 1 and 604800",
             ));
         }
         if d.stale_if_error_seconds > 7 * 86_400 {
-            return Err(ConfigError::key(
+            return Err(CatalogError::key(
                 key("stale_if_error_seconds"),
                 "must be at most 604800",
             ));
         }
         if d.max_entry_bytes == 0 || d.max_entry_bytes > 16 * 1024 * 1024 {
-            return Err(ConfigError::key(
+            return Err(CatalogError::key(
                 key("max_entry_bytes"),
                 "must be between 1 and 16777216",
             ));
@@ -550,7 +576,7 @@ pub(crate) fn validate(
         let mut fields = BTreeSet::new();
         for (j, f) in d.fields.iter().enumerate() {
             if !is_field_name(f) || !fields.insert(f.clone()) {
-                return Err(ConfigError::key(
+                return Err(CatalogError::key(
                     format!("datasets[{i}].fields[{j}]"),
                     "must be a unique snake_case field name",
                 ));
@@ -562,7 +588,7 @@ pub(crate) fn validate(
             let dept = department(gkey("department"), &g.department)?;
             for f in g.fields.keys() {
                 if !fields.contains(f) {
-                    return Err(ConfigError::key(
+                    return Err(CatalogError::key(
                         gkey("fields"),
                         format!("`{f}` is not a field of dataset {}", d.id),
                     ));
@@ -571,7 +597,7 @@ pub(crate) fn validate(
             let purposes = if star(&g.purposes) {
                 None
             } else if g.purposes.is_empty() {
-                return Err(ConfigError::key(
+                return Err(CatalogError::key(
                     gkey("purposes"),
                     "list matter codes, or \"*\" for any stated purpose",
                 ));
@@ -587,7 +613,7 @@ pub(crate) fn validate(
         let mut invalidated_by = BTreeSet::new();
         for (j, t) in d.invalidated_by_licence_types.into_iter().enumerate() {
             if !licence_types.iter().any(|x| x.code.as_str() == t) {
-                return Err(ConfigError::key(
+                return Err(CatalogError::key(
                     format!("datasets[{i}].invalidated_by_licence_types[{j}]"),
                     "not a configured licence type",
                 ));
@@ -614,17 +640,20 @@ pub(crate) fn validate(
     for (i, p) in proof_types.into_iter().enumerate() {
         let key = |k: &str| format!("proof_types[{i}].{k}");
         if !is_id(&p.id) || out_proofs.iter().any(|x| x.id == p.id) {
-            return Err(ConfigError::key(
+            return Err(CatalogError::key(
                 key("id"),
                 "must be a unique id of 1-40 of a-z 0-9 -",
             ));
         }
         let name = p.name.trim().to_owned();
         if name.is_empty() || name.chars().count() > 100 {
-            return Err(ConfigError::key(key("name"), "must be 1 to 100 characters"));
+            return Err(CatalogError::key(
+                key("name"),
+                "must be 1 to 100 characters",
+            ));
         }
         if p.holder_kind == KeyKind::Free {
-            return Err(ConfigError::key(
+            return Err(CatalogError::key(
                 key("holder_kind"),
                 "a proof is about a holder: uscc or citizen-id",
             ));
@@ -634,19 +663,19 @@ pub(crate) fn validate(
             depts.insert(department(format!("proof_types[{i}].departments[{j}]"), d)?);
         }
         if depts.is_empty() {
-            return Err(ConfigError::key(
+            return Err(CatalogError::key(
                 key("departments"),
                 "name the departments that may ask for this proof",
             ));
         }
         if p.validity_seconds == 0 || p.validity_seconds > MAX_PROOF_SECONDS {
-            return Err(ConfigError::key(
+            return Err(CatalogError::key(
                 key("validity_seconds"),
                 "must be between 1 and 86400 (24 hours)",
             ));
         }
         if p.conditions.is_empty() {
-            return Err(ConfigError::key(
+            return Err(CatalogError::key(
                 key("conditions"),
                 "a proof type needs at least one condition",
             ));
@@ -683,15 +712,15 @@ pub(crate) fn validate(
     })
 }
 
-fn json_of(key: &str, v: toml::Value) -> Result<Value, ConfigError> {
+fn json_of(key: &str, v: toml::Value) -> Result<Value, CatalogError> {
     match v {
         toml::Value::String(s) => Ok(Value::String(s)),
         toml::Value::Integer(n) => Ok(Value::from(n)),
         toml::Value::Boolean(b) => Ok(Value::Bool(b)),
         toml::Value::Float(f) => serde_json::Number::from_f64(f)
             .map(Value::Number)
-            .ok_or_else(|| ConfigError::key(key, "not a finite number")),
-        _ => Err(ConfigError::key(
+            .ok_or_else(|| CatalogError::key(key, "not a finite number")),
+        _ => Err(CatalogError::key(
             key,
             "compare with a string, a number or a boolean",
         )),
@@ -704,17 +733,17 @@ fn condition(
     holder_kind: KeyKind,
     datasets: &[Dataset],
     licence_types: &[LicenceType],
-) -> Result<Condition, ConfigError> {
+) -> Result<Condition, CatalogError> {
     let sub = |k: &str| format!("{key}.{k}");
     if let Some(t) = c.licence_type {
         if c.dataset.is_some() || c.field.is_some() || c.op.is_some() {
-            return Err(ConfigError::key(
+            return Err(CatalogError::key(
                 key,
                 "a condition is either on a licence_type or on a dataset field, not both",
             ));
         }
         if !licence_types.iter().any(|x| x.code.as_str() == t) {
-            return Err(ConfigError::key(
+            return Err(CatalogError::key(
                 sub("licence_type"),
                 "not a configured licence type",
             ));
@@ -722,16 +751,19 @@ fn condition(
         return Ok(Condition::ValidLicence { licence_type: t });
     }
     let Some(dataset_id) = c.dataset else {
-        return Err(ConfigError::key(
+        return Err(CatalogError::key(
             key,
             "name a dataset and field, or a licence_type",
         ));
     };
     let Some(dataset) = datasets.iter().find(|d| d.id == dataset_id) else {
-        return Err(ConfigError::key(sub("dataset"), "not a configured dataset"));
+        return Err(CatalogError::key(
+            sub("dataset"),
+            "not a configured dataset",
+        ));
     };
     if dataset.key_kind != holder_kind {
-        return Err(ConfigError::key(
+        return Err(CatalogError::key(
             sub("dataset"),
             format!(
                 "the dataset is keyed by {}, the proof's holder is a {}",
@@ -742,7 +774,7 @@ fn condition(
     }
     let field = c.field.unwrap_or_default();
     if !dataset.fields.contains(&field) {
-        return Err(ConfigError::key(
+        return Err(CatalogError::key(
             sub("field"),
             format!("not a field of dataset {dataset_id}"),
         ));
@@ -751,14 +783,14 @@ fn condition(
         Some("equals") => {
             let v = c
                 .value
-                .ok_or_else(|| ConfigError::key(sub("value"), "`equals` needs a value"))?;
+                .ok_or_else(|| CatalogError::key(sub("value"), "`equals` needs a value"))?;
             FieldTest::Equals(json_of(&sub("value"), v)?)
         }
         Some("in") => {
             let vs = c
                 .values
                 .filter(|v| !v.is_empty())
-                .ok_or_else(|| ConfigError::key(sub("values"), "`in` needs a list of values"))?;
+                .ok_or_else(|| CatalogError::key(sub("values"), "`in` needs a list of values"))?;
             FieldTest::In(
                 vs.into_iter()
                     .map(|v| json_of(&sub("values"), v))
@@ -767,10 +799,10 @@ fn condition(
         }
         Some("range") => {
             if c.min.is_none() && c.max.is_none() {
-                return Err(ConfigError::key(key, "`range` needs min, max or both"));
+                return Err(CatalogError::key(key, "`range` needs min, max or both"));
             }
             if c.min.is_some_and(|m| !m.is_finite()) || c.max.is_some_and(|m| !m.is_finite()) {
-                return Err(ConfigError::key(key, "bounds must be finite numbers"));
+                return Err(CatalogError::key(key, "bounds must be finite numbers"));
             }
             FieldTest::Range {
                 min: c.min,
@@ -781,14 +813,14 @@ fn condition(
             None => FieldTest::Exists(true),
             Some(toml::Value::Boolean(b)) => FieldTest::Exists(b),
             Some(_) => {
-                return Err(ConfigError::key(
+                return Err(CatalogError::key(
                     sub("value"),
                     "`exists` takes true (the default) or false",
                 ));
             }
         },
         _ => {
-            return Err(ConfigError::key(
+            return Err(CatalogError::key(
                 sub("op"),
                 "must be one of equals, in, range, exists",
             ));

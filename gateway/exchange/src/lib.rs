@@ -1,10 +1,22 @@
-//! Shared-data exchange (数据共享): records of the departments' source systems, fetched over
-//! HTTP(S) and kept in a `moka` cache, shown to each department only as its grants allow.
+//! Shared-data exchange (数据共享): the catalog of datasets and proof types, records of the
+//! departments' source systems kept in a `moka` cache, shown to each department only as its
+//! grants allow, and no-proof checks (无证明) answered from them.
+//!
+//! It knows nothing of HTTP: a source system is reached through a [`upstream::Transport`] the
+//! gateway supplies (its HTTPS client); retries, timeouts and the circuit breaker are here.
+//! Metrics go to an [`Observer`], time comes from a [`storage::Clock`].
 //!
 //! Two caches hold the same `Arc`ed records: `fresh` answers within a dataset's TTL and
 //! coalesces concurrent misses (`try_get_with`: N waiters, one upstream call); `last_good`
 //! keeps each record for TTL + the stale-if-error window, so that a failing source can be
 //! covered by a stale answer, marked as such. Invalidation removes a key from both.
+//!
+//! ```
+//! use exchange::mask_value;
+//! assert_eq!(mask_value(&serde_json::json!("张三丰")), serde_json::json!("张**"));
+//! ```
+
+#![forbid(unsafe_code)]
 
 pub mod catalog;
 pub mod proofs;
@@ -21,9 +33,45 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 use serde_json::{Map, Value};
 
-use crate::metrics::{EvictionLabels, ExchangeMetrics};
-use catalog::{Dataset, ExchangeSettings, Mask, ProofType};
-use upstream::{FetchError, Upstream, UpstreamError};
+use catalog::{Dataset, ExchangeSettings, Mask, ProofType, UpstreamSettings};
+use upstream::{BreakerState, FetchError, Transport, Upstream};
+
+/// What the exchange tells the gateway's metrics.
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    /// A request for a record of `dataset` was answered so.
+    fn cache(&self, dataset: &str, event: CacheEvent);
+    /// A record left the fresh cache, for `cause` (`size`, `expired`, `explicit`, `replaced`).
+    fn evicted(&self, cause: &'static str);
+    /// A fetch from `origin` took `seconds` (retries included).
+    fn fetched(&self, origin: &str, seconds: f64);
+    /// A fetch from `origin` was tried again.
+    fn retried(&self, origin: &str);
+    /// The breaker of `origin` is now in `state`.
+    fn breaker(&self, origin: &str, state: BreakerState);
+}
+
+/// How a request for a record was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheEvent {
+    /// From a fresh cache entry.
+    Hit,
+    /// Fetched for this request.
+    Miss,
+    /// Waited for a fetch another request started.
+    Coalesced,
+    /// A record past its TTL, because the source failed.
+    Stale,
+}
+
+/// Why the exchange could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream {origin}: {reason}")]
+pub struct UpstreamError {
+    /// The upstream's origin.
+    pub origin: String,
+    /// Why its transport could not be made.
+    pub reason: String,
+}
 
 /// A cache key: dataset and record key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -96,7 +144,8 @@ pub struct Exchange {
     generations: HashMap<String, AtomicU64>,
     fresh: Cache<CacheKey, Arc<Record>>,
     last_good: Cache<CacheKey, Arc<Record>>,
-    metrics: Arc<ExchangeMetrics>,
+    observer: Arc<dyn Observer>,
+    clock: Arc<dyn storage::Clock>,
 }
 
 impl std::fmt::Debug for Exchange {
@@ -109,17 +158,24 @@ impl std::fmt::Debug for Exchange {
 }
 
 impl Exchange {
-    /// Builds the exchange from validated settings.
+    /// Builds the exchange from validated settings, reaching each upstream through the
+    /// transport `transport` makes for it.
     pub fn new(
         settings: ExchangeSettings,
-        metrics: Arc<ExchangeMetrics>,
+        transport: &dyn Fn(&UpstreamSettings) -> Result<Arc<dyn Transport>, String>,
+        observer: Arc<dyn Observer>,
+        clock: Arc<dyn storage::Clock>,
     ) -> Result<Exchange, UpstreamError> {
         let mut upstreams = HashMap::new();
         for u in settings.upstreams {
             let origin = u.origin.clone();
-            upstreams.insert(origin, Arc::new(Upstream::new(u, metrics.clone())?));
+            let t = transport(&u).map_err(|reason| UpstreamError {
+                origin: origin.clone(),
+                reason,
+            })?;
+            upstreams.insert(origin, Arc::new(Upstream::new(u, t, observer.clone())));
         }
-        let listener_metrics = metrics.clone();
+        let listener = observer.clone();
         let fresh = Cache::builder()
             .max_capacity(settings.cache_bytes)
             .weigher(|_: &CacheKey, v: &Arc<Record>| v.weight)
@@ -132,10 +188,7 @@ impl Exchange {
                     RemovalCause::Explicit => "explicit",
                     RemovalCause::Replaced => "replaced",
                 };
-                listener_metrics
-                    .evictions
-                    .get_or_create(&EvictionLabels { cause })
-                    .inc();
+                listener.evicted(cause);
             })
             .build();
         let last_good = Cache::builder()
@@ -163,7 +216,8 @@ impl Exchange {
             upstreams,
             fresh,
             last_good,
-            metrics,
+            observer,
+            clock,
         })
     }
 
@@ -236,7 +290,7 @@ impl Exchange {
             key: Arc::from(key),
         };
         if let Some(r) = self.fresh.get(&ck).await {
-            ExchangeMetrics::count(&self.metrics.hits, &dataset.id);
+            self.observer.cache(&dataset.id, CacheEvent::Hit);
             return Ok((r, CacheStatus::Hit));
         }
         let fetched_here = AtomicBool::new(false);
@@ -259,12 +313,12 @@ impl Exchange {
             Ok::<_, FetchError>(record)
         };
         let result = self.fresh.try_get_with(ck.clone(), init).await;
-        let counter = if fetched_here.load(Ordering::Relaxed) {
-            &self.metrics.misses
+        let event = if fetched_here.load(Ordering::Relaxed) {
+            CacheEvent::Miss
         } else {
-            &self.metrics.coalesced
+            CacheEvent::Coalesced
         };
-        ExchangeMetrics::count(counter, &dataset.id);
+        self.observer.cache(&dataset.id, event);
         // An invalidation that came while the record was on its way into the cache found
         // nothing to remove: remove it now (this request still gets what it fetched).
         if fetched_here.load(Ordering::Relaxed)
@@ -286,7 +340,7 @@ impl Exchange {
                     && let Some(r) = self.last_good.get(&ck).await
                     && r.fetched.elapsed() < r.keep
                 {
-                    ExchangeMetrics::count(&self.metrics.stale, &dataset.id);
+                    self.observer.cache(&dataset.id, CacheEvent::Stale);
                     tracing::warn!(dataset = %dataset.id, error = %e, "source failing; stale record served");
                     return Ok((r, CacheStatus::Stale));
                 }
@@ -313,19 +367,15 @@ impl Exchange {
             .get(&dataset.origin)
             .ok_or_else(|| FetchError::Unreachable("no upstream configured".into()))?;
         // Keys are checked by kind before they get here: no character needs escaping.
-        let uri: http::Uri = dataset
-            .url
-            .replace("{key}", key)
-            .parse()
-            .map_err(|e| FetchError::Unreachable(format!("bad URL: {e}")))?;
-        let mut fields = upstream.fetch(&uri, dataset.max_entry_bytes).await?;
+        let url = dataset.url.replace("{key}", key);
+        let mut fields = upstream.fetch(&url, dataset.max_entry_bytes).await?;
         fields.retain(|k, _| dataset.fields.contains(k));
         let weight = serde_json::to_vec(&fields).map_or(u32::MAX, |v| {
             u32::try_from(v.len() + key.len() + 64).unwrap_or(u32::MAX)
         });
         Ok(Record {
             fields,
-            fetched_at: crate::state::unix_now(),
+            fetched_at: self.clock.now(),
             fetched: Instant::now(),
             ttl: dataset.ttl,
             keep: dataset.ttl + dataset.stale_if_error,

@@ -1,25 +1,32 @@
-//! Calls to the departments' source systems: one hyper client per upstream (rustls, optional
-//! client certificate), connect and total timeouts, bounded retries with jitter, and a circuit
-//! breaker. Every failure becomes a [`FetchError`] with its own answer; nothing here panics on
-//! what an upstream sends.
+//! Calls to the departments' source systems through a [`Transport`] (the gateway's HTTPS
+//! client): the total timeout, bounded retries with jitter, and a circuit breaker per source.
+//! Every failure becomes a [`FetchError`] with its own answer; nothing here panics on what an
+//! upstream sends.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Map, Value};
 
-use super::catalog::UpstreamSettings;
-use crate::metrics::ExchangeMetrics;
+use crate::Observer;
+use crate::catalog::UpstreamSettings;
 
+/// A boxed future, for the object-safe [`Transport`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One attempt at fetching a JSON object from a source system: the gateway's HTTPS client (with
+/// the upstream's CA and client certificate). Retries, the total timeout and the breaker are
+/// the [`Upstream`]'s.
+pub trait Transport: Send + Sync + std::fmt::Debug {
+    /// GETs `url` and reads the JSON object it answers, at most `max_bytes` long.
+    fn get<'a>(
+        &'a self,
+        url: &'a str,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<Map<String, Value>, FetchError>>;
+}
 /// Why a record could not be fetched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -55,7 +62,7 @@ impl FetchError {
     }
 
     /// True when the failure counts against the circuit breaker.
-    fn is_outage(&self) -> bool {
+    pub fn is_outage(&self) -> bool {
         match self {
             FetchError::Timeout(_) | FetchError::Unreachable(_) => true,
             FetchError::Status(s) => *s >= 500,
@@ -63,21 +70,14 @@ impl FetchError {
         }
     }
 
-    fn is_retryable(&self) -> bool {
+    /// True when another attempt may succeed (a connection failure, a 502–504 answer).
+    pub fn is_retryable(&self) -> bool {
         match self {
             FetchError::Unreachable(_) => true,
             FetchError::Status(s) => matches!(s, 502..=504),
             _ => false,
         }
     }
-}
-
-/// Why an upstream client could not be built.
-#[derive(Debug, thiserror::Error)]
-#[error("upstream {origin}: {reason}")]
-pub struct UpstreamError {
-    origin: String,
-    reason: String,
 }
 
 /// The state of a circuit breaker; the metric encodes it as 0, 1, 2.
@@ -101,9 +101,9 @@ enum Breaker {
 /// One source system.
 pub struct Upstream {
     settings: UpstreamSettings,
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    transport: Arc<dyn Transport>,
     breaker: Mutex<Breaker>,
-    metrics: Arc<ExchangeMetrics>,
+    observer: Arc<dyn Observer>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -114,71 +114,21 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-fn load_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate in the file", path.display()));
-    }
-    Ok(certs)
-}
-
 impl Upstream {
-    /// Builds the client for one upstream from its settings.
+    /// The upstream of `settings`, fetching through `transport`.
     pub fn new(
         settings: UpstreamSettings,
-        metrics: Arc<ExchangeMetrics>,
-    ) -> Result<Upstream, UpstreamError> {
-        let fail = |reason: String| UpstreamError {
-            origin: settings.origin.clone(),
-            reason,
-        };
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(ca) = &settings.ca_file {
-            for cert in load_certs(ca).map_err(fail)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| fail(format!("{}: {e}", ca.display())))?;
-            }
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| fail(e.to_string()))?
-            .with_root_certificates(roots);
-        let tls = match (&settings.client_cert, &settings.client_key) {
-            (Some(cert), Some(key)) => {
-                let chain = load_certs(cert).map_err(fail)?;
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| fail(format!("{}: {e}", key.display())))?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| fail(e.to_string()))?
-            }
-            _ => builder.with_no_client_auth(),
-        };
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(settings.connect_timeout));
-        http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(https);
+        transport: Arc<dyn Transport>,
+        observer: Arc<dyn Observer>,
+    ) -> Upstream {
         let upstream = Upstream {
             settings,
-            client,
+            transport,
             breaker: Mutex::new(Breaker::Closed { failures: 0 }),
-            metrics,
+            observer,
         };
         upstream.publish_state(BreakerState::Closed);
-        Ok(upstream)
+        upstream
     }
 
     /// The upstream's origin.
@@ -197,88 +147,41 @@ impl Upstream {
         }
     }
 
-    /// Fetches the JSON object at `uri`, at most `max_bytes` long.
+    /// Fetches the JSON object at `url`, at most `max_bytes` long.
     pub async fn fetch(
         &self,
-        uri: &Uri,
+        url: &str,
         max_bytes: usize,
     ) -> Result<Map<String, Value>, FetchError> {
         self.admit()?;
         let started = Instant::now();
         let total = self.settings.timeout;
-        let result = match tokio::time::timeout(total, self.attempts(uri, max_bytes)).await {
+        let result = match tokio::time::timeout(total, self.attempts(url, max_bytes)).await {
             Ok(r) => r,
             Err(_) => Err(FetchError::Timeout(total.as_millis())),
         };
-        self.metrics
-            .observe_upstream(&self.settings.origin, started.elapsed().as_secs_f64());
+        self.observer
+            .fetched(&self.settings.origin, started.elapsed().as_secs_f64());
         self.settle(result.as_ref().err());
         result
     }
 
     async fn attempts(
         &self,
-        uri: &Uri,
+        url: &str,
         max_bytes: usize,
     ) -> Result<Map<String, Value>, FetchError> {
         let mut attempt = 0;
         loop {
-            let result = self.once(uri, max_bytes).await;
+            let result = self.transport.get(url, max_bytes).await;
             match result {
                 Err(e) if e.is_retryable() && attempt < self.settings.retries => {
                     attempt += 1;
-                    self.metrics.upstream_retry(&self.settings.origin);
+                    self.observer.retried(&self.settings.origin);
                     tokio::time::sleep(backoff(self.settings.retry_backoff, attempt)).await;
                 }
                 other => return other,
             }
-        }
-    }
-
-    async fn once(&self, uri: &Uri, max_bytes: usize) -> Result<Map<String, Value>, FetchError> {
-        let request = http::Request::get(uri.clone())
-            .header(http::header::ACCEPT, "application/json")
-            .header(http::header::USER_AGENT, "certgate")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| FetchError::Unreachable(e.to_string()))?;
-        let response = self.client.request(request).await.map_err(|e| {
-            // The chain of causes names the refused connection or the TLS failure.
-            let mut reason = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                reason = format!("{reason}: {s}");
-                source = s.source();
-            }
-            FetchError::Unreachable(reason)
-        })?;
-        match response.status() {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND => return Err(FetchError::NotFound),
-            s => return Err(FetchError::Status(s.as_u16())),
-        }
-        let declared = response
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max_bytes as u64) {
-            return Err(FetchError::TooLarge(max_bytes));
-        }
-        let body = Limited::new(response.into_body(), max_bytes)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<LengthLimitError>() {
-                    FetchError::TooLarge(max_bytes)
-                } else {
-                    FetchError::Unreachable(format!("the answer broke off: {e}"))
-                }
-            })?
-            .to_bytes();
-        match serde_json::from_slice::<Value>(&body) {
-            Ok(Value::Object(map)) => Ok(map),
-            Ok(_) => Err(FetchError::Malformed("not an object".into())),
-            Err(e) => Err(FetchError::Malformed(e.to_string())),
         }
     }
 
@@ -341,12 +244,7 @@ impl Upstream {
     }
 
     fn publish_state(&self, state: BreakerState) {
-        let v = match state {
-            BreakerState::Closed => 0,
-            BreakerState::Open => 1,
-            BreakerState::HalfOpen => 2,
-        };
-        self.metrics.set_breaker(&self.settings.origin, v);
+        self.observer.breaker(&self.settings.origin, state);
     }
 }
 

@@ -4,7 +4,152 @@
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::catalog::{Condition, FieldTest, ProofType};
+use std::future::Future;
+use std::sync::Arc;
+
+use cert_store::Uscc;
+
+use crate::Exchange;
+use crate::catalog::{Condition, FieldTest, ProofType};
+use crate::upstream::FetchError;
+
+/// Why a proof could not be answered; `E` is the licence register's error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProofError<E> {
+    /// No proof type has this id.
+    #[error("no proof type `{0}`")]
+    UnknownType(String),
+    /// The holder is not of the proof type's kind.
+    #[error("holder: {0}")]
+    BadHolder(String),
+    /// The department may not ask for this proof type.
+    #[error("this department may not ask for {0}")]
+    NotForDepartment(String),
+    /// The proof type is not given for the matter stated.
+    #[error("{0} is not given for the matter stated in X-Purpose")]
+    NotForMatter(String),
+    /// A dataset the rule reads could not be read (never answered "no" for that).
+    #[error("dataset {dataset}: {error}")]
+    Dataset {
+        /// The dataset.
+        dataset: String,
+        /// Why.
+        error: FetchError,
+    },
+    /// The licence register could not be read.
+    #[error("licence register: {0}")]
+    Register(E),
+}
+
+/// A proof's answer: the type asked, the holder (as written in the type's kind), the result
+/// and when it was decided.
+#[derive(Debug, Clone)]
+pub struct ProofAnswer {
+    /// The proof type.
+    pub proof: Arc<ProofType>,
+    /// The holder.
+    pub holder: String,
+    /// Yes or no.
+    pub result: bool,
+    /// When (Unix seconds).
+    pub decided_at: i64,
+}
+
+impl Exchange {
+    /// The proof type `type_id` and `holder` written in its kind: the first step of a proof
+    /// request, before anything is decided (so that a refusal can name the holder).
+    pub fn proof_request<E>(
+        &self,
+        type_id: &str,
+        holder: &str,
+    ) -> Result<(Arc<ProofType>, String), ProofError<E>> {
+        let proof = self
+            .proof_type(type_id)
+            .cloned()
+            .ok_or_else(|| ProofError::UnknownType(type_id.chars().take(40).collect()))?;
+        let holder = proof
+            .holder_kind
+            .parse(holder.trim())
+            .map_err(ProofError::BadHolder)?;
+        Ok((proof, holder))
+    }
+
+    /// Answers `proof` for `holder`, asked by `department` for `matter`: the department and
+    /// the matter must be the type's; every dataset the rule reads is read fresh or from its
+    /// source (never stale: a failing source is an error, not a "no"); licence conditions ask
+    /// `holds_valid(holder, licence type, now)`.
+    pub async fn answer_proof<E, F, Fut>(
+        &self,
+        proof: Arc<ProofType>,
+        holder: String,
+        department: &Uscc,
+        matter: Option<&str>,
+        holds_valid: F,
+    ) -> Result<ProofAnswer, ProofError<E>>
+    where
+        F: Fn(String, String, i64) -> Fut,
+        Fut: Future<Output = Result<bool, E>>,
+    {
+        if !proof.departments.contains(department) {
+            return Err(ProofError::NotForDepartment(proof.name.clone()));
+        }
+        if let Some(purposes) = &proof.purposes
+            && !matter.is_some_and(|m| purposes.contains(m))
+        {
+            return Err(ProofError::NotForMatter(proof.name.clone()));
+        }
+        let mut records = std::collections::HashMap::new();
+        for id in datasets_read(&proof) {
+            let Some(ds) = self.dataset(id).cloned() else {
+                return Err(ProofError::Dataset {
+                    dataset: id.to_owned(),
+                    error: FetchError::Unreachable("not in the catalog".into()),
+                });
+            };
+            let record = match self.get(&ds, &holder, false).await {
+                Ok((r, _)) => Some(r),
+                Err(FetchError::NotFound) => None,
+                Err(error) => {
+                    return Err(ProofError::Dataset {
+                        dataset: ds.id.clone(),
+                        error,
+                    });
+                }
+            };
+            records.insert(id.to_owned(), record);
+        }
+        let now = self.clock.now();
+        let mut result = true;
+        for c in &proof.conditions {
+            let met = match c {
+                Condition::Field {
+                    dataset,
+                    field,
+                    test,
+                } => {
+                    let value = records
+                        .get(dataset)
+                        .and_then(|r| r.as_ref())
+                        .and_then(|r| r.fields.get(field));
+                    holds(test, value)
+                }
+                Condition::ValidLicence { licence_type } => {
+                    holds_valid(holder.clone(), licence_type.clone(), now)
+                        .await
+                        .map_err(ProofError::Register)?
+                }
+            };
+            result &= met;
+        }
+        Ok(ProofAnswer {
+            proof,
+            holder,
+            result,
+            decided_at: now,
+        })
+    }
+}
 
 /// The `typ` header of a proof token.
 pub const PROOF_TYP: &str = "certgate-proof+jwt";
@@ -69,7 +214,7 @@ pub fn claims(
 }
 
 /// One check of a proof verification.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize)]
 pub struct ProofCheck {
     /// `signature`, `proof_type` or `time`.
     pub check: &'static str,
@@ -100,7 +245,7 @@ pub fn check_claims(
     let detail = match (iat, exp) {
         (Some(iat), _) if iat > now + 60 => Some("issued in the future".to_owned()),
         (_, Some(exp)) if exp <= now => Some("expired".to_owned()),
-        (Some(iat), Some(exp)) if exp - iat > super::catalog::MAX_PROOF_SECONDS as i64 => {
+        (Some(iat), Some(exp)) if exp - iat > crate::catalog::MAX_PROOF_SECONDS as i64 => {
             Some("valid for longer than 24 hours".to_owned())
         }
         (Some(_), Some(_)) => None,
