@@ -11,14 +11,28 @@ use base64::engine::general_purpose::STANDARD as B64;
 use http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{QueryParams, require};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::HolderHeader;
 use crate::extract::NoteSlot;
+use crate::extract::{QueryParams, require};
 use crate::identity::Caller;
 use crate::state::Gateway;
 use tlog::{EntryFilter, Leaf, LogDb, LogError};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The routes of this module, each with its OpenAPI entry.
+pub fn routes() -> OpenApiRouter<Arc<Gateway>> {
+    OpenApiRouter::new()
+        .routes(routes!(log_key))
+        .routes(routes!(checkpoint))
+        .routes(routes!(inclusion))
+        .routes(routes!(consistency))
+        .routes(routes!(entries))
+        .routes(routes!(holder_view))
+        .routes(routes!(export))
+}
 
 /// Most entries one page returns.
 pub const MAX_PAGE: u32 = 1000;

@@ -9,13 +9,9 @@ use anyhow::Context;
 use cert_store::Uscc;
 use clap::{Parser, Subcommand};
 use time::OffsetDateTime;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::config::{Config, Storage};
 use crate::pki::{ClientSpec, DevCa};
-use crate::server;
-use crate::state::Gateway;
 use crate::tls::TlsMaterial;
 use tlog::{LogDb, PgLog, SqliteLog};
 
@@ -234,7 +230,10 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
-            finish(runtime()?, run_gateway(config, false, |_, _, _| Ok(())))
+            finish(
+                runtime()?,
+                crate::wiring::run_gateway(config, false, |_, _, _| Ok(())),
+            )
         }
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(&file)?;
@@ -410,8 +409,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                     .with_context(|| format!("{} is neither DER nor base64", sig.display()))?
             };
             let config = Config::load(&config)?;
-            let (store, _) = crate::state::open_store(&config)?;
-            let service = crate::state::open_licences(&config, store)?;
+            let (store, _) = crate::wiring::open_store(&config)?;
+            let service = crate::wiring::open_licences(&config, store)?;
             let verdict = service.verify_sealed_document(
                 &cert_store::document_seal::Document::Bytes(&document),
                 &der,
@@ -505,7 +504,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let dir = config.path.parent().map(Path::to_path_buf).unwrap_or(dir);
             finish(runtime()?, async {
                 let _sources = crate::demo::start_sources(&mut config, &dir, listen.ip()).await?;
-                run_gateway(config, true, |gateway, api, ops| {
+                crate::wiring::run_gateway(config, true, |gateway, api, ops| {
                     let samples = crate::demo::seed(gateway, &dir)?;
                     crate::demo::print_walkthrough(&dir, &samples, api, ops);
                     Ok(())
@@ -550,7 +549,7 @@ fn open_knowledge_base(config: &Path) -> anyhow::Result<policies::KnowledgeBase>
         )),
         Storage::Embedded => None,
     };
-    crate::matching::open_knowledge_base(&config, shared).map_err(|e| {
+    crate::wiring::open_knowledge_base(&config, shared).map_err(|e| {
         anyhow::anyhow!(
             "{e} (the embedded knowledge base in {} is open only to one process: is the gateway running?)",
             config.server.data_dir.join("policies").display()
@@ -620,112 +619,4 @@ fn printable(text: &str) -> String {
             }
         })
         .collect()
-}
-
-/// What shutdown may take beyond `server.shutdown_grace_ms`: the last checkpoint and the
-/// operations listener.
-const SHUTDOWN_MARGIN: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Ends the process when shutdown has not finished by `deadline` from now, naming what was
-/// still running. A thread of its own, so a stuck runtime cannot hold it up.
-fn exit_after_deadline(deadline: std::time::Duration, gateway: std::sync::Weak<Gateway>) {
-    let spawned = std::thread::Builder::new()
-        .name("shutdown-deadline".into())
-        .spawn(move || {
-            std::thread::sleep(deadline);
-            let left = match gateway.upgrade() {
-                Some(g) => g.shutdown_report(),
-                None => "the gateway's state is gone, something else still runs".to_owned(),
-            };
-            tracing::error!(
-                deadline_ms = deadline.as_millis() as u64,
-                left = %left,
-                "shutdown deadline passed; exiting"
-            );
-            eprintln!("certgate: shutdown deadline passed; exiting with {left}");
-            std::process::exit(2);
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the shutdown deadline");
-    }
-}
-
-/// Binds both listeners, calls `on_ready` with the gateway and their addresses, and serves until SIGTERM or
-/// SIGINT. SIGHUP reloads the department table, trust anchors and CRLs.
-///
-/// With `public_url_from_listener`, `licensing.public_url` becomes the address the mTLS
-/// listener is bound to (the demo: its licences name the status lists where it serves them,
-/// whatever `--listen` said, port 0 included).
-pub async fn run_gateway(
-    mut config: Config,
-    public_url_from_listener: bool,
-    on_ready: impl FnOnce(&Gateway, SocketAddr, SocketAddr) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-
-    std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
-        format!(
-            "cannot create data directory {}",
-            config.server.data_dir.display()
-        )
-    })?;
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-    let ops_listener = TcpListener::bind(config.server.ops_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.server.ops_listen))?;
-    let (api_addr, ops_addr) = (listener.local_addr()?, ops_listener.local_addr()?);
-    if public_url_from_listener {
-        config.licensing.public_url = format!("https://{api_addr}");
-    }
-    let gateway = Gateway::new(config)?;
-
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    let reloader = gateway.clone();
-    tokio::spawn(async move {
-        while hangup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading configuration");
-            let gw = reloader.clone();
-            let _ = tokio::task::spawn_blocking(move || gw.reload()).await;
-        }
-    });
-    let (stop_ops, ops_stopped) = watch::channel(false);
-    let ops = tokio::spawn(server::serve_ops(
-        gateway.clone(),
-        ops_listener,
-        ops_stopped,
-    ));
-    tracing::info!(%api_addr, %ops_addr, "certgate listening");
-    on_ready(&gateway, api_addr, ops_addr)?;
-    let grace = gateway.settings.shutdown_grace;
-    let watched = Arc::downgrade(&gateway);
-    let shutdown = async move {
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        }
-        exit_after_deadline(grace + SHUTDOWN_MARGIN, watched);
-    };
-    server::serve(Arc::clone(&gateway), listener, shutdown).await;
-    if !gateway
-        .access_log
-        .wait_covered(std::time::Duration::from_secs(3))
-        .await
-    {
-        tracing::warn!(
-            "stopping before a checkpoint covers the last leaves; they are stored and the next start continues the tree"
-        );
-    }
-    let _ = stop_ops.send(true);
-    // A scraper holding a keep-alive connection to the operations listener would keep its
-    // graceful shutdown waiting: it gets a moment, then is dropped with the process.
-    if tokio::time::timeout(std::time::Duration::from_secs(2), ops)
-        .await
-        .is_err()
-    {
-        tracing::warn!("operations listener still had open connections; closing them");
-    }
-    Ok(())
 }

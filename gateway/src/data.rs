@@ -12,10 +12,10 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::api::{JsonBody, require};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::NoteSlot;
+use crate::extract::{JsonBody, require};
 use crate::identity::Caller;
 use crate::purpose::Purpose;
 use crate::state::Gateway;
@@ -23,6 +23,20 @@ use exchange::catalog::Dataset;
 use exchange::proofs::{self, PROOF_TYP, ProofCheck, ProofError};
 use exchange::upstream::FetchError;
 use exchange::{self, Exchange};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The routes of this module, each with its OpenAPI entry.
+pub fn routes() -> OpenApiRouter<Arc<Gateway>> {
+    OpenApiRouter::new()
+        .routes(routes!(datasets))
+        .routes(routes!(record))
+        .routes(routes!(invalidate_key))
+        .routes(routes!(invalidate_dataset))
+        .routes(routes!(proof_types))
+        .routes(routes!(verify_proof))
+        .routes(routes!(issue_proof))
+}
 
 /// A record as the calling department may see it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -543,7 +557,7 @@ pub async fn verify_proof(
             detail: (aud != Some(audience.as_str())).then(|| {
                 format!(
                     "issued to {}, not to the department verifying it",
-                    aud.map_or_else(|| "no one".to_owned(), crate::licences::truncated)
+                    aud.map_or_else(|| "no one".to_owned(), crate::error::truncated)
                 )
             }),
         });

@@ -10,14 +10,26 @@ use base64::engine::general_purpose::STANDARD as B64;
 use cert_store::document_seal::{Document, SealVerdict};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{JsonBody, require};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
+use crate::error::{field_error, truncated};
 use crate::extract::HolderHeader;
 use crate::extract::NoteSlot;
+use crate::extract::{JsonBody, require};
 use crate::identity::Caller;
-use crate::licences::{field_error, truncated};
 use crate::state::Gateway;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The routes of this module, each with its OpenAPI entry.
+pub fn routes() -> OpenApiRouter<Arc<Gateway>> {
+    OpenApiRouter::new()
+        .routes(routes!(sign))
+        .routes(routes!(verify))
+        .routes(routes!(seal_cas))
+        .routes(routes!(add_seal_ca))
+        .routes(routes!(remove_seal_ca))
+}
 
 /// The document to seal: its bytes, or its digest with the algorithm named (`sm3` for SM2
 /// seals, `sha256` for P-256 seals).
@@ -305,7 +317,7 @@ pub async fn add_seal_ca(
     caller: Caller,
     JsonBody(body): JsonBody<AddSealCa>,
 ) -> Result<(http::StatusCode, Json<SealCaView>), ApiError> {
-    crate::api::require(&caller, crate::config::Role::Admin)?;
+    crate::extract::require(&caller, crate::config::Role::Admin)?;
     let ca = gw
         .licences(move |svc, now| {
             svc.add_seal_ca(&body.certificate_pem, &body.name, &body.region, now)
@@ -324,7 +336,7 @@ pub async fn remove_seal_ca(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<SealCaView>, ApiError> {
-    crate::api::require(&caller, crate::config::Role::Admin)?;
+    crate::extract::require(&caller, crate::config::Role::Admin)?;
     let ca = gw
         .licences(move |svc, now| svc.remove_seal_ca(&id, now))
         .await?;

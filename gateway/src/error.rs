@@ -293,6 +293,24 @@ impl ApiError {
     }
 }
 
+/// A licence or seal request field the client got wrong (`CG-LIC-001`), naming it.
+pub fn field_error(field: &str, reason: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "CG-LIC-001",
+        format!("{field}: {reason}"),
+    )
+}
+
+/// At most 64 characters of a client's value, for a message or a log note.
+pub fn truncated(value: &str) -> String {
+    let mut out: String = value.chars().filter(|c| !c.is_control()).take(64).collect();
+    if value.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
 impl From<cert_store::service::ServiceError> for ApiError {
     fn from(e: cert_store::service::ServiceError) -> Self {
         use cert_store::service::ServiceError as E;

@@ -1,14 +1,180 @@
-//! What the feature routers share about a request: `X-Holder` (the holder a city app acts
-//! for), and the note a handler leaves for the request's access-log leaf.
+//! What every feature router reads of a request, and nothing else: the connection, the caller
+//! (read once per connection, checked on every request by the gate), the role check, JSON
+//! bodies and query strings in the error model, `X-Holder` (the holder a city app acts for),
+//! `X-Consent`, and the note a handler leaves for the request's access-log leaf. Feature
+//! modules and the gate import from here; none imports the router.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request};
 use cert_store::HolderId;
-use http::StatusCode;
 use http::request::Parts;
+use http::{StatusCode, header};
 
+use crate::config::Role;
 use crate::error::ApiError;
+use crate::identity::{Caller, PeerIdentity};
+pub use crate::purpose::Purpose;
+
+/// What a connection knows about itself; every request on it carries this in its extensions.
+#[derive(Debug)]
+pub struct ConnectionContext {
+    /// The peer's identity, read once after the handshake.
+    pub identity: PeerIdentity,
+    /// HTTP/1.1 or HTTP/2, from ALPN.
+    pub protocol: Protocol,
+    /// True when the TLS session was resumed rather than fully negotiated.
+    pub resumed: bool,
+    /// The peer's socket address.
+    pub peer: SocketAddr,
+}
+
+/// The HTTP version a connection speaks, chosen by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2.
+    Http2,
+}
+
+impl Protocol {
+    /// `HTTP/1.1` or `HTTP/2`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "HTTP/1.1",
+            Protocol::Http2 => "HTTP/2",
+        }
+    }
+}
+
+/// The id of one request, in the `x-request-id` header, error bodies and logs.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The authenticated caller of a request; present only when the identity gate let it through.
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        // The gate puts the caller, with the department table's current roles, here.
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(ApiError::internal)
+    }
+}
+
+/// Refuses a caller that lacks `role`.
+pub fn require(caller: &Caller, role: Role) -> Result<(), ApiError> {
+    if caller.has(role) {
+        Ok(())
+    } else {
+        Err(ApiError::missing_role(role))
+    }
+}
+
+/// A JSON request body. A body that does not parse is refused with `CG-REQ-007` and a message
+/// naming the field at fault.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
+        let bad = |m: String| ApiError::new(http::StatusCode::BAD_REQUEST, "CG-REQ-007", m);
+        if !is_json(req.headers()) {
+            return Err(not_json());
+        }
+        // The gate has already buffered the body within the size limit.
+        let bytes = axum::body::to_bytes(req.into_body(), usize::MAX)
+            .await
+            .map_err(|_| ApiError::unreadable_body())?;
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(de)
+            .map(JsonBody)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                if path == "." {
+                    bad(format!("invalid JSON body: {}", e.inner()))
+                } else {
+                    bad(format!("invalid JSON body at `{path}`: {}", e.inner()))
+                }
+            })
+    }
+}
+
+/// True when the request says its body is JSON.
+pub fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let media = v.split(';').next().unwrap_or_default().trim();
+            media.eq_ignore_ascii_case("application/json")
+        })
+}
+
+pub fn not_json() -> ApiError {
+    ApiError::new(
+        http::StatusCode::BAD_REQUEST,
+        "CG-REQ-007",
+        "send the body as Content-Type: application/json",
+    )
+}
+
+/// The body of a route that takes none: empty, or the empty JSON object `{}`; anything else
+/// is refused with `CG-REQ-007` rather than ignored.
+#[derive(Debug)]
+pub struct NoBody;
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
+        // The gate has already buffered the body within the size limit.
+        let bytes = axum::body::to_bytes(req.into_body(), usize::MAX)
+            .await
+            .map_err(|_| ApiError::unreadable_body())?;
+        let empty_object = || {
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes)
+                .is_ok_and(|m| m.is_empty())
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) || empty_object() {
+            Ok(NoBody)
+        } else {
+            Err(ApiError::new(
+                http::StatusCode::BAD_REQUEST,
+                "CG-REQ-007",
+                "this route takes no body (or `{}`)",
+            ))
+        }
+    }
+}
+
+/// Query parameters. Unknown or malformed parameters are refused with `CG-REQ-007` and the
+/// parser's reason, in the error model like every other error.
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| QueryParams(q.0))
+            .map_err(|e| {
+                ApiError::new(
+                    http::StatusCode::BAD_REQUEST,
+                    "CG-REQ-007",
+                    format!("invalid query parameters: {}", e.body_text()),
+                )
+            })
+    }
+}
 
 /// What a handler tells the access log about the request it served: the resource touched and
 /// the holder whose data it was (pseudonymised before it is written). Put it in the response
@@ -109,6 +275,33 @@ impl HolderHeader {
                 "CG-LIC-002",
                 "the holder app acts for the holder named in X-Holder, and this is another holder's",
             ))
+        }
+    }
+}
+
+/// `X-Consent`: the holder's consent token, when one is sent.
+#[derive(Debug)]
+pub struct ConsentHeader(pub Option<String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ConsentHeader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match parts.headers.get("x-consent") {
+            None => Ok(ConsentHeader(None)),
+            Some(v) => v
+                .to_str()
+                .map(|t| ConsentHeader(Some(t.trim().to_owned())))
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "CG-LIC-001",
+                        "X-Consent: not a token",
+                    )
+                }),
         }
     }
 }

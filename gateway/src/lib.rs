@@ -5,6 +5,7 @@
 //! The domain logic lives in the `cert-store`, `policies` and `search` libraries.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod demo;
 pub mod documents;
 pub mod error;
 pub mod extract;
+pub mod gate;
 pub mod identity;
 pub mod licences;
 pub mod matching;
@@ -27,3 +29,4 @@ pub mod source_system;
 pub mod state;
 pub mod tls;
 pub mod upstream;
+pub mod wiring;

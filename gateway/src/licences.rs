@@ -14,14 +14,41 @@ use http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::api::{JsonBody, QueryParams, require};
 use crate::config::Role;
-use crate::error::{ApiError, ErrorBody};
-use crate::extract::HolderHeader;
+use crate::error::{ApiError, ErrorBody, field_error, truncated};
 use crate::extract::{AccessNote, NoteSlot};
+use crate::extract::{ConsentHeader, HolderHeader};
+use crate::extract::{JsonBody, QueryParams, require};
 use crate::identity::Caller;
 use crate::purpose::Purpose;
 use crate::state::Gateway;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The routes of this module, each with its OpenAPI entry.
+pub fn routes() -> OpenApiRouter<Arc<Gateway>> {
+    OpenApiRouter::new()
+        .routes(routes!(create_seal, list_seals))
+        .routes(routes!(seal))
+        .routes(routes!(seal_certificate))
+        .routes(routes!(revoke_seal))
+        .routes(routes!(seal_ca))
+        .routes(routes!(jwks))
+        .routes(routes!(licence_types))
+        .routes(routes!(issue, licences_by_holder))
+        .routes(routes!(verify))
+        .routes(routes!(licence))
+        .routes(routes!(check))
+        .routes(routes!(suspend))
+        .routes(routes!(resume))
+        .routes(routes!(revoke))
+        .routes(routes!(renew))
+        .routes(routes!(status_list))
+        .routes(routes!(create_consent))
+        .routes(routes!(revoke_consent))
+        .routes(routes!(create_show_code))
+        .routes(routes!(redeem_show_code))
+}
 
 // ---- seals ----
 
@@ -1116,48 +1143,10 @@ fn noted(record: &LicenceRecord) -> Extension<AccessNote> {
     })
 }
 
-pub(crate) fn field_error(field: &str, reason: impl std::fmt::Display) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "CG-LIC-001",
-        format!("{field}: {reason}"),
-    )
-}
-
-/// At most 64 characters of a client's value, for a message or a log note.
-pub(crate) fn truncated(value: &str) -> String {
-    let mut out: String = value.chars().filter(|c| !c.is_control()).take(64).collect();
-    if value.chars().count() > 64 {
-        out.push('…');
-    }
-    out
-}
-
 fn access_error(e: AccessError) -> ApiError {
     match e {
         AccessError::UnknownField { .. } => field_error("fields", e),
         other => ApiError::new(StatusCode::FORBIDDEN, "CG-AUTH-007", other.to_string()),
-    }
-}
-
-/// `X-Consent`: the holder's consent token, when one is sent.
-#[derive(Debug)]
-pub struct ConsentHeader(Option<String>);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ConsentHeader {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
-        match parts.headers.get("x-consent") {
-            None => Ok(ConsentHeader(None)),
-            Some(v) => v
-                .to_str()
-                .map(|t| ConsentHeader(Some(t.trim().to_owned())))
-                .map_err(|_| field_error("X-Consent", "not a token")),
-        }
     }
 }
 

@@ -17,12 +17,26 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::Date;
 
-use crate::api::{QueryParams, require};
 use crate::config::Role;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::NoteSlot;
+use crate::extract::{QueryParams, require};
 use crate::identity::Caller;
 use crate::state::Gateway;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The routes of this module, each with its OpenAPI entry.
+pub fn routes() -> OpenApiRouter<Arc<Gateway>> {
+    OpenApiRouter::new()
+        .routes(routes!(publish))
+        .routes(routes!(match_enterprise))
+        .routes(routes!(search))
+        .routes(routes!(policy, withdraw))
+        .routes(routes!(eligible_enterprises))
+        .routes(routes!(upsert_profile))
+        .routes(routes!(push_feed))
+}
 
 fn invalid(e: &policies::InvalidField) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "CG-POL-001", e.to_string())
@@ -43,29 +57,6 @@ fn not_found(what: String) -> ApiError {
 fn kb_error(e: KbError) -> ApiError {
     tracing::error!(error = %e, "policy knowledge base failed");
     ApiError::internal()
-}
-
-/// Opens the knowledge base of `config`: indexes in the data directory, and the store there
-/// too, or in the PostgreSQL schema `shared` all nodes use.
-pub fn open_knowledge_base(
-    config: &crate::config::Config,
-    shared: Option<Arc<storage::PgPool>>,
-) -> Result<KnowledgeBase, String> {
-    let analyzer = match &config.policies.user_dictionary {
-        Some(p) => search::ChineseAnalyzer::with_user_dictionary(p),
-        None => search::ChineseAnalyzer::new(),
-    }
-    .map_err(|e| e.to_string())?;
-    let dir = config.server.data_dir.join("policies");
-    let opened = match shared {
-        None => KnowledgeBase::open(Some(&dir), analyzer),
-        Some(pg) => {
-            let store = policies::pg_store::PgKbStore::open(pg)
-                .map_err(|e| format!("knowledge base store: {e}"))?;
-            KnowledgeBase::open_on(Some(&dir), analyzer, Arc::new(store))
-        }
-    };
-    opened.map_err(|e| format!("cannot open the knowledge base: {e}"))
 }
 
 /// Decides every policy again once a day (and once at start): eligibility that changes with

@@ -20,7 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::api::{self, ConnectionContext};
+use crate::api;
+use crate::extract::{ConnectionContext, Protocol};
 use crate::identity;
 use crate::state::Gateway;
 use tlog::Leaf;
@@ -138,7 +139,7 @@ async fn serve_connection(
             &live.departments,
             &live.revoked,
         ),
-        protocol: if h2 { "HTTP/2" } else { "HTTP/1.1" },
+        protocol: if h2 { Protocol::Http2 } else { Protocol::Http1 },
         resumed: session.handshake_kind() == Some(HandshakeKind::Resumed),
         peer,
     });

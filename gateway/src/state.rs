@@ -6,23 +6,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
-use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
+use rustls::server::StoresServerSessions;
 use serde::Serialize;
-use storage::bus::{Change, Event, Notice};
+use storage::bus::{Change, Notice};
 use tokio_rustls::TlsAcceptor;
 
 use cert_store::service::{LicenceService, ServiceError};
-use cert_store::store::SqliteStore;
 
 use crate::config::{AccessRule, Config, ConfigError, DepartmentTable, ServerSettings};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::tls::{RevokedSerials, TlsError, TlsMaterial};
 use exchange::Exchange;
-use tlog::{AccessLog, LogBackend, LogError, WriterSettings};
+use tlog::AccessLog;
 
 /// How many TLS sessions the server remembers for resumption.
-const SESSION_CACHE_SIZE: usize = 4096;
+pub(crate) const SESSION_CACHE_SIZE: usize = 4096;
 
 /// The part of the configuration that a reload replaces. Connections take a snapshot of it
 /// when they are accepted; a reload never touches an open connection.
@@ -108,29 +107,29 @@ pub struct Gateway {
     pub settings: ServerSettings,
     /// The request metrics.
     pub metrics: Metrics,
-    config_path: PathBuf,
-    live: ArcSwap<Live>,
-    licences: Arc<LicenceService>,
+    pub(crate) config_path: PathBuf,
+    pub(crate) live: ArcSwap<Live>,
+    pub(crate) licences: Arc<LicenceService>,
     /// The tamper-evident access log.
     pub access_log: AccessLog,
     /// The shared-data exchange: source systems, cache, proof types.
     pub exchange: Arc<Exchange>,
     /// With a shared PostgreSQL store: tells the other nodes what this one invalidated.
-    bus: Option<Arc<storage::PgPool>>,
+    pub(crate) bus: Option<Arc<storage::PgPool>>,
     /// This process's id in those notifications.
-    node_id: String,
+    pub(crate) node_id: String,
     /// The policy knowledge base.
     pub policies: Arc<policies::KnowledgeBase>,
     /// The department that maintains enterprise profiles.
     pub profile_owner: Option<cert_store::Uscc>,
     /// Turns holder ids into the pseudonyms the access log records.
-    pseudonym_key: [u8; 32],
+    pub(crate) pseudonym_key: [u8; 32],
     /// The access log's verifier key (`GET /v1/audit/log-key`).
     pub log_verifier_key: String,
-    sessions: Arc<dyn StoresServerSessions>,
-    shutting_down: AtomicBool,
+    pub(crate) sessions: Arc<dyn StoresServerSessions>,
+    pub(crate) shutting_down: AtomicBool,
     /// The departments' request budgets.
-    rate_limiter: crate::rate_limit::RateLimiter,
+    pub(crate) rate_limiter: crate::rate_limit::RateLimiter,
     /// Connection slots of the mTLS listener (`server.max_connections`).
     pub connection_slots: Arc<tokio::sync::Semaphore>,
     /// Handshakes pending per source, and the summaries of refused ones.
@@ -140,100 +139,6 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds the gateway's state from a validated configuration.
-    pub fn new(config: Config) -> Result<Arc<Gateway>, StartError> {
-        let sessions: Arc<dyn StoresServerSessions> =
-            ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
-        let live = build_live(&config, sessions.clone())?;
-        std::fs::create_dir_all(&config.server.data_dir).map_err(|e| StartError::Store {
-            path: config.server.data_dir.clone(),
-            reason: e.to_string(),
-        })?;
-        let (store, bus) = open_store(&config)?;
-        let log_settings = &config.access_log;
-        let log_backend = match &bus {
-            Some(pg) => LogBackend::Postgres(pg.clone()),
-            None => LogBackend::Sqlite(config.server.data_dir.join("access-log.db")),
-        };
-        let writer_settings = WriterSettings {
-            queue_capacity: log_settings.queue_capacity,
-            max_batch: log_settings.max_batch,
-            checkpoint_interval: std::time::Duration::from_secs(1),
-            origin: log_settings.origin.clone(),
-            group_commit_wait: log_settings.group_commit_wait,
-            max_db_pages: log_settings.max_db_pages,
-            clock: Arc::new(storage::SystemClock),
-        };
-        // Opening checks the stored tree; a PostgreSQL client must not block a thread that
-        // drives async tasks (see below).
-        let key = log_settings.key.clone();
-        let access_log = std::thread::scope(|s| {
-            s.spawn(|| AccessLog::open(log_backend, key, writer_settings))
-                .join()
-        })
-        .map_err(|_| StartError::AccessLog(LogError::Store("the opening thread failed".into())))?
-        .map_err(StartError::AccessLog)?;
-        let log_verifier_key = log_settings.key.verifier_key();
-        // Kept beside the log so that `certgate audit verify --data-dir` needs nothing else.
-        let _ = std::fs::write(
-            config.server.data_dir.join("access-log.vkey"),
-            &log_verifier_key,
-        );
-        let metrics = Metrics::default();
-        let exchange = Arc::new(Exchange::new(
-            config.exchange.clone(),
-            &crate::upstream::HttpTransport::new,
-            metrics.exchange.clone(),
-            Arc::new(storage::SystemClock),
-        )?);
-        let node_id = hex::encode(crate::data::random_id());
-        let policies = Arc::new(
-            std::thread::scope(|s| {
-                s.spawn(|| crate::matching::open_knowledge_base(&config, bus.clone()))
-                    .join()
-            })
-            .map_err(|_| StartError::Policies("the opening thread failed".into()))?
-            .map_err(StartError::Policies)?,
-        );
-        if let Some(pg) = &bus {
-            listen_for_other_nodes(
-                pg.clone(),
-                Arc::downgrade(&exchange),
-                Arc::downgrade(&policies),
-                node_id.clone(),
-            );
-        }
-        let licences = open_licences(&config, store)?;
-        let (max_connections, max_handshakes_per_source) = (
-            config.server.max_connections,
-            config.server.max_handshakes_per_source,
-        );
-        Ok(Arc::new(Gateway {
-            licences: Arc::new(licences),
-            access_log,
-            exchange,
-            bus,
-            node_id,
-            policies,
-            profile_owner: config.policies.profile_owner.clone(),
-            pseudonym_key: config.access_log.pseudonym_key,
-            log_verifier_key,
-            settings: config.server,
-            metrics,
-            config_path: config.path,
-            live: ArcSwap::from_pointee(live),
-            sessions,
-            shutting_down: AtomicBool::new(false),
-            rate_limiter: crate::rate_limit::RateLimiter::default(),
-            connection_slots: Arc::new(tokio::sync::Semaphore::new(max_connections)),
-            preauth: crate::preauth::PreAuth::new(
-                max_handshakes_per_source,
-                config.access_log.refusal_sources,
-            ),
-            refusal_window: config.access_log.refusal_window,
-        }))
-    }
-
     /// The configuration in force now.
     pub fn live(&self) -> Arc<Live> {
         self.live.load_full()
@@ -382,57 +287,8 @@ impl Gateway {
     }
 }
 
-/// The store of seals and licences, and the PostgreSQL pool when that is where it is (shared
-/// with the other nodes: the access log, the knowledge base and notifications use it too).
-pub type Stores = (
-    Arc<dyn cert_store::store::Store>,
-    Option<Arc<storage::PgPool>>,
-);
-
-/// The stores of `config`: the SQLite file in the data directory, or the PostgreSQL schema.
-pub fn open_store(config: &Config) -> Result<Stores, StartError> {
-    Ok(match &config.server.storage {
-        crate::config::Storage::Embedded => {
-            let db = config.server.data_dir.join("certgate.db");
-            let store = SqliteStore::open(&db).map_err(|e| StartError::Store {
-                path: db.clone(),
-                reason: e.to_string(),
-            })?;
-            (Arc::new(store), None)
-        }
-        crate::config::Storage::Postgres(pg) => {
-            let failed = |reason: String| StartError::Store {
-                path: PathBuf::from(format!("PostgreSQL schema {}", pg.schema)),
-                reason,
-            };
-            let pool =
-                Arc::new(storage::PgPool::new(pg.clone()).map_err(|e| failed(e.to_string()))?);
-            let store = cert_store::pg_store::PgStore::open(pool.clone())
-                .map_err(|e| failed(e.to_string()))?;
-            (Arc::new(store), Some(pool))
-        }
-    })
-}
-
-/// The licence service of `config` on `store`: its keys are read (or made) there.
-pub fn open_licences(
-    config: &Config,
-    store: Arc<dyn cert_store::store::Store>,
-) -> Result<LicenceService, StartError> {
-    let licensing = &config.licensing;
-    // Opening reads the keys from the store; a PostgreSQL client must not block a thread
-    // that drives async tasks, and the gateway may be built from one.
-    let status_base = format!("{}/v1/status-lists", licensing.public_url);
-    let (kek, types) = (licensing.kek.clone(), licensing.licence_types.clone());
-    std::thread::scope(|s| {
-        s.spawn(|| LicenceService::open(store, kek, types, &status_base, unix_now()))
-            .join()
-    })
-    .map_err(|_| StartError::Licences(ServiceError::Internal("the opening thread failed".into())))?
-    .map_err(StartError::Licences)
-}
-
-async fn apply(exchange: &Exchange, change: &Change) {
+/// Applies another node's (or this one's) change to this node's caches.
+pub(crate) async fn apply(exchange: &Exchange, change: &Change) {
     match change {
         Change::DataKey { dataset, key } => exchange.invalidate_key(dataset, key).await,
         Change::Dataset { dataset } => exchange.invalidate_dataset(dataset),
@@ -445,63 +301,11 @@ async fn apply(exchange: &Exchange, change: &Change) {
     }
 }
 
-/// Brings this node's knowledge base up to the shared store, off the async threads.
-fn refresh_policies(runtime: &tokio::runtime::Handle, kb: Arc<policies::KnowledgeBase>) {
-    runtime.spawn_blocking(move || {
-        if let Err(e) = kb.refresh() {
-            tracing::error!(error = %e, "cannot catch up with the other nodes' policy changes");
-        }
-    });
-}
-
-/// Listens for the other nodes' invalidations and policy changes on a thread of its own until
-/// the gateway is gone; after a gap (a reconnection) it drops the whole exchange cache and
-/// catches up with the policy store, since notices were missed.
-fn listen_for_other_nodes(
-    pg: Arc<storage::PgPool>,
-    exchange: std::sync::Weak<Exchange>,
-    kb: std::sync::Weak<policies::KnowledgeBase>,
-    node_id: String,
-) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        tracing::error!("no async runtime: invalidations of other nodes will not be heard");
-        return;
-    };
-    let spawned = std::thread::Builder::new()
-        .name("certgate-listen".into())
-        .spawn(move || {
-            pg.listen(|event| {
-                let (Some(exchange), Some(kb)) = (exchange.upgrade(), kb.upgrade()) else {
-                    return false;
-                };
-                match event {
-                    Event::Idle => {}
-                    Event::Resync => {
-                        exchange.invalidate_all();
-                        refresh_policies(&runtime, kb);
-                    }
-                    Event::Notice(Notice {
-                        change: Change::Policies,
-                        ..
-                    }) => refresh_policies(&runtime, kb),
-                    Event::Notice(notice) if notice.node != node_id => {
-                        runtime.spawn(async move { apply(&exchange, &notice.change).await });
-                    }
-                    Event::Notice(_) => {}
-                    Event::Unreadable(payload) => tracing::warn!(
-                        payload = %payload.chars().take(200).collect::<String>(),
-                        "unreadable notice from another node"
-                    ),
-                }
-                true
-            });
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the listener for other nodes");
-    }
-}
-
-fn build_live(config: &Config, sessions: Arc<dyn StoresServerSessions>) -> Result<Live, TlsError> {
+/// The reloadable part of `config`: TLS material, department table, access rules.
+pub(crate) fn build_live(
+    config: &Config,
+    sessions: Arc<dyn StoresServerSessions>,
+) -> Result<Live, TlsError> {
     let material = TlsMaterial::load(&config.tls, sessions)?;
     let summary = LoadSummary {
         departments: config.departments.len(),
@@ -520,14 +324,19 @@ fn build_live(config: &Config, sessions: Arc<dyn StoresServerSessions>) -> Resul
 
 /// Seconds since the Unix epoch, from the system clock.
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    storage::clock::unix_now()
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    storage::clock::unix_now_ms()
+}
+
+/// 12 random bytes (ids of proofs, of this node in notices).
+pub fn random_id() -> [u8; 12] {
+    let mut b = [0u8; 12];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        tracing::error!("system random number generator failed");
+    }
+    b
 }

@@ -241,7 +241,7 @@ impl TestGateway {
             listener.local_addr().unwrap(),
             ops_listener.local_addr().unwrap(),
         );
-        let gateway = Gateway::new(config).unwrap();
+        let gateway = gateway::wiring::gateway(config).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let (stop_ops, ops_stopped) = watch::channel(false);
         tokio::spawn(gateway::server::serve_ops(

@@ -951,7 +951,15 @@ async fn a_certificate_without_any_eku_is_refused_in_the_handshake() {
             "a certificate without EKU was accepted ({proto:?})"
         );
     }
-    let (_, metrics) = gw.ops_get("/metrics").await;
+    // The server counts a refusal just after the client has seen its alert.
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = gw.ops_get("/metrics").await.1;
+        if metrics.contains("certgate_tls_handshake_failures_total{reason=\"wrong_key_usage\"} 2") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
     assert!(
         metrics.contains("certgate_tls_handshake_failures_total{reason=\"wrong_key_usage\"} 2"),
         "{metrics}"
