@@ -288,7 +288,7 @@ impl Store for PgStore {
 
     fn trusted_cas(&self) -> Result<Vec<crate::licence::TrustedSealCa>> {
         self.pool.with(|c| {
-            Ok(c.query(
+            c.query(
                 "SELECT id, name, region, certificate_pem, added_at, removed_at
                  FROM trusted_seal_cas ORDER BY added_at, id",
                 &[],
@@ -304,7 +304,7 @@ impl Store for PgStore {
                     removed_at: r.try_get(5)?,
                 })
             })
-            .collect::<Result<_>>()?)
+            .collect::<Result<_>>()
         })
     }
 

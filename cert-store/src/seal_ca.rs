@@ -338,7 +338,7 @@ mod tests {
 
     #[test]
     fn ca_certificate_has_ca_extensions() {
-        let now = OffsetDateTime::now_utc();
+        let now = storage::clock::now_utc();
         let ca = SealCa::create("certgate 电子印章 CA", now, 3650).unwrap();
         let cert = ca.certificate();
         assert_eq!(JwsSigner::alg(ca.key()), JwsAlg::Es256);
@@ -360,7 +360,7 @@ mod tests {
 
     #[test]
     fn seal_certificates_chain_to_the_ca_for_both_algorithms() {
-        let now = OffsetDateTime::now_utc();
+        let now = storage::clock::now_utc();
         let ca = SealCa::create("certgate seal CA", now, 3650).unwrap();
         let trusted = [ca.certificate().clone()];
         for alg in [JwsAlg::Es256, JwsAlg::Sm2Sm3] {
@@ -393,7 +393,7 @@ mod tests {
 
     #[test]
     fn chain_failures_carry_openssl_reasons() {
-        let now = OffsetDateTime::now_utc();
+        let now = storage::clock::now_utc();
         let ca = SealCa::create("certgate seal CA", now, 3650).unwrap();
         let trusted = [ca.certificate().clone()];
         let (_, cert) = issue(&ca, JwsAlg::Sm2Sm3, now);
@@ -432,7 +432,7 @@ mod tests {
             eprintln!("openssl CLI not installed; skipping");
             return;
         }
-        let now = OffsetDateTime::now_utc();
+        let now = storage::clock::now_utc();
         let ca = SealCa::create("certgate seal CA", now, 3650).unwrap();
         let dir = tempfile::tempdir().unwrap();
         for alg in [JwsAlg::Es256, JwsAlg::Sm2Sm3] {
@@ -449,7 +449,7 @@ mod tests {
 
     #[test]
     fn from_parts_round_trip_and_mismatch() {
-        let now = OffsetDateTime::now_utc();
+        let now = storage::clock::now_utc();
         let ca = SealCa::create("certgate seal CA", now, 30).unwrap();
         let pkcs8 = ca.key().to_pkcs8_der().unwrap();
         let key = SealKey::from_pkcs8_der(JwsAlg::Es256, &pkcs8).unwrap();
@@ -471,7 +471,7 @@ mod tests {
 
     #[test]
     fn issuing_refuses_nonsense() {
-        let now = OffsetDateTime::now_utc();
+        let now = storage::clock::now_utc();
         let ca = SealCa::create("certgate seal CA", now, 30).unwrap();
         let key = SealKey::generate(JwsAlg::Es256).unwrap();
         let issue = |name: &str, from, to| {
@@ -493,7 +493,7 @@ mod tests {
 
     #[test]
     fn certificate_owner_needs_both_fields() {
-        let now = OffsetDateTime::now_utc();
+        let now = storage::clock::now_utc();
         let ca = SealCa::create("certgate seal CA", now, 30).unwrap();
         assert_eq!(certificate_owner(ca.certificate()), None);
     }

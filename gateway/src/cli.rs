@@ -8,7 +8,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use cert_store::Uscc;
 use clap::{Parser, Subcommand};
-use time::OffsetDateTime;
 
 use crate::config::{Config, Storage};
 use crate::pki::{ClientSpec, DevCa};
@@ -226,7 +225,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
-    let now = OffsetDateTime::now_utc();
+    let now = storage::clock::now_utc();
     match command {
         Command::Serve { config } => {
             let config = Config::load(&config)?;

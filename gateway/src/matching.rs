@@ -92,7 +92,7 @@ pub async fn rematch_daily(gateway: std::sync::Weak<Gateway>) {
 /// Today in China Standard Time: windows and ages are counted in local days.
 pub fn today() -> Date {
     let offset = time::UtcOffset::from_hms(8, 0, 0).unwrap_or(time::UtcOffset::UTC);
-    time::OffsetDateTime::now_utc().to_offset(offset).date()
+    storage::clock::now_utc().to_offset(offset).date()
 }
 
 async fn blocking<T: Send + 'static>(

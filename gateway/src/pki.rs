@@ -426,7 +426,7 @@ mod tests {
     #[test]
     fn init_issue_revoke_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let now = OffsetDateTime::now_utc();
+        let now = storage::clock::now_utc();
         let mut ca = DevCa::init(dir.path(), now).unwrap();
         assert!(matches!(
             DevCa::init(dir.path(), now),
@@ -475,7 +475,7 @@ mod tests {
     #[test]
     fn hostile_names_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let now = OffsetDateTime::now_utc();
+        let now = storage::clock::now_utc();
         let ca = DevCa::init(dir.path(), now).unwrap();
         let dept: Uscc = "11110105MB0000001C".parse().unwrap();
         for bad in [

@@ -316,7 +316,7 @@ mod tests {
     #[test]
     fn a_crl_not_signed_by_a_client_ca_is_refused_at_load() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let now = time::OffsetDateTime::now_utc();
+        let now = storage::clock::now_utc();
         DevCa::init(a.path(), now).unwrap();
         DevCa::init(b.path(), now).unwrap();
         let sessions = || rustls::server::ServerSessionMemoryCache::new(16);

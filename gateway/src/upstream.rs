@@ -31,7 +31,7 @@ impl std::fmt::Debug for HttpTransport {
 
 impl HttpTransport {
     /// The client for one upstream; the reason, when its CA or client certificate is unusable.
-    pub fn new(settings: &UpstreamSettings) -> Result<Arc<dyn Transport>, String> {
+    pub fn for_upstream(settings: &UpstreamSettings) -> Result<Arc<dyn Transport>, String> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         if let Some(ca) = &settings.ca_file {

@@ -67,7 +67,7 @@ pub fn gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
     let metrics = Metrics::default();
     let exchange = Arc::new(Exchange::new(
         config.exchange.clone(),
-        &crate::upstream::HttpTransport::new,
+        &crate::upstream::HttpTransport::for_upstream,
         metrics.exchange.clone(),
         Arc::new(storage::SystemClock),
     )?);

@@ -173,9 +173,7 @@ impl std::fmt::Debug for KnowledgeBase {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    storage::clock::unix_now_ms()
 }
 
 impl KnowledgeBase {

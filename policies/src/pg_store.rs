@@ -307,7 +307,7 @@ impl KbStore for PgKbStore {
 
     fn feed(&self, after: i64, limit: usize) -> Result<Vec<FeedEvent>, StoreError> {
         self.with(|c| {
-            Ok(c.query(
+            c.query(
                 "SELECT seq, event_id, policy_id, policy_version, uscc, category, benefit_yuan,
                         digest, created_ms
                  FROM kb_feed WHERE seq > $1 ORDER BY seq LIMIT $2",
@@ -327,7 +327,7 @@ impl KbStore for PgKbStore {
                     created_ms: r.try_get(8)?,
                 })
             })
-            .collect::<Result<_, _>>()?)
+            .collect::<Result<_, _>>()
         })
     }
 

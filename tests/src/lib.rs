@@ -26,7 +26,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, HandshakeKind, RootCertStore};
 use tempfile::TempDir;
-use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -80,7 +79,7 @@ impl TestPki {
     /// A new CA with a server certificate and an empty CRL.
     pub fn new() -> TestPki {
         let dir = tempfile::tempdir().unwrap();
-        let ca = DevCa::init(&dir.path().join("pki"), OffsetDateTime::now_utc()).unwrap();
+        let ca = DevCa::init(&dir.path().join("pki"), storage::clock::now_utc()).unwrap();
         TestPki { dir, ca }
     }
 
@@ -95,7 +94,7 @@ impl TestPki {
         self.client(&ClientSpec::department(
             name,
             &dept,
-            OffsetDateTime::now_utc(),
+            storage::clock::now_utc(),
         ))
     }
 
@@ -107,12 +106,12 @@ impl TestPki {
 
     /// A spec for a department certificate, to be altered by the test.
     pub fn spec(&self, name: &str, dept: &str) -> ClientSpec {
-        ClientSpec::department(name, &dept.parse().unwrap(), OffsetDateTime::now_utc())
+        ClientSpec::department(name, &dept.parse().unwrap(), storage::clock::now_utc())
     }
 
     /// Puts `name` in the CRL.
     pub fn revoke(&mut self, name: &str) {
-        self.ca.revoke(name, OffsetDateTime::now_utc()).unwrap();
+        self.ca.revoke(name, storage::clock::now_utc()).unwrap();
     }
 
     /// The CA certificate's path.

@@ -157,12 +157,15 @@ impl std::fmt::Debug for Exchange {
     }
 }
 
+/// Makes the transport for one upstream; the reason, when its settings are unusable.
+pub type MakeTransport<'a> = &'a dyn Fn(&UpstreamSettings) -> Result<Arc<dyn Transport>, String>;
+
 impl Exchange {
     /// Builds the exchange from validated settings, reaching each upstream through the
     /// transport `transport` makes for it.
     pub fn new(
         settings: ExchangeSettings,
-        transport: &dyn Fn(&UpstreamSettings) -> Result<Arc<dyn Transport>, String>,
+        transport: MakeTransport<'_>,
         observer: Arc<dyn Observer>,
         clock: Arc<dyn storage::Clock>,
     ) -> Result<Exchange, UpstreamError> {

@@ -92,10 +92,10 @@ impl LogDb for PgLog {
             "SELECT size, note FROM log_checkpoints ORDER BY size"
         };
         self.pool.with(|c| -> Result<_, LogError> {
-            Ok(c.query(sql, &[])?
+            c.query(sql, &[])?
                 .iter()
                 .map(|r| Ok((r.try_get::<_, i64>(0)? as u64, r.try_get(1)?)))
-                .collect::<Result<_, LogError>>()?)
+                .collect::<Result<_, LogError>>()
         })
     }
 

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use certgate_tests::*;
 use http::{Method, StatusCode};
-use time::{Duration, OffsetDateTime};
+use time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn department_certificate_is_identified_over_http1_and_http2() {
@@ -58,7 +58,7 @@ async fn assert_handshake_refused(client: &Client, gw: &TestGateway, alert: &str
 async fn certificates_that_fail_verification_are_refused_in_the_handshake() {
     let mut pki = TestPki::new();
     let other_pki = TestPki::new();
-    let now = OffsetDateTime::now_utc();
+    let now = storage::clock::now_utc();
 
     let foreign = other_pki.department("foreign", APPROVAL);
     let mut spec = pki.spec("expired", APPROVAL);

@@ -1303,7 +1303,7 @@ async fn an_admin_keeps_the_trust_list_and_foreign_seals_verify_naming_their_aut
     use cert_store::jws::JwsAlg;
     use cert_store::ses::{Seal, SealInfo, SesAlg, SesSignature, ToSign};
     let Some(mut w) = world().await else { return };
-    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+    let now = storage::clock::now_utc().replace_nanosecond(0).unwrap();
     let hour = time::Duration::hours(1);
     // A seal made by another province's seal system.
     let foreign = cert_store::seal_ca::SealCa::create("广东省电子印章系统", now - hour * 24, 3650).unwrap();
