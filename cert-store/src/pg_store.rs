@@ -160,7 +160,7 @@ impl PgStore {
     pub fn open(pool: Arc<PgPool>) -> Result<PgStore> {
         let migrations = crate::store::migrations("BYTEA", "BIGINT");
         let migrations: Vec<&str> = migrations.iter().map(String::as_str).collect();
-        off_runtime(|| pool.migrate(MIGRATION_COMPONENT, &migrations))?;
+        off_runtime(|| pool.migrate(crate::store::MIGRATION_COMPONENT, &migrations))?;
         Ok(PgStore { pool })
     }
 
@@ -169,9 +169,6 @@ impl PgStore {
         self.pool.schema()
     }
 }
-
-/// The component name this store's migrations are recorded under.
-pub const MIGRATION_COMPONENT: &str = "licences";
 
 impl Store for PgStore {
     fn put_secret_once(&self, name: &str, blob: &[u8]) -> Result<Vec<u8>> {

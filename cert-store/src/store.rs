@@ -11,6 +11,9 @@ use crate::id::Uscc;
 use crate::jws::JwsAlg;
 use crate::licence::{ConsentRecord, LicenceRecord, LicenceStatus, SealRecord, ShowCodeRecord};
 
+/// The component name the store's migrations are recorded under, on both back ends.
+pub const MIGRATION_COMPONENT: &str = "licences";
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -261,12 +264,9 @@ impl SqliteStore {
         let migrations = migrations("BLOB", "INTEGER");
         let migrations: Vec<&str> = migrations.iter().map(String::as_str).collect();
         // Files made before versions were recorded per component counted them in user_version.
-        storage::sqlite::migrate(
-            &mut conn,
-            crate::pg_store::MIGRATION_COMPONENT,
-            &migrations,
-            |c| c.pragma_query_value(None, "user_version", |r| r.get(0)),
-        )?;
+        storage::sqlite::migrate(&mut conn, MIGRATION_COMPONENT, &migrations, |c| {
+            c.pragma_query_value(None, "user_version", |r| r.get(0))
+        })?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })

@@ -46,9 +46,6 @@ const WRITE_LOCK: i64 = 4_242_002;
 /// How long a writer waits for another node's write to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(120);
 
-/// The component name this store's migrations are recorded under.
-pub const MIGRATION_COMPONENT: &str = "policies";
-
 /// The shared store.
 #[derive(Debug)]
 pub struct PgKbStore {
@@ -58,7 +55,7 @@ pub struct PgKbStore {
 impl PgKbStore {
     /// The store on `pool`'s schema, creating its tables if this is the first node to start.
     pub fn open(pool: Arc<PgPool>) -> Result<PgKbStore, StoreError> {
-        pool.migrate(MIGRATION_COMPONENT, MIGRATIONS)?;
+        pool.migrate(crate::store::MIGRATION_COMPONENT, MIGRATIONS)?;
         Ok(PgKbStore { pool })
     }
 

@@ -11,6 +11,9 @@ use serde::Serialize;
 
 use crate::model::{Policy, Profile};
 
+/// The component name the store's migrations are recorded under, on both back ends.
+pub const MIGRATION_COMPONENT: &str = "policies";
+
 /// A store error.
 #[derive(Debug, thiserror::Error)]
 #[error("policy store: {0}")]
@@ -239,7 +242,7 @@ impl Store {
         )?;
         storage::sqlite::migrate(
             &mut conn,
-            crate::pg_store::MIGRATION_COMPONENT,
+            MIGRATION_COMPONENT,
             SQLITE_MIGRATIONS,
             storage::sqlite::none,
         )?;

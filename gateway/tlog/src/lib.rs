@@ -18,12 +18,14 @@
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
+mod db;
 pub mod leaf;
 mod log;
 pub mod merkle;
 pub mod postgres;
 pub mod sqlite;
 
+pub use db::*;
 pub use leaf::{LEAF_VERSION, Leaf};
 pub use log::*;
 pub use postgres::PgLog;

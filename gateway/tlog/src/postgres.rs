@@ -8,8 +8,8 @@ use std::sync::Arc;
 use postgres::fallible_iterator::FallibleIterator;
 use storage::PgPool;
 
+use crate::db::{EntryFilter, Frontier, LogDb, LogError, ScannedLeaf, prepare_batch, stored_hash};
 use crate::leaf::Leaf;
-use crate::log::{EntryFilter, Frontier, LogDb, LogError, ScannedLeaf, prepare_batch, stored_hash};
 use crate::merkle::Hash;
 
 impl From<postgres::Error> for LogError {
@@ -19,7 +19,6 @@ impl From<postgres::Error> for LogError {
 }
 
 /// The component name this log's migrations are recorded under.
-pub const MIGRATION_COMPONENT: &str = "access_log";
 
 const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE log_leaves (
@@ -53,7 +52,7 @@ fn text(v: &Option<String>) -> Option<String> {
 impl PgLog {
     /// The log on `pool`'s schema, creating its tables if this is the first node to start.
     pub fn open(pool: Arc<PgPool>) -> Result<PgLog, LogError> {
-        pool.migrate(MIGRATION_COMPONENT, MIGRATIONS)?;
+        pool.migrate(crate::db::MIGRATION_COMPONENT, MIGRATIONS)?;
         Ok(PgLog { pool })
     }
 

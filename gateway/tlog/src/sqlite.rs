@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::db::{EntryFilter, Frontier, LogDb, LogError, ScannedLeaf, prepare_batch, stored_hash};
 use crate::leaf::Leaf;
-use crate::log::{EntryFilter, Frontier, LogDb, LogError, ScannedLeaf, prepare_batch, stored_hash};
 use crate::merkle::Hash;
 
 impl From<rusqlite::Error> for LogError {
@@ -57,7 +57,7 @@ impl SqliteLog {
         conn.busy_timeout(Duration::from_secs(5))?;
         storage::sqlite::migrate(
             &mut conn,
-            crate::postgres::MIGRATION_COMPONENT,
+            crate::db::MIGRATION_COMPONENT,
             MIGRATIONS,
             storage::sqlite::none,
         )?;
