@@ -237,8 +237,9 @@ CREATE INDEX seals_owner_page ON seals(owner, created_at, id);
 "#,
 ];
 
-/// The migrations with the backend's type names.
-pub(crate) fn migrations(blob: &str, int: &str) -> Vec<String> {
+/// The migrations, with the back end's type names (`BLOB`/`INTEGER` on SQLite, `BYTEA`/`BIGINT`
+/// on PostgreSQL).
+pub fn migrations(blob: &str, int: &str) -> Vec<String> {
     MIGRATIONS
         .iter()
         .map(|m| m.replace("{BLOB}", blob).replace("{INT}", int))

@@ -23,7 +23,8 @@ use crate::store::{
     FeedEvent, KbStore, NewMatch, ProfileChange, StoreChanges, StoreError, WriteLock, event_id,
 };
 
-const MIGRATIONS: &[&str] = &[r#"
+/// The PostgreSQL schema's migrations, in order.
+pub const MIGRATIONS: &[&str] = &[r#"
 CREATE SEQUENCE kb_change;
 CREATE TABLE kb_policies (
     id TEXT PRIMARY KEY, version INTEGER NOT NULL, json TEXT, change BIGINT NOT NULL

@@ -18,9 +18,8 @@ impl From<postgres::Error> for LogError {
     }
 }
 
-/// The component name this log's migrations are recorded under.
-
-const MIGRATIONS: &[&str] = &[r#"
+/// The PostgreSQL schema's migrations, in order.
+pub const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE log_leaves (
     seq BIGINT PRIMARY KEY, time_ms BIGINT NOT NULL, department TEXT, holder TEXT,
     resource TEXT, route TEXT, outcome TEXT NOT NULL, data BYTEA NOT NULL
