@@ -8,11 +8,11 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use http::{StatusCode, header};
+use http::header;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Role;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, Code, ErrorBody};
 use crate::extract::HolderHeader;
 use crate::extract::NoteSlot;
 use crate::extract::{QueryParams, require};
@@ -40,7 +40,7 @@ pub const MAX_PAGE: u32 = 1000;
 impl From<LogError> for ApiError {
     fn from(e: LogError) -> Self {
         match e {
-            LogError::OutOfRange(m) => ApiError::new(StatusCode::BAD_REQUEST, "CG-AUD-001", m),
+            LogError::OutOfRange(m) => ApiError::new(Code::AuditOutOfRange, m),
             other => {
                 tracing::error!(error = %other, "access log read failed");
                 ApiError::log_unavailable()
@@ -81,8 +81,7 @@ pub async fn checkpoint(
 ) -> Result<Response, ApiError> {
     require(&caller, Role::Auditor)?;
     let latest = read(&gw, tlog::latest_checkpoint).await?;
-    let (_, note) = latest
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "CG-AUD-002", "no checkpoint yet"))?;
+    let (_, note) = latest.ok_or_else(|| ApiError::new(Code::NoCheckpoint, "no checkpoint yet"))?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
 }
 
@@ -333,13 +332,10 @@ pub async fn holder_view(
     QueryParams(q): QueryParams<HolderViewQuery>,
 ) -> Result<Json<HolderView>, ApiError> {
     require(&caller, Role::HolderApp)?;
-    let holder: cert_store::HolderId = q.holder.parse().map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "CG-AUD-001",
-            format!("holder: {e}"),
-        )
-    })?;
+    let holder: cert_store::HolderId = q
+        .holder
+        .parse()
+        .map_err(|e| ApiError::new(Code::AuditOutOfRange, format!("holder: {e}")))?;
     slot.record("holder-view", holder.as_str());
     // The app reads the view of the holder it acts for, and no one else's.
     acting_for.require(holder.as_str())?;
@@ -453,8 +449,7 @@ pub async fn export(
         "csv" => true,
         _ => {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "CG-AUD-001",
+                Code::AuditOutOfRange,
                 "format must be ndjson or csv",
             ));
         }

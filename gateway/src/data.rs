@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::Role;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, Code, ErrorBody};
 use crate::extract::NoteSlot;
 use crate::extract::{JsonBody, require};
 use crate::identity::Caller;
@@ -55,18 +55,17 @@ pub struct DataView {
 }
 
 fn bad_key(message: String) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "CG-DAT-001", message)
+    ApiError::new(Code::BadRecordKey, message)
 }
 
 fn not_permitted(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "CG-DAT-002", message)
+    ApiError::new(Code::NoDataGrant, message)
 }
 
 fn dataset_of(gw: &Gateway, id: &str) -> Result<Arc<Dataset>, ApiError> {
     gw.exchange.dataset(id).cloned().ok_or_else(|| {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "CG-DAT-003",
+            Code::NoDataset,
             format!("no dataset `{}`", id.chars().take(40).collect::<String>()),
         )
     })
@@ -75,49 +74,41 @@ fn dataset_of(gw: &Gateway, id: &str) -> Result<Arc<Dataset>, ApiError> {
 /// The answer for a source system that failed. The detail goes to the log, not the caller.
 fn fetch_error(dataset: &str, e: &FetchError) -> ApiError {
     tracing::warn!(dataset, error = %e, "source system fetch failed");
-    let (status, code, message) = match e {
+    let (code, message) = match e {
         FetchError::NotFound => (
-            StatusCode::NOT_FOUND,
-            "CG-DAT-004",
+            Code::NoRecord,
             "the source system has no record for this key".to_owned(),
         ),
         FetchError::Timeout(ms) => (
-            StatusCode::GATEWAY_TIMEOUT,
-            "CG-DAT-007",
+            Code::UpstreamTimeout,
             format!("the source system did not answer within {ms} ms"),
         ),
         FetchError::Unreachable(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "CG-DAT-006",
+            Code::UpstreamUnavailable,
             "the source system cannot be reached".to_owned(),
         ),
         FetchError::BreakerOpen => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "CG-DAT-006",
+            Code::UpstreamUnavailable,
             "the source system is failing; calls to it are suspended for a while".to_owned(),
         ),
         FetchError::Status(s) => (
-            StatusCode::BAD_GATEWAY,
-            "CG-DAT-005",
+            Code::UpstreamBadAnswer,
             format!("the source system answered with status {s}"),
         ),
         FetchError::Malformed(_) => (
-            StatusCode::BAD_GATEWAY,
-            "CG-DAT-005",
+            Code::UpstreamBadAnswer,
             "the source system's answer is not a JSON object".to_owned(),
         ),
         FetchError::TooLarge(n) => (
-            StatusCode::BAD_GATEWAY,
-            "CG-DAT-005",
+            Code::UpstreamBadAnswer,
             format!("the source system's answer is larger than the dataset's limit of {n} bytes"),
         ),
         _ => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "CG-DAT-006",
+            Code::UpstreamUnavailable,
             "the source system cannot be used now".to_owned(),
         ),
     };
-    ApiError::new(status, code, format!("{dataset}: {message}"))
+    ApiError::new(code, format!("{dataset}: {message}"))
 }
 
 /// Notes the dataset and key for the access log: holder keys are pseudonymised there.
@@ -429,24 +420,18 @@ pub async fn issue_proof(
 /// The answer to a proof that could not be given.
 fn proof_error(e: ProofError<ApiError>) -> ApiError {
     match e {
-        ProofError::UnknownType(id) => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "CG-PRF-003",
-            format!("no proof type `{id}`"),
-        ),
-        ProofError::BadHolder(why) => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "CG-PRF-001",
-            format!("holder: {why}"),
-        ),
+        ProofError::UnknownType(id) => {
+            ApiError::new(Code::NoProofType, format!("no proof type `{id}`"))
+        }
+        ProofError::BadHolder(why) => {
+            ApiError::new(Code::BadProofRequest, format!("holder: {why}"))
+        }
         ProofError::NotForDepartment(name) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "CG-PRF-002",
+            Code::ProofNotAllowed,
             format!("this department may not ask for {name}"),
         ),
         ProofError::NotForMatter(name) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "CG-PRF-002",
+            Code::ProofNotAllowed,
             format!("{name} is not given for the matter stated in X-Purpose"),
         ),
         ProofError::Dataset { dataset, error } => fetch_error(&dataset, &error),

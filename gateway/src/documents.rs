@@ -11,7 +11,7 @@ use cert_store::document_seal::{Document, SealVerdict};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Role;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, Code, ErrorBody};
 use crate::error::{field_error, truncated};
 use crate::extract::HolderHeader;
 use crate::extract::NoteSlot;
@@ -209,8 +209,7 @@ pub async fn sign(
                 })?;
             if gw.live().departments.get(enterprise).is_some() {
                 return Err(ApiError::new(
-                    http::StatusCode::FORBIDDEN,
-                    "CG-LIC-002",
+                    Code::LicenceForbidden,
                     "X-Holder names a department: a department's seal is used by that department alone",
                 ));
             }

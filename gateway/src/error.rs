@@ -23,193 +23,99 @@ pub struct ErrorBody {
 /// An error answered to a client.
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Stable code.
-    pub code: &'static str,
+    /// Stable code (it gives the HTTP status).
+    pub code: Code,
     /// Message for the client.
     pub message: String,
 }
 
-/// Every stable error code with its status and meaning, for the documentation and for tests.
-pub const CODES: &[(&str, u16, &str)] = &[
-    (
-        "CG-AUTH-001",
-        403,
-        "no client certificate reached the gateway",
-    ),
-    (
-        "CG-AUTH-002",
-        403,
-        "the client certificate does not carry a valid department identity (SAN URI urn:certgate:dept:<USCC>)",
-    ),
-    (
-        "CG-AUTH-003",
-        403,
-        "the department is not in the department table",
-    ),
-    ("CG-AUTH-004", 403, "the department is disabled"),
-    (
-        "CG-AUTH-005",
-        403,
-        "the client certificate was revoked after this TLS session began",
-    ),
-    (
-        "CG-AUTH-006",
-        403,
-        "the department lacks the role this route needs",
-    ),
-    ("CG-REQ-001", 404, "no such route"),
-    ("CG-REQ-002", 405, "the route does not accept this method"),
-    (
-        "CG-REQ-003",
-        413,
-        "the request body is larger than server.max_body_bytes",
-    ),
-    ("CG-REQ-004", 400, "the request body could not be read"),
-    (
-        "CG-REQ-005",
-        503,
-        "the request took longer than server.request_timeout_ms",
-    ),
-    ("CG-REQ-006", 400, "X-Purpose is missing or malformed"),
-    (
-        "CG-REQ-007",
-        400,
-        "the body or query is not what the route expects (the message names the field)",
-    ),
-    (
-        "CG-REQ-008",
-        400,
-        "a header that may appear once (X-Purpose, X-Case-Id, X-Consent, X-Holder, Content-Type, Content-Length) appears more than once",
-    ),
-    (
-        "CG-REQ-009",
-        429,
-        "the department's request budget for this route class is spent (Retry-After says when to retry)",
-    ),
-    (
-        "CG-REQ-010",
-        400,
-        "the request head was malformed or over the header budget (also 414 or 431); answered by the HTTP parser, in the access log only",
-    ),
-    (
-        "CG-AUTH-007",
-        403,
-        "no access rule lets the department read this licence type (or field) for the stated purpose",
-    ),
-    (
-        "CG-LIC-001",
-        400,
-        "a licence or seal request field is invalid (the message names the field)",
-    ),
-    (
-        "CG-LIC-002",
-        403,
-        "not allowed for this licence, seal or consent",
-    ),
-    (
-        "CG-LIC-003",
-        404,
-        "no such licence, seal, consent or status list",
-    ),
-    (
-        "CG-LIC-004",
-        409,
-        "the licence, seal or consent is in a state that does not allow this",
-    ),
-    (
-        "CG-LIC-005",
-        409,
-        "the holder already holds a licence of a type held once (the message names it); renew it instead",
-    ),
-    (
-        "CG-DAT-001",
-        400,
-        "the record key is not of the dataset's key kind",
-    ),
-    (
-        "CG-DAT-002",
-        403,
-        "no grant lets the department read this dataset for the stated purpose, or it is not the owner",
-    ),
-    ("CG-DAT-003", 404, "no such dataset"),
-    (
-        "CG-DAT-004",
-        404,
-        "the source system has no record for this key",
-    ),
-    (
-        "CG-DAT-005",
-        502,
-        "the source system answered badly: an error status, a body that is not a JSON object, or one too large",
-    ),
-    (
-        "CG-DAT-006",
-        503,
-        "the source system cannot be reached or its circuit breaker is open, and no stale record may stand in",
-    ),
-    (
-        "CG-DAT-007",
-        504,
-        "the source system did not answer in time",
-    ),
-    ("CG-PRF-001", 400, "the proof request is invalid"),
-    (
-        "CG-PRF-002",
-        403,
-        "the department may not ask for this proof type",
-    ),
-    ("CG-PRF-003", 404, "no such proof type"),
-    (
-        "CG-POL-001",
-        400,
-        "a policy, profile or query is invalid (the message names the field)",
-    ),
-    ("CG-POL-002", 404, "no such policy or enterprise profile"),
-    (
-        "CG-POL-003",
-        409,
-        "the policy's version is not newer than the stored one",
-    ),
-    (
-        "CG-POL-004",
-        403,
-        "only the data department named in policies.profile_owner maintains profiles",
-    ),
-    (
-        "CG-AUD-001",
-        400,
-        "an audit query or proof asks for something outside the log",
-    ),
-    ("CG-AUD-002", 404, "no checkpoint signed yet"),
-    (
-        "CG-LOG-001",
-        503,
-        "the access log cannot be written: nothing is served unlogged",
-    ),
-    (
-        "CG-STO-001",
-        503,
-        "the licence store (PostgreSQL) cannot be reached: nothing is issued or verified until it is back",
-    ),
-    (
-        "CG-CFG-001",
-        422,
-        "the configuration could not be reloaded; the previous one stays in force",
-    ),
-    (
-        "CG-INT-001",
-        500,
-        "internal error; details are in the gateway's log under the request id",
-    ),
-];
+/// Declares the stable error codes once each: the variant, the code, its HTTP status and its
+/// meaning (the README's error table lists the same).
+macro_rules! codes {
+    ($($variant:ident = $code:literal, $status:ident, $meaning:literal;)*) => {
+        /// A stable error code. Codes never change meaning; a new failure gets a new code.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Code {
+            $(#[doc = $meaning] $variant,)*
+        }
+
+        impl Code {
+            /// Every code, in the README's order.
+            pub const ALL: &[Code] = &[$(Code::$variant),*];
+
+            /// The code as it appears in responses and the log, e.g. `CG-AUTH-003`.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $code,)*
+                }
+            }
+
+            /// The HTTP status the code is answered with.
+            pub fn status(self) -> StatusCode {
+                match self {
+                    $(Code::$variant => StatusCode::$status,)*
+                }
+            }
+
+            /// What the code means, for the documentation.
+            pub fn meaning(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $meaning,)*
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    NoCertificate = "CG-AUTH-001", FORBIDDEN, "no client certificate reached the gateway";
+    MalformedIdentity = "CG-AUTH-002", FORBIDDEN, "the client certificate does not carry a valid department identity (SAN URI urn:certgate:dept:<USCC>)";
+    UnknownDepartment = "CG-AUTH-003", FORBIDDEN, "the department is not in the department table";
+    DepartmentDisabled = "CG-AUTH-004", FORBIDDEN, "the department is disabled";
+    CertificateRevoked = "CG-AUTH-005", FORBIDDEN, "the client certificate was revoked after this TLS session began";
+    MissingRole = "CG-AUTH-006", FORBIDDEN, "the department lacks the role this route needs";
+    NoRoute = "CG-REQ-001", NOT_FOUND, "no such route";
+    MethodNotAllowed = "CG-REQ-002", METHOD_NOT_ALLOWED, "the route does not accept this method";
+    BodyTooLarge = "CG-REQ-003", PAYLOAD_TOO_LARGE, "the request body is larger than server.max_body_bytes";
+    UnreadableBody = "CG-REQ-004", BAD_REQUEST, "the request body could not be read";
+    Timeout = "CG-REQ-005", SERVICE_UNAVAILABLE, "the request took longer than server.request_timeout_ms";
+    BadPurpose = "CG-REQ-006", BAD_REQUEST, "X-Purpose is missing or malformed";
+    BadRequest = "CG-REQ-007", BAD_REQUEST, "the body or query is not what the route expects (the message names the field)";
+    RepeatedHeader = "CG-REQ-008", BAD_REQUEST, "a header that may appear once (X-Purpose, X-Case-Id, X-Consent, X-Holder, Content-Type, Content-Length) appears more than once";
+    RateLimited = "CG-REQ-009", TOO_MANY_REQUESTS, "the department's request budget for this route class is spent (Retry-After says when to retry)";
+    MalformedHead = "CG-REQ-010", BAD_REQUEST, "the request head was malformed or over the header budget (also 414 or 431); answered by the HTTP parser, in the access log only";
+    NoAccessRule = "CG-AUTH-007", FORBIDDEN, "no access rule lets the department read this licence type (or field) for the stated purpose";
+    LicenceInvalid = "CG-LIC-001", BAD_REQUEST, "a licence or seal request field is invalid (the message names the field)";
+    LicenceForbidden = "CG-LIC-002", FORBIDDEN, "not allowed for this licence, seal or consent";
+    LicenceNotFound = "CG-LIC-003", NOT_FOUND, "no such licence, seal, consent or status list";
+    LicenceConflict = "CG-LIC-004", CONFLICT, "the licence, seal or consent is in a state that does not allow this";
+    AlreadyHeld = "CG-LIC-005", CONFLICT, "the holder already holds a licence of a type held once (the message names it); renew it instead";
+    BadRecordKey = "CG-DAT-001", BAD_REQUEST, "the record key is not of the dataset's key kind";
+    NoDataGrant = "CG-DAT-002", FORBIDDEN, "no grant lets the department read this dataset for the stated purpose, or it is not the owner";
+    NoDataset = "CG-DAT-003", NOT_FOUND, "no such dataset";
+    NoRecord = "CG-DAT-004", NOT_FOUND, "the source system has no record for this key";
+    UpstreamBadAnswer = "CG-DAT-005", BAD_GATEWAY, "the source system answered badly: an error status, a body that is not a JSON object, or one too large";
+    UpstreamUnavailable = "CG-DAT-006", SERVICE_UNAVAILABLE, "the source system cannot be reached or its circuit breaker is open, and no stale record may stand in";
+    UpstreamTimeout = "CG-DAT-007", GATEWAY_TIMEOUT, "the source system did not answer in time";
+    BadProofRequest = "CG-PRF-001", BAD_REQUEST, "the proof request is invalid";
+    ProofNotAllowed = "CG-PRF-002", FORBIDDEN, "the department may not ask for this proof type";
+    NoProofType = "CG-PRF-003", NOT_FOUND, "no such proof type";
+    PolicyInvalid = "CG-POL-001", BAD_REQUEST, "a policy, profile or query is invalid (the message names the field)";
+    PolicyNotFound = "CG-POL-002", NOT_FOUND, "no such policy or enterprise profile";
+    PolicyVersionNotNewer = "CG-POL-003", CONFLICT, "the policy's version is not newer than the stored one";
+    NotProfileOwner = "CG-POL-004", FORBIDDEN, "only the data department named in policies.profile_owner maintains profiles";
+    AuditOutOfRange = "CG-AUD-001", BAD_REQUEST, "an audit query or proof asks for something outside the log";
+    NoCheckpoint = "CG-AUD-002", NOT_FOUND, "no checkpoint signed yet";
+    LogUnavailable = "CG-LOG-001", SERVICE_UNAVAILABLE, "the access log cannot be written: nothing is served unlogged";
+    StoreUnavailable = "CG-STO-001", SERVICE_UNAVAILABLE, "the licence store (PostgreSQL) cannot be reached: nothing is issued or verified until it is back";
+    ReloadFailed = "CG-CFG-001", UNPROCESSABLE_ENTITY, "the configuration could not be reloaded; the previous one stays in force";
+    Internal = "CG-INT-001", INTERNAL_SERVER_ERROR, "internal error; details are in the gateway's log under the request id";
+}
 
 impl ApiError {
-    /// An error with a status, a stable code from [`CODES`] and a message for the caller.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with a stable code and a message for the caller.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
         ApiError {
-            status,
             code,
             message: message.into(),
         }
@@ -218,22 +124,20 @@ impl ApiError {
     /// The caller lacks `role`.
     pub fn missing_role(role: crate::config::Role) -> Self {
         Self::new(
-            StatusCode::FORBIDDEN,
-            "CG-AUTH-006",
+            Code::MissingRole,
             format!("this route needs the `{}` role", role.as_str()),
         )
     }
 
     /// No route matches the path.
     pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "CG-REQ-001", "no such route")
+        Self::new(Code::NoRoute, "no such route")
     }
 
     /// The route exists but not for this method.
     pub fn method_not_allowed() -> Self {
         Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "CG-REQ-002",
+            Code::MethodNotAllowed,
             "this route does not accept this method",
         )
     }
@@ -241,35 +145,25 @@ impl ApiError {
     /// The body exceeds the configured limit.
     pub fn body_too_large(limit: usize) -> Self {
         Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "CG-REQ-003",
+            Code::BodyTooLarge,
             format!("request body larger than {limit} bytes"),
         )
     }
 
     /// The body could not be read from the connection.
     pub fn unreadable_body() -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "CG-REQ-004",
-            "request body could not be read",
-        )
+        Self::new(Code::UnreadableBody, "request body could not be read")
     }
 
     /// The request ran out of time.
     pub fn timeout() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "CG-REQ-005",
-            "the request took too long and was abandoned",
-        )
+        Self::new(Code::Timeout, "the request took too long and was abandoned")
     }
 
     /// A configuration reload failed.
     pub fn reload_failed(reason: impl std::fmt::Display) -> Self {
         Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "CG-CFG-001",
+            Code::ReloadFailed,
             format!("configuration not reloaded: {reason}"),
         )
     }
@@ -277,8 +171,7 @@ impl ApiError {
     /// The access log cannot take the request's leaf: the gateway fails closed.
     pub fn log_unavailable() -> Self {
         Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "CG-LOG-001",
+            Code::LogUnavailable,
             "the access log cannot be written; try again later",
         )
     }
@@ -286,8 +179,7 @@ impl ApiError {
     /// Something went wrong inside the gateway; the details belong in the log.
     pub fn internal() -> Self {
         Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "CG-INT-001",
+            Code::Internal,
             "internal error; quote the request id to the operator",
         )
     }
@@ -295,11 +187,7 @@ impl ApiError {
 
 /// A licence or seal request field the client got wrong (`CG-LIC-001`), naming it.
 pub fn field_error(field: &str, reason: impl std::fmt::Display) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "CG-LIC-001",
-        format!("{field}: {reason}"),
-    )
+    ApiError::new(Code::LicenceInvalid, format!("{field}: {reason}"))
 }
 
 /// At most 64 characters of a client's value, for a message or a log note.
@@ -315,17 +203,16 @@ impl From<cert_store::service::ServiceError> for ApiError {
     fn from(e: cert_store::service::ServiceError) -> Self {
         use cert_store::service::ServiceError as E;
         match e {
-            E::Invalid { .. } => Self::new(StatusCode::BAD_REQUEST, "CG-LIC-001", e.to_string()),
-            E::Forbidden(m) => Self::new(StatusCode::FORBIDDEN, "CG-LIC-002", m),
-            E::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "CG-LIC-003", e.to_string()),
-            E::Conflict(m) => Self::new(StatusCode::CONFLICT, "CG-LIC-004", m),
-            E::AlreadyHeld(_) => Self::new(StatusCode::CONFLICT, "CG-LIC-005", e.to_string()),
+            E::Invalid { .. } => Self::new(Code::LicenceInvalid, e.to_string()),
+            E::Forbidden(m) => Self::new(Code::LicenceForbidden, m),
+            E::NotFound(_) => Self::new(Code::LicenceNotFound, e.to_string()),
+            E::Conflict(m) => Self::new(Code::LicenceConflict, m),
+            E::AlreadyHeld(_) => Self::new(Code::AlreadyHeld, e.to_string()),
             E::Store(cert_store::store::StoreError::Database(detail)) => {
                 // Fail closed: without the store nothing is issued or verified.
                 tracing::error!(error = %detail, "licence store unavailable");
                 Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "CG-STO-001",
+                    Code::StoreUnavailable,
                     "the licence store cannot be reached; try again later",
                 )
             }
@@ -340,13 +227,13 @@ impl From<cert_store::service::ServiceError> for ApiError {
 impl From<&Refusal> for ApiError {
     fn from(r: &Refusal) -> Self {
         let code = match r {
-            Refusal::NoCertificate => "CG-AUTH-001",
-            Refusal::MalformedIdentity(_) => "CG-AUTH-002",
-            Refusal::UnknownDepartment(_) => "CG-AUTH-003",
-            Refusal::DepartmentDisabled(_) => "CG-AUTH-004",
-            Refusal::Revoked => "CG-AUTH-005",
+            Refusal::NoCertificate => Code::NoCertificate,
+            Refusal::MalformedIdentity(_) => Code::MalformedIdentity,
+            Refusal::UnknownDepartment(_) => Code::UnknownDepartment,
+            Refusal::DepartmentDisabled(_) => Code::DepartmentDisabled,
+            Refusal::Revoked => Code::CertificateRevoked,
         };
-        Self::new(StatusCode::FORBIDDEN, code, r.to_string())
+        Self::new(code, r.to_string())
     }
 }
 
@@ -354,11 +241,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // The request-id layer fills in `request_id` from this extension.
         let body = ErrorBody {
-            code: self.code,
+            code: self.code.as_str(),
             message: self.message.clone(),
             request_id: String::new(),
         };
-        let mut response = (self.status, Json(body)).into_response();
+        let mut response = (self.code.status(), Json(body)).into_response();
         response.extensions_mut().insert(self);
         response
     }
@@ -366,12 +253,12 @@ impl IntoResponse for ApiError {
 
 #[cfg(test)]
 mod tests {
-    use super::CODES;
+    use super::Code;
 
-    /// Every code literal in the product's sources.
-    fn codes_in_sources() -> std::collections::BTreeSet<String> {
+    /// The text of every product source file outside this one.
+    fn sources() -> String {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut found = std::collections::BTreeSet::new();
+        let mut text = String::new();
         let mut dirs = vec![
             root.join("gateway/src"),
             root.join("cert-store/src"),
@@ -382,52 +269,51 @@ mod tests {
                 let path = entry.unwrap().path();
                 if path.is_dir() {
                     dirs.push(path);
-                } else if path.extension().is_some_and(|e| e == "rs") {
-                    let text = std::fs::read_to_string(&path).unwrap();
-                    for piece in text.split('"') {
-                        let parts: Vec<&str> = piece.split('-').collect();
-                        if let ["CG", area, number] = parts.as_slice()
-                            && !area.is_empty()
-                            && area.bytes().all(|b| b.is_ascii_uppercase())
-                            && number.len() == 3
-                            && number.bytes().all(|b| b.is_ascii_digit())
-                        {
-                            found.insert(piece.to_owned());
-                        }
-                    }
+                } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("error.rs")
+                {
+                    text.push_str(&std::fs::read_to_string(&path).unwrap());
                 }
             }
         }
-        found
+        text
     }
 
     #[test]
-    fn every_code_used_is_in_the_table_and_the_readme_and_nothing_else_is() {
+    fn every_code_is_used_and_in_the_readme_with_its_status_and_no_other_is() {
         let readme = std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
         )
         .unwrap();
-        let documented: std::collections::BTreeSet<String> = readme
+        let documented: Vec<String> = readme
             .lines()
             .filter_map(|l| l.strip_prefix("| CG-"))
             .filter_map(|l| l.split_whitespace().next())
             .map(|c| format!("CG-{c}"))
             .collect();
-        let table: std::collections::BTreeSet<String> =
-            CODES.iter().map(|(c, _, _)| (*c).to_owned()).collect();
-        let used = codes_in_sources();
-        assert_eq!(used, table, "codes used in the sources vs error::CODES");
-        assert_eq!(
-            table, documented,
-            "error::CODES vs the README's error table"
-        );
-        // The status of each code in the README is the table's.
-        for (code, status, _) in CODES {
+        let codes: Vec<String> = Code::ALL.iter().map(|c| c.as_str().to_owned()).collect();
+        assert_eq!(codes, documented, "error::Code vs the README's error table");
+        let used = sources()
+            + include_str!("error.rs")
+                .split("#[cfg(test)]")
+                .next()
+                .unwrap();
+        for code in Code::ALL {
             let line = readme
                 .lines()
-                .find(|l| l.starts_with(&format!("| {code} |")))
+                .find(|l| l.starts_with(&format!("| {} |", code.as_str())))
                 .unwrap();
-            assert!(line.contains(&status.to_string()), "{code}: {line}");
+            assert!(
+                line.contains(&code.status().as_u16().to_string()),
+                "{code:?}: {line}"
+            );
+            // Used somewhere besides its declaration.
+            let named = format!("Code::{code:?}");
+            assert!(used.contains(&named), "{named} is never used");
         }
+        // No code spelled out as a string anywhere but in the declaration.
+        assert!(
+            !sources().contains("\"CG-"),
+            "a code written as a string literal"
+        );
     }
 }

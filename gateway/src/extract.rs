@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Request};
 use cert_store::HolderId;
+use http::header;
 use http::request::Parts;
-use http::{StatusCode, header};
 
 use crate::config::Role;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::identity::{Caller, PeerIdentity};
 pub use crate::purpose::Purpose;
 
@@ -85,7 +85,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
-        let bad = |m: String| ApiError::new(http::StatusCode::BAD_REQUEST, "CG-REQ-007", m);
+        let bad = |m: String| ApiError::new(Code::BadRequest, m);
         if !is_json(req.headers()) {
             return Err(not_json());
         }
@@ -120,8 +120,7 @@ pub fn is_json(headers: &http::HeaderMap) -> bool {
 
 pub fn not_json() -> ApiError {
     ApiError::new(
-        http::StatusCode::BAD_REQUEST,
-        "CG-REQ-007",
+        Code::BadRequest,
         "send the body as Content-Type: application/json",
     )
 }
@@ -147,8 +146,7 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for NoBody {
             Ok(NoBody)
         } else {
             Err(ApiError::new(
-                http::StatusCode::BAD_REQUEST,
-                "CG-REQ-007",
+                Code::BadRequest,
                 "this route takes no body (or `{}`)",
             ))
         }
@@ -168,8 +166,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Que
             .map(|q| QueryParams(q.0))
             .map_err(|e| {
                 ApiError::new(
-                    http::StatusCode::BAD_REQUEST,
-                    "CG-REQ-007",
+                    Code::BadRequest,
                     format!("invalid query parameters: {}", e.body_text()),
                 )
             })
@@ -237,11 +234,7 @@ impl<S: Send + Sync> FromRequestParts<S> for HolderHeader {
                 .and_then(|s| s.trim().parse::<HolderId>().ok())
                 .map(|h| HolderHeader(Some(h)))
                 .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "CG-LIC-001",
-                        "X-Holder: not a USCC or citizen id",
-                    )
+                    ApiError::new(Code::LicenceInvalid, "X-Holder: not a USCC or citizen id")
                 }),
         }
     }
@@ -257,8 +250,7 @@ impl HolderHeader {
     pub fn required(&self) -> Result<&HolderId, ApiError> {
         self.0.as_ref().ok_or_else(|| {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "CG-LIC-001",
+                Code::LicenceInvalid,
                 "X-Holder is required: name the holder the app acts for",
             )
         })
@@ -271,8 +263,7 @@ impl HolderHeader {
             Ok(())
         } else {
             Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "CG-LIC-002",
+                Code::LicenceForbidden,
                 "the holder app acts for the holder named in X-Holder, and this is another holder's",
             ))
         }
@@ -295,13 +286,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ConsentHeader {
             Some(v) => v
                 .to_str()
                 .map(|t| ConsentHeader(Some(t.trim().to_owned())))
-                .map_err(|_| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "CG-LIC-001",
-                        "X-Consent: not a token",
-                    )
-                }),
+                .map_err(|_| ApiError::new(Code::LicenceInvalid, "X-Consent: not a token")),
         }
     }
 }

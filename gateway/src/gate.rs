@@ -17,7 +17,7 @@ use http::{HeaderValue, header};
 use http_body_util::BodyExt;
 
 use crate::config::RouteClass;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, Code, ErrorBody};
 use crate::extract::{
     AccessNote, ConnectionContext, NoteSlot, Protocol, RequestId, is_json, not_json,
 };
@@ -34,7 +34,7 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     if let Some(err) = response.extensions_mut().remove::<ApiError>() {
         let status = response.status();
         let body = ErrorBody {
-            code: err.code,
+            code: err.code.as_str(),
             message: bounded_message(err.message),
             request_id: id.clone(),
         };
@@ -231,8 +231,7 @@ fn repeated_header(req: &Request) -> Option<ApiError> {
         .find(|name| req.headers().get_all(**name).iter().nth(1).is_some())
         .map(|name| {
             ApiError::new(
-                http::StatusCode::BAD_REQUEST,
-                "CG-REQ-008",
+                Code::RepeatedHeader,
                 format!("header `{name}` appears more than once; send it once"),
             )
         })
@@ -338,7 +337,7 @@ fn leaf_of(
         code: response
             .extensions()
             .get::<ApiError>()
-            .map(|e| e.code.to_owned()),
+            .map(|e| e.code.as_str().to_owned()),
         latency_us: facts.started.elapsed().as_micros() as u64,
         count: None,
         first_ms: None,

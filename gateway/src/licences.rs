@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::Role;
-use crate::error::{ApiError, ErrorBody, field_error, truncated};
+use crate::error::{ApiError, Code, ErrorBody, field_error, truncated};
 use crate::extract::{AccessNote, NoteSlot};
 use crate::extract::{ConsentHeader, HolderHeader};
 use crate::extract::{JsonBody, QueryParams, require};
@@ -166,10 +166,7 @@ pub async fn create_seal(
             .get(&caller.department)
             .and_then(|d| d.full_name.clone())
             .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    "CG-LIC-004",
-                    "the department table gives this department no full_name: its seals are named after it",
+                ApiError::new(Code::LicenceConflict, "the department table gives this department no full_name: its seals are named after it",
                 )
             })?,
     };
@@ -765,8 +762,7 @@ pub async fn check(
     }
     if let Some(name) = body.fields.keys().find(|n| !visible.contains(n.as_str())) {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "CG-AUTH-007",
+            Code::NoAccessRule,
             format!(
                 "no access rule lets this department check `{}`",
                 truncated(name)
@@ -814,8 +810,7 @@ async fn lifecycle(
     let parsed: cert_store::licence_id::LicenceId = id.parse().map_err(|e| field_error("id", e))?;
     if parsed.issuer() != &caller.department {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "CG-LIC-002",
+            Code::LicenceForbidden,
             "only the licence's issuer may change it",
         ));
     }
@@ -1146,7 +1141,7 @@ fn noted(record: &LicenceRecord) -> Extension<AccessNote> {
 fn access_error(e: AccessError) -> ApiError {
     match e {
         AccessError::UnknownField { .. } => field_error("fields", e),
-        other => ApiError::new(StatusCode::FORBIDDEN, "CG-AUTH-007", other.to_string()),
+        other => ApiError::new(Code::NoAccessRule, other.to_string()),
     }
 }
 
@@ -1191,8 +1186,7 @@ impl Gateway {
             .licence_type(parsed.type_code().as_str())
             .ok_or_else(|| {
                 ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "CG-AUTH-007",
+                    Code::NoAccessRule,
                     "no access rule lets this department read this licence type",
                 )
             })?
@@ -1227,8 +1221,7 @@ impl Gateway {
     ) -> Result<(), ApiError> {
         let token = consent.0.clone().ok_or_else(|| {
             ApiError::new(
-                StatusCode::FORBIDDEN,
-                "CG-LIC-002",
+                Code::LicenceForbidden,
                 format!(
                     "{} is disclosed only with the holder's consent: send X-Consent",
                     licence_type.name
@@ -1246,8 +1239,7 @@ impl Gateway {
         // The holder consented for one matter; the stated purpose must be that matter.
         if purpose.matter.as_deref() != Some(consent.purpose.as_str()) {
             return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "CG-LIC-002",
+                Code::LicenceForbidden,
                 "the consent was given for another matter than the one stated in X-Purpose",
             ));
         }

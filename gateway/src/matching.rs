@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use http::{StatusCode, header};
+use http::header;
 use policies::eligibility::Explained;
 use policies::index::SearchFilter;
 use policies::model::{Category, from_json};
@@ -18,7 +18,7 @@ use serde_json::Value;
 use time::Date;
 
 use crate::config::Role;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, Code, ErrorBody};
 use crate::extract::NoteSlot;
 use crate::extract::{QueryParams, require};
 use crate::identity::Caller;
@@ -39,19 +39,15 @@ pub fn routes() -> OpenApiRouter<Arc<Gateway>> {
 }
 
 fn invalid(e: &policies::InvalidField) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "CG-POL-001", e.to_string())
+    ApiError::new(Code::PolicyInvalid, e.to_string())
 }
 
 fn bad(field: &str, reason: impl std::fmt::Display) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "CG-POL-001",
-        format!("`{field}`: {reason}"),
-    )
+    ApiError::new(Code::PolicyInvalid, format!("`{field}`: {reason}"))
 }
 
 fn not_found(what: String) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "CG-POL-002", what)
+    ApiError::new(Code::PolicyNotFound, what)
 }
 
 fn kb_error(e: KbError) -> ApiError {
@@ -508,11 +504,9 @@ pub async fn publish(
     let day = today();
     blocking(&gw, move |kb| match kb.publish(vec![policy], day) {
         Ok(c) => Ok(Json(c.into())),
-        Err(e @ KbError::NotNewer { .. }) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "CG-POL-003",
-            e.to_string(),
-        )),
+        Err(e @ KbError::NotNewer { .. }) => {
+            Err(ApiError::new(Code::PolicyVersionNotNewer, e.to_string()))
+        }
         Err(e) => Err(kb_error(e)),
     })
     .await
@@ -566,8 +560,7 @@ pub async fn upsert_profile(
 ) -> Result<Json<ChangesView>, ApiError> {
     if gw.profile_owner.as_ref() != Some(&caller.department) {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "CG-POL-004",
+            Code::NotProfileOwner,
             "only the data department named in policies.profile_owner maintains profiles",
         ));
     }

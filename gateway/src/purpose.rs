@@ -6,11 +6,10 @@
 //! left out, not both).
 
 use axum::extract::FromRequestParts;
-use http::StatusCode;
 use http::request::Parts;
 use serde::Serialize;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 
 /// A purpose that passed validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -63,7 +62,7 @@ impl Purpose {
 }
 
 fn bad(message: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "CG-REQ-006", message)
+    ApiError::new(Code::BadPurpose, message)
 }
 
 /// True for a code: 1 to 64 of `A-Z a-z 0-9 . _ -` (matter codes, case ids).

@@ -14,7 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use cert_store::service::{LicenceService, ServiceError};
 
 use crate::config::{AccessRule, Config, ConfigError, DepartmentTable, ServerSettings};
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::metrics::Metrics;
 use crate::tls::{RevokedSerials, TlsError, TlsMaterial};
 use exchange::Exchange;
@@ -236,8 +236,7 @@ impl Gateway {
             .inc();
         let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
         let mut response = ApiError::new(
-            http::StatusCode::TOO_MANY_REQUESTS,
-            "CG-REQ-009",
+            Code::RateLimited,
             format!(
                 "this department's {} budget ({}/s) is spent; retry after {seconds} s",
                 class.as_str(),
