@@ -6,9 +6,10 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::id::HolderId;
 use crate::id::Uscc;
 use crate::jws::JwsAlg;
-use crate::licence_id::TypeCode;
+use crate::licence_id::{LicenceId, TypeCode};
 
 /// The JSON type of a licence field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,13 +241,13 @@ impl std::fmt::Debug for SealRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LicenceRecord {
     /// The GB/T 36904 identifier.
-    pub id: String,
+    pub id: LicenceId,
     /// The licence type.
-    pub type_code: String,
+    pub type_code: TypeCode,
     /// The issuing department.
     pub issuer: Uscc,
     /// The holder's id (USCC or citizen id), as given at issuance.
-    pub holder: String,
+    pub holder: HolderId,
     /// The seal that signed it.
     pub seal_id: String,
     /// The issued SD-JWT VC with every disclosure.
@@ -268,9 +269,9 @@ pub struct LicenceRecord {
     /// End of validity.
     pub expires_at: i64,
     /// The licence this one renews.
-    pub replaces: Option<String>,
+    pub replaces: Option<LicenceId>,
     /// The licence that renewed this one.
-    pub replaced_by: Option<String>,
+    pub replaced_by: Option<LicenceId>,
 }
 
 /// A holder's consent for a department to query its licences.

@@ -11,6 +11,7 @@ use storage::pg::off_runtime;
 use crate::id::Uscc;
 use crate::jws::JwsAlg;
 use crate::licence::{ConsentRecord, LicenceRecord, LicenceStatus, SealRecord, ShowCodeRecord};
+use crate::licence_id::LicenceId;
 use crate::store::{HOLDER_ORDER, HolderOrder, Store, StoreError};
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -52,8 +53,26 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 fn uscc(row: &Row, i: usize) -> Result<Uscc> {
+    parsed(row, i, "USCC")
+}
+
+/// Column `i` parsed as a `T` (an identifier), a corrupt row when it is not one.
+fn parsed<T: std::str::FromStr>(row: &Row, i: usize, what: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
     let s: String = row.try_get(i)?;
-    s.parse().map_err(|e| corrupt("USCC", e))
+    s.parse().map_err(|e| corrupt(what, e))
+}
+
+/// Like [`parsed`], for a column that may be NULL.
+fn parsed_opt<T: std::str::FromStr>(row: &Row, i: usize, what: &str) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    let s: Option<String> = row.try_get(i)?;
+    s.map(|s| s.parse().map_err(|e| corrupt(what, e)))
+        .transpose()
 }
 
 fn u32_of(row: &Row, i: usize) -> Result<u32> {
@@ -85,10 +104,10 @@ fn licence_row(row: &Row) -> Result<LicenceRecord> {
     let fields: String = row.try_get(6)?;
     let status: String = row.try_get(7)?;
     Ok(LicenceRecord {
-        id: row.try_get(0)?,
-        type_code: row.try_get(1)?,
+        id: parsed(row, 0, "licence id")?,
+        type_code: parsed(row, 1, "licence type")?,
         issuer: uscc(row, 2)?,
-        holder: row.try_get(3)?,
+        holder: parsed(row, 3, "holder")?,
         seal_id: row.try_get(4)?,
         sd_jwt: row.try_get(5)?,
         fields: serde_json::from_str(&fields).map_err(|e| corrupt("fields", e))?,
@@ -99,8 +118,8 @@ fn licence_row(row: &Row) -> Result<LicenceRecord> {
         issued_at: row.try_get(11)?,
         not_before: row.try_get(12)?,
         expires_at: row.try_get(13)?,
-        replaces: row.try_get(14)?,
-        replaced_by: row.try_get(15)?,
+        replaces: parsed_opt(row, 14, "licence id")?,
+        replaced_by: parsed_opt(row, 15, "licence id")?,
     })
 }
 
@@ -115,12 +134,12 @@ fn insert_licence_in(
     if let Some(now) = held_at {
         tx.execute(
             "SELECT pg_advisory_xact_lock(4242003, hashtext($1 || '/' || $2))",
-            &[&l.holder, &l.type_code],
+            &[&l.holder.as_str(), &l.type_code.as_str()],
         )?;
         let held = tx.query_opt(
             "SELECT id FROM licences WHERE holder = $1 AND type_code = $2
              AND status IN ('valid', 'suspended') AND expires_at > $3 LIMIT 1",
-            &[&l.holder, &l.type_code, &now],
+            &[&l.holder.as_str(), &l.type_code.as_str(), &now],
         )?;
         if let Some(row) = held {
             return Err(StoreError::Held(row.try_get(0)?));
@@ -134,10 +153,10 @@ fn insert_licence_in(
              ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         ),
         &[
-            &l.id,
-            &l.type_code,
+            &l.id.as_str(),
+            &l.type_code.as_str(),
             &l.issuer.as_str(),
-            &l.holder,
+            &l.holder.as_str(),
             &l.seal_id,
             &l.sd_jwt,
             &fields,
@@ -148,8 +167,8 @@ fn insert_licence_in(
             &l.issued_at,
             &l.not_before,
             &l.expires_at,
-            &l.replaces,
-            &l.replaced_by,
+            &l.replaces.as_ref().map(LicenceId::as_str),
+            &l.replaced_by.as_ref().map(LicenceId::as_str),
         ],
     )?;
     Ok(())
@@ -335,7 +354,11 @@ impl Store for PgStore {
             let n = tx.execute(
                 "UPDATE licences SET status = 'revoked', status_reason = $3, replaced_by = $2
                  WHERE id = $1 AND replaced_by IS NULL AND status = 'valid'",
-                &[&old, &new.id, &format!("renewed as {} at {at}", new.id)],
+                &[
+                    &old,
+                    &new.id.as_str(),
+                    &format!("renewed as {} at {at}", new.id),
+                ],
             )?;
             if n != 1 {
                 return Err(StoreError::Conflict(format!(

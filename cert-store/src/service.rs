@@ -679,13 +679,7 @@ impl LicenceService {
         // The seal certificate is checked at issuance time (`iat`), so a licence may outlive
         // it, as a paper licence outlives the renewal of the stamp that sealed it.
         let (serial, version) = match renews {
-            Some(old) => {
-                let old_id: LicenceId = old
-                    .id
-                    .parse()
-                    .map_err(|e| ServiceError::Internal(format!("stored id: {e}")))?;
-                (old_id.serial().to_owned(), old_id.version() + 1)
-            }
+            Some(old) => (old.id.serial().to_owned(), old.id.version() + 1),
             None => match &req.serial {
                 Some(s) => (s.clone(), 1),
                 None => (random_serial()?, 1),
@@ -746,10 +740,10 @@ impl LicenceService {
             )
             .map_err(|e| ServiceError::Internal(format!("cannot sign: {e}")))?;
             let record = LicenceRecord {
-                id: id.to_string(),
-                type_code: licence_type.code.to_string(),
+                id: id.clone(),
+                type_code: licence_type.code.clone(),
                 issuer: issuer.clone(),
-                holder: holder.as_str().to_owned(),
+                holder: holder.clone(),
                 seal_id: seal.id.clone(),
                 sd_jwt: issued.sd_jwt,
                 fields: req.fields.clone(),
@@ -764,7 +758,7 @@ impl LicenceService {
                 replaced_by: None,
             };
             let stored = match renews {
-                Some(old) => self.store.insert_renewal(&old.id, &record, now),
+                Some(old) => self.store.insert_renewal(old.id.as_str(), &record, now),
                 None => self
                     .store
                     .insert_licence(&record, licence_type.one_per_holder.then_some(now)),
@@ -880,7 +874,7 @@ impl LicenceService {
         if claims.is_empty() {
             return Err(invalid("fields", "name at least one field to check"));
         }
-        let licence_type = self.types.get(&licence.type_code).ok_or_else(|| {
+        let licence_type = self.types.get(licence.type_code.as_str()).ok_or_else(|| {
             ServiceError::Internal("the licence's type is no longer configured".into())
         })?;
         let mut out = BTreeMap::new();
@@ -890,7 +884,7 @@ impl LicenceService {
                 crate::text::plain(text, 1000).map_err(|e| invalid(name, e))?;
             }
             let actual = match name.as_str() {
-                "holder_id" => Some(Value::String(licence.holder.clone())),
+                "holder_id" => Some(Value::String(licence.holder.to_string())),
                 _ if licence_type.fields.iter().any(|f| &f.name == name) => {
                     licence.fields.get(name).cloned()
                 }
@@ -1211,7 +1205,7 @@ impl LicenceService {
             }
         };
         self.store
-            .set_status(&licence.id, licence.status, next, Some(reason))
+            .set_status(licence.id.as_str(), licence.status, next, Some(reason))
             .map_err(|e| match e {
                 StoreError::Conflict(_) => ServiceError::Conflict(
                     "the licence changed meanwhile (another status change or a renewal); read it again".into(),
@@ -1248,8 +1242,8 @@ impl LicenceService {
             .and_then(|p| disclosed_value(&p, "holder_name"))
             .unwrap_or_default();
         let req = IssueRequest {
-            licence_type: old.type_code.clone(),
-            holder_id: old.holder.clone(),
+            licence_type: old.type_code.to_string(),
+            holder_id: old.holder.to_string(),
             holder_name,
             seal_id: old.seal_id.clone(),
             fields: fields.unwrap_or_else(|| old.fields.clone()),
@@ -1526,7 +1520,7 @@ impl LicenceService {
         let expires_at = now + SHOW_CODE_SECONDS;
         self.store.insert_show_code(&ShowCodeRecord {
             code_sha256: hex::encode(Sha256::digest(code.as_bytes())),
-            licence_id: licence.id,
+            licence_id: licence.id.to_string(),
             created_by: app.clone(),
             expires_at,
             redeemed_at: None,

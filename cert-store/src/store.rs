@@ -10,6 +10,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use crate::id::Uscc;
 use crate::jws::JwsAlg;
 use crate::licence::{ConsentRecord, LicenceRecord, LicenceStatus, SealRecord, ShowCodeRecord};
+use crate::licence_id::LicenceId;
 
 /// The component name the store's migrations are recorded under, on both back ends.
 pub const MIGRATION_COMPONENT: &str = "licences";
@@ -88,7 +89,7 @@ impl HolderOrder {
                 .position(|s| *s == licence.status)
                 .unwrap_or(2) as u8,
             issued_at: licence.issued_at,
-            id: licence.id.clone(),
+            id: licence.id.to_string(),
         }
     }
 }
@@ -296,8 +297,30 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> rusqlite::Error {
 }
 
 fn uscc(row: &Row<'_>, i: usize) -> rusqlite::Result<Uscc> {
+    parsed(row, i, "USCC")
+}
+
+/// Column `i` parsed as a `T` (an identifier), a corrupt row when it is not one.
+fn parsed<T: std::str::FromStr>(row: &Row<'_>, i: usize, what: &str) -> rusqlite::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
     let s: String = row.get(i)?;
-    s.parse().map_err(|e| corrupt("USCC", e))
+    s.parse().map_err(|e| corrupt(what, e))
+}
+
+/// Like [`parsed`], for a column that may be NULL.
+fn parsed_opt<T: std::str::FromStr>(
+    row: &Row<'_>,
+    i: usize,
+    what: &str,
+) -> rusqlite::Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    let s: Option<String> = row.get(i)?;
+    s.map(|s| s.parse().map_err(|e| corrupt(what, e)))
+        .transpose()
 }
 
 fn seal_row(row: &Row<'_>) -> rusqlite::Result<SealRecord> {
@@ -324,10 +347,10 @@ fn licence_row(row: &Row<'_>) -> rusqlite::Result<LicenceRecord> {
     let fields: String = row.get(6)?;
     let status: String = row.get(7)?;
     Ok(LicenceRecord {
-        id: row.get(0)?,
-        type_code: row.get(1)?,
+        id: parsed(row, 0, "licence id")?,
+        type_code: parsed(row, 1, "licence type")?,
         issuer: uscc(row, 2)?,
-        holder: row.get(3)?,
+        holder: parsed(row, 3, "holder")?,
         seal_id: row.get(4)?,
         sd_jwt: row.get(5)?,
         fields: serde_json::from_str(&fields).map_err(|e| corrupt("fields", e))?,
@@ -338,8 +361,8 @@ fn licence_row(row: &Row<'_>) -> rusqlite::Result<LicenceRecord> {
         issued_at: row.get(11)?,
         not_before: row.get(12)?,
         expires_at: row.get(13)?,
-        replaces: row.get(14)?,
-        replaced_by: row.get(15)?,
+        replaces: parsed_opt(row, 14, "licence id")?,
+        replaced_by: parsed_opt(row, 15, "licence id")?,
     })
 }
 
@@ -366,7 +389,9 @@ fn insert_licence_in(conn: &Connection, l: &LicenceRecord, held_at: Option<i64>)
                 "SELECT id FROM licences WHERE holder = ?1 AND type_code = ?2
                  AND status IN ('valid', 'suspended') AND expires_at > ?3 LIMIT 1",
             )?
-            .query_row(params![l.holder, l.type_code, now], |r| r.get(0))
+            .query_row(params![l.holder.as_str(), l.type_code.as_str(), now], |r| {
+                r.get(0)
+            })
             .optional()?;
         if let Some(id) = held {
             return Err(StoreError::Held(id));
@@ -379,9 +404,10 @@ fn insert_licence_in(conn: &Connection, l: &LicenceRecord, held_at: Option<i64>)
     )?
     .execute(
         params![
-            l.id, l.type_code, l.issuer.as_str(), l.holder, l.seal_id, l.sd_jwt, fields,
-            l.status.as_str(), l.status_reason, l.status_list, l.status_index, l.issued_at,
-            l.not_before, l.expires_at, l.replaces, l.replaced_by
+            l.id.as_str(), l.type_code.as_str(), l.issuer.as_str(), l.holder.as_str(), l.seal_id,
+            l.sd_jwt, fields, l.status.as_str(), l.status_reason, l.status_list, l.status_index,
+            l.issued_at, l.not_before, l.expires_at, l.replaces.as_ref().map(LicenceId::as_str),
+            l.replaced_by.as_ref().map(LicenceId::as_str)
         ],
     )?;
     Ok(())
@@ -520,7 +546,11 @@ impl Store for SqliteStore {
             let n = tx.execute(
                 "UPDATE licences SET status = 'revoked', status_reason = ?3, replaced_by = ?2
                  WHERE id = ?1 AND replaced_by IS NULL AND status = 'valid'",
-                params![old, new.id, format!("renewed as {} at {at}", new.id)],
+                params![
+                    old,
+                    new.id.as_str(),
+                    format!("renewed as {} at {at}", new.id)
+                ],
             )?;
             if n != 1 {
                 return Err(StoreError::Conflict(format!(
@@ -748,12 +778,22 @@ mod tests {
         }
     }
 
+    /// The licence type of these tests.
+    const T: &str = "11100000MB0000100D001";
+
+    /// The full identifier of the test licence with serial `name`.
+    fn lid(name: &str) -> String {
+        LicenceId::new(&T.parse().unwrap(), &MARKET.parse().unwrap(), name, 1)
+            .unwrap()
+            .to_string()
+    }
+
     fn licence(id: &str, index: u32) -> LicenceRecord {
         LicenceRecord {
-            id: id.into(),
-            type_code: "T".into(),
+            id: lid(id).parse().unwrap(),
+            type_code: T.parse().unwrap(),
             issuer: MARKET.parse().unwrap(),
-            holder: "91110108551385082Q".into(),
+            holder: "91110108551385082Q".parse().unwrap(),
             seal_id: "seal-1".into(),
             sd_jwt: "jwt~".into(),
             fields: json!({"name": "小米"}).as_object().unwrap().clone(),
@@ -786,7 +826,7 @@ mod tests {
                 Err(StoreError::Conflict(_))
             ));
             s.set_status(
-                "L1",
+                &lid("L1"),
                 LicenceStatus::Valid,
                 LicenceStatus::Suspended,
                 Some("inspection"),
@@ -798,14 +838,19 @@ mod tests {
             ));
             // A change that lost a race (the licence is no longer valid) is refused.
             assert!(matches!(
-                s.set_status("L1", LicenceStatus::Valid, LicenceStatus::Revoked, None),
+                s.set_status(
+                    &lid("L1"),
+                    LicenceStatus::Valid,
+                    LicenceStatus::Revoked,
+                    None
+                ),
                 Err(StoreError::Conflict(_))
             ));
         }
         // Reopened: everything committed is there, and migrations are not applied twice.
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.seal("seal-1").unwrap().unwrap(), seal());
-        let l = s.licence("L1").unwrap().unwrap();
+        let l = s.licence(&lid("L1")).unwrap().unwrap();
         assert_eq!(l.status, LicenceStatus::Suspended);
         assert_eq!(l.status_reason.as_deref(), Some("inspection"));
         assert_eq!(
@@ -813,7 +858,7 @@ mod tests {
             vec![(7, LicenceStatus::Suspended)]
         );
         assert_eq!(
-            s.licences_by_holder("91110108551385082Q", "T", None, 10)
+            s.licences_by_holder("91110108551385082Q", T, None, 10)
                 .unwrap()
                 .len(),
             1
@@ -830,22 +875,37 @@ mod tests {
             l.issued_at = 100 + i64::from(i);
             s.insert_licence(&l, None).unwrap();
         }
-        s.set_status("L1", LicenceStatus::Valid, LicenceStatus::Suspended, None)
-            .unwrap();
-        s.set_status("L4", LicenceStatus::Valid, LicenceStatus::Suspended, None)
-            .unwrap();
-        s.set_status("L2", LicenceStatus::Valid, LicenceStatus::Revoked, None)
-            .unwrap();
+        s.set_status(
+            &lid("L1"),
+            LicenceStatus::Valid,
+            LicenceStatus::Suspended,
+            None,
+        )
+        .unwrap();
+        s.set_status(
+            &lid("L4"),
+            LicenceStatus::Valid,
+            LicenceStatus::Suspended,
+            None,
+        )
+        .unwrap();
+        s.set_status(
+            &lid("L2"),
+            LicenceStatus::Valid,
+            LicenceStatus::Revoked,
+            None,
+        )
+        .unwrap();
         let mut seen = Vec::new();
         let mut after: Option<HolderOrder> = None;
         loop {
             let page = s
-                .licences_by_holder("91110108551385082Q", "T", after.as_ref(), 2)
+                .licences_by_holder("91110108551385082Q", T, after.as_ref(), 2)
                 .unwrap();
             assert!(page.len() <= 2);
             let Some(last) = page.last() else { break };
             after = Some(HolderOrder::of(last));
-            seen.extend(page.iter().map(|l| l.id.clone()));
+            seen.extend(page.iter().map(|l| l.id.serial().to_owned()));
         }
         assert_eq!(seen, ["L6", "L5", "L3", "L0", "L4", "L1", "L2"]);
     }
@@ -854,13 +914,18 @@ mod tests {
         s.insert_seal(&seal()).unwrap();
         s.insert_licence(&licence("L1", 1), Some(150)).unwrap();
         match s.insert_licence(&licence("L2", 2), Some(150)) {
-            Err(StoreError::Held(id)) => assert_eq!(id, "L1"),
+            Err(StoreError::Held(id)) => assert_eq!(id, lid("L1")),
             other => panic!("a second licence was not refused: {other:?}"),
         }
-        assert!(s.licence("L2").unwrap().is_none());
+        assert!(s.licence(&lid("L2")).unwrap().is_none());
         // Suspended still counts as held; expired or revoked does not.
-        s.set_status("L1", LicenceStatus::Valid, LicenceStatus::Suspended, None)
-            .unwrap();
+        s.set_status(
+            &lid("L1"),
+            LicenceStatus::Valid,
+            LicenceStatus::Suspended,
+            None,
+        )
+        .unwrap();
         assert!(matches!(
             s.insert_licence(&licence("L2", 2), Some(150)),
             Err(StoreError::Held(_))
@@ -874,18 +939,18 @@ mod tests {
         s.insert_seal(&seal()).unwrap();
         s.insert_licence(&licence("L1", 1), None).unwrap();
         let mut new = licence("L2", 2);
-        new.replaces = Some("L1".into());
-        s.insert_renewal("L1", &new, 150).unwrap();
-        let old = s.licence("L1").unwrap().unwrap();
+        new.replaces = Some(lid("L1").parse().unwrap());
+        s.insert_renewal(&lid("L1"), &new, 150).unwrap();
+        let old = s.licence(&lid("L1")).unwrap().unwrap();
         assert_eq!(
-            (old.status, old.replaced_by.as_deref()),
-            (LicenceStatus::Revoked, Some("L2"))
+            (old.status, old.replaced_by.map(|id| id.to_string())),
+            (LicenceStatus::Revoked, Some(lid("L2")))
         );
         let mut again = licence("L3", 3);
-        again.replaces = Some("L1".into());
-        assert!(s.insert_renewal("L1", &again, 160).is_err());
+        again.replaces = Some(lid("L1").parse().unwrap());
+        assert!(s.insert_renewal(&lid("L1"), &again, 160).is_err());
         assert!(
-            s.licence("L3").unwrap().is_none(),
+            s.licence(&lid("L3")).unwrap().is_none(),
             "a failed renewal must leave nothing behind"
         );
     }
@@ -893,7 +958,7 @@ mod tests {
     fn show_codes_redeem_once_and_not_after_expiry(s: &dyn Store) {
         let code = |h: &str, exp| ShowCodeRecord {
             code_sha256: h.into(),
-            licence_id: "L1".into(),
+            licence_id: lid("L1"),
             created_by: MARKET.parse().unwrap(),
             expires_at: exp,
             redeemed_at: None,
@@ -919,7 +984,7 @@ mod tests {
             id: "c1".into(),
             holder: "11010519491231002X".into(),
             department: APPROVAL.parse().unwrap(),
-            licence_types: vec!["T".into()],
+            licence_types: vec![T.into()],
             purpose: "matter".into(),
             created_by: MARKET.parse().unwrap(),
             expires_at: 10,

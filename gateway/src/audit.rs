@@ -207,7 +207,8 @@ pub struct EntriesQuery {
     /// A route pattern, e.g. `/v1/licences/{id}`.
     pub route: Option<String>,
     /// `allowed`, `denied` or `error`.
-    pub outcome: Option<String>,
+    #[param(value_type = Option<String>)]
+    pub outcome: Option<tlog::Outcome>,
     /// From this time (Unix milliseconds, inclusive).
     pub from_ms: Option<i64>,
     /// Until this time (Unix milliseconds, exclusive).
@@ -245,7 +246,7 @@ fn query_entries(
         holder,
         resource: q.resource.clone(),
         route: q.route.clone(),
-        outcome: q.outcome.clone(),
+        outcome: q.outcome,
         from_ms: q.from_ms,
         to_ms: q.to_ms,
     };
@@ -317,8 +318,8 @@ pub struct HolderUse {
     pub matter: Option<String>,
     /// The stated reason.
     pub reason: Option<String>,
-    /// Whether it was allowed.
-    pub outcome: String,
+    /// Whether it was allowed: `allowed`, `denied` or `error`.
+    pub outcome: &'static str,
 }
 
 /// The holder's "who used my data" page, for the city app acting for that holder.
@@ -359,7 +360,7 @@ pub async fn holder_view(
                 resource: l.resource,
                 matter: l.matter,
                 reason: l.reason,
-                outcome: l.outcome,
+                outcome: l.outcome.as_str(),
             })
             .collect(),
     }))

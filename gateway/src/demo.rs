@@ -493,7 +493,7 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
                 samples_dir.join("verify-business.json"),
                 serde_json::to_vec(&json!({"credential": business.sd_jwt}))?,
             )?;
-            (business.id, food.id)
+            (business.id.to_string(), food.id.to_string())
         }
     };
     let write = |name: &str, v: serde_json::Value| -> anyhow::Result<()> {

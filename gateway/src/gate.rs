@@ -312,7 +312,7 @@ fn leaf_of(
         v: tlog::LEAF_VERSION,
         seq: 0,
         time_ms: crate::state::unix_now_ms(),
-        kind: "request".into(),
+        kind: tlog::LeafKind::Request,
         request_id: facts.request_id.clone(),
         department: department.map(ToString::to_string),
         cert_sha256: facts
@@ -332,7 +332,7 @@ fn leaf_of(
             .and_then(|p| p.reason.as_deref())
             .map(|r| log_text(&redact_citizen_ids(r))),
         case_id: facts.case_id.clone(),
-        outcome: Leaf::outcome_of(status).into(),
+        outcome: tlog::Outcome::of_status(status),
         status,
         code: response
             .extensions()

@@ -431,16 +431,16 @@ pub struct LicenceView {
 fn view(record: LicenceRecord, credential: String, issuer: bool) -> LicenceView {
     let disclosed = cert_store::service::decode_disclosures(&credential);
     LicenceView {
-        id: record.id,
-        licence_type: record.type_code,
+        id: record.id.to_string(),
+        licence_type: record.type_code.to_string(),
         issuer: record.issuer.to_string(),
         status: record.status,
         status_reason: record.status_reason.filter(|_| issuer),
         issued_at: record.issued_at,
         valid_from: record.not_before,
         expires_at: record.expires_at,
-        replaces: record.replaces,
-        replaced_by: record.replaced_by,
+        replaces: record.replaces.map(|id| id.to_string()),
+        replaced_by: record.replaced_by.map(|id| id.to_string()),
         credential,
         disclosed,
     }
@@ -476,8 +476,8 @@ pub async fn issue(
         .await?;
     // A new licence changes what datasets that depend on its type say about the holder.
     gw.invalidate(storage::bus::Change::Licence {
-        licence_type: record.type_code.clone(),
-        holder: record.holder.clone(),
+        licence_type: record.type_code.to_string(),
+        holder: record.holder.to_string(),
     })
     .await;
     let credential = record.sd_jwt.clone();
@@ -522,8 +522,14 @@ pub async fn licence(
         .map_err(access_error)?;
     let record = record?;
     if grant.needs_consent(&licence_type) {
-        gw.require_consent(&caller, &consent, &record.holder, &licence_type, &purpose)
-            .await?;
+        gw.require_consent(
+            &caller,
+            &consent,
+            record.holder.as_str(),
+            &licence_type,
+            &purpose,
+        )
+        .await?;
     }
     let credential = gw
         .licence_service()
@@ -757,8 +763,14 @@ pub async fn check(
     let record = record?;
     let note = noted(&record);
     if grant.needs_consent(&licence_type) {
-        gw.require_consent(&caller, &consent, &record.holder, &licence_type, &purpose)
-            .await?;
+        gw.require_consent(
+            &caller,
+            &consent,
+            record.holder.as_str(),
+            &licence_type,
+            &purpose,
+        )
+        .await?;
     }
     if let Some(name) = body.fields.keys().find(|n| !visible.contains(n.as_str())) {
         return Err(ApiError::new(
@@ -776,7 +788,7 @@ pub async fn check(
             let valid = record.status == LicenceStatus::Valid
                 && record.not_before <= now
                 && now < record.expires_at;
-            Ok((record.id, valid, results))
+            Ok((record.id.to_string(), valid, results))
         })
         .await?;
     Ok((
@@ -816,13 +828,13 @@ async fn lifecycle(
     }
     let looked_up = id.clone();
     let before = gw.licences(move |svc, _| svc.licence(&looked_up)).await?;
-    slot.record(&before.id, &before.holder);
+    slot.record(before.id.as_str(), before.holder.as_str());
     let record = gw
         .licences(move |svc, _| svc.change_status(&id, &caller.department, action, &reason))
         .await?;
     gw.invalidate(storage::bus::Change::Licence {
-        licence_type: record.type_code.clone(),
-        holder: record.holder.clone(),
+        licence_type: record.type_code.to_string(),
+        holder: record.holder.to_string(),
     })
     .await;
     let credential = record.sd_jwt.clone();
@@ -898,14 +910,14 @@ pub async fn renew(
     if let Ok(before) = gw.licences(move |svc, _| svc.licence(&looked_up)).await
         && before.issuer == caller.department
     {
-        slot.record(&before.id, &before.holder);
+        slot.record(before.id.as_str(), before.holder.as_str());
     }
     let record = gw
         .licences(move |svc, now| svc.renew(&id, &caller.department, b.fields, b.valid_until, now))
         .await?;
     gw.invalidate(storage::bus::Change::Licence {
-        licence_type: record.type_code.clone(),
-        holder: record.holder.clone(),
+        licence_type: record.type_code.to_string(),
+        holder: record.holder.to_string(),
     })
     .await;
     let credential = record.sd_jwt.clone();
@@ -1065,11 +1077,13 @@ pub async fn create_show_code(
     let record = gw
         .licences(move |svc, _| svc.licence(&b.licence_id))
         .await?;
-    slot.record(&record.id, &record.holder);
-    acting_for.require(&record.holder)?;
+    slot.record(record.id.as_str(), record.holder.as_str());
+    acting_for.require(record.holder.as_str())?;
     let licence_id = record.id.clone();
     let (code, expires_at) = gw
-        .licences(move |svc, now| svc.create_show_code(&caller.department, &licence_id, now))
+        .licences(move |svc, now| {
+            svc.create_show_code(&caller.department, licence_id.as_str(), now)
+        })
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -1109,10 +1123,10 @@ pub async fn redeem_show_code(
     let shown = gw
         .licences(move |svc, now| svc.shown_licence(&code, now))
         .await?;
-    slot.record(&shown.id, &shown.holder);
+    slot.record(shown.id.as_str(), shown.holder.as_str());
     let licence_type = gw
         .licence_service()
-        .licence_type(&shown.type_code)
+        .licence_type(shown.type_code.as_str())
         .ok_or_else(ApiError::internal)?
         .clone();
     let grant = gw.grant(&caller, &licence_type, Some(&shown.issuer), &purpose)?;
@@ -1133,8 +1147,8 @@ pub async fn redeem_show_code(
 /// The access-log note of a request that touched `record`.
 fn noted(record: &LicenceRecord) -> Extension<AccessNote> {
     Extension(AccessNote {
-        resource: Some(record.id.clone()),
-        holder: Some(record.holder.clone()),
+        resource: Some(record.id.to_string()),
+        holder: Some(record.holder.to_string()),
     })
 }
 
@@ -1205,7 +1219,7 @@ impl Gateway {
         }
         let id = id.to_owned();
         let record = self.licences(move |svc, _| svc.licence(&id)).await?;
-        slot.record(&record.id, &record.holder);
+        slot.record(record.id.as_str(), record.holder.as_str());
         Ok(record)
     }
 

@@ -222,7 +222,7 @@ fn head_refusal_leaf(ctx: &ConnectionContext, status: u16) -> Leaf {
             .map(|c| c.fingerprint_sha256.clone()),
         peer: Some(ctx.peer.to_string()),
         code: Some(crate::error::Code::MalformedHead.as_str().into()),
-        ..Leaf::new("request", crate::state::unix_now_ms(), status)
+        ..Leaf::new(tlog::LeafKind::Request, crate::state::unix_now_ms(), status)
     }
 }
 

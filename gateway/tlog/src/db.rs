@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::leaf::{LEAF_VERSION, Leaf};
+use crate::leaf::{LEAF_VERSION, Leaf, Outcome};
 use crate::merkle::{self, Hash};
 
 /// The component name under which both back ends record their schema version.
@@ -42,8 +42,8 @@ pub struct EntryFilter {
     pub resource: Option<String>,
     /// The route pattern.
     pub route: Option<String>,
-    /// `allowed`, `denied` or `error`.
-    pub outcome: Option<String>,
+    /// How the access ended.
+    pub outcome: Option<Outcome>,
     /// From this time (Unix ms, inclusive).
     pub from_ms: Option<i64>,
     /// Until this time (Unix ms, exclusive).

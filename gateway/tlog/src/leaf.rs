@@ -10,6 +10,74 @@ use serde::{Deserialize, Serialize};
 /// The version of the leaf encoding written today.
 pub const LEAF_VERSION: u8 = 1;
 
+/// What a leaf records. Stored as its lower-case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeafKind {
+    /// A request over an established connection (or a request head the parser refused).
+    Request,
+    /// One refused TLS handshake (written by versions that logged each one).
+    Handshake,
+    /// The summary of the handshakes refused from one source in one window.
+    Handshakes,
+}
+
+impl LeafKind {
+    /// The name as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeafKind::Request => "request",
+            LeafKind::Handshake => "handshake",
+            LeafKind::Handshakes => "handshakes",
+        }
+    }
+}
+
+/// How the access ended. Stored as its lower-case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Served (status below 400).
+    Allowed,
+    /// Refused (a 4xx, or a refused handshake).
+    Denied,
+    /// Failed on the gateway's side (a 5xx).
+    Error,
+}
+
+impl Outcome {
+    /// The outcome of an HTTP status.
+    pub fn of_status(status: u16) -> Outcome {
+        match status {
+            0..=399 => Outcome::Allowed,
+            400..=499 => Outcome::Denied,
+            _ => Outcome::Error,
+        }
+    }
+
+    /// The name as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Denied => "denied",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+impl std::str::FromStr for Outcome {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Outcome, String> {
+        match s {
+            "allowed" => Ok(Outcome::Allowed),
+            "denied" => Ok(Outcome::Denied),
+            "error" => Ok(Outcome::Error),
+            _ => Err("outcome must be allowed, denied or error".to_owned()),
+        }
+    }
+}
+
 /// One access, as recorded. Field order is part of the encoding: do not reorder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Leaf {
@@ -19,8 +87,8 @@ pub struct Leaf {
     pub seq: u64,
     /// Time of the access, Unix milliseconds.
     pub time_ms: i64,
-    /// `request` or `handshake` (a refused TLS handshake).
-    pub kind: String,
+    /// What the leaf records.
+    pub kind: LeafKind,
     /// The request id (also in the response header).
     pub request_id: Option<String>,
     /// The caller's USCC, when identified.
@@ -43,8 +111,8 @@ pub struct Leaf {
     pub reason: Option<String>,
     /// Case id.
     pub case_id: Option<String>,
-    /// `allowed`, `denied` or `error`.
-    pub outcome: String,
+    /// How the access ended.
+    pub outcome: Outcome,
     /// HTTP status (0 for a refused handshake).
     pub status: u16,
     /// Stable error code, or the handshake refusal reason.
@@ -88,18 +156,18 @@ impl Leaf {
             code: Some(code),
             count: Some(count),
             first_ms: Some(first_ms),
-            ..Leaf::new("handshakes", last_ms, 0)
+            ..Leaf::new(LeafKind::Handshakes, last_ms, 0)
         }
     }
 
     /// A leaf of `kind` at `time_ms` with `status` (0 for none) and its outcome, every other
     /// field absent, for a caller to fill in.
-    pub fn new(kind: &str, time_ms: i64, status: u16) -> Leaf {
+    pub fn new(kind: LeafKind, time_ms: i64, status: u16) -> Leaf {
         Leaf {
             v: LEAF_VERSION,
             seq: 0,
             time_ms,
-            kind: kind.to_owned(),
+            kind,
             request_id: None,
             department: None,
             cert_sha256: None,
@@ -112,9 +180,9 @@ impl Leaf {
             reason: None,
             case_id: None,
             outcome: if status == 0 {
-                "denied".into()
+                Outcome::Denied
             } else {
-                Leaf::outcome_of(status).into()
+                Outcome::of_status(status)
             },
             status,
             code: None,
@@ -123,13 +191,29 @@ impl Leaf {
             first_ms: None,
         }
     }
+}
 
-    /// The outcome of an HTTP status.
-    pub fn outcome_of(status: u16) -> &'static str {
-        match status {
-            0..=399 => "allowed",
-            400..=499 => "denied",
-            _ => "error",
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_leaves_read_back_to_the_same_bytes_with_typed_kind_and_outcome() {
+        // A request leaf and a per-handshake leaf as earlier versions wrote them.
+        let stored = [
+            r#"{"v":1,"seq":7,"time_ms":1700000000000,"kind":"request","request_id":"r1","department":"11100000000000001X","cert_sha256":null,"peer":null,"method":"GET","route":"/v1/licences/{id}","resource":"L1","holder":null,"matter":null,"reason":null,"case_id":null,"outcome":"allowed","status":200,"code":null,"latency_us":12}"#,
+            r#"{"v":1,"seq":8,"time_ms":1700000000001,"kind":"handshake","request_id":null,"department":null,"cert_sha256":null,"peer":"127.0.0.1:5","method":null,"route":null,"resource":null,"holder":null,"matter":null,"reason":null,"case_id":null,"outcome":"denied","status":0,"code":"protocol","latency_us":0}"#,
+        ];
+        let kinds = [LeafKind::Request, LeafKind::Handshake];
+        let outcomes = [Outcome::Allowed, Outcome::Denied];
+        for ((bytes, kind), outcome) in stored.iter().zip(kinds).zip(outcomes) {
+            let leaf: Leaf = serde_json::from_str(bytes).unwrap();
+            assert_eq!((leaf.kind, leaf.outcome), (kind, outcome));
+            assert_eq!(leaf.to_bytes(), bytes.as_bytes());
         }
+        let unknown = stored[0].replace(r#""kind":"request""#, r#""kind":"visit""#);
+        assert!(serde_json::from_str::<Leaf>(&unknown).is_err());
+        assert_eq!(Outcome::of_status(503), Outcome::Error);
+        assert_eq!("denied".parse::<Outcome>(), Ok(Outcome::Denied));
     }
 }

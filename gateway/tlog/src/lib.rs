@@ -26,7 +26,7 @@ pub mod postgres;
 pub mod sqlite;
 
 pub use db::*;
-pub use leaf::{LEAF_VERSION, Leaf};
+pub use leaf::{LEAF_VERSION, Leaf, LeafKind, Outcome};
 pub use log::*;
 pub use postgres::PgLog;
 pub use sqlite::SqliteLog;

@@ -9,7 +9,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use storage::PgPool;
 
 use crate::db::{EntryFilter, Frontier, LogDb, LogError, ScannedLeaf, prepare_batch, stored_hash};
-use crate::leaf::Leaf;
+use crate::leaf::{Leaf, Outcome};
 use crate::merkle::Hash;
 
 impl From<postgres::Error> for LogError {
@@ -123,7 +123,7 @@ impl LogDb for PgLog {
                     &text(&f.holder),
                     &text(&f.resource),
                     &text(&f.route),
-                    &text(&f.outcome),
+                    &f.outcome.map(Outcome::as_str),
                     &f.from_ms,
                     &f.to_ms,
                     &i64::from(limit),
@@ -209,7 +209,7 @@ impl LogDb for PgLog {
                 cols.holder.push(text(&l.holder));
                 cols.resource.push(text(&l.resource));
                 cols.route.push(text(&l.route));
-                cols.outcome.push(l.outcome.replace('\0', ""));
+                cols.outcome.push(l.outcome.as_str().to_owned());
                 cols.data.push(bytes);
             }
             tx.execute(

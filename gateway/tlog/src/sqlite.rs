@@ -9,7 +9,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::db::{EntryFilter, Frontier, LogDb, LogError, ScannedLeaf, prepare_batch, stored_hash};
-use crate::leaf::Leaf;
+use crate::leaf::{Leaf, Outcome};
 use crate::merkle::Hash;
 
 impl From<rusqlite::Error> for LogError {
@@ -142,7 +142,7 @@ impl LogDb for SqliteLog {
                 f.holder,
                 f.resource,
                 f.route,
-                f.outcome,
+                f.outcome.map(Outcome::as_str),
                 f.from_ms,
                 f.to_ms,
                 i64::from(limit)
@@ -214,7 +214,7 @@ impl LogDb for SqliteLog {
                     l.holder,
                     l.resource,
                     l.route,
-                    l.outcome,
+                    l.outcome.as_str(),
                     bytes
                 ])?;
             }
