@@ -91,6 +91,7 @@ fn main() {
         });
 
         let seal = svc
+            .seals()
             .create_seal(
                 cert_store::service::SealOwner::Department {
                     id: &issuer,
@@ -118,11 +119,11 @@ fn main() {
         let mut last = None;
         let issue = rate(budget, || {
             i += 1;
-            last = Some(svc.issue(&issuer, &request(i), now).unwrap());
+            last = Some(svc.issuance().issue(&issuer, &request(i), now).unwrap());
         });
         let credential = last.unwrap().sd_jwt;
         let verify = rate(budget, || {
-            assert!(svc.verify(&credential, now + 1).valid);
+            assert!(svc.verification().verify(&credential, now + 1).valid);
         });
 
         let (speed_sign, speed_verify) = openssl_speed(speed_arg, seconds);

@@ -410,7 +410,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             let (store, _) = crate::wiring::open_store(&config)?;
             let service = crate::wiring::open_licences(&config, store)?;
-            let verdict = service.verify_sealed_document(
+            let verdict = service.seals().verify_sealed_document(
                 &cert_store::document_seal::Document::Bytes(&document),
                 &der,
             )?;

@@ -431,7 +431,9 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
     let svc = gateway.licence_service();
     let now = crate::state::unix_now();
     let market: Uscc = MARKET.parse()?;
-    let seals = svc.seals(&market, None, cert_store::service::MAX_SEAL_PAGE)?;
+    let seals = svc
+        .seals()
+        .seals(&market, None, cert_store::service::MAX_SEAL_PAGE)?;
     let market_owner = cert_store::service::SealOwner::Department {
         id: &market,
         full_name: "北京市朝阳区市场监督管理局",
@@ -445,9 +447,11 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
     let (sm2_seal, es256_seal) = match (find(JwsAlg::Sm2Sm3), find(JwsAlg::Es256)) {
         (Some(a), Some(b)) => (a, b),
         _ => (
-            svc.create_seal(market_owner, "公章", JwsAlg::Sm2Sm3, None, now)?
+            svc.seals()
+                .create_seal(market_owner, "公章", JwsAlg::Sm2Sm3, None, now)?
                 .id,
-            svc.create_seal(market_owner, "行政审批专用章", JwsAlg::Es256, None, now)?
+            svc.seals()
+                .create_seal(market_owner, "行政审批专用章", JwsAlg::Es256, None, now)?
                 .id,
         ),
     };
@@ -467,7 +471,7 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
         ),
         _ => {
             let fields = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
-            let business = svc.issue(&market, &IssueRequest {
+            let business = svc.issuance().issue(&market, &IssueRequest {
                 licence_type: "11100000MB0000100D001".into(),
                 holder_id: XIAOMI.into(),
                 holder_name: "小米科技有限责任公司".into(),
@@ -475,7 +479,7 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
                 fields: fields(json!({"name": "小米科技有限责任公司", "legal_representative": "雷军", "registered_capital": 185000000, "established": "2010-03-03", "business_scope": "技术开发"})),
                 valid_from: None, valid_until: None, serial: None,
             }, now)?;
-            let food = svc.issue(&market, &IssueRequest {
+            let food = svc.issuance().issue(&market, &IssueRequest {
                 licence_type: "11100000MB0000100D002".into(),
                 holder_id: XIAOMI.into(),
                 holder_name: "小米科技有限责任公司".into(),
@@ -527,7 +531,9 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
     // The enterprise's free seals at registration (云刻章): 公章 and 合同专用章, made by the
     // market regulator, used by the enterprise through the holder app.
     let xiaomi: Uscc = XIAOMI.parse()?;
-    let own = svc.seals(&xiaomi, None, cert_store::service::MAX_SEAL_PAGE)?;
+    let own = svc
+        .seals()
+        .seals(&xiaomi, None, cert_store::service::MAX_SEAL_PAGE)?;
     let xiaomi_owner = cert_store::service::SealOwner::Enterprise {
         id: &xiaomi,
         made_by: &market,
@@ -538,8 +544,10 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
     {
         Some(s) => s.id.clone(),
         None => {
-            svc.create_seal(xiaomi_owner, "公章", JwsAlg::Sm2Sm3, None, now)?;
-            svc.create_seal(xiaomi_owner, "合同专用章", JwsAlg::Sm2Sm3, None, now)?
+            svc.seals()
+                .create_seal(xiaomi_owner, "公章", JwsAlg::Sm2Sm3, None, now)?;
+            svc.seals()
+                .create_seal(xiaomi_owner, "合同专用章", JwsAlg::Sm2Sm3, None, now)?
                 .id
         }
     };
@@ -551,7 +559,7 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
         "sign-contract.json",
         json!({"document_base64": contract_b64, "name": "contract.pdf"}),
     )?;
-    let sealed = svc.seal_document(
+    let sealed = svc.seals().seal_document(
         &contract_seal,
         &xiaomi,
         &cert_store::document_seal::Document::Bytes(contract),

@@ -219,7 +219,10 @@ pub async fn sign(
     let input = Input::read(body.document_base64, body.digest_hex, body.digest_alg)?;
     let name = body.name;
     let sealed = gw
-        .licences(move |svc, now| svc.seal_document(&id, &signer, &input.document(), &name, now))
+        .licences(move |svc, now| {
+            svc.seals()
+                .seal_document(&id, &signer, &input.document(), &name, now)
+        })
         .await?;
     Ok(Json(SealedView {
         ses_signature_base64: B64.encode(&sealed.ses_signature),
@@ -246,11 +249,11 @@ pub async fn verify(
             let der = B64
                 .decode(ses.trim())
                 .map_err(|_| field_error("ses_signature_base64", "not base64"))?;
-            gw.licences(move |svc, _| svc.verify_sealed_document(&input.document(), &der))
+            gw.licences(move |svc, _| svc.seals().verify_sealed_document(&input.document(), &der))
                 .await?
         }
         (None, Some(jws)) => {
-            gw.licences(move |svc, _| svc.verify_sealed_jws(&input.document(), &jws))
+            gw.licences(move |svc, _| svc.seals().verify_sealed_jws(&input.document(), &jws))
                 .await?
         }
         _ => {
@@ -319,7 +322,8 @@ pub async fn add_seal_ca(
     crate::extract::require(&caller, crate::config::Role::Admin)?;
     let ca = gw
         .licences(move |svc, now| {
-            svc.add_seal_ca(&body.certificate_pem, &body.name, &body.region, now)
+            svc.seals()
+                .add_seal_ca(&body.certificate_pem, &body.name, &body.region, now)
         })
         .await?;
     Ok((http::StatusCode::CREATED, Json(ca.into())))
@@ -337,7 +341,7 @@ pub async fn remove_seal_ca(
 ) -> Result<Json<SealCaView>, ApiError> {
     crate::extract::require(&caller, crate::config::Role::Admin)?;
     let ca = gw
-        .licences(move |svc, now| svc.remove_seal_ca(&id, now))
+        .licences(move |svc, now| svc.seals().remove_seal_ca(&id, now))
         .await?;
     Ok(Json(ca.into()))
 }
@@ -349,6 +353,6 @@ pub async fn seal_cas(
     State(gw): State<Arc<Gateway>>,
     _caller: Caller,
 ) -> Result<Json<Vec<SealCaView>>, ApiError> {
-    let cas = gw.licences(move |svc, _| svc.seal_cas()).await?;
+    let cas = gw.licences(move |svc, _| svc.seals().seal_cas()).await?;
     Ok(Json(cas.into_iter().map(SealCaView::from).collect()))
 }

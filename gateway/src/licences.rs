@@ -191,7 +191,7 @@ pub async fn create_seal(
                     full_name: &full_name,
                 },
             };
-            svc.create_seal_valid_for(
+            svc.seals().create_seal_valid_for(
                 owner,
                 &body.seal_type,
                 body.name.as_deref(),
@@ -238,7 +238,10 @@ pub async fn list_seals(
 ) -> Result<Json<SealPage>, ApiError> {
     let limit = page_limit(q.limit)?;
     let seals = gw
-        .licences(move |svc, _| svc.seals(&caller.department, q.cursor.as_deref(), limit + 1))
+        .licences(move |svc, _| {
+            svc.seals()
+                .seals(&caller.department, q.cursor.as_deref(), limit + 1)
+        })
         .await?;
     let more = seals.len() > limit as usize;
     let seals: Vec<SealView> = seals
@@ -267,7 +270,11 @@ pub async fn seal(
     _caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<SealView>, ApiError> {
-    Ok(Json(gw.licences(move |svc, _| svc.seal(&id)).await?.into()))
+    Ok(Json(
+        gw.licences(move |svc, _| svc.seals().seal(&id))
+            .await?
+            .into(),
+    ))
 }
 
 /// A seal's certificate (PEM).
@@ -279,7 +286,7 @@ pub async fn seal_certificate(
     _caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let seal = gw.licences(move |svc, _| svc.seal(&id)).await?;
+    let seal = gw.licences(move |svc, _| svc.seals().seal(&id)).await?;
     Ok(pem(seal.certificate_pem))
 }
 
@@ -296,7 +303,10 @@ pub async fn revoke_seal(
 ) -> Result<Json<SealView>, ApiError> {
     require(&caller, Role::Issuer)?;
     let seal = gw
-        .licences(move |svc, now| svc.revoke_seal(&id, &caller.department, &body.reason, now))
+        .licences(move |svc, now| {
+            svc.seals()
+                .revoke_seal(&id, &caller.department, &body.reason, now)
+        })
         .await?;
     slot.record(&format!("seal:{}", seal.id), seal.owner.as_str());
     Ok(Json(seal.into()))
@@ -316,7 +326,7 @@ pub async fn seal_ca(
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "seals",
     responses((status = 200, description = "JWK set", content_type = "application/jwk-set+json")))]
 pub async fn jwks(State(gw): State<Arc<Gateway>>, _caller: Caller) -> Result<Response, ApiError> {
-    let set = gw.licences(|svc, _| svc.jwks()).await?;
+    let set = gw.licences(|svc, _| svc.seals().jwks()).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/jwk-set+json")],
         Json(set),
@@ -472,7 +482,7 @@ pub async fn issue(
         serial: body.serial,
     };
     let record = gw
-        .licences(move |svc, now| svc.issue(&caller.department, &req, now))
+        .licences(move |svc, now| svc.issuance().issue(&caller.department, &req, now))
         .await?;
     // A new licence changes what datasets that depend on its type say about the holder.
     gw.invalidate(storage::bus::Change::Licence {
@@ -533,6 +543,7 @@ pub async fn licence(
     }
     let credential = gw
         .licence_service()
+        .verification()
         .present(&record, &|n| visible.contains(n))?;
     Ok((
         noted(&record),
@@ -612,6 +623,7 @@ pub async fn licences_by_holder(
         }
         let credential = gw
             .licence_service()
+            .verification()
             .present(&record, &|n| visible.contains(n))?;
         out.push(view(record, credential, grant.is_issuer()));
     }
@@ -706,7 +718,7 @@ pub async fn verify(
 ) -> Result<Json<VerifyView>, ApiError> {
     let report = gw
         .licences(move |svc, now| {
-            let report = svc.verify(&body.credential, now);
+            let report = svc.verification().verify(&body.credential, now);
             if report.store_unavailable {
                 // Unknown is not invalid: say the store is down rather than "not valid".
                 return Err(cert_store::service::ServiceError::Store(
@@ -784,7 +796,7 @@ pub async fn check(
     let fields = body.fields;
     let (licence_id, valid, results) = gw
         .licences(move |svc, now| {
-            let results = svc.check_fields(&record, &fields)?;
+            let results = svc.verification().check_fields(&record, &fields)?;
             let valid = record.status == LicenceStatus::Valid
                 && record.not_before <= now
                 && now < record.expires_at;
@@ -830,7 +842,10 @@ async fn lifecycle(
     let before = gw.licences(move |svc, _| svc.licence(&looked_up)).await?;
     slot.record(before.id.as_str(), before.holder.as_str());
     let record = gw
-        .licences(move |svc, _| svc.change_status(&id, &caller.department, action, &reason))
+        .licences(move |svc, _| {
+            svc.issuance()
+                .change_status(&id, &caller.department, action, &reason)
+        })
         .await?;
     gw.invalidate(storage::bus::Change::Licence {
         licence_type: record.type_code.to_string(),
@@ -913,7 +928,10 @@ pub async fn renew(
         slot.record(before.id.as_str(), before.holder.as_str());
     }
     let record = gw
-        .licences(move |svc, now| svc.renew(&id, &caller.department, b.fields, b.valid_until, now))
+        .licences(move |svc, now| {
+            svc.issuance()
+                .renew(&id, &caller.department, b.fields, b.valid_until, now)
+        })
         .await?;
     gw.invalidate(storage::bus::Change::Licence {
         licence_type: record.type_code.to_string(),
@@ -942,7 +960,7 @@ pub async fn status_list(
         .parse()
         .map_err(|_| field_error("n", "a status list number is a non-negative integer"))?;
     let token = gw
-        .licences(move |svc, now| svc.status_list_token(n, now))
+        .licences(move |svc, now| svc.issuance().status_list_token(n, now))
         .await?;
     Ok((
         [(header::CONTENT_TYPE, "application/statuslist+jwt")],
@@ -1002,7 +1020,7 @@ pub async fn create_consent(
     }
     let (record, token) = gw
         .licences(move |svc, now| {
-            svc.create_consent(
+            svc.holders().create_consent(
                 &caller.department,
                 &b.holder_id,
                 &department,
@@ -1036,7 +1054,7 @@ pub async fn revoke_consent(
 ) -> Result<StatusCode, ApiError> {
     require(&caller, Role::HolderApp)?;
     let holder = gw
-        .licences(move |svc, now| svc.revoke_consent(&id, &caller.department, now))
+        .licences(move |svc, now| svc.holders().revoke_consent(&id, &caller.department, now))
         .await?;
     slot.record(&format!("consent:{}", holder.0), &holder.1);
     Ok(StatusCode::NO_CONTENT)
@@ -1082,7 +1100,8 @@ pub async fn create_show_code(
     let licence_id = record.id.clone();
     let (code, expires_at) = gw
         .licences(move |svc, now| {
-            svc.create_show_code(&caller.department, licence_id.as_str(), now)
+            svc.holders()
+                .create_show_code(&caller.department, licence_id.as_str(), now)
         })
         .await?;
     Ok((
@@ -1121,7 +1140,7 @@ pub async fn redeem_show_code(
     }
     let code = b.code.clone();
     let shown = gw
-        .licences(move |svc, now| svc.shown_licence(&code, now))
+        .licences(move |svc, now| svc.holders().shown_licence(&code, now))
         .await?;
     slot.record(shown.id.as_str(), shown.holder.as_str());
     let licence_type = gw
@@ -1133,10 +1152,11 @@ pub async fn redeem_show_code(
     let visible = grant.fields(&licence_type, None).map_err(access_error)?;
     let redeemer = caller.department.clone();
     let record = gw
-        .licences(move |svc, now| svc.redeem_show_code(&b.code, &redeemer, now))
+        .licences(move |svc, now| svc.holders().redeem_show_code(&b.code, &redeemer, now))
         .await?;
     let credential = gw
         .licence_service()
+        .verification()
         .present(&record, &|n| visible.contains(n))?;
     Ok((
         noted(&record),
@@ -1248,7 +1268,10 @@ impl Gateway {
             licence_type.code.to_string(),
         );
         let consent = self
-            .licences(move |svc, now| svc.check_consent(&token, &holder, &department, &t, now))
+            .licences(move |svc, now| {
+                svc.holders()
+                    .check_consent(&token, &holder, &department, &t, now)
+            })
             .await?;
         // The holder consented for one matter; the stated purpose must be that matter.
         if purpose.matter.as_deref() != Some(consent.purpose.as_str()) {

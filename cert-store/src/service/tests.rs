@@ -82,10 +82,10 @@ fn fixture() -> Option<Fixture> {
     let market = uscc(MARKET);
     let approval = uscc(APPROVAL);
     let sm2 = svc
-        .create_seal(department(&market), "公章", JwsAlg::Sm2Sm3, None, NOW)
+        .seals().create_seal(department(&market), "公章", JwsAlg::Sm2Sm3, None, NOW)
         .unwrap();
     let es256 = svc
-        .create_seal(department(&market), "登记专用章", JwsAlg::Es256, None, NOW)
+        .seals().create_seal(department(&market), "登记专用章", JwsAlg::Es256, None, NOW)
         .unwrap();
     Some(Fixture {
         svc,
@@ -138,7 +138,7 @@ fn request(seal: &SealRecord) -> IssueRequest {
 }
 
 fn issue(f: &Fixture, seal: &SealRecord) -> LicenceRecord {
-    f.svc.issue(&f.market, &request(seal), NOW).unwrap()
+    f.svc.issuance().issue(&f.market, &request(seal), NOW).unwrap()
 }
 
 /// Asserts the report is invalid, every check but the last passed, and the last is `check`
@@ -159,7 +159,7 @@ fn assert_fails(report: &VerifyReport, check: &str, fragment: &str) {
 fn assert_valid(report: &VerifyReport) {
     assert!(report.valid, "{report:#?}");
     assert!(report.checks.iter().all(|c| c.ok), "{report:#?}");
-    let names: Vec<&str> = report.checks.iter().map(|c| c.check).collect();
+    let names: Vec<&str> = report.checks.iter().map(|c| c.check.as_str()).collect();
     assert_eq!(
         names,
         [
@@ -229,7 +229,7 @@ fn forge_with(
     licence: &LicenceRecord,
     edit: impl FnOnce(&mut Map<String, Value>, &mut Map<String, Value>),
 ) -> String {
-    let seal = f.svc.seal(&licence.seal_id).unwrap();
+    let seal = f.svc.seals().seal(&licence.seal_id).unwrap();
     let key = f.svc.seal_key(&seal).unwrap();
     let mut plain = plain_of(licence);
     let mut disclosable = holder_claims();
@@ -254,7 +254,7 @@ fn round_trip(alg: JwsAlg) {
     assert!(serial.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()));
     assert_ne!(issue(&f, seal).id, licence.id);
 
-    let report = f.svc.verify(&licence.sd_jwt, NOW);
+    let report = f.svc.verification().verify(&licence.sd_jwt, NOW);
     assert_valid(&report);
     assert_eq!(report.licence_id.as_deref(), Some(licence.id.as_str()));
     assert_eq!(report.status, Some(LicenceStatus::Valid));
@@ -268,9 +268,9 @@ fn round_trip(alg: JwsAlg) {
 
     let presented = f
         .svc
-        .present(&licence, &|n| n == "name" || n == "holder_id")
+        .verification().present(&licence, &|n| n == "name" || n == "holder_id")
         .unwrap();
-    let report = f.svc.verify(&presented, NOW);
+    let report = f.svc.verification().verify(&presented, NOW);
     assert_valid(&report);
     assert_eq!(
         report.disclosed,
@@ -296,7 +296,7 @@ fn forged_control_with_unchanged_claims_verifies() {
     let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.sm2);
     let cred = forge_with(&f, &licence, |_, _| {});
-    assert_valid(&f.svc.verify(&cred, NOW));
+    assert_valid(&f.svc.verification().verify(&cred, NOW));
 }
 
 // ---- forged credentials signed with the real seal key ----
@@ -308,7 +308,7 @@ fn forged_without_exp_is_refused() {
     let cred = forge_with(&f, &licence, |p, _| {
         p.remove("exp");
     });
-    assert_fails(&f.svc.verify(&cred, NOW), "time", "no expiry time (`exp`)");
+    assert_fails(&f.svc.verification().verify(&cred, NOW), "time", "no expiry time (`exp`)");
 }
 
 #[test]
@@ -319,7 +319,7 @@ fn forged_with_unknown_vct_is_refused() {
         p.insert("vct".into(), json!("11100000MB0000100D999"));
     });
     assert_fails(
-        &f.svc.verify(&cred, NOW),
+        &f.svc.verification().verify(&cred, NOW),
         "vct",
         "unknown licence type `11100000MB0000100D999`",
     );
@@ -333,7 +333,7 @@ fn forged_not_yet_valid_is_refused() {
         p.insert("nbf".into(), json!(NOW + 3600));
     });
     assert_fails(
-        &f.svc.verify(&cred, NOW),
+        &f.svc.verification().verify(&cred, NOW),
         "time",
         &format!("not valid before {}", NOW + 3600),
     );
@@ -346,9 +346,9 @@ fn forged_expired_is_refused_after_expiry() {
     let cred = forge_with(&f, &licence, |p, _| {
         p.insert("exp".into(), json!(NOW + 100));
     });
-    assert_valid(&f.svc.verify(&cred, NOW));
+    assert_valid(&f.svc.verification().verify(&cred, NOW));
     assert_fails(
-        &f.svc.verify(&cred, NOW + 1000),
+        &f.svc.verification().verify(&cred, NOW + 1000),
         "time",
         &format!("expired at {}", NOW + 100),
     );
@@ -362,7 +362,7 @@ fn forged_disclosure_outside_the_type_is_refused() {
         d.insert("colour".into(), json!("red"));
     });
     assert_fails(
-        &f.svc.verify(&cred, NOW),
+        &f.svc.verification().verify(&cred, NOW),
         "disclosures",
         "disclosure `colour` is not a field of 营业执照",
     );
@@ -384,7 +384,7 @@ fn forged_iss_smuggled_in_a_disclosure_is_refused() {
     let jwt = jws::sign_compact(&seal_header(&f, &f.es256), &Value::Object(payload), &key).unwrap();
     let cred = format!("{jwt}~{disclosure}~");
     assert_fails(
-        &f.svc.verify(&cred, NOW),
+        &f.svc.verification().verify(&cred, NOW),
         "disclosures",
         "tries to set the reserved claim `iss`",
     );
@@ -398,19 +398,19 @@ fn forged_by_another_departments_seal_is_refused() {
     let licence = issue(&f, &f.sm2);
     let theirs = f
         .svc
-        .create_seal(department(&f.approval), "公章", JwsAlg::Es256, None, NOW)
+        .seals().create_seal(department(&f.approval), "公章", JwsAlg::Es256, None, NOW)
         .unwrap();
     let key = f.svc.seal_key(&theirs).unwrap();
     let mut fields = holder_claims();
     fields.insert("legal_representative".into(), json!("冒名者"));
     let cred = forge(seal_header(&f, &theirs), plain_of(&licence), &fields, &key);
-    assert_fails(&f.svc.verify(&cred, NOW), "seal", APPROVAL);
+    assert_fails(&f.svc.verification().verify(&cred, NOW), "seal", APPROVAL);
 
     // Claiming its own department as `iss` does not help: it may not issue the type.
     let mut plain = plain_of(&licence);
     plain.insert("iss".into(), json!(format!("urn:certgate:dept:{APPROVAL}")));
     let cred = forge(seal_header(&f, &theirs), plain, &fields, &key);
-    assert_fails(&f.svc.verify(&cred, NOW), "seal", "may not issue 营业执照");
+    assert_fails(&f.svc.verification().verify(&cred, NOW), "seal", "may not issue 营业执照");
 }
 
 #[test]
@@ -427,7 +427,7 @@ fn forged_with_another_seal_of_the_issuer_borrowing_a_status_entry_is_refused() 
         &key,
     );
     assert_fails(
-        &f.svc.verify(&cred, NOW),
+        &f.svc.verification().verify(&cred, NOW),
         "status",
         "does not belong to this licence",
     );
@@ -450,7 +450,7 @@ fn self_signed_x5c_leaf_is_refused() {
     };
     let cred = forge(header, plain_of(&licence), &holder_claims(), rogue.key());
     assert_fails(
-        &f.svc.verify(&cred, NOW),
+        &f.svc.verification().verify(&cred, NOW),
         "certificate_chain",
         "does not chain to the seal CA",
     );
@@ -477,7 +477,7 @@ fn seal_certificate_from_a_foreign_ca_is_refused() {
     };
     let cred = forge(header, plain_of(&licence), &holder_claims(), &key);
     assert_fails(
-        &f.svc.verify(&cred, NOW),
+        &f.svc.verification().verify(&cred, NOW),
         "certificate_chain",
         "does not chain to the seal CA",
     );
@@ -494,7 +494,7 @@ fn missing_x5c_is_refused() {
     };
     let cred = forge(header, plain_of(&licence), &holder_claims(), &key);
     assert_fails(
-        &f.svc.verify(&cred, NOW),
+        &f.svc.verification().verify(&cred, NOW),
         "certificate_chain",
         "x5c is missing",
     );
@@ -511,7 +511,7 @@ fn kid_of_another_seal_with_the_real_x5c_is_refused() {
     };
     let cred = forge(header, plain_of(&licence), &holder_claims(), &key);
     assert_fails(
-        &f.svc.verify(&cred, NOW),
+        &f.svc.verification().verify(&cred, NOW),
         "certificate_chain",
         &format!("x5c leaf is not the certificate of seal {}", f.sm2.id),
     );
@@ -525,22 +525,22 @@ fn revoked_seal_fails_from_the_revocation_time() {
     let licence = issue(&f, &f.sm2);
     let revoked = f
         .svc
-        .revoke_seal(&f.sm2.id, &f.market, "key compromised", NOW + 10)
+        .seals().revoke_seal(&f.sm2.id, &f.market, "key compromised", NOW + 10)
         .unwrap();
     assert_eq!(revoked.revoked_at, Some(NOW + 10));
-    assert_valid(&f.svc.verify(&licence.sd_jwt, NOW + 5));
-    assert_fails(&f.svc.verify(&licence.sd_jwt, NOW + 20), "seal", "revoked");
+    assert_valid(&f.svc.verification().verify(&licence.sd_jwt, NOW + 5));
+    assert_fails(&f.svc.verification().verify(&licence.sd_jwt, NOW + 20), "seal", "revoked");
     // A revoked seal cannot issue, another department cannot revoke, twice is a conflict.
     assert!(matches!(
-        f.svc.issue(&f.market, &request(&f.sm2), NOW + 20),
+        f.svc.issuance().issue(&f.market, &request(&f.sm2), NOW + 20),
         Err(ServiceError::Invalid { field, .. }) if field == "seal_id"
     ));
     assert!(matches!(
-        f.svc.revoke_seal(&f.es256.id, &f.approval, "no", NOW),
+        f.svc.seals().revoke_seal(&f.es256.id, &f.approval, "no", NOW),
         Err(ServiceError::Forbidden(_))
     ));
     assert!(matches!(
-        f.svc.revoke_seal(&f.sm2.id, &f.market, "again", NOW + 30),
+        f.svc.seals().revoke_seal(&f.sm2.id, &f.market, "again", NOW + 30),
         Err(ServiceError::Conflict(_))
     ));
 }
@@ -555,35 +555,35 @@ fn suspend_resume_revoke() {
 
     let s = f
         .svc
-        .change_status(id, &f.market, Lifecycle::Suspend, "inspection")
+        .issuance().change_status(id, &f.market, Lifecycle::Suspend, "inspection")
         .unwrap();
     assert_eq!(s.status, LicenceStatus::Suspended);
-    let report = f.svc.verify(&licence.sd_jwt, NOW);
+    let report = f.svc.verification().verify(&licence.sd_jwt, NOW);
     assert_fails(&report, "status", "suspended");
     assert_eq!(report.status, Some(LicenceStatus::Suspended));
 
     f.svc
-        .change_status(id, &f.market, Lifecycle::Resume, "inspection passed")
+        .issuance().change_status(id, &f.market, Lifecycle::Resume, "inspection passed")
         .unwrap();
-    assert_valid(&f.svc.verify(&licence.sd_jwt, NOW));
+    assert_valid(&f.svc.verification().verify(&licence.sd_jwt, NOW));
 
     assert!(matches!(
         f.svc
-            .change_status(id, &f.approval, Lifecycle::Revoke, "not ours"),
+            .issuance().change_status(id, &f.approval, Lifecycle::Revoke, "not ours"),
         Err(ServiceError::Forbidden(_))
     ));
     f.svc
-        .change_status(id, &f.market, Lifecycle::Revoke, "closed")
+        .issuance().change_status(id, &f.market, Lifecycle::Revoke, "closed")
         .unwrap();
-    assert_fails(&f.svc.verify(&licence.sd_jwt, NOW), "status", "revoked");
+    assert_fails(&f.svc.verification().verify(&licence.sd_jwt, NOW), "status", "revoked");
     assert!(matches!(
         f.svc
-            .change_status(id, &f.market, Lifecycle::Revoke, "closed again"),
+            .issuance().change_status(id, &f.market, Lifecycle::Revoke, "closed again"),
         Err(ServiceError::Conflict(_))
     ));
     assert!(matches!(
         f.svc
-            .change_status(id, &f.market, Lifecycle::Resume, "undo"),
+            .issuance().change_status(id, &f.market, Lifecycle::Resume, "undo"),
         Err(ServiceError::Conflict(_))
     ));
 }
@@ -593,12 +593,12 @@ fn renew_revokes_the_old_licence_and_links_the_new() {
     let Some(f) = fixture() else { return };
     let old = issue(&f, &f.es256);
     assert!(matches!(
-        f.svc.renew(old.id.as_str(), &f.approval, None, None, NOW + 100),
+        f.svc.issuance().renew(old.id.as_str(), &f.approval, None, None, NOW + 100),
         Err(ServiceError::Forbidden(_))
     ));
     let new = f
         .svc
-        .renew(old.id.as_str(), &f.market, None, None, NOW + 100)
+        .issuance().renew(old.id.as_str(), &f.market, None, None, NOW + 100)
         .unwrap();
     assert_ne!(new.id, old.id);
     let old_parsed: LicenceId = old.id.clone();
@@ -613,12 +613,12 @@ fn renew_revokes_the_old_licence_and_links_the_new() {
     assert_eq!(old_now.status, LicenceStatus::Revoked);
     assert_eq!(old_now.replaced_by.as_ref(), Some(&new.id));
 
-    let report = f.svc.verify(&new.sd_jwt, NOW + 100);
+    let report = f.svc.verification().verify(&new.sd_jwt, NOW + 100);
     assert_valid(&report);
     assert_eq!(report.disclosed, holder_claims());
-    assert_fails(&f.svc.verify(&old.sd_jwt, NOW + 100), "status", "revoked");
+    assert_fails(&f.svc.verification().verify(&old.sd_jwt, NOW + 100), "status", "revoked");
     assert!(matches!(
-        f.svc.renew(old.id.as_str(), &f.market, None, None, NOW + 200),
+        f.svc.issuance().renew(old.id.as_str(), &f.market, None, None, NOW + 200),
         Err(ServiceError::Conflict(_))
     ));
 }
@@ -632,16 +632,16 @@ fn status_list_token_reflects_every_licence() {
     let suspended = issue(&f, &f.es256);
     let valid = issue(&f, &f.sm2);
     f.svc
-        .change_status(revoked.id.as_str(), &f.market, Lifecycle::Revoke, "closed")
+        .issuance().change_status(revoked.id.as_str(), &f.market, Lifecycle::Revoke, "closed")
         .unwrap();
     f.svc
-        .change_status(suspended.id.as_str(), &f.market, Lifecycle::Suspend, "inspection")
+        .issuance().change_status(suspended.id.as_str(), &f.market, Lifecycle::Suspend, "inspection")
         .unwrap();
     for l in [&revoked, &suspended, &valid] {
         assert_eq!(l.status_list, 0);
     }
 
-    let token = f.svc.status_list_token(0, NOW).unwrap();
+    let token = f.svc.issuance().status_list_token(0, NOW).unwrap();
     let parsed = jws::parse_compact(&token, Some("statuslist+jwt")).unwrap();
     parsed.verify(f.svc.signing_key.public_key()).unwrap();
     assert_eq!(
@@ -674,7 +674,7 @@ fn status_list_token_reflects_every_licence() {
     }
 
     assert!(matches!(
-        f.svc.status_list_token(1, NOW),
+        f.svc.issuance().status_list_token(1, NOW),
         Err(ServiceError::NotFound(_))
     ));
 }
@@ -697,7 +697,7 @@ fn issuing_a_type_the_department_may_not_issue_is_forbidden() {
         ..request(&f.sm2)
     };
     assert!(matches!(
-        f.svc.issue(&f.market, &req, NOW),
+        f.svc.issuance().issue(&f.market, &req, NOW),
         Err(ServiceError::Forbidden(m)) if m.contains("may not issue 食品经营许可证")
     ));
 }
@@ -707,10 +707,10 @@ fn issuing_with_another_departments_seal_is_forbidden() {
     let Some(f) = fixture() else { return };
     let theirs = f
         .svc
-        .create_seal(department(&f.approval), "公章", JwsAlg::Sm2Sm3, None, NOW)
+        .seals().create_seal(department(&f.approval), "公章", JwsAlg::Sm2Sm3, None, NOW)
         .unwrap();
     assert!(matches!(
-        f.svc.issue(&f.market, &request(&theirs), NOW),
+        f.svc.issuance().issue(&f.market, &request(&theirs), NOW),
         Err(ServiceError::Forbidden(m)) if m.contains("another department")
     ));
     // And the other way round.
@@ -720,7 +720,7 @@ fn issuing_with_another_departments_seal_is_forbidden() {
         ..request(&f.sm2)
     };
     assert!(matches!(
-        f.svc.issue(&f.approval, &req, NOW),
+        f.svc.issuance().issue(&f.approval, &req, NOW),
         Err(ServiceError::Forbidden(_))
     ));
 }
@@ -732,7 +732,7 @@ fn issuing_to_a_bad_holder_id_is_invalid() {
         holder_id: "91110108551385082A".into(),
         ..request(&f.sm2)
     };
-    let (field, _) = invalid_field(f.svc.issue(&f.market, &req, NOW));
+    let (field, _) = invalid_field(f.svc.issuance().issue(&f.market, &req, NOW));
     assert_eq!(field, "holder_id");
 }
 
@@ -741,7 +741,7 @@ fn issuing_an_unknown_field_is_invalid() {
     let Some(f) = fixture() else { return };
     let mut req = request(&f.sm2);
     req.fields.insert("colour".into(), json!("red"));
-    let (field, reason) = invalid_field(f.svc.issue(&f.market, &req, NOW));
+    let (field, reason) = invalid_field(f.svc.issuance().issue(&f.market, &req, NOW));
     assert_eq!(field, "fields.colour");
     assert!(reason.contains("not a field"), "{reason}");
 }
@@ -751,7 +751,7 @@ fn issuing_without_a_required_field_is_invalid() {
     let Some(f) = fixture() else { return };
     let mut req = request(&f.es256);
     req.fields.remove("legal_representative");
-    let (field, reason) = invalid_field(f.svc.issue(&f.market, &req, NOW));
+    let (field, reason) = invalid_field(f.svc.issuance().issue(&f.market, &req, NOW));
     assert_eq!(field, "fields.legal_representative");
     assert_eq!(reason, "required");
 }
@@ -761,13 +761,13 @@ fn issuing_a_field_of_the_wrong_type_is_invalid() {
     let Some(f) = fixture() else { return };
     let mut req = request(&f.es256);
     req.fields.insert("name".into(), json!(42));
-    let (field, reason) = invalid_field(f.svc.issue(&f.market, &req, NOW));
+    let (field, reason) = invalid_field(f.svc.issuance().issue(&f.market, &req, NOW));
     assert_eq!(field, "fields.name");
     assert!(reason.contains("string"), "{reason}");
 
     req.fields = business_fields();
     req.fields.insert("established".into(), json!("2010-02-30"));
-    let (field, _) = invalid_field(f.svc.issue(&f.market, &req, NOW));
+    let (field, _) = invalid_field(f.svc.issuance().issue(&f.market, &req, NOW));
     assert_eq!(field, "fields.established");
 }
 
@@ -775,7 +775,7 @@ fn issuing_a_field_of_the_wrong_type_is_invalid() {
 
 fn consent(f: &Fixture) -> (ConsentRecord, String) {
     f.svc
-        .create_consent(
+        .holders().create_consent(
             &f.market,
             HOLDER,
             &f.approval,
@@ -801,26 +801,26 @@ fn consent_is_checked_against_department_holder_type_and_time() {
     assert_eq!(record.expires_at, NOW + 3600);
     let ok = f
         .svc
-        .check_consent(&token, HOLDER, &f.approval, BUSINESS, NOW + 10)
+        .holders().check_consent(&token, HOLDER, &f.approval, BUSINESS, NOW + 10)
         .unwrap();
     assert_eq!(ok, record);
 
     let m = forbidden(
         f.svc
-            .check_consent(&token, HOLDER, &f.market, BUSINESS, NOW),
+            .holders().check_consent(&token, HOLDER, &f.market, BUSINESS, NOW),
     );
     assert!(m.contains("consent token refused"), "{m}");
     let m = forbidden(
         f.svc
-            .check_consent(&token, OTHER_HOLDER, &f.approval, BUSINESS, NOW),
+            .holders().check_consent(&token, OTHER_HOLDER, &f.approval, BUSINESS, NOW),
     );
     assert!(m.contains("another holder"), "{m}");
-    let m = forbidden(f.svc.check_consent(&token, HOLDER, &f.approval, FOOD, NOW));
+    let m = forbidden(f.svc.holders().check_consent(&token, HOLDER, &f.approval, FOOD, NOW));
     assert!(m.contains("does not cover"), "{m}");
     let m =
         forbidden(
             f.svc
-                .check_consent(&token, HOLDER, &f.approval, BUSINESS, record.expires_at),
+                .holders().check_consent(&token, HOLDER, &f.approval, BUSINESS, record.expires_at),
         );
     assert!(m.contains("expired"), "{m}");
 }
@@ -830,19 +830,19 @@ fn revoked_consent_is_refused() {
     let Some(f) = fixture() else { return };
     let (record, token) = consent(&f);
     assert!(matches!(
-        f.svc.revoke_consent(&record.id, &f.approval, NOW),
+        f.svc.holders().revoke_consent(&record.id, &f.approval, NOW),
         Err(ServiceError::Forbidden(_))
     ));
     f.svc
-        .revoke_consent(&record.id, &f.market, NOW + 5)
+        .holders().revoke_consent(&record.id, &f.market, NOW + 5)
         .unwrap();
     let m = forbidden(
         f.svc
-            .check_consent(&token, HOLDER, &f.approval, BUSINESS, NOW + 10),
+            .holders().check_consent(&token, HOLDER, &f.approval, BUSINESS, NOW + 10),
     );
     assert!(m.contains("revoked"), "{m}");
     assert!(matches!(
-        f.svc.revoke_consent(&record.id, &f.market, NOW + 20),
+        f.svc.holders().revoke_consent(&record.id, &f.market, NOW + 20),
         Err(ServiceError::Conflict(_))
     ));
 }
@@ -854,7 +854,7 @@ fn consent_token_signed_by_another_key_is_refused() {
     let claims = json!({
         "iss": "urn:certgate:gateway",
         "jti": record.id,
-        "sub": f.svc.holder_pseudonym(HOLDER).unwrap(),
+        "sub": f.svc.holders().holder_pseudonym(HOLDER).unwrap(),
         "aud": format!("urn:certgate:dept:{APPROVAL}"),
         "licence_types": [BUSINESS],
         "purpose": "食品经营许可审批",
@@ -868,7 +868,7 @@ fn consent_token_signed_by_another_key_is_refused() {
     let forged = jsonwebtoken::encode(&header, &claims, &key).unwrap();
     let m = forbidden(
         f.svc
-            .check_consent(&forged, HOLDER, &f.approval, BUSINESS, NOW),
+            .holders().check_consent(&forged, HOLDER, &f.approval, BUSINESS, NOW),
     );
     assert!(m.contains("consent token refused"), "{m}");
 }
@@ -877,7 +877,7 @@ fn consent_token_signed_by_another_key_is_refused() {
 fn consent_ttl_must_be_between_one_second_and_a_day() {
     let Some(f) = fixture() else { return };
     for ttl in [0, -1, MAX_CONSENT_SECONDS + 1] {
-        match f.svc.create_consent(
+        match f.svc.holders().create_consent(
             &f.market,
             HOLDER,
             &f.approval,
@@ -892,7 +892,7 @@ fn consent_ttl_must_be_between_one_second_and_a_day() {
     }
     assert!(
         f.svc
-            .create_consent(
+            .holders().create_consent(
                 &f.market,
                 HOLDER,
                 &f.approval,
@@ -911,15 +911,15 @@ fn consent_ttl_must_be_between_one_second_and_a_day() {
 fn show_code_redeems_once() {
     let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.sm2);
-    let (code, expires_at) = f.svc.create_show_code(&f.market, licence.id.as_str(), NOW).unwrap();
+    let (code, expires_at) = f.svc.holders().create_show_code(&f.market, licence.id.as_str(), NOW).unwrap();
     assert_eq!(expires_at, NOW + SHOW_CODE_SECONDS);
     let shown = f
         .svc
-        .redeem_show_code(&code, &f.approval, NOW + 10)
+        .holders().redeem_show_code(&code, &f.approval, NOW + 10)
         .unwrap();
     assert_eq!(shown.id, licence.id);
     assert!(matches!(
-        f.svc.redeem_show_code(&code, &f.approval, NOW + 11),
+        f.svc.holders().redeem_show_code(&code, &f.approval, NOW + 11),
         Err(ServiceError::Forbidden(_))
     ));
 }
@@ -928,23 +928,23 @@ fn show_code_redeems_once() {
 fn expired_or_unknown_show_code_is_refused() {
     let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.es256);
-    let (code, _) = f.svc.create_show_code(&f.market, licence.id.as_str(), NOW).unwrap();
+    let (code, _) = f.svc.holders().create_show_code(&f.market, licence.id.as_str(), NOW).unwrap();
     assert!(matches!(
         f.svc
-            .redeem_show_code(&code, &f.approval, NOW + SHOW_CODE_SECONDS + 1),
+            .holders().redeem_show_code(&code, &f.approval, NOW + SHOW_CODE_SECONDS + 1),
         Err(ServiceError::Forbidden(_))
     ));
     let unknown = jws::b64url([7u8; 32]);
     assert!(matches!(
-        f.svc.redeem_show_code(&unknown, &f.approval, NOW),
+        f.svc.holders().redeem_show_code(&unknown, &f.approval, NOW),
         Err(ServiceError::Forbidden(_))
     ));
     // A suspended licence gets no show-code.
     f.svc
-        .change_status(licence.id.as_str(), &f.market, Lifecycle::Suspend, "inspection")
+        .issuance().change_status(licence.id.as_str(), &f.market, Lifecycle::Suspend, "inspection")
         .unwrap();
     assert!(matches!(
-        f.svc.create_show_code(&f.market, licence.id.as_str(), NOW),
+        f.svc.holders().create_show_code(&f.market, licence.id.as_str(), NOW),
         Err(ServiceError::Conflict(_))
     ));
 }
@@ -957,7 +957,7 @@ fn verdict_of(
     der: &[u8],
 ) -> crate::document_seal::SealVerdict {
     f.svc
-        .verify_sealed_document(&crate::document_seal::Document::Bytes(doc), der)
+        .seals().verify_sealed_document(&crate::document_seal::Document::Bytes(doc), der)
         .unwrap()
 }
 
@@ -973,7 +973,7 @@ fn documents_sealed_with_sm2_and_p256_verify_and_a_changed_byte_does_not() {
     for seal in [&f.sm2, &f.es256] {
         let sealed = f
             .svc
-            .seal_document(&seal.id, &f.market, &Document::Bytes(&pdf), "contract.pdf", NOW + 60)
+            .seals().seal_document(&seal.id, &f.market, &Document::Bytes(&pdf), "contract.pdf", NOW + 60)
             .unwrap();
         let v = verdict_of(&f, &pdf, &sealed.ses_signature);
         assert!(v.valid, "{:?}: {:?}", seal.alg, v.checks);
@@ -991,7 +991,7 @@ fn documents_sealed_with_sm2_and_p256_verify_and_a_changed_byte_does_not() {
         };
         let by_digest = f
             .svc
-            .seal_document(&seal.id, &f.market, &digest, "contract.pdf", NOW + 60)
+            .seals().seal_document(&seal.id, &f.market, &digest, "contract.pdf", NOW + 60)
             .unwrap();
         assert!(verdict_of(&f, &pdf, &by_digest.ses_signature).valid);
     }
@@ -1005,7 +1005,7 @@ fn edited_seals_foreign_signers_and_revocation_are_each_named() {
     let doc = b"a procurement bid".to_vec();
     let sealed = f
         .svc
-        .seal_document(&f.sm2.id, &f.market, &Document::Bytes(&doc), "bid.pdf", NOW + 60)
+        .seals().seal_document(&f.sm2.id, &f.market, &Document::Bytes(&doc), "bid.pdf", NOW + 60)
         .unwrap();
     let parsed = SesSignature::parse(&sealed.ses_signature).unwrap();
     let signer = f.svc.seal_key(&f.sm2).unwrap();
@@ -1022,7 +1022,7 @@ fn edited_seals_foreign_signers_and_revocation_are_each_named() {
     // Signed by another SM2 seal's key and certificate: not a signer the seal allows.
     let other = f
         .svc
-        .create_seal(department(&f.market), "合同专用章", JwsAlg::Sm2Sm3, None, NOW)
+        .seals().create_seal(department(&f.market), "合同专用章", JwsAlg::Sm2Sm3, None, NOW)
         .unwrap();
     let other_key = f.svc.seal_key(&other).unwrap();
     let other_cert = openssl::x509::X509::from_pem(other.certificate_pem.as_bytes())
@@ -1047,7 +1047,7 @@ fn edited_seals_foreign_signers_and_revocation_are_each_named() {
     assert!(failed(&verdict_of(&f, &doc, &early.to_der())).contains(&"seal_validity"));
     // Revoked after the sealing: still valid; a signature made after the revocation is not.
     f.svc
-        .revoke_seal(&f.sm2.id, &f.market, "印章遗失", NOW + 120)
+        .seals().revoke_seal(&f.sm2.id, &f.market, "印章遗失", NOW + 120)
         .unwrap();
     assert!(verdict_of(&f, &doc, &sealed.ses_signature).valid);
     let mut after = parsed.to_sign.clone();
@@ -1057,12 +1057,12 @@ fn edited_seals_foreign_signers_and_revocation_are_each_named() {
     // A revoked seal signs nothing more; another department cannot seal with it either.
     assert!(matches!(
         f.svc
-            .seal_document(&f.sm2.id, &f.market, &Document::Bytes(&doc), "x.pdf", NOW + 200),
+            .seals().seal_document(&f.sm2.id, &f.market, &Document::Bytes(&doc), "x.pdf", NOW + 200),
         Err(ServiceError::Conflict(_))
     ));
     assert!(matches!(
         f.svc
-            .seal_document(&f.es256.id, &f.approval, &Document::Bytes(&doc), "x.pdf", NOW + 200),
+            .seals().seal_document(&f.es256.id, &f.approval, &Document::Bytes(&doc), "x.pdf", NOW + 200),
         Err(ServiceError::Forbidden(_))
     ));
     // Truncated DER: a verdict naming the format, not an error.
@@ -1079,14 +1079,14 @@ fn the_detached_jws_form_verifies_and_names_what_fails() {
     for seal in [&f.sm2, &f.es256] {
         let sealed = f
             .svc
-            .seal_document(&seal.id, &f.market, &Document::Bytes(&doc), "deed.pdf", NOW + 60)
+            .seals().seal_document(&seal.id, &f.market, &Document::Bytes(&doc), "deed.pdf", NOW + 60)
             .unwrap();
         let parts: Vec<&str> = sealed.jws.split('.').collect();
         assert_eq!(parts.len(), 3);
         assert!(parts[1].is_empty(), "detached: no payload in the token");
         let verdict = |d: &[u8], jws: &str| {
             f.svc
-                .verify_sealed_jws(&Document::Bytes(d), jws)
+                .seals().verify_sealed_jws(&Document::Bytes(d), jws)
                 .unwrap()
         };
         let v = verdict(&doc, &sealed.jws);
@@ -1102,14 +1102,14 @@ fn the_detached_jws_form_verifies_and_names_what_fails() {
     // Revoked after the sealing: still valid.
     let sealed = f
         .svc
-        .seal_document(&f.sm2.id, &f.market, &Document::Bytes(&doc), "deed.pdf", NOW + 60)
+        .seals().seal_document(&f.sm2.id, &f.market, &Document::Bytes(&doc), "deed.pdf", NOW + 60)
         .unwrap();
     f.svc
-        .revoke_seal(&f.sm2.id, &f.market, "印章遗失", NOW + 120)
+        .seals().revoke_seal(&f.sm2.id, &f.market, "印章遗失", NOW + 120)
         .unwrap();
     assert!(
         f.svc
-            .verify_sealed_jws(&Document::Bytes(&doc), &sealed.jws)
+            .seals().verify_sealed_jws(&Document::Bytes(&doc), &sealed.jws)
             .unwrap()
             .valid
     );
@@ -1169,19 +1169,19 @@ fn seals_of_a_trusted_foreign_system_verify_and_stop_when_it_is_removed() {
     assert!(failed(&verdict_of(&f, &doc, &early)).contains(&"certificate_chain"));
     // Trusted: valid, the foreign authority named.
     let pem = foreign.certificate_pem();
-    let ca = f.svc.add_seal_ca(&pem, "广东省电子印章系统", "440000", NOW).unwrap();
+    let ca = f.svc.seals().add_seal_ca(&pem, "广东省电子印章系统", "440000", NOW).unwrap();
     let v = verdict_of(&f, &doc, &early);
     assert!(v.valid, "{:?}", v.checks);
     assert_eq!(v.authority.as_deref(), Some("广东省电子印章系统 (440000)"));
     // Removed from NOW + 100: what was sealed before still verifies, what after does not.
-    f.svc.remove_seal_ca(&ca.id, NOW + 100).unwrap();
+    f.svc.seals().remove_seal_ca(&ca.id, NOW + 100).unwrap();
     assert!(verdict_of(&f, &doc, &early).valid);
     let late = sealed_at(NOW + 200);
     assert!(failed(&verdict_of(&f, &doc, &late)).contains(&"certificate_chain"));
-    assert_eq!(f.svc.seal_cas().unwrap()[0].removed_at, Some(NOW + 100));
+    assert_eq!(f.svc.seals().seal_cas().unwrap()[0].removed_at, Some(NOW + 100));
     // Bad requests, each named.
     assert!(matches!(
-        f.svc.add_seal_ca("not pem", "x", "440000", NOW),
+        f.svc.seals().add_seal_ca("not pem", "x", "440000", NOW),
         Err(ServiceError::Invalid { field, .. }) if field == "certificate_pem"
     ));
     let seal_cert_pem = String::from_utf8(
@@ -1189,23 +1189,23 @@ fn seals_of_a_trusted_foreign_system_verify_and_stop_when_it_is_removed() {
     )
     .unwrap();
     assert!(matches!(
-        f.svc.add_seal_ca(&seal_cert_pem, "x", "440000", NOW),
+        f.svc.seals().add_seal_ca(&seal_cert_pem, "x", "440000", NOW),
         Err(ServiceError::Invalid { field, .. }) if field == "certificate_pem"
     ));
     assert!(matches!(
-        f.svc.add_seal_ca(&pem, "", "440000", NOW),
+        f.svc.seals().add_seal_ca(&pem, "", "440000", NOW),
         Err(ServiceError::Invalid { field, .. }) if field == "name"
     ));
     assert!(matches!(
-        f.svc.add_seal_ca(&pem, "广东省电子印章系统", "440000", NOW),
+        f.svc.seals().add_seal_ca(&pem, "广东省电子印章系统", "440000", NOW),
         Err(ServiceError::Conflict(_))
     ));
     assert!(matches!(
-        f.svc.remove_seal_ca(&ca.id, NOW + 300),
+        f.svc.seals().remove_seal_ca(&ca.id, NOW + 300),
         Err(ServiceError::Conflict(_))
     ));
     assert!(matches!(
-        f.svc.remove_seal_ca("sealca-nope", NOW + 300),
+        f.svc.seals().remove_seal_ca("sealca-nope", NOW + 300),
         Err(ServiceError::NotFound(_))
     ));
 }
@@ -1216,7 +1216,7 @@ fn seal_names_are_the_owners_registered_name_and_the_kind() {
     assert_eq!(f.sm2.name, "某区市场监督管理局公章");
     assert_eq!(f.sm2.owner_name.as_deref(), Some("某区市场监督管理局"));
     // A name after another department is refused, naming the one it must be.
-    match f.svc.create_seal_valid_for(
+    match f.svc.seals().create_seal_valid_for(
         department(&f.market),
         "公章",
         Some("某区行政审批局公章"),
@@ -1234,7 +1234,7 @@ fn seal_names_are_the_owners_registered_name_and_the_kind() {
     for kind in ["私章", "", "=公章", "公\n章", "很长很长很长很长的专用章啊"] {
         assert!(
             matches!(
-                f.svc.create_seal(department(&f.market), kind, JwsAlg::Es256, None, NOW),
+                f.svc.seals().create_seal(department(&f.market), kind, JwsAlg::Es256, None, NOW),
                 Err(ServiceError::Invalid { ref field, .. }) if field == "seal_type"
             ),
             "{kind:?}"
@@ -1243,18 +1243,18 @@ fn seal_names_are_the_owners_registered_name_and_the_kind() {
     // An enterprise's seal: only once it holds a valid business licence, under its name.
     let xiaomi = uscc(HOLDER);
     assert!(matches!(
-        f.svc.create_seal(SealOwner::Enterprise { id: &xiaomi, made_by: &f.market }, "公章", JwsAlg::Sm2Sm3, None, NOW),
+        f.svc.seals().create_seal(SealOwner::Enterprise { id: &xiaomi, made_by: &f.market }, "公章", JwsAlg::Sm2Sm3, None, NOW),
         Err(ServiceError::Conflict(m)) if m.contains("营业执照")
     ));
     issue(&f, &f.sm2);
     let own = f
         .svc
-        .create_seal(SealOwner::Enterprise { id: &xiaomi, made_by: &f.market }, "合同专用章", JwsAlg::Sm2Sm3, None, NOW)
+        .seals().create_seal(SealOwner::Enterprise { id: &xiaomi, made_by: &f.market }, "合同专用章", JwsAlg::Sm2Sm3, None, NOW)
         .unwrap();
     assert_eq!(own.name, "小米科技有限责任公司合同专用章");
     assert_eq!(own.owner, xiaomi);
     assert!(matches!(
-        f.svc.create_seal_valid_for(
+        f.svc.seals().create_seal_valid_for(
             SealOwner::Enterprise { id: &xiaomi, made_by: &f.market },
             "公章",
             Some("华为技术有限公司公章"),
@@ -1267,18 +1267,18 @@ fn seal_names_are_the_owners_registered_name_and_the_kind() {
     ));
     // Only the registrar makes them.
     assert!(matches!(
-        f.svc.create_seal(SealOwner::Enterprise { id: &xiaomi, made_by: &f.approval }, "公章", JwsAlg::Sm2Sm3, None, NOW),
+        f.svc.seals().create_seal(SealOwner::Enterprise { id: &xiaomi, made_by: &f.approval }, "公章", JwsAlg::Sm2Sm3, None, NOW),
         Err(ServiceError::Forbidden(_))
     ));
     // The registrar may revoke the enterprise's seal; another department may not.
     assert!(matches!(
-        f.svc.revoke_seal(&own.id, &f.approval, "遗失", NOW),
+        f.svc.seals().revoke_seal(&own.id, &f.approval, "遗失", NOW),
         Err(ServiceError::Forbidden(_))
     ));
-    f.svc.revoke_seal(&own.id, &f.market, "遗失", NOW).unwrap();
+    f.svc.seals().revoke_seal(&own.id, &f.market, "遗失", NOW).unwrap();
     // A department is not a market entity: no enterprise seal for it.
     assert!(matches!(
-        f.svc.create_seal(SealOwner::Enterprise { id: &f.market, made_by: &f.market }, "公章", JwsAlg::Sm2Sm3, None, NOW),
+        f.svc.seals().create_seal(SealOwner::Enterprise { id: &f.market, made_by: &f.market }, "公章", JwsAlg::Sm2Sm3, None, NOW),
         Err(ServiceError::Invalid { ref field, .. }) if field == "holder"
     ));
 }
@@ -1316,7 +1316,7 @@ fn es256_licences_are_signed_low_s_and_their_high_s_twin_is_refused() {
             der.verify(&openssl::sha::sha256(input.as_bytes()), &ec).unwrap(),
             "the twin is a valid ECDSA signature"
         );
-        assert_fails(&f.svc.verify(&forged, NOW), "signature", "");
+        assert_fails(&f.svc.verification().verify(&forged, NOW), "signature", "");
     }
 }
 
@@ -1327,15 +1327,15 @@ fn a_licence_whose_validity_has_ended_is_not_issued() {
     req.valid_from = Some(NOW - 100);
     req.valid_until = Some(NOW - 1);
     assert!(matches!(
-        f.svc.issue(&f.market, &req, NOW),
+        f.svc.issuance().issue(&f.market, &req, NOW),
         Err(ServiceError::Invalid { field, .. }) if field == "valid_until"
     ));
     // The verdict names the clock-skew allowance.
     let licence = issue(&f, &f.sm2);
-    let report = f.svc.verify(&licence.sd_jwt, NOW);
+    let report = f.svc.verification().verify(&licence.sd_jwt, NOW);
     let time = report.checks.iter().find(|c| c.check == "time").unwrap();
     assert!(time.detail.contains("30 s of clock skew"), "{}", time.detail);
-    let late = f.svc.verify(&licence.sd_jwt, licence.expires_at + CLOCK_SKEW_SECONDS + 1);
+    let late = f.svc.verification().verify(&licence.sd_jwt, licence.expires_at + CLOCK_SKEW_SECONDS + 1);
     assert_fails(&late, "time", "clock skew");
 }
 
@@ -1344,7 +1344,7 @@ fn a_second_licence_of_a_type_held_once_is_refused_and_renewal_replaces() {
     let Some(f) = fixture() else { return };
     let seal = f
         .svc
-        .create_seal(department(&f.approval), "公章", JwsAlg::Es256, None, NOW)
+        .seals().create_seal(department(&f.approval), "公章", JwsAlg::Es256, None, NOW)
         .unwrap();
     let req = IssueRequest {
         licence_type: FOOD.into(),
@@ -1356,17 +1356,17 @@ fn a_second_licence_of_a_type_held_once_is_refused_and_renewal_replaces() {
         valid_until: None,
         serial: None,
     };
-    let first = f.svc.issue(&f.approval, &req, NOW).unwrap();
-    match f.svc.issue(&f.approval, &req, NOW) {
+    let first = f.svc.issuance().issue(&f.approval, &req, NOW).unwrap();
+    match f.svc.issuance().issue(&f.approval, &req, NOW) {
         Err(ServiceError::AlreadyHeld(id)) => assert_eq!(id, first.id.as_str()),
         other => panic!("a second food permit was issued: {other:?}"),
     }
-    let renewed = f.svc.renew(first.id.as_str(), &f.approval, None, None, NOW).unwrap();
+    let renewed = f.svc.issuance().renew(first.id.as_str(), &f.approval, None, None, NOW).unwrap();
     assert_eq!(renewed.replaces.as_ref(), Some(&first.id));
     // Other holders are not affected.
     let mut other = req.clone();
     other.holder_id = OTHER_HOLDER.into();
-    f.svc.issue(&f.approval, &other, NOW).unwrap();
+    f.svc.issuance().issue(&f.approval, &other, NOW).unwrap();
 }
 
 #[test]
@@ -1376,7 +1376,7 @@ fn holder_names_with_control_bidi_or_formula_characters_are_refused() {
         let mut req = request(&f.sm2);
         req.holder_name = bad.into();
         assert!(
-            matches!(f.svc.issue(&f.market, &req, NOW), Err(ServiceError::Invalid { ref field, .. }) if field == "holder_name"),
+            matches!(f.svc.issuance().issue(&f.market, &req, NOW), Err(ServiceError::Invalid { ref field, .. }) if field == "holder_name"),
             "{bad:?}"
         );
     }
@@ -1387,7 +1387,7 @@ fn a_holders_licences_come_in_pages_valid_first() {
     let Some(f) = fixture() else { return };
     let ids: Vec<String> = (0..5).map(|_| issue(&f, &f.sm2).id.to_string()).collect();
     f.svc
-        .change_status(&ids[4], &f.market, Lifecycle::Revoke, "吊销")
+        .issuance().change_status(&ids[4], &f.market, Lifecycle::Revoke, "吊销")
         .unwrap();
     let mut seen = Vec::new();
     let mut after = None;
@@ -1409,12 +1409,12 @@ fn a_holders_licences_come_in_pages_valid_first() {
 fn a_shown_licence_can_be_looked_at_without_using_the_code_up() {
     let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.sm2);
-    let (code, _) = f.svc.create_show_code(&f.market, licence.id.as_str(), NOW).unwrap();
-    assert_eq!(f.svc.shown_licence(&code, NOW + 1).unwrap().id, licence.id);
-    assert_eq!(f.svc.shown_licence(&code, NOW + 2).unwrap().id, licence.id);
-    f.svc.redeem_show_code(&code, &f.approval, NOW + 3).unwrap();
+    let (code, _) = f.svc.holders().create_show_code(&f.market, licence.id.as_str(), NOW).unwrap();
+    assert_eq!(f.svc.holders().shown_licence(&code, NOW + 1).unwrap().id, licence.id);
+    assert_eq!(f.svc.holders().shown_licence(&code, NOW + 2).unwrap().id, licence.id);
+    f.svc.holders().redeem_show_code(&code, &f.approval, NOW + 3).unwrap();
     assert!(matches!(
-        f.svc.shown_licence(&code, NOW + 4),
+        f.svc.holders().shown_licence(&code, NOW + 4),
         Err(ServiceError::Forbidden(_))
     ));
 }
@@ -1428,14 +1428,14 @@ fn consent_tokens_of_another_typ_are_refused_without_decoder_details() {
     // The same claims signed by the gateway's key, but typed as a plain JWT (a proof token or
     // any other gateway token must not pass for a consent).
     let other = f.svc.sign_gateway_jwt("JWT", &Value::Object(claims)).unwrap();
-    let m = forbidden(f.svc.check_consent(&other, HOLDER, &f.approval, BUSINESS, NOW));
+    let m = forbidden(f.svc.holders().check_consent(&other, HOLDER, &f.approval, BUSINESS, NOW));
     assert!(m.contains("typ"), "{m}");
     for garbage in [
         "eyJhbGciOiJFUzI1NiJ9.e30.AAAA",
         "not a token",
         &format!("{}!", &token[..token.len() - 1]),
     ] {
-        let m = forbidden(f.svc.check_consent(garbage, HOLDER, &f.approval, BUSINESS, NOW));
+        let m = forbidden(f.svc.holders().check_consent(garbage, HOLDER, &f.approval, BUSINESS, NOW));
         let lower = m.to_lowercase();
         assert!(
             !lower.contains("base64") && !lower.contains("offset") && !lower.contains("error"),
