@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// The key a credential must have been signed with, a note for the chain check, and its seal.
+type ResolvedSeal = (Box<dyn JwsVerifier>, String, SealRecord);
+
 /// The verification part of a [`LicenceService`] (`svc.verification()`).
 #[derive(Debug, Clone, Copy)]
 pub struct Verification<'a> {
@@ -202,7 +205,7 @@ impl Verification<'_> {
         parsed: &jws::ParsedJws,
         now: i64,
         unavailable: &std::cell::Cell<bool>,
-    ) -> Result<(Box<dyn JwsVerifier>, String, SealRecord), (CheckName, String)> {
+    ) -> Result<ResolvedSeal, (CheckName, String)> {
         let kid = parsed.header.kid.as_deref().unwrap_or_default();
         let (seal, material) = self
             .chained_seal(parsed, now, unavailable)
