@@ -8,6 +8,8 @@
 //! from the file's top-level module to `<module>`; Tarjan's algorithm finds the strongly
 //! connected components.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

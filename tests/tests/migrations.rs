@@ -3,6 +3,8 @@
 //! nothing, and a database a newer build has migrated is refused with a message naming the
 //! store and both versions.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 use std::sync::Arc;
 
