@@ -1,5 +1,6 @@
 //! The `certgate` command line: `serve`, `config check`, `pki …` and `demo`.
 
+#[cfg(feature = "demo")]
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -59,6 +60,7 @@ enum Command {
     Enterprises(EnterprisesCommand),
     /// Create (or reuse) a development PKI, configuration and data directory, start the
     /// gateway and print curl commands that work.
+    #[cfg(feature = "demo")]
     Demo {
         /// Directory for the demo's files.
         #[arg(long, default_value = "certgate-demo")]
@@ -142,6 +144,7 @@ enum EnterprisesCommand {
     },
     /// Write a deterministic synthetic population as JSON Lines: the same count and seed
     /// always give the same profiles.
+    #[cfg(feature = "demo")]
     Generate {
         /// How many profiles.
         #[arg(long)]
@@ -468,6 +471,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             report_import("profiles", total, 0, &bad)
         }
+        #[cfg(feature = "demo")]
         Command::Enterprises(EnterprisesCommand::Generate {
             count,
             seed,
@@ -494,6 +498,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             sink.flush()?;
             Ok(())
         }
+        #[cfg(feature = "demo")]
         Command::Demo {
             dir,
             listen,

@@ -12,185 +12,46 @@ use time::OffsetDateTime;
 use crate::config::Config;
 use crate::pki::{ClientSpec, DevCa};
 
-/// A sample department of the demo: file stem, USCC, name and roles.
-#[derive(Debug)]
+/// A sample department of the demo (`demo/departments.toml`): file stem, USCC, names, roles.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SampleDepartment {
     /// File stem of its client certificate in `pki/`.
-    pub file: &'static str,
+    pub file: String,
     /// Its unified social credit code (sample codes with valid check characters).
-    pub id: &'static str,
+    pub id: Uscc,
     /// Its name.
-    pub name: &'static str,
+    pub name: String,
     /// Its full legal name, which its seals carry.
-    pub full_name: &'static str,
+    pub full_name: String,
     /// Its roles.
-    pub roles: &'static [&'static str],
+    pub roles: Vec<String>,
+}
+
+/// The demo's data files, built into the binary so that the demo runs from any directory.
+mod data {
+    pub const DEPARTMENTS: &str = include_str!("../demo/departments.toml");
+    pub const LICENSING: &str = include_str!("../demo/licensing.toml");
+    pub const EXCHANGE: &str = include_str!("../demo/exchange.toml");
+    pub const RECORDS: &str = include_str!("../demo/records.json");
+    pub const LICENCES: &str = include_str!("../demo/licences.json");
 }
 
 /// The departments the demo configures, each with a client certificate.
-pub const SAMPLE_DEPARTMENTS: &[SampleDepartment] = &[
-    SampleDepartment {
-        file: "approval",
-        id: "11110105MB0000001C",
-        name: "行政审批局",
-        full_name: "北京市朝阳区行政审批局",
-        roles: &["consumer"],
-    },
-    SampleDepartment {
-        file: "market",
-        id: "11110105MB0000002F",
-        name: "市场监管局",
-        full_name: "北京市朝阳区市场监督管理局",
-        roles: &["issuer", "consumer"],
-    },
-    SampleDepartment {
-        file: "audit",
-        id: "11110105MB0000003J",
-        name: "审计局",
-        full_name: "北京市朝阳区审计局",
-        roles: &["auditor"],
-    },
-    SampleDepartment {
-        file: "push",
-        id: "12110105MB0000004J",
-        name: "政策推送服务",
-        full_name: "北京市朝阳区政务服务数据管理中心",
-        roles: &["policy-push"],
-    },
-    SampleDepartment {
-        file: "app",
-        id: "91110105MA0000005E",
-        name: "城市 app",
-        full_name: "北京城市服务科技有限公司",
-        roles: &["holder-app"],
-    },
-    SampleDepartment {
-        file: "ops",
-        id: "11110105MB0000006U",
-        name: "运维中心",
-        full_name: "北京市朝阳区政务服务运维中心",
-        roles: &["admin"],
-    },
-    SampleDepartment {
-        file: "police",
-        id: "11110105MB0000010A",
-        name: "公安局",
-        full_name: "北京市公安局朝阳分局",
-        roles: &["consumer"],
-    },
-    SampleDepartment {
-        file: "tax",
-        id: "11110105MB0000011D",
-        name: "税务局",
-        full_name: "国家税务总局北京市朝阳区税务局",
-        roles: &["consumer"],
-    },
-    SampleDepartment {
-        file: "data",
-        id: "11110105MB0000012G",
-        name: "大数据局",
-        full_name: "北京市朝阳区大数据局",
-        roles: &["consumer"],
-    },
-];
+pub fn sample_departments() -> anyhow::Result<Vec<SampleDepartment>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        departments: Vec<SampleDepartment>,
+    }
+    let file: File = toml::from_str(data::DEPARTMENTS).context("demo/departments.toml")?;
+    Ok(file.departments)
+}
 
 /// Placeholder origins of the demo's two source systems in `certgate.toml`; the demo starts
 /// them on free ports and puts their real addresses in the loaded configuration.
 const POLICE_SOURCE: &str = "https://127.0.0.1:8601";
 const TAX_SOURCE: &str = "https://127.0.0.1:8602";
-
-/// The demo's shared-data exchange: the household register of 公安局 and the tax status of
-/// 税务局, each behind its own source system, and two no-proof check types.
-const EXCHANGE: &str = r#"
-# Shared-data exchange. The demo starts the two source systems itself, on free ports, and
-# uses their real addresses in place of the origins below.
-[exchange]
-cache_bytes = 67108864
-
-[[upstreams]]
-origin = "https://127.0.0.1:8601"
-ca_file = "pki/ca.pem"
-client_cert = "pki/gateway-upstream.pem"
-client_key = "pki/gateway-upstream.key"
-timeout_ms = 2000
-retries = 1
-
-[[upstreams]]
-origin = "https://127.0.0.1:8602"
-ca_file = "pki/ca.pem"
-client_cert = "pki/gateway-upstream.pem"
-client_key = "pki/gateway-upstream.key"
-timeout_ms = 2000
-retries = 1
-
-[[datasets]]
-id = "household"
-name = "户籍信息"
-owner = "11110105MB0000010A"
-url = "https://127.0.0.1:8601/persons/{key}"
-key_kind = "citizen-id"
-ttl_seconds = 300
-stale_if_error_seconds = 3600
-fields = ["name", "citizen_id", "address", "criminal_record"]
-
-# The approval bureau sees name, masked id and address for household matters only.
-[[datasets.grants]]
-department = "11110105MB0000001C"
-purposes = ["M-HUKOU-001"]
-fields = { name = "full", citizen_id = "partial", address = "full" }
-
-# The market regulator sees a masked name, for any stated purpose.
-[[datasets.grants]]
-department = "11110105MB0000002F"
-fields = { name = "partial" }
-
-[[datasets]]
-id = "tax-status"
-name = "纳税状况"
-owner = "11110105MB0000011D"
-url = "https://127.0.0.1:8602/taxpayers/{key}"
-key_kind = "uscc"
-ttl_seconds = 300
-stale_if_error_seconds = 3600
-fields = ["name", "arrears_yuan", "credit_rating"]
-invalidated_by_licence_types = ["11100000MB0000100D001"]
-
-[[datasets.grants]]
-department = "11110105MB0000001C"
-fields = { name = "full", credit_rating = "full" }
-
-# 无欠税且营业执照有效: no tax arrears and a business licence valid now.
-[[proof_types]]
-id = "no-arrears-licensed"
-name = "无欠税且营业执照有效证明"
-holder_kind = "uscc"
-departments = ["11110105MB0000001C"]
-# Asked for in bidding and procurement matters only.
-purposes = ["M-BID-001"]
-validity_seconds = 86400
-
-[[proof_types.conditions]]
-dataset = "tax-status"
-field = "arrears_yuan"
-op = "equals"
-value = 0
-
-[[proof_types.conditions]]
-licence_type = "11100000MB0000100D001"
-
-[[proof_types]]
-id = "no-criminal-record"
-name = "无犯罪记录证明"
-holder_kind = "citizen-id"
-departments = ["11110105MB0000001C"]
-purposes = ["M-HIRE-001", "M-HUKOU-001"]
-
-[[proof_types.conditions]]
-dataset = "household"
-field = "criminal_record"
-op = "exists"
-value = false
-"#;
 
 /// The demo's running source systems.
 #[derive(Debug)]
@@ -210,7 +71,6 @@ pub async fn start_sources(
     ip: std::net::IpAddr,
 ) -> anyhow::Result<Sources> {
     use crate::source_system::SourceSystem;
-    use serde_json::json;
     let pki = dir.join("pki");
     let any = SocketAddr::new(ip, 0);
     let (cert, key, ca) = (
@@ -220,22 +80,13 @@ pub async fn start_sources(
     );
     let police = SourceSystem::start(any, &cert, &key, Some(&ca)).await?;
     let tax = SourceSystem::start(any, &cert, &key, Some(&ca)).await?;
-    police.controls.put(
-        CITIZEN,
-        &json!({"name": "张三丰", "citizen_id": CITIZEN, "address": "北京市朝阳区建国路 1 号", "criminal_record": null}),
-    );
-    police.controls.put(
-        "110101199003071233",
-        &json!({"name": "赵六", "citizen_id": "110101199003071233", "address": "北京市东城区", "criminal_record": "2019 年 盗窃"}),
-    );
-    tax.controls.put(
-        XIAOMI,
-        &json!({"name": "小米科技有限责任公司", "arrears_yuan": 0, "credit_rating": "A"}),
-    );
-    tax.controls.put(
-        HUAWEI,
-        &json!({"name": "华为技术有限公司", "arrears_yuan": 3200, "credit_rating": "B"}),
-    );
+    let records: serde_json::Value =
+        serde_json::from_str(data::RECORDS).context("demo/records.json")?;
+    for (system, source) in [("police", &police), ("tax", &tax)] {
+        for (key, record) in records[system].as_object().into_iter().flatten() {
+            source.controls.put(key, record);
+        }
+    }
     let real = |addr: SocketAddr| format!("https://{addr}");
     for (placeholder, addr) in [(POLICE_SOURCE, police.addr), (TAX_SOURCE, tax.addr)] {
         let origin = real(addr);
@@ -268,10 +119,9 @@ pub fn prepare(
         .with_context(|| format!("cannot resolve {}", dir.display()))?;
     let pki = dir.join("pki");
     let ca = DevCa::open_or_init(&pki, now)?;
-    for d in SAMPLE_DEPARTMENTS {
+    for d in sample_departments()? {
         if !pki.join(format!("{}.pem", d.file)).exists() {
-            let id: Uscc = d.id.parse()?;
-            ca.issue_client(&ClientSpec::department(d.file, &id, now))?;
+            ca.issue_client(&ClientSpec::department(&d.file, &d.id, now))?;
         }
     }
     // The certificate the gateway presents to the source systems.
@@ -310,7 +160,7 @@ pub fn prepare(
     }
     let config_path = dir.join("certgate.toml");
     if !config_path.exists() {
-        std::fs::write(&config_path, config_text())
+        std::fs::write(&config_path, config_text()?)
             .with_context(|| format!("cannot write {}", config_path.display()))?;
     }
     std::fs::create_dir_all(dir.join("data"))?;
@@ -320,7 +170,7 @@ pub fn prepare(
     Ok(config)
 }
 
-fn config_text() -> String {
+fn config_text() -> anyhow::Result<String> {
     let mut text = String::from(
         "# certgate demo configuration, written by `certgate demo`. Edit and reload with\n\
          # `kill -HUP <pid>` or POST /v1/admin/reload (as the `ops` department).\n\n\
@@ -332,7 +182,7 @@ fn config_text() -> String {
          # 0600) signs its checkpoints.\n\
          [access_log]\nkey_file = \"log-key\"\norigin = \"certgate.demo/access-log\"\n",
     );
-    for d in SAMPLE_DEPARTMENTS {
+    for d in sample_departments()? {
         let roles: Vec<String> = d.roles.iter().map(|r| format!("\"{r}\"")).collect();
         let _ = write!(
             text,
@@ -343,59 +193,15 @@ fn config_text() -> String {
             roles.join(", ")
         );
     }
-    text.push_str(LICENSING);
-    text.push_str(EXCHANGE);
+    text.push('\n');
+    text.push_str(data::LICENSING);
+    text.push_str(data::EXCHANGE);
     text.push_str(
         "\n# The policy knowledge base: 大数据局 maintains the enterprise profiles.\n\
          [policies]\nprofile_owner = \"11110105MB0000012G\"\n",
     );
-    text
+    Ok(text)
 }
-
-/// The demo's licence types and access rules (the end-to-end tests use them too, without the
-/// one-per-holder rule, so that a test may issue several licences to one holder).
-pub const LICENSING: &str = r#"
-# The business licence registers market entities: an enterprise holds one at a time (a
-# change goes through renewal), and its seals carry the name it gives.
-[[licence_types]]
-code = "11100000MB0000100D001"
-name = "营业执照"
-issuers = ["11110105MB0000002F"]
-validity_days = 3650
-business_licence = true
-one_per_holder = true
-fields = [
-  { name = "name", kind = "string", required = true },
-  { name = "legal_representative", kind = "string", required = true },
-  { name = "registered_capital", kind = "integer", min = 0 },
-  { name = "established", kind = "date", required = true },
-  { name = "business_scope", kind = "string" },
-]
-
-[[licence_types]]
-code = "11100000MB0000100D002"
-name = "食品经营许可证"
-issuers = ["11110105MB0000002F"]
-validity_days = 1825
-consent_required = true
-fields = [
-  { name = "operator", kind = "string", required = true },
-  { name = "premises", kind = "string", required = true },
-  { name = "category", kind = "string" },
-]
-
-# The approval bureau sees the name, legal representative and holder of business licences
-# for any stated purpose, and every field of food permits for matter M-FOOD-001.
-[[access_rules]]
-department = "11110105MB0000001C"
-licence_type = "11100000MB0000100D001"
-fields = ["name", "legal_representative", "holder_id"]
-
-[[access_rules]]
-department = "11110105MB0000001C"
-licence_type = "11100000MB0000100D002"
-purposes = ["M-FOOD-001"]
-"#;
 
 /// What the demo's sample data gave: the ids the walk-through uses.
 #[derive(Debug)]
@@ -455,6 +261,8 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
                 .id,
         ),
     };
+    let licences: serde_json::Value =
+        serde_json::from_str(data::LICENCES).context("demo/licences.json")?;
     let samples_dir = dir.join("samples");
     std::fs::create_dir_all(&samples_dir)?;
     let ids_file = samples_dir.join("licences.json");
@@ -470,23 +278,29 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
             ids["food_permit"].as_str().unwrap_or_default().to_owned(),
         ),
         _ => {
-            let fields = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
-            let business = svc.issuance().issue(&market, &IssueRequest {
-                licence_type: "11100000MB0000100D001".into(),
-                holder_id: XIAOMI.into(),
-                holder_name: "小米科技有限责任公司".into(),
-                seal_id: sm2_seal.clone(),
-                fields: fields(json!({"name": "小米科技有限责任公司", "legal_representative": "雷军", "registered_capital": 185000000, "established": "2010-03-03", "business_scope": "技术开发"})),
-                valid_from: None, valid_until: None, serial: None,
-            }, now)?;
-            let food = svc.issuance().issue(&market, &IssueRequest {
-                licence_type: "11100000MB0000100D002".into(),
-                holder_id: XIAOMI.into(),
-                holder_name: "小米科技有限责任公司".into(),
-                seal_id: es256_seal.clone(),
-                fields: fields(json!({"operator": "小米科技有限责任公司", "premises": "北京市海淀区", "category": "预包装食品销售"})),
-                valid_from: None, valid_until: None, serial: None,
-            }, now)?;
+            let issue = |sample: &serde_json::Value| -> anyhow::Result<_> {
+                let seal_id = match sample["seal"].as_str() {
+                    Some("sm2") => sm2_seal.clone(),
+                    _ => es256_seal.clone(),
+                };
+                let text = |k: &str| sample[k].as_str().unwrap_or_default().to_owned();
+                Ok(svc.issuance().issue(
+                    &market,
+                    &IssueRequest {
+                        licence_type: text("licence_type"),
+                        holder_id: text("holder_id"),
+                        holder_name: text("holder_name"),
+                        seal_id,
+                        fields: sample["fields"].as_object().cloned().unwrap_or_default(),
+                        valid_from: None,
+                        valid_until: None,
+                        serial: None,
+                    },
+                    now,
+                )?)
+            };
+            let business = issue(&licences["issued"]["business_licence"])?;
+            let food = issue(&licences["issued"]["food_permit"])?;
             std::fs::write(
                 &ids_file,
                 serde_json::to_vec_pretty(
@@ -504,16 +318,9 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
         std::fs::write(samples_dir.join(name), serde_json::to_vec_pretty(&v)?)?;
         Ok(())
     };
-    write(
-        "issue-business.json",
-        json!({
-            "licence_type": "11100000MB0000100D001",
-            "holder_id": "914403001922038216",
-            "holder_name": "华为技术有限公司",
-            "seal_id": sm2_seal,
-            "fields": {"name": "华为技术有限公司", "legal_representative": "赵明路", "established": "1987-09-15"}
-        }),
-    )?;
+    let mut issue_business = licences["walkthrough"].clone();
+    issue_business["seal_id"] = json!(sm2_seal);
+    write("issue-business.json", issue_business)?;
     write(
         "check-business.json",
         json!({"fields": {"legal_representative": "雷军", "name": "某某公司"}}),
@@ -872,4 +679,31 @@ pub fn print_walkthrough(dir: &Path, samples: &Samples, api: SocketAddr, ops: So
     println!("curl -sS http://{ops}/metrics");
     println!();
     println!("Stop with Ctrl-C (in-flight requests finish first).");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_data_files_read() {
+        let departments = sample_departments().unwrap();
+        assert!(
+            departments
+                .iter()
+                .any(|d| d.file == "ops" && d.roles == ["admin"])
+        );
+        let text = config_text().unwrap();
+        let value: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(
+            value["departments"].as_array().unwrap().len(),
+            departments.len()
+        );
+        assert!(value["licence_types"].as_array().unwrap().len() >= 2);
+        assert!(value["datasets"].as_array().unwrap().len() >= 2);
+        let records: serde_json::Value = serde_json::from_str(data::RECORDS).unwrap();
+        assert!(records["police"][CITIZEN].is_object());
+        let licences: serde_json::Value = serde_json::from_str(data::LICENCES).unwrap();
+        assert_eq!(licences["issued"]["business_licence"]["holder_id"], XIAOMI);
+    }
 }

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod data;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod documents;
 pub mod error;
@@ -25,6 +26,7 @@ pub mod preauth;
 pub mod purpose;
 pub mod rate_limit;
 pub mod server;
+#[cfg(feature = "demo")]
 pub mod source_system;
 pub mod state;
 pub mod tls;

@@ -6,6 +6,7 @@
 
 pub mod codes;
 pub mod eligibility;
+#[cfg(feature = "generate")]
 pub mod generate;
 pub mod import;
 pub mod index;

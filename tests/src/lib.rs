@@ -55,12 +55,13 @@ pub const XIAOMI: &str = "91110108551385082Q";
 /// The example citizen id from GB 11643-1999.
 pub const CITIZEN: &str = "11010519491231002X";
 
-/// Licence types and access rules of the test gateways: the demo's (the approval bureau may
-/// read the name, legal representative and holder id of business licences for any purpose,
-/// and every field of food permits for matter `M-FOOD-001`), without the one-business-licence
-/// rule, so that a test may issue several licences to one holder (the rule has its own test).
+/// Licence types and access rules of the test gateways (`tests/fixtures/licensing.toml`):
+/// the approval bureau may read the name, legal representative and holder id of business
+/// licences for any purpose, and every field of food permits for matter `M-FOOD-001`; no
+/// one-business-licence rule, so that a test may issue several licences to one holder (the
+/// rule has its own test).
 pub fn licensing() -> String {
-    gateway::demo::LICENSING.replacen("one_per_holder = true\n", "", 1)
+    include_str!("../fixtures/licensing.toml").to_owned()
 }
 
 /// Request budgets far above what any test sends, for the departments of [`dept`]: the
