@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, header};
 use http_body_util::BodyExt;
 
-use crate::config::RouteClass;
+use crate::config::{Department, RouteClass};
 use crate::error::{ApiError, Code, ErrorBody};
 use crate::extract::{
     AccessNote, ConnectionContext, NoteSlot, Protocol, RequestId, is_json, not_json,
@@ -133,7 +133,12 @@ async fn gate_inner(gateway: Arc<Gateway>, mut req: Request, next: Next) -> Resp
     let serving = gateway.access_log.serving();
     let facts = RequestFacts::read(&req);
     let slot = NoteSlot::default();
-    let identity = resolve_caller(&gateway, facts.ctx.as_deref());
+    let live = gateway.live();
+    let identity = resolve_caller(
+        &|id| live.departments.get(id),
+        &|issuer, serial| live.revoked.contains(issuer, serial),
+        facts.ctx.as_deref(),
+    );
     let department = match &identity {
         Ok(caller) => Some(caller.department.clone()),
         Err((_, named)) => named.clone(),
@@ -158,13 +163,20 @@ async fn gate_inner(gateway: Arc<Gateway>, mut req: Request, next: Next) -> Resp
         }
     };
     let mut response = response;
-    let leaf = leaf_of(&gateway, &facts, department.as_ref(), &mut response, &slot);
+    let pseudonym = |holder: &str| gateway.pseudonym(holder);
+    let leaf = leaf_of(
+        &pseudonym,
+        &facts,
+        department.as_ref(),
+        &mut response,
+        &slot,
+    );
     if let Err(e) = gateway.access_log.append_served(leaf, serving).await {
         // The response is withheld: nothing leaves the gateway unlogged.
         tracing::error!(error = %e, "access log append failed; response withheld");
         response = ApiError::log_unavailable().into_response();
     }
-    record_metrics(&gateway, &facts, department.as_ref(), &response);
+    record_metrics(&gateway.metrics, &facts, department.as_ref(), &response);
     response
 }
 
@@ -172,22 +184,22 @@ async fn gate_inner(gateway: Arc<Gateway>, mut req: Request, next: Next) -> Resp
 /// against the current CRLs and department table, so a reload that revokes, disables or
 /// changes a department applies to open and resumed connections too. A refusal carries the
 /// department the certificate named, when it named one.
-fn resolve_caller(
-    gateway: &Gateway,
+fn resolve_caller<'a>(
+    department: &dyn Fn(&cert_store::Uscc) -> Option<&'a Department>,
+    revoked: &dyn Fn(&[u8], &[u8]) -> bool,
     ctx: Option<&ConnectionContext>,
 ) -> Result<Caller, (Refusal, Option<cert_store::Uscc>)> {
     let Some(ctx) = ctx else {
         return Err((Refusal::NoCertificate, None));
     };
-    let live = gateway.live();
     let revoked_since = ctx
         .identity
         .revocation_key
         .as_ref()
-        .is_some_and(|(issuer, serial)| live.revoked.contains(issuer, serial));
+        .is_some_and(|(issuer, serial)| revoked(issuer, serial));
     match &ctx.identity.caller {
         Ok(caller) if revoked_since => Err((Refusal::Revoked, Some(caller.department.clone()))),
-        Ok(caller) => match live.departments.get(&caller.department) {
+        Ok(caller) => match department(&caller.department) {
             None => Err((
                 Refusal::UnknownDepartment(caller.department.clone()),
                 Some(caller.department.clone()),
@@ -293,7 +305,7 @@ async fn serve(gateway: &Gateway, req: Request, next: Next) -> Response {
 /// The request's leaf. Every text that came from the client is bounded and clean: no control
 /// or bidi characters, at most [`MAX_LOGGED_CHARS`] characters, no raw citizen id.
 fn leaf_of(
-    gateway: &Gateway,
+    pseudonym: &dyn Fn(&str) -> String,
     facts: &RequestFacts,
     department: Option<&cert_store::Uscc>,
     response: &mut Response,
@@ -324,7 +336,7 @@ fn leaf_of(
         method: Some(facts.method.to_string()),
         route: Some(facts.route.clone()),
         resource: resource.map(|r| log_text(&redact_citizen_ids(&r))),
-        holder: note.holder.map(|h| gateway.pseudonym(&h)),
+        holder: note.holder.map(|h| pseudonym(&h)),
         matter: facts.purpose.as_ref().and_then(|p| p.matter.clone()),
         reason: facts
             .purpose
@@ -345,12 +357,11 @@ fn leaf_of(
 }
 
 fn record_metrics(
-    gateway: &Gateway,
+    m: &crate::metrics::Metrics,
     facts: &RequestFacts,
     department: Option<&cert_store::Uscc>,
     response: &Response,
 ) {
-    let m = &gateway.metrics;
     m.requests
         .get_or_create(&RequestLabels {
             route: facts.route.clone(),
@@ -519,6 +530,241 @@ pub const DRAIN_FACTOR: usize = 8;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::config::Role;
+    use crate::identity::{CertificateFacts, PeerIdentity};
+
+    const MARKET: &str = "11110105MB0000002F";
+
+    fn context(caller: Result<Caller, Refusal>, protocol: Protocol) -> ConnectionContext {
+        ConnectionContext {
+            identity: PeerIdentity {
+                certificate: None,
+                revocation_key: Some((b"issuer".to_vec(), b"serial".to_vec())),
+                caller,
+            },
+            protocol,
+            resumed: false,
+            peer: "127.0.0.1:4000".parse().unwrap(),
+        }
+    }
+
+    fn caller() -> Caller {
+        Caller {
+            department: MARKET.parse().unwrap(),
+            name: "from the certificate".into(),
+            roles: Default::default(),
+            certificate: CertificateFacts {
+                subject: "CN=market".into(),
+                serial: "01".into(),
+                fingerprint_sha256: "00".into(),
+            },
+        }
+    }
+
+    fn department(enabled: bool) -> Department {
+        Department {
+            id: MARKET.parse().unwrap(),
+            name: "市场监管局".into(),
+            full_name: None,
+            roles: [Role::Issuer].into(),
+            enabled,
+            rate_limits: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_caller_is_resolved_against_the_current_table_and_crls() {
+        let enabled = department(true);
+        let disabled = department(false);
+        let ctx = context(Ok(caller()), Protocol::Http2);
+        let not_revoked = |_: &[u8], _: &[u8]| false;
+        let resolved = resolve_caller(&|_| Some(&enabled), &not_revoked, Some(&ctx)).unwrap();
+        // Name and roles come from the table as it is now, not from the certificate.
+        assert_eq!(resolved.name, "市场监管局");
+        assert!(resolved.has(Role::Issuer));
+        let refusal = |r: Result<Caller, (Refusal, Option<cert_store::Uscc>)>| {
+            let (refusal, named) = r.unwrap_err();
+            (ApiError::from(&refusal).code, named.map(|d| d.to_string()))
+        };
+        assert_eq!(
+            refusal(resolve_caller(&|_| None, &not_revoked, Some(&ctx))),
+            (Code::UnknownDepartment, Some(MARKET.into()))
+        );
+        assert_eq!(
+            refusal(resolve_caller(
+                &|_| Some(&disabled),
+                &not_revoked,
+                Some(&ctx)
+            )),
+            (Code::DepartmentDisabled, Some(MARKET.into()))
+        );
+        let revoked = |i: &[u8], s: &[u8]| i == b"issuer" && s == b"serial";
+        assert_eq!(
+            refusal(resolve_caller(&|_| Some(&enabled), &revoked, Some(&ctx))),
+            (Code::CertificateRevoked, Some(MARKET.into()))
+        );
+        assert_eq!(
+            refusal(resolve_caller(&|_| Some(&enabled), &not_revoked, None)),
+            (Code::NoCertificate, None)
+        );
+        let malformed = context(
+            Err(Refusal::MalformedIdentity("no SAN".into())),
+            Protocol::Http2,
+        );
+        assert_eq!(
+            refusal(resolve_caller(
+                &|_| Some(&enabled),
+                &not_revoked,
+                Some(&malformed)
+            )),
+            (Code::MalformedIdentity, None)
+        );
+    }
+
+    #[test]
+    fn a_refused_caller_over_http1_gets_its_connection_closed() {
+        let h1 = context(Err(Refusal::NoCertificate), Protocol::Http1);
+        let h2 = context(Err(Refusal::NoCertificate), Protocol::Http2);
+        let closed = refuse(&Refusal::NoCertificate, Some(&h1));
+        assert_eq!(closed.status(), http::StatusCode::FORBIDDEN);
+        assert_eq!(closed.headers()[header::CONNECTION], "close");
+        let open = refuse(&Refusal::NoCertificate, Some(&h2));
+        assert!(open.headers().get(header::CONNECTION).is_none());
+    }
+
+    #[test]
+    fn a_header_that_may_appear_once_is_refused_when_repeated() {
+        let mut req = Request::new(Body::empty());
+        req.headers_mut()
+            .append("x-purpose", HeaderValue::from_static("a"));
+        req.headers_mut()
+            .append("accept", HeaderValue::from_static("a"));
+        req.headers_mut()
+            .append("accept", HeaderValue::from_static("b"));
+        assert!(repeated_header(&req).is_none());
+        req.headers_mut()
+            .append("x-purpose", HeaderValue::from_static("b"));
+        let refused = repeated_header(&req).unwrap();
+        assert_eq!(refused.code, Code::RepeatedHeader);
+        assert!(refused.message.contains("x-purpose"));
+    }
+
+    fn facts(route: &str, path: &str) -> RequestFacts {
+        RequestFacts {
+            started: Instant::now(),
+            route: route.into(),
+            ctx: Some(Arc::new(context(Ok(caller()), Protocol::Http2))),
+            method: http::Method::GET,
+            path: path.into(),
+            request_id: Some("req-1".into()),
+            purpose: crate::purpose::parse("matter=M-FOOD-001; reason=抽查 11010519491231002X")
+                .ok(),
+            case_id: None,
+        }
+    }
+
+    #[test]
+    fn the_leaf_names_the_caller_the_note_and_the_outcome_with_the_holder_pseudonymised() {
+        let market: cert_store::Uscc = MARKET.parse().unwrap();
+        let pseudonym = |h: &str| format!("p({})", h.len());
+        // A handler's note: resource and holder.
+        let mut served = http::StatusCode::OK.into_response();
+        served.extensions_mut().insert(AccessNote {
+            resource: Some("L1".into()),
+            holder: Some("91110108551385082Q".into()),
+        });
+        let f = facts("/v1/licences/{id}", "/v1/licences/L1");
+        let leaf = leaf_of(
+            &pseudonym,
+            &f,
+            Some(&market),
+            &mut served,
+            &NoteSlot::default(),
+        );
+        assert_eq!(leaf.kind, tlog::LeafKind::Request);
+        assert_eq!(leaf.outcome, tlog::Outcome::Allowed);
+        assert_eq!(leaf.department.as_deref(), Some(MARKET));
+        assert_eq!(leaf.resource.as_deref(), Some("L1"));
+        assert_eq!(leaf.holder.as_deref(), Some("p(18)"));
+        assert_eq!(leaf.matter.as_deref(), Some("M-FOOD-001"));
+        assert!(!leaf.reason.unwrap().contains("11010519491231002X"));
+        assert_eq!(leaf.peer.as_deref(), Some("127.0.0.1:4000"));
+        // A refusal without a note: the code, and the path as the resource, its id redacted.
+        let mut refused = ApiError::new(Code::LicenceNotFound, "no").into_response();
+        let f = facts("/v1/licences/{id}", "/v1/licences/11010519491231002X");
+        let leaf = leaf_of(
+            &pseudonym,
+            &f,
+            Some(&market),
+            &mut refused,
+            &NoteSlot::default(),
+        );
+        assert_eq!(leaf.outcome, tlog::Outcome::Denied);
+        assert_eq!(leaf.code.as_deref(), Some("CG-LIC-003"));
+        assert!(!leaf.resource.unwrap().contains("11010519491231002X"));
+        assert!(leaf.holder.is_none());
+    }
+
+    #[test]
+    fn metrics_count_by_route_status_and_department() {
+        let metrics = crate::metrics::Metrics::default();
+        let market: cert_store::Uscc = MARKET.parse().unwrap();
+        let f = facts("/v1/licences/{id}", "/v1/licences/L1");
+        let response = http::StatusCode::OK.into_response();
+        record_metrics(&metrics, &f, Some(&market), &response);
+        record_metrics(&metrics, &f, None, &response);
+        let text = metrics.encode();
+        for department in [MARKET, "unidentified"] {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with("certgate_http_requests_total{")
+                        && l.contains(department)
+                        && l.ends_with(" 1")),
+                "{department}: {text}"
+            );
+        }
+    }
+
+    fn request(body: &'static [u8], declared: Option<usize>, json: bool) -> Request {
+        let mut req = Request::new(Body::from(body));
+        if let Some(n) = declared {
+            req.headers_mut().insert(header::CONTENT_LENGTH, n.into());
+        }
+        if json {
+            req.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        req
+    }
+
+    #[tokio::test]
+    async fn bodies_are_bounded_and_must_be_json() {
+        let code = |r: Result<Request, ApiError>| r.err().map(|e| e.code);
+        // Within the limit, JSON: the body is passed on whole.
+        let req = buffer_body(request(b"{\"a\":1}", Some(7), true), 7)
+            .await
+            .unwrap();
+        let bytes = req.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"{\"a\":1}");
+        // Declared too large: refused before reading; sent too large without a length too.
+        assert_eq!(
+            code(buffer_body(request(b"{}", Some(100), true), 7).await),
+            Some(Code::BodyTooLarge)
+        );
+        assert_eq!(
+            code(buffer_body(request(b"{\"a\":12345}", None, true), 7).await),
+            Some(Code::BodyTooLarge)
+        );
+        // A body that does not say it is JSON is not parsed on a guess; no body needs no type.
+        assert_eq!(
+            code(buffer_body(request(b"{}", Some(2), false), 7).await),
+            Some(Code::BadRequest)
+        );
+        assert!(buffer_body(request(b"", None, false), 7).await.is_ok());
+    }
 
     #[test]
     fn leaf_text_is_bounded_clean_and_free_of_citizen_ids() {
