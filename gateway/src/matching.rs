@@ -294,13 +294,19 @@ pub async fn eligible_enterprises(
         return Err(ApiError::missing_role(Role::PolicyPush));
     }
     let limit = q.limit.unwrap_or(1000);
-    if limit == 0 || limit > 100_000 {
-        return Err(bad("limit", "between 1 and 100000"));
+    if limit == 0 || limit > policies::kb::MAX_ELIGIBLE_PAGE {
+        return Err(bad(
+            "limit",
+            format!("between 1 and {}", policies::kb::MAX_ELIGIBLE_PAGE),
+        ));
     }
-    if let Some(c) = &q.cursor {
-        c.parse::<cert_store::Uscc>()
-            .map_err(|e| bad("cursor", e))?;
-    }
+    let after = match &q.cursor {
+        Some(c) => Some(
+            c.parse::<cert_store::Uscc>()
+                .map_err(|e| bad("cursor", e))?,
+        ),
+        None => None,
+    };
     let day = today();
     let (policy, page, next) = blocking(&gw, move |kb| {
         let policy = kb.policy(&id).ok_or_else(|| {
@@ -309,16 +315,10 @@ pub async fn eligible_enterprises(
                 id.chars().take(40).collect::<String>()
             ))
         })?;
-        let all = kb.eligible_enterprises(&policy, day).map_err(kb_error)?;
-        let start = match &q.cursor {
-            Some(c) => all.partition_point(|p| p.uscc.as_str() <= c.as_str()),
-            None => 0,
-        };
-        let page: Vec<Arc<Profile>> = all.iter().skip(start).take(limit).cloned().collect();
-        let next = (start + page.len() < all.len())
-            .then(|| page.last().map(|p| p.uscc.to_string()))
-            .flatten();
-        Ok((policy, page, next))
+        let page = kb
+            .eligible_page(&policy, day, after.as_ref(), limit)
+            .map_err(kb_error)?;
+        Ok((policy, page.enterprises, page.next.map(|u| u.to_string())))
     })
     .await?;
     // Stream the page in chunks rather than building one large string.

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
+use cert_store::Uscc;
 use search::ChineseAnalyzer;
 use time::Date;
 
@@ -12,6 +13,18 @@ use crate::eligibility::{self, Eligibility};
 use crate::index::{EnterpriseIndex, IndexError, PolicyIndex, SearchFilter, SearchHit};
 use crate::model::{Policy, Profile};
 use crate::store::{FeedEvent, KbStore, NewMatch, Store, StoreError};
+
+/// Most enterprises one page of [`KnowledgeBase::eligible_page`] holds.
+pub const MAX_ELIGIBLE_PAGE: usize = 100_000;
+
+/// A page of eligible enterprises.
+#[derive(Debug)]
+pub struct EligiblePage {
+    /// The enterprises, by USCC.
+    pub enterprises: Vec<Arc<Profile>>,
+    /// The cursor of the next page (the last USCC of this one), when there are more.
+    pub next: Option<Uscc>,
+}
 
 /// A knowledge-base error.
 #[derive(Debug, thiserror::Error)]
@@ -296,6 +309,30 @@ impl KnowledgeBase {
             .read()
             .map(|p| p.rows.clone())
             .unwrap_or_default()
+    }
+
+    /// One page of the enterprises eligible for `policy` on `today`, by USCC: at most
+    /// `limit` (1 to [`MAX_ELIGIBLE_PAGE`]) after the USCC `after`, and the cursor of the next
+    /// page when there are more.
+    pub fn eligible_page(
+        &self,
+        policy: &Policy,
+        today: Date,
+        after: Option<&Uscc>,
+        limit: usize,
+    ) -> Result<EligiblePage, KbError> {
+        let all = self.eligible_enterprises(policy, today)?;
+        let start = after.map_or(0, |c| all.partition_point(|p| p.uscc <= *c));
+        let enterprises: Vec<Arc<Profile>> = all
+            .iter()
+            .skip(start)
+            .take(limit.clamp(1, MAX_ELIGIBLE_PAGE))
+            .cloned()
+            .collect();
+        let next = (start + enterprises.len() < all.len())
+            .then(|| enterprises.last().map(|p| p.uscc.clone()))
+            .flatten();
+        Ok(EligiblePage { enterprises, next })
     }
 
     /// The enterprises eligible for `policy` on `today`, by USCC.

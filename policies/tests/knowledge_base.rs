@@ -136,6 +136,37 @@ fn make_eligible(policy: &Policy, p: &mut Profile, today: Date) {
 }
 
 #[test]
+fn paging_eligible_enterprises_gives_each_exactly_once_in_uscc_order() {
+    let today = day("2026-12-01");
+    let kb = KnowledgeBase::open(None, ChineseAnalyzer::new().unwrap()).unwrap();
+    kb.publish(sample_policies(), today).unwrap();
+    kb.upsert_profiles(
+        policies::generate::population(1_000, 4, day("2026-11-01")).collect(),
+        today,
+    )
+    .unwrap();
+    let mut paged_some = false;
+    for policy in kb.policies() {
+        let all = kb.eligible_enterprises(&policy, today).unwrap();
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = kb.eligible_page(&policy, today, after.as_ref(), 7).unwrap();
+            assert!(page.enterprises.len() <= 7);
+            seen.extend(page.enterprises.iter().map(|p| p.uscc.clone()));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        paged_some |= all.len() > 7;
+        let expected: Vec<_> = all.iter().map(|p| p.uscc.clone()).collect();
+        assert_eq!(seen, expected, "{}", policy.id);
+    }
+    assert!(paged_some, "no policy had more than one page");
+}
+
+#[test]
 fn a_gap_in_the_stored_rows_is_renumbered_and_the_index_rebuilt() {
     let today = day("2026-12-01");
     let dir = tempfile::tempdir().unwrap();
