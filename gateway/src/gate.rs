@@ -587,39 +587,47 @@ mod tests {
             let (refusal, named) = r.unwrap_err();
             (ApiError::from(&refusal).code, named.map(|d| d.to_string()))
         };
-        assert_eq!(
-            refusal(resolve_caller(&|_| None, &not_revoked, Some(&ctx))),
-            (Code::UnknownDepartment, Some(MARKET.into()))
-        );
-        assert_eq!(
-            refusal(resolve_caller(
-                &|_| Some(&disabled),
-                &not_revoked,
-                Some(&ctx)
-            )),
-            (Code::DepartmentDisabled, Some(MARKET.into()))
-        );
         let revoked = |i: &[u8], s: &[u8]| i == b"issuer" && s == b"serial";
-        assert_eq!(
-            refusal(resolve_caller(&|_| Some(&enabled), &revoked, Some(&ctx))),
-            (Code::CertificateRevoked, Some(MARKET.into()))
-        );
-        assert_eq!(
-            refusal(resolve_caller(&|_| Some(&enabled), &not_revoked, None)),
-            (Code::NoCertificate, None)
-        );
         let malformed = context(
             Err(Refusal::MalformedIdentity("no SAN".into())),
             Protocol::Http2,
         );
-        assert_eq!(
-            refusal(resolve_caller(
+        let named = Some(MARKET.to_owned());
+        let cases: [(&dyn Fn(&_) -> _, &dyn Fn(&[u8], &[u8]) -> bool, _, _); 5] = [
+            (
+                &|_| None,
+                &not_revoked,
+                Some(&ctx),
+                (Code::UnknownDepartment, named.clone()),
+            ),
+            (
+                &|_| Some(&disabled),
+                &not_revoked,
+                Some(&ctx),
+                (Code::DepartmentDisabled, named.clone()),
+            ),
+            (
+                &|_| Some(&enabled),
+                &revoked,
+                Some(&ctx),
+                (Code::CertificateRevoked, named),
+            ),
+            (
                 &|_| Some(&enabled),
                 &not_revoked,
-                Some(&malformed)
-            )),
-            (Code::MalformedIdentity, None)
-        );
+                None,
+                (Code::NoCertificate, None),
+            ),
+            (
+                &|_| Some(&enabled),
+                &not_revoked,
+                Some(&malformed),
+                (Code::MalformedIdentity, None),
+            ),
+        ];
+        for (department, revoked, ctx, expected) in cases {
+            assert_eq!(refusal(resolve_caller(department, revoked, ctx)), expected);
+        }
     }
 
     #[test]
@@ -674,14 +682,17 @@ mod tests {
             resource: Some("L1".into()),
             holder: Some("91110108551385082Q".into()),
         });
-        let f = facts("/v1/licences/{id}", "/v1/licences/L1");
-        let leaf = leaf_of(
-            &pseudonym,
-            &f,
-            Some(&market),
-            &mut served,
-            &NoteSlot::default(),
-        );
+        let leaf_at = |path: &str, response: &mut Response| {
+            let f = facts("/v1/licences/{id}", path);
+            leaf_of(
+                &pseudonym,
+                &f,
+                Some(&market),
+                response,
+                &NoteSlot::default(),
+            )
+        };
+        let leaf = leaf_at("/v1/licences/L1", &mut served);
         assert_eq!(leaf.kind, tlog::LeafKind::Request);
         assert_eq!(leaf.outcome, tlog::Outcome::Allowed);
         assert_eq!(leaf.department.as_deref(), Some(MARKET));
@@ -692,14 +703,7 @@ mod tests {
         assert_eq!(leaf.peer.as_deref(), Some("127.0.0.1:4000"));
         // A refusal without a note: the code, and the path as the resource, its id redacted.
         let mut refused = ApiError::new(Code::LicenceNotFound, "no").into_response();
-        let f = facts("/v1/licences/{id}", "/v1/licences/11010519491231002X");
-        let leaf = leaf_of(
-            &pseudonym,
-            &f,
-            Some(&market),
-            &mut refused,
-            &NoteSlot::default(),
-        );
+        let leaf = leaf_at("/v1/licences/11010519491231002X", &mut refused);
         assert_eq!(leaf.outcome, tlog::Outcome::Denied);
         assert_eq!(leaf.code.as_deref(), Some("CG-LIC-003"));
         assert!(!leaf.resource.unwrap().contains("11010519491231002X"));

@@ -20,6 +20,11 @@ struct Store {
     open_postgres: fn(Arc<PgPool>) -> Result<(), String>,
 }
 
+/// What opening a store gave, without the store.
+fn opened<T, E: std::fmt::Display>(result: Result<T, E>) -> Result<(), String> {
+    result.map(drop).map_err(|e| e.to_string())
+}
+
 fn stores() -> Vec<Store> {
     fn owned(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
@@ -29,42 +34,22 @@ fn stores() -> Vec<Store> {
             component: cert_store::store::MIGRATION_COMPONENT,
             sqlite: cert_store::store::migrations("BLOB", "INTEGER"),
             postgres: cert_store::store::migrations("BYTEA", "BIGINT"),
-            open_sqlite: |p| {
-                cert_store::store::SqliteStore::open(p)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            },
-            open_postgres: |pool| {
-                cert_store::pg_store::PgStore::open(pool)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            },
+            open_sqlite: |p| opened(cert_store::store::SqliteStore::open(p)),
+            open_postgres: |pool| opened(cert_store::pg_store::PgStore::open(pool)),
         },
         Store {
             component: policies::store::MIGRATION_COMPONENT,
             sqlite: owned(policies::store::SQLITE_MIGRATIONS),
             postgres: owned(policies::pg_store::MIGRATIONS),
-            open_sqlite: |p| {
-                policies::store::Store::open(p)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            },
-            open_postgres: |pool| {
-                policies::pg_store::PgKbStore::open(pool)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            },
+            open_sqlite: |p| opened(policies::store::Store::open(p)),
+            open_postgres: |pool| opened(policies::pg_store::PgKbStore::open(pool)),
         },
         Store {
             component: tlog::MIGRATION_COMPONENT,
             sqlite: owned(tlog::sqlite::MIGRATIONS),
             postgres: owned(tlog::postgres::MIGRATIONS),
-            open_sqlite: |p| {
-                tlog::SqliteLog::open(p)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            },
-            open_postgres: |pool| tlog::PgLog::open(pool).map(drop).map_err(|e| e.to_string()),
+            open_sqlite: |p| opened(tlog::SqliteLog::open(p)),
+            open_postgres: |pool| opened(tlog::PgLog::open(pool)),
         },
     ]
 }

@@ -44,3 +44,20 @@ pub enum Error {
         known: usize,
     },
 }
+
+/// The migrations of `component` still to apply when `done` of them ran; an error when a newer
+/// build recorded more than this one knows.
+pub(crate) fn pending<'a>(
+    component: &str,
+    done: i64,
+    migrations: &'a [&'a str],
+) -> Result<&'a [&'a str], Error> {
+    if done > migrations.len() as i64 {
+        return Err(Error::Newer {
+            component: component.to_owned(),
+            found: done,
+            known: migrations.len(),
+        });
+    }
+    Ok(&migrations[done.max(0) as usize..])
+}

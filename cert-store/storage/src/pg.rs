@@ -178,14 +178,7 @@ impl PgPool {
             Some(row) => row.try_get(0)?,
             None => 0,
         };
-        if done > migrations.len() as i64 {
-            return Err(Error::Newer {
-                component: component.to_owned(),
-                found: done,
-                known: migrations.len(),
-            });
-        }
-        for sql in migrations.iter().skip(done.max(0) as usize) {
+        for sql in crate::pending(component, done, migrations)? {
             tx.batch_execute(sql)?;
         }
         tx.execute(

@@ -43,14 +43,7 @@ pub fn migrate(
         Some(v) => v,
         None => legacy(&tx)?,
     };
-    if done > migrations.len() as i64 {
-        return Err(Error::Newer {
-            component: component.to_owned(),
-            found: done,
-            known: migrations.len(),
-        });
-    }
-    for sql in migrations.iter().skip(done.max(0) as usize) {
+    for sql in crate::pending(component, done, migrations)? {
         tx.execute_batch(sql)?;
     }
     tx.execute(

@@ -18,14 +18,10 @@ use std::time::{Duration, Instant};
 use rusqlite::params;
 use tlog::checkpoint::LogKey;
 use tlog::merkle;
-use tlog::{AccessLog, LEAF_VERSION, Leaf, LogBackend, LogDb, SqliteLog, WriterSettings};
+use tlog::{AccessLog, Leaf, LogBackend, LogDb, SqliteLog, WriterSettings};
 
 fn leaf(i: u64) -> Leaf {
     Leaf {
-        v: LEAF_VERSION,
-        seq: 0,
-        time_ms: 1_800_000_000_000 + i as i64,
-        kind: tlog::LeafKind::Request,
         request_id: Some(format!("{i:032x}")),
         department: Some("11110105MB0000001C".into()),
         cert_sha256: Some("9f".repeat(32)),
@@ -37,14 +33,8 @@ fn leaf(i: u64) -> Leaf {
         ),
         holder: Some("ab".repeat(32)),
         matter: Some("M-BIZ-001".into()),
-        reason: None,
-        case_id: None,
-        outcome: tlog::Outcome::Allowed,
-        status: 200,
-        code: None,
         latency_us: 150,
-        count: None,
-        first_ms: None,
+        ..Leaf::new(tlog::LeafKind::Request, 1_800_000_000_000 + i as i64, 200)
     }
 }
 

@@ -226,14 +226,19 @@ mod tests {
         LogKey::from_seed_base64("certgate.test/log", &B64.encode([7u8; 32])).unwrap()
     }
 
-    #[test]
-    fn signed_checkpoints_verify_and_round_trip() {
-        let k = key();
-        let cp = Checkpoint {
+    /// A checkpoint of the test log.
+    fn checkpoint() -> Checkpoint {
+        Checkpoint {
             origin: "certgate.test/log".into(),
             size: 42,
             root: [9u8; 32],
-        };
+        }
+    }
+
+    #[test]
+    fn signed_checkpoints_verify_and_round_trip() {
+        let k = key();
+        let cp = checkpoint();
         let note = k.sign(&cp);
         assert!(note.starts_with("certgate.test/log\n42\nCQkJ"), "{note}");
         assert!(note.contains("\n\n\u{2014} certgate.test/log "));
@@ -243,11 +248,7 @@ mod tests {
     #[test]
     fn tampered_notes_and_other_keys_are_refused() {
         let k = key();
-        let cp = Checkpoint {
-            origin: "certgate.test/log".into(),
-            size: 42,
-            root: [9u8; 32],
-        };
+        let cp = checkpoint();
         let note = k.sign(&cp);
         let other = LogKey::from_seed_base64("certgate.test/log", &B64.encode([8u8; 32])).unwrap();
         assert!(verify_note(&note, &other.verifier_key()).is_err());

@@ -622,27 +622,14 @@ mod tests {
 
     fn leaf(i: u64) -> Leaf {
         Leaf {
-            v: LEAF_VERSION,
-            seq: 0,
-            time_ms: 1_800_000_000_000 + i as i64,
-            kind: crate::LeafKind::Request,
             request_id: Some(format!("req-{i}")),
             department: Some("11110105MB0000001C".into()),
-            cert_sha256: None,
-            peer: None,
             method: Some("GET".into()),
             route: Some("/v1/licences/{id}".into()),
             resource: Some(format!("licence-{}", i % 7)),
-            holder: None,
             matter: Some("M-1".into()),
-            reason: None,
-            case_id: None,
-            outcome: crate::Outcome::Allowed,
-            status: 200,
-            code: None,
             latency_us: 120,
-            count: None,
-            first_ms: None,
+            ..Leaf::new(crate::LeafKind::Request, 1_800_000_000_000 + i as i64, 200)
         }
     }
 
