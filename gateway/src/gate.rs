@@ -593,7 +593,9 @@ mod tests {
             Protocol::Http2,
         );
         let named = Some(MARKET.to_owned());
-        let cases: [(&dyn Fn(&_) -> _, &dyn Fn(&[u8], &[u8]) -> bool, _, _); 5] = [
+        type Lookup<'a> = &'a dyn Fn(&cert_store::Uscc) -> Option<&'a Department>;
+        type Revoked<'a> = &'a dyn Fn(&[u8], &[u8]) -> bool;
+        let cases: [(Lookup, Revoked, _, _); 5] = [
             (
                 &|_| None,
                 &not_revoked,
