@@ -594,7 +594,6 @@ pub fn verify_export(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::leaf::LEAF_VERSION;
     use crate::merkle::NodeStore;
     use rusqlite::params;
 
