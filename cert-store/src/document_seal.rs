@@ -5,10 +5,8 @@
 
 #![allow(deprecated)] // Asn1StringRef::as_utf8: names here hold no NUL
 use serde::Serialize;
-use time::OffsetDateTime;
 
 use crate::id::Uscc;
-use crate::service::ServiceError;
 use crate::ses::SesAlg;
 
 /// The vendor id written into the seals certgate makes.
@@ -26,36 +24,6 @@ pub enum Document<'a> {
         /// The digest's bytes.
         value: Vec<u8>,
     },
-}
-
-impl Document<'_> {
-    /// The digest a signature of `alg` carries.
-    pub(crate) fn digest(&self, alg: SesAlg) -> Result<Vec<u8>, ServiceError> {
-        let want = match alg {
-            SesAlg::Sm2Sm3 => "sm3",
-            SesAlg::EcdsaSha256 => "sha256",
-        };
-        match self {
-            Document::Bytes(b) => alg
-                .digest(b)
-                .map_err(|e| ServiceError::Internal(e.to_string())),
-            Document::Digest { alg: given, value } => {
-                if !given.eq_ignore_ascii_case(want) {
-                    return Err(ServiceError::Invalid {
-                        field: "digest_alg".into(),
-                        reason: format!("this seal signs {want} digests"),
-                    });
-                }
-                if value.len() != 32 {
-                    return Err(ServiceError::Invalid {
-                        field: "digest".into(),
-                        reason: "must be 32 bytes".into(),
-                    });
-                }
-                Ok(value.clone())
-            }
-        }
-    }
 }
 
 /// The `typ` of the detached JWS form.
@@ -186,16 +154,6 @@ pub(crate) fn revocation_at(revoked_at: Option<i64>, t: i64) -> (bool, String) {
         Some(r) => (true, format!("revoked at {r}, after the sealing")),
         None => (true, "not revoked".into()),
     }
-}
-
-pub(crate) fn at(t: i64) -> Result<OffsetDateTime, ServiceError> {
-    OffsetDateTime::from_unix_timestamp(t).map_err(|e| ServiceError::Internal(e.to_string()))
-}
-
-pub(crate) fn der_of(pem: &str) -> Result<Vec<u8>, ServiceError> {
-    openssl::x509::X509::from_pem(pem.as_bytes())
-        .and_then(|c| c.to_der())
-        .map_err(|e| ServiceError::Internal(format!("stored seal certificate: {e}")))
 }
 
 /// A seal CA trusted at some time: certgate's own, or one of the trust list.

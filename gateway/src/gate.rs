@@ -707,7 +707,7 @@ mod tests {
         let mut refused = ApiError::new(Code::LicenceNotFound, "no").into_response();
         let leaf = leaf_at("/v1/licences/11010519491231002X", &mut refused);
         assert_eq!(leaf.outcome, tlog::Outcome::Denied);
-        assert_eq!(leaf.code.as_deref(), Some("CG-LIC-003"));
+        assert_eq!(leaf.code.as_deref(), Some(Code::LicenceNotFound.as_str()));
         assert!(!leaf.resource.unwrap().contains("11010519491231002X"));
         assert!(leaf.holder.is_none());
     }

@@ -544,3 +544,43 @@ impl Seals<'_> {
         Ok(verdict)
     }
 }
+
+impl Document<'_> {
+    /// The digest a signature of `alg` carries.
+    fn digest(&self, alg: SesAlg) -> Result<Vec<u8>, ServiceError> {
+        let want = match alg {
+            SesAlg::Sm2Sm3 => "sm3",
+            SesAlg::EcdsaSha256 => "sha256",
+        };
+        match self {
+            Document::Bytes(b) => alg
+                .digest(b)
+                .map_err(|e| ServiceError::Internal(e.to_string())),
+            Document::Digest { alg: given, value } => {
+                if !given.eq_ignore_ascii_case(want) {
+                    return Err(ServiceError::Invalid {
+                        field: "digest_alg".into(),
+                        reason: format!("this seal signs {want} digests"),
+                    });
+                }
+                if value.len() != 32 {
+                    return Err(ServiceError::Invalid {
+                        field: "digest".into(),
+                        reason: "must be 32 bytes".into(),
+                    });
+                }
+                Ok(value.clone())
+            }
+        }
+    }
+}
+
+fn at(t: i64) -> Result<OffsetDateTime, ServiceError> {
+    OffsetDateTime::from_unix_timestamp(t).map_err(|e| ServiceError::Internal(e.to_string()))
+}
+
+fn der_of(pem: &str) -> Result<Vec<u8>, ServiceError> {
+    openssl::x509::X509::from_pem(pem.as_bytes())
+        .and_then(|c| c.to_der())
+        .map_err(|e| ServiceError::Internal(format!("stored seal certificate: {e}")))
+}
