@@ -23,10 +23,12 @@ pub mod leaf;
 mod log;
 pub mod merkle;
 pub mod postgres;
+pub mod segments;
 pub mod sqlite;
 
 pub use db::*;
 pub use leaf::{LEAF_VERSION, Leaf, LeafKind, Outcome};
 pub use log::*;
 pub use postgres::PgLog;
+pub use segments::{SegmentDir, SegmentLog};
 pub use sqlite::SqliteLog;

@@ -23,7 +23,9 @@ use crate::sqlite::SqliteLog;
 /// Where a node keeps its access log.
 #[derive(Debug, Clone)]
 pub enum LogBackend {
-    /// Its own SQLite file.
+    /// Its own segment files (the default for one node's log).
+    Segments(crate::segments::SegmentDir),
+    /// Its own SQLite file (logs made before segment files).
     Sqlite(PathBuf),
     /// The tree every node shares, in PostgreSQL.
     Postgres(Arc<storage::PgPool>),
@@ -33,6 +35,7 @@ impl LogBackend {
     /// A connection for reads (for SQLite, read-only beside the writer).
     pub fn reader(&self) -> Result<Box<dyn LogDb>, LogError> {
         Ok(match self {
+            LogBackend::Segments(dir) => Box::new(crate::segments::SegmentLog::reader(dir)),
             LogBackend::Sqlite(path) => Box::new(SqliteLog::open_read_only(path)?),
             LogBackend::Postgres(store) => Box::new(PgLog::new(store.clone())),
         })
@@ -40,6 +43,10 @@ impl LogBackend {
 
     fn writer(&self, settings: &WriterSettings) -> Result<Box<dyn LogDb>, LogError> {
         Ok(match self {
+            LogBackend::Segments(dir) => Box::new(crate::segments::SegmentLog::open_writer(
+                dir,
+                settings.max_db_pages.saturating_mul(4096),
+            )?),
             LogBackend::Sqlite(path) => {
                 Box::new(SqliteLog::open_writer(path, settings.max_db_pages)?)
             }

@@ -1,0 +1,1497 @@
+//! The access log of one node in append-only segment files (`access-log/` in the data
+//! directory): the durable write is one sequential append and one `fdatasync` per batch.
+//!
+//! ```text
+//! access-log/
+//!   segments/<first seq, 20 digits>.seg   frames, appended; a new file past SEGMENT_BYTES
+//!   nodes/<level>.bin                     32-byte subtree hashes, hash i of a level at 32·i
+//!   checkpoints.bin                       signed checkpoints, appended
+//!   index.db                              the auditors' query index (SQLite), derived
+//! ```
+//!
+//! A frame is one batch: a 24-byte header (`CGL1`, first seq, leaf count, payload length,
+//! CRC-32 of those and the payload) and the payload, the leaves' canonical bytes each behind
+//! its length, compressed with DEFLATE. The leaves are the log: a batch is acknowledged only
+//! after its frame is on disk. The subtree hashes are written with the batch but made durable
+//! only before each checkpoint; at start the leaves after the last checkpoint are read again
+//! and their hashes recomputed, and a frame cut short by a crash (never acknowledged, never
+//! under a checkpoint) is cut off. Leaves a checkpoint signs are never cut or recomputed: if
+//! they are not all there the writer refuses to open. The query index is built from the
+//! segments after the acknowledgement, by a thread of its own every [`INDEX_INTERVAL`];
+//! queries read the leaves it has not reached yet from the segments, so they see every
+//! committed leaf.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use flate2::Compression;
+use flate2::read::DeflateDecoder;
+use flate2::write::DeflateEncoder;
+use rusqlite::{Connection, params};
+use sha2::{Digest, Sha256};
+
+use crate::db::{EntryFilter, Frontier, LogDb, LogError, ScannedLeaf, prepare_batch};
+use crate::leaf::{Leaf, Outcome};
+use crate::merkle::{self, Hash};
+
+/// A segment file takes new frames until it is this large.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// How often the query index takes the leaves committed since its last round.
+pub const INDEX_INTERVAL: Duration = Duration::from_millis(250);
+/// Most bytes one frame's payload may have (compressed or not): a longer one is corrupt.
+const MAX_PAYLOAD: u32 = 64 << 20;
+const FRAME_MAGIC: &[u8; 4] = b"CGL1";
+const CHECKPOINT_MAGIC: &[u8; 4] = b"CGC1";
+const HEADER: usize = 24;
+/// One entry of the in-memory position index per this many leaves (at least one per frame
+/// that starts a segment): finding a leaf reads at most this many frame headers.
+const SPARSE_EVERY: u64 = 64;
+
+/// Where one frame is.
+#[derive(Debug, Clone, Copy)]
+struct FramePos {
+    first_seq: u64,
+    segment: usize,
+    offset: u64,
+}
+
+/// What the writer and the readers of one process share: the segment files and a sparse
+/// index of frame positions, so that a reader never scans the segments again.
+#[derive(Debug, Default)]
+struct Shared {
+    /// First seq and path of each segment, in order.
+    segments: Vec<(u64, PathBuf)>,
+    /// Positions of some frames, in order.
+    sparse: Vec<FramePos>,
+    /// Leaves in complete frames.
+    size: u64,
+    /// Where the next frame goes (the end of the last segment).
+    end: u64,
+    /// A writer of this process keeps this current: readers need not look at the files.
+    live_writer: bool,
+}
+
+/// The directory of a segment log, shared by its writer and readers in one process.
+#[derive(Debug, Clone)]
+pub struct SegmentDir {
+    dir: PathBuf,
+    shared: Arc<RwLock<Shared>>,
+}
+
+impl SegmentDir {
+    /// The log in `dir`, read from the segments as they are. The writer, opened from this,
+    /// repairs what a crash left before anything else reads it.
+    pub fn new(dir: &Path) -> SegmentDir {
+        SegmentDir {
+            dir: dir.to_path_buf(),
+            shared: Arc::new(RwLock::new(Shared::default())),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// A frame's header.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    first_seq: u64,
+    count: u32,
+    payload_len: u32,
+    crc: u32,
+}
+
+impl Header {
+    fn parse(b: &[u8; HEADER]) -> Option<Header> {
+        if &b[..4] != FRAME_MAGIC {
+            return None;
+        }
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&b[4..12]);
+        let h = Header {
+            first_seq: u64::from_le_bytes(seq),
+            count: u32_at(12),
+            payload_len: u32_at(16),
+            crc: u32_at(20),
+        };
+        (h.count > 0 && h.payload_len <= MAX_PAYLOAD).then_some(h)
+    }
+
+    fn bytes(&self) -> [u8; HEADER] {
+        let mut b = [0u8; HEADER];
+        b[..4].copy_from_slice(FRAME_MAGIC);
+        b[4..12].copy_from_slice(&self.first_seq.to_le_bytes());
+        b[12..16].copy_from_slice(&self.count.to_le_bytes());
+        b[16..20].copy_from_slice(&self.payload_len.to_le_bytes());
+        b[20..24].copy_from_slice(&self.crc.to_le_bytes());
+        b
+    }
+
+    fn crc_of(first_seq: u64, count: u32, payload: &[u8]) -> u32 {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&first_seq.to_le_bytes());
+        h.update(&count.to_le_bytes());
+        h.update(&(payload.len() as u32).to_le_bytes());
+        h.update(payload);
+        h.finalize()
+    }
+}
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> LogError + '_ {
+    move |e| LogError::Store(format!("{what}: {e}"))
+}
+
+/// Reads the frame at `offset` of `file` (of length `len`): its header and payload, when it is
+/// whole and its checksum holds.
+fn read_frame(file: &File, offset: u64, len: u64) -> Option<(Header, Vec<u8>)> {
+    if offset + HEADER as u64 > len {
+        return None;
+    }
+    let mut hb = [0u8; HEADER];
+    file.read_exact_at(&mut hb, offset).ok()?;
+    let h = Header::parse(&hb)?;
+    if offset + HEADER as u64 + u64::from(h.payload_len) > len {
+        return None;
+    }
+    let mut payload = vec![0u8; h.payload_len as usize];
+    file.read_exact_at(&mut payload, offset + HEADER as u64)
+        .ok()?;
+    (Header::crc_of(h.first_seq, h.count, &payload) == h.crc).then_some((h, payload))
+}
+
+/// The leaves of a frame's payload.
+fn decode(payload: &[u8], count: u32) -> Result<Vec<Vec<u8>>, LogError> {
+    let mut raw = Vec::new();
+    DeflateDecoder::new(payload)
+        .take(u64::from(MAX_PAYLOAD) * 4)
+        .read_to_end(&mut raw)
+        .map_err(io("a frame does not decompress"))?;
+    let mut out = Vec::with_capacity(count as usize);
+    let mut rest = raw.as_slice();
+    while rest.len() >= 4 {
+        let n = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if rest.len() < 4 + n {
+            break;
+        }
+        out.push(rest[4..4 + n].to_vec());
+        rest = &rest[4 + n..];
+    }
+    if out.len() != count as usize || !rest.is_empty() {
+        return Err(LogError::Store(
+            "a frame holds other leaves than its header says".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// A frame's first seq and its leaves.
+type DecodedFrame = (u64, Vec<Vec<u8>>);
+
+fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.seg")
+}
+
+/// The segment log: the writer (one per directory: the node that owns the data directory) or
+/// a reader beside it.
+pub struct SegmentLog {
+    dir: SegmentDir,
+    files: BTreeMap<usize, File>,
+    levels: Vec<Option<File>>,
+    /// The last frame read.
+    cached: Option<DecodedFrame>,
+    writer: Option<WriterState>,
+    index: Option<Connection>,
+}
+
+impl std::fmt::Debug for SegmentLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentLog")
+            .field("dir", &self.dir.dir)
+            .field("writer", &self.writer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+struct WriterState {
+    /// The last segment, open for appending.
+    tail: File,
+    /// Leaves since the last entry of the sparse index.
+    since_sparse: u64,
+    /// Total bytes at most (0: no cap); reaching it is a full disk.
+    max_bytes: u64,
+    /// Bytes in all segments.
+    bytes: u64,
+    /// Stops the indexer when the writer goes.
+    stop: Arc<AtomicBool>,
+    /// The last checkpoint's size.
+    checkpointed: u64,
+}
+
+impl Drop for SegmentLog {
+    fn drop(&mut self) {
+        if let Some(w) = &self.writer {
+            w.stop.store(true, Ordering::SeqCst);
+            self.write_shared().live_writer = false;
+        }
+    }
+}
+
+impl SegmentLog {
+    /// The writer of `dir`: repairs what a crash left (a frame cut short at the end of the last
+    /// segment is cut off; the subtree hashes after the last checkpoint are recomputed from the
+    /// leaves), fills the shared position index and starts the query indexer. `max_bytes`
+    /// caps the segments (0: no cap).
+    pub fn open_writer(dir: &SegmentDir, max_bytes: u64) -> Result<SegmentLog, LogError> {
+        for sub in ["segments", "nodes"] {
+            std::fs::create_dir_all(dir.dir.join(sub)).map_err(io("cannot create the log"))?;
+        }
+        let mut log = SegmentLog::reader_of(dir.clone());
+        // Leaves a signed checkpoint covers are never cut off or recomputed: if they are not
+        // all there, the writer refuses to open and leaves the files as they are.
+        let signed = log.read_checkpoints()?.0.last().map_or(0, |(s, _)| *s);
+        let bytes = log.load(Some(signed))?;
+        let stored = log.read_shared().size;
+        if signed > stored {
+            return Err(LogError::Inconsistent(format!(
+                "checkpoint covers {signed} leaves but {stored} are stored"
+            )));
+        }
+        let tail = {
+            let shared = log.read_shared();
+            match shared.segments.last() {
+                Some((_, path)) => OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map_err(io("cannot open the last segment"))?,
+                None => {
+                    drop(shared);
+                    let (file, path) = log.new_segment(0)?;
+                    let mut shared = log.write_shared();
+                    shared.segments.push((0, path));
+                    file
+                }
+            }
+        };
+        let checkpointed = log.truncate_checkpoints()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        log.writer = Some(WriterState {
+            tail,
+            since_sparse: 0,
+            max_bytes,
+            bytes,
+            stop: stop.clone(),
+            checkpointed,
+        });
+        log.repair_nodes(checkpointed)?;
+        log.write_shared().live_writer = true;
+        spawn_indexer(dir.clone(), stop)?;
+        Ok(log)
+    }
+
+    /// A reader beside the writer of this process.
+    pub fn reader(dir: &SegmentDir) -> SegmentLog {
+        SegmentLog::reader_of(dir.clone())
+    }
+
+    /// A reader of a directory no writer of this process holds (offline tools): reads every
+    /// frame header once to find its leaves.
+    pub fn open_read_only(path: &Path) -> Result<SegmentLog, LogError> {
+        let mut log = SegmentLog::reader_of(SegmentDir::new(path));
+        log.load(None)?;
+        Ok(log)
+    }
+
+    fn reader_of(dir: SegmentDir) -> SegmentLog {
+        SegmentLog {
+            dir,
+            files: BTreeMap::new(),
+            levels: Vec::new(),
+            cached: None,
+            writer: None,
+            index: None,
+        }
+    }
+
+    fn read_shared(&self) -> std::sync::RwLockReadGuard<'_, Shared> {
+        self.dir.shared.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_shared(&self) -> std::sync::RwLockWriteGuard<'_, Shared> {
+        self.dir.shared.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads every segment's frame headers into the shared index. With `repair` (the size the
+    /// last checkpoint signs), cuts off a frame cut short at the end of the last segment when
+    /// no checkpoint covers it. Returns the bytes in all segments.
+    fn load(&mut self, repair: Option<u64>) -> Result<u64, LogError> {
+        let seg_dir = self.dir.dir.join("segments");
+        let mut names: Vec<(u64, PathBuf)> = match std::fs::read_dir(&seg_dir) {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let first = name.strip_suffix(".seg")?.parse().ok()?;
+                    Some((first, e.path()))
+                })
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io("cannot list the segments")(e)),
+        };
+        names.sort();
+        let mut shared = Shared::default();
+        let mut total = 0u64;
+        let last = names.len().saturating_sub(1);
+        for (i, (first, path)) in names.into_iter().enumerate() {
+            if first != shared.size {
+                return Err(LogError::Inconsistent(format!(
+                    "segment {} starts at leaf {first}, but {} leaves come before it",
+                    path.display(),
+                    shared.size
+                )));
+            }
+            let file = File::open(&path).map_err(io("cannot open a segment"))?;
+            let len = file.metadata().map_err(io("cannot read a segment"))?.len();
+            let mut offset = 0u64;
+            let mut since = SPARSE_EVERY;
+            while offset < len {
+                let mut hb = [0u8; HEADER];
+                let header = if offset + HEADER as u64 <= len {
+                    file.read_exact_at(&mut hb, offset)
+                        .map_err(io("cannot read a segment"))?;
+                    Header::parse(&hb)
+                } else {
+                    None
+                };
+                let whole = header.filter(|h| {
+                    h.first_seq == shared.size
+                        && offset + HEADER as u64 + u64::from(h.payload_len) <= len
+                });
+                // The checksum is checked on the last segment's frames (where a crash can cut
+                // one short); earlier ones are checked whenever a frame is read.
+                let good = match whole {
+                    Some(h) if i == last => read_frame(&file, offset, len)
+                        .is_some_and(|(r, _)| r.first_seq == h.first_seq),
+                    Some(_) => true,
+                    None => false,
+                };
+                let Some(h) = whole.filter(|_| good) else {
+                    if i == last && repair.is_some_and(|signed| shared.size >= signed) {
+                        tracing::warn!(
+                            segment = %path.display(),
+                            offset,
+                            "the access log's last frame was cut short (never acknowledged); cutting it off"
+                        );
+                        let f = OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .map_err(io("cannot repair a segment"))?;
+                        f.set_len(offset).map_err(io("cannot repair a segment"))?;
+                        f.sync_all().map_err(io("cannot repair a segment"))?;
+                        break;
+                    }
+                    if i == last && repair.is_none() {
+                        break; // a frame being written, as a reader sees it
+                    }
+                    return Err(LogError::Inconsistent(format!(
+                        "segment {} is damaged at byte {offset}",
+                        path.display()
+                    )));
+                };
+                if since >= SPARSE_EVERY {
+                    shared.sparse.push(FramePos {
+                        first_seq: h.first_seq,
+                        segment: i,
+                        offset,
+                    });
+                    since = 0;
+                }
+                since += u64::from(h.count);
+                shared.size += u64::from(h.count);
+                offset += HEADER as u64 + u64::from(h.payload_len);
+            }
+            total += offset;
+            shared.end = offset;
+            shared.segments.push((first, path));
+        }
+        *self.write_shared() = shared;
+        Ok(total)
+    }
+
+    /// Picks up frames other handles appended since this one looked (readers of another
+    /// process; in one process the writer keeps the shared index current).
+    fn refresh(&mut self) -> Result<(), LogError> {
+        if self.writer.is_some() || self.read_shared().live_writer {
+            return Ok(());
+        }
+        let (segment, path, mut offset, mut size) = {
+            let s = self.read_shared();
+            match s.segments.last() {
+                Some((_, p)) => (s.segments.len() - 1, p.clone(), s.end, s.size),
+                None => return Ok(()),
+            }
+        };
+        let file = File::open(&path).map_err(io("cannot open a segment"))?;
+        let len = file.metadata().map_err(io("cannot read a segment"))?.len();
+        let mut found = Vec::new();
+        while let Some((h, _)) = read_frame(&file, offset, len) {
+            if h.first_seq != size {
+                break;
+            }
+            found.push(FramePos {
+                first_seq: h.first_seq,
+                segment,
+                offset,
+            });
+            size += u64::from(h.count);
+            offset += HEADER as u64 + u64::from(h.payload_len);
+        }
+        let mut s = self.write_shared();
+        if s.size < size {
+            for frame in found {
+                if s.sparse
+                    .last()
+                    .is_none_or(|p| frame.first_seq >= p.first_seq + SPARSE_EVERY)
+                {
+                    s.sparse.push(frame);
+                }
+            }
+            s.size = size;
+            s.end = offset;
+        }
+        // A new segment a writer of another process started.
+        let next = self.dir.dir.join("segments").join(segment_name(s.size));
+        if next.exists() && s.segments.last().is_some_and(|(f, _)| *f != s.size) {
+            let first = s.size;
+            s.segments.push((first, next));
+            s.end = 0;
+            drop(s);
+            return self.refresh();
+        }
+        Ok(())
+    }
+
+    fn new_segment(&self, first_seq: u64) -> Result<(File, PathBuf), LogError> {
+        let path = self.dir.dir.join("segments").join(segment_name(first_seq));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io("cannot create a segment"))?;
+        File::open(self.dir.dir.join("segments"))
+            .and_then(|d| d.sync_all())
+            .map_err(io("cannot sync the segment directory"))?;
+        Ok((file, path))
+    }
+
+    fn segment_file(&mut self, segment: usize) -> Result<&File, LogError> {
+        if !self.files.contains_key(&segment) {
+            let path = self
+                .read_shared()
+                .segments
+                .get(segment)
+                .map(|(_, p)| p.clone())
+                .ok_or_else(|| LogError::Store("no such segment".into()))?;
+            let file = File::open(path).map_err(io("cannot open a segment"))?;
+            self.files.insert(segment, file);
+        }
+        self.files
+            .get(&segment)
+            .ok_or_else(|| LogError::Store("no such segment".into()))
+    }
+
+    /// The leaves of the frame holding `seq`: its first seq and the leaves.
+    fn frame_of(&mut self, seq: u64) -> Result<Option<DecodedFrame>, LogError> {
+        if let Some((first, leaves)) = &self.cached
+            && seq >= *first
+            && seq < first + leaves.len() as u64
+        {
+            return Ok(self.cached.clone());
+        }
+        self.refresh()?;
+        let start = {
+            let s = self.read_shared();
+            if seq >= s.size {
+                return Ok(None);
+            }
+            let i = s.sparse.partition_point(|p| p.first_seq <= seq);
+            let Some(p) = i.checked_sub(1).and_then(|i| s.sparse.get(i)) else {
+                return Ok(None);
+            };
+            *p
+        };
+        let (mut segment, mut offset) = (start.segment, start.offset);
+        loop {
+            let file = self.segment_file(segment)?;
+            let len = file.metadata().map_err(io("cannot read a segment"))?.len();
+            if offset >= len {
+                segment += 1;
+                offset = 0;
+                if segment >= self.read_shared().segments.len() {
+                    return Ok(None);
+                }
+                continue;
+            }
+            let (h, payload) = read_frame(file, offset, len).ok_or_else(|| {
+                LogError::Inconsistent(format!("a frame before leaf {seq} is damaged"))
+            })?;
+            if seq < h.first_seq + u64::from(h.count) {
+                let leaves = decode(&payload, h.count)?;
+                self.cached = Some((h.first_seq, leaves));
+                return Ok(self.cached.clone());
+            }
+            offset += HEADER as u64 + u64::from(h.payload_len);
+        }
+    }
+
+    fn level_file(&mut self, level: u32, create: bool) -> Result<Option<&File>, LogError> {
+        let l = level as usize;
+        if self.levels.len() <= l {
+            self.levels.resize_with(l + 1, || None);
+        }
+        if self.levels[l].is_none() {
+            let path = self.dir.dir.join("nodes").join(format!("{level}.bin"));
+            let file = if create {
+                Some(
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(&path)
+                        .map_err(io("cannot open a node file"))?,
+                )
+            } else {
+                match File::open(&path) {
+                    Ok(f) => Some(f),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(io("cannot open a node file")(e)),
+                }
+            };
+            self.levels[l] = file;
+        }
+        Ok(self.levels[l].as_ref())
+    }
+
+    fn write_node(&mut self, level: u32, index: u64, hash: &Hash) -> Result<(), LogError> {
+        let file = self
+            .level_file(level, true)?
+            .ok_or_else(|| LogError::Store("no node file".into()))?;
+        file.write_all_at(hash, index * 32)
+            .map_err(io("cannot write a subtree hash"))
+    }
+
+    /// Recomputes the subtree hashes of the leaves after `from` (the last checkpoint's size):
+    /// those were not yet made durable when the writer stopped.
+    fn repair_nodes(&mut self, from: u64) -> Result<(), LogError> {
+        let size = self.read_shared().size;
+        // Where every level still holds all its hashes: at most `from`.
+        let mut keep = from.min(size);
+        for level in 0..64u32 {
+            if (keep >> level) == 0 {
+                break;
+            }
+            let have = match self.level_file(level, true)? {
+                Some(f) => f.metadata().map_err(io("cannot read a node file"))?.len() / 32,
+                None => 0,
+            };
+            keep = keep.min(have << level);
+        }
+        for level in 0..64u32 {
+            if let Some(f) = self.level_file(level, true)? {
+                f.set_len((keep >> level) * 32)
+                    .map_err(io("cannot repair a node file"))?;
+            }
+        }
+        let mut frontier = Frontier::new();
+        let mut seq = keep;
+        while seq < size {
+            let Some((first, leaves)) = self.frame_of(seq)? else {
+                break;
+            };
+            for (i, bytes) in leaves.iter().enumerate().skip((seq - first) as usize) {
+                let at = first + i as u64;
+                let nodes = merkle::new_nodes(at, merkle::leaf_hash(bytes), |level, idx| {
+                    if let Some((i, h)) = frontier.get(&level)
+                        && *i == idx
+                    {
+                        return Ok(*h);
+                    }
+                    self.read_node(level, idx)?
+                        .ok_or_else(|| LogError::Store(format!("subtree {level}/{idx} is missing")))
+                })?;
+                for (level, idx, hash) in nodes {
+                    frontier.insert(level, (idx, hash));
+                    self.write_node(level, idx, &hash)?;
+                }
+            }
+            seq = first + leaves.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn read_node(&mut self, level: u32, index: u64) -> Result<Option<Hash>, LogError> {
+        let Some(file) = self.level_file(level, false)? else {
+            return Ok(None);
+        };
+        let mut hash = [0u8; 32];
+        match file.read_exact_at(&mut hash, index * 32) {
+            Ok(()) => Ok(Some(hash)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(io("cannot read a subtree hash")(e)),
+        }
+    }
+
+    fn sync_nodes(&mut self) -> Result<(), LogError> {
+        for file in self.levels.iter().flatten() {
+            file.sync_data().map_err(io("cannot sync a node file"))?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint_path(&self) -> PathBuf {
+        self.dir.dir.join("checkpoints.bin")
+    }
+
+    /// Every checkpoint record that is whole, and the length they take.
+    fn read_checkpoints(&self) -> Result<(Vec<(u64, String)>, u64), LogError> {
+        let bytes = match std::fs::read(self.checkpoint_path()) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(e) => return Err(io("cannot read the checkpoints")(e)),
+        };
+        let mut out = Vec::new();
+        let mut at = 0usize;
+        while bytes.len() >= at + 28 && &bytes[at..at + 4] == CHECKPOINT_MAGIC {
+            let word = |i: usize| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&bytes[i..i + 8]);
+                u64::from_le_bytes(b)
+            };
+            let len =
+                u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]])
+                    as usize;
+            let crc =
+                u32::from_le_bytes([bytes[at + 8], bytes[at + 9], bytes[at + 10], bytes[at + 11]]);
+            let body = at + 12;
+            if bytes.len() < body + 16 + len {
+                break;
+            }
+            if crc32fast::hash(&bytes[body..body + 16 + len]) != crc {
+                break;
+            }
+            let size = word(body);
+            let Ok(note) = std::str::from_utf8(&bytes[body + 16..body + 16 + len]) else {
+                break;
+            };
+            out.push((size, note.to_owned()));
+            at = body + 16 + len;
+        }
+        Ok((out, at as u64))
+    }
+
+    /// Cuts off a checkpoint record a crash left half-written; the last checkpoint's size.
+    fn truncate_checkpoints(&mut self) -> Result<u64, LogError> {
+        let (all, whole) = self.read_checkpoints()?;
+        let path = self.checkpoint_path();
+        if let Ok(meta) = std::fs::metadata(&path)
+            && meta.len() > whole
+        {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io("cannot repair the checkpoints"))?;
+            f.set_len(whole)
+                .map_err(io("cannot repair the checkpoints"))?;
+            f.sync_all().map_err(io("cannot repair the checkpoints"))?;
+        }
+        let size = self.read_shared().size;
+        Ok(all.last().map_or(0, |(s, _)| *s).min(size))
+    }
+
+    /// The query index, opened on first use.
+    fn index(&mut self) -> Result<Option<&Connection>, LogError> {
+        if self.index.is_none() {
+            let path = self.dir.dir.join("index.db");
+            if !path.exists() {
+                return Ok(None);
+            }
+            let conn =
+                Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            self.index = Some(conn);
+        }
+        Ok(self.index.as_ref())
+    }
+
+    /// Bytes in all segments (the writer's count).
+    pub fn bytes(&self) -> u64 {
+        self.writer.as_ref().map_or(0, |w| w.bytes)
+    }
+}
+
+impl LogDb for SegmentLog {
+    fn size(&mut self) -> Result<u64, LogError> {
+        self.refresh()?;
+        Ok(self.read_shared().size)
+    }
+
+    fn node(&mut self, level: u32, index: u64) -> Result<Option<Hash>, LogError> {
+        let size = self.size()?;
+        if (index + 1) << level > size {
+            return Ok(None);
+        }
+        self.read_node(level, index)
+    }
+
+    fn checkpoints(&mut self, latest_only: bool) -> Result<Vec<(u64, String)>, LogError> {
+        let (mut all, _) = self.read_checkpoints()?;
+        if latest_only {
+            Ok(all.pop().into_iter().collect())
+        } else {
+            Ok(all)
+        }
+    }
+
+    fn leaf(&mut self, seq: u64) -> Result<Option<Vec<u8>>, LogError> {
+        Ok(self
+            .frame_of(seq)?
+            .and_then(|(first, leaves)| leaves.into_iter().nth((seq - first) as usize)))
+    }
+
+    fn entries(&mut self, filter: &EntryFilter, limit: u32) -> Result<Vec<Vec<u8>>, LogError> {
+        let wanted = limit as usize;
+        let mut out = Vec::new();
+        let mut after = filter.after;
+        // The indexed leaves through the index (its 64-bit keys narrow; the leaf decides) …
+        let indexed: i64 = match self.index()? {
+            Some(index) => {
+                index.query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM entries", [], |r| {
+                    r.get(0)
+                })?
+            }
+            None => 0,
+        };
+        while after + 1 < indexed && out.len() < wanted {
+            let Some(index) = self.index()? else { break };
+            let mut stmt = index.prepare_cached(
+                "SELECT seq FROM entries
+                 WHERE seq > ?1 AND (?2 IS NULL OR department = ?2) AND (?3 IS NULL OR holder = ?3)
+                   AND (?4 IS NULL OR resource = ?4) AND (?5 IS NULL OR route = ?5)
+                   AND (?6 IS NULL OR outcome = ?6) AND (?7 IS NULL OR time_ms >= ?7)
+                   AND (?8 IS NULL OR time_ms < ?8)
+                 ORDER BY seq LIMIT ?9",
+            )?;
+            let candidates: Vec<i64> = stmt
+                .query_map(
+                    params![
+                        after,
+                        filter.department.as_deref().map(key),
+                        filter.holder.as_deref().map(key),
+                        filter.resource.as_deref().map(key),
+                        filter.route.as_deref().map(key),
+                        filter.outcome.map(outcome_code),
+                        filter.from_ms,
+                        filter.to_ms,
+                        (wanted - out.len()) as i64,
+                    ],
+                    |r| r.get(0),
+                )?
+                .collect::<Result<_, _>>()?;
+            drop(stmt);
+            if candidates.is_empty() {
+                after = indexed - 1;
+                break;
+            }
+            for seq in candidates {
+                after = seq;
+                if let Some(bytes) = self.leaf(seq as u64)?
+                    && matches(filter, &bytes)
+                {
+                    out.push(bytes);
+                }
+            }
+        }
+        // … and the newest, not indexed yet, read directly: a query sees every committed leaf.
+        let size = self.size()?;
+        let mut seq = (after + 1).max(0) as u64;
+        while seq < size && out.len() < wanted {
+            let Some((first, leaves)) = self.frame_of(seq)? else {
+                break;
+            };
+            for bytes in leaves.into_iter().skip((seq - first) as usize) {
+                if out.len() >= wanted {
+                    break;
+                }
+                if matches(filter, &bytes) {
+                    out.push(bytes);
+                }
+                seq += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    fn scan(
+        &mut self,
+        size: u64,
+        f: &mut dyn FnMut(ScannedLeaf<'_>) -> bool,
+    ) -> Result<(), LogError> {
+        let stored = self.size()?.min(size);
+        let segments: Vec<PathBuf> = self
+            .read_shared()
+            .segments
+            .iter()
+            .map(|(_, p)| p.clone())
+            .collect();
+        let mut hashes = match self.level_file(0, false)? {
+            Some(file) => Some(BufReader::new(
+                file.try_clone()
+                    .map_err(io("cannot read the leaf hashes"))?,
+            )),
+            None => None,
+        };
+        let mut seq = 0u64;
+        for path in segments {
+            let mut file = BufReader::new(File::open(path).map_err(io("cannot open a segment"))?);
+            while seq < stored {
+                let mut hb = [0u8; HEADER];
+                if file.read_exact(&mut hb).is_err() {
+                    break;
+                }
+                let Some(h) = Header::parse(&hb) else {
+                    return Err(LogError::Inconsistent(format!(
+                        "the frame at leaf {seq} is damaged"
+                    )));
+                };
+                let mut payload = vec![0u8; h.payload_len as usize];
+                file.read_exact(&mut payload)
+                    .map_err(io("cannot read a segment"))?;
+                if Header::crc_of(h.first_seq, h.count, &payload) != h.crc {
+                    return Err(LogError::Inconsistent(format!(
+                        "the frame at leaf {seq} fails its checksum"
+                    )));
+                }
+                for bytes in decode(&payload, h.count)? {
+                    if seq >= stored {
+                        return Ok(());
+                    }
+                    let mut hash = [0u8; 32];
+                    let stored_hash = hashes
+                        .as_mut()
+                        .and_then(|r| r.read_exact(&mut hash).ok())
+                        .map(|()| &hash[..]);
+                    let go_on = f(ScannedLeaf {
+                        seq: seq as i64,
+                        data: Some(&bytes),
+                        stored_hash,
+                    });
+                    seq += 1;
+                    if !go_on {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn append(
+        &mut self,
+        leaves: &mut [&mut Leaf],
+        frontier: &mut Frontier,
+    ) -> Result<u64, LogError> {
+        let start = self.read_shared().size;
+        let (encoded, nodes) = prepare_batch(leaves, start, frontier, |level, idx| {
+            self.read_node(level, idx)
+        })?;
+        let mut raw = Vec::with_capacity(encoded.iter().map(|b| b.len() + 4).sum());
+        for bytes in &encoded {
+            raw.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            raw.extend_from_slice(bytes);
+        }
+        let mut enc = DeflateEncoder::new(Vec::with_capacity(raw.len() / 3), Compression::fast());
+        enc.write_all(&raw).map_err(io("cannot compress a batch"))?;
+        let payload = enc.finish().map_err(io("cannot compress a batch"))?;
+        let count = encoded.len() as u32;
+        let header = Header {
+            first_seq: start,
+            count,
+            payload_len: payload.len() as u32,
+            crc: Header::crc_of(start, count, &payload),
+        };
+        let frame_len = (HEADER + payload.len()) as u64;
+        let end = self.read_shared().end;
+        let (max_bytes, bytes) = {
+            let w = self
+                .writer
+                .as_ref()
+                .ok_or_else(|| LogError::Store("this handle does not write".into()))?;
+            (w.max_bytes, w.bytes)
+        };
+        if max_bytes > 0 && bytes + frame_len > max_bytes {
+            return Err(LogError::Store(
+                "the access log has reached access_log.max_db_pages (disk full)".into(),
+            ));
+        }
+        // A full segment: the batch starts a new one.
+        let (segment, offset) = if end + frame_len > SEGMENT_BYTES && end > 0 {
+            let (file, path) = self.new_segment(start)?;
+            if let Some(w) = self.writer.as_mut() {
+                w.tail = file;
+            }
+            let mut s = self.write_shared();
+            s.segments.push((start, path));
+            s.end = 0;
+            (s.segments.len() - 1, 0)
+        } else {
+            (self.read_shared().segments.len() - 1, end)
+        };
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| LogError::Store("this handle does not write".into()))?;
+        let mut frame = Vec::with_capacity(frame_len as usize);
+        frame.extend_from_slice(&header.bytes());
+        frame.extend_from_slice(&payload);
+        let written = w.tail.write_all(&frame).and_then(|()| w.tail.sync_data());
+        if let Err(e) = written {
+            // Nothing of a batch that failed may stay: cut the file back.
+            let _ = w.tail.set_len(offset);
+            return Err(io("cannot write the batch")(e));
+        }
+        w.bytes += frame_len;
+        w.since_sparse += u64::from(count);
+        let sparse = offset == 0 || w.since_sparse >= SPARSE_EVERY;
+        if sparse {
+            w.since_sparse = 0;
+        }
+        {
+            let mut s = self.write_shared();
+            if sparse || s.sparse.is_empty() {
+                s.sparse.push(FramePos {
+                    first_seq: start,
+                    segment,
+                    offset,
+                });
+            }
+            s.size = start + u64::from(count);
+            s.end = offset + frame_len;
+        }
+        for (level, idx, hash) in nodes {
+            self.write_node(level, idx, &hash)?;
+        }
+        Ok(start + u64::from(count))
+    }
+
+    fn put_checkpoint(&mut self, size: u64, note: &str, time_ms: i64) -> Result<(), LogError> {
+        if let Some(w) = &self.writer
+            && size <= w.checkpointed
+        {
+            return Ok(());
+        }
+        // The subtree hashes the checkpoint signs are durable before it is.
+        self.sync_nodes()?;
+        let mut body = Vec::with_capacity(16 + note.len());
+        body.extend_from_slice(&size.to_le_bytes());
+        body.extend_from_slice(&time_ms.to_le_bytes());
+        body.extend_from_slice(note.as_bytes());
+        let mut record = Vec::with_capacity(12 + body.len());
+        record.extend_from_slice(CHECKPOINT_MAGIC);
+        record.extend_from_slice(&(note.len() as u32).to_le_bytes());
+        record.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        record.extend_from_slice(&body);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.checkpoint_path())
+            .map_err(io("cannot open the checkpoints"))?;
+        file.write_all(&record)
+            .and_then(|()| file.sync_data())
+            .map_err(io("cannot write a checkpoint"))?;
+        if let Some(w) = self.writer.as_mut() {
+            w.checkpointed = size;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a leaf's bytes meet every condition of `filter` (its position aside).
+fn matches(filter: &EntryFilter, bytes: &[u8]) -> bool {
+    let Ok(leaf) = serde_json::from_slice::<Leaf>(bytes) else {
+        return false;
+    };
+    let same = |want: &Option<String>, have: &Option<String>| {
+        want.as_ref().is_none_or(|w| have.as_ref() == Some(w))
+    };
+    same(&filter.department, &leaf.department)
+        && same(&filter.holder, &leaf.holder)
+        && same(&filter.resource, &leaf.resource)
+        && same(&filter.route, &leaf.route)
+        && filter.outcome.is_none_or(|o| o == leaf.outcome)
+        && filter.from_ms.is_none_or(|t| leaf.time_ms >= t)
+        && filter.to_ms.is_none_or(|t| leaf.time_ms < t)
+}
+
+/// The 64-bit key a text is indexed under.
+fn key(text: &str) -> i64 {
+    let d = Sha256::digest(text.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    i64::from_le_bytes(b)
+}
+
+fn outcome_code(o: Outcome) -> i64 {
+    match o {
+        Outcome::Allowed => 0,
+        Outcome::Denied => 1,
+        Outcome::Error => 2,
+    }
+}
+
+const INDEX_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, department INTEGER, holder INTEGER,
+    resource INTEGER, route INTEGER, outcome INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_department ON entries(department, seq);
+CREATE INDEX IF NOT EXISTS entries_holder ON entries(holder, seq);
+CREATE INDEX IF NOT EXISTS entries_resource ON entries(resource, seq);
+CREATE INDEX IF NOT EXISTS entries_time ON entries(time_ms);
+";
+
+/// Starts the thread that keeps the query index up with the segments, every
+/// [`INDEX_INTERVAL`], until `stop` is set.
+fn spawn_indexer(dir: SegmentDir, stop: Arc<AtomicBool>) -> Result<(), LogError> {
+    let mut conn = Connection::open(dir.dir.join("index.db"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Derived data: rebuilt from the segments if a crash loses its tail.
+    conn.pragma_update(None, "synchronous", "OFF")?;
+    conn.execute_batch(INDEX_SCHEMA)?;
+    let mut reader = SegmentLog::reader(&dir);
+    std::thread::Builder::new()
+        .name("access-log-indexer".into())
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if let Err(e) = index_round(&mut conn, &mut reader) {
+                    tracing::error!(error = %e, "access log index not updated");
+                }
+                std::thread::sleep(INDEX_INTERVAL);
+            }
+        })
+        .map_err(|e| LogError::Store(format!("cannot start the indexer: {e}")))?;
+    Ok(())
+}
+
+/// Indexes the leaves committed since the index's last one.
+fn index_round(conn: &mut Connection, reader: &mut SegmentLog) -> Result<(), LogError> {
+    let size = reader.size()?;
+    let indexed: i64 =
+        conn.query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM entries", [], |r| {
+            r.get(0)
+        })?;
+    if indexed as u64 > size {
+        // The segments lost an unacknowledged tail after a crash.
+        conn.execute("DELETE FROM entries WHERE seq >= ?1", [size as i64])?;
+        return Ok(());
+    }
+    let mut seq = indexed as u64;
+    while seq < size {
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO entries (seq, time_ms, department, holder, resource, route, outcome)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            let stop_at = (seq + 10_000).min(size);
+            while seq < stop_at {
+                let Some((first, leaves)) = reader.frame_of(seq)? else {
+                    break;
+                };
+                for bytes in leaves.iter().skip((seq - first) as usize) {
+                    let leaf: Leaf = serde_json::from_slice(bytes)
+                        .map_err(|e| LogError::Store(format!("leaf {seq}: {e}")))?;
+                    insert.execute(params![
+                        seq as i64,
+                        leaf.time_ms,
+                        leaf.department.as_deref().map(key),
+                        leaf.holder.as_deref().map(key),
+                        leaf.resource.as_deref().map(key),
+                        leaf.route.as_deref().map(key),
+                        outcome_code(leaf.outcome),
+                    ])?;
+                    seq += 1;
+                }
+            }
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::LogKey;
+    use crate::log::{AccessLog, LogBackend, VerifyFailure, WriterSettings, verify_offline};
+    use crate::{LeafKind, inclusion_proof, latest_checkpoint, root};
+
+    fn key() -> Arc<LogKey> {
+        Arc::new(
+            LogKey::from_seed_base64(
+                "certgate.test/log",
+                &LogKey::generate_seed_base64().unwrap(),
+            )
+            .unwrap(),
+        )
+    }
+
+    fn settings(checkpoint_ms: u64) -> WriterSettings {
+        WriterSettings {
+            queue_capacity: 10_000,
+            max_batch: 64,
+            checkpoint_interval: Duration::from_millis(checkpoint_ms),
+            origin: "certgate.test/log".into(),
+            group_commit_wait: Duration::ZERO,
+            max_db_pages: 0,
+            clock: Arc::new(storage::SystemClock),
+        }
+    }
+
+    fn leaf(i: u64) -> Leaf {
+        Leaf {
+            request_id: Some(format!("req-{i}")),
+            department: Some(format!("1111010{}MB0000001C", i % 3)),
+            holder: Some(format!("holder-{}", i % 5)),
+            method: Some("GET".into()),
+            route: Some("/v1/licences/{id}".into()),
+            resource: Some(format!("licence-{}", i % 7)),
+            latency_us: 120,
+            ..Leaf::new(
+                LeafKind::Request,
+                1_800_000_000_000 + i as i64,
+                200 + (i % 2) as u16 * 200,
+            )
+        }
+    }
+
+    /// Appends `n` leaves from concurrent tasks and waits for a checkpoint over all of them.
+    async fn fill(log: &AccessLog, from: u64, n: u64) {
+        let mut tasks = Vec::new();
+        for i in from..from + n {
+            let log = log.clone();
+            tasks.push(tokio::spawn(
+                async move { log.append(leaf(i)).await.unwrap() },
+            ));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        while log.covered() < from + n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_form_a_verifiable_tree_that_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key();
+        let backend = LogBackend::Segments(SegmentDir::new(&dir.path().join("log")));
+        let log = AccessLog::open(backend.clone(), key.clone(), settings(0)).unwrap();
+        fill(&log, 0, 500).await;
+        let mut reader = log.reader().unwrap();
+        let (size, note) = latest_checkpoint(reader.as_mut()).unwrap().unwrap();
+        assert_eq!(size, 500);
+        let cp = crate::checkpoint::verify_note(&note, &key.verifier_key()).unwrap();
+        let data = reader.leaf(123).unwrap().unwrap();
+        let proof = inclusion_proof(reader.as_mut(), 123, size).unwrap();
+        assert!(merkle::verify_inclusion(
+            &merkle::leaf_hash(&data),
+            123,
+            size,
+            &proof,
+            &cp.root
+        ));
+        drop(reader);
+        drop(log);
+        // Another process's view, and the writer again on the same files.
+        let mut offline = SegmentLog::open_read_only(&dir.path().join("log")).unwrap();
+        let summary = verify_offline(&mut offline, &key.verifier_key()).unwrap();
+        assert_eq!(summary.leaves, 500);
+        let log = AccessLog::open(backend, key.clone(), settings(0)).unwrap();
+        fill(&log, 500, 100).await;
+        let mut offline = SegmentLog::open_read_only(&dir.path().join("log")).unwrap();
+        assert_eq!(
+            verify_offline(&mut offline, &key.verifier_key())
+                .unwrap()
+                .leaves,
+            600
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queries_see_every_committed_leaf_and_the_index_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LogBackend::Segments(SegmentDir::new(&dir.path().join("log")));
+        let log = AccessLog::open(backend, key(), settings(0)).unwrap();
+        for i in 0..300 {
+            log.append(leaf(i)).await.unwrap();
+        }
+        let mut reader = log.reader().unwrap();
+        let expected = |f: &dyn Fn(u64) -> bool| (0..300u64).filter(|i| f(*i)).collect::<Vec<_>>();
+        let seqs = |rows: Vec<Vec<u8>>| {
+            rows.iter()
+                .map(|b| serde_json::from_slice::<Leaf>(b).unwrap().seq)
+                .collect::<Vec<_>>()
+        };
+        let query = |reader: &mut Box<dyn LogDb>| {
+            let by_holder = EntryFilter {
+                after: -1,
+                holder: Some("holder-2".into()),
+                ..EntryFilter::default()
+            };
+            let denied_from_dept = EntryFilter {
+                after: 10,
+                department: Some("11110101MB0000001C".into()),
+                outcome: Some(Outcome::Denied),
+                ..EntryFilter::default()
+            };
+            (
+                seqs(reader.entries(&by_holder, 1000).unwrap()),
+                seqs(reader.entries(&denied_from_dept, 1000).unwrap()),
+                seqs(reader.entries(&by_holder, 7).unwrap()),
+            )
+        };
+        // At once, before the indexer's round: read from the segments.
+        let want = (
+            expected(&|i| i % 5 == 2),
+            expected(&|i| i > 10 && i % 3 == 1 && i % 2 == 1),
+            expected(&|i| i % 5 == 2)[..7].to_vec(),
+        );
+        assert_eq!(query(&mut reader), want);
+        // Within a few index rounds every leaf is in the index, and the answers are the same.
+        let index = dir.path().join("log/index.db");
+        let deadline = std::time::Instant::now() + INDEX_INTERVAL * 8;
+        loop {
+            let n: i64 = Connection::open(&index)
+                .and_then(|c| c.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get(0)))
+                .unwrap_or(0);
+            if n == 300 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "index holds {n} of 300 leaves"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut reader = log.reader().unwrap();
+        assert_eq!(query(&mut reader), want);
+    }
+
+    /// A copy of `from` (a log directory) at `to`.
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let target = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &target);
+            } else {
+                std::fs::copy(e.path(), target).unwrap();
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_power_cut_in_any_byte_of_the_last_frame_recovers_a_consistent_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = dir.path().join("log");
+        let key = key();
+        {
+            let log = AccessLog::open(
+                LogBackend::Segments(SegmentDir::new(&original)),
+                key.clone(),
+                settings(0),
+            )
+            .unwrap();
+            fill(&log, 0, 40).await;
+            // The last frame: one leaf appended alone, and its checkpoint.
+            log.append(leaf(40)).await.unwrap();
+            while log.covered() < 41 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        // The power goes before the checkpoint over the last frame is written.
+        let db = SegmentLog::open_read_only(&original).unwrap();
+        let (all, _) = db.read_checkpoints().unwrap();
+        let (size, note) = all.last().unwrap();
+        assert_eq!(*size, 41);
+        {
+            let checkpoints = original.join("checkpoints.bin");
+            let keep =
+                std::fs::metadata(&checkpoints).unwrap().len() - (12 + 16 + note.len()) as u64;
+            OpenOptions::new()
+                .write(true)
+                .open(&checkpoints)
+                .unwrap()
+                .set_len(keep)
+                .unwrap();
+        }
+        drop(db);
+        let segment = original.join("segments").join(segment_name(0));
+        let len = std::fs::metadata(&segment).unwrap().len();
+        // Where the last frame starts.
+        let mut reader = SegmentLog::open_read_only(&original).unwrap();
+        assert_eq!(reader.size().unwrap(), 41);
+        let last = reader.read_shared().end - {
+            let f = File::open(&segment).unwrap();
+            let mut at = 0;
+            let mut last = 0;
+            while let Some((h, _)) = read_frame(&f, at, len) {
+                last = HEADER as u64 + u64::from(h.payload_len);
+                at += last;
+            }
+            last
+        };
+        for cut in last..len {
+            let case = dir.path().join(format!("cut-{cut}"));
+            copy_dir(&original, &case);
+            let seg = case.join("segments").join(segment_name(0));
+            OpenOptions::new()
+                .write(true)
+                .open(&seg)
+                .unwrap()
+                .set_len(cut)
+                .unwrap();
+            // The subtree hashes of the unacknowledged tail may be anything after a power cut.
+            let nodes = case.join("nodes/0.bin");
+            let f = OpenOptions::new().write(true).open(&nodes).unwrap();
+            f.write_all_at(&[0xAB; 32], 40 * 32).unwrap();
+            let log = AccessLog::open(
+                LogBackend::Segments(SegmentDir::new(&case)),
+                key.clone(),
+                settings(0),
+            )
+            .unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+            assert_eq!(log.size(), 40, "cut at {cut}");
+            assert_eq!(std::fs::metadata(&seg).unwrap().len(), last, "cut at {cut}");
+            // It goes on from there, and the whole verifies.
+            assert_eq!(log.append(leaf(1000)).await.unwrap(), 40);
+            while log.covered() < 41 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            drop(log);
+            let mut offline = SegmentLog::open_read_only(&case).unwrap();
+            let summary = verify_offline(&mut offline, &key.verifier_key())
+                .unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+            assert_eq!(summary.leaves, 41);
+            std::fs::remove_dir_all(&case).unwrap();
+        }
+    }
+
+    /// Rewrites the log's one segment with `leaves` at consecutive positions, one frame each,
+    /// with valid checksums: what someone with write access to the files could do.
+    fn rewrite(dir: &Path, leaves: &[Vec<u8>]) {
+        let mut out = Vec::new();
+        for (i, bytes) in leaves.iter().enumerate() {
+            let mut raw = (bytes.len() as u32).to_le_bytes().to_vec();
+            raw.extend_from_slice(bytes);
+            let mut enc = DeflateEncoder::new(Vec::new(), Compression::fast());
+            enc.write_all(&raw).unwrap();
+            let payload = enc.finish().unwrap();
+            let h = Header {
+                first_seq: i as u64,
+                count: 1,
+                payload_len: payload.len() as u32,
+                crc: Header::crc_of(i as u64, 1, &payload),
+            };
+            out.extend_from_slice(&h.bytes());
+            out.extend_from_slice(&payload);
+        }
+        std::fs::write(dir.join("segments").join(segment_name(0)), out).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn edited_removed_and_rewritten_leaves_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let key = key();
+        let log = AccessLog::open(
+            LogBackend::Segments(SegmentDir::new(&path)),
+            key.clone(),
+            settings(0),
+        )
+        .unwrap();
+        fill(&log, 0, 64).await;
+        drop(log);
+        let mut all = Vec::new();
+        SegmentLog::open_read_only(&path)
+            .unwrap()
+            .scan(u64::MAX, &mut |l| {
+                all.push(l.data.unwrap().to_vec());
+                true
+            })
+            .unwrap();
+        let found_at = |leaves: &[Vec<u8>]| {
+            rewrite(&path, leaves);
+            let mut db = SegmentLog::open_read_only(&path).unwrap();
+            match verify_offline(&mut db, &key.verifier_key()) {
+                Err(VerifyFailure::Leaf { index, .. }) => Some(index),
+                Err(VerifyFailure::Checkpoint { .. }) => None,
+                other => panic!("not found: {other:?}"),
+            }
+        };
+        let mut edited = all.clone();
+        edited[7] = String::from_utf8(edited[7].clone())
+            .unwrap()
+            .replace("\"status\":", "\"status\":1")
+            .into_bytes();
+        assert_eq!(found_at(&edited), Some(7));
+        let mut removed = all.clone();
+        removed.remove(9);
+        assert_eq!(found_at(&removed), Some(9));
+        let mut swapped = all.clone();
+        swapped.swap(3, 4);
+        assert_eq!(found_at(&swapped), Some(3));
+        // The newest leaves dropped: the checkpoint has no tree, and the writer will not open.
+        assert_eq!(found_at(&all[..50]), None);
+        assert!(matches!(
+            AccessLog::open(
+                LogBackend::Segments(SegmentDir::new(&path)),
+                key.clone(),
+                settings(0)
+            ),
+            Err(LogError::Inconsistent(_))
+        ));
+        // As it was, it verifies again.
+        rewrite(&path, &all);
+        let mut db = SegmentLog::open_read_only(&path).unwrap();
+        assert_eq!(
+            verify_offline(&mut db, &key.verifier_key()).unwrap().leaves,
+            64
+        );
+        let _ = root(&mut db, 64).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_frame_before_the_last_segment_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::create_dir_all(path.join("segments")).unwrap();
+        std::fs::write(path.join("segments").join(segment_name(0)), b"CGL1garbage").unwrap();
+        std::fs::write(path.join("segments").join(segment_name(5)), b"").unwrap();
+        assert!(matches!(
+            SegmentLog::open_read_only(&path),
+            Err(LogError::Inconsistent(_))
+        ));
+    }
+}
