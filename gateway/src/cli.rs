@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, Storage};
 use crate::pki::{ClientSpec, DevCa};
 use crate::tls::TlsMaterial;
-use tlog::{LogDb, PgLog, SqliteLog};
+use tlog::{LogDb, PgLog, SegmentLog, SqliteLog};
 
 /// certgate: the mTLS gateway for e-licences, e-seals, shared data and policy matching.
 #[derive(Debug, Parser)]
@@ -79,7 +79,7 @@ enum AuditCommand {
     /// Recompute every leaf hash and root of the access log and check every checkpoint's
     /// signature and consistency; exit 0 only when all holds, else name the first bad index.
     Verify {
-        /// The gateway's data directory (holds access-log.db and access-log.vkey).
+        /// The gateway's data directory (holds the access log and access-log.vkey).
         #[arg(long, required_unless_present_any = ["export", "config"], conflicts_with_all = ["export", "config"])]
         data_dir: Option<PathBuf>,
         /// The gateway's configuration: verifies the log where it keeps it (the shared tree in
@@ -300,9 +300,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                                 format!("cannot open PostgreSQL schema {}", pg.schema)
                             })?,
                         ))),
-                        Storage::Embedded => {
-                            sqlite_log(&config.server.data_dir.join("access-log.db"))?
-                        }
+                        Storage::Embedded => embedded_log(&config.server.data_dir)?,
                     };
                     (db, key)
                 }
@@ -310,10 +308,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     let data_dir =
                         data_dir.context("--data-dir, --config or --export is required")?;
                     let key_file = log_key.unwrap_or_else(|| data_dir.join("access-log.vkey"));
-                    (
-                        sqlite_log(&data_dir.join("access-log.db"))?,
-                        read_key(&key_file)?,
-                    )
+                    (embedded_log(&data_dir)?, read_key(&key_file)?)
                 }
             };
             let summary = tlog::verify_offline(db.as_mut(), key.trim())
@@ -585,13 +580,24 @@ fn report_import(
 }
 
 /// The SQLite access log at `path`, read-only; an error if there is none.
-fn sqlite_log(path: &Path) -> anyhow::Result<Box<dyn LogDb>> {
-    if !path.is_file() {
-        anyhow::bail!("{} does not exist", path.display());
+/// The embedded access log of a data directory, read-only: its segment files, or the SQLite
+/// file of a log made before them.
+fn embedded_log(data_dir: &Path) -> anyhow::Result<Box<dyn LogDb>> {
+    let legacy = data_dir.join("access-log.db");
+    let segments = data_dir.join("access-log");
+    if legacy.is_file() {
+        return Ok(Box::new(
+            SqliteLog::open_read_only(&legacy)
+                .with_context(|| format!("cannot open {}", legacy.display()))?,
+        ));
     }
-    Ok(Box::new(SqliteLog::open_read_only(path).with_context(
-        || format!("cannot open {}", path.display()),
-    )?))
+    if !segments.is_dir() {
+        anyhow::bail!("{} holds no access log", data_dir.display());
+    }
+    Ok(Box::new(
+        SegmentLog::open_read_only(&segments)
+            .with_context(|| format!("cannot open {}", segments.display()))?,
+    ))
 }
 
 /// Runs `serving` to its end, then stops the runtime without waiting for blocking tasks still

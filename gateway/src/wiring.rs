@@ -38,7 +38,7 @@ pub fn gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
     let log_settings = &config.access_log;
     let log_backend = match &bus {
         Some(pg) => LogBackend::Postgres(pg.clone()),
-        None => LogBackend::Sqlite(config.server.data_dir.join("access-log.db")),
+        None => LogBackend::embedded(&config.server.data_dir),
     };
     let writer_settings = WriterSettings {
         queue_capacity: log_settings.queue_capacity,

@@ -982,8 +982,9 @@ pub fn logged_request_ids(log: &StoredLog) -> std::collections::HashSet<String> 
 /// access to the database would: for tests that tamper with it and check it is found out.
 #[derive(Debug, Clone)]
 pub enum StoredLog {
-    /// `access-log.db` in a data directory.
-    Sqlite(PathBuf),
+    /// The embedded log of a data directory: segment files in `access-log/`, or the SQLite
+    /// file `access-log.db` of a log made before them.
+    Embedded(PathBuf),
     /// The shared tables in a PostgreSQL schema.
     Postgres(std::sync::Arc<storage::PgPool>),
 }
@@ -994,7 +995,7 @@ impl StoredLog {
     pub fn of(data: &Path, schema: &Option<storage::SchemaGuard>) -> StoredLog {
         match schema {
             Some(g) => StoredLog::Postgres(g.pool().clone()),
-            None => StoredLog::Sqlite(data.join("access-log.db")),
+            None => StoredLog::Embedded(data.to_path_buf()),
         }
     }
 
@@ -1002,8 +1003,8 @@ impl StoredLog {
     /// names `leaves`/`nodes` get PostgreSQL's `log_` prefix.
     fn exec(&self, sql: &str, seq: i64, data: Option<&[u8]>) {
         match self {
-            StoredLog::Sqlite(path) => {
-                let db = rusqlite::Connection::open(path).unwrap();
+            StoredLog::Embedded(dir) => {
+                let db = rusqlite::Connection::open(dir.join("access-log.db")).unwrap();
                 let mut stmt = db.prepare(sql).unwrap();
                 let n = stmt.parameter_count();
                 match (n, data) {
@@ -1042,8 +1043,18 @@ impl StoredLog {
     /// Every stored leaf's bytes, by position.
     pub fn all(&self) -> Vec<(i64, Vec<u8>)> {
         match self {
-            StoredLog::Sqlite(path) => {
-                let db = rusqlite::Connection::open(path).unwrap();
+            StoredLog::Embedded(dir) if self.segments().is_some() => {
+                let mut all = Vec::new();
+                let mut log = tlog::SegmentLog::open_read_only(&dir.join("access-log")).unwrap();
+                tlog::LogDb::scan(&mut log, u64::MAX, &mut |l| {
+                    all.push((l.seq, l.data.unwrap().to_vec()));
+                    true
+                })
+                .unwrap();
+                all
+            }
+            StoredLog::Embedded(dir) => {
+                let db = rusqlite::Connection::open(dir.join("access-log.db")).unwrap();
                 let mut stmt = db
                     .prepare("SELECT seq, data FROM leaves ORDER BY seq")
                     .unwrap();
@@ -1079,8 +1090,60 @@ impl StoredLog {
             .unwrap()
     }
 
+    /// The segment directory, when the log is in segment files.
+    fn segments(&self) -> Option<PathBuf> {
+        match self {
+            StoredLog::Embedded(dir) if !dir.join("access-log.db").exists() => {
+                Some(dir.join("access-log"))
+            }
+            _ => None,
+        }
+    }
+
+    /// Writes `leaves` as the whole segment log, at consecutive positions, one frame each with
+    /// a valid checksum (the frame format of `tlog::segments`), as someone with write access to
+    /// the files could.
+    fn rewrite(dir: &Path, leaves: &[Vec<u8>]) {
+        use std::io::Write;
+        let segments = dir.join("segments");
+        for e in std::fs::read_dir(&segments).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        let mut out = Vec::new();
+        for (i, bytes) in leaves.iter().enumerate() {
+            let mut raw = (bytes.len() as u32).to_le_bytes().to_vec();
+            raw.extend_from_slice(bytes);
+            let mut enc =
+                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(&raw).unwrap();
+            let payload = enc.finish().unwrap();
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&(i as u64).to_le_bytes());
+            crc.update(&1u32.to_le_bytes());
+            crc.update(&(payload.len() as u32).to_le_bytes());
+            crc.update(&payload);
+            out.extend_from_slice(b"CGL1");
+            out.extend_from_slice(&(i as u64).to_le_bytes());
+            out.extend_from_slice(&1u32.to_le_bytes());
+            out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            out.extend_from_slice(&crc.finalize().to_le_bytes());
+            out.extend_from_slice(&payload);
+        }
+        std::fs::write(segments.join(format!("{:020}.seg", 0)), out).unwrap();
+    }
+
+    /// Changes the stored leaves with `change`, in segment files.
+    fn edit_segments(&self, dir: &Path, change: impl FnOnce(&mut Vec<Vec<u8>>)) {
+        let mut leaves: Vec<Vec<u8>> = self.all().into_iter().map(|(_, d)| d).collect();
+        change(&mut leaves);
+        StoredLog::rewrite(dir, &leaves);
+    }
+
     /// Overwrites the bytes of leaf `seq`.
     pub fn put(&self, seq: i64, data: &[u8]) {
+        if let Some(dir) = self.segments() {
+            return self.edit_segments(&dir, |l| l[seq as usize] = data.to_vec());
+        }
         self.exec(
             "UPDATE leaves SET data = ?2 WHERE seq = ?1",
             seq,
@@ -1090,11 +1153,19 @@ impl StoredLog {
 
     /// Deletes leaf `seq`.
     pub fn delete(&self, seq: i64) {
+        if let Some(dir) = self.segments() {
+            return self.edit_segments(&dir, |l| {
+                l.remove(seq as usize);
+            });
+        }
         self.exec("DELETE FROM leaves WHERE seq = ?1", seq, None);
     }
 
     /// Puts leaf `seq` back.
     pub fn insert(&self, seq: i64, data: &[u8]) {
+        if let Some(dir) = self.segments() {
+            return self.edit_segments(&dir, |l| l.insert(seq as usize, data.to_vec()));
+        }
         self.exec(
             "INSERT INTO leaves (seq, time_ms, outcome, data) VALUES (?1, 0, 'allowed', ?2)",
             seq,
@@ -1105,6 +1176,15 @@ impl StoredLog {
     /// Deletes every leaf from `seq` on, with their level-0 nodes (and, on PostgreSQL, sets
     /// the tree size back), as someone hiding the newest entries would.
     pub fn truncate(&self, seq: i64) {
+        if let Some(dir) = self.segments() {
+            self.edit_segments(&dir, |l| l.truncate(seq as usize));
+            let nodes = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("nodes/0.bin"))
+                .unwrap();
+            nodes.set_len(seq as u64 * 32).unwrap();
+            return;
+        }
         self.exec("DELETE FROM leaves WHERE seq >= ?1", seq, None);
         self.exec("DELETE FROM nodes WHERE level = 0 AND idx >= ?1", seq, None);
         if let StoredLog::Postgres(_) = self {

@@ -32,6 +32,20 @@ pub enum LogBackend {
 }
 
 impl LogBackend {
+    /// The embedded log of a node with data directory `data_dir`: segment files in
+    /// `access-log/`, or the SQLite file `access-log.db` where a node made one before segment
+    /// files (it stays in use; `certgate audit verify` reads both).
+    pub fn embedded(data_dir: &std::path::Path) -> LogBackend {
+        let legacy = data_dir.join("access-log.db");
+        if legacy.is_file() {
+            LogBackend::Sqlite(legacy)
+        } else {
+            LogBackend::Segments(crate::segments::SegmentDir::new(
+                &data_dir.join("access-log"),
+            ))
+        }
+    }
+
     /// A connection for reads (for SQLite, read-only beside the writer).
     pub fn reader(&self) -> Result<Box<dyn LogDb>, LogError> {
         Ok(match self {

@@ -210,6 +210,9 @@ pub struct SegmentLog {
     cached: Option<DecodedFrame>,
     writer: Option<WriterState>,
     index: Option<Connection>,
+    /// Subtree hashes of the leaves after the last checkpoint, recomputed from the leaves by a
+    /// reader of a log no writer holds (they are not durable until the next checkpoint).
+    overlay: std::collections::HashMap<(u32, u64), Hash>,
 }
 
 impl std::fmt::Debug for SegmentLog {
@@ -307,6 +310,13 @@ impl SegmentLog {
     pub fn open_read_only(path: &Path) -> Result<SegmentLog, LogError> {
         let mut log = SegmentLog::reader_of(SegmentDir::new(path));
         log.load(None)?;
+        let signed = log.read_checkpoints()?.0.last().map_or(0, |(s, _)| *s);
+        let mut overlay = std::collections::HashMap::new();
+        log.recompute(signed, &mut |level, idx, hash| {
+            overlay.insert((level, idx), *hash);
+            Ok(())
+        })?;
+        log.overlay = overlay;
         Ok(log)
     }
 
@@ -318,6 +328,7 @@ impl SegmentLog {
             cached: None,
             writer: None,
             index: None,
+            overlay: std::collections::HashMap::new(),
         }
     }
 
@@ -611,8 +622,19 @@ impl SegmentLog {
                     .map_err(io("cannot repair a node file"))?;
             }
         }
+        self.recompute(keep, &mut |_, _, _| Ok(()))
+    }
+
+    /// Computes the subtree hashes of the leaves from `from` on, from the leaves: each goes to
+    /// `sink`, and to the node files when this handle writes.
+    fn recompute(
+        &mut self,
+        from: u64,
+        sink: &mut dyn FnMut(u32, u64, &Hash) -> Result<(), LogError>,
+    ) -> Result<(), LogError> {
+        let size = self.read_shared().size;
         let mut frontier = Frontier::new();
-        let mut seq = keep;
+        let mut seq = from;
         while seq < size {
             let Some((first, leaves)) = self.frame_of(seq)? else {
                 break;
@@ -630,7 +652,10 @@ impl SegmentLog {
                 })?;
                 for (level, idx, hash) in nodes {
                     frontier.insert(level, (idx, hash));
-                    self.write_node(level, idx, &hash)?;
+                    sink(level, idx, &hash)?;
+                    if self.writer.is_some() {
+                        self.write_node(level, idx, &hash)?;
+                    }
                 }
             }
             seq = first + leaves.len() as u64;
@@ -639,6 +664,9 @@ impl SegmentLog {
     }
 
     fn read_node(&mut self, level: u32, index: u64) -> Result<Option<Hash>, LogError> {
+        if let Some(h) = self.overlay.get(&(level, index)) {
+            return Ok(Some(*h));
+        }
         let Some(file) = self.level_file(level, false)? else {
             return Ok(None);
         };
@@ -885,10 +913,14 @@ impl LogDb for SegmentLog {
                         return Ok(());
                     }
                     let mut hash = [0u8; 32];
-                    let stored_hash = hashes
+                    let from_file = hashes
                         .as_mut()
                         .and_then(|r| r.read_exact(&mut hash).ok())
-                        .map(|()| &hash[..]);
+                        .is_some();
+                    let stored_hash = match self.overlay.get(&(0, seq)) {
+                        Some(h) => Some(&h[..]),
+                        None => from_file.then_some(&hash[..]),
+                    };
                     let go_on = f(ScannedLeaf {
                         seq: seq as i64,
                         data: Some(&bytes),
@@ -955,6 +987,11 @@ impl LogDb for SegmentLog {
         } else {
             (self.read_shared().segments.len() - 1, end)
         };
+        // The subtree hashes go first: a process that dies after the frame leaves them behind
+        // it (the page cache keeps them); past a power cut, start-up recomputes them.
+        for (level, idx, hash) in nodes {
+            self.write_node(level, idx, &hash)?;
+        }
         let w = self
             .writer
             .as_mut()
@@ -985,9 +1022,6 @@ impl LogDb for SegmentLog {
             }
             s.size = start + u64::from(count);
             s.end = offset + frame_len;
-        }
-        for (level, idx, hash) in nodes {
-            self.write_node(level, idx, &hash)?;
         }
         Ok(start + u64::from(count))
     }
