@@ -24,7 +24,8 @@
 //!
 //! Run: `cargo bench -p certgate-tests --bench nginx` (needs `nginx` on the PATH or in
 //! /usr/sbin; `CERTGATE_BENCH_REQUESTS`, default 20000; `CERTGATE_BENCH_CONNS`, default 16;
-//! `CERTGATE_BENCH_ROUNDS`, default 3; `CERTGATE_BENCH_HANDSHAKES`, default 4000).
+//! `CERTGATE_BENCH_ROUNDS`, default 3; `CERTGATE_BENCH_HANDSHAKES`, default 4000;
+//! `CERTGATE_BENCH_LOG=sqlite` keeps certgate's access log in SQLite instead of segment files).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -147,6 +148,13 @@ fn main() {
     rt.block_on(async {
         let pki = TestPki::new();
         let config = write_config(&pki, "", &standard_departments());
+        if std::env::var("CERTGATE_BENCH_LOG").as_deref() == Ok("sqlite") {
+            // A data directory with an `access-log.db` keeps its log in SQLite, as before
+            // segment files: the comparison of the two in one build.
+            let data = pki.dir.path().join("data");
+            std::fs::create_dir_all(&data).unwrap();
+            rusqlite::Connection::open(data.join("access-log.db")).unwrap();
+        }
         let served = Served::start_on(&config, pin.then_some(0));
         tokio::time::sleep(Duration::from_secs(1)).await;
         let idle_rss = memory_mib(served.pid(), "VmRSS:");
