@@ -72,6 +72,7 @@ fn main() {
         vec![licence_type],
         "https://bench/v1/status-lists",
         now,
+        cert_store::cache::DEFAULT_CACHE_BYTES,
     )
     .unwrap();
     let issuer = ISSUER.parse().unwrap();

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod cache;
 pub mod crypto;
 pub mod document_seal;
 pub mod id;

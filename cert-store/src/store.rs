@@ -59,7 +59,7 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-type Result<T> = std::result::Result<T, StoreError>;
+pub(crate) type Result<T> = std::result::Result<T, StoreError>;
 
 /// Where a page of a holder's licences ends: the licences come valid first, then suspended,
 /// then revoked (`rank` 0, 1, 2), each group newest first (`issued_at`, then `id`, descending).
@@ -188,6 +188,17 @@ pub trait Store: Send + Sync {
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Licences waiting to be inserted: whoever next holds the connection inserts all of
+    /// them in one transaction, so concurrent issuances share one fsync (group commit).
+    issuing: Mutex<Vec<Issuing>>,
+}
+
+/// A licence waiting for its group commit, and where its outcome goes.
+#[derive(Debug)]
+struct Issuing {
+    licence: LicenceRecord,
+    held_at: Option<i64>,
+    outcome: std::sync::Arc<Mutex<Option<Result<()>>>>,
 }
 
 /// The tables of every store, one migration an entry, with `{BLOB}` and `{INT}` standing for
@@ -271,7 +282,41 @@ impl SqliteStore {
         })?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            issuing: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Inserts every waiting licence in one transaction, each under a savepoint so that one
+    /// refused (a taken id, a holder who already holds one) leaves the others in; one commit.
+    fn commit_issuing(conn: &mut Connection, batch: Vec<Issuing>) {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let committed = (|| -> Result<()> {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for w in &batch {
+                tx.execute_batch("SAVEPOINT issue")?;
+                let outcome = insert_licence_in(&tx, &w.licence, w.held_at);
+                if outcome.is_err() {
+                    tx.execute_batch("ROLLBACK TO issue")?;
+                }
+                tx.execute_batch("RELEASE issue")?;
+                outcomes.push(outcome);
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        let failed = committed.err().map(|e| e.to_string());
+        let mut outcomes = outcomes.into_iter();
+        for w in batch {
+            let outcome = match &failed {
+                Some(e) => Err(StoreError::Database(e.clone())),
+                None => outcomes
+                    .next()
+                    .unwrap_or_else(|| Err(StoreError::Database("no outcome".into()))),
+            };
+            if let Ok(mut slot) = w.outcome.lock() {
+                *slot = Some(outcome);
+            }
+        }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
@@ -531,11 +576,25 @@ impl Store for SqliteStore {
     }
 
     fn insert_licence(&self, l: &LicenceRecord, held_at: Option<i64>) -> Result<()> {
+        let poisoned = || StoreError::Database("issuance queue lock poisoned".into());
+        let outcome = std::sync::Arc::new(Mutex::new(None));
+        self.issuing.lock().map_err(|_| poisoned())?.push(Issuing {
+            licence: l.clone(),
+            held_at,
+            outcome: outcome.clone(),
+        });
         self.with(|c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            insert_licence_in(&tx, l, held_at)?;
-            tx.commit()?;
-            Ok(())
+            // A transaction that held the connection meanwhile may have inserted this one.
+            if let Some(done) = outcome.lock().map_err(|_| poisoned())?.take() {
+                return done;
+            }
+            let batch = std::mem::take(&mut *self.issuing.lock().map_err(|_| poisoned())?);
+            Self::commit_issuing(c, batch);
+            outcome
+                .lock()
+                .map_err(|_| poisoned())?
+                .take()
+                .unwrap_or_else(|| Err(StoreError::Database("issuance not committed".into())))
         })
     }
 
@@ -752,14 +811,15 @@ fn show_code_row(r: &Row<'_>) -> rusqlite::Result<ShowCodeRecord> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     const MARKET: &str = "11110105MB0000002F";
     const APPROVAL: &str = "11110105MB0000001C";
 
-    fn seal() -> SealRecord {
+    pub(crate) fn seal() -> SealRecord {
         SealRecord {
             id: "seal-1".into(),
             owner: MARKET.parse().unwrap(),
@@ -782,13 +842,13 @@ mod tests {
     const T: &str = "11100000MB0000100D001";
 
     /// The full identifier of the test licence with serial `name`.
-    fn lid(name: &str) -> String {
+    pub(crate) fn lid(name: &str) -> String {
         LicenceId::new(&T.parse().unwrap(), &MARKET.parse().unwrap(), name, 1)
             .unwrap()
             .to_string()
     }
 
-    fn licence(id: &str, index: u32) -> LicenceRecord {
+    pub(crate) fn licence(id: &str, index: u32) -> LicenceRecord {
         LicenceRecord {
             id: lid(id).parse().unwrap(),
             type_code: T.parse().unwrap(),
@@ -807,6 +867,57 @@ mod tests {
             replaces: None,
             replaced_by: None,
         }
+    }
+
+    #[test]
+    fn concurrent_issuances_share_commits_and_keep_their_own_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("certgate.db")).unwrap();
+        s.insert_seal(&seal()).unwrap();
+        let (ok, held, taken) = (
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+        );
+        std::thread::scope(|scope| {
+            for t in 0..8u32 {
+                let (s, ok, held, taken) = (&s, &ok, &held, &taken);
+                scope.spawn(move || {
+                    for i in 0..25u32 {
+                        // Every thread also tries the one licence all of them want (the same
+                        // id), and one a holder may hold once.
+                        let mut l = licence(&format!("T{t}N{i}"), 1000 + t * 100 + i);
+                        let once = i == 0;
+                        if i == 1 {
+                            l = licence("SAME", 5000 + t);
+                        }
+                        match s.insert_licence(&l, once.then_some(150)) {
+                            Ok(()) => ok.fetch_add(1, Ordering::SeqCst),
+                            Err(StoreError::Held(_)) => held.fetch_add(1, Ordering::SeqCst),
+                            Err(StoreError::Conflict(_)) => taken.fetch_add(1, Ordering::SeqCst),
+                            Err(e) => panic!("{e}"),
+                        };
+                    }
+                });
+            }
+        });
+        // Seven of the eight of the same id find it taken; every other one is in, or refused
+        // as held (one per holder, and the holder holds the others).
+        assert_eq!(taken.load(Ordering::SeqCst), 7);
+        assert_eq!(
+            ok.load(Ordering::SeqCst) + held.load(Ordering::SeqCst),
+            8 * 25 - 7
+        );
+        assert!(
+            held.load(Ordering::SeqCst) >= 7,
+            "the once-only ones see the others"
+        );
+        let stored = (0..8)
+            .flat_map(|t| (0..25).map(move |i| (t, i)))
+            .filter(|(t, i)| s.licence(&lid(&format!("T{t}N{i}"))).unwrap().is_some())
+            .count();
+        assert!(s.licence(&lid("SAME")).unwrap().is_some());
+        assert_eq!(stored + 1, ok.load(Ordering::SeqCst));
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub struct LicensingSettings {
     pub licence_types: Vec<LicenceType>,
     /// Which department may see which fields of which licence type, for which purposes.
     pub access_rules: Vec<AccessRule>,
+    /// Memory for licence and seal records served without a database read (bytes).
+    pub cache_bytes: u64,
 }
 
 impl std::fmt::Debug for LicensingSettings {
@@ -110,6 +112,7 @@ impl std::fmt::Debug for LicensingSettings {
             .field("public_url", &self.public_url)
             .field("licence_types", &self.licence_types.len())
             .field("access_rules", &self.access_rules)
+            .field("cache_bytes", &self.cache_bytes)
             .finish()
     }
 }
@@ -506,7 +509,7 @@ fn default_refusal_sources() -> usize {
 }
 
 fn default_group_commit_us() -> u64 {
-    1_000
+    0
 }
 fn default_origin() -> String {
     "certgate/access-log".into()
@@ -526,7 +529,16 @@ fn default_retention() -> u32 {
 struct RawLicensing {
     kek_file: PathBuf,
     public_url: String,
+    #[serde(default = "default_cache_mib")]
+    cache_mib: u64,
 }
+
+fn default_cache_mib() -> u64 {
+    cert_store::cache::DEFAULT_CACHE_BYTES >> 20
+}
+
+/// The most memory `licensing.cache_mib` may give the record cache.
+const MAX_CACHE_MIB: u64 = 4096;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -988,6 +1000,12 @@ fn validate_licensing(
             "must hold the base64 of 32 random bytes",
         )
     })?;
+    if raw.cache_mib == 0 || raw.cache_mib > MAX_CACHE_MIB {
+        return Err(ConfigError::key(
+            "licensing.cache_mib",
+            format!("must be between 1 and {MAX_CACHE_MIB}"),
+        ));
+    }
     let public_url = raw.public_url.trim_end_matches('/').to_owned();
     if !public_url.starts_with("https://") || public_url.len() > 200 {
         return Err(ConfigError::key(
@@ -1110,6 +1128,7 @@ fn validate_licensing(
         public_url,
         licence_types,
         access_rules,
+        cache_bytes: raw.cache_mib << 20,
     })
 }
 

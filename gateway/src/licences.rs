@@ -309,7 +309,21 @@ pub async fn revoke_seal(
         })
         .await?;
     slot.record(&format!("seal:{}", seal.id), seal.owner.as_str());
+    gw.invalidate(storage::bus::Change::Seal {
+        id: seal.id.clone(),
+    })
+    .await;
     Ok(Json(seal.into()))
+}
+
+/// The notice of a licence issued or changed: datasets that depend on its type drop the
+/// holder, and nodes forget the record (of a renewal: the licence it replaced).
+fn licence_changed(record: &LicenceRecord) -> storage::bus::Change {
+    storage::bus::Change::Licence {
+        licence_type: record.type_code.to_string(),
+        holder: record.holder.to_string(),
+        id: Some(record.replaces.as_ref().unwrap_or(&record.id).to_string()),
+    }
 }
 
 /// The certificate of certgate's seal CA (PEM): the trust anchor of every seal certificate.
@@ -485,11 +499,7 @@ pub async fn issue(
         .licences(move |svc, now| svc.issuance().issue(&caller.department, &req, now))
         .await?;
     // A new licence changes what datasets that depend on its type say about the holder.
-    gw.invalidate(storage::bus::Change::Licence {
-        licence_type: record.type_code.to_string(),
-        holder: record.holder.to_string(),
-    })
-    .await;
+    gw.invalidate(licence_changed(&record)).await;
     let credential = record.sd_jwt.clone();
     Ok((
         StatusCode::CREATED,
@@ -716,6 +726,15 @@ pub async fn verify(
     _caller: Caller,
     JsonBody(body): JsonBody<VerifyBody>,
 ) -> Result<Json<VerifyView>, ApiError> {
+    // With the seal and the licence in memory the verdict needs no database read, and is
+    // reached here, without a hop to the blocking pool.
+    if let Some(report) = gw
+        .licence_service()
+        .verification()
+        .verify_in_memory(&body.credential, crate::state::unix_now())
+    {
+        return Ok(Json(report.into()));
+    }
     let report = gw
         .licences(move |svc, now| {
             let report = svc.verification().verify(&body.credential, now);
@@ -847,11 +866,7 @@ async fn lifecycle(
                 .change_status(&id, &caller.department, action, &reason)
         })
         .await?;
-    gw.invalidate(storage::bus::Change::Licence {
-        licence_type: record.type_code.to_string(),
-        holder: record.holder.to_string(),
-    })
-    .await;
+    gw.invalidate(licence_changed(&record)).await;
     let credential = record.sd_jwt.clone();
     Ok((noted(&record), Json(view(record, credential, true))))
 }
@@ -933,11 +948,7 @@ pub async fn renew(
                 .renew(&id, &caller.department, b.fields, b.valid_until, now)
         })
         .await?;
-    gw.invalidate(storage::bus::Change::Licence {
-        licence_type: record.type_code.to_string(),
-        holder: record.holder.to_string(),
-    })
-    .await;
+    gw.invalidate(licence_changed(&record)).await;
     let credential = record.sd_jwt.clone();
     Ok((
         StatusCode::CREATED,
@@ -1234,11 +1245,17 @@ impl Gateway {
     /// in its holder's view, while the caller's answer does not depend on the lookup. An
     /// identifier that does not parse is not looked up.
     async fn noted_licence(&self, id: &str, slot: &NoteSlot) -> Result<LicenceRecord, ApiError> {
-        if id.parse::<cert_store::licence_id::LicenceId>().is_err() {
+        let Ok(parsed) = id.parse::<cert_store::licence_id::LicenceId>() else {
             return Err(field_error("id", "not a licence identifier"));
-        }
-        let id = id.to_owned();
-        let record = self.licences(move |svc, _| svc.licence(&id)).await?;
+        };
+        // A record in memory is answered here; only a miss goes to the blocking pool.
+        let record = match self.licence_service().licence_in_memory(parsed.as_str()) {
+            Some(record) => record,
+            None => {
+                let id = id.to_owned();
+                self.licences(move |svc, _| svc.licence(&id)).await?
+            }
+        };
         slot.record(record.id.as_str(), record.holder.as_str());
         Ok(record)
     }

@@ -194,7 +194,7 @@ impl Gateway {
 
     /// Applies an invalidation here and tells the other nodes sharing the database.
     pub async fn invalidate(&self, change: Change) {
-        apply(&self.exchange, &change).await;
+        apply(&self.exchange, &self.licences, &change).await;
         if let Some(pg) = &self.bus {
             let notice = Notice {
                 node: self.node_id.clone(),
@@ -286,15 +286,23 @@ impl Gateway {
     }
 }
 
-/// Applies another node's (or this one's) change to this node's caches.
-pub(crate) async fn apply(exchange: &Exchange, change: &Change) {
+/// Applies another node's (or this one's) change to this node's caches. (This node's own
+/// licence and seal changes were forgotten as they were made.)
+pub(crate) async fn apply(exchange: &Exchange, licences: &LicenceService, change: &Change) {
     match change {
         Change::DataKey { dataset, key } => exchange.invalidate_key(dataset, key).await,
         Change::Dataset { dataset } => exchange.invalidate_dataset(dataset),
         Change::Licence {
             licence_type,
             holder,
-        } => exchange.licence_changed(licence_type, holder).await,
+            id,
+        } => {
+            if let Some(id) = id {
+                licences.records().forget_licence(id);
+            }
+            exchange.licence_changed(licence_type, holder).await;
+        }
+        Change::Seal { id } => licences.records().forget_seal(id),
         // Changes of the knowledge base are caught up from its store; others are not cached.
         _ => {}
     }

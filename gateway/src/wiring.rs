@@ -77,21 +77,22 @@ pub fn gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
             .map_err(|_| StartError::Policies("the opening thread failed".into()))?
             .map_err(StartError::Policies)?,
     );
+    let licences = Arc::new(open_licences(&config, store)?);
     if let Some(pg) = &bus {
         listen_for_other_nodes(
             pg.clone(),
             Arc::downgrade(&exchange),
             Arc::downgrade(&policies),
+            Arc::downgrade(&licences),
             node_id.clone(),
         );
     }
-    let licences = open_licences(&config, store)?;
     let (max_connections, max_handshakes_per_source) = (
         config.server.max_connections,
         config.server.max_handshakes_per_source,
     );
     Ok(Arc::new(Gateway {
-        licences: Arc::new(licences),
+        licences,
         access_log,
         exchange,
         bus,
@@ -158,9 +159,17 @@ pub fn open_licences(
     // that drives async tasks, and the gateway may be built from one.
     let status_base = format!("{}/v1/status-lists", licensing.public_url);
     let (kek, types) = (licensing.kek.clone(), licensing.licence_types.clone());
+    let cache_bytes = licensing.cache_bytes;
     std::thread::scope(|s| {
         s.spawn(|| {
-            LicenceService::open(store, kek, types, &status_base, storage::clock::unix_now())
+            LicenceService::open(
+                store,
+                kek,
+                types,
+                &status_base,
+                storage::clock::unix_now(),
+                cache_bytes,
+            )
         })
         .join()
     })
@@ -201,12 +210,14 @@ fn refresh_policies(runtime: &tokio::runtime::Handle, kb: Arc<policies::Knowledg
 }
 
 /// Listens for the other nodes' invalidations and policy changes on a thread of its own until
-/// the gateway is gone; after a gap (a reconnection) it drops the whole exchange cache and
-/// catches up with the policy store, since notices were missed.
+/// the gateway is gone; after a gap (a reconnection) it drops the whole exchange cache and the
+/// licence and seal records in memory, and catches up with the policy store, since notices
+/// were missed.
 fn listen_for_other_nodes(
     pg: Arc<storage::PgPool>,
     exchange: std::sync::Weak<Exchange>,
     kb: std::sync::Weak<policies::KnowledgeBase>,
+    licences: std::sync::Weak<LicenceService>,
     node_id: String,
 ) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -217,13 +228,16 @@ fn listen_for_other_nodes(
         .name("certgate-listen".into())
         .spawn(move || {
             pg.listen(|event| {
-                let (Some(exchange), Some(kb)) = (exchange.upgrade(), kb.upgrade()) else {
+                let (Some(exchange), Some(kb), Some(licences)) =
+                    (exchange.upgrade(), kb.upgrade(), licences.upgrade())
+                else {
                     return false;
                 };
                 match event {
                     Event::Idle => {}
                     Event::Resync => {
                         exchange.invalidate_all();
+                        licences.records().forget_all();
                         refresh_policies(&runtime, kb);
                     }
                     Event::Notice(Notice {
@@ -231,7 +245,9 @@ fn listen_for_other_nodes(
                         ..
                     }) => refresh_policies(&runtime, kb),
                     Event::Notice(notice) if notice.node != node_id => {
-                        runtime.spawn(async move { apply(&exchange, &notice.change).await });
+                        runtime.spawn(
+                            async move { apply(&exchange, &licences, &notice.change).await },
+                        );
                     }
                     Event::Notice(_) => {}
                     Event::Unreadable(payload) => tracing::warn!(

@@ -276,7 +276,10 @@ pub enum Lifecycle {
 
 /// certgate's licence and seal service over a [`Store`].
 pub struct LicenceService {
+    /// `records`, as the store every part uses.
     store: Arc<dyn Store>,
+    /// Licence and seal records kept in memory in front of the store.
+    records: Arc<crate::cache::CachedStore>,
     kek: Kek,
     seal_ca: SealCa,
     signing_key: SealKey,
@@ -326,7 +329,10 @@ impl LicenceService {
 
     /// Verification of presented licences and field checks.
     pub fn verification(&self) -> Verification<'_> {
-        Verification { svc: self }
+        Verification {
+            svc: self,
+            memory_only: false,
+        }
     }
 
     /// Holders' consents and show-codes.
@@ -336,18 +342,24 @@ impl LicenceService {
 
     /// Opens the service: loads (or, on first start, creates) the seal CA and the gateway's
     /// own signing key, both stored encrypted under `kek`.
+    /// Licence and seal records are kept in memory up to `cache_bytes` (see
+    /// [`crate::cache`]).
     pub fn open(
         store: Arc<dyn Store>,
         kek: Kek,
         types: Vec<LicenceType>,
         status_uri_base: &str,
         now: i64,
+        cache_bytes: u64,
     ) -> Result<LicenceService, ServiceError> {
+        let records = Arc::new(crate::cache::CachedStore::new(store, cache_bytes));
+        let store: Arc<dyn Store> = records.clone();
         let seal_ca = stored_seal_ca(&*store, &kek, now)?;
         let signing_key = stored_key(&*store, &kek, SIGNING_KEY, JwsAlg::Es256)?;
         let signing_kid = key_id(&signing_key.public_key_der());
         Ok(LicenceService {
             store,
+            records,
             kek,
             seal_ca,
             signing_key,
@@ -440,6 +452,16 @@ impl LicenceService {
             .map_err(|_| poisoned())?
             .insert(seal.id.clone(), material.clone());
         Ok(material)
+    }
+
+    /// A licence by identifier from memory only, when it is there: no database read.
+    pub fn licence_in_memory(&self, id: &str) -> Option<LicenceRecord> {
+        self.records.cached_licence(id)
+    }
+
+    /// The records kept in memory, for forgetting what other nodes changed.
+    pub fn records(&self) -> &crate::cache::CachedStore {
+        &self.records
     }
 
     /// A licence by identifier.

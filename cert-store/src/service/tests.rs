@@ -77,6 +77,7 @@ fn fixture() -> Option<Fixture> {
         types(),
         STATUS_BASE,
         NOW,
+        crate::cache::DEFAULT_CACHE_BYTES,
     )
     .unwrap();
     let market = uscc(MARKET);

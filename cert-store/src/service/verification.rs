@@ -9,9 +9,47 @@ type ResolvedSeal = (Box<dyn JwsVerifier>, String, SealRecord);
 #[derive(Debug, Clone, Copy)]
 pub struct Verification<'a> {
     pub(super) svc: &'a LicenceService,
+    /// Reads only records already in memory; a miss makes the verdict "store unavailable".
+    pub(super) memory_only: bool,
 }
 
 impl Verification<'_> {
+    /// Verifies from memory alone — no database read, so no blocking — when every record
+    /// the verification needs (the seal, the licence's status) is in memory; `None` when one
+    /// is not, and the caller verifies with [`Verification::verify`] off the async threads.
+    pub fn verify_in_memory(&self, presented: &str, now: i64) -> Option<VerifyReport> {
+        let report = Verification {
+            svc: self.svc,
+            memory_only: true,
+        }
+        .verify(presented, now);
+        (!report.store_unavailable).then_some(report)
+    }
+
+    fn seal_record(&self, id: &str) -> Result<Option<SealRecord>, StoreError> {
+        if self.memory_only {
+            return self
+                .svc
+                .records
+                .cached_seal(id)
+                .map(Some)
+                .ok_or_else(not_in_memory);
+        }
+        self.svc.store.seal(id)
+    }
+
+    fn licence_record(&self, id: &str) -> Result<Option<LicenceRecord>, StoreError> {
+        if self.memory_only {
+            return self
+                .svc
+                .records
+                .cached_licence(id)
+                .map(Some)
+                .ok_or_else(not_in_memory);
+        }
+        self.svc.store.licence(id)
+    }
+
     /// The licence's SD-JWT with only the disclosures whose name `keep` accepts.
     pub fn present(
         &self,
@@ -256,7 +294,7 @@ impl Verification<'_> {
             .and_then(Value::as_i64)
             .unwrap_or(now);
         let kid = parsed.header.kid.as_deref().ok_or("kid is missing")?;
-        let seal = self.svc.store.seal(kid).map_err(|e| {
+        let seal = self.seal_record(kid).map_err(|e| {
             unavailable.set(matches!(e, StoreError::Database(_)));
             format!("seal lookup failed: {e}")
         })?;
@@ -337,9 +375,7 @@ impl Verification<'_> {
             .and_then(Value::as_str)
             .ok_or("jti missing")?;
         let licence = self
-            .svc
-            .store
-            .licence(id)
+            .licence_record(id)
             .map_err(|e| {
                 unavailable.set(matches!(e, StoreError::Database(_)));
                 format!("status lookup failed: {e}")
@@ -354,6 +390,11 @@ impl Verification<'_> {
         }
         Ok(licence.status)
     }
+}
+
+/// A record a memory-only verification needs is not in memory.
+fn not_in_memory() -> StoreError {
+    StoreError::Database("not in memory".into())
 }
 
 /// The check a failed SD-JWT verification failed: from the error's variant, and for a refused

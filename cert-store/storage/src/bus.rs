@@ -24,12 +24,21 @@ pub enum Change {
         /// Dataset id.
         dataset: String,
     },
-    /// A licence status change of a holder (datasets that depend on the type drop the holder).
+    /// A licence issued or changed (datasets that depend on the type drop the holder; nodes
+    /// forget the licence's record).
     Licence {
         /// Licence type code.
         licence_type: String,
         /// Holder id.
         holder: String,
+        /// The licence (absent in notices of earlier versions).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
+    /// A seal was revoked (nodes forget its record).
+    Seal {
+        /// The seal id.
+        id: String,
     },
     /// Policies or enterprise profiles changed: catch up from the shared store.
     Policies,

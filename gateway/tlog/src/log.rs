@@ -4,11 +4,9 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 
@@ -75,10 +73,121 @@ struct Pending {
     ack: Option<oneshot::Sender<Result<u64, ()>>>,
 }
 
+/// Where requests leave their leaves for the writer: a vector under a lock, which the writer
+/// takes whole. A request wakes the writer only when it is asleep waiting for work, so under
+/// load leaves are handed over without a context switch each (the writer finds them when its
+/// fsync returns).
+struct Inbox {
+    state: Mutex<InboxState>,
+    wake: Condvar,
+    capacity: usize,
+}
+
+struct InboxState {
+    leaves: Vec<Pending>,
+    /// The writer is waiting on `wake`.
+    writer_asleep: bool,
+    /// Every handle is gone: the writer commits what is left and stops.
+    closed: bool,
+}
+
+/// Why a leaf was not queued.
+enum Refused {
+    Full,
+    Closed,
+}
+
+impl Inbox {
+    fn new(capacity: usize) -> Inbox {
+        Inbox {
+            state: Mutex::new(InboxState {
+                leaves: Vec::new(),
+                writer_asleep: false,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, InboxState> {
+        // The lock guards a vector push and swap: nothing in it can panic half-way.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, pending: Pending) -> Result<(), Refused> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(Refused::Closed);
+        }
+        if state.leaves.len() >= self.capacity {
+            return Err(Refused::Full);
+        }
+        state.leaves.push(pending);
+        let wake = std::mem::take(&mut state.writer_asleep);
+        drop(state);
+        if wake {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
+
+    /// Moves up to `max` queued leaves into `batch`, first waiting up to `wait` (`None`: as
+    /// long as it takes) for one to come. False when the inbox is closed and empty.
+    fn take(&self, batch: &mut Vec<Pending>, max: usize, wait: Option<Duration>) -> bool {
+        let deadline = wait.map(|w| Instant::now() + w);
+        let mut state = self.lock();
+        while state.leaves.is_empty() && !state.closed {
+            state.writer_asleep = true;
+            state = match deadline {
+                None => self.wake.wait(state).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break;
+                    }
+                    self.wake
+                        .wait_timeout(state, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+        state.writer_asleep = false;
+        let n = state.leaves.len().min(max.saturating_sub(batch.len()));
+        if n == state.leaves.len() && batch.is_empty() {
+            std::mem::swap(batch, &mut state.leaves);
+        } else {
+            batch.extend(state.leaves.drain(..n));
+        }
+        !(state.closed && state.leaves.is_empty() && batch.is_empty())
+    }
+}
+
+/// Closes the inbox when the last [`AccessLog`] handle goes.
+struct Sender(Arc<Inbox>);
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sender")
+    }
+}
+
 /// The handle requests use to append; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AccessLog {
-    tx: mpsc::SyncSender<Pending>,
+    tx: Arc<Sender>,
     healthy: Arc<AtomicBool>,
     size: Arc<AtomicU64>,
     covered: Arc<AtomicU64>,
@@ -161,7 +270,8 @@ impl AccessLog {
         let queued = Arc::new(AtomicU64::new(0));
         let in_flight = Arc::new(AtomicU64::new(0));
         let capacity = settings.queue_capacity.max(1) as u64;
-        let (tx, rx) = mpsc::sync_channel(settings.queue_capacity.max(1));
+        let inbox = Arc::new(Inbox::new(settings.queue_capacity));
+        let tx = Arc::new(Sender(inbox.clone()));
         let mut writer = Writer {
             db,
             next: stored,
@@ -178,7 +288,7 @@ impl AccessLog {
         };
         std::thread::Builder::new()
             .name("access-log-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer.run(&inbox))
             .map_err(|e| LogError::Store(format!("cannot start the writer: {e}")))?;
         Ok(AccessLog {
             tx,
@@ -215,14 +325,20 @@ impl AccessLog {
         self.queued.fetch_add(1, Ordering::SeqCst);
         let sent = self
             .tx
-            .try_send(Pending {
+            .0
+            .push(Pending {
                 leaf,
                 ack: Some(ack),
             })
-            .map_err(|_| {
+            .map_err(|refused| {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
-                self.healthy.store(false, Ordering::SeqCst);
-                LogError::Unavailable("the write queue is full")
+                match refused {
+                    Refused::Full => {
+                        self.healthy.store(false, Ordering::SeqCst);
+                        LogError::Unavailable("the write queue is full")
+                    }
+                    Refused::Closed => LogError::Unavailable("the writer stopped"),
+                }
             });
         queued();
         sent?;
@@ -243,7 +359,7 @@ impl AccessLog {
             return;
         }
         self.queued.fetch_add(1, Ordering::SeqCst);
-        if self.tx.try_send(Pending { leaf, ack: None }).is_err() {
+        if self.tx.0.push(Pending { leaf, ack: None }).is_err() {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             tracing::error!("access log queue full: a refused-handshake leaf was dropped");
         }
@@ -302,50 +418,37 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(&mut self, rx: mpsc::Receiver<Pending>) {
+    fn run(&mut self, inbox: &Inbox) {
         let mut batch = Vec::with_capacity(self.settings.max_batch);
+        let max = self.settings.max_batch.max(1);
         loop {
             // While leaves are not yet covered by a checkpoint, wake up in time to sign one
             // even if no further request arrives.
-            let first = if self.next > self.checkpointed {
-                let wait = self.last_checkpoint.map_or(Duration::ZERO, |t| {
+            let wait = (self.next > self.checkpointed).then(|| {
+                self.last_checkpoint.map_or(Duration::ZERO, |t| {
                     self.settings
                         .checkpoint_interval
                         .saturating_sub(t.elapsed())
-                });
-                match rx.recv_timeout(wait) {
-                    Ok(p) => p,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        self.maybe_checkpoint();
-                        continue;
+                })
+            });
+            if !inbox.take(&mut batch, max, wait) {
+                break;
+            }
+            if batch.is_empty() {
+                self.maybe_checkpoint();
+                continue;
+            }
+            // The batch closes on the fsync rhythm: whatever came while the last commit was
+            // being made goes into this one. With a group-commit wait set, it may also wait a
+            // little for the leaves of requests still being served.
+            if !self.settings.group_commit_wait.is_zero() {
+                let deadline = Instant::now() + self.settings.group_commit_wait;
+                while batch.len() < max && self.in_flight.load(Ordering::SeqCst) > 0 {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
                     }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                }
-            } else {
-                match rx.recv() {
-                    Ok(p) => p,
-                    Err(_) => break,
-                }
-            };
-            batch.push(first);
-            // Group commit: while requests are still being served, their leaves are about to
-            // come; wait for them (a little) rather than commit each on its own.
-            let deadline = Instant::now() + self.settings.group_commit_wait;
-            while batch.len() < self.settings.max_batch {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(mpsc::TryRecvError::Disconnected) => break,
-                    Err(mpsc::TryRecvError::Empty) => {
-                        let now = Instant::now();
-                        if self.in_flight.load(Ordering::SeqCst) == 0 || now >= deadline {
-                            break;
-                        }
-                        match rx.recv_timeout((deadline - now).min(Duration::from_micros(100))) {
-                            Ok(p) => batch.push(p),
-                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                            Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        }
-                    }
+                    inbox.take(&mut batch, max, Some(deadline - now));
                 }
             }
             self.queued.fetch_sub(batch.len() as u64, Ordering::SeqCst);
