@@ -188,9 +188,17 @@ pub trait Store: Send + Sync {
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Mutex<Connection>,
-    /// Licences waiting to be inserted: whoever next holds the connection inserts all of
-    /// them in one transaction, so concurrent issuances share one fsync (group commit).
-    issuing: Mutex<Vec<Issuing>>,
+    /// Licences waiting to be inserted (group commit: see [`SqliteStore::insert_licence`]).
+    issuing: Mutex<IssuingQueue>,
+    /// Wakes the waiting issuances when a group commit ends.
+    issued: std::sync::Condvar,
+}
+
+/// Licences waiting for a group commit, and whether one is being made.
+#[derive(Debug, Default)]
+struct IssuingQueue {
+    waiting: Vec<Issuing>,
+    committing: bool,
 }
 
 /// A licence waiting for its group commit, and where its outcome goes.
@@ -282,7 +290,8 @@ impl SqliteStore {
         })?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
-            issuing: Mutex::new(Vec::new()),
+            issuing: Mutex::new(IssuingQueue::default()),
+            issued: std::sync::Condvar::new(),
         })
     }
 
@@ -575,27 +584,46 @@ impl Store for SqliteStore {
         })
     }
 
+    /// Group commit: the licence joins the queue; if no commit is being made, this call makes
+    /// one of everything queued (one transaction, one fsync), otherwise it waits for the
+    /// commit in progress to end and then either has its outcome or makes the next one. All
+    /// waiters wake when a commit ends, so the next commit takes everyone who came meanwhile.
     fn insert_licence(&self, l: &LicenceRecord, held_at: Option<i64>) -> Result<()> {
         let poisoned = || StoreError::Database("issuance queue lock poisoned".into());
         let outcome = std::sync::Arc::new(Mutex::new(None));
-        self.issuing.lock().map_err(|_| poisoned())?.push(Issuing {
+        let mut queue = self.issuing.lock().map_err(|_| poisoned())?;
+        queue.waiting.push(Issuing {
             licence: l.clone(),
             held_at,
             outcome: outcome.clone(),
         });
-        self.with(|c| {
-            // A transaction that held the connection meanwhile may have inserted this one.
+        loop {
             if let Some(done) = outcome.lock().map_err(|_| poisoned())?.take() {
                 return done;
             }
-            let batch = std::mem::take(&mut *self.issuing.lock().map_err(|_| poisoned())?);
-            Self::commit_issuing(c, batch);
-            outcome
-                .lock()
-                .map_err(|_| poisoned())?
-                .take()
-                .unwrap_or_else(|| Err(StoreError::Database("issuance not committed".into())))
-        })
+            if !queue.committing {
+                queue.committing = true;
+                let batch = std::mem::take(&mut queue.waiting);
+                drop(queue);
+                match self.conn.lock() {
+                    Ok(mut conn) => Self::commit_issuing(&mut conn, batch),
+                    Err(_) => {
+                        for w in batch {
+                            if let Ok(mut slot) = w.outcome.lock() {
+                                *slot = Some(Err(StoreError::Database(
+                                    "connection lock poisoned".into(),
+                                )));
+                            }
+                        }
+                    }
+                }
+                queue = self.issuing.lock().map_err(|_| poisoned())?;
+                queue.committing = false;
+                self.issued.notify_all();
+                continue;
+            }
+            queue = self.issued.wait(queue).map_err(|_| poisoned())?;
+        }
     }
 
     fn insert_renewal(&self, old: &str, new: &LicenceRecord, at: i64) -> Result<()> {

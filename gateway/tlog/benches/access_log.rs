@@ -1,11 +1,16 @@
 //! Access-log throughput and proof latency.
 //!
 //! - durable appends/s and append-to-ack latency (p50/p99) with many concurrent appenders,
-//!   each append acknowledged only after its batch is committed: on the embedded SQLite log
+//!   each append acknowledged only after its batch is committed: on the embedded log in segment
+//!   files (one `fdatasync` per batch), on the SQLite log of data directories made before them
 //!   (`synchronous=FULL`) and, side by side in the same run when `CERTGATE_BENCH_POSTGRES_URL`
 //!   is set, on the log several nodes share in PostgreSQL (a schema of its own, dropped after);
-//! - inclusion- and consistency-proof latency on a log of `CERTGATE_BENCH_LEAVES` leaves
-//!   (default 1,000,000), read from the database through the stored subtree hashes.
+//! - the bytes on disk per leaf — leaves, tree hashes, checkpoints and the auditors' query
+//!   indexes — of a log of `CERTGATE_BENCH_LEAVES` leaves (default 1,000,000) written in batches
+//!   of 64 as the writer writes them, in segment files and in SQLite, and how long writing it
+//!   took;
+//! - inclusion- and consistency-proof latency on those logs, read through the stored subtree
+//!   hashes.
 //!
 //! Run: `cargo bench -p tlog --bench access_log` (`CERTGATE_BENCH_SECONDS`, default 5;
 //! `CERTGATE_BENCH_LEAVES`, default 1000000; `CERTGATE_BENCH_POSTGRES_URL` adds the PostgreSQL log).
@@ -15,10 +20,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::params;
 use tlog::checkpoint::LogKey;
 use tlog::merkle;
-use tlog::{AccessLog, Leaf, LogBackend, LogDb, SqliteLog, WriterSettings};
+use tlog::checkpoint::Checkpoint;
+use tlog::{
+    AccessLog, Frontier, Leaf, LogBackend, LogDb, SegmentDir, SegmentLog, SqliteLog,
+    WriterSettings,
+};
 
 fn leaf(i: u64) -> Leaf {
     Leaf {
@@ -72,7 +80,7 @@ fn main() {
             settings.schema = format!("bench_log_{}", std::process::id());
             Arc::new(storage::PgPool::new(settings).unwrap())
         });
-    let mut backends = vec![("SQLite", None)];
+    let mut backends = vec![("segment files", None), ("SQLite", None)];
     if let Some(store) = &postgres {
         backends.push(("PostgreSQL", Some(store.clone())));
     }
@@ -81,7 +89,12 @@ fn main() {
         .flat_map(|b| [64usize, 512].map(|n| (b.clone(), n)))
     {
         let backend = match pg {
-            None => LogBackend::Sqlite(dir.path().join(format!("appends-{appenders}.db"))),
+            None if name.starts_with("SQLite") => {
+                LogBackend::Sqlite(dir.path().join(format!("appends-{appenders}.db")))
+            }
+            None => LogBackend::Segments(SegmentDir::new(
+                &dir.path().join(format!("appends-{appenders}")),
+            )),
             Some(store) => {
                 // A fresh tree for each run.
                 store
@@ -147,49 +160,99 @@ fn main() {
         store.drop_schema().unwrap();
     }
 
-    // 2. Proofs on a large log, built directly in one transaction (the same rows the writer makes).
-    let path = dir.path().join("proofs.db");
-    let build = Instant::now();
-    {
-        let mut db = SqliteLog::open(&path).unwrap();
-        let conn = db.conn();
-        conn.pragma_update(None, "synchronous", "OFF").unwrap();
-        let tx = conn.transaction().unwrap();
+    // 2. Bytes per leaf and proofs on a large log, written as the writer writes it.
+    println!(
+        "(a leaf here is {} bytes of canonical JSON)",
+        leaf(0).to_bytes().len()
+    );
+    let segments = SegmentDir::new(&dir.path().join("large-log"));
+    let sqlite = dir.path().join("large-log.db");
+    for name in ["segment files", "SQLite"] {
+        let build = Instant::now();
         {
-            let mut insert_leaf = tx.prepare("INSERT INTO leaves (seq, time_ms, outcome, data) VALUES (?1, ?2, 'allowed', ?3)").unwrap();
-            let mut insert_node = tx
-                .prepare("INSERT INTO nodes (level, idx, hash) VALUES (?1, ?2, ?3)")
-                .unwrap();
-            let mut frontier = std::collections::HashMap::new();
-            for i in 0..leaves {
-                let mut l = leaf(i);
-                l.seq = i;
-                let bytes = l.to_bytes();
-                insert_leaf
-                    .execute(params![i as i64, l.time_ms, bytes])
-                    .unwrap();
-                let nodes = merkle::new_nodes::<()>(i, merkle::leaf_hash(&bytes), |level, idx| {
-                    let (at, h): &(u64, merkle::Hash) = frontier.get(&level).unwrap();
-                    assert_eq!(*at, idx);
-                    Ok(*h)
-                })
-                .unwrap();
-                for (level, idx, hash) in nodes {
-                    insert_node
-                        .execute(params![level, idx as i64, hash.as_slice()])
-                        .unwrap();
-                    frontier.insert(level, (idx, hash));
+            let mut db: Box<dyn LogDb> = if name == "SQLite" {
+                Box::new(SqliteLog::open_writer(&sqlite, 0).unwrap())
+            } else {
+                Box::new(SegmentLog::open_writer(&segments, 0).unwrap())
+            };
+            write_log(db.as_mut(), leaves, &key);
+            if name != "SQLite" {
+                // The auditors' query index is part of the cost: wait until it has every leaf.
+                let index = segments.path().join("index.db");
+                loop {
+                    let indexed: i64 = rusqlite::Connection::open(&index)
+                        .and_then(|c| {
+                            c.query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM entries", [], |r| {
+                                r.get(0)
+                            })
+                        })
+                        .unwrap_or(0);
+                    if indexed as u64 >= leaves {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
                 }
+                let c = rusqlite::Connection::open(&index).unwrap();
+                c.pragma_update(None, "wal_checkpoint", "TRUNCATE").unwrap();
             }
         }
-        tx.commit().unwrap();
+        let path = if name == "SQLite" { sqlite.clone() } else { segments.path().to_owned() };
+        let mut bytes = disk_bytes(&path);
+        if name == "SQLite" {
+            for extra in ["-wal", "-shm"] {
+                bytes += disk_bytes(&dir.path().join(format!("large-log.db{extra}")));
+            }
+        }
+        println!(
+            "| {name}: {leaves} leaves written in batches of 64 | {:.1} s | {bytes} bytes on disk | {:.0} bytes per leaf |",
+            build.elapsed().as_secs_f64(),
+            bytes as f64 / leaves as f64
+        );
+        let mut db: Box<dyn LogDb> = if name == "SQLite" {
+            Box::new(SqliteLog::open_read_only(&sqlite).unwrap())
+        } else {
+            Box::new(SegmentLog::reader(&segments))
+        };
+        proofs(db.as_mut(), leaves, name);
     }
-    println!(
-        "(built {leaves} leaves in {:.1} s)",
-        build.elapsed().as_secs_f64()
-    );
-    let mut db = SqliteLog::open_read_only(&path).unwrap();
-    let root = tlog::root(&mut db, leaves).unwrap();
+}
+
+/// Writes `leaves` leaves in batches of 64 (a batch the writer commits under load) and signs a
+/// checkpoint over them.
+fn write_log(db: &mut dyn LogDb, leaves: u64, key: &LogKey) {
+    let mut frontier = Frontier::new();
+    let mut i = 0;
+    while i < leaves {
+        let n = 64.min(leaves - i);
+        let mut batch: Vec<Leaf> = (i..i + n).map(leaf).collect();
+        let mut refs: Vec<&mut Leaf> = batch.iter_mut().collect();
+        db.append(&mut refs, &mut frontier).unwrap();
+        i += n;
+    }
+    let root = tlog::root(db, leaves).unwrap();
+    let note = key.sign(&Checkpoint {
+        origin: "bench/log".into(),
+        size: leaves,
+        root,
+    });
+    db.put_checkpoint(leaves, &note, 1_800_000_000_000).unwrap();
+}
+
+/// The bytes of the files under `path` (or of the file).
+fn disk_bytes(path: &std::path::Path) -> u64 {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| disk_bytes(&e.unwrap().path()))
+            .sum(),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
+
+/// Inclusion- and consistency-proof latency at random positions of a log of `leaves`.
+fn proofs(db: &mut dyn LogDb, leaves: u64, name: &str) {
+    let root = tlog::root(db, leaves).unwrap();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
         state ^= state << 13;
@@ -201,7 +264,7 @@ fn main() {
     for _ in 0..2000 {
         let index = next() % leaves;
         let start = Instant::now();
-        let proof = tlog::inclusion_proof(&mut db, index, leaves).unwrap();
+        let proof = tlog::inclusion_proof(db, index, leaves).unwrap();
         inc.push(start.elapsed());
         let data = db.leaf(index).unwrap().unwrap();
         assert!(merkle::verify_inclusion(
@@ -213,18 +276,18 @@ fn main() {
         ));
         let old = 1 + next() % (leaves - 1);
         let start = Instant::now();
-        tlog::consistency_proof(&mut db, old, leaves).unwrap();
+        tlog::consistency_proof(db, old, leaves).unwrap();
         cons.push(start.elapsed());
     }
     inc.sort_unstable();
     cons.sort_unstable();
     println!(
-        "| inclusion proof at {leaves} leaves | p50 {:.3} ms | p99 {:.3} ms |",
+        "| {name}: inclusion proof at {leaves} leaves | p50 {:.3} ms | p99 {:.3} ms |",
         percentile(&inc, 0.5).as_secs_f64() * 1e3,
         percentile(&inc, 0.99).as_secs_f64() * 1e3
     );
     println!(
-        "| consistency proof at {leaves} leaves | p50 {:.3} ms | p99 {:.3} ms |",
+        "| {name}: consistency proof at {leaves} leaves | p50 {:.3} ms | p99 {:.3} ms |",
         percentile(&cons, 0.5).as_secs_f64() * 1e3,
         percentile(&cons, 0.99).as_secs_f64() * 1e3
     );
