@@ -20,12 +20,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tlog::checkpoint::Checkpoint;
 use tlog::checkpoint::LogKey;
 use tlog::merkle;
-use tlog::checkpoint::Checkpoint;
 use tlog::{
-    AccessLog, Frontier, Leaf, LogBackend, LogDb, SegmentDir, SegmentLog, SqliteLog,
-    WriterSettings,
+    AccessLog, Frontier, Leaf, LogBackend, LogDb, SegmentDir, SegmentLog, SqliteLog, WriterSettings,
 };
 
 fn leaf(i: u64) -> Leaf {
@@ -196,7 +195,11 @@ fn main() {
                 c.pragma_update(None, "wal_checkpoint", "TRUNCATE").unwrap();
             }
         }
-        let path = if name == "SQLite" { sqlite.clone() } else { segments.path().to_owned() };
+        let path = if name == "SQLite" {
+            sqlite.clone()
+        } else {
+            segments.path().to_owned()
+        };
         let mut bytes = disk_bytes(&path);
         if name == "SQLite" {
             for extra in ["-wal", "-shm"] {

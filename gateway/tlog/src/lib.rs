@@ -4,9 +4,11 @@
 //! verification of the whole tree or of an export.
 //!
 //! It knows nothing of HTTP, TLS, licences or departments: a leaf is a record of strings and
-//! numbers, and time comes in through a [`storage::Clock`]. The log lives in its own SQLite
-//! file ([`SqliteLog`]: `leaves`, `nodes`, `checkpoints`) or in the PostgreSQL schema all
-//! nodes share ([`PgLog`]), both behind [`LogDb`].
+//! numbers, and time comes in through a [`storage::Clock`]. A node's own log lives in segment
+//! files ([`SegmentLog`]: append-only frames, subtree hashes, checkpoints and a query index
+//! built after the acknowledgement), in the SQLite file of data directories made before them
+//! ([`SqliteLog`]: `leaves`, `nodes`, `checkpoints`), or in the PostgreSQL schema all nodes
+//! share ([`PgLog`]), all behind [`LogDb`].
 //!
 //! ```
 //! use tlog::merkle::{leaf_hash, MemoryTree};

@@ -300,6 +300,66 @@ async fn every_outcome_is_logged_once_and_provable_against_a_signed_checkpoint()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_queryable_by_auditors_as_soon_as_it_is_answered() {
+    let Some((extra, _schema)) = storage("audit-burst") else {
+        return;
+    };
+    let pki = TestPki::new();
+    let gw = TestGateway::start(&write_config(&pki, &extra, &standard_departments())).await;
+    let approval = Client::new(&pki.ca_pem(), Some(&pki.department("approval", APPROVAL)), Proto::H2)
+        .connect(gw.addr)
+        .await
+        .unwrap();
+    let mut auditor = Client::new(&pki.ca_pem(), Some(&pki.department("audit", AUDIT)), Proto::H2)
+        .connect(gw.addr)
+        .await
+        .unwrap();
+    // 600 requests from 30 streams at once: more than one batch, far inside a checkpoint
+    // interval and the query indexer's quarter of a second.
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let mut c = approval.fork().unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..20 {
+                let r = c.get("/v1/whoami").await.unwrap();
+                assert_eq!(r.status, StatusCode::OK);
+                ids.push(r.headers["x-request-id"].to_str().unwrap().to_owned());
+            }
+            ids
+        }));
+    }
+    let mut sent = std::collections::HashSet::new();
+    for t in tasks {
+        sent.extend(t.await.unwrap());
+    }
+    // At once, paging through the department's entries (the newest leaves may not be in the
+    // query index yet; the answer must not depend on it).
+    let mut found = std::collections::HashSet::new();
+    let mut cursor = String::new();
+    loop {
+        let page = auditor
+            .get(&format!(
+                "/v1/audit/entries?department={APPROVAL}&limit=1000{cursor}"
+            ))
+            .await
+            .unwrap()
+            .json();
+        for e in page["entries"].as_array().unwrap() {
+            if let Some(rid) = e["request_id"].as_str() {
+                found.insert(rid.to_owned());
+            }
+        }
+        match page["next_cursor"].as_u64() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    let missing: Vec<_> = sent.difference(&found).collect();
+    assert!(missing.is_empty(), "{} of 600 not found: {missing:?}", missing.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_verify_finds_tampering_and_the_gateway_refuses_an_inconsistent_log() {
     let Some((extra, schema)) = storage("audit-tampering") else {
         return;

@@ -266,6 +266,8 @@ async fn lifecycle_changes_what_verification_and_the_status_list_say() {
         "a reason is required"
     );
 
+    // Verified (and so held in memory) before the change: the next answer sees the change.
+    assert_eq!(verify(&mut w.approval, &credential).await["valid"], true);
     let reply = w
         .market
         .json(
@@ -277,6 +279,12 @@ async fn lifecycle_changes_what_verification_and_the_status_list_say() {
         .await
         .unwrap();
     assert_eq!(reply.json()["status"], "suspended");
+    let read = w
+        .market
+        .get_with(&format!("/v1/licences/{id}"), &[("x-purpose", "M-BIZ-001")])
+        .await
+        .unwrap();
+    assert_eq!(read.json()["status"], "suspended", "{:?}", read.body);
     let report = verify(&mut w.approval, &credential).await;
     assert_eq!(
         (report["valid"].as_bool(), report["status"].as_str()),

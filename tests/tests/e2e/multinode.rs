@@ -124,6 +124,59 @@ async fn a_revocation_on_one_node_is_seen_by_the_other_and_serials_never_collide
         all.extend(ids);
     }
     assert_eq!(all.len(), 30, "no identifier was handed out twice");
+
+    // B keeps the seal and the licence in memory once it has verified them; a seal revoked
+    // through A is refused by B within a second all the same (the notice reaches B).
+    let fresh = issue_licence(&mut market_a, &business_licence(&seal, XIAOMI)).await;
+    let credential = fresh["credential"].as_str().unwrap().to_owned();
+    let verify_on_b = |c: &mut Conn| {
+        let mut c = c.fork().unwrap();
+        let credential = credential.clone();
+        async move {
+            c.json(
+                Method::POST,
+                "/v1/licences/verify",
+                &[],
+                &json!({ "credential": credential }),
+            )
+            .await
+            .unwrap()
+            .json()
+        }
+    };
+    for _ in 0..3 {
+        let r = verify_on_b(&mut approval_b).await;
+        assert_eq!(r["valid"], true, "{r}");
+    }
+    let r = market_a
+        .json(
+            Method::POST,
+            &format!("/v1/seals/{seal}/revoke"),
+            &[],
+            &json!({"reason": "密钥泄露"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let revoked_at = Instant::now();
+    loop {
+        let r = verify_on_b(&mut approval_b).await;
+        if r["valid"] == false {
+            let failed = r["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["ok"] == false)
+                .unwrap();
+            assert_eq!(failed["check"], "seal", "{r}");
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "B still says {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
