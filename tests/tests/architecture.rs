@@ -74,7 +74,11 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// The code of a file without comments and without its test module.
 fn code(text: &str) -> String {
-    let text = match text.find("#[cfg(test)]\nmod ") {
+    let cut = ["#[cfg(test)]\nmod ", "#[cfg(test)]\npub(crate) mod "]
+        .iter()
+        .filter_map(|m| text.find(m))
+        .min();
+    let text = match cut {
         Some(cut) => &text[..cut],
         None => text,
     };
