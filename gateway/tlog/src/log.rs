@@ -716,12 +716,13 @@ pub fn verify_export(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::merkle::NodeStore;
     use rusqlite::params;
 
-    fn key() -> Arc<LogKey> {
+    /// A fresh signing key for a test log.
+    pub(crate) fn key() -> Arc<LogKey> {
         Arc::new(
             LogKey::from_seed_base64(
                 "certgate.test/log",

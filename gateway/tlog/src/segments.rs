@@ -1176,19 +1176,10 @@ fn index_round(conn: &mut Connection, reader: &mut SegmentLog) -> Result<(), Log
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::LogKey;
+    use crate::log::tests::key;
     use crate::log::{AccessLog, LogBackend, VerifyFailure, WriterSettings, verify_offline};
     use crate::{LeafKind, inclusion_proof, latest_checkpoint, root};
 
-    fn key() -> Arc<LogKey> {
-        Arc::new(
-            LogKey::from_seed_base64(
-                "certgate.test/log",
-                &LogKey::generate_seed_base64().unwrap(),
-            )
-            .unwrap(),
-        )
-    }
 
     fn settings(checkpoint_ms: u64) -> WriterSettings {
         WriterSettings {
