@@ -239,10 +239,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(&file)?;
-            let material = TlsMaterial::load(
-                &config.tls,
-                rustls::server::ServerSessionMemoryCache::new(1),
-            )?;
+            let material = TlsMaterial::load(&config.tls, &crate::tls::Resumption::new(1)?)?;
             println!(
                 "{}: valid ({} departments, {} trust anchors, {} CRLs, {} revoked serials)",
                 file.display(),

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
-use rustls::server::StoresServerSessions;
 use serde::Serialize;
 use storage::bus::{Change, Notice};
 use tokio_rustls::TlsAcceptor;
@@ -126,7 +125,8 @@ pub struct Gateway {
     pub(crate) pseudonym_key: [u8; 32],
     /// The access log's verifier key (`GET /v1/audit/log-key`).
     pub log_verifier_key: String,
-    pub(crate) sessions: Arc<dyn StoresServerSessions>,
+    /// TLS session cache and ticket keys, kept across reloads.
+    pub(crate) resumption: crate::tls::Resumption,
     pub(crate) shutting_down: AtomicBool,
     /// The departments' request budgets.
     pub(crate) rate_limiter: crate::rate_limit::RateLimiter,
@@ -149,7 +149,7 @@ impl Gateway {
     pub fn reload(&self) -> Result<LoadSummary, ReloadError> {
         let result = Config::load(&self.config_path)
             .map_err(ReloadError::from)
-            .and_then(|config| Ok(build_live(&config, self.sessions.clone())?));
+            .and_then(|config| Ok(build_live(&config, &self.resumption)?));
         match result {
             Ok(live) => {
                 let summary = live.summary.clone();
@@ -311,9 +311,9 @@ pub(crate) async fn apply(exchange: &Exchange, licences: &LicenceService, change
 /// The reloadable part of `config`: TLS material, department table, access rules.
 pub(crate) fn build_live(
     config: &Config,
-    sessions: Arc<dyn StoresServerSessions>,
+    resumption: &crate::tls::Resumption,
 ) -> Result<Live, TlsError> {
-    let material = TlsMaterial::load(&config.tls, sessions)?;
+    let material = TlsMaterial::load(&config.tls, resumption)?;
     let summary = LoadSummary {
         departments: config.departments.len(),
         trust_anchors: material.trust_anchors,

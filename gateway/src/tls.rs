@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use rustls::CertificateError;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{StoresServerSessions, WebPkiClientVerifier};
+use rustls::server::{ProducesTickets, StoresServerSessions, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
@@ -87,13 +87,40 @@ pub fn install_crypto_provider() {
     });
 }
 
+/// What lets a department resume a TLS session instead of a full handshake, kept across
+/// configuration reloads: the server's session cache, and the keys of session tickets (TLS 1.3
+/// stateless resumption; a new key every 6 hours, a ticket accepted for 12). A resumed
+/// connection carries the certificate of the handshake it resumes, and every request on it is
+/// checked against the revocation list in force then, as on any connection.
+#[derive(Clone)]
+pub struct Resumption {
+    sessions: Arc<dyn StoresServerSessions>,
+    tickets: Arc<dyn ProducesTickets>,
+}
+
+impl std::fmt::Debug for Resumption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resumption")
+            .field("tickets", &self.tickets.enabled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Resumption {
+    /// A cache of `sessions` sessions and a fresh ticket key.
+    pub fn new(sessions: usize) -> Result<Resumption, TlsError> {
+        install_crypto_provider();
+        Ok(Resumption {
+            sessions: rustls::server::ServerSessionMemoryCache::new(sessions),
+            tickets: rustls::crypto::aws_lc_rs::Ticketer::new()
+                .map_err(|e| TlsError::Config(format!("session ticket keys: {e}")))?,
+        })
+    }
+}
+
 impl TlsMaterial {
-    /// Loads the files named in `settings`. `sessions` is shared across reloads so that a
-    /// session resumed after a reload is still checked against the current revocation list.
-    pub fn load(
-        settings: &TlsSettings,
-        sessions: Arc<dyn StoresServerSessions>,
-    ) -> Result<TlsMaterial, TlsError> {
+    /// Loads the files named in `settings`, with `resumption` shared across reloads.
+    pub fn load(settings: &TlsSettings, resumption: &Resumption) -> Result<TlsMaterial, TlsError> {
         install_crypto_provider();
         let chain = read_certs("tls.cert", &settings.cert)?;
         let key = PrivateKeyDer::from_pem_file(&settings.key)
@@ -148,7 +175,8 @@ impl TlsMaterial {
             .with_single_cert(chain, key)
             .map_err(|e| TlsError::Config(e.to_string()))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        config.session_storage = sessions;
+        config.session_storage = resumption.sessions.clone();
+        config.ticketer = resumption.tickets.clone();
         Ok(TlsMaterial {
             server_config: Arc::new(config),
             revoked,
@@ -319,10 +347,11 @@ mod tests {
         let now = storage::clock::now_utc();
         DevCa::init(a.path(), now).unwrap();
         DevCa::init(b.path(), now).unwrap();
-        let sessions = || rustls::server::ServerSessionMemoryCache::new(16);
-        let own = TlsMaterial::load(&settings(a.path(), &a.path().join("crl.pem")), sessions());
+        let sessions = || Resumption::new(16).unwrap();
+        let own = TlsMaterial::load(&settings(a.path(), &a.path().join("crl.pem")), &sessions());
         assert!(own.is_ok(), "{own:?}");
-        let foreign = TlsMaterial::load(&settings(a.path(), &b.path().join("crl.pem")), sessions());
+        let foreign =
+            TlsMaterial::load(&settings(a.path(), &b.path().join("crl.pem")), &sessions());
         match foreign {
             Err(e) => {
                 let text = e.to_string();

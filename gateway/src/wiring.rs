@@ -13,7 +13,6 @@ use cert_store::service::{LicenceService, ServiceError};
 use cert_store::store::SqliteStore;
 use exchange::Exchange;
 use policies::KnowledgeBase;
-use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
 use storage::bus::{Change, Event, Notice};
 use tlog::{AccessLog, LogBackend, LogError, WriterSettings};
 use tokio::net::TcpListener;
@@ -28,8 +27,8 @@ use crate::state::{Gateway, SESSION_CACHE_SIZE, StartError, apply, build_live};
 /// stored tree checked against its last checkpoint), the exchange, the knowledge base, the
 /// licence service, and — with PostgreSQL — the listener for the other nodes' notices.
 pub fn gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
-    let sessions: Arc<dyn StoresServerSessions> = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
-    let live = build_live(&config, sessions.clone())?;
+    let resumption = crate::tls::Resumption::new(SESSION_CACHE_SIZE)?;
+    let live = build_live(&config, &resumption)?;
     std::fs::create_dir_all(&config.server.data_dir).map_err(|e| StartError::Store {
         path: config.server.data_dir.clone(),
         reason: e.to_string(),
@@ -105,7 +104,7 @@ pub fn gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
         metrics,
         config_path: config.path,
         live: ArcSwap::from_pointee(live),
-        sessions,
+        resumption,
         shutting_down: AtomicBool::new(false),
         rate_limiter: crate::rate_limit::RateLimiter::default(),
         connection_slots: Arc::new(tokio::sync::Semaphore::new(max_connections)),

@@ -1180,7 +1180,6 @@ mod tests {
     use crate::log::{AccessLog, LogBackend, VerifyFailure, WriterSettings, verify_offline};
     use crate::{LeafKind, inclusion_proof, latest_checkpoint, root};
 
-
     fn settings(checkpoint_ms: u64) -> WriterSettings {
         WriterSettings {
             queue_capacity: 10_000,
