@@ -43,7 +43,10 @@ use crate::merkle::{self, Hash};
 /// A segment file takes new frames until it is this large.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 /// How often the query index takes the leaves committed since its last round.
-pub const INDEX_INTERVAL: Duration = Duration::from_millis(250);
+pub const INDEX_INTERVAL: Duration = Duration::from_millis(50);
+/// Leaves the indexer inserts in one transaction before it lets the request threads run:
+/// small enough that a burst of indexing does not hold the core for milliseconds.
+const INDEX_CHUNK: u64 = 256;
 /// Most bytes one frame's payload may have (compressed or not): a longer one is corrupt.
 const MAX_PAYLOAD: u32 = 64 << 20;
 const FRAME_MAGIC: &[u8; 4] = b"CGL1";
@@ -1141,13 +1144,16 @@ fn index_round(conn: &mut Connection, reader: &mut SegmentLog) -> Result<(), Log
     }
     let mut seq = indexed as u64;
     while seq < size {
+        if seq > indexed as u64 {
+            std::thread::yield_now();
+        }
         let tx = conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO entries (seq, time_ms, department, holder, resource, route, outcome)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            let stop_at = (seq + 10_000).min(size);
+            let stop_at = (seq + INDEX_CHUNK).min(size);
             while seq < stop_at {
                 let Some((first, leaves)) = reader.frame_of(seq)? else {
                     break;

@@ -315,7 +315,7 @@ async fn a_burst_is_queryable_by_auditors_as_soon_as_it_is_answered() {
         .await
         .unwrap();
     // 600 requests from 30 streams at once: more than one batch, far inside a checkpoint
-    // interval and the query indexer's quarter of a second.
+    // interval and the query indexer's 50 ms.
     let mut tasks = Vec::new();
     for _ in 0..30 {
         let mut c = approval.fork().unwrap();
