@@ -58,6 +58,15 @@ enum Command {
     /// Enterprise profiles, offline (stop the gateway first, or use the API).
     #[command(subcommand)]
     Enterprises(EnterprisesCommand),
+    /// Look up GB/T 2260 administrative divisions by code prefix or part of the name
+    /// (行政区划代码): code, name and the divisions above it.
+    Regions {
+        /// A code prefix (`4201`) or part of a name (`江夏`); all divisions when left out.
+        query: Option<String>,
+        /// Most lines printed (1 to 5000).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Create (or reuse) a development PKI, configuration and data directory, start the
     /// gateway and print curl commands that work.
     #[cfg(feature = "demo")]
@@ -236,6 +245,40 @@ fn run(command: Command) -> anyhow::Result<()> {
                 runtime()?,
                 crate::wiring::run_gateway(config, false, |_, _, _| Ok(())),
             )
+        }
+        Command::Regions { query, limit } => {
+            let query = query.unwrap_or_default();
+            if query.chars().any(char::is_control) || query.chars().count() > 50 {
+                anyhow::bail!(
+                    "the query must be at most 50 characters, without control characters"
+                );
+            }
+            if !(1..=5000).contains(&limit) {
+                anyhow::bail!("--limit must be between 1 and 5000");
+            }
+            let found: Vec<_> = policies::codes::find_regions(&query).collect();
+            if found.is_empty() {
+                anyhow::bail!("no administrative division matches `{query}`");
+            }
+            for (region, name) in found.iter().take(limit) {
+                let above: Vec<&str> = region.ancestors()[1..]
+                    .iter()
+                    .filter(|r| **r != policies::codes::Region::NATION)
+                    .map(|r| r.name())
+                    .collect();
+                if above.is_empty() {
+                    println!("{region}\t{name}");
+                } else {
+                    println!("{region}\t{name}\t{}", above.join(" < "));
+                }
+            }
+            if found.len() > limit {
+                println!(
+                    "… {} more (narrow the query or raise --limit)",
+                    found.len() - limit
+                );
+            }
+            Ok(())
         }
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(&file)?;

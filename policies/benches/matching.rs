@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use policies::codes::{REGIONS, Region};
+use policies::codes::{Region, regions};
 use policies::eligibility;
 use policies::generate::Rng;
 use policies::model::Condition;
@@ -51,10 +51,9 @@ fn policies(n: u64) -> Vec<Policy> {
             .into_iter()
             .map(|(_, p)| p)
             .collect();
-    let provinces: Vec<Region> = REGIONS
-        .iter()
-        .filter(|(c, _)| c.ends_with("0000") && *c != "000000")
-        .map(|(c, _)| Region::parse(c).unwrap())
+    let provinces: Vec<Region> = regions()
+        .map(|(r, _)| r)
+        .filter(|r| *r != Region::NATION && r.parent() == Region::NATION)
         .collect();
     let mut rng = Rng::new(99);
     (0..n)

@@ -83,6 +83,37 @@ fn config_check_accepts_a_good_file_and_names_the_bad_key() {
 }
 
 #[test]
+fn regions_looks_up_every_division_and_refuses_bad_input() {
+    let out = certgate(&["regions", "江夏"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "420115\t江夏区\t武汉市 < 湖北省\n"
+    );
+    let out = certgate(&["regions", "4290", "--limit", "2"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.starts_with("429000\t湖北省直辖县级行政区划\t湖北省\n429004\t仙桃市"),
+        "{text}"
+    );
+    assert!(text.contains("… 3 more"), "{text}");
+    let out = certgate(&["regions", "--limit", "5000"]);
+    assert!(String::from_utf8_lossy(&out.stdout).lines().count() > 3200);
+    for (args, says) in [
+        (
+            &["regions", "不存在的区"][..],
+            "no administrative division matches",
+        ),
+        (&["regions", "a\u{7}b"][..], "without control characters"),
+        (&["regions", "--limit", "0"][..], "between 1 and 5000"),
+    ] {
+        let out = certgate(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
 fn pki_commands_issue_and_revoke_and_refuse_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("pki");
