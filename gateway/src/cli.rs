@@ -80,6 +80,10 @@ enum Command {
         /// Address of the operations listener.
         #[arg(long, default_value = "127.0.0.1:9090")]
         ops_listen: SocketAddr,
+        /// Load no sample policies or enterprise profiles (a first run then starts with an
+        /// empty knowledge base; a demo directory that has them keeps them).
+        #[arg(long)]
+        empty_knowledge_base: bool,
     },
 }
 
@@ -538,13 +542,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             dir,
             listen,
             ops_listen,
+            empty_knowledge_base,
         } => {
             let mut config = crate::demo::prepare(&dir, listen, ops_listen, now)?;
             let dir = config.path.parent().map(Path::to_path_buf).unwrap_or(dir);
             finish(runtime()?, async {
                 let _sources = crate::demo::start_sources(&mut config, &dir, listen.ip()).await?;
                 crate::wiring::run_gateway(config, true, |gateway, api, ops| {
-                    let samples = crate::demo::seed(gateway, &dir)?;
+                    let samples = crate::demo::seed(gateway, &dir, empty_knowledge_base)?;
                     crate::demo::print_walkthrough(&dir, &samples, api, ops);
                     Ok(())
                 })

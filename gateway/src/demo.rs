@@ -216,10 +216,9 @@ pub struct Samples {
     pub business_licence: String,
     /// A food permit (consent required for queries by holder).
     pub food_permit: String,
-    /// An enterprise of the generated population with eligible policies.
-    pub enterprise: String,
-    /// A policy with a handful of eligible enterprises.
-    pub policy: String,
+    /// An enterprise of the generated population with eligible policies, and a policy with a
+    /// handful of eligible enterprises; none when the knowledge base was left empty.
+    pub policy_picks: Option<(String, String)>,
 }
 
 const MARKET: &str = "11110105MB0000002F";
@@ -229,7 +228,14 @@ const CITIZEN: &str = "11010519491231002X";
 
 /// Creates the sample seals and licences on first run (the market regulator has no seal yet)
 /// and writes request bodies for the walk-through to `samples/`.
-pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Samples> {
+///
+/// With `empty_knowledge_base`, no policy or profile is loaded: the knowledge base starts (and,
+/// on a first run, stays) empty, for trying one's own policies.
+pub fn seed(
+    gateway: &crate::state::Gateway,
+    dir: &Path,
+    empty_knowledge_base: bool,
+) -> anyhow::Result<Samples> {
     use cert_store::jws::JwsAlg;
     use cert_store::service::IssueRequest;
     use serde_json::json;
@@ -382,15 +388,18 @@ pub fn seed(gateway: &crate::state::Gateway, dir: &Path) -> anyhow::Result<Sampl
         "verify-contract.json",
         json!({"document_base64": contract_b64, "ses_signature_base64": ses_b64}),
     )?;
-    let (enterprise, policy) = seed_policies(gateway, &samples_dir)?;
+    let picks = if empty_knowledge_base {
+        None
+    } else {
+        Some(seed_policies(gateway, &samples_dir)?)
+    };
     Ok(Samples {
         contract_seal,
         sm2_seal,
         es256_seal,
         business_licence,
         food_permit,
-        enterprise,
-        policy,
+        policy_picks: picks,
     })
 }
 
@@ -580,25 +589,37 @@ pub fn print_walkthrough(dir: &Path, samples: &Samples, api: SocketAddr, ops: So
         sample("proof-xiaomi.json"),
         with("approval")
     );
-    println!(
-        "# Policy finds the enterprise (政策找企业): the policies enterprise {} is eligible for, each condition explained,",
-        samples.enterprise
-    );
-    println!("# and the ones it misses by one condition:");
-    println!(
-        "{} -H 'X-Purpose: M-POLICY-001' {json} -d @{} {base}/v1/policies/match",
-        with("approval"),
-        sample("match.json")
-    );
-    println!(
-        "# Every enterprise eligible for policy {} (cursor-paged):",
-        samples.policy
-    );
-    println!(
-        "{} '{base}/v1/policies/{}/eligible-enterprises?limit=5'",
-        with("push"),
-        samples.policy
-    );
+    match &samples.policy_picks {
+        Some((enterprise, policy)) => {
+            println!(
+                "# Policy finds the enterprise (政策找企业): the policies enterprise {} is eligible for, each condition explained,",
+                enterprise
+            );
+            println!("# and the ones it misses by one condition:");
+            println!(
+                "{} -H 'X-Purpose: M-POLICY-001' {json} -d @{} {base}/v1/policies/match",
+                with("approval"),
+                sample("match.json")
+            );
+            println!(
+                "# Every enterprise eligible for policy {} (cursor-paged):",
+                policy
+            );
+            println!(
+                "{} '{base}/v1/policies/{}/eligible-enterprises?limit=5'",
+                with("push"),
+                policy
+            );
+        }
+        None => {
+            println!(
+                "# The knowledge base is empty (--empty-knowledge-base): import policies with"
+            );
+            println!(
+                "# `certgate policies import` (gateway stopped) or POST /v1/policies, then match."
+            );
+        }
+    }
     println!(
         "# Full-text search with Chinese analysis: 专精特新 is one term; snippets are highlighted:"
     );

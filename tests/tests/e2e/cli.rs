@@ -267,8 +267,13 @@ async fn serve_reloads_on_sighup_and_drains_on_sigterm() {
 
 /// Starts `certgate demo` in `dir` on ephemeral ports and returns it with what it printed.
 fn start_demo(dir: &std::path::Path) -> (Running, Vec<String>) {
+    start_demo_with(dir, &[])
+}
+
+fn start_demo_with(dir: &std::path::Path, extra: &[&str]) -> (Running, Vec<String>) {
     let mut child = Command::new(certgate_bin())
         .args(["demo", "--dir", dir.to_str().unwrap()])
+        .args(extra)
         .args(["--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -286,6 +291,30 @@ fn start_demo(dir: &std::path::Path) -> (Running, Vec<String>) {
         }
     }
     (running, printed)
+}
+
+#[test]
+fn demo_can_start_with_an_empty_knowledge_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, printed) = start_demo_with(&dir.path().join("demo"), &["--empty-knowledge-base"]);
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains("The knowledge base is empty")),
+        "{}",
+        printed.join("\n")
+    );
+    assert!(!printed.iter().any(|l| l.contains("eligible-enterprises")));
+    // The search line still works, and finds nothing: no policy was loaded.
+    let search = printed
+        .iter()
+        .find(|l| l.starts_with("curl") && l.contains("/v1/policies/search"))
+        .unwrap();
+    let out = Command::new("sh").args(["-c", search]).output().unwrap();
+    assert!(out.status.success(), "{search}: {}", stderr(&out));
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body.as_array().map(Vec::len), Some(0), "{body}");
+    drop(running);
 }
 
 #[test]
