@@ -5,7 +5,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use time::Date;
 
-use crate::model::{Benefit, Condition, FormulaField, Policy, Profile, format_date, whole_years};
+use crate::model::{
+    Benefit, Category, Condition, FormulaField, Policy, Profile, format_date, whole_years,
+};
 
 /// The outcome of one condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -184,6 +186,16 @@ pub fn evaluate(policy: &Policy, profile: &Profile, today: Date) -> Eligibility 
         threshold: json!({ "start": format_date(policy.window.start), "end": format_date(policy.window.end) }),
     });
     conditions.extend(policy.conditions.iter().map(|c| explain(c, profile, today)));
+    if policy.category == Category::Publicity {
+        // Information only: nothing to be granted or applied for, so no enterprise is eligible
+        // (and none is pushed one), whatever its conditions say.
+        conditions.push(Explained {
+            condition: "category",
+            outcome: Outcome::NotMet,
+            value: json!(Category::Publicity.as_str()),
+            threshold: json!([Category::Automatic.as_str(), Category::Online.as_str()]),
+        });
+    }
     Eligibility {
         eligible: conditions.iter().all(|c| c.outcome == Outcome::Met),
         conditions,
@@ -193,7 +205,8 @@ pub fn evaluate(policy: &Policy, profile: &Profile, today: Date) -> Eligibility 
 
 /// True when `policy` holds for `profile` on `today`, without building the explanation.
 pub fn is_eligible(policy: &Policy, p: &Profile, today: Date) -> bool {
-    p.region.within(policy.region)
+    policy.category != Category::Publicity
+        && p.region.within(policy.region)
         && policy.window.contains(today)
         && policy.conditions.iter().all(|c| holds(c, p, today))
 }
@@ -271,6 +284,26 @@ mod tests {
             "credit_rating":"M","updated":"2026-11-01"}"#,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_publicity_policy_is_no_enterprise_s_to_claim() {
+        let mut p = policy();
+        p.category = Category::Publicity;
+        p.conditions.clear();
+        let e = evaluate(&p, &profile(), day("2026-11-27"));
+        assert!(!e.eligible);
+        let last = e.conditions.last().unwrap();
+        assert_eq!(
+            (last.condition, last.outcome),
+            ("category", Outcome::NotMet)
+        );
+        assert_eq!(last.value, json!("宣传展示"));
+        assert!(!is_eligible(&p, &profile(), day("2026-11-27")));
+        // The same policy to apply for online is everyone's in its region and window.
+        p.category = Category::Online;
+        assert!(evaluate(&p, &profile(), day("2026-11-27")).eligible);
+        assert!(is_eligible(&p, &profile(), day("2026-11-27")));
     }
 
     #[test]

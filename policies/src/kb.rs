@@ -341,6 +341,9 @@ impl KnowledgeBase {
         policy: &Policy,
         today: Date,
     ) -> Result<Vec<Arc<Profile>>, KbError> {
+        if policy.category == crate::model::Category::Publicity {
+            return Ok(Vec::new());
+        }
         let mut rows = self.enterprise_index.candidates(policy, today)?;
         let profiles = self.profiles.read().map_err(|_| KbError::Poisoned)?;
         if profiles.sorted {
@@ -370,6 +373,10 @@ impl KnowledgeBase {
             let Some(policy) = policies.row(row) else {
                 continue;
             };
+            // Publicity policies are found by search; there is nothing to be eligible for.
+            if policy.category == crate::model::Category::Publicity {
+                continue;
+            }
             let (region, unmet) = eligibility::unmet_count(policy, profile, today);
             if !region || unmet > 1 {
                 continue;

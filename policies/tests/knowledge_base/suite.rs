@@ -61,6 +61,8 @@ fn index_backed_matching_equals_brute_force_both_ways() {
         let got: BTreeSet<&str> = m.almost.iter().map(|x| x.policy.id.as_str()).collect();
         let want: BTreeSet<&str> = policies
             .iter()
+            // Publicity policies are information only: never eligible, nor almost.
+            .filter(|p| p.category != policies::model::Category::Publicity)
             .filter(|p| {
                 let ev = eligibility::evaluate(p, e, today);
                 ev.conditions[0].outcome == Outcome::Met && ev.unmet().count() == 1
@@ -372,10 +374,14 @@ fn eligibility_that_changes_with_time_reaches_the_feed_on_the_daily_rematch() {
         policies::generate::population(2_000, 13, day("2026-11-01")).collect();
     kb.upsert_profiles(population, day("2026-12-01")).unwrap();
     // A policy whose window opens later: no matches today, its matches on the day it opens.
+    // (An online policy for the whole country with one condition at most: the sample
+    // policies with no conditions are publicity only.)
     let mut later = sample_policies()
         .into_iter()
-        .find(|p| p.conditions.len() <= 1 && p.region == policies::codes::Region::NATION)
-        .unwrap_or_else(|| sample_policies().remove(0));
+        .find(|p| p.category != policies::model::Category::Publicity)
+        .unwrap();
+    later.region = policies::codes::Region::NATION;
+    later.conditions.truncate(1);
     later.window.start = day("2027-01-01");
     later.window.end = day("2027-12-31");
     assert_eq!(
@@ -392,6 +398,24 @@ fn eligibility_that_changes_with_time_reaches_the_feed_on_the_daily_rematch() {
         .len();
     assert!(eligible > 0);
     assert_eq!(opened.new_matches, eligible);
+    // A publicity policy (information only) in force for everyone: no one is eligible for it
+    // and the feed gets nothing from it.
+    let mut publicity = later.clone();
+    publicity.id = format!("{}-publicity", later.id);
+    publicity.category = policies::model::Category::Publicity;
+    publicity.conditions.clear();
+    let before = kb.feed(0, 1_000_000).unwrap().len();
+    assert_eq!(
+        kb.publish(vec![publicity.clone()], day("2027-01-01"))
+            .unwrap()
+            .new_matches,
+        0
+    );
+    assert!(kb
+        .eligible_enterprises(&publicity, day("2027-01-01"))
+        .unwrap()
+        .is_empty());
+    assert_eq!(kb.feed(0, 1_000_000).unwrap().len(), before);
     assert_eq!(kb.feed(0, 1_000_000).unwrap().len(), eligible);
     // Once it closes, the matches end (their events stay).
     let closed = kb.rematch_all(day("2028-01-01")).unwrap();
