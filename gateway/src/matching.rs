@@ -85,6 +85,24 @@ pub async fn rematch_daily(gateway: std::sync::Weak<Gateway>) {
     }
 }
 
+/// The day to decide eligibility on: `as_of` (YYYY-MM-DD, from 2000-01-01 to a year from
+/// today), or today.
+fn decision_day(as_of: Option<&str>) -> Result<Date, ApiError> {
+    let today = today();
+    let Some(text) = as_of else {
+        return Ok(today);
+    };
+    let day = policies::model::parse_date(text).map_err(|e| bad("as_of", e))?;
+    let earliest = Date::from_calendar_date(2000, time::Month::January, 1).unwrap_or(today);
+    if day < earliest || day > today + time::Duration::days(366) {
+        return Err(bad(
+            "as_of",
+            "must be between 2000-01-01 and a year from today",
+        ));
+    }
+    Ok(day)
+}
+
 /// Today in China Standard Time: windows and ages are counted in local days.
 pub fn today() -> Date {
     let offset = time::UtcOffset::from_hms(8, 0, 0).unwrap_or(time::UtcOffset::UTC);
@@ -205,6 +223,10 @@ pub struct MatchRequest {
     /// A profile given inline instead.
     #[schema(value_type = Option<Object>)]
     pub profile: Option<Value>,
+    /// Decide as on this day (YYYY-MM-DD, China Standard Time), e.g. the day the enterprise
+    /// applied: the policies' windows and the enterprise's age are taken on that day, with the
+    /// policies and the profile as they are now. Default today.
+    pub as_of: Option<String>,
 }
 
 /// Enterprise → policies: every policy the enterprise is eligible for, explained condition by
@@ -234,7 +256,7 @@ pub async fn match_enterprise(
         slot.record(&format!("profile:{u}"), u.as_str());
         crate::purpose::Purpose::from_headers(&headers)?;
     }
-    let day = today();
+    let day = decision_day(req.as_of.as_deref())?;
     blocking(&gw, move |kb| {
         let profile: Arc<Profile> = match (req.uscc, req.profile) {
             (Some(u), None) => {
@@ -276,9 +298,12 @@ pub struct PageQuery {
     pub cursor: Option<String>,
     /// Enterprises per page (default 1000, at most 100000).
     pub limit: Option<usize>,
+    /// Decide as on this day (YYYY-MM-DD), with the policy and profiles as they are now;
+    /// default today. Keep it the same while paging.
+    pub as_of: Option<String>,
 }
 
-/// Every enterprise eligible for a policy today, by USCC, cursor-paged; the page is streamed
+/// Every enterprise eligible for a policy today (or `as_of`), by USCC, cursor-paged; the page is streamed
 /// as it is written. Each line of `enterprises` is `{uscc, name, region, benefit_yuan}`.
 #[utoipa::path(get, path = "/v1/policies/{id}/eligible-enterprises", tag = "policies",
     params(("id" = String, Path, description = "Policy id"), PageQuery),
@@ -307,7 +332,7 @@ pub async fn eligible_enterprises(
         ),
         None => None,
     };
-    let day = today();
+    let day = decision_day(q.as_of.as_deref())?;
     let (policy, page, next) = blocking(&gw, move |kb| {
         let policy = kb.policy(&id).ok_or_else(|| {
             not_found(format!(
@@ -322,7 +347,12 @@ pub async fn eligible_enterprises(
     })
     .await?;
     // Stream the page in chunks rather than building one large string.
-    let head = serde_json::json!({ "policy_id": policy.id, "version": policy.version }).to_string();
+    let head = serde_json::json!({
+        "policy_id": policy.id,
+        "version": policy.version,
+        "date": policies::model::format_date(day),
+    })
+    .to_string();
     let head = format!("{},\"enterprises\":[", head.trim_end_matches('}'));
     let tail = format!("],\"next_cursor\":{}}}", serde_json::json!(next));
     let chunks = page.chunks(512).map(|chunk| {

@@ -53,8 +53,16 @@ mod iso_date {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Date, D::Error> {
         let s = String::deserialize(d)?;
-        Date::parse(&s, &FORMAT)
-            .map_err(|_| serde::de::Error::custom(format!("`{s}` is not a date YYYY-MM-DD")))
+        parse(&s).map_err(serde::de::Error::custom)
+    }
+
+    pub fn parse(s: &str) -> Result<Date, String> {
+        Date::parse(s, &FORMAT).map_err(|_| {
+            format!(
+                "`{}` is not a date YYYY-MM-DD",
+                s.chars().take(20).collect::<String>()
+            )
+        })
     }
 
     pub fn format(d: Date) -> String {
@@ -78,6 +86,7 @@ mod iso_date {
 }
 
 pub use iso_date::format as format_date;
+pub use iso_date::parse as parse_date;
 
 /// A policy category.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -319,6 +319,105 @@ async fn search_finds_whole_domain_terms_with_highlights() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_of_decides_on_the_day_asked_both_ways() {
+    let Some((mut w, policies, profiles)) = seeded().await else {
+        return;
+    };
+    // The day after the first window to close, and a day before any window opened: the
+    // answers differ from today's, and equal the evaluation on that day.
+    let closed = policies.iter().map(|p| p.window.end).min().unwrap() + time::Duration::days(1);
+    let early = policies.iter().map(|p| p.window.start).min().unwrap() - time::Duration::days(1);
+    for day in [closed, early] {
+        let as_of = policies::model::format_date(day);
+        for p in profiles.iter().take(25) {
+            let r = w
+                .approval
+                .json(
+                    Method::POST,
+                    "/v1/policies/match",
+                    &[("x-purpose", "M-POLICY-001")],
+                    &json!({ "uscc": p.uscc, "as_of": as_of }),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+            let body = r.json();
+            assert_eq!(body["date"], as_of.as_str());
+            let got: BTreeSet<String> = body["eligible"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["policy_id"].as_str().unwrap().to_owned())
+                .collect();
+            let want: BTreeSet<String> = policies
+                .iter()
+                .filter(|x| eligibility::evaluate(x, p, day).eligible)
+                .map(|x| x.id.clone())
+                .collect();
+            assert_eq!(got, want, "{} on {as_of}", p.uscc);
+            if day == early {
+                assert!(got.is_empty(), "no window was open on {as_of}");
+            }
+        }
+        for p in policies.iter().take(10) {
+            let r = w
+                .push
+                .get(&format!(
+                    "/v1/policies/{}/eligible-enterprises?limit=100000&as_of={as_of}",
+                    p.id
+                ))
+                .await
+                .unwrap();
+            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+            let page = r.json();
+            assert_eq!(page["date"], as_of.as_str());
+            let got: Vec<&str> = page["enterprises"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["uscc"].as_str().unwrap())
+                .collect();
+            let mut want: Vec<String> = profiles
+                .iter()
+                .filter(|e| eligibility::evaluate(p, e, day).eligible)
+                .map(|e| e.uscc.to_string())
+                .collect();
+            want.sort();
+            assert_eq!(got, want, "{} on {as_of}", p.id);
+        }
+    }
+    // A day that is not one, or out of range, is refused naming as_of.
+    for bad in ["2026-13-01", "yesterday", "1999-12-31", "2999-01-01", "2026-1-1\u{0}"] {
+        let r = w
+            .approval
+            .json(
+                Method::POST,
+                "/v1/policies/match",
+                &[("x-purpose", "M-POLICY-001")],
+                &json!({ "uscc": profiles[0].uscc, "as_of": bad }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::BAD_REQUEST, "CG-POL-001"),
+            "{bad}"
+        );
+        assert!(r.json()["message"].as_str().unwrap().contains("as_of"), "{bad}");
+        let r = w
+            .push
+            .get(&format!(
+                "/v1/policies/{}/eligible-enterprises?as_of={}",
+                policies[0].id,
+                bad.replace('\u{0}', "%00")
+            ))
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_names_the_field_and_wrong_roles_are_refused() {
     let Some(mut w) = world().await else {
         return;
