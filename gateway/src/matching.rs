@@ -31,6 +31,7 @@ pub fn routes() -> OpenApiRouter<Arc<Gateway>> {
     OpenApiRouter::new()
         .routes(routes!(publish))
         .routes(routes!(match_enterprise))
+        .routes(routes!(explain))
         .routes(routes!(search))
         .routes(routes!(policy, withdraw))
         .routes(routes!(eligible_enterprises))
@@ -229,6 +230,52 @@ pub struct MatchRequest {
     pub as_of: Option<String>,
 }
 
+/// The enterprise a match or an explanation is about: a stored profile (an enterprise's data,
+/// so the purpose is stated and the read logged under it) or one given inline.
+enum ProfileRef {
+    Stored(cert_store::Uscc),
+    Inline(Value),
+}
+
+impl ProfileRef {
+    fn of(
+        uscc: Option<String>,
+        profile: Option<Value>,
+        headers: &http::HeaderMap,
+        slot: &NoteSlot,
+    ) -> Result<ProfileRef, ApiError> {
+        match (uscc, profile) {
+            (Some(u), None) => {
+                let u: cert_store::Uscc = u.parse().map_err(|e| bad("uscc", e))?;
+                slot.record(&format!("profile:{u}"), u.as_str());
+                crate::purpose::Purpose::from_headers(headers)?;
+                Ok(ProfileRef::Stored(u))
+            }
+            (None, Some(p)) => Ok(ProfileRef::Inline(p)),
+            _ => Err(bad("uscc", "give either uscc or profile")),
+        }
+    }
+
+    fn resolve(self, kb: &KnowledgeBase) -> Result<Arc<Profile>, ApiError> {
+        match self {
+            ProfileRef::Stored(u) => kb
+                .profile(u.as_str())
+                .ok_or_else(|| not_found(format!("no profile for {u}"))),
+            ProfileRef::Inline(p) => {
+                let p: Profile = from_json(&p.to_string()).map_err(|e| {
+                    bad(
+                        &format!("profile.{}", e.field.trim_start_matches('.')),
+                        e.reason,
+                    )
+                })?;
+                p.validate()
+                    .map_err(|e| bad(&format!("profile.{}", e.field), e.reason))?;
+                Ok(Arc::new(p))
+            }
+        }
+    }
+}
+
 /// Enterprise → policies: every policy the enterprise is eligible for, explained condition by
 /// condition, and the policies it misses by one condition.
 #[utoipa::path(post, path = "/v1/policies/match", tag = "policies", request_body = MatchRequest,
@@ -246,43 +293,75 @@ pub async fn match_enterprise(
         return Err(ApiError::missing_role(Role::Consumer));
     }
     let req: MatchRequest = parse(&body)?;
-    if req.uscc.is_some() == req.profile.is_some() {
-        return Err(bad("uscc", "give either uscc or profile"));
-    }
-    // A stored profile is an enterprise's data: reading it states a purpose and is logged
-    // under the enterprise, like any other data access.
-    if let Some(u) = &req.uscc {
-        let u: cert_store::Uscc = u.parse().map_err(|e| bad("uscc", e))?;
-        slot.record(&format!("profile:{u}"), u.as_str());
-        crate::purpose::Purpose::from_headers(&headers)?;
-    }
     let day = decision_day(req.as_of.as_deref())?;
+    let who = ProfileRef::of(req.uscc, req.profile, &headers, &slot)?;
     blocking(&gw, move |kb| {
-        let profile: Arc<Profile> = match (req.uscc, req.profile) {
-            (Some(u), None) => {
-                let u: cert_store::Uscc = u.parse().map_err(|e| bad("uscc", e))?;
-                kb.profile(u.as_str())
-                    .ok_or_else(|| not_found(format!("no profile for {u}")))?
-            }
-            (None, Some(p)) => {
-                let p: Profile = from_json(&p.to_string()).map_err(|e| {
-                    bad(
-                        &format!("profile.{}", e.field.trim_start_matches('.')),
-                        e.reason,
-                    )
-                })?;
-                p.validate()
-                    .map_err(|e| bad(&format!("profile.{}", e.field), e.reason))?;
-                Arc::new(p)
-            }
-            _ => return Err(bad("uscc", "give either uscc or profile")),
-        };
+        let profile = who.resolve(kb)?;
         let m = kb.match_enterprise(&profile, day).map_err(kb_error)?;
         Ok(Json(MatchResult {
             uscc: profile.uscc.to_string(),
             date: policies::model::format_date(day),
             eligible: m.eligible.iter().map(MatchView::from).collect(),
             almost_eligible: m.almost.iter().map(MatchView::from).collect(),
+        }))
+    })
+    .await
+}
+
+/// Why an enterprise is or is not eligible for one policy.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ExplainResult {
+    /// The enterprise.
+    pub uscc: String,
+    /// The day eligibility was decided on.
+    pub date: String,
+    /// The policy, with every condition's outcome, the enterprise's value and the threshold.
+    pub policy: MatchView,
+    /// How many conditions (region and window included) are not met or cannot be decided.
+    pub unmet: usize,
+}
+
+/// One enterprise and one policy, whatever the outcome: every condition explained, however
+/// many are not met (an enterprise asking why it is not on a policy's list).
+#[utoipa::path(post, path = "/v1/policies/{id}/explain", tag = "policies", request_body = MatchRequest,
+    params(("id" = String, Path, description = "Policy id")),
+    responses((status = 200, body = ExplainResult),
+        (status = 400, description = "Bad request, the field named (CG-POL-001)", body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, description = "No such policy or enterprise (CG-POL-002)", body = ErrorBody)))]
+pub async fn explain(
+    State(gw): State<Arc<Gateway>>,
+    caller: Caller,
+    headers: http::HeaderMap,
+    Path(id): Path<String>,
+    Extension(slot): Extension<NoteSlot>,
+    body: axum::body::Bytes,
+) -> Result<Json<ExplainResult>, ApiError> {
+    if !(caller.has(Role::Consumer) || caller.has(Role::PolicyPush) || caller.has(Role::Admin)) {
+        return Err(ApiError::missing_role(Role::Consumer));
+    }
+    let req: MatchRequest = parse(&body)?;
+    let day = decision_day(req.as_of.as_deref())?;
+    let who = ProfileRef::of(req.uscc, req.profile, &headers, &slot)?;
+    blocking(&gw, move |kb| {
+        let policy = kb.policy(&id).ok_or_else(|| {
+            not_found(format!(
+                "no policy {}",
+                id.chars().take(40).collect::<String>()
+            ))
+        })?;
+        let profile = who.resolve(kb)?;
+        let eligibility = policies::eligibility::evaluate(&policy, &profile, day);
+        let unmet = eligibility.unmet().count();
+        let m = PolicyMatch {
+            policy: policy.clone(),
+            eligibility,
+            relevance: 0.0,
+        };
+        Ok(Json(ExplainResult {
+            uscc: profile.uscc.to_string(),
+            date: policies::model::format_date(day),
+            policy: MatchView::from(&m),
+            unmet,
         }))
     })
     .await

@@ -294,6 +294,10 @@ async fn every_route_refuses_hostile_input_with_a_code_and_one_leaf_each() {
             .role(AUDIT_I)
             .purpose()
             .body(json!({"uscc": XIAOMI})),
+        route(M::POST, "/v1/policies/P-NONE/explain", APPROVAL_I)
+            .role(AUDIT_I)
+            .purpose()
+            .body(json!({"uscc": XIAOMI})),
         route(
             M::GET,
             "/v1/policies/search?q=%E4%B8%93%E7%B2%BE",

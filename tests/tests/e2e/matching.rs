@@ -386,6 +386,50 @@ async fn as_of_decides_on_the_day_asked_both_ways() {
             assert_eq!(got, want, "{} on {as_of}", p.id);
         }
     }
+    // Any pair explained, however many conditions it misses: the same rows as the evaluation.
+    let mut far = 0;
+    for p in profiles.iter().take(40) {
+        for x in policies.iter().take(15) {
+            let want = eligibility::evaluate(x, p, gateway::matching::today());
+            let r = w
+                .approval
+                .json(
+                    Method::POST,
+                    &format!("/v1/policies/{}/explain", x.id),
+                    &[("x-purpose", "M-POLICY-001")],
+                    &json!({ "uscc": p.uscc }),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+            let body = r.json();
+            assert_eq!(body["policy"]["eligible"], want.eligible);
+            assert_eq!(body["unmet"], want.unmet().count());
+            let rows: Vec<(&str, &str)> = body["policy"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| (c["condition"].as_str().unwrap(), c["outcome"].as_str().unwrap()))
+                .collect();
+            assert_eq!(rows.len(), want.conditions.len());
+            if want.unmet().count() >= 2 {
+                far += 1;
+            }
+        }
+    }
+    assert!(far > 0, "some pair misses by two or more conditions");
+    let r = w
+        .approval
+        .json(
+            Method::POST,
+            "/v1/policies/P-NONE/explain",
+            &[("x-purpose", "M-POLICY-001")],
+            &json!({ "uscc": profiles[0].uscc }),
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "CG-POL-002"));
+
     // A day that is not one, or out of range, is refused naming as_of.
     for bad in ["2026-13-01", "yesterday", "1999-12-31", "2999-01-01", "2026-1-1\u{0}"] {
         let r = w
