@@ -120,6 +120,14 @@ async fn blocking<T: Send + 'static>(
         .map_err(|_| ApiError::internal())?
 }
 
+/// 404 for a policy id that names none (the id cut to 40 characters in the message).
+fn no_policy(id: &str) -> ApiError {
+    not_found(format!(
+        "no policy {}",
+        id.chars().take(40).collect::<String>()
+    ))
+}
+
 /// Reads a JSON body into `T` with the field at fault named (`CG-POL-001`).
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| bad("(document)", "not UTF-8"))?;
@@ -343,12 +351,7 @@ pub async fn explain(
     let day = decision_day(req.as_of.as_deref())?;
     let who = ProfileRef::of(req.uscc, req.profile, &headers, &slot)?;
     blocking(&gw, move |kb| {
-        let policy = kb.policy(&id).ok_or_else(|| {
-            not_found(format!(
-                "no policy {}",
-                id.chars().take(40).collect::<String>()
-            ))
-        })?;
+        let policy = kb.policy(&id).ok_or_else(|| no_policy(&id))?;
         let profile = who.resolve(kb)?;
         let eligibility = policies::eligibility::evaluate(&policy, &profile, day);
         let unmet = eligibility.unmet().count();
@@ -413,12 +416,7 @@ pub async fn eligible_enterprises(
     };
     let day = decision_day(q.as_of.as_deref())?;
     let (policy, page, next) = blocking(&gw, move |kb| {
-        let policy = kb.policy(&id).ok_or_else(|| {
-            not_found(format!(
-                "no policy {}",
-                id.chars().take(40).collect::<String>()
-            ))
-        })?;
+        let policy = kb.policy(&id).ok_or_else(|| no_policy(&id))?;
         let page = kb
             .eligible_page(&policy, day, after.as_ref(), limit)
             .map_err(kb_error)?;
@@ -565,12 +563,7 @@ pub async fn policy(
     gw.policies
         .policy(&id)
         .map(|p| Json((*p).clone()))
-        .ok_or_else(|| {
-            not_found(format!(
-                "no policy {}",
-                id.chars().take(40).collect::<String>()
-            ))
-        })
+        .ok_or_else(|| no_policy(&id))
 }
 
 /// What a publication or an upsert changed.
@@ -646,10 +639,7 @@ pub async fn withdraw(
             policy_id: id,
             ended_matches,
         })),
-        None => Err(not_found(format!(
-            "no policy {}",
-            id.chars().take(40).collect::<String>()
-        ))),
+        None => Err(no_policy(&id)),
     })
     .await
 }
