@@ -238,6 +238,22 @@ pub struct MatchRequest {
     pub as_of: Option<String>,
 }
 
+/// The role check, the body and the decision day of a match or an explanation, and the
+/// enterprise it is about.
+fn read_match_request(
+    caller: &Caller,
+    headers: &http::HeaderMap,
+    slot: &NoteSlot,
+    body: &[u8],
+) -> Result<(Date, ProfileRef), ApiError> {
+    if !(caller.has(Role::Consumer) || caller.has(Role::PolicyPush) || caller.has(Role::Admin)) {
+        return Err(ApiError::missing_role(Role::Consumer));
+    }
+    let req: MatchRequest = parse(body)?;
+    let day = decision_day(req.as_of.as_deref())?;
+    Ok((day, ProfileRef::of(req.uscc, req.profile, headers, slot)?))
+}
+
 /// The enterprise a match or an explanation is about: a stored profile (an enterprise's data,
 /// so the purpose is stated and the read logged under it) or one given inline.
 enum ProfileRef {
@@ -297,12 +313,7 @@ pub async fn match_enterprise(
     Extension(slot): Extension<NoteSlot>,
     body: axum::body::Bytes,
 ) -> Result<Json<MatchResult>, ApiError> {
-    if !(caller.has(Role::Consumer) || caller.has(Role::PolicyPush) || caller.has(Role::Admin)) {
-        return Err(ApiError::missing_role(Role::Consumer));
-    }
-    let req: MatchRequest = parse(&body)?;
-    let day = decision_day(req.as_of.as_deref())?;
-    let who = ProfileRef::of(req.uscc, req.profile, &headers, &slot)?;
+    let (day, who) = read_match_request(&caller, &headers, &slot, &body)?;
     blocking(&gw, move |kb| {
         let profile = who.resolve(kb)?;
         let m = kb.match_enterprise(&profile, day).map_err(kb_error)?;
@@ -344,12 +355,7 @@ pub async fn explain(
     Extension(slot): Extension<NoteSlot>,
     body: axum::body::Bytes,
 ) -> Result<Json<ExplainResult>, ApiError> {
-    if !(caller.has(Role::Consumer) || caller.has(Role::PolicyPush) || caller.has(Role::Admin)) {
-        return Err(ApiError::missing_role(Role::Consumer));
-    }
-    let req: MatchRequest = parse(&body)?;
-    let day = decision_day(req.as_of.as_deref())?;
-    let who = ProfileRef::of(req.uscc, req.profile, &headers, &slot)?;
+    let (day, who) = read_match_request(&caller, &headers, &slot, &body)?;
     blocking(&gw, move |kb| {
         let policy = kb.policy(&id).ok_or_else(|| no_policy(&id))?;
         let profile = who.resolve(kb)?;

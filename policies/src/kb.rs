@@ -341,6 +341,8 @@ impl KnowledgeBase {
         policy: &Policy,
         today: Date,
     ) -> Result<Vec<Arc<Profile>>, KbError> {
+        // No one is eligible for a publicity policy (`eligibility::is_eligible`): do not walk
+        // every profile of its region to find that out.
         if policy.category == crate::model::Category::Publicity {
             return Ok(Vec::new());
         }
