@@ -549,6 +549,31 @@ fn revoked_seal_fails_from_the_revocation_time() {
 // ---- lifecycle ----
 
 #[test]
+fn verification_from_memory_only_when_every_record_is_there_and_cheap() {
+    let Some(f) = fixture() else { return };
+    let es256 = issue(&f, &f.es256);
+    let v = f.svc.verification();
+    // The licence has not been read since it was issued: the status needs the store.
+    assert!(v.verify_in_memory(&es256.sd_jwt, NOW).is_none());
+    assert_valid(&v.verify(&es256.sd_jwt, NOW));
+    let from_memory = v.verify_in_memory(&es256.sd_jwt, NOW).expect("both records in memory");
+    assert_eq!(from_memory, v.verify(&es256.sd_jwt, NOW));
+    // A change forgets the licence: never an answer from before it.
+    f.svc
+        .issuance()
+        .change_status(es256.id.as_str(), &f.market, Lifecycle::Suspend, "inspection")
+        .unwrap();
+    // (The change answers with the licence read again, so the new status is in memory.)
+    let report = v.verify_in_memory(&es256.sd_jwt, NOW).expect("re-read after the change");
+    assert_fails(&report, "status", "suspended");
+    assert_fails(&v.verify(&es256.sd_jwt, NOW), "status", "suspended");
+    // SM2 is too slow for the async thread: never verified from memory.
+    let sm2 = issue(&f, &f.sm2);
+    assert_valid(&v.verify(&sm2.sd_jwt, NOW));
+    assert!(v.verify_in_memory(&sm2.sd_jwt, NOW).is_none());
+}
+
+#[test]
 fn suspend_resume_revoke() {
     let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.sm2);
