@@ -89,6 +89,28 @@ async fn post_raw(conn: &mut Conn, path: &str, body: &str) -> Reply {
     .unwrap()
 }
 
+/// `POST /v1/policies/match` with a purpose (asserting 200): the answer and its eligible ids.
+async fn matched(conn: &mut Conn, body: Value) -> (Value, BTreeSet<String>) {
+    let r = conn
+        .json(
+            Method::POST,
+            "/v1/policies/match",
+            &[("x-purpose", "M-POLICY-001")],
+            &body,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let body = r.json();
+    let got = body["eligible"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["policy_id"].as_str().unwrap().to_owned())
+        .collect();
+    (body, got)
+}
+
 async fn seeded() -> Option<(World, Vec<Policy>, Vec<Profile>)> {
     let mut w = world().await?;
     let profiles = population(400);
@@ -120,24 +142,7 @@ async fn matching_both_ways_equals_brute_force_and_the_feed_replays() {
     // Enterprise → policies, by USCC, for every profile.
     let mut pairs = 0;
     for p in &profiles {
-        let r = w
-            .approval
-            .json(
-                Method::POST,
-                "/v1/policies/match",
-                &[("x-purpose", "M-POLICY-001")],
-                &json!({ "uscc": p.uscc }),
-            )
-            .await
-            .unwrap();
-        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-        let body = r.json();
-        let got: BTreeSet<String> = body["eligible"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["policy_id"].as_str().unwrap().to_owned())
-            .collect();
+        let (body, got) = matched(&mut w.approval, json!({ "uscc": p.uscc })).await;
         let want: BTreeSet<String> = policies
             .iter()
             .filter(|x| eligibility::evaluate(x, p, today).eligible)
@@ -330,25 +335,9 @@ async fn as_of_decides_on_the_day_asked_both_ways() {
     for day in [closed, early] {
         let as_of = policies::model::format_date(day);
         for p in profiles.iter().take(25) {
-            let r = w
-                .approval
-                .json(
-                    Method::POST,
-                    "/v1/policies/match",
-                    &[("x-purpose", "M-POLICY-001")],
-                    &json!({ "uscc": p.uscc, "as_of": as_of }),
-                )
-                .await
-                .unwrap();
-            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-            let body = r.json();
+            let (body, got) =
+                matched(&mut w.approval, json!({ "uscc": p.uscc, "as_of": as_of })).await;
             assert_eq!(body["date"], as_of.as_str());
-            let got: BTreeSet<String> = body["eligible"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["policy_id"].as_str().unwrap().to_owned())
-                .collect();
             let want: BTreeSet<String> = policies
                 .iter()
                 .filter(|x| eligibility::evaluate(x, p, day).eligible)
