@@ -66,6 +66,22 @@ enum Command {
         /// Most lines printed (1 to 5000).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Print only how many divisions match (by level).
+        #[arg(long)]
+        count: bool,
+    },
+    /// The tag vocabulary (企业标签): each tag with its kind, issuing authority, basis,
+    /// aliases and definition; profiles and policy conditions may use these tags (or an
+    /// alias, stored as the tag).
+    Tags {
+        /// Part of a tag, alias, authority or definition; all tags when left out.
+        query: Option<String>,
+        /// A configuration whose `policies.local_tags` adds local tags to the list.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print only how many tags match.
+        #[arg(long)]
+        count: bool,
     },
     /// Create (or reuse) a development PKI, configuration and data directory, start the
     /// gateway and print curl commands that work.
@@ -133,27 +149,45 @@ enum SealCommand {
 
 #[derive(Debug, Subcommand)]
 enum PoliciesCommand {
-    /// Publish policies from a JSON Lines file: valid lines are stored, bad ones reported by
-    /// line and field (exit 1), lines already stored at the same version are skipped, so the
-    /// import can be repeated.
+    /// Publish policies from a JSON Lines file: valid lines are stored, every fault of every
+    /// bad line reported (line, field, value found, why; exit 1), lines already stored at the
+    /// same version are skipped, so the import can be repeated.
+    ///
+    /// The format, one JSON object a line (UTF-8, at most 1 MiB a line), is described field by
+    /// field in policies/data/README.md and as JSON Schema in policies/data/schema/policy.json
+    /// (served at /v1/schemas/policy). Bounds are inclusive: `{"kind":"age_years","max":2}`
+    /// holds for enterprises up to 2 whole years old, i.e. 成立不满 3 年.
     Import {
         /// The configuration file (its data directory holds the knowledge base).
         #[arg(long, env = "CERTGATE_CONFIG")]
         config: PathBuf,
         /// The JSON Lines file, one policy a line.
         file: PathBuf,
+        /// Check every line and report what would be stored, storing nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
 #[derive(Debug, Subcommand)]
 enum EnterprisesCommand {
-    /// Add or replace enterprise profiles from a JSON Lines file (as `policies import`).
+    /// Add or replace enterprise profiles from a JSON Lines file: valid lines are stored,
+    /// every fault of every bad line reported (line, field, value found, why; exit 1). Shows
+    /// progress (a bar on a terminal, a line every few seconds otherwise).
+    ///
+    /// The format, one JSON object a line, is described in policies/data/README.md and as
+    /// JSON Schema in policies/data/schema/profile.json (served at /v1/schemas/profile):
+    /// `uscc`, `name`, `region` and `updated` are required; tags may be given by any alias of
+    /// the vocabulary (`certgate tags`).
     Import {
         /// The configuration file.
         #[arg(long, env = "CERTGATE_CONFIG")]
         config: PathBuf,
         /// The JSON Lines file, one profile a line.
         file: PathBuf,
+        /// Check every line and report how many would be stored, storing nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Write a deterministic synthetic population as JSON Lines: the same count and seed
     /// always give the same profiles.
@@ -250,17 +284,27 @@ fn run(command: Command) -> anyhow::Result<()> {
                 crate::wiring::run_gateway(config, false, |_, _, _| Ok(())),
             )
         }
-        Command::Regions { query, limit } => {
-            let query = query.unwrap_or_default();
-            if query.chars().any(char::is_control) || query.chars().count() > 50 {
-                anyhow::bail!(
-                    "the query must be at most 50 characters, without control characters"
-                );
-            }
+        Command::Regions {
+            query,
+            limit,
+            count,
+        } => {
+            let query = checked_query(query)?;
             if !(1..=5000).contains(&limit) {
                 anyhow::bail!("--limit must be between 1 and 5000");
             }
             let found: Vec<_> = policies::codes::find_regions(&query).collect();
+            if count {
+                let level = |r: &policies::codes::Region| r.ancestors().len();
+                println!(
+                    "{} divisions: {} provincial, {} prefectural, {} county-level (GB/T 2260, policies/data/gbt2260.tsv)",
+                    found.iter().filter(|(r, _)| level(r) > 1).count(),
+                    found.iter().filter(|(r, _)| level(r) == 2).count(),
+                    found.iter().filter(|(r, _)| level(r) == 3).count(),
+                    found.iter().filter(|(r, _)| level(r) == 4).count(),
+                );
+                return Ok(());
+            }
             if found.is_empty() {
                 anyhow::bail!("no administrative division matches `{query}`");
             }
@@ -281,6 +325,45 @@ fn run(command: Command) -> anyhow::Result<()> {
                     "… {} more (narrow the query or raise --limit)",
                     found.len() - limit
                 );
+            }
+            Ok(())
+        }
+        Command::Tags {
+            query,
+            config,
+            count,
+        } => {
+            let query = checked_query(query)?;
+            if let Some(config) = config {
+                Config::load(&config)?;
+            }
+            let found = policies::tags::find(&query);
+            if count {
+                println!(
+                    "{} tags ({} local)",
+                    found.len(),
+                    found.iter().filter(|t| t.local).count()
+                );
+                return Ok(());
+            }
+            if found.is_empty() {
+                anyhow::bail!("no tag matches `{query}`");
+            }
+            for t in found {
+                println!(
+                    "{}\t{}\t{}{}",
+                    t.tag,
+                    t.kind.as_str(),
+                    t.authority,
+                    if t.local { "\t(local)" } else { "" }
+                );
+                if !t.aliases.is_empty() {
+                    println!("    aliases: {}", t.aliases.join(", "));
+                }
+                if !t.basis.is_empty() {
+                    println!("    basis: {}", t.basis);
+                }
+                println!("    {}", t.definition);
             }
             Ok(())
         }
@@ -395,13 +478,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Policies(PoliciesCommand::Import { config, file }) => {
+        Command::Policies(PoliciesCommand::Import {
+            config,
+            file,
+            dry_run,
+        }) => {
             let kb = open_knowledge_base(&config)?;
-            let input = std::io::BufReader::new(
-                std::fs::File::open(&file)
-                    .with_context(|| format!("cannot open {}", file.display()))?,
-            );
-            let (good, mut bad) = policies::import::read_policies(input);
+            let (good, mut bad) = policies::import::read_policies(open_input(&file)?);
             let mut fresh = Vec::new();
             let mut unchanged = 0;
             for (line, p) in good {
@@ -415,14 +498,22 @@ fn run(command: Command) -> anyhow::Result<()> {
                                 field: "version".into(),
                                 reason: format!("policy {} is stored at version {}; give a higher version for a change", p.id, old.version),
                             },
+                            value: Some(p.version.to_string()),
                         });
                     }
                     Some(old) if old.version == p.version => unchanged += 1,
                     _ => fresh.push(p),
                 }
             }
-            let changes = kb.publish(fresh, crate::matching::today())?;
-            report_import("policies", changes, unchanged, &bad)
+            let changes = if dry_run {
+                policies::Changes {
+                    stored: fresh.len(),
+                    ..Default::default()
+                }
+            } else {
+                kb.publish(fresh, crate::matching::today())?
+            };
+            report_import("policies", dry_run, changes, unchanged, &bad)
         }
         Command::Seal(SealCommand::Verify { config, doc, sig }) => {
             let read = |p: &PathBuf, limit: u64| -> anyhow::Result<Vec<u8>> {
@@ -493,22 +584,54 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("the sealed document verifies");
             Ok(())
         }
-        Command::Enterprises(EnterprisesCommand::Import { config, file }) => {
-            let kb = open_knowledge_base(&config)?;
-            let input = std::io::BufReader::new(
-                std::fs::File::open(&file)
-                    .with_context(|| format!("cannot open {}", file.display()))?,
+        Command::Enterprises(EnterprisesCommand::Import {
+            config,
+            file,
+            dry_run,
+        }) => {
+            let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let input = std::io::BufReader::with_capacity(
+                1 << 20,
+                Counted {
+                    inner: std::fs::File::open(&file)
+                        .with_context(|| format!("cannot open {}", file.display()))?,
+                    read: read.clone(),
+                },
             );
-            let (good, bad) = policies::import::read_profiles(input);
+            let kb = if dry_run {
+                Config::load(&config)?;
+                None
+            } else {
+                Some(open_knowledge_base(&config)?)
+            };
+            let total_bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            let mut progress = Progress::new("profiles", total_bytes, read);
             let mut total = policies::Changes::default();
-            let profiles: Vec<_> = good.into_iter().map(|(_, p)| p).collect();
-            for batch in profiles.chunks(50_000) {
-                let c = kb.upsert_profiles(batch.to_vec(), crate::matching::today())?;
-                total.stored += c.stored;
-                total.new_matches += c.new_matches;
-                total.ended_matches += c.ended_matches;
-            }
-            report_import("profiles", total, 0, &bad)
+            let mut bad = Vec::new();
+            let today = crate::matching::today();
+            policies::import::read_in_chunks(
+                input,
+                policies::Profile::from_json_every_fault,
+                50_000,
+                |chunk, faults, lines| -> anyhow::Result<()> {
+                    bad.extend_from_slice(faults);
+                    let profiles: Vec<_> = chunk.into_iter().map(|(_, p)| p).collect();
+                    let c = match &kb {
+                        Some(kb) => kb.upsert_profiles(profiles, today)?,
+                        None => policies::Changes {
+                            stored: profiles.len(),
+                            ..Default::default()
+                        },
+                    };
+                    total.stored += c.stored;
+                    total.new_matches += c.new_matches;
+                    total.ended_matches += c.ended_matches;
+                    progress.show(lines, total.stored, bad.len());
+                    Ok(())
+                },
+            )?;
+            progress.done();
+            report_import("profiles", dry_run, total, 0, &bad)
         }
         #[cfg(feature = "demo")]
         Command::Enterprises(EnterprisesCommand::Generate {
@@ -559,6 +682,15 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// A lookup query of `regions` or `tags`: short, without control characters.
+fn checked_query(query: Option<String>) -> anyhow::Result<String> {
+    let query = query.unwrap_or_default();
+    if query.chars().any(char::is_control) || query.chars().count() > 50 {
+        anyhow::bail!("the query must be at most 50 characters, without control characters");
+    }
+    Ok(query)
+}
+
 /// A warning when `licensing.public_url` names a port the gateway does not listen on: the
 /// status-list URIs of every licence start with it, so verifiers would ask the wrong place
 /// (unless a proxy in front forwards that port).
@@ -603,6 +735,7 @@ fn open_knowledge_base(config: &Path) -> anyhow::Result<policies::KnowledgeBase>
 
 fn report_import(
     what: &str,
+    dry_run: bool,
     changes: policies::Changes,
     unchanged: usize,
     bad: &[policies::import::LineError],
@@ -610,17 +743,121 @@ fn report_import(
     for e in bad {
         eprintln!("{e}");
     }
-    println!(
-        "{what}: {} stored, {unchanged} unchanged, {} refused; {} new matches (push-feed events), {} ended",
-        changes.stored,
-        bad.len(),
-        changes.new_matches,
-        changes.ended_matches
-    );
+    let lines: std::collections::BTreeSet<usize> = bad.iter().map(|e| e.line).collect();
+    if dry_run {
+        println!(
+            "{what} (dry run, nothing stored): {} would be stored, {unchanged} unchanged, {} line(s) refused with {} fault(s)",
+            changes.stored,
+            lines.len(),
+            bad.len()
+        );
+    } else {
+        println!(
+            "{what}: {} stored, {unchanged} unchanged, {} line(s) refused with {} fault(s); {} new matches (push-feed events), {} ended",
+            changes.stored,
+            lines.len(),
+            bad.len(),
+            changes.new_matches,
+            changes.ended_matches
+        );
+    }
     if bad.is_empty() {
         Ok(())
     } else {
-        anyhow::bail!("{} line(s) refused", bad.len())
+        anyhow::bail!(
+            "{} line(s) refused with {} fault(s)",
+            lines.len(),
+            bad.len()
+        )
+    }
+}
+
+fn open_input(file: &Path) -> anyhow::Result<std::io::BufReader<std::fs::File>> {
+    Ok(std::io::BufReader::with_capacity(
+        1 << 20,
+        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
+    ))
+}
+
+/// Progress of a long import on standard error: a bar redrawn in place on a terminal, else a
+/// line at most every five seconds.
+struct Progress {
+    what: &'static str,
+    started: std::time::Instant,
+    last: Option<std::time::Instant>,
+    terminal: bool,
+    total_bytes: u64,
+    read: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A reader that counts the bytes read through it.
+struct Counted<R> {
+    inner: R,
+    read: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl Progress {
+    fn new(
+        what: &'static str,
+        total_bytes: u64,
+        read: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            what,
+            started: std::time::Instant::now(),
+            last: None,
+            terminal: std::io::stderr().is_terminal(),
+            total_bytes,
+            read,
+        }
+    }
+
+    fn show(&mut self, lines: usize, stored: usize, faults: usize) {
+        let now = std::time::Instant::now();
+        let every = if self.terminal { 0 } else { 5 };
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t).as_secs() < every)
+        {
+            return;
+        }
+        self.last = Some(now);
+        let secs = now.duration_since(self.started).as_secs_f64().max(0.001);
+        let share = (self.read.load(std::sync::atomic::Ordering::Relaxed) as f64
+            / self.total_bytes.max(1) as f64)
+            .min(1.0);
+        let line = format!(
+            "{}: {:>3.0}% {lines} lines read, {stored} stored, {faults} fault(s), {:.0}/s",
+            self.what,
+            share * 100.0,
+            stored as f64 / secs
+        );
+        if self.terminal {
+            let filled = (share * 30.0).round() as usize;
+            eprint!(
+                "\r\x1b[2K[{}{}] {line}",
+                "#".repeat(filled),
+                ".".repeat(30 - filled)
+            );
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    fn done(&self) {
+        if self.terminal && self.last.is_some() {
+            eprintln!();
+        }
     }
 }
 

@@ -50,6 +50,9 @@ pub struct PolicySettings {
     pub user_dictionary: Option<PathBuf>,
     /// The data department that maintains enterprise profiles (may upsert them over the API).
     pub profile_owner: Option<Uscc>,
+    /// A local tag vocabulary (the format of `policies/data/tags.tsv`), declared on top of the
+    /// shipped one when the configuration is loaded.
+    pub local_tags: Option<PathBuf>,
 }
 
 /// Settings of the access log.
@@ -477,6 +480,7 @@ struct RawConfig {
 struct RawPolicies {
     user_dictionary: Option<PathBuf>,
     profile_owner: Option<String>,
+    local_tags: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -888,6 +892,27 @@ impl RawConfig {
                         ));
                     }
                     Some(id)
+                }
+            },
+            local_tags: match self.policies.local_tags {
+                None => None,
+                Some(p) => {
+                    let p = base.join(p);
+                    let fail = |reason: String| {
+                        ConfigError::key(
+                            "policies.local_tags",
+                            format!("{}: {reason}", p.display()),
+                        )
+                    };
+                    let len = std::fs::metadata(&p)
+                        .map_err(|e| fail(e.to_string()))?
+                        .len();
+                    if len > 1 << 20 {
+                        return Err(fail(format!("{len} bytes; at most 1 MiB")));
+                    }
+                    let text = std::fs::read_to_string(&p).map_err(|e| fail(e.to_string()))?;
+                    policies::tags::declare_local(&text).map_err(fail)?;
+                    Some(p)
                 }
             },
         };

@@ -1,5 +1,5 @@
 //! Code tables: administrative divisions (GB/T 2260, in full: `data/gbt2260.tsv`), industries (GB/T 4754-2017), enterprise
-//! scales, tags and tax credit ratings. Parse, don't validate: the newtypes here hold only
+//! scales, tags (the vocabulary of [`crate::tags`]) and tax credit ratings. Parse, don't validate: the newtypes here hold only
 //! codes that passed.
 
 use std::fmt;
@@ -291,56 +291,7 @@ impl Scale {
     }
 }
 
-/// The tags an enterprise can carry.
-pub const TAGS: &[&str] = &[
-    "高新技术企业",
-    "专精特新",
-    "小巨人",
-    "科技型中小企业",
-    "创新型中小企业",
-    "瞪羚企业",
-    "独角兽企业",
-    "单项冠军",
-    "农业产业化龙头企业",
-    "外贸企业",
-    "首次入规",
-    "失信被执行人",
-    "重大税收违法",
-    "经营异常名录",
-    "环保处罚",
-];
-
-/// An enterprise tag from [`TAGS`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tag(&'static str);
-
-impl Tag {
-    /// Parses a tag of [`TAGS`].
-    pub fn parse(s: &str) -> Result<Tag, String> {
-        TAGS.iter()
-            .find(|t| **t == s)
-            .map(|t| Tag(t))
-            .ok_or_else(|| format!("`{s}` is not a known tag"))
-    }
-
-    /// The tag.
-    pub fn as_str(self) -> &'static str {
-        self.0
-    }
-}
-
-impl Serialize for Tag {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Tag {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Tag::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
+pub use crate::tags::Tag;
 
 /// Tax credit rating (纳税信用等级), best first: A > B > M > C > D.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -485,9 +436,7 @@ mod tests {
     }
 
     #[test]
-    fn tags_and_credit() {
-        assert!(Tag::parse("专精特新").is_ok());
-        assert!(Tag::parse("专精").is_err());
+    fn credit_order() {
         assert!(Credit::A.rank() > Credit::M.rank() && Credit::M.rank() > Credit::C.rank());
     }
 }

@@ -1,20 +1,33 @@
-//! JSON Lines import of policies and profiles: every line is checked on its own; an error
-//! names the line and the field; valid lines are kept and bad ones reported, so an import can
-//! be repeated after fixing the file.
+//! JSON Lines import of policies and profiles: every line is checked on its own and every
+//! fault of a line reported (line number, field path, the value found, why); valid lines are
+//! kept and bad ones reported, so an import can be repeated after fixing the file.
 
 use std::io::BufRead;
 
-use crate::model::{InvalidField, Policy, Profile};
+use crate::model::{Fault, InvalidField, Policy, Profile};
 
-/// A line that was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {error}")]
+/// A fault of a line that was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineError {
-    /// 1-based line number.
+    /// 1-based line number of the file.
     pub line: usize,
     /// What is wrong, with the field named.
     pub error: InvalidField,
+    /// The value found there (compact JSON, cut to 80 characters), if any.
+    pub value: Option<String>,
 }
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.error)?;
+        match &self.value {
+            Some(v) => write!(f, " (found {v})"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for LineError {}
 
 /// Longest line accepted, in bytes.
 pub const MAX_LINE: usize = 1024 * 1024;
@@ -22,18 +35,40 @@ pub const MAX_LINE: usize = 1024 * 1024;
 /// Reads JSON Lines from `input`, parsing each non-blank line with `parse`.
 pub fn read_lines<T>(
     input: impl BufRead,
-    parse: impl Fn(&str) -> Result<T, InvalidField>,
+    parse: impl Fn(&str) -> Result<T, Vec<Fault>>,
 ) -> (Vec<(usize, T)>, Vec<LineError>) {
     let mut good = Vec::new();
     let mut bad = Vec::new();
-    for (i, line) in input.split(b'\n').enumerate() {
-        let n = i + 1;
+    read_in_chunks(input, parse, usize::MAX, |chunk, faults, _| {
+        good.extend(chunk);
+        bad.extend_from_slice(faults);
+        Ok::<(), std::convert::Infallible>(())
+    })
+    .unwrap_or_else(|never| match never {});
+    (good, bad)
+}
+
+/// Reads JSON Lines from `input` as [`read_lines`] does, handing every `chunk` good lines (and
+/// the faults found since the last hand-over, and the number of lines read) to `take`, so that a file of any size is read in
+/// bounded memory and its progress can be shown. Stops at the first error of `take`.
+pub fn read_in_chunks<T, E>(
+    input: impl BufRead,
+    parse: impl Fn(&str) -> Result<T, Vec<Fault>>,
+    chunk: usize,
+    mut take: impl FnMut(Vec<(usize, T)>, &[LineError], usize) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    let mut n = 0;
+    for line in input.split(b'\n') {
+        n += 1;
         let refuse = |reason: &str| LineError {
             line: n,
             error: InvalidField {
                 field: "(line)".into(),
                 reason: reason.into(),
             },
+            value: None,
         };
         let bytes = match line {
             Ok(b) => b,
@@ -56,25 +91,75 @@ pub fn read_lines<T>(
         }
         match parse(text) {
             Ok(v) => good.push((n, v)),
-            Err(error) => bad.push(LineError { line: n, error }),
+            Err(faults) => bad.extend(faults.into_iter().map(|f| LineError {
+                line: n,
+                error: f.error,
+                value: f.value,
+            })),
+        }
+        if good.len() >= chunk {
+            take(std::mem::take(&mut good), &bad, n)?;
+            bad.clear();
         }
     }
-    (good, bad)
+    take(good, &bad, n)
 }
 
 /// Reads policies.
 pub fn read_policies(input: impl BufRead) -> (Vec<(usize, Policy)>, Vec<LineError>) {
-    read_lines(input, Policy::from_json)
+    read_lines(input, Policy::from_json_every_fault)
 }
 
 /// Reads profiles.
 pub fn read_profiles(input: impl BufRead) -> (Vec<(usize, Profile)>, Vec<LineError>) {
-    read_lines(input, Profile::from_json)
+    read_lines(input, Profile::from_json_every_fault)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One line with a fault in nearly every field reports each of them, with paths into the
+    /// line as written (items after a removed one keep their index).
+    #[test]
+    fn every_fault_of_a_line_is_reported() {
+        let line = r#"{"id":"P 1","version":0,"title":"","issuer":"某局","region":"119999","category":"其他","window":{"start":"2026-01-01","end":"2026-13-01"},"benefit":{"kind":"fixed","amount_yuan":-1},"text":"…","conditions":[{"kind":"size_in","scales":["中"]},{"kind":"scale_in","scales":["中","巨"]},{"kind":"age_years","min":3,"max":2},{"kind":"tags_all","tags":["高企","不存在的标签"]},{"kind":"employees"}],"colour":"red"}"#;
+        let (good, bad) = read_policies(line.as_bytes());
+        assert!(good.is_empty());
+        let mut fields: Vec<&str> = bad.iter().map(|e| e.error.field.as_str()).collect();
+        fields.sort();
+        assert_eq!(
+            fields,
+            [
+                "benefit.amount_yuan",
+                "category",
+                "colour",
+                "conditions[0].kind",
+                "conditions[1].scales[1]",
+                "conditions[2].min",
+                "conditions[3].tags[1]",
+                "conditions[4].min",
+                "id",
+                "region",
+                "title",
+                "version",
+                "window.end",
+            ],
+            "{bad:#?}"
+        );
+        assert!(bad.iter().all(|e| e.line == 1));
+        let tag = bad
+            .iter()
+            .find(|e| e.error.field == "conditions[3].tags[1]")
+            .unwrap();
+        assert_eq!(tag.value.as_deref(), Some("\"不存在的标签\""));
+        let missing =
+            r#"{"uscc":"91110108551385082Q","region":"110108","tags":["瞪羚"],"employees":-5}"#;
+        let (_, bad) = read_profiles(missing.as_bytes());
+        let fields: Vec<&str> = bad.iter().map(|e| e.error.field.as_str()).collect();
+        assert_eq!(fields, ["employees", "name", "updated"], "{bad:#?}");
+        assert_eq!(bad[1].error.reason, "missing");
+    }
 
     #[test]
     fn good_lines_are_kept_and_bad_ones_named() {
@@ -101,6 +186,13 @@ mod tests {
             "{}",
             bad[2]
         );
+        let shown = bad[0].to_string();
+        assert!(
+            shown.starts_with("line 3: `region`: `999999` is not a GB/T 2260"),
+            "{shown}"
+        );
+        assert!(shown.ends_with(" (found \"999999\")"), "{shown}");
+        assert!(!shown.contains("column"), "one line number only: {shown}");
         let (_, bad) = read_profiles(&b"\xff\xfe\n"[..]);
         assert_eq!(bad[0].error.reason, "not UTF-8");
     }

@@ -14,6 +14,7 @@ pub mod kb;
 pub mod model;
 pub mod pg_store;
 pub mod store;
+pub mod tags;
 
 pub use kb::{Changes, KbError, KnowledgeBase, Matches, PolicyMatch};
 pub use model::{InvalidField, Policy, Profile};

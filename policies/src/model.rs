@@ -39,6 +39,267 @@ pub fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Invali
     })
 }
 
+/// A fault of a document: the field, why, and the value found there (compact JSON, cut to 80
+/// characters; none for a missing field).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// The field and why.
+    pub error: InvalidField,
+    /// What the document held there.
+    pub value: Option<String>,
+}
+
+/// A step of a path into a JSON document.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+fn path_text(path: &[Step]) -> String {
+    let mut out = String::new();
+    for step in path {
+        match step {
+            Step::Key(k) if out.is_empty() => out.push_str(k),
+            Step::Key(k) => {
+                out.push('.');
+                out.push_str(k);
+            }
+            Step::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// Reads a field path as this module writes it (`conditions[1].regions[0]`).
+fn parse_path(text: &str) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for part in text.split('.') {
+        let mut pieces = part.split('[');
+        if let Some(key) = pieces.next().filter(|k| !k.is_empty()) {
+            steps.push(Step::Key(key.to_owned()));
+        }
+        for index in pieces {
+            if let Ok(i) = index.trim_end_matches(']').parse() {
+                steps.push(Step::Index(i));
+            }
+        }
+    }
+    steps
+}
+
+fn value_at<'v>(value: &'v serde_json::Value, path: &[Step]) -> Option<&'v serde_json::Value> {
+    path.iter().try_fold(value, |v, step| match step {
+        Step::Key(k) => v.get(k),
+        Step::Index(i) => v.get(i),
+    })
+}
+
+fn shown(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() <= 80 {
+        text
+    } else {
+        text.chars().take(79).chain(['…']).collect()
+    }
+}
+
+/// Parses JSON into `T` and reports every fault, not only the first: after each one serde
+/// names, the value at fault is set aside (an array item or optional field removed, a
+/// required top-level field given `placeholders`' harmless value) and the document read again;
+/// then `validate` runs on what was read, and its faults inside a part set aside are dropped.
+/// Paths always name the document as written.
+pub fn from_json_every_fault<T: serde::de::DeserializeOwned>(
+    text: &str,
+    placeholders: &[(&str, serde_json::Value)],
+    validate: impl Fn(&T) -> Vec<InvalidField>,
+) -> Result<T, Vec<Fault>> {
+    use serde_json::Value;
+    use std::collections::HashMap;
+
+    let original: Value = serde_json::from_str(text).map_err(|e| {
+        let reason = e.to_string();
+        let reason = reason
+            .split(" at line ")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        vec![Fault {
+            error: invalid(
+                "(document)",
+                format!("not JSON: {reason} (column {})", e.column()),
+            ),
+            value: None,
+        }]
+    })?;
+    if !original.is_object() {
+        return Err(vec![Fault {
+            error: invalid("(document)", "a JSON object is expected"),
+            value: Some(shown(&original)),
+        }]);
+    }
+    let mut doc = original.clone();
+    let mut faults: Vec<Fault> = Vec::new();
+    // Original indices taken out of each array (by its original path).
+    let mut removed: HashMap<Vec<Step>, Vec<usize>> = HashMap::new();
+    // Original paths set aside.
+    let mut set_aside: Vec<Vec<Step>> = Vec::new();
+    let to_original = |removed: &HashMap<Vec<Step>, Vec<usize>>, path: &[Step]| -> Vec<Step> {
+        let mut out = Vec::new();
+        for step in path {
+            match step {
+                Step::Index(i) => {
+                    let gone = removed.get(&out).map(Vec::as_slice).unwrap_or(&[]);
+                    let original = (0..).filter(|j| !gone.contains(j)).nth(*i).unwrap_or(*i);
+                    out.push(Step::Index(original));
+                }
+                key => out.push(key.clone()),
+            }
+        }
+        out
+    };
+    let fault_at = |path: &[Step], reason: String| Fault {
+        error: invalid(
+            if path.is_empty() {
+                "(document)".to_owned()
+            } else {
+                path_text(path)
+            },
+            reason,
+        ),
+        value: value_at(&original, path).map(shown),
+    };
+    // Sets the value at `path` (in the document as now read) aside; false when nothing can be.
+    let set_aside_at = |doc: &mut Value,
+                        removed: &mut HashMap<Vec<Step>, Vec<usize>>,
+                        set_aside: &mut Vec<Vec<Step>>,
+                        path: &[Step]|
+     -> bool {
+        let Some((last, parent)) = path.split_last() else {
+            return false;
+        };
+        let original = to_original(removed, path);
+        let Some(holder) = parent.iter().try_fold(&mut *doc, |v, step| match step {
+            Step::Key(k) => v.get_mut(k),
+            Step::Index(i) => v.get_mut(*i),
+        }) else {
+            return false;
+        };
+        let done = match (last, holder) {
+            (Step::Key(k), Value::Object(map)) if parent.is_empty() => {
+                match placeholders.iter().find(|(name, _)| name == k) {
+                    Some((_, placeholder)) => {
+                        map.insert(k.clone(), placeholder.clone());
+                        true
+                    }
+                    None => map.remove(k).is_some(),
+                }
+            }
+            (Step::Key(k), Value::Object(map)) => map.remove(k).is_some(),
+            (Step::Index(i), Value::Array(items)) if *i < items.len() => {
+                items.remove(*i);
+                if let Some(Step::Index(o)) = original.last() {
+                    removed
+                        .entry(original[..original.len() - 1].to_vec())
+                        .or_default()
+                        .push(*o);
+                }
+                true
+            }
+            _ => false,
+        };
+        if done {
+            set_aside.push(original);
+        }
+        done
+    };
+    for _ in 0..100 {
+        let error = match serde_path_to_error::deserialize::<_, T>(&doc) {
+            Ok(read) => {
+                let inside_set_aside = |field: &[Step]| {
+                    set_aside
+                        .iter()
+                        .any(|gone| gone.starts_with(field) || field.starts_with(gone))
+                };
+                for e in validate(&read) {
+                    let path = to_original(&removed, &parse_path(&e.field));
+                    if !inside_set_aside(&path) {
+                        faults.push(fault_at(&path, e.reason));
+                    }
+                }
+                return if faults.is_empty() {
+                    Ok(read)
+                } else {
+                    Err(faults)
+                };
+            }
+            Err(e) => e,
+        };
+        let path: Vec<Step> = error
+            .path()
+            .iter()
+            .filter_map(|segment| match segment {
+                serde_path_to_error::Segment::Map { key } => Some(Step::Key(key.clone())),
+                serde_path_to_error::Segment::Seq { index } => Some(Step::Index(*index)),
+                _ => None,
+            })
+            .collect();
+        let reason = error.inner().to_string();
+        let missing = reason
+            .strip_prefix("missing field `")
+            .and_then(|r| r.strip_suffix('`'))
+            .map(str::to_owned);
+        let original_path = to_original(&removed, &path);
+        match missing {
+            // A missing field of the document itself: named, then given its placeholder.
+            Some(field) if path.is_empty() => {
+                faults.push(Fault {
+                    error: invalid(field.clone(), "missing"),
+                    value: None,
+                });
+                let Some((_, placeholder)) = placeholders.iter().find(|(n, _)| *n == field) else {
+                    return Err(faults);
+                };
+                if let Value::Object(map) = &mut doc {
+                    map.insert(field, placeholder.clone());
+                }
+                continue;
+            }
+            // A field missing inside a part: named unless it was set aside here; the part
+            // is set aside.
+            Some(field) => {
+                if !set_aside
+                    .iter()
+                    .any(|gone| gone.starts_with(&original_path))
+                {
+                    let mut at = original_path.clone();
+                    at.push(Step::Key(field));
+                    faults.push(Fault {
+                        error: invalid(path_text(&at), "missing"),
+                        value: None,
+                    });
+                }
+            }
+            // A fault of a part something was set aside from follows from that: not named.
+            None if set_aside.iter().any(|gone| {
+                gone.len() > original_path.len() && gone.starts_with(&original_path)
+            }) => {}
+            None => faults.push(fault_at(&original_path, reason)),
+        }
+        if !set_aside_at(&mut doc, &mut removed, &mut set_aside, &path) {
+            return Err(faults);
+        }
+    }
+    faults.push(Fault {
+        error: invalid(
+            "(document)",
+            "more faults than are checked in one line (100)",
+        ),
+        value: None,
+    });
+    Err(faults)
+}
+
 mod iso_date {
     use serde::{Deserialize, Deserializer, Serializer};
     use time::Date;
@@ -442,18 +703,6 @@ pub struct Policy {
     pub conditions: Vec<Condition>,
 }
 
-fn check_bounds<T: PartialOrd + Copy>(
-    field: &str,
-    min: Option<T>,
-    max: Option<T>,
-) -> Result<(), InvalidField> {
-    match (min, max) {
-        (None, None) => Err(invalid(field, "give min, max or both")),
-        (Some(a), Some(b)) if a > b => Err(invalid(field, "min is greater than max")),
-        _ => Ok(()),
-    }
-}
-
 fn is_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 40 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
@@ -466,74 +715,117 @@ impl Policy {
         Ok(p)
     }
 
+    /// Parses a policy, reporting every fault.
+    pub fn from_json_every_fault(text: &str) -> Result<Policy, Vec<Fault>> {
+        use serde_json::json;
+        from_json_every_fault(
+            text,
+            &[
+                ("id", json!("P-0")),
+                ("version", json!(1)),
+                ("title", json!("-")),
+                ("issuer", json!("-")),
+                ("region", json!("000000")),
+                ("category", json!("在线办理")),
+                (
+                    "window",
+                    json!({"start": "2000-01-01", "end": "2999-12-31"}),
+                ),
+                ("benefit", json!({"kind": "none"})),
+                ("text", json!("")),
+                ("conditions", json!([])),
+            ],
+            Policy::validate_all,
+        )
+    }
+
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), InvalidField> {
+        self.validate_all().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every check serde cannot make, each fault reported.
+    pub fn validate_all(&self) -> Vec<InvalidField> {
+        let mut faults = Vec::new();
+        let mut fault = |field: String, reason: String| faults.push(invalid(field, reason));
         if !is_id(&self.id) {
-            return Err(invalid("id", "1-40 of A-Z a-z 0-9 -"));
+            fault("id".into(), "1-40 of A-Z a-z 0-9 -".into());
         }
         if self.version == 0 {
-            return Err(invalid("version", "starts at 1"));
+            fault("version".into(), "starts at 1".into());
         }
         let chars = |s: &str| s.trim().chars().count();
         if !(1..=200).contains(&chars(&self.title)) {
-            return Err(invalid("title", "1 to 200 characters"));
+            fault("title".into(), "1 to 200 characters".into());
         }
         if !(1..=100).contains(&chars(&self.issuer)) {
-            return Err(invalid("issuer", "1 to 100 characters"));
+            fault("issuer".into(), "1 to 100 characters".into());
         }
         if chars(&self.text) > 50_000 {
-            return Err(invalid("text", "at most 50000 characters"));
+            fault("text".into(), "at most 50000 characters".into());
         }
         if self.window.start > self.window.end {
-            return Err(invalid("window.end", "before window.start"));
+            fault("window.end".into(), "before window.start".into());
         }
         if let Benefit::Formula { rate, .. } = self.benefit
             && !(rate.is_finite() && rate > 0.0)
         {
-            return Err(invalid("benefit.rate", "a positive number"));
+            fault("benefit.rate".into(), "a positive number".into());
         }
         if self.conditions.len() > 32 {
-            return Err(invalid("conditions", "at most 32"));
+            fault("conditions".into(), "at most 32".into());
         }
         for (i, c) in self.conditions.iter().enumerate() {
             let f = |name: &str| format!("conditions[{i}].{name}");
-            match c {
+            let bounds = |name: &str, min: Option<u64>, max: Option<u64>| match (min, max) {
+                (None, None) => Some((f(name), "give min, max or both".to_owned())),
+                (Some(a), Some(b)) if a > b => {
+                    Some((f(name), format!("min {a} is greater than max {b}")))
+                }
+                _ => None,
+            };
+            let fault_here = match c {
+                Condition::RegionWithin { regions } if regions.is_empty() => {
+                    Some((f("regions"), "name at least one".to_owned()))
+                }
                 Condition::RegionWithin { regions } => {
-                    if regions.is_empty() {
-                        return Err(invalid(f("regions"), "name at least one"));
-                    }
                     for (j, r) in regions.iter().enumerate() {
                         if !r.within(self.region) {
-                            return Err(invalid(
+                            fault(
                                 format!("conditions[{i}].regions[{j}]"),
                                 format!("{r} is not inside the policy's region {}", self.region),
-                            ));
+                            );
                         }
                     }
+                    None
                 }
                 Condition::IndustryWithin { codes } if codes.is_empty() => {
-                    return Err(invalid(f("codes"), "name at least one"));
+                    Some((f("codes"), "name at least one".to_owned()))
                 }
                 Condition::ScaleIn { scales } if scales.is_empty() => {
-                    return Err(invalid(f("scales"), "name at least one"));
+                    Some((f("scales"), "name at least one".to_owned()))
                 }
                 Condition::TagsAll { tags } | Condition::TagsNone { tags } if tags.is_empty() => {
-                    return Err(invalid(f("tags"), "name at least one"));
+                    Some((f("tags"), "name at least one".to_owned()))
                 }
-                Condition::AgeYears { min, max } => check_bounds(&f("min"), *min, *max)?,
-                Condition::Employees { min, max } => check_bounds(&f("min"), *min, *max)?,
+                Condition::AgeYears { min, max } => {
+                    bounds("min", min.map(u64::from), max.map(u64::from))
+                }
+                Condition::Employees { min, max } => bounds("min", *min, *max),
                 Condition::RegisteredCapital { min_yuan, max_yuan }
                 | Condition::AnnualRevenue { min_yuan, max_yuan } => {
-                    check_bounds(&f("min_yuan"), *min_yuan, *max_yuan)?
+                    bounds("min_yuan", *min_yuan, *max_yuan)
                 }
-                _ => {}
+                _ => None,
+            };
+            if let Some((field, reason)) = fault_here {
+                fault(field, reason);
             }
         }
-        Ok(())
+        faults
     }
 }
 
-/// An enterprise profile (企业画像), as the data department keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
@@ -587,25 +879,46 @@ impl Profile {
         Ok(p)
     }
 
+    /// Parses a profile, reporting every fault.
+    pub fn from_json_every_fault(text: &str) -> Result<Profile, Vec<Fault>> {
+        use serde_json::json;
+        from_json_every_fault(
+            text,
+            &[
+                ("uscc", json!("91110108551385082Q")),
+                ("name", json!("-")),
+                ("region", json!("110101")),
+                ("updated", json!("2999-12-31")),
+            ],
+            Profile::validate_all,
+        )
+    }
+
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), InvalidField> {
+        self.validate_all().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every check serde cannot make, each fault reported.
+    pub fn validate_all(&self) -> Vec<InvalidField> {
+        let mut faults = Vec::new();
         let n = self.name.trim().chars().count();
         if !(1..=200).contains(&n) {
-            return Err(invalid("name", "1 to 200 characters"));
+            faults.push(invalid("name", "1 to 200 characters"));
         }
         if self.business_scope.chars().count() > 2000 {
-            return Err(invalid("business_scope", "at most 2000 characters"));
+            faults.push(invalid("business_scope", "at most 2000 characters"));
         }
         if self.region == Region::NATION {
-            return Err(invalid(
+            faults.push(invalid(
                 "region",
                 "an enterprise is registered in a province, city or district",
             ));
         }
         if self.founded.is_some_and(|f| f > self.updated) {
-            return Err(invalid("founded", "after the profile's update date"));
+            faults.push(invalid("founded", "after the profile's update date"));
         }
-        Ok(())
+        faults
     }
 }
 

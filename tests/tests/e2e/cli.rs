@@ -114,6 +114,64 @@ fn regions_looks_up_every_division_and_refuses_bad_input() {
 }
 
 #[test]
+fn regions_and_tags_print_the_shipped_tables_and_a_local_vocabulary() {
+    let out = certgate(&["regions", "--count"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.starts_with("3222 divisions: 34 provincial, 342 prefectural, 2846 county-level"),
+        "{text}"
+    );
+    let out = certgate(&["tags", "--count"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "34 tags (0 local)\n");
+    let out = certgate(&["tags", "首台"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("首台（套）\t资质认定\t"), "{text}");
+    assert!(text.contains("aliases: 首台套"), "{text}");
+
+    // A local vocabulary named by the configuration joins the list; a clash is refused by
+    // its key.
+    let pki = TestPki::new();
+    let config = write_config(&pki, "", &standard_departments());
+    let local = config.with_file_name("local-tags.tsv");
+    std::fs::write(
+        &local,
+        "光谷瞪羚\t荣誉称号\t武汉东湖新技术开发区管委会\t各地自行认定\t光谷瞪羚企业\t东湖高新区评定的高成长企业。\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[policies]\nlocal_tags = \"local-tags.tsv\"\n"),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let out = certgate(&["tags", "光谷", "--config", cfg]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .starts_with("光谷瞪羚\t荣誉称号\t武汉东湖新技术开发区管委会\t(local)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::write(&local, "新标签\t荣誉称号\t某部门\t依据\t高企\t定义。\n").unwrap();
+    let out = certgate(&["config", "check", cfg]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("policies.local_tags") && stderr(&out).contains("高新技术企业"),
+        "{}",
+        stderr(&out)
+    );
+    for (args, says) in [
+        (&["tags", "没有这种标签"][..], "no tag matches"),
+        (&["tags", "a\u{1b}[2J"][..], "without control characters"),
+    ] {
+        let out = certgate(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
 fn pki_commands_issue_and_revoke_and_refuse_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("pki");
@@ -600,6 +658,72 @@ fn enterprises_generate_is_deterministic_and_imports_report_bad_lines() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+
+    // A file with 50 faults (ten lines with five each, between good lines) reports all 50
+    // in one run, each by line, field and value; a dry run reports the same and stores
+    // nothing.
+    let faulty = dir.join("faulty.jsonl");
+    let mut lines: Vec<String> = Vec::new();
+    for (i, good) in text.lines().take(20).enumerate() {
+        if i % 2 == 0 {
+            lines.push(good.to_owned());
+            continue;
+        }
+        let mut v: serde_json::Value = serde_json::from_str(good).unwrap();
+        v["uscc"] = "91110108551385082X".into();
+        v["region"] = "429099".into();
+        v["industry"] = "Z99".into();
+        v["tags"] = serde_json::json!(["瞪羚", "绿色工厂示范"]);
+        v["employees"] = (-1).into();
+        lines.push(v.to_string());
+    }
+    std::fs::write(&faulty, lines.join("\n")).unwrap();
+    for dry in [true, false] {
+        let mut args = vec![
+            "enterprises",
+            "import",
+            "--config",
+            config,
+            faulty.to_str().unwrap(),
+        ];
+        if dry {
+            args.push("--dry-run");
+        }
+        let out = certgate(&args);
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        let faults: Vec<&str> = err.lines().filter(|l| l.starts_with("line ")).collect();
+        assert_eq!(faults.len(), 50, "{err}");
+        for field in ["uscc", "region", "industry", "tags[1]", "employees"] {
+            assert_eq!(
+                faults
+                    .iter()
+                    .filter(|l| l.contains(&format!("`{field}`")))
+                    .count(),
+                10,
+                "{field}: {err}"
+            );
+        }
+        assert!(
+            err.contains("line 2: `tags[1]`: `绿色工厂示范` is not a known tag; nearest: 绿色工厂"),
+            "{err}"
+        );
+        assert!(err.contains("(found \"Z99\")"), "{err}");
+        assert!(err.contains("10 line(s) refused with 50 fault(s)"), "{err}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(if dry {
+                "10 would be stored"
+            } else {
+                "10 stored"
+            }),
+            "{stdout}"
+        );
+        assert!(
+            err.contains("profiles: 100% 20 lines read"),
+            "progress: {err}"
+        );
+    }
 
     // Policies: the sample file imports cleanly, and again as unchanged.
     let import = |file: &str| certgate(&["policies", "import", "--config", config, file]);
