@@ -70,6 +70,18 @@ enum Command {
         #[arg(long)]
         count: bool,
     },
+    /// Look up GB/T 4754-2017 industries (国民经济行业分类) by code prefix (`C39`, `391`) or
+    /// part of the name (`餐饮`): code, name and the codes above it.
+    Industries {
+        /// A code prefix or part of a name; all industries when left out.
+        query: Option<String>,
+        /// Most lines printed (1 to 5000).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print only how many industries match (by level).
+        #[arg(long)]
+        count: bool,
+    },
     /// The tag vocabulary (企业标签): each tag with its kind, issuing authority, basis,
     /// aliases and definition; profiles and policy conditions may use these tags (or an
     /// alias, stored as the tag).
@@ -318,6 +330,54 @@ fn run(command: Command) -> anyhow::Result<()> {
                     println!("{region}\t{name}");
                 } else {
                     println!("{region}\t{name}\t{}", above.join(" < "));
+                }
+            }
+            if found.len() > limit {
+                println!(
+                    "… {} more (narrow the query or raise --limit)",
+                    found.len() - limit
+                );
+            }
+            Ok(())
+        }
+        Command::Industries {
+            query,
+            limit,
+            count,
+        } => {
+            let query = checked_query(query)?;
+            if !(1..=5000).contains(&limit) {
+                anyhow::bail!("--limit must be between 1 and 5000");
+            }
+            let found: Vec<_> = policies::codes::find_industries(&query).collect();
+            if count {
+                let level = |n: usize| found.iter().filter(|(i, _)| i.as_str().len() == n).count();
+                println!(
+                    "{} industries: {} sections (门类), {} divisions (大类), {} groups (中类), {} classes (小类) (GB/T 4754-2017, policies/data/gbt4754.tsv)",
+                    found.len(),
+                    level(1),
+                    level(3),
+                    level(4),
+                    level(5),
+                );
+                return Ok(());
+            }
+            if found.is_empty() {
+                anyhow::bail!("no industry matches `{query}`");
+            }
+            for (industry, name) in found.iter().take(limit) {
+                let above: Vec<String> = industry
+                    .prefixes()
+                    .iter()
+                    .rev()
+                    .skip(1)
+                    .filter_map(|p| policies::codes::Industry::parse(p).ok())
+                    .map(|p| format!("{} {}", p.as_str(), p.name()))
+                    .collect();
+                if above.is_empty() {
+                    println!("{industry}\t{name}");
+                } else {
+                    println!("{industry}\t{name}\t{}", above.join(" < "));
                 }
             }
             if found.len() > limit {

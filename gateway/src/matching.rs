@@ -37,6 +37,7 @@ pub fn routes() -> OpenApiRouter<Arc<Gateway>> {
         .routes(routes!(eligible_enterprises))
         .routes(routes!(upsert_profile))
         .routes(routes!(push_feed))
+        .routes(routes!(schema))
 }
 
 fn invalid(e: &policies::InvalidField) -> ApiError {
@@ -570,6 +571,30 @@ pub async fn policy(
         .policy(&id)
         .map(|p| Json((*p).clone()))
         .ok_or_else(|| no_policy(&id))
+}
+
+/// The JSON Schema (draft 2020-12) of a policy or an enterprise profile, as `POST
+/// /v1/policies`, `POST /v1/enterprises` and the JSON Lines imports read them (shipped as
+/// `policies/data/schema/`). Bounds are inclusive.
+#[utoipa::path(get, path = "/v1/schemas/{name}", tag = "policies",
+    params(("name" = String, Path, description = "`policy` or `profile`")),
+    responses((status = 200, description = "The schema", content_type = "application/schema+json"), (status = 404, body = ErrorBody)))]
+pub async fn schema(_caller: Caller, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let text = match name.as_str() {
+        "policy" => policies::POLICY_SCHEMA,
+        "profile" => policies::PROFILE_SCHEMA,
+        _ => {
+            return Err(not_found(format!(
+                "no schema {}; there are `policy` and `profile`",
+                name.chars().take(40).collect::<String>()
+            )));
+        }
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "application/schema+json")],
+        Body::from(text),
+    )
+        .into_response())
 }
 
 /// What a publication or an upsert changed.

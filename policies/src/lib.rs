@@ -22,3 +22,10 @@ pub use model::{InvalidField, Policy, Profile};
 /// The sample policies shipped with certgate (JSON Lines; written for this project, not real
 /// government documents): the demo loads them, the tests and benchmarks use them.
 pub const SAMPLE_POLICIES: &str = include_str!("../data/policies.jsonl");
+
+/// JSON Schema (draft 2020-12) of a policy line, as served at `/v1/schemas/policy`.
+pub const POLICY_SCHEMA: &str = include_str!("../data/schema/policy.json");
+
+/// JSON Schema (draft 2020-12) of an enterprise profile line, as served at
+/// `/v1/schemas/profile`.
+pub const PROFILE_SCHEMA: &str = include_str!("../data/schema/profile.json");

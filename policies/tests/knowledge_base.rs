@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use policies::codes::Tag;
+use policies::codes::{Region, Tag};
 use policies::eligibility::{self, Outcome};
 use policies::import::read_policies;
 use policies::index::SearchFilter;

@@ -17,8 +17,34 @@ fn index_backed_matching_equals_brute_force_both_ways() {
     };
     let policies = sample_policies();
     kb.publish(policies.clone(), today).unwrap();
-    let population: Vec<Profile> =
-        policies::generate::population(10_000, 42, day("2026-11-01")).collect();
+    // Half the population moved to a random real division of any province, and given random
+    // tags of the whole vocabulary.
+    let counties: Vec<Region> = policies::codes::regions()
+        .map(|(r, _)| r)
+        .filter(|r| r.ancestors().len() == 4)
+        .collect();
+    let vocabulary = policies::tags::all();
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut next = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let population: Vec<Profile> = policies::generate::population(10_000, 42, day("2026-11-01"))
+        .map(|mut p| {
+            if next(2) == 0 {
+                p.region = counties[next(counties.len())];
+                for _ in 0..next(4) {
+                    p.tags
+                        .insert(Tag::parse(vocabulary[next(vocabulary.len())].tag).unwrap());
+                }
+            }
+            p
+        })
+        .collect();
+    let provinces: BTreeSet<Region> = population.iter().map(|p| p.region.ancestors()[p.region.ancestors().len() - 2]).collect();
+    assert!(provinces.len() >= 31, "{} provinces", provinces.len());
     kb.upsert_profiles(population.clone(), today).unwrap();
 
     // Policy → enterprises.
@@ -420,4 +446,64 @@ fn eligibility_that_changes_with_time_reaches_the_feed_on_the_daily_rematch() {
     // Once it closes, the matches end (their events stay).
     let closed = kb.rematch_all(day("2028-01-01")).unwrap();
     assert_eq!(closed.ended_matches, eligible);
+}
+
+/// 200 county-level divisions drawn from the whole table: a profile registered in each imports
+/// and matches its province's policy, and no other province's.
+#[test]
+fn real_county_codes_import_and_match_within_their_province() {
+    let today = day("2026-12-01");
+    let Some((kb, _store)) = kb() else {
+        return;
+    };
+    let counties: Vec<Region> = policies::codes::regions()
+        .map(|(r, _)| r)
+        .filter(|r| r.ancestors().len() == 4)
+        .collect();
+    let step = counties.len() / 200;
+    let sample: Vec<Region> = counties.iter().step_by(step).take(200).copied().collect();
+    assert_eq!(sample.len(), 200);
+    let province = |r: Region| r.ancestors()[r.ancestors().len() - 2];
+    let provinces: BTreeSet<Region> = sample.iter().map(|r| province(*r)).collect();
+    let policy_of = |p: Region| format!("P-{}-2026-901", p.code());
+    let policies: Vec<Policy> = provinces
+        .iter()
+        .map(|p| {
+            Policy::from_json(
+                &serde_json::json!({
+                    "id": policy_of(*p), "version": 1, "title": format!("{}中小企业奖励", p.name()),
+                    "issuer": "省工业和信息化厅", "region": p.code(), "category": "在线办理",
+                    "window": {"start": "2026-01-01", "end": "2027-12-31"},
+                    "benefit": {"kind": "fixed", "amount_yuan": 10000}, "text": "奖励",
+                    "conditions": [{"kind": "region_within", "regions": [p.code()]}]
+                })
+                .to_string(),
+            )
+            .unwrap()
+        })
+        .collect();
+    kb.publish(policies, today).unwrap();
+    let usccs: Vec<_> = policies::generate::population(200, 5, today)
+        .map(|p| p.uscc)
+        .collect();
+    let lines: String = sample
+        .iter()
+        .zip(&usccs)
+        .map(|(r, uscc)| {
+            format!(
+                "{{\"uscc\":\"{uscc}\",\"name\":\"{}测试企业\",\"region\":\"{}\",\"updated\":\"2026-11-01\"}}\n",
+                r.name(),
+                r.code()
+            )
+        })
+        .collect();
+    let (good, bad) = policies::import::read_profiles(lines.as_bytes());
+    assert!(bad.is_empty(), "{bad:?}");
+    let profiles: Vec<Profile> = good.into_iter().map(|(_, p)| p).collect();
+    kb.upsert_profiles(profiles.clone(), today).unwrap();
+    for p in &profiles {
+        let m = kb.match_enterprise(p, today).unwrap();
+        let ids: Vec<&str> = m.eligible.iter().map(|x| x.policy.id.as_str()).collect();
+        assert_eq!(ids, [policy_of(province(p.region)).as_str()], "{} {}", p.region, p.region.name());
+    }
 }

@@ -121,6 +121,21 @@ fn regions_and_tags_print_the_shipped_tables_and_a_local_vocabulary() {
         text.starts_with("3222 divisions: 34 provincial, 342 prefectural, 2846 county-level"),
         "{text}"
     );
+    let out = certgate(&["industries", "--count"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1972 industries: 20 sections (门类), 97 divisions (大类), 473 groups (中类), 1382 classes (小类) (GB/T 4754-2017, policies/data/gbt4754.tsv)\n"
+    );
+    let out = certgate(&["industries", "6513"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "I6513\t应用软件开发\tI651 软件开发 < I65 软件和信息技术服务业 < I 信息传输、软件和信息技术服务业\n"
+    );
+    let out = certgate(&["industries", "餐饮", "--limit", "2"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .ends_with("… 4 more (narrow the query or raise --limit)\n")
+    );
     let out = certgate(&["tags", "--count"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "34 tags (0 local)\n");
     let out = certgate(&["tags", "首台"]);
