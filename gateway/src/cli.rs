@@ -309,15 +309,22 @@ fn run(command: Command) -> anyhow::Result<()> {
             if count {
                 let level = |r: &policies::codes::Region| r.ancestors().len();
                 println!(
-                    "{} divisions: {} provincial, {} prefectural, {} county-level (GB/T 2260, policies/data/gbt2260.tsv)",
+                    "{} divisions: {} provincial, {} prefectural, {} county-level (GB/T 2260, policies/data/gbt2260.tsv); {} former codes mapped to them (policies/data/gbt2260-history.tsv)",
                     found.iter().filter(|(r, _)| level(r) > 1).count(),
                     found.iter().filter(|(r, _)| level(r) == 2).count(),
                     found.iter().filter(|(r, _)| level(r) == 3).count(),
                     found.iter().filter(|(r, _)| level(r) == 4).count(),
+                    policies::codes::find_former(&query).count()
                 );
                 return Ok(());
             }
-            if found.is_empty() {
+            // Former codes are listed for a query only (the table is what a bare listing shows).
+            let former: Vec<_> = if query.is_empty() {
+                Vec::new()
+            } else {
+                policies::codes::find_former(&query).collect()
+            };
+            if found.is_empty() && former.is_empty() {
                 anyhow::bail!("no administrative division matches `{query}`");
             }
             for (region, name) in found.iter().take(limit) {
@@ -332,10 +339,26 @@ fn run(command: Command) -> anyhow::Result<()> {
                     println!("{region}\t{name}\t{}", above.join(" < "));
                 }
             }
-            if found.len() > limit {
+            for f in former.iter().take(limit.saturating_sub(found.len())) {
+                let what = if f.kind == "newer" {
+                    "newer than the table, made from"
+                } else {
+                    "withdrawn or changed, now within"
+                };
+                println!(
+                    "{}\t{}\t({what} {} {}, {}; read as {})",
+                    f.code,
+                    f.name,
+                    f.now,
+                    f.now.name(),
+                    f.year,
+                    f.now
+                );
+            }
+            if found.len() + former.len() > limit {
                 println!(
                     "… {} more (narrow the query or raise --limit)",
-                    found.len() - limit
+                    found.len() + former.len() - limit
                 );
             }
             Ok(())

@@ -497,9 +497,16 @@ fn real_county_codes_import_and_match_within_their_province() {
             )
         })
         .collect();
+    // And one registered under a withdrawn code: 莱城区 371202, in 济南市 since 2018.
+    let old = format!(
+        "{{\"uscc\":\"{}\",\"name\":\"莱芜老企业\",\"region\":\"371202\",\"updated\":\"2026-11-01\"}}\n",
+        usccs[199]
+    );
+    let lines = lines.replacen(&lines[lines.rfind("{\"uscc").unwrap()..], &old, 1);
     let (good, bad) = policies::import::read_profiles(lines.as_bytes());
     assert!(bad.is_empty(), "{bad:?}");
     let profiles: Vec<Profile> = good.into_iter().map(|(_, p)| p).collect();
+    assert_eq!(profiles[199].region.code(), "370116", "stored as the division that holds it");
     kb.upsert_profiles(profiles.clone(), today).unwrap();
     for p in &profiles {
         let m = kb.match_enterprise(p, today).unwrap();
