@@ -17,6 +17,9 @@ pub const TOKENIZER: &str = "zh";
 /// The shipped domain dictionary.
 const DOMAIN_DICTIONARY: &str = include_str!("../dict/domain.txt");
 
+/// The shipped query synonyms: one group of equivalent words a line.
+const SYNONYMS: &str = include_str!("../dict/synonyms.txt");
+
 /// How errors name the shipped domain dictionary.
 const DOMAIN_DICTIONARY_NAME: &str = "search/dict/domain.txt";
 
@@ -66,6 +69,11 @@ struct Inner {
     /// For each domain or user term that contains other such terms (专精特新小巨人), where those
     /// are in it (专精特新 at 0, 小巨人 at 12): they are indexed along with the compound.
     compounds: HashMap<Box<str>, Vec<SubTerm>>,
+    /// The domain and user terms: kept whole, never broken into jieba's sub-words.
+    terms: HashSet<Box<str>>,
+    /// Query token → the other words of its synonym group, each as its query tokens; built
+    /// on first use (it needs jieba).
+    synonyms: std::sync::OnceLock<HashMap<String, Vec<Vec<String>>>>,
 }
 
 /// A dictionary term inside a longer one: `compound[offset..offset + len]`.
@@ -145,6 +153,8 @@ impl ChineseAnalyzer {
             inner: Arc::new(Inner {
                 jieba: std::sync::OnceLock::new(),
                 compounds: compounds(&words),
+                terms: words.iter().map(|w| Box::from(*w)).collect(),
+                synonyms: std::sync::OnceLock::new(),
                 words: extra,
             }),
         })
@@ -152,13 +162,17 @@ impl ChineseAnalyzer {
 
     /// The tokens of `text` as indexed and queried.
     ///
-    /// - Runs of Chinese ideographs are segmented by jieba, once (jieba's search mode, which
-    ///   also emits the dictionary words inside each word, is not used, so 专精特新 is one token
-    ///   and never also 专精 + 特新), without jieba's HMM guessing of unknown words: a word in no
-    ///   dictionary becomes single characters, the same way in every context.
-    /// - A token that is a domain (or user) dictionary term containing other such terms is
-    ///   followed by them: 专精特新小巨人 gives 专精特新小巨人, 专精特新, 小巨人, so a search for
-    ///   专精特新 finds 专精特新小巨人. Words from jieba's general dictionary are not broken up.
+    /// - Runs of Chinese ideographs are segmented by jieba, once, without jieba's HMM guessing of
+    ///   unknown words: a word in no dictionary becomes single characters, the same way in every
+    ///   context.
+    /// - A word of three or more characters from jieba's general dictionary is followed, at the
+    ///   same position, by the 2- and 3-character words of that dictionary inside it (jieba's
+    ///   search mode): 餐饮业 gives 餐饮业, 餐饮; 外贸企业 gives 外贸企业, 外贸, 企业, so a
+    ///   search for 餐饮 or 外贸 finds them.
+    /// - A domain (or user) dictionary term is never broken into such sub-words: 专精特新 is
+    ///   one token and never also 专精 + 特新. A term that contains other domain terms is
+    ///   followed by them only: 专精特新小巨人 gives 专精特新小巨人, 专精特新, 小巨人, so a search
+    ///   for 专精特新 finds 专精特新小巨人.
     /// - Other letters and digits (Latin, Cyrillic, kana, …) form words that are kept whole and
     ///   lower-cased; a `.` between two digits stays in the word (`3.5`, `v1.2`). Full-width
     ///   forms count as their ASCII counterparts (`ＡＢＣ１２３` → `abc123`).
@@ -187,6 +201,40 @@ impl ChineseAnalyzer {
             }
         }
         out
+    }
+
+    /// The words a query token also finds (`search/dict/synonyms.txt`): for 招工, 招聘 and 用工,
+    /// each as the query tokens it is read as (a word of several tokens needs them all).
+    pub(crate) fn synonyms(&self, token: &str) -> &[Vec<String>] {
+        self.inner
+            .synonyms
+            .get_or_init(|| {
+                let mut map: HashMap<String, Vec<Vec<String>>> = HashMap::new();
+                for line in SYNONYMS.lines() {
+                    let line = line.trim();
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    let group: Vec<Vec<String>> = line
+                        .split_whitespace()
+                        .map(|w| self.query_tokens(w))
+                        .filter(|t| !t.is_empty())
+                        .collect();
+                    for (i, word) in group.iter().enumerate() {
+                        if let [single] = word.as_slice() {
+                            let others = map.entry(single.clone()).or_default();
+                            for (j, other) in group.iter().enumerate() {
+                                if i != j && !others.contains(other) {
+                                    others.push(other.clone());
+                                }
+                            }
+                        }
+                    }
+                }
+                map
+            })
+            .get(token)
+            .map_or(&[], Vec::as_slice)
     }
 
     /// Registers this analyzer on `index` under the name [`TOKENIZER`].
@@ -287,8 +335,38 @@ impl Inner {
                         ));
                     }
                 }
+            } else if !self.terms.contains(word.word) {
+                self.sub_words(word.word, from, *position, out);
             }
             *position += 1;
+        }
+    }
+}
+
+impl Inner {
+    /// The 2- and 3-character words of jieba's dictionary inside `word` (of three characters
+    /// or more), which starts at byte `from` of the text, each at `position`.
+    fn sub_words(&self, word: &str, from: usize, position: usize, out: &mut Vec<Token>) {
+        let bounds: Vec<usize> = word
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain(std::iter::once(word.len()))
+            .collect();
+        let chars = bounds.len() - 1;
+        if chars < 3 {
+            return;
+        }
+        for len in [2, 3] {
+            if len >= chars {
+                continue;
+            }
+            for start in 0..=chars - len {
+                let (a, b) = (bounds[start], bounds[start + len]);
+                let Some(part) = word.get(a..b) else { continue };
+                if self.jieba().has_word(part) {
+                    out.push(token(part.to_owned(), from + a, from + b, position));
+                }
+            }
         }
     }
 }

@@ -22,6 +22,16 @@ pub fn text_options() -> TextOptions {
         .set_stored()
 }
 
+/// `clauses` as one query: the only one itself, several as a boolean query (each with its
+/// occurrence); none for none.
+fn one_or_all(mut clauses: Vec<(Occur, Box<dyn Query>)>) -> Option<Box<dyn Query>> {
+    match clauses.len() {
+        0 => None,
+        1 => clauses.pop().map(|(_, q)| q),
+        _ => Some(Box::new(BooleanQuery::new(clauses))),
+    }
+}
+
 /// A query for user text, or `None` when there is nothing to search for (the text has no
 /// tokens, or `fields` is empty).
 ///
@@ -29,7 +39,8 @@ pub fn text_options() -> TextOptions {
 /// `AND`, quotes and `field:` are plain text). Each distinct token becomes a `TermQuery` on
 /// every field in `fields` (`Should` across fields), and all tokens must match (`Must` across
 /// tokens): a search for 专精特新 finds only documents with that token, never those with
-/// just 专精 or 特新. The domain terms that [`ChineseAnalyzer::tokens`] adds after a compound
+/// just 专精 or 特新. A token of a synonym group (`search/dict/synonyms.txt`) matches any word
+/// of its group as well (招工 also finds 招聘 and 用工). The domain terms that [`ChineseAnalyzer::tokens`] adds after a compound
 /// (专精特新 after 专精特新小巨人) are left out: a document with the compound has them too.
 ///
 /// Scores are BM25 sums; the number of clauses grows with the text, so callers should bound the
@@ -44,28 +55,36 @@ pub fn text_query(
     }
     let mut seen = HashSet::new();
     let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    // One token on every field (`Should`); several tokens all (`Must`).
+    let on_fields = |tokens: &[String]| -> Option<Box<dyn Query>> {
+        let mut all: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for token in tokens {
+            let per_field: Vec<(Occur, Box<dyn Query>)> = fields
+                .iter()
+                .map(|&field| {
+                    let term = Term::from_field_text(field, token);
+                    let query: Box<dyn Query> =
+                        Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs));
+                    (Occur::Should, query)
+                })
+                .collect();
+            all.push((Occur::Must, one_or_all(per_field)?));
+        }
+        one_or_all(all)
+    };
     for token in analyzer.query_tokens(text) {
         if !seen.insert(token.clone()) {
             continue;
         }
-        let mut per_field: Vec<(Occur, Box<dyn Query>)> = fields
-            .iter()
-            .map(|&field| {
-                let term = Term::from_field_text(field, &token);
-                let query: Box<dyn Query> =
-                    Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs));
-                (Occur::Should, query)
-            })
+        // The token, or any of its synonyms.
+        let alternatives: Vec<(Occur, Box<dyn Query>)> = std::iter::once(vec![token.clone()])
+            .chain(analyzer.synonyms(&token).iter().cloned())
+            .filter_map(|words| on_fields(&words))
+            .map(|q| (Occur::Should, q))
             .collect();
-        let clause: Box<dyn Query> = match per_field.pop() {
-            Some((_, only)) if per_field.is_empty() => only,
-            Some(last) => {
-                per_field.push(last);
-                Box::new(BooleanQuery::new(per_field))
-            }
-            None => continue,
-        };
-        clauses.push((Occur::Must, clause));
+        if let Some(clause) = one_or_all(alternatives) {
+            clauses.push((Occur::Must, clause));
+        }
     }
     if clauses.is_empty() {
         return None;

@@ -121,15 +121,27 @@ fn compounds_carry_the_terms_inside_them() {
         ["研发费用加计扣除", "研发费用", "加计扣除", "扣除"]
     );
     let got = tokens("发放稳岗补贴");
-    assert_eq!(got, ["发放", "稳岗补贴", "补贴"]);
+    assert_eq!(got, ["发放", "稳岗补贴", "稳岗", "补贴"]);
 }
 
 #[test]
-fn only_one_segmentation() {
-    // jieba's search mode would add 专精 / 特新 / 高新 … : none of that.
+fn general_words_carry_their_sub_words_and_domain_terms_stay_whole() {
+    // Words of jieba's general dictionary are followed by the words inside them …
+    assert_eq!(tokens("住宿和餐饮业"), ["住宿", "和", "餐饮业", "餐饮"]);
+    assert_eq!(
+        tokens("中小微外贸企业"),
+        ["中小", "微", "外贸企业", "外贸", "企业"]
+    );
+    assert_eq!(
+        tokens("中华人民共和国"),
+        ["中华人民共和国", "中华", "华人", "人民", "共和", "共和国"]
+    );
+    // … but a domain term is never broken up: 专精特新 is not 专精 + 特新, 高新技术企业 is not
+    // 高新 + 技术 (only the domain terms inside it follow it).
+    assert_eq!(tokens("专精特新"), ["专精特新"]);
+    assert_eq!(tokens("高新技术企业"), ["高新技术企业", "企业"]);
     assert_eq!(tokens("走专精发展道路"), ["走", "专精", "发展", "道路"]);
     assert_eq!(tokens("培育特新产品"), ["培育", "特", "新", "产品"]);
-    assert_eq!(tokens("中华人民共和国"), ["中华人民共和国"]);
 }
 
 #[test]

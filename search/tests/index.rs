@@ -166,6 +166,41 @@ fn compound_terms_are_found_by_their_parts() {
 }
 
 #[test]
+fn sub_words_of_general_words_are_found_and_highlighted() {
+    let c = corpus(&[
+        ("cy", "住宿和餐饮业纾困", "对住宿餐饮企业给予房租减免。"),
+        ("wm", "支持外贸企业", "支持中小微外贸企业投保出口信用保险。"),
+        ("wg", "失业保险稳岗返还", "符合条件的参保单位可享受稳岗返还。"),
+    ]);
+    assert_eq!(c.ids("餐饮"), ["cy"]);
+    assert_eq!(c.ids("外贸"), ["wm"]);
+    assert_eq!(c.ids("稳岗"), ["wg"]);
+    assert_eq!(
+        c.snippet("餐饮", c.body, 100),
+        "对住宿<em>餐饮</em>企业给予房租减免。"
+    );
+}
+
+#[test]
+fn synonyms_find_what_the_text_says_in_other_words() {
+    let c = corpus(&[
+        ("yg", "企业用工服务", "为重点企业提供用工保障。"),
+        ("zp", "春风行动", "组织专场招聘会。"),
+        ("tsx", "首台（套）保险补偿", "对首台（套）重大技术装备给予保险补偿。"),
+        ("fz", "房租减免", "减免小微企业租金。"),
+    ]);
+    assert_eq!(c.ids("招工"), ["yg", "zp"]);
+    assert_eq!(c.ids("首台套"), ["tsx"]);
+    assert_eq!(c.ids("房租"), ["fz"]);
+    assert_eq!(
+        c.snippet("招工", c.body, 100),
+        "为重点企业提供<em>用工</em>保障。"
+    );
+    // A synonym widens one word of the query; the others must still match.
+    assert!(c.ids("招工 保险").is_empty());
+}
+
+#[test]
 fn empty_queries_are_none() {
     let c = five();
     for text in ["", "   ", "，。！？", "😀", "\u{0}\u{200b}"] {
