@@ -203,8 +203,10 @@ impl ChineseAnalyzer {
         out
     }
 
-    /// The words a query token also finds (`search/dict/synonyms.txt`): for 招工, 招聘 and 用工,
-    /// each as the query tokens it is read as (a word of several tokens needs them all).
+    /// The words a query word or token also finds (`search/dict/synonyms.txt`): for 招工, 招聘
+    /// and 用工, each as the query tokens it is read as (a word of several tokens needs them
+    /// all). A word of the file is found as typed (高企, which is two tokens) and, when it is
+    /// one token, by that token.
     pub(crate) fn synonyms(&self, token: &str) -> &[Vec<String>] {
         self.inner
             .synonyms
@@ -218,11 +220,16 @@ impl ChineseAnalyzer {
                     let group: Vec<Vec<String>> = line
                         .split_whitespace()
                         .map(|w| self.query_tokens(w))
-                        .filter(|t| !t.is_empty())
                         .collect();
-                    for (i, word) in group.iter().enumerate() {
-                        if let [single] = word.as_slice() {
-                            let others = map.entry(single.clone()).or_default();
+                    let words: Vec<&str> = line.split_whitespace().collect();
+                    for (i, tokens) in group.iter().enumerate() {
+                        // Found by the word as typed, and by its token when it is one.
+                        let mut keys = vec![words[i].to_owned()];
+                        if let [single] = tokens.as_slice() {
+                            keys.push(single.clone());
+                        }
+                        for key in keys {
+                            let others = map.entry(key).or_default();
                             for (j, other) in group.iter().enumerate() {
                                 if i != j && !others.contains(other) {
                                     others.push(other.clone());

@@ -72,18 +72,35 @@ pub fn text_query(
         }
         one_or_all(all)
     };
-    for token in analyzer.query_tokens(text) {
-        if !seen.insert(token.clone()) {
-            continue;
-        }
-        // The token, or any of its synonyms.
-        let alternatives: Vec<(Occur, Box<dyn Query>)> = std::iter::once(vec![token.clone()])
-            .chain(analyzer.synonyms(&token).iter().cloned())
-            .filter_map(|words| on_fields(&words))
-            .map(|q| (Occur::Should, q))
-            .collect();
-        if let Some(clause) = one_or_all(alternatives) {
-            clauses.push((Occur::Must, clause));
+    // Each word as typed (text between spaces) is a synonym group's word, or its tokens each
+    // are, or have none.
+    for word in text.split_whitespace() {
+        let whole = analyzer.synonyms(word);
+        let units: Vec<(Vec<String>, &[Vec<String>])> = if whole.is_empty() {
+            analyzer
+                .query_tokens(word)
+                .into_iter()
+                .map(|t| {
+                    let synonyms = analyzer.synonyms(&t);
+                    (vec![t], synonyms)
+                })
+                .collect()
+        } else {
+            vec![(analyzer.query_tokens(word), whole)]
+        };
+        for (tokens, synonyms) in units {
+            if tokens.is_empty() || !seen.insert(tokens.clone()) {
+                continue;
+            }
+            // The word, or any of its synonyms.
+            let alternatives: Vec<(Occur, Box<dyn Query>)> = std::iter::once(tokens)
+                .chain(synonyms.iter().cloned())
+                .filter_map(|words| on_fields(&words))
+                .map(|q| (Occur::Should, q))
+                .collect();
+            if let Some(clause) = one_or_all(alternatives) {
+                clauses.push((Occur::Must, clause));
+            }
         }
     }
     if clauses.is_empty() {

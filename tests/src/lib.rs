@@ -46,6 +46,9 @@ pub const DISABLED: &str = "11110105MB00000082";
 pub const AUDIT: &str = "11110105MB0000003J";
 /// A city app acting for holders.
 pub const APP: &str = "91110105MA0000005E";
+/// The policy-push service (a department with the `policy-push` role, added by the tests that
+/// need it).
+pub const PUSH: &str = "12110105MB0000004J";
 /// 营业执照: issued by MARKET, no consent needed.
 pub const BUSINESS: &str = "11100000MB0000100D001";
 /// 食品经营许可证: issued by MARKET, queries by holder need consent.

@@ -34,7 +34,6 @@ const OPS_I: usize = 2;
 const AUDIT_I: usize = 3;
 const APP_I: usize = 4;
 const PUSH_I: usize = 5;
-const PUSH: &str = "12110105MB0000004J";
 
 fn route(method: Method, path: impl Into<String>, caller: usize) -> Route {
     Route {

@@ -11,7 +11,6 @@ use policies::{Policy, Profile};
 use serde_json::{Value, json};
 
 /// 政策推送服务 (policy-push).
-const PUSH: &str = "12110105MB0000004J";
 /// 大数据局: maintains enterprise profiles.
 const DATA: &str = "11110105MB0000012G";
 
