@@ -104,6 +104,7 @@ codes! {
     PolicyNotFound = "CG-POL-002", NOT_FOUND, "no such policy or enterprise profile";
     PolicyVersionNotNewer = "CG-POL-003", CONFLICT, "the policy's version is not newer than the stored one";
     NotProfileOwner = "CG-POL-004", FORBIDDEN, "only the data department named in policies.profile_owner maintains profiles";
+    PolicyChangedSincePage = "CG-POL-005", CONFLICT, "the policy changed since the cursor was given: page again from the start";
     AuditOutOfRange = "CG-AUD-001", BAD_REQUEST, "an audit query or proof asks for something outside the log";
     NoCheckpoint = "CG-AUD-002", NOT_FOUND, "no checkpoint signed yet";
     LogUnavailable = "CG-LOG-001", SERVICE_UNAVAILABLE, "the access log cannot be written: nothing is served unlogged";

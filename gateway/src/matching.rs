@@ -383,7 +383,9 @@ pub async fn explain(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
-    /// The last USCC of the previous page.
+    /// The previous page's `next_cursor`: `<policy version>.<last USCC>`. Paging goes on
+    /// where that page stopped, each page costing only its own enterprises; a cursor of an
+    /// earlier version of the policy is refused (409 `CG-POL-005`: page again from the start).
     pub cursor: Option<String>,
     /// Enterprises per page (default 1000, at most 100000).
     pub limit: Option<usize>,
@@ -397,7 +399,7 @@ pub struct PageQuery {
 #[utoipa::path(get, path = "/v1/policies/{id}/eligible-enterprises", tag = "policies",
     params(("id" = String, Path, description = "Policy id"), PageQuery),
     responses((status = 200, description = "{\"policy_id\", \"enterprises\": [...], \"next_cursor\"}", content_type = "application/json"),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn eligible_enterprises(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
@@ -415,19 +417,39 @@ pub async fn eligible_enterprises(
         ));
     }
     let after = match &q.cursor {
-        Some(c) => Some(
-            c.parse::<cert_store::Uscc>()
-                .map_err(|e| bad("cursor", e))?,
-        ),
+        Some(c) => {
+            let (version, uscc) = c
+                .split_once('.')
+                .ok_or_else(|| bad("cursor", "`<version>.<USCC>`, as `next_cursor` gives it"))?;
+            let version: u32 = version
+                .parse()
+                .map_err(|_| bad("cursor", "`<version>.<USCC>`, as `next_cursor` gives it"))?;
+            let uscc = uscc
+                .parse::<cert_store::Uscc>()
+                .map_err(|e| bad("cursor", e))?;
+            Some((version, uscc))
+        }
         None => None,
     };
     let day = decision_day(q.as_of.as_deref())?;
     let (policy, page, next) = blocking(&gw, move |kb| {
         let policy = kb.policy(&id).ok_or_else(|| no_policy(&id))?;
+        if let Some((version, _)) = &after
+            && *version != policy.version
+        {
+            return Err(ApiError::new(
+                Code::PolicyChangedSincePage,
+                format!(
+                    "policy {} is at version {} since this cursor (version {version}) was given: page again from the start",
+                    policy.id, policy.version
+                ),
+            ));
+        }
         let page = kb
-            .eligible_page(&policy, day, after.as_ref(), limit)
+            .eligible_page(&policy, day, after.as_ref().map(|(_, u)| u), limit)
             .map_err(kb_error)?;
-        Ok((policy, page.enterprises, page.next.map(|u| u.to_string())))
+        let next = page.next.map(|u| format!("{}.{u}", policy.version));
+        Ok((policy, page.enterprises, next))
     })
     .await?;
     // Stream the page in chunks rather than building one large string.

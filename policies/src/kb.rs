@@ -76,6 +76,12 @@ struct Profiles {
     by_uscc: HashMap<String, u64>,
     /// True while rows are in USCC order, so that sorting rows sorts by USCC.
     sorted: bool,
+    /// When rows are not in USCC order: the rows in USCC order (kept by [`Profiles::order`]
+    /// after every change), so that a page of eligible enterprises resumes where the last
+    /// one stopped without sorting anything.
+    order: Vec<u32>,
+    /// New rows not yet in `order`.
+    unordered: Vec<u32>,
 }
 
 impl Profiles {
@@ -93,7 +99,42 @@ impl Profiles {
         let row = self.rows.len() as u64;
         self.by_uscc.insert(p.uscc.as_str().to_owned(), row);
         self.rows.push(p);
+        self.unordered.push(row as u32);
         row
+    }
+
+    /// Brings `order` up to date with the rows put since: a few are inserted where they
+    /// belong, many sort the whole order again.
+    fn order(&mut self) {
+        if self.sorted {
+            self.order.clear();
+            self.unordered.clear();
+            return;
+        }
+        let fresh = std::mem::take(&mut self.unordered);
+        if self.order.len() + fresh.len() != self.rows.len() || fresh.len() > 1000 {
+            let rows = &self.rows;
+            let mut order: Vec<u32> = (0..rows.len() as u32).collect();
+            order.sort_unstable_by(|a, b| rows[*a as usize].uscc.cmp(&rows[*b as usize].uscc));
+            self.order = order;
+            return;
+        }
+        for row in fresh {
+            let uscc = &self.rows[row as usize].uscc;
+            let at = self
+                .order
+                .partition_point(|r| self.rows[*r as usize].uscc < *uscc);
+            self.order.insert(at, row);
+        }
+    }
+
+    /// The profile `i`th in USCC order.
+    fn in_order(&self, i: usize) -> Option<&Arc<Profile>> {
+        if self.sorted {
+            self.rows.get(i)
+        } else {
+            self.rows.get(*self.order.get(i)? as usize)
+        }
     }
 }
 
@@ -243,6 +284,7 @@ impl KnowledgeBase {
             profiles = load(store.as_ref())?.0;
         }
         profiles.sorted = profiles.rows.windows(2).all(|w| w[0].uscc < w[1].uscc);
+        profiles.order();
         let mut policies = Policies::default();
         for (row, p) in store.policies()? {
             policies.put_at(row, Arc::new(p));
@@ -313,7 +355,8 @@ impl KnowledgeBase {
 
     /// One page of the enterprises eligible for `policy` on `today`, by USCC: at most
     /// `limit` (1 to [`MAX_ELIGIBLE_PAGE`]) after the USCC `after`, and the cursor of the next
-    /// page when there are more.
+    /// page when there are more. A page costs the profiles between its first and its last
+    /// (and one more eligible), never the whole population.
     pub fn eligible_page(
         &self,
         policy: &Policy,
@@ -321,18 +364,45 @@ impl KnowledgeBase {
         after: Option<&Uscc>,
         limit: usize,
     ) -> Result<EligiblePage, KbError> {
-        let all = self.eligible_enterprises(policy, today)?;
-        let start = after.map_or(0, |c| all.partition_point(|p| p.uscc <= *c));
-        let enterprises: Vec<Arc<Profile>> = all
-            .iter()
-            .skip(start)
-            .take(limit.clamp(1, MAX_ELIGIBLE_PAGE))
-            .cloned()
-            .collect();
-        let next = (start + enterprises.len() < all.len())
-            .then(|| enterprises.last().map(|p| p.uscc.clone()))
-            .flatten();
-        Ok(EligiblePage { enterprises, next })
+        let limit = limit.clamp(1, MAX_ELIGIBLE_PAGE);
+        let mut page = EligiblePage {
+            enterprises: Vec::new(),
+            next: None,
+        };
+        if policy.category == crate::model::Category::Publicity || !policy.window.contains(today) {
+            return Ok(page);
+        }
+        // Profiles in USCC order from just after `after`, each decided once: a page costs the
+        // profiles it passes over, and paging through the whole list passes over each once.
+        let profiles = self.profiles.read().map_err(|_| KbError::Poisoned)?;
+        let n = profiles.rows.len();
+        let mut i = match after {
+            None => 0,
+            Some(after) => {
+                let (mut lo, mut hi) = (0, n);
+                while lo < hi {
+                    let mid = lo + (hi - lo) / 2;
+                    match profiles.in_order(mid) {
+                        Some(p) if p.uscc <= *after => lo = mid + 1,
+                        _ => hi = mid,
+                    }
+                }
+                lo
+            }
+        };
+        while let Some(p) = profiles.in_order(i) {
+            i += 1;
+            if !p.region.within(policy.region) || !eligibility::is_eligible(policy, p, today) {
+                continue;
+            }
+            if page.enterprises.len() == limit {
+                // One more is eligible: the next page starts after this one's last.
+                page.next = page.enterprises.last().map(|p| p.uscc.clone());
+                break;
+            }
+            page.enterprises.push(p.clone());
+        }
+        Ok(page)
     }
 
     /// The enterprises eligible for `policy` on `today`, by USCC.
@@ -523,6 +593,7 @@ impl KnowledgeBase {
                 let row = profiles.put(p.clone());
                 self.enterprise_index.upsert(row, &p)?;
             }
+            profiles.order();
             drop(profiles);
             self.enterprise_index.commit()?;
         }
@@ -664,39 +735,89 @@ impl KnowledgeBase {
 
     fn upsert_profiles_locked(&self, batch: Vec<Profile>, today: Date) -> Result<Changes, KbError> {
         let mut changed = Vec::with_capacity(batch.len());
+        // Whether each changed profile replaced a stored one (else it had no matches).
+        let mut replaced = Vec::with_capacity(batch.len());
         {
             let mut profiles = self.profiles.write().map_err(|_| KbError::Poisoned)?;
             if profiles.rows.is_empty() {
                 profiles.sorted = true;
             }
             let mut batch = batch;
-            batch.sort_unstable_by(|a, b| a.uscc.cmp(&b.uscc));
+            // Stable: of several lines for one enterprise, the last stays last.
+            batch.sort_by(|a, b| a.uscc.cmp(&b.uscc));
+            batch.dedup_by(|later, earlier| {
+                // The last of several lines for one enterprise wins.
+                if later.uscc == earlier.uscc {
+                    std::mem::swap(later, earlier);
+                    true
+                } else {
+                    false
+                }
+            });
             for p in batch {
+                replaced.push(profiles.by_uscc.contains_key(p.uscc.as_str()));
                 let p = Arc::new(p);
                 let row = profiles.put(p.clone());
                 self.enterprise_index.upsert(row, &p)?;
                 changed.push((row, p));
             }
+            profiles.order();
         }
         self.enterprise_index.commit()?;
         let stored = changed.len();
         let policies = self.policies();
         if changed.len() > 64 && changed.len() > policies.len() {
-            // Bulk: store the profiles, then match policy by policy.
-            let items: Vec<_> = changed
+            // Bulk: decide every policy for the changed profiles only (a new profile had no
+            // matches before; a replaced one's are read from the store), and store the
+            // profiles with their match changes in one transaction.
+            let live: Vec<&Arc<Policy>> = policies
                 .iter()
-                .map(|(row, p)| (*row, (**p).clone(), Vec::new(), Vec::new()))
+                .filter(|p| p.category != crate::model::Category::Publicity)
+                .filter(|p| p.window.contains(today))
                 .collect();
-            self.store.save_profiles(&items, now_ms())?;
             let mut changes = Changes {
                 stored,
                 ..Changes::default()
             };
-            for policy in policies {
-                let c = self.rematch_policy(&policy, today)?;
-                changes.new_matches += c.new_matches;
-                changes.ended_matches += c.ended_matches;
+            let mut items = Vec::with_capacity(changed.len());
+            for ((row, p), replaced) in changed.iter().zip(replaced) {
+                let before: HashSet<String> = if replaced {
+                    self.store
+                        .matches_of_enterprise(p.uscc.as_str())?
+                        .into_iter()
+                        .collect()
+                } else {
+                    HashSet::new()
+                };
+                let mut now: HashSet<&str> = HashSet::new();
+                let mut added = Vec::new();
+                for policy in &live {
+                    if !p.region.within(policy.region)
+                        || !eligibility::is_eligible(policy, p, today)
+                    {
+                        continue;
+                    }
+                    now.insert(&policy.id);
+                    if !before.contains(&policy.id) {
+                        let e = eligibility::evaluate(policy, p, today);
+                        added.push((
+                            (*policy).clone(),
+                            NewMatch {
+                                uscc: p.uscc.to_string(),
+                                benefit_yuan: e.benefit_yuan,
+                                digest: e.digest(),
+                            },
+                        ));
+                    }
+                }
+                let removed: Vec<String> = before
+                    .into_iter()
+                    .filter(|id| !now.contains(id.as_str()))
+                    .collect();
+                changes.ended_matches += removed.len();
+                items.push((*row, (**p).clone(), added, removed));
             }
+            changes.new_matches += self.store.save_profiles(&items, now_ms())?;
             return Ok(changes);
         }
         let mut changes = Changes {

@@ -209,6 +209,34 @@ async fn matching_both_ways_equals_brute_force_and_the_feed_replays() {
         assert_eq!(got, want, "{}", p.id);
     }
 
+    // A cursor names the policy's version: once a new version is published, paging on with
+    // an old cursor is refused, and paging again from the start works.
+    let broad = policies
+        .iter()
+        .max_by_key(|p| {
+            profiles
+                .iter()
+                .filter(|e| eligibility::is_eligible(p, e, today))
+                .count()
+        })
+        .unwrap();
+    let first = format!("/v1/policies/{}/eligible-enterprises?limit=1", broad.id);
+    let page = w.push.get(&first).await.unwrap().json();
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    assert_eq!(cursor, format!("{}.{}", broad.version, page["enterprises"][0]["uscc"].as_str().unwrap()));
+    let mut newer = broad.clone();
+    newer.version += 1;
+    let r = post_raw(&mut w.ops, "/v1/policies", &serde_json::to_string(&newer).unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = w
+        .push
+        .get(&format!("{first}&cursor={cursor}"))
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::CONFLICT, "CG-POL-005"));
+    let page = w.push.get(&first).await.unwrap().json();
+    assert!(page["next_cursor"].as_str().unwrap().starts_with(&format!("{}.", newer.version)));
+
     // The push feed: one event per match (profiles first, policies later: each publication
     // produced its matches), replay identical.
     let mut events = Vec::new();
