@@ -301,10 +301,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             limit,
             count,
         } => {
-            let query = checked_query(query)?;
-            if !(1..=5000).contains(&limit) {
-                anyhow::bail!("--limit must be between 1 and 5000");
-            }
+            let query = checked_query(query, Some(limit))?;
             let found: Vec<_> = policies::codes::find_regions(&query).collect();
             if count {
                 let level = |r: &policies::codes::Region| r.ancestors().len();
@@ -368,10 +365,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             limit,
             count,
         } => {
-            let query = checked_query(query)?;
-            if !(1..=5000).contains(&limit) {
-                anyhow::bail!("--limit must be between 1 and 5000");
-            }
+            let query = checked_query(query, Some(limit))?;
             let found: Vec<_> = policies::codes::find_industries(&query).collect();
             if count {
                 let level = |n: usize| found.iter().filter(|(i, _)| i.as_str().len() == n).count();
@@ -416,7 +410,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             config,
             count,
         } => {
-            let query = checked_query(query)?;
+            let query = checked_query(query, None)?;
             if let Some(config) = config {
                 Config::load(&config)?;
             }
@@ -765,11 +759,15 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// A lookup query of `regions` or `tags`: short, without control characters.
-fn checked_query(query: Option<String>) -> anyhow::Result<String> {
+/// A lookup query of `regions`, `industries` or `tags`: short, without control characters,
+/// and its `--limit` (when it has one) from 1 to 5000.
+fn checked_query(query: Option<String>, limit: Option<usize>) -> anyhow::Result<String> {
     let query = query.unwrap_or_default();
     if query.chars().any(char::is_control) || query.chars().count() > 50 {
         anyhow::bail!("the query must be at most 50 characters, without control characters");
+    }
+    if limit.is_some_and(|l| !(1..=5000).contains(&l)) {
+        anyhow::bail!("--limit must be between 1 and 5000");
     }
     Ok(query)
 }

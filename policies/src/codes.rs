@@ -332,7 +332,7 @@ impl Industry {
         while let Some(up) = table.get(section).filter(|e| !e.parent.is_empty()) {
             section = up.parent;
         }
-        if letter.is_some_and(|l| section.chars().next() != Some(l)) {
+        if letter.is_some_and(|l| !section.starts_with(l)) {
             return Err(format!(
                 "`{s}`: {} belongs to section {section}",
                 &digits[..2]
