@@ -128,6 +128,29 @@ impl CachedStore {
     }
 }
 
+impl CachedStore {
+    /// A record from `cache`, else from `load` (the store) and kept, unless a change came
+    /// in while it was read: then the next read reads again.
+    fn read_through<T: Clone + Send + Sync + 'static>(
+        &self,
+        cache: &Cache<String, Arc<T>>,
+        id: &str,
+        load: impl FnOnce() -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
+        if let Some(hit) = cache.get(id) {
+            return Ok(Some((*hit).clone()));
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let found = load()?;
+        if let Some(record) = &found
+            && self.generation.load(Ordering::SeqCst) == generation
+        {
+            cache.insert(id.to_owned(), Arc::new(record.clone()));
+        }
+        Ok(found)
+    }
+}
+
 impl Store for CachedStore {
     fn put_secret_once(&self, name: &str, blob: &[u8]) -> Result<Vec<u8>> {
         self.inner.put_secret_once(name, blob)
@@ -142,17 +165,7 @@ impl Store for CachedStore {
     }
 
     fn seal(&self, id: &str) -> Result<Option<SealRecord>> {
-        if let Some(s) = self.seals.get(id) {
-            return Ok(Some((*s).clone()));
-        }
-        let generation = self.generation.load(Ordering::SeqCst);
-        let found = self.inner.seal(id)?;
-        if let Some(s) = &found
-            && self.generation.load(Ordering::SeqCst) == generation
-        {
-            self.seals.insert(id.to_owned(), Arc::new(s.clone()));
-        }
-        Ok(found)
+        self.read_through(&self.seals, id, || self.inner.seal(id))
     }
 
     fn seals(
@@ -197,17 +210,7 @@ impl Store for CachedStore {
     }
 
     fn licence(&self, id: &str) -> Result<Option<LicenceRecord>> {
-        if let Some(l) = self.licences.get(id) {
-            return Ok(Some((*l).clone()));
-        }
-        let generation = self.generation.load(Ordering::SeqCst);
-        let found = self.inner.licence(id)?;
-        if let Some(l) = &found
-            && self.generation.load(Ordering::SeqCst) == generation
-        {
-            self.licences.insert(id.to_owned(), Arc::new(l.clone()));
-        }
-        Ok(found)
+        self.read_through(&self.licences, id, || self.inner.licence(id))
     }
 
     fn licences_by_holder(
