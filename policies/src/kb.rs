@@ -392,7 +392,7 @@ impl KnowledgeBase {
         };
         while let Some(p) = profiles.in_order(i) {
             i += 1;
-            if !p.region.within(policy.region) || !eligibility::is_eligible(policy, p, today) {
+            if !eligibility::is_eligible(policy, p, today) {
                 continue;
             }
             if page.enterprises.len() == limit {
@@ -792,9 +792,7 @@ impl KnowledgeBase {
                 let mut now: HashSet<&str> = HashSet::new();
                 let mut added = Vec::new();
                 for policy in &live {
-                    if !p.region.within(policy.region)
-                        || !eligibility::is_eligible(policy, p, today)
-                    {
+                    if !eligibility::is_eligible(policy, p, today) {
                         continue;
                     }
                     now.insert(&policy.id);

@@ -128,8 +128,9 @@ impl Vocabulary {
                 local,
             });
         }
-        if self.entries.len() + fresh.len() > MAX_LOCAL_TAGS + 200 {
-            return Err(format!("more than {MAX_LOCAL_TAGS} tags"));
+        let local_now = self.entries.iter().filter(|e| e.local).count();
+        if local && local_now + fresh.len() > MAX_LOCAL_TAGS {
+            return Err(format!("more than {MAX_LOCAL_TAGS} local tags"));
         }
         let mut taken: HashMap<String, &str> = self
             .by_spelling
