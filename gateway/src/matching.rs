@@ -461,29 +461,38 @@ pub async fn eligible_enterprises(
     .to_string();
     let head = format!("{},\"enterprises\":[", head.trim_end_matches('}'));
     let tail = format!("],\"next_cursor\":{}}}", serde_json::json!(next));
-    let chunks = page.chunks(512).map(|chunk| {
-        let mut s = String::new();
-        for p in chunk {
-            let line = serde_json::json!({
-                "uscc": p.uscc.as_str(),
-                "name": p.name,
-                "region": p.region,
-                "benefit_yuan": policies::eligibility::benefit(&policy, p),
-            });
-            s.push_str(&line.to_string());
-            s.push(',');
-        }
-        s
-    });
-    let mut parts: Vec<String> = Vec::with_capacity(page.len() / 512 + 3);
-    parts.push(head);
-    let mut body: Vec<String> = chunks.collect();
-    if let Some(last) = body.last_mut() {
-        last.pop(); // the trailing comma
+    // Each line written straight into its chunk's buffer (no JSON value built per line), and
+    // each chunk only when the body is read.
+    #[derive(Serialize)]
+    struct Line<'a> {
+        uscc: &'a str,
+        name: &'a str,
+        region: policies::codes::Region,
+        benefit_yuan: Option<u64>,
     }
-    parts.extend(body);
-    parts.push(tail);
-    let stream = futures_util::stream::iter(parts.into_iter().map(Ok::<_, std::io::Error>));
+    let page = Arc::new(page);
+    let chunks = (0..page.len().div_ceil(512)).map(move |n| {
+        let chunk = &page[n * 512..((n + 1) * 512).min(page.len())];
+        let mut out: Vec<u8> = Vec::with_capacity(chunk.len() * 128);
+        for (i, p) in chunk.iter().enumerate() {
+            if n > 0 || i > 0 {
+                out.push(b',');
+            }
+            let line = Line {
+                uscc: p.uscc.as_str(),
+                name: &p.name,
+                region: p.region,
+                benefit_yuan: policies::eligibility::benefit(&policy, p),
+            };
+            // Writing plain fields into memory cannot fail.
+            let _ = serde_json::to_writer(&mut out, &line);
+        }
+        bytes::Bytes::from(out)
+    });
+    let parts = std::iter::once(bytes::Bytes::from(head))
+        .chain(chunks)
+        .chain(std::iter::once(bytes::Bytes::from(tail)));
+    let stream = futures_util::stream::iter(parts.map(Ok::<_, std::io::Error>));
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         Body::from_stream(stream),
