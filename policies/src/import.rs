@@ -159,6 +159,14 @@ mod tests {
         let fields: Vec<&str> = bad.iter().map(|e| e.error.field.as_str()).collect();
         assert_eq!(fields, ["employees", "name", "updated"], "{bad:#?}");
         assert_eq!(bad[1].error.reason, "missing");
+        // A key given twice is a fault too, though a JSON value would keep only one of them.
+        let twice = r#"{"uscc":"91110108551385082Q","name":"小米","name":"大米","region":"110108","updated":"2026-11-01"}"#;
+        let (good, bad) = read_profiles(twice.as_bytes());
+        assert!(good.is_empty());
+        assert!(
+            bad[0].error.reason.contains("duplicate field `name`"),
+            "{bad:?}"
+        );
     }
 
     #[test]

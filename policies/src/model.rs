@@ -117,6 +117,13 @@ pub fn from_json_every_fault<T: serde::de::DeserializeOwned>(
     use serde_json::Value;
     use std::collections::HashMap;
 
+    // A good line (nearly every line of an import) is read once, straight into `T`; only a
+    // line with a fault is read again to find all of them.
+    let read_directly = match serde_json::from_str::<T>(text) {
+        Ok(read) if validate(&read).is_empty() => return Ok(read),
+        Ok(_) => true,
+        Err(_) => false,
+    };
     let original: Value = serde_json::from_str(text).map_err(|e| {
         let reason = e.to_string();
         let reason = reason
@@ -225,6 +232,16 @@ pub fn from_json_every_fault<T: serde::de::DeserializeOwned>(
                     let path = to_original(&removed, &parse_path(&e.field));
                     if !inside_set_aside(&path) {
                         faults.push(fault_at(&path, e.reason));
+                    }
+                }
+                if faults.is_empty() && !read_directly {
+                    // What only the text shows (a key given twice, which a JSON value keeps
+                    // once): the direct reading's fault.
+                    if let Err(e) = from_json::<T>(text) {
+                        faults.push(Fault {
+                            error: e,
+                            value: None,
+                        });
                     }
                 }
                 return if faults.is_empty() {
