@@ -514,6 +514,7 @@ impl KnowledgeBase {
                 let row = rows.put(p.clone());
                 self.enterprise_index.upsert(row, &p)?;
             }
+            rows.order();
         }
         self.enterprise_index.commit()?;
         {
