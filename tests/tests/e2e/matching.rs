@@ -14,6 +14,15 @@ use serde_json::{Value, json};
 /// 大数据局: maintains enterprise profiles.
 const DATA: &str = "11110105MB0000012G";
 
+/// The ids of the policies `p` is eligible for on `day`, decided by the evaluation itself.
+fn eligible_ids(policies: &[Policy], p: &Profile, day: time::Date) -> BTreeSet<String> {
+    policies
+        .iter()
+        .filter(|x| eligibility::evaluate(x, p, day).eligible)
+        .map(|x| x.id.clone())
+        .collect()
+}
+
 struct World {
     _schema: Option<cert_store::pg_store::SchemaGuard>,
     _pki: TestPki,
@@ -142,11 +151,7 @@ async fn matching_both_ways_equals_brute_force_and_the_feed_replays() {
     let mut pairs = 0;
     for p in &profiles {
         let (body, got) = matched(&mut w.approval, json!({ "uscc": p.uscc })).await;
-        let want: BTreeSet<String> = policies
-            .iter()
-            .filter(|x| eligibility::evaluate(x, p, today).eligible)
-            .map(|x| x.id.clone())
-            .collect();
+        let want = eligible_ids(&policies, p, today);
         assert_eq!(got, want, "{}", p.uscc);
         pairs += want.len();
         for m in body["eligible"].as_array().unwrap() {
@@ -365,11 +370,7 @@ async fn as_of_decides_on_the_day_asked_both_ways() {
             let (body, got) =
                 matched(&mut w.approval, json!({ "uscc": p.uscc, "as_of": as_of })).await;
             assert_eq!(body["date"], as_of.as_str());
-            let want: BTreeSet<String> = policies
-                .iter()
-                .filter(|x| eligibility::evaluate(x, p, day).eligible)
-                .map(|x| x.id.clone())
-                .collect();
+            let want = eligible_ids(&policies, p, day);
             assert_eq!(got, want, "{} on {as_of}", p.uscc);
             if day == early {
                 assert!(got.is_empty(), "no window was open on {as_of}");
