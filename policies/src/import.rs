@@ -39,7 +39,7 @@ pub fn read_lines<T>(
 ) -> (Vec<(usize, T)>, Vec<LineError>) {
     let mut good = Vec::new();
     let mut bad = Vec::new();
-    read_in_chunks(input, parse, usize::MAX, |chunk, faults, _| {
+    read_chunks_here(input, parse, usize::MAX, |chunk, faults, _| {
         good.extend(chunk);
         bad.extend_from_slice(faults);
         Ok::<(), std::convert::Infallible>(())
@@ -49,9 +49,35 @@ pub fn read_lines<T>(
 }
 
 /// Reads JSON Lines from `input` as [`read_lines`] does, handing every `chunk` good lines (and
-/// the faults found since the last hand-over, and the number of lines read) to `take`, so that a file of any size is read in
-/// bounded memory and its progress can be shown. Stops at the first error of `take`.
-pub fn read_in_chunks<T, E>(
+/// the faults found since the last hand-over, and the number of lines read) to `take`, so that
+/// a file of any size is read in bounded memory and its progress can be shown. The lines are
+/// read and parsed on a thread of their own, one chunk ahead of `take` (two chunks in memory at
+/// most). Stops at the first error of `take`.
+pub fn read_in_chunks<T: Send, E>(
+    input: impl BufRead + Send,
+    parse: impl Fn(&str) -> Result<T, Vec<Fault>> + Send,
+    chunk: usize,
+    mut take: impl FnMut(Vec<(usize, T)>, &[LineError], usize) -> Result<(), E>,
+) -> Result<(), E> {
+    type Chunk<T> = (Vec<(usize, T)>, Vec<LineError>, usize);
+    std::thread::scope(|scope| {
+        let (send, receive) = std::sync::mpsc::sync_channel::<Chunk<T>>(1);
+        scope.spawn(move || {
+            // A send fails only when `take` failed and the reading is over.
+            let _ = read_chunks_here(input, parse, chunk, |good, bad, n| {
+                send.send((good, bad.to_vec(), n))
+            });
+        });
+        // Every chunk the reader sends, the last included, until it ends or `take` fails.
+        for (good, bad, n) in receive {
+            take(good, &bad, n)?;
+        }
+        Ok(())
+    })
+}
+
+/// [`read_in_chunks`] on the calling thread.
+fn read_chunks_here<T, E>(
     input: impl BufRead,
     parse: impl Fn(&str) -> Result<T, Vec<Fault>>,
     chunk: usize,
