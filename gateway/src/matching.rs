@@ -432,7 +432,10 @@ pub async fn eligible_enterprises(
         None => None,
     };
     let day = decision_day(q.as_of.as_deref())?;
-    let (policy, page, next) = blocking(&gw, move |kb| {
+    // The first lines are decided before the answer starts (a fault is still a status then);
+    // the rest step by step while it is sent, each step under the store's read lock only for
+    // its own lines, all with the policy as it was when the page began.
+    let first = blocking(&gw, move |kb| {
         let policy = kb.policy(&id).ok_or_else(|| no_policy(&id))?;
         if let Some((version, _)) = &after
             && *version != policy.version
@@ -445,59 +448,140 @@ pub async fn eligible_enterprises(
                 ),
             ));
         }
-        let page = kb
-            .eligible_page(&policy, day, after.as_ref().map(|(_, u)| u), limit)
-            .map_err(kb_error)?;
-        let next = page.next.map(|u| format!("{}.{u}", policy.version));
-        Ok((policy, page.enterprises, next))
+        let mut page = PageWriter {
+            policy,
+            day,
+            after: after.map(|(_, u)| u),
+            left: limit,
+            written: 0,
+            done: false,
+        };
+        let bytes = page.step(kb).map_err(kb_error)?;
+        Ok((page, bytes))
     })
     .await?;
-    // Stream the page in chunks rather than building one large string.
-    let head = serde_json::json!({
-        "policy_id": policy.id,
-        "version": policy.version,
-        "date": policies::model::format_date(day),
-    })
-    .to_string();
-    let head = format!("{},\"enterprises\":[", head.trim_end_matches('}'));
-    let tail = format!("],\"next_cursor\":{}}}", serde_json::json!(next));
-    // Each line written straight into its chunk's buffer (no JSON value built per line), and
-    // each chunk only when the body is read.
-    #[derive(Serialize)]
-    struct Line<'a> {
-        uscc: &'a str,
-        name: &'a str,
-        region: policies::codes::Region,
-        benefit_yuan: Option<u64>,
-    }
-    let page = Arc::new(page);
-    let chunks = (0..page.len().div_ceil(512)).map(move |n| {
-        let chunk = &page[n * 512..((n + 1) * 512).min(page.len())];
-        let mut out: Vec<u8> = Vec::with_capacity(chunk.len() * 128);
-        for (i, p) in chunk.iter().enumerate() {
-            if n > 0 || i > 0 {
-                out.push(b',');
+    let kb = gw.policies.clone();
+    let rest = futures_util::stream::unfold(Some(first.0), move |page| {
+        let kb = kb.clone();
+        async move {
+            let mut page = page.filter(|p| !p.done)?;
+            let step = tokio::task::spawn_blocking(move || {
+                let bytes = page.step(&kb);
+                (page, bytes)
+            })
+            .await;
+            match step {
+                Ok((page, Ok(bytes))) => Some((Ok(bytes), Some(page))),
+                Ok((_, Err(e))) => {
+                    tracing::error!(error = %e, "an eligible-enterprise page ended early");
+                    Some((Err(std::io::Error::other(e.to_string())), None))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "an eligible-enterprise page ended early");
+                    Some((Err(std::io::Error::other(e.to_string())), None))
+                }
             }
-            let line = Line {
-                uscc: p.uscc.as_str(),
-                name: &p.name,
-                region: p.region,
-                benefit_yuan: policies::eligibility::benefit(&policy, p),
-            };
-            // Writing plain fields into memory cannot fail.
-            let _ = serde_json::to_writer(&mut out, &line);
         }
-        bytes::Bytes::from(out)
     });
-    let parts = std::iter::once(bytes::Bytes::from(head))
-        .chain(chunks)
-        .chain(std::iter::once(bytes::Bytes::from(tail)));
-    let stream = futures_util::stream::iter(parts.map(Ok::<_, std::io::Error>));
+    let stream = futures_util::StreamExt::chain(
+        futures_util::stream::once(async move { Ok(first.1) }),
+        rest,
+    );
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// Enterprises decided and written in the first step of a page of eligible enterprises; each
+/// further step twice as many as the last, up to [`PAGE_STEP_MAX`] (the first lines leave at
+/// once, and a large page takes few hops to the blocking pool).
+const PAGE_STEP: usize = 512;
+
+/// Most enterprises decided and written in one step.
+const PAGE_STEP_MAX: usize = 16_384;
+
+/// A page of eligible enterprises being written: each [`PageWriter::step`] decides the next
+/// enterprises and writes them; the first step writes the head, the last the cursor of the
+/// next page.
+struct PageWriter {
+    policy: Arc<Policy>,
+    day: Date,
+    /// The last USCC written (or the cursor's).
+    after: Option<cert_store::Uscc>,
+    /// Enterprises still to write on this page.
+    left: usize,
+    /// Enterprises written (the first step, which writes none or some, writes the head).
+    written: usize,
+    done: bool,
+}
+
+impl PageWriter {
+    fn step(&mut self, kb: &KnowledgeBase) -> Result<bytes::Bytes, KbError> {
+        /// One line of `enterprises`, written straight into the step's buffer.
+        #[derive(Serialize)]
+        struct Line<'a> {
+            uscc: &'a str,
+            name: &'a str,
+            region: policies::codes::Region,
+            benefit_yuan: Option<u64>,
+        }
+        let want = self
+            .left
+            .min(self.written.max(PAGE_STEP / 2).saturating_mul(2))
+            .min(PAGE_STEP_MAX);
+        let sub = kb.eligible_page(&self.policy, self.day, self.after.as_ref(), want)?;
+        let mut out: Vec<u8> = Vec::with_capacity(sub.enterprises.len() * 128 + 128);
+        let first = self.written == 0;
+        if first {
+            #[derive(Serialize)]
+            struct Head<'a> {
+                policy_id: &'a str,
+                version: u32,
+                date: String,
+            }
+            // Writing plain fields into memory cannot fail.
+            let _ = serde_json::to_writer(
+                &mut out,
+                &Head {
+                    policy_id: &self.policy.id,
+                    version: self.policy.version,
+                    date: policies::model::format_date(self.day),
+                },
+            );
+            out.pop();
+            out.extend_from_slice(b",\"enterprises\":[");
+        }
+        for (i, p) in sub.enterprises.iter().enumerate() {
+            if !(first && i == 0) {
+                out.push(b',');
+            }
+            self.written += 1;
+            let line = Line {
+                uscc: p.uscc.as_str(),
+                name: &p.name,
+                region: p.region,
+                benefit_yuan: policies::eligibility::benefit(&self.policy, p),
+            };
+            let _ = serde_json::to_writer(&mut out, &line);
+        }
+        self.left -= sub.enterprises.len();
+        self.after = sub.enterprises.last().map(|p| p.uscc.clone());
+        // The page ends with the policy's list, or full: then the next page's cursor, when
+        // one more is eligible.
+        if sub.enterprises.len() < want || sub.next.is_none() || self.left == 0 {
+            let next = match (self.left, sub.next) {
+                (0, Some(u)) => Some(format!("{}.{u}", self.policy.version)),
+                _ => None,
+            };
+            out.extend_from_slice(b"],\"next_cursor\":");
+            let _ = serde_json::to_writer(&mut out, &next);
+            out.push(b'}');
+            self.done = true;
+        }
+        Ok(bytes::Bytes::from(out))
+    }
 }
 
 // ---- search ----
@@ -784,4 +868,87 @@ pub async fn push_feed(
         }))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A page written in steps of growing size is the same list, cut at the same places, as
+    /// the knowledge base's own pages, whatever the limit relative to the steps.
+    #[test]
+    fn a_page_written_step_by_step_is_the_knowledge_base_s_page() {
+        let day = policies::model::parse_date("2026-11-01").unwrap();
+        let kb = KnowledgeBase::open(None, search::ChineseAnalyzer::new().unwrap()).unwrap();
+        let all: Vec<Policy> = policies::SAMPLE_POLICIES
+            .lines()
+            .map(|l| Policy::from_json(l).unwrap())
+            .collect();
+        kb.load_without_matching(
+            all.clone(),
+            policies::generate::population(4_000, 5, day).collect(),
+        )
+        .unwrap();
+        let policy = all
+            .iter()
+            .max_by_key(|p| kb.eligible_enterprises(p, day).unwrap().len())
+            .map(|p| Arc::new(p.clone()))
+            .unwrap();
+        let want: Vec<String> = kb
+            .eligible_enterprises(&policy, day)
+            .unwrap()
+            .iter()
+            .map(|p| p.uscc.to_string())
+            .collect();
+        assert!(want.len() > PAGE_STEP * 4, "{}", want.len());
+        for limit in [
+            1,
+            511,
+            512,
+            513,
+            1_536,
+            1_537,
+            want.len() - 1,
+            want.len(),
+            100_000,
+        ] {
+            let mut got = Vec::new();
+            let mut after: Option<cert_store::Uscc> = None;
+            loop {
+                let mut page = PageWriter {
+                    policy: policy.clone(),
+                    day,
+                    after: after.clone(),
+                    left: limit,
+                    written: 0,
+                    done: false,
+                };
+                let mut body = Vec::new();
+                let mut steps = 0;
+                while !page.done {
+                    body.extend_from_slice(&page.step(&kb).unwrap());
+                    steps += 1;
+                }
+                let page: Value = serde_json::from_slice(&body).unwrap();
+                let lines = page["enterprises"].as_array().unwrap();
+                assert!(lines.len() <= limit);
+                assert!(
+                    steps <= 1 + lines.len().div_ceil(PAGE_STEP).max(1),
+                    "{steps} steps"
+                );
+                got.extend(lines.iter().map(|l| l["uscc"].as_str().unwrap().to_owned()));
+                match page["next_cursor"].as_str() {
+                    Some(c) => {
+                        assert_eq!(lines.len(), limit, "a full page before a cursor");
+                        let (version, uscc) = c.split_once('.').unwrap();
+                        assert_eq!(version, policy.version.to_string());
+                        assert_eq!(Some(uscc), got.last().map(String::as_str));
+                        after = Some(uscc.parse().unwrap());
+                    }
+                    None => break,
+                }
+            }
+            assert_eq!(got, want, "limit {limit}");
+        }
+    }
 }

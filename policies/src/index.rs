@@ -457,8 +457,9 @@ impl EnterpriseIndex {
         ))
     }
 
-    /// Adds or replaces the profile held at `row` in memory.
-    pub fn upsert(&self, row: u64, p: &Profile) -> Result<(), IndexError> {
+    /// Adds the profile held at `row` in memory, replacing the one of its USCC unless it is
+    /// `new` to the index (a bulk import of new profiles then looks up no term to delete).
+    pub fn upsert(&self, row: u64, p: &Profile, new: bool) -> Result<(), IndexError> {
         let mut d = doc!(self.row => row, self.uscc => p.uscc.as_str());
         for r in p.region.ancestors() {
             d.add_text(self.region, r.code());
@@ -490,7 +491,9 @@ impl EnterpriseIndex {
             d.add_u64(self.credit, u64::from(c.rank()));
         }
         let w = self.handle.writer()?;
-        w.delete_term(Term::from_field_text(self.uscc, p.uscc.as_str()));
+        if !new {
+            w.delete_term(Term::from_field_text(self.uscc, p.uscc.as_str()));
+        }
         w.add_document(d)?;
         Ok(())
     }

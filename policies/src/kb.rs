@@ -297,7 +297,7 @@ impl KnowledgeBase {
         {
             enterprise_index.clear()?;
             for (row, p) in profiles.rows.iter().enumerate() {
-                enterprise_index.upsert(row as u64, p)?;
+                enterprise_index.upsert(row as u64, p, true)?;
             }
             enterprise_index.commit()?;
         }
@@ -510,9 +510,10 @@ impl KnowledgeBase {
                 rows.sorted = true;
             }
             for p in profiles {
+                let new = !rows.by_uscc.contains_key(p.uscc.as_str());
                 let p = Arc::new(p);
                 let row = rows.put(p.clone());
-                self.enterprise_index.upsert(row, &p)?;
+                self.enterprise_index.upsert(row, &p, new)?;
             }
             rows.order();
         }
@@ -590,9 +591,10 @@ impl KnowledgeBase {
         if !changes.profiles.is_empty() {
             let mut profiles = self.profiles.write().map_err(|_| KbError::Poisoned)?;
             for p in changes.profiles {
+                let new = !profiles.by_uscc.contains_key(p.uscc.as_str());
                 let p = Arc::new(p);
                 let row = profiles.put(p.clone());
-                self.enterprise_index.upsert(row, &p)?;
+                self.enterprise_index.upsert(row, &p, new)?;
             }
             profiles.order();
             drop(profiles);
@@ -756,10 +758,11 @@ impl KnowledgeBase {
                 }
             });
             for p in batch {
-                replaced.push(profiles.by_uscc.contains_key(p.uscc.as_str()));
+                let known = profiles.by_uscc.contains_key(p.uscc.as_str());
+                replaced.push(known);
                 let p = Arc::new(p);
                 let row = profiles.put(p.clone());
-                self.enterprise_index.upsert(row, &p)?;
+                self.enterprise_index.upsert(row, &p, !known)?;
                 changed.push((row, p));
             }
             profiles.order();
@@ -814,7 +817,7 @@ impl KnowledgeBase {
                     .filter(|id| !now.contains(id.as_str()))
                     .collect();
                 changes.ended_matches += removed.len();
-                items.push((*row, (**p).clone(), added, removed));
+                items.push((*row, p.clone(), added, removed));
             }
             changes.new_matches += self.store.save_profiles(&items, now_ms())?;
             return Ok(changes);
@@ -852,7 +855,7 @@ impl KnowledgeBase {
                 .filter(|id| !now.contains(id.as_str()))
                 .collect();
             changes.ended_matches += removed.len();
-            items.push((row, (*p).clone(), added, removed));
+            items.push((row, p, added, removed));
         }
         changes.new_matches += self.store.save_profiles(&items, now_ms())?;
         Ok(changes)

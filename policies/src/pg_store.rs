@@ -230,7 +230,7 @@ impl KbStore for PgKbStore {
         for (i, (_, profile, _, _)) in items.iter().enumerate() {
             if last.get(profile.uscc.as_str()) == Some(&i) {
                 usccs.push(profile.uscc.as_str());
-                jsons.push(serde_json::to_string(profile)?);
+                jsons.push(serde_json::to_string(profile.as_ref())?);
             }
         }
         self.with(|c| {

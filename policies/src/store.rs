@@ -99,7 +99,7 @@ pub struct NewMatch {
 /// longer matches.
 pub type ProfileChange = (
     u64,
-    Profile,
+    std::sync::Arc<Profile>,
     Vec<(std::sync::Arc<Policy>, NewMatch)>,
     Vec<String>,
 );
@@ -385,7 +385,8 @@ impl KbStore for Store {
             Ok(r)
         };
         for (row, profile, added, removed) in items {
-            let json = serde_json::to_string(profile).map_err(|e| StoreError(e.to_string()))?;
+            let json =
+                serde_json::to_string(profile.as_ref()).map_err(|e| StoreError(e.to_string()))?;
             put.execute(params![profile.uscc.as_str(), *row as i64, json])?;
             for (policy, m) in added {
                 let r = policy_row(&policy.id)?;
