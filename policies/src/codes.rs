@@ -366,7 +366,12 @@ impl Industry {
 
     /// True when `self` is `other` or one of its children.
     pub fn within(&self, other: &Industry) -> bool {
-        self.0.starts_with(&other.0)
+        Industry::code_within(&self.0, other)
+    }
+
+    /// True when the code `code` is `other` or one of its children.
+    pub fn code_within(code: &str, other: &Industry) -> bool {
+        code.starts_with(&other.0)
     }
 }
 

@@ -9,7 +9,7 @@ use cert_store::Uscc;
 use search::ChineseAnalyzer;
 use time::Date;
 
-use crate::eligibility::{self, Eligibility};
+use crate::eligibility::{self, CompactFacts, Eligibility};
 use crate::index::{EnterpriseIndex, IndexError, PolicyIndex, SearchFilter, SearchHit};
 use crate::model::{Policy, Profile};
 use crate::store::{FeedEvent, KbStore, NewMatch, Store, StoreError};
@@ -73,6 +73,9 @@ pub struct Matches {
 #[derive(Default)]
 struct Profiles {
     rows: Vec<Arc<Profile>>,
+    /// Each row's facts in compact form (`None`: decided on the profile itself), so that
+    /// deciding a policy for many profiles reads them in one stream.
+    facts: Vec<Option<CompactFacts>>,
     by_uscc: HashMap<String, u64>,
     /// True while rows are in USCC order, so that sorting rows sorts by USCC.
     sorted: bool,
@@ -88,6 +91,9 @@ impl Profiles {
     /// Puts `p` in its row (a new one at the end) and returns the row.
     fn put(&mut self, p: Arc<Profile>) -> u64 {
         if let Some(row) = self.by_uscc.get(p.uscc.as_str()).copied() {
+            if let Some(slot) = self.facts.get_mut(row as usize) {
+                *slot = CompactFacts::of(&p);
+            }
             if let Some(slot) = self.rows.get_mut(row as usize) {
                 *slot = p;
             }
@@ -98,6 +104,7 @@ impl Profiles {
         }
         let row = self.rows.len() as u64;
         self.by_uscc.insert(p.uscc.as_str().to_owned(), row);
+        self.facts.push(CompactFacts::of(&p));
         self.rows.push(p);
         self.unordered.push(row as u32);
         row
@@ -128,12 +135,29 @@ impl Profiles {
         }
     }
 
+    /// The row of the profile `i`th in USCC order.
+    fn row_in_order(&self, i: usize) -> Option<usize> {
+        if self.sorted {
+            (i < self.rows.len()).then_some(i)
+        } else {
+            self.order.get(i).map(|r| *r as usize)
+        }
+    }
+
     /// The profile `i`th in USCC order.
     fn in_order(&self, i: usize) -> Option<&Arc<Profile>> {
-        if self.sorted {
-            self.rows.get(i)
-        } else {
-            self.rows.get(*self.order.get(i)? as usize)
+        self.rows.get(self.row_in_order(i)?)
+    }
+
+    /// Whether the profile in `row` is eligible for `policy` on `today` (decided on its
+    /// compact facts where it has them).
+    fn eligible(&self, row: usize, policy: &Policy, today: Date) -> bool {
+        match self.facts.get(row) {
+            Some(Some(facts)) => eligibility::decide(policy, facts, today),
+            _ => self
+                .rows
+                .get(row)
+                .is_some_and(|p| eligibility::is_eligible(policy, p, today)),
         }
     }
 }
@@ -390,11 +414,14 @@ impl KnowledgeBase {
                 lo
             }
         };
-        while let Some(p) = profiles.in_order(i) {
+        while let Some(row) = profiles.row_in_order(i) {
             i += 1;
-            if !eligibility::is_eligible(policy, p, today) {
+            if !profiles.eligible(row, policy, today) {
                 continue;
             }
+            let Some(p) = profiles.rows.get(row) else {
+                continue;
+            };
             if page.enterprises.len() == limit {
                 // One more is eligible: the next page starts after this one's last.
                 page.next = page.enterprises.last().map(|p| p.uscc.clone());
@@ -423,8 +450,8 @@ impl KnowledgeBase {
         }
         let mut out: Vec<Arc<Profile>> = rows
             .into_iter()
+            .filter(|r| profiles.eligible(*r as usize, policy, today))
             .filter_map(|r| profiles.rows.get(r as usize))
-            .filter(|p| eligibility::is_eligible(policy, p, today))
             .cloned()
             .collect();
         if !profiles.sorted {

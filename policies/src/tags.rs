@@ -72,6 +72,9 @@ pub struct TagInfo {
     pub definition: &'static str,
     /// True for a tag of the deployment's local vocabulary.
     pub local: bool,
+    /// Its place in the vocabulary (the shipped tags first): a tag's bit in compact tag sets.
+    #[serde(skip)]
+    index: usize,
 }
 
 #[derive(Default)]
@@ -126,6 +129,7 @@ impl Vocabulary {
                 aliases: aliases.split('|').filter(|a| !a.is_empty()).collect(),
                 definition,
                 local,
+                index: 0,
             });
         }
         let local_now = self.entries.iter().filter(|e| e.local).count();
@@ -148,7 +152,8 @@ impl Vocabulary {
             }
         }
         let added = fresh.len();
-        for info in fresh {
+        for mut info in fresh {
+            info.index = self.entries.len();
             let info: &'static TagInfo = Box::leak(Box::new(info));
             for spelling in std::iter::once(info.tag).chain(info.aliases.iter().copied()) {
                 self.by_spelling.insert(fold(spelling), info);
@@ -261,9 +266,42 @@ pub fn near(spelling: &str) -> Vec<&'static str> {
     scored.into_iter().take(5).map(|(_, t)| t).collect()
 }
 
-/// An enterprise tag of the vocabulary, always in its stored spelling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tag(&'static str);
+/// An enterprise tag of the vocabulary, always in its stored spelling; equal, ordered and
+/// hashed by that spelling.
+#[derive(Clone, Copy)]
+pub struct Tag(&'static TagInfo);
+
+impl fmt::Debug for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Tag").field(&self.0.tag).finish()
+    }
+}
+
+impl PartialEq for Tag {
+    fn eq(&self, other: &Tag) -> bool {
+        self.0.tag == other.0.tag
+    }
+}
+
+impl Eq for Tag {}
+
+impl PartialOrd for Tag {
+    fn partial_cmp(&self, other: &Tag) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Tag {
+    fn cmp(&self, other: &Tag) -> std::cmp::Ordering {
+        self.0.tag.cmp(other.0.tag)
+    }
+}
+
+impl std::hash::Hash for Tag {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.tag.hash(h);
+    }
+}
 
 impl Tag {
     /// The tag a spelling or alias names (`首台套` → `首台（套）`); an unknown one is refused
@@ -276,7 +314,7 @@ impl Tag {
             .by_spelling
             .get(&folded)
         {
-            return Ok(Tag(info.tag));
+            return Ok(Tag(info));
         }
         let shown: String = s.chars().take(40).collect();
         let near = near(s);
@@ -294,19 +332,24 @@ impl Tag {
 
     /// The tag.
     pub fn as_str(self) -> &'static str {
-        self.0
+        self.0.tag
+    }
+
+    /// Its place in the vocabulary: the shipped tags are the first, local ones follow.
+    pub fn index(self) -> usize {
+        self.0.index
     }
 }
 
 impl fmt::Display for Tag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
+        f.write_str(self.0.tag)
     }
 }
 
 impl Serialize for Tag {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.0)
+        s.serialize_str(self.0.tag)
     }
 }
 
