@@ -207,6 +207,8 @@ async fn main() {
         let mut seen = 0usize;
         let mut last = String::new();
         let mut pages = 0;
+        // The bench's own reading of the pages (JSON into values), as a consumer's would be.
+        let mut parsing = 0.0;
         loop {
             let path = match &cursor {
                 None => format!(
@@ -230,7 +232,9 @@ async fn main() {
                 first_ms = t.elapsed().as_secs_f64() * 1e3;
             }
             pages += 1;
+            let t = Instant::now();
             let page = reply.json();
+            parsing += t.elapsed().as_secs_f64();
             for e in page["enterprises"].as_array().unwrap() {
                 let uscc = e["uscc"].as_str().unwrap().to_owned();
                 assert!(uscc > last, "in USCC order, each once");
@@ -244,7 +248,7 @@ async fn main() {
         }
         assert_eq!(seen, want, "every eligible enterprise of {}", broad.id);
         println!(
-            "eligible enterprises of {} over HTTP, limit={limit}: {seen} in {pages} pages, whole list {:.2} s (goal ≤ 3 s), first page {first_ms:.1} ms (goal ≤ 50 ms)",
+            "eligible enterprises of {} over HTTP, limit={limit}: {seen} in {pages} pages, whole list {:.2} s (goal ≤ 3 s; of it {parsing:.2} s the client parsing the pages), first page {first_ms:.1} ms (goal ≤ 50 ms)",
             broad.id,
             started.elapsed().as_secs_f64()
         );
