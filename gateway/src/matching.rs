@@ -394,8 +394,9 @@ pub struct PageQuery {
     pub as_of: Option<String>,
 }
 
-/// Every enterprise eligible for a policy today (or `as_of`), by USCC, cursor-paged; the page is streamed
-/// as it is written. Each line of `enterprises` is `{uscc, name, region, benefit_yuan}`.
+/// Every enterprise eligible for a policy today (or `as_of`), by USCC, cursor-paged; the page
+/// is decided while it is sent (its first lines at once, with the policy as it was when the
+/// page began). Each line of `enterprises` is `{uscc, name, region, benefit_yuan}`.
 #[utoipa::path(get, path = "/v1/policies/{id}/eligible-enterprises", tag = "policies",
     params(("id" = String, Path, description = "Policy id"), PageQuery),
     responses((status = 200, description = "{\"policy_id\", \"enterprises\": [...], \"next_cursor\"}", content_type = "application/json"),
