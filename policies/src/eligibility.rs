@@ -241,33 +241,40 @@ pub trait Facts {
     fn credit_rating(&self) -> Option<Credit>;
 }
 
+/// The [`Facts`] a type holds as fields of the same names.
+macro_rules! facts_held_as_fields {
+    () => {
+        fn region(&self) -> Region {
+            self.region
+        }
+        fn scale(&self) -> Option<Scale> {
+            self.scale
+        }
+        fn founded(&self) -> Option<Date> {
+            self.founded
+        }
+        fn registered_capital_yuan(&self) -> Option<u64> {
+            self.registered_capital_yuan
+        }
+        fn employees(&self) -> Option<u64> {
+            self.employees
+        }
+        fn annual_revenue_yuan(&self) -> Option<u64> {
+            self.annual_revenue_yuan
+        }
+        fn credit_rating(&self) -> Option<Credit> {
+            self.credit_rating
+        }
+    };
+}
+
 impl Facts for Profile {
-    fn region(&self) -> Region {
-        self.region
-    }
+    facts_held_as_fields!();
     fn industry(&self) -> Option<&str> {
         self.industry.as_ref().map(Industry::as_str)
     }
-    fn scale(&self) -> Option<Scale> {
-        self.scale
-    }
-    fn founded(&self) -> Option<Date> {
-        self.founded
-    }
-    fn registered_capital_yuan(&self) -> Option<u64> {
-        self.registered_capital_yuan
-    }
-    fn employees(&self) -> Option<u64> {
-        self.employees
-    }
-    fn annual_revenue_yuan(&self) -> Option<u64> {
-        self.annual_revenue_yuan
-    }
     fn has_tag(&self, tag: Tag) -> bool {
         self.tags.contains(&tag)
-    }
-    fn credit_rating(&self) -> Option<Credit> {
-        self.credit_rating
     }
 }
 
@@ -330,35 +337,15 @@ impl CompactFacts {
 }
 
 impl Facts for CompactFacts {
-    fn region(&self) -> Region {
-        self.region
-    }
+    facts_held_as_fields!();
     fn industry(&self) -> Option<&str> {
         let code = self.industry.get(..usize::from(self.industry_len))?;
         std::str::from_utf8(code).ok().filter(|c| !c.is_empty())
-    }
-    fn scale(&self) -> Option<Scale> {
-        self.scale
-    }
-    fn founded(&self) -> Option<Date> {
-        self.founded
-    }
-    fn registered_capital_yuan(&self) -> Option<u64> {
-        self.registered_capital_yuan
-    }
-    fn employees(&self) -> Option<u64> {
-        self.employees
-    }
-    fn annual_revenue_yuan(&self) -> Option<u64> {
-        self.annual_revenue_yuan
     }
     fn has_tag(&self, tag: Tag) -> bool {
         // A tag beyond the bits is one no compact profile carries (`CompactFacts::of`).
         let bit = tag.index();
         bit < TAG_BITS && self.tags & (1 << bit) != 0
-    }
-    fn credit_rating(&self) -> Option<Credit> {
-        self.credit_rating
     }
 }
 

@@ -52,8 +52,16 @@ async fn main() {
     let cfg = config.to_str().unwrap();
     let dir = pki.dir.path();
     let bin = certgate_bin();
-    let run = |args: &[&str]| {
-        let out = Command::new(&bin).args(args).output().unwrap();
+    // `certgate args`, on the CPUs `cpus` names when it names some (`taskset -c cpus`).
+    let run_on = |cpus: &str, args: &[&str]| {
+        let mut cmd = if cpus.is_empty() {
+            Command::new(&bin)
+        } else {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus]).arg(&bin);
+            c
+        };
+        let out = cmd.args(args).output().unwrap();
         assert!(
             out.status.success(),
             "certgate {args:?}: {}",
@@ -61,6 +69,7 @@ async fn main() {
         );
         out
     };
+    let run = |args: &[&str]| run_on("", args);
 
     // The population, and the policies.
     let profiles = dir.join("profiles.jsonl");
@@ -95,34 +104,16 @@ async fn main() {
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
     let t = Instant::now();
-    let out = if cpus.is_empty() {
-        run(&[
+    let out = run_on(
+        &cpus,
+        &[
             "enterprises",
             "import",
             "--config",
             cfg,
             profiles.to_str().unwrap(),
-        ])
-    } else {
-        let out = Command::new("taskset")
-            .args(["-c", &cpus])
-            .arg(&bin)
-            .args([
-                "enterprises",
-                "import",
-                "--config",
-                cfg,
-                profiles.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    };
+        ],
+    );
     let secs = t.elapsed().as_secs_f64();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let progress = stderr

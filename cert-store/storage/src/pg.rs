@@ -2,10 +2,11 @@
 //! timeouts, TCP keepalives, TLS through OpenSSL, broken connections dropped, versioned
 //! migrations per store under an advisory lock.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use postgres::Client;
+use postgres::{Client, Statement};
 use postgres_openssl::MakeTlsConnector;
 
 use crate::{Error, PgSettings};
@@ -18,7 +19,13 @@ pub struct PgPool {
     settings: PgSettings,
     config: postgres::Config,
     tls: MakeTlsConnector,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Conn>>,
+}
+
+/// A pooled connection with the statements prepared on it (see [`PgPool::with_prepared`]).
+struct Conn {
+    client: Client,
+    prepared: HashMap<&'static str, Statement>,
 }
 
 impl std::fmt::Debug for PgPool {
@@ -109,30 +116,33 @@ impl PgPool {
         &self.settings.schema
     }
 
-    fn connect(&self) -> Result<Client> {
+    fn connect(&self) -> Result<Conn> {
         let mut c = self.config.connect(self.tls.clone())?;
         c.batch_execute(&format!(
             "SET search_path TO {}; SET statement_timeout = {}",
             self.settings.schema,
             self.settings.statement_timeout.as_millis()
         ))?;
-        Ok(c)
+        Ok(Conn {
+            client: c,
+            prepared: HashMap::new(),
+        })
     }
 
-    fn take(&self) -> Result<Client> {
+    fn take(&self) -> Result<Conn> {
         let taken = self.idle.lock().ok().and_then(|mut v| v.pop());
         match taken {
-            Some(c) if !c.is_closed() => Ok(c),
+            Some(c) if !c.client.is_closed() => Ok(c),
             _ => self.connect(),
         }
     }
 
-    fn give_back(&self, client: Client) {
-        if !client.is_closed()
+    fn give_back(&self, conn: Conn) {
+        if !conn.client.is_closed()
             && let Ok(mut idle) = self.idle.lock()
             && idle.len() < self.settings.pool_size
         {
-            idle.push(client);
+            idle.push(conn);
         }
     }
 
@@ -142,10 +152,38 @@ impl PgPool {
         &self,
         f: impl FnOnce(&mut Client) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
-        let mut client = self.take()?;
-        let result = f(&mut client);
+        self.on_conn(|conn| f(&mut conn.client))
+    }
+
+    /// Runs `f` on a connection with `sql` prepared on it: prepared once per connection and
+    /// kept with it, so that a call of the statement is one round trip to the server (a
+    /// statement given as text is two: prepare, then execute).
+    pub fn with_statement<T, E: From<Error>>(
+        &self,
+        sql: &'static str,
+        f: impl FnOnce(&mut Client, &Statement) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        self.on_conn(|conn| {
+            let statement = match conn.prepared.get(sql) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = conn.client.prepare(sql).map_err(Error::from)?;
+                    conn.prepared.insert(sql, s.clone());
+                    s
+                }
+            };
+            f(&mut conn.client, &statement)
+        })
+    }
+
+    fn on_conn<T, E: From<Error>>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let mut conn = self.take()?;
+        let result = f(&mut conn);
         if result.is_ok() {
-            self.give_back(client);
+            self.give_back(conn);
         }
         result
     }
@@ -155,7 +193,7 @@ impl PgPool {
     pub fn hold(&self) -> Result<Held<'_>> {
         Ok(Held {
             pool: self,
-            client: Some(self.take()?),
+            conn: Some(self.take()?),
         })
     }
 
@@ -221,7 +259,7 @@ impl PgPool {
 /// dropped, unless discarded or broken.
 pub struct Held<'a> {
     pool: &'a PgPool,
-    client: Option<Client>,
+    conn: Option<Conn>,
 }
 
 impl std::fmt::Debug for Held<'_> {
@@ -233,18 +271,18 @@ impl std::fmt::Debug for Held<'_> {
 impl Held<'_> {
     /// The connection; `None` once discarded.
     pub fn client(&mut self) -> Option<&mut Client> {
-        self.client.as_mut()
+        self.conn.as_mut().map(|c| &mut c.client)
     }
 
     /// Closes the connection instead of returning it to the pool.
     pub fn discard(&mut self) {
-        self.client = None;
+        self.conn = None;
     }
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        if let Some(c) = self.client.take() {
+        if let Some(c) = self.conn.take() {
             self.pool.give_back(c);
         }
     }

@@ -2,6 +2,12 @@
 //! `log_nodes` and `log_checkpoints` as in the SQLite file, plus `log_state`, the one row
 //! holding the tree size. A node appends a batch by locking that row, so batches from
 //! different nodes take consecutive positions and one tree covers every node's requests.
+//!
+//! A batch is one round trip when the node's last append left the tree as it is still: one
+//! statement (prepared once per connection) moves the size from the end the node knows and
+//! inserts the leaves and subtrees only if that moved it. When another node appended since (or
+//! after a start, before the right edge of the tree is known), the batch takes the longer way:
+//! lock the row, read the size and the subtrees it needs, insert, commit.
 
 use std::sync::Arc;
 
@@ -40,7 +46,26 @@ INSERT INTO log_state (id, size) VALUES (1, 0);
 #[derive(Debug, Clone)]
 pub struct PgLog {
     pool: Arc<PgPool>,
+    /// The tree size this node's last append left (its frontier is that tree's right edge).
+    known_size: Option<u64>,
 }
+
+/// A batch in one statement: the size moves from `$10` to `$9` only if it is still `$10`, and
+/// the leaves and subtrees go in only if it moved; answers whether it did.
+const APPEND_IF_UNCHANGED: &str = "
+WITH moved AS (
+    UPDATE log_state SET size = $9 WHERE id = 1 AND size = $10 RETURNING size
+), leaves AS (
+    INSERT INTO log_leaves (seq, time_ms, department, holder, resource, route, outcome, data)
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::bytea[])
+    WHERE EXISTS (SELECT 1 FROM moved)
+), nodes AS (
+    INSERT INTO log_nodes (level, idx, hash)
+    SELECT * FROM unnest($11::integer[], $12::bigint[], $13::bytea[])
+    WHERE EXISTS (SELECT 1 FROM moved)
+)
+SELECT count(*) FROM moved";
 
 /// PostgreSQL text cannot hold NUL; the indexed copies of a leaf's fields drop it (the leaf's
 /// bytes keep everything).
@@ -52,12 +77,63 @@ impl PgLog {
     /// The log on `pool`'s schema, creating its tables if this is the first node to start.
     pub fn open(pool: Arc<PgPool>) -> Result<PgLog, LogError> {
         pool.migrate(crate::db::MIGRATION_COMPONENT, MIGRATIONS)?;
-        Ok(PgLog { pool })
+        Ok(PgLog::new(pool))
     }
 
     /// The log on `pool`'s schema, for reading (tables already made by [`PgLog::open`]).
     pub fn new(pool: Arc<PgPool>) -> PgLog {
-        PgLog { pool }
+        PgLog {
+            pool,
+            known_size: None,
+        }
+    }
+
+    /// Appends the batch in one statement if the tree is still `start` leaves, the size this
+    /// node's last append left, and every subtree the batch needs is in `frontier`. Returns
+    /// `false`, with `frontier` as it was, when it is not so (nothing is written then).
+    fn append_if_unchanged(
+        &self,
+        start: u64,
+        leaves: &mut [&mut Leaf],
+        frontier: &mut Frontier,
+    ) -> Result<bool, LogError> {
+        let mut edge = frontier.clone();
+        let Ok((encoded, nodes)) = prepare_batch(leaves, start, &mut edge, |_, _| {
+            Err(LogError::Store("not on this node's right edge".into()))
+        }) else {
+            return Ok(false);
+        };
+        let cols = LeafColumns::of(leaves, encoded);
+        let (levels, idxs, hashes) = node_columns(&nodes);
+        let end = start + leaves.len() as u64;
+        let moved: i64 = self
+            .pool
+            .with_statement(APPEND_IF_UNCHANGED, |c, statement| {
+                c.query_one(
+                    statement,
+                    &[
+                        &cols.seq,
+                        &cols.time_ms,
+                        &cols.department,
+                        &cols.holder,
+                        &cols.resource,
+                        &cols.route,
+                        &cols.outcome,
+                        &cols.data,
+                        &(end as i64),
+                        &(start as i64),
+                        &levels,
+                        &idxs,
+                        &hashes,
+                    ],
+                )?
+                .try_get(0)
+                .map_err(LogError::from)
+            })?;
+        if moved == 1 {
+            *frontier = edge;
+        }
+        Ok(moved == 1)
     }
 }
 
@@ -184,7 +260,15 @@ impl LogDb for PgLog {
         leaves: &mut [&mut Leaf],
         frontier: &mut Frontier,
     ) -> Result<u64, LogError> {
-        self.pool.with(|c| -> Result<_, LogError> {
+        // Unknown until this append succeeds (the caller discards the frontier if it fails).
+        if let Some(start) = self.known_size.take()
+            && self.append_if_unchanged(start, leaves, frontier)?
+        {
+            let end = start + leaves.len() as u64;
+            self.known_size = Some(end);
+            return Ok(end);
+        }
+        let end = self.pool.with(|c| -> Result<_, LogError> {
             let mut tx = c.transaction()?;
             // The row lock orders batches of all nodes: the next positions are ours until
             // commit.
@@ -201,17 +285,7 @@ impl LogDb for PgLog {
                 .map(stored_hash)
                 .transpose()
             })?;
-            let mut cols = LeafColumns::default();
-            for (l, bytes) in leaves.iter().zip(encoded) {
-                cols.seq.push(l.seq as i64);
-                cols.time_ms.push(l.time_ms);
-                cols.department.push(text(&l.department));
-                cols.holder.push(text(&l.holder));
-                cols.resource.push(text(&l.resource));
-                cols.route.push(text(&l.route));
-                cols.outcome.push(l.outcome.as_str().to_owned());
-                cols.data.push(bytes);
-            }
+            let cols = LeafColumns::of(leaves, encoded);
             tx.execute(
                 "INSERT INTO log_leaves (seq, time_ms, department, holder, resource, route, outcome, data)
                  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],
@@ -227,9 +301,7 @@ impl LogDb for PgLog {
                     &cols.data,
                 ],
             )?;
-            let levels: Vec<i32> = nodes.iter().map(|n| n.0 as i32).collect();
-            let idxs: Vec<i64> = nodes.iter().map(|n| n.1 as i64).collect();
-            let hashes: Vec<&[u8]> = nodes.iter().map(|n| n.2.as_slice()).collect();
+            let (levels, idxs, hashes) = node_columns(&nodes);
             tx.execute(
                 "INSERT INTO log_nodes (level, idx, hash)
                  SELECT * FROM unnest($1::integer[], $2::bigint[], $3::bytea[])",
@@ -239,7 +311,9 @@ impl LogDb for PgLog {
             tx.execute("UPDATE log_state SET size = $1 WHERE id = 1", &[&end])?;
             tx.commit()?;
             Ok(end as u64)
-        })
+        })?;
+        self.known_size = Some(end);
+        Ok(end)
     }
 
     fn put_checkpoint(&mut self, size: u64, note: &str, time_ms: i64) -> Result<(), LogError> {
@@ -254,6 +328,33 @@ impl LogDb for PgLog {
     }
 }
 
+/// The subtrees a batch completes, as the columns of `log_nodes`.
+fn node_columns(nodes: &[(u32, u64, Hash)]) -> (Vec<i32>, Vec<i64>, Vec<&[u8]>) {
+    (
+        nodes.iter().map(|n| n.0 as i32).collect(),
+        nodes.iter().map(|n| n.1 as i64).collect(),
+        nodes.iter().map(|n| n.2.as_slice()).collect(),
+    )
+}
+
+impl LeafColumns {
+    /// The numbered leaves, with their bytes, as the columns of `log_leaves`.
+    fn of(leaves: &[&mut Leaf], encoded: Vec<Vec<u8>>) -> LeafColumns {
+        let mut cols = LeafColumns::default();
+        for (l, bytes) in leaves.iter().zip(encoded) {
+            cols.seq.push(l.seq as i64);
+            cols.time_ms.push(l.time_ms);
+            cols.department.push(text(&l.department));
+            cols.holder.push(text(&l.holder));
+            cols.resource.push(text(&l.resource));
+            cols.route.push(text(&l.route));
+            cols.outcome.push(l.outcome.as_str().to_owned());
+            cols.data.push(bytes);
+        }
+        cols
+    }
+}
+
 #[derive(Default)]
 struct LeafColumns {
     seq: Vec<i64>,
@@ -264,4 +365,74 @@ struct LeafColumns {
     route: Vec<Option<String>>,
     outcome: Vec<String>,
     data: Vec<Vec<u8>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merkle::{self, MemoryTree};
+
+    fn batch(first: i64, n: usize) -> Vec<Leaf> {
+        (0..n)
+            .map(|i| Leaf {
+                route: Some(format!("/v1/test/{}", first + i as i64)),
+                ..Leaf::new(
+                    crate::LeafKind::Request,
+                    1_800_000_000_000 + first + i as i64,
+                    200,
+                )
+            })
+            .collect()
+    }
+
+    fn append(log: &mut PgLog, leaves: &mut [Leaf], frontier: &mut Frontier) -> u64 {
+        let mut refs: Vec<&mut Leaf> = leaves.iter_mut().collect();
+        log.append(&mut refs, frontier).unwrap()
+    }
+
+    /// A node's batch on the right edge it knows is one statement; a batch on an edge another
+    /// node has moved writes nothing and the append takes the locked way; the stored tree is
+    /// the tree of the leaves either way.
+    #[test]
+    fn a_batch_on_the_known_edge_is_one_statement_and_a_stale_one_writes_nothing() {
+        let Some((pool, _schema)) = storage::pg::test_pool("tlog::one_statement").unwrap() else {
+            return;
+        };
+        let mut a = PgLog::open(pool.clone()).unwrap();
+        let mut b = PgLog::new(pool.clone());
+        let (mut edge_a, mut edge_b) = (Frontier::new(), Frontier::new());
+        // Nothing known yet: the locked way, and then the edge is known.
+        assert_eq!(append(&mut a, &mut batch(0, 3), &mut edge_a), 3);
+        assert_eq!(a.known_size, Some(3));
+        let mut leaves = batch(3, 4);
+        let mut refs: Vec<&mut Leaf> = leaves.iter_mut().collect();
+        assert!(a.append_if_unchanged(3, &mut refs, &mut edge_a).unwrap());
+        // Another node appends (knowing nothing: it reads the subtrees it needs).
+        assert_eq!(append(&mut b, &mut batch(7, 2), &mut edge_b), 9);
+        // A's statement on its old edge writes nothing and leaves its edge as it was.
+        let before = edge_a.clone();
+        let mut leaves = batch(100, 5);
+        let mut refs: Vec<&mut Leaf> = leaves.iter_mut().collect();
+        assert!(!a.append_if_unchanged(7, &mut refs, &mut edge_a).unwrap());
+        assert_eq!(edge_a, before);
+        assert_eq!(a.size().unwrap(), 9);
+        // Its append, believing the old edge, lands after B's.
+        a.known_size = Some(7);
+        assert_eq!(append(&mut a, &mut batch(9, 6), &mut edge_a), 15);
+        assert_eq!(append(&mut a, &mut batch(15, 2), &mut edge_a), 17);
+        let mut tree = MemoryTree::new();
+        for seq in 0..17 {
+            let data = a.leaf(seq).unwrap().unwrap();
+            let leaf: Leaf = serde_json::from_slice(&data).unwrap();
+            assert_eq!(leaf.seq, seq);
+            tree.push(&data);
+        }
+        for size in [1, 3, 7, 9, 15, 17] {
+            assert_eq!(
+                crate::db::root(&mut a, size).unwrap(),
+                merkle::root(&tree, size).unwrap(),
+                "size {size}"
+            );
+        }
+    }
 }
