@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use postgres::Statement;
 use postgres::{Row, error::SqlState};
 use storage::PgPool;
 use storage::pg::off_runtime;
@@ -123,35 +124,45 @@ fn licence_row(row: &Row) -> Result<LicenceRecord> {
     })
 }
 
-/// Inserts a licence, first refusing it (with the licence held) when `held_at` is given and
-/// the holder holds one of its type. Racing issuances for one holder and type are serialised
-/// by a transaction-scoped advisory lock on the pair, so the check holds across nodes.
+/// The lock that serialises issuances for one holder and licence type (on every node).
+const HOLDER_LOCK: &str = "SELECT pg_advisory_xact_lock(4242003, hashtext($1 || '/' || $2))";
+
+/// Inserts a licence unless `$17` is given and its holder (`$4`) holds a valid or suspended one
+/// of its type (`$2`) unexpired at `$17`; answers the id of the one held, if any. Run after
+/// [`HOLDER_LOCK`], in a statement of its own (its snapshot is then taken after the lock).
+const INSERT_UNLESS_HELD: &str = "
+WITH held AS (
+    SELECT id FROM licences WHERE $17::bigint IS NOT NULL
+        AND holder = $4::text AND type_code = $2::text
+        AND status IN ('valid', 'suspended') AND expires_at > $17::bigint LIMIT 1
+), inserted AS (
+    INSERT INTO licences (id, type_code, issuer, holder, seal_id, sd_jwt, fields, status,
+        status_reason, status_list, status_index, issued_at, not_before, expires_at, replaces,
+        replaced_by)
+    SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text,
+        $9::text, $10::bigint, $11::bigint, $12::bigint, $13::bigint, $14::bigint, $15::text,
+        $16::text
+    WHERE NOT EXISTS (SELECT 1 FROM held)
+)
+SELECT id FROM held";
+
+/// Inserts a licence in `tx` with `insert` (prepared [`INSERT_UNLESS_HELD`]), first refusing it
+/// (with the licence held) when `held_at` is given and the holder holds one of its type.
+/// Racing issuances for one holder and type are serialised by a transaction-scoped advisory
+/// lock on the pair ([`HOLDER_LOCK`], prepared as `lock`), so the check holds across nodes.
 fn insert_licence_in(
     tx: &mut postgres::Transaction<'_>,
+    [lock, insert]: &[Statement; 2],
     l: &LicenceRecord,
     held_at: Option<i64>,
 ) -> Result<()> {
-    if let Some(now) = held_at {
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(4242003, hashtext($1 || '/' || $2))",
-            &[&l.holder.as_str(), &l.type_code.as_str()],
-        )?;
-        let held = tx.query_opt(
-            "SELECT id FROM licences WHERE holder = $1 AND type_code = $2
-             AND status IN ('valid', 'suspended') AND expires_at > $3 LIMIT 1",
-            &[&l.holder.as_str(), &l.type_code.as_str(), &now],
-        )?;
-        if let Some(row) = held {
-            return Err(StoreError::Held(row.try_get(0)?));
-        }
+    if held_at.is_some() {
+        tx.execute(lock, &[&l.holder.as_str(), &l.type_code.as_str()])?;
     }
     let fields =
         serde_json::to_string(&l.fields).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    tx.execute(
-        &format!(
-            "INSERT INTO licences ({LICENCE_COLUMNS}) VALUES
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-        ),
+    let held = tx.query_opt(
+        insert,
         &[
             &l.id.as_str(),
             &l.type_code.as_str(),
@@ -169,9 +180,13 @@ fn insert_licence_in(
             &l.expires_at,
             &l.replaces.as_ref().map(LicenceId::as_str),
             &l.replaced_by.as_ref().map(LicenceId::as_str),
+            &held_at,
         ],
     )?;
-    Ok(())
+    match held {
+        Some(row) => Err(StoreError::Held(row.try_get(0)?)),
+        None => Ok(()),
+    }
 }
 
 impl PgStore {
@@ -339,35 +354,39 @@ impl Store for PgStore {
     }
 
     fn insert_licence(&self, l: &LicenceRecord, held_at: Option<i64>) -> Result<()> {
-        self.pool.with(|c| {
-            let mut tx = c.transaction()?;
-            insert_licence_in(&mut tx, l, held_at)?;
-            tx.commit()?;
-            Ok(())
-        })
+        // Four round trips (begin, the holder's lock, the insert unless held, commit), each
+        // statement prepared once per connection.
+        self.pool
+            .with_statements([HOLDER_LOCK, INSERT_UNLESS_HELD], |c, statements| {
+                let mut tx = c.transaction()?;
+                insert_licence_in(&mut tx, &statements, l, held_at)?;
+                tx.commit()?;
+                Ok(())
+            })
     }
 
     fn insert_renewal(&self, old: &str, new: &LicenceRecord, at: i64) -> Result<()> {
-        self.pool.with(|c| {
-            let mut tx = c.transaction()?;
-            insert_licence_in(&mut tx, new, None)?;
-            let n = tx.execute(
-                "UPDATE licences SET status = 'revoked', status_reason = $3, replaced_by = $2
+        self.pool
+            .with_statements([HOLDER_LOCK, INSERT_UNLESS_HELD], |c, statements| {
+                let mut tx = c.transaction()?;
+                insert_licence_in(&mut tx, &statements, new, None)?;
+                let n = tx.execute(
+                    "UPDATE licences SET status = 'revoked', status_reason = $3, replaced_by = $2
                  WHERE id = $1 AND replaced_by IS NULL AND status = 'valid'",
-                &[
-                    &old,
-                    &new.id.as_str(),
-                    &format!("renewed as {} at {at}", new.id),
-                ],
-            )?;
-            if n != 1 {
-                return Err(StoreError::Conflict(format!(
-                    "{old} is unknown or already renewed"
-                )));
-            }
-            tx.commit()?;
-            Ok(())
-        })
+                    &[
+                        &old,
+                        &new.id.as_str(),
+                        &format!("renewed as {} at {at}", new.id),
+                    ],
+                )?;
+                if n != 1 {
+                    return Err(StoreError::Conflict(format!(
+                        "{old} is unknown or already renewed"
+                    )));
+                }
+                tx.commit()?;
+                Ok(())
+            })
     }
 
     fn licence(&self, id: &str) -> Result<Option<LicenceRecord>> {

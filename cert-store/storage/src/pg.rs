@@ -155,24 +155,30 @@ impl PgPool {
         self.on_conn(|conn| f(&mut conn.client))
     }
 
-    /// Runs `f` on a connection with `sql` prepared on it: prepared once per connection and
-    /// kept with it, so that a call of the statement is one round trip to the server (a
+    /// Runs `f` on a connection with the statements `sql` prepared on it: prepared once per
+    /// connection and kept with it, so that a call of one is one round trip to the server (a
     /// statement given as text is two: prepare, then execute).
-    pub fn with_statement<T, E: From<Error>>(
+    pub fn with_statements<const N: usize, T, E: From<Error>>(
         &self,
-        sql: &'static str,
-        f: impl FnOnce(&mut Client, &Statement) -> std::result::Result<T, E>,
+        sql: [&'static str; N],
+        f: impl FnOnce(&mut Client, [Statement; N]) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
         self.on_conn(|conn| {
-            let statement = match conn.prepared.get(sql) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = conn.client.prepare(sql).map_err(Error::from)?;
-                    conn.prepared.insert(sql, s.clone());
-                    s
-                }
-            };
-            f(&mut conn.client, &statement)
+            let mut statements = Vec::with_capacity(N);
+            for text in sql {
+                statements.push(match conn.prepared.get(text) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = conn.client.prepare(text).map_err(Error::from)?;
+                        conn.prepared.insert(text, s.clone());
+                        s
+                    }
+                });
+            }
+            let statements: [Statement; N] = statements
+                .try_into()
+                .map_err(|_| Error::Settings("statements prepared in part".into()))?;
+            f(&mut conn.client, statements)
         })
     }
 

@@ -108,9 +108,9 @@ impl PgLog {
         let end = start + leaves.len() as u64;
         let moved: i64 = self
             .pool
-            .with_statement(APPEND_IF_UNCHANGED, |c, statement| {
+            .with_statements([APPEND_IF_UNCHANGED], |c, [statement]| {
                 c.query_one(
-                    statement,
+                    &statement,
                     &[
                         &cols.seq,
                         &cols.time_ms,
