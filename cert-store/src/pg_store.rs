@@ -356,13 +356,27 @@ impl Store for PgStore {
     fn insert_licence(&self, l: &LicenceRecord, held_at: Option<i64>) -> Result<()> {
         // Four round trips (begin, the holder's lock, the insert unless held, commit), each
         // statement prepared once per connection.
-        self.pool
-            .with_statements([HOLDER_LOCK, INSERT_UNLESS_HELD], |c, statements| {
-                let mut tx = c.transaction()?;
-                insert_licence_in(&mut tx, &statements, l, held_at)?;
-                tx.commit()?;
-                Ok(())
-            })
+        // A refusal rolls back and keeps the connection (an error would close it).
+        let refused =
+            self.pool
+                .with_statements([HOLDER_LOCK, INSERT_UNLESS_HELD], |c, statements| {
+                    let mut tx = c.transaction()?;
+                    match insert_licence_in(&mut tx, &statements, l, held_at) {
+                        Err(StoreError::Held(id)) => {
+                            tx.rollback()?;
+                            Ok::<_, StoreError>(Some(id))
+                        }
+                        other => {
+                            other?;
+                            tx.commit()?;
+                            Ok(None)
+                        }
+                    }
+                })?;
+        match refused {
+            Some(id) => Err(StoreError::Held(id)),
+            None => Ok(()),
+        }
     }
 
     fn insert_renewal(&self, old: &str, new: &LicenceRecord, at: i64) -> Result<()> {

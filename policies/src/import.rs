@@ -51,8 +51,8 @@ pub fn read_lines<T>(
 /// Reads JSON Lines from `input` as [`read_lines`] does, handing every `chunk` good lines (and
 /// the faults found since the last hand-over, and the number of lines read) to `take`, so that
 /// a file of any size is read in bounded memory and its progress can be shown. The lines are
-/// read and parsed on a thread of their own, one chunk ahead of `take` (two chunks in memory at
-/// most). Stops at the first error of `take`.
+/// read and parsed on a thread of their own, ahead of `take` (at most three chunks in memory:
+/// the one `take` has, one waiting, one being read). Stops at the first error of `take`.
 pub fn read_in_chunks<T: Send, E>(
     input: impl BufRead + Send,
     parse: impl Fn(&str) -> Result<T, Vec<Fault>> + Send,

@@ -521,8 +521,10 @@ impl KnowledgeBase {
     }
 
     /// Loads policies and profiles into an empty knowledge base without computing matches (no
-    /// feed events): for benchmarks and for seeding a test population. Matches are computed for
-    /// each policy the next time it is published.
+    /// feed events): for benchmarks and for seeding a test population. They are held in memory
+    /// and the indexes only, not stored: matches are computed for each policy the next time it
+    /// is published, and profiles stored later cannot match a policy loaded this way until then
+    /// (the store refuses a match of a policy it does not hold).
     pub fn load_without_matching(
         &self,
         policies: Vec<Policy>,

@@ -244,23 +244,30 @@ DELETE FROM sqlite_sequence WHERE name = 'push_feed';
 INSERT INTO sqlite_sequence (name, seq) SELECT 'push_feed', seq FROM sqlite_sequence
     WHERE name = 'feed';
 -- Current matches by the policy's row (not its id), with the version they were announced at;
--- matches that ended, with theirs, so that one coming back at that version is not announced
--- again (the stored event id's uniqueness did that before).
+-- every version a match that is not live (or not at that version) was announced at, so that
+-- one coming back at such a version is not announced again: the rule the stored event id's
+-- uniqueness kept, (policy, version, enterprise) announced once.
 CREATE TABLE live_matches (
     policy INTEGER NOT NULL, uscc TEXT NOT NULL, version INTEGER NOT NULL,
     PRIMARY KEY (policy, uscc)) WITHOUT ROWID;
 CREATE INDEX live_matches_by_uscc ON live_matches (uscc);
 CREATE TABLE ended_matches (
     policy_id TEXT NOT NULL, uscc TEXT NOT NULL, version INTEGER NOT NULL,
+    PRIMARY KEY (policy_id, uscc, version)) WITHOUT ROWID;
+CREATE TEMP TABLE last_announced (
+    policy_id TEXT NOT NULL, uscc TEXT NOT NULL, version INTEGER NOT NULL,
     PRIMARY KEY (policy_id, uscc)) WITHOUT ROWID;
-INSERT INTO ended_matches (policy_id, uscc, version)
+INSERT INTO temp.last_announced (policy_id, uscc, version)
     SELECT policy_id, uscc, MAX(policy_version) FROM feed GROUP BY policy_id, uscc;
 INSERT INTO live_matches (policy, uscc, version)
-    SELECT p.row, m.uscc, COALESCE(e.version, p.version)
+    SELECT p.row, m.uscc, COALESCE(a.version, p.version)
     FROM matches m JOIN policies p ON p.id = m.policy_id
-    LEFT JOIN ended_matches e ON e.policy_id = m.policy_id AND e.uscc = m.uscc;
-DELETE FROM ended_matches WHERE EXISTS (SELECT 1 FROM matches m
-    WHERE m.policy_id = ended_matches.policy_id AND m.uscc = ended_matches.uscc);
+    LEFT JOIN temp.last_announced a ON a.policy_id = m.policy_id AND a.uscc = m.uscc;
+INSERT OR IGNORE INTO ended_matches (policy_id, uscc, version)
+    SELECT f.policy_id, f.uscc, f.policy_version FROM feed f
+    WHERE NOT EXISTS (SELECT 1 FROM live_matches m JOIN policies p ON p.row = m.policy
+        WHERE p.id = f.policy_id AND m.uscc = f.uscc AND m.version = f.policy_version);
+DROP TABLE temp.last_announced;
 DROP TABLE matches;
 DROP TABLE feed;
 ",
@@ -423,10 +430,9 @@ impl KbStore for Store {
         // Its matches end, remembered with the version they were announced at (the policy may
         // come back at that version: they are not announced again).
         tx.execute(
-            "INSERT INTO ended_matches (policy_id, uscc, version)
+            "INSERT OR IGNORE INTO ended_matches (policy_id, uscc, version)
              SELECT ?1, m.uscc, m.version FROM live_matches m JOIN policies p ON p.row = m.policy
-             WHERE p.id = ?1
-             ON CONFLICT (policy_id, uscc) DO UPDATE SET version = excluded.version",
+             WHERE p.id = ?1",
             [id],
         )?;
         let ended = tx.execute(
@@ -503,7 +509,7 @@ fn category_of_code(code: i64) -> Option<Category> {
 }
 
 /// Records new and ended matches of `policy` (stored in row `policy_row`); returns the feed
-/// events written: one for each match that is new, unless it ended before and comes back at the
+/// events written: one for each match that is new, unless it ended before and comes back at a
 /// version it was announced at.
 fn record_matches(
     tx: &rusqlite::Transaction<'_>,
@@ -517,8 +523,8 @@ fn record_matches(
     let mut add = tx.prepare_cached(
         "INSERT OR IGNORE INTO live_matches (policy, uscc, version) VALUES (?1, ?2, ?3)",
     )?;
-    let mut returning = tx.prepare_cached(
-        "DELETE FROM ended_matches WHERE policy_id = ?1 AND uscc = ?2 RETURNING version",
+    let mut announced = tx.prepare_cached(
+        "SELECT 1 FROM ended_matches WHERE policy_id = ?1 AND uscc = ?2 AND version = ?3",
     )?;
     let mut event = tx.prepare_cached(
         "INSERT INTO push_feed (policy_id, policy_version, uscc, category, benefit_yuan, digest,
@@ -528,10 +534,7 @@ fn record_matches(
         if add.execute(params![policy_row, m.uscc, policy.version])? == 0 {
             continue;
         }
-        let announced: Option<u32> = returning
-            .query_row(params![policy.id, m.uscc], |r| r.get(0))
-            .optional()?;
-        if announced == Some(policy.version) {
+        if announced.exists(params![policy.id, m.uscc, policy.version])? {
             continue;
         }
         let digest = hex::decode(&m.digest)
@@ -568,8 +571,7 @@ fn end_match(
         .optional()?;
     if let Some(v) = version {
         tx.prepare_cached(
-            "INSERT INTO ended_matches (policy_id, uscc, version) VALUES (?1, ?2, ?3)
-             ON CONFLICT (policy_id, uscc) DO UPDATE SET version = excluded.version",
+            "INSERT OR IGNORE INTO ended_matches (policy_id, uscc, version) VALUES (?1, ?2, ?3)",
         )?
         .execute(params![policy_id, uscc, v])?;
     }
@@ -656,6 +658,16 @@ mod tests {
             store.matches_of_enterprise(B).unwrap(),
             vec!["P-1".to_owned()]
         );
+        // Withdrawn again and published at version 1, an older version (a withdrawn policy
+        // has no stored version to be newer than): A and B were both announced at 1 before.
+        store.delete_policy("P-1").unwrap();
+        assert_eq!(
+            store
+                .save_policy(3, &v1, &[new_match(A), new_match(B)], &[], 7)
+                .unwrap(),
+            0
+        );
+        assert_eq!(store.feed(0, 100).unwrap().len(), 4);
     }
 
     #[test]
