@@ -103,32 +103,10 @@ impl PgLog {
         }) else {
             return Ok(false);
         };
-        let cols = LeafColumns::of(leaves, encoded);
-        let (levels, idxs, hashes) = node_columns(&nodes);
-        let end = start + leaves.len() as u64;
-        let moved: i64 = self
+        let moved = self
             .pool
             .with_statements([APPEND_IF_UNCHANGED], |c, [statement]| {
-                c.query_one(
-                    &statement,
-                    &[
-                        &cols.seq,
-                        &cols.time_ms,
-                        &cols.department,
-                        &cols.holder,
-                        &cols.resource,
-                        &cols.route,
-                        &cols.outcome,
-                        &cols.data,
-                        &(end as i64),
-                        &(start as i64),
-                        &levels,
-                        &idxs,
-                        &hashes,
-                    ],
-                )?
-                .try_get(0)
-                .map_err(LogError::from)
+                move_and_insert(c, &statement, start, leaves, encoded, &nodes)
             })?;
         if moved == 1 {
             *frontier = edge;
@@ -268,50 +246,37 @@ impl LogDb for PgLog {
             self.known_size = Some(end);
             return Ok(end);
         }
-        let end = self.pool.with(|c| -> Result<_, LogError> {
-            let mut tx = c.transaction()?;
-            // The row lock orders batches of all nodes: the next positions are ours until
-            // commit.
-            let start: i64 = tx
-                .query_one("SELECT size FROM log_state WHERE id = 1 FOR UPDATE", &[])?
-                .try_get(0)?;
-            let (encoded, nodes) = prepare_batch(leaves, start as u64, frontier, |level, idx| {
-                tx.query_opt(
-                    "SELECT hash FROM log_nodes WHERE level = $1 AND idx = $2",
-                    &[&(level as i32), &(idx as i64)],
-                )?
-                .map(|r| r.try_get::<_, Vec<u8>>(0))
-                .transpose()?
-                .map(stored_hash)
-                .transpose()
+        let end = self
+            .pool
+            .with_statements([APPEND_IF_UNCHANGED], |c, [statement]| {
+                let mut tx = c.transaction()?;
+                // The row lock orders batches of all nodes: the next positions are ours until
+                // commit.
+                let start: i64 = tx
+                    .query_one("SELECT size FROM log_state WHERE id = 1 FOR UPDATE", &[])?
+                    .try_get(0)?;
+                let (encoded, nodes) =
+                    prepare_batch(leaves, start as u64, frontier, |level, idx| {
+                        tx.query_opt(
+                            "SELECT hash FROM log_nodes WHERE level = $1 AND idx = $2",
+                            &[&(level as i32), &(idx as i64)],
+                        )?
+                        .map(|r| r.try_get::<_, Vec<u8>>(0))
+                        .transpose()?
+                        .map(stored_hash)
+                        .transpose()
+                    })?;
+                // Under the lock the size is `start`: the statement moves it.
+                if move_and_insert(&mut tx, &statement, start as u64, leaves, encoded, &nodes)? != 1
+                {
+                    return Err(LogError::Store(
+                        "the tree's size moved under its lock".into(),
+                    ));
+                }
+                let end = start + leaves.len() as i64;
+                tx.commit()?;
+                Ok(end as u64)
             })?;
-            let cols = LeafColumns::of(leaves, encoded);
-            tx.execute(
-                "INSERT INTO log_leaves (seq, time_ms, department, holder, resource, route, outcome, data)
-                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],
-                                      $5::text[], $6::text[], $7::text[], $8::bytea[])",
-                &[
-                    &cols.seq,
-                    &cols.time_ms,
-                    &cols.department,
-                    &cols.holder,
-                    &cols.resource,
-                    &cols.route,
-                    &cols.outcome,
-                    &cols.data,
-                ],
-            )?;
-            let (levels, idxs, hashes) = node_columns(&nodes);
-            tx.execute(
-                "INSERT INTO log_nodes (level, idx, hash)
-                 SELECT * FROM unnest($1::integer[], $2::bigint[], $3::bytea[])",
-                &[&levels, &idxs, &hashes],
-            )?;
-            let end = start + leaves.len() as i64;
-            tx.execute("UPDATE log_state SET size = $1 WHERE id = 1", &[&end])?;
-            tx.commit()?;
-            Ok(end as u64)
-        })?;
         self.known_size = Some(end);
         Ok(end)
     }
@@ -326,6 +291,41 @@ impl LogDb for PgLog {
             Ok(())
         })
     }
+}
+
+/// Runs [`APPEND_IF_UNCHANGED`] (prepared as `statement`) for the numbered `leaves` from
+/// `start`, with their bytes and the subtrees they complete; returns 1 when it moved the size
+/// (and wrote), 0 when the size was not `start` (and it wrote nothing).
+fn move_and_insert(
+    c: &mut impl postgres::GenericClient,
+    statement: &postgres::Statement,
+    start: u64,
+    leaves: &[&mut Leaf],
+    encoded: Vec<Vec<u8>>,
+    nodes: &[(u32, u64, Hash)],
+) -> Result<i64, LogError> {
+    let cols = LeafColumns::of(leaves, encoded);
+    let (levels, idxs, hashes) = node_columns(nodes);
+    let end = start + leaves.len() as u64;
+    Ok(c.query_one(
+        statement,
+        &[
+            &cols.seq,
+            &cols.time_ms,
+            &cols.department,
+            &cols.holder,
+            &cols.resource,
+            &cols.route,
+            &cols.outcome,
+            &cols.data,
+            &(end as i64),
+            &(start as i64),
+            &levels,
+            &idxs,
+            &hashes,
+        ],
+    )?
+    .try_get(0)?)
 }
 
 /// The subtrees a batch completes, as the columns of `log_nodes`.
