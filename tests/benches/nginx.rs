@@ -30,7 +30,9 @@
 //! /usr/sbin; `CERTGATE_BENCH_REQUESTS`, default 20000; `CERTGATE_BENCH_CONNS`, default `50,16` (each in turn; handshakes from the first);
 //! `CERTGATE_BENCH_ROUNDS`, default 3; `CERTGATE_BENCH_HANDSHAKES`, default 4000;
 //! `CERTGATE_BENCH_SOAK_SECONDS`, default 60 (load before memory is read);
-//! `CERTGATE_BENCH_LOG=sqlite` keeps certgate's access log in SQLite instead of segment files).
+//! `CERTGATE_BENCH_LOG=sqlite` keeps certgate's access log in SQLite instead of segment files;
+//! `CERTGATE_BENCH_ONLY=issuance` issues alone for `CERTGATE_BENCH_SECONDS` and stops, printing
+//! the gateway's pid for a profiler).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -285,6 +287,29 @@ fn main() {
             .unwrap(),
         );
 
+        // `CERTGATE_BENCH_ONLY=issuance`: issue alone at the first concurrency for
+        // `CERTGATE_BENCH_SECONDS` (default 20) and stop, so that a profiler attached to the
+        // printed pid sees that load and nothing else.
+        if std::env::var("CERTGATE_BENCH_ONLY").as_deref() == Ok("issuance") {
+            let conns = concurrencies[0];
+            let seconds = env("CERTGATE_BENCH_SECONDS", 20) as u64;
+            eprintln!(
+                "issuing over {conns} connections for {seconds} s; the gateway is pid {}",
+                served.pid()
+            );
+            let started = std::time::Instant::now();
+            let mut issued = 0;
+            while started.elapsed() < Duration::from_secs(seconds) {
+                let body = issue_body.clone();
+                round_with(&market_client, gw, Method::POST, "/v1/licences", JSON, body, conns, 2_000).await;
+                issued += 2_000;
+            }
+            println!(
+                "issuance alone, {conns} connections: {:.0}/s",
+                issued as f64 / started.elapsed().as_secs_f64()
+            );
+            return;
+        }
         let (gp, np) = (served.pid(), nginx.id());
         let started = std::time::Instant::now();
         let mut tables = Vec::new();
