@@ -308,6 +308,11 @@ fn main() {
                 "issuance alone, {conns} connections: {:.0}/s",
                 issued as f64 / started.elapsed().as_secs_f64()
             );
+            let _ = Command::new("kill")
+                .args(["-TERM", &nginx.id().to_string()])
+                .status();
+            let _ = nginx.wait();
+            served.stop();
             return;
         }
         let (gp, np) = (served.pid(), nginx.id());
