@@ -26,17 +26,10 @@ use serde_json::json;
 
 const TAX: &str = "11110105MB0000011D";
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let requests = env("CERTGATE_BENCH_REQUESTS", 20_000);
-    let conns = env("CERTGATE_BENCH_CONNS", 16);
-    let rounds = env("CERTGATE_BENCH_ROUNDS", 3);
+    let requests = env_or("CERTGATE_BENCH_REQUESTS", 20_000);
+    let conns = env_or("CERTGATE_BENCH_CONNS", 16);
+    let rounds = env_or("CERTGATE_BENCH_ROUNDS", 3);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

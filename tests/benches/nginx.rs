@@ -46,13 +46,6 @@ use certgate_tests::*;
 use http::Method;
 use serde_json::json;
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn nginx_bin() -> String {
     ["nginx", "/usr/sbin/nginx"]
         .iter()
@@ -138,7 +131,7 @@ impl Best {
 }
 
 fn main() {
-    let requests = env("CERTGATE_BENCH_REQUESTS", 20_000);
+    let requests = env_or("CERTGATE_BENCH_REQUESTS", 20_000);
     let concurrencies: Vec<usize> = std::env::var("CERTGATE_BENCH_CONNS")
         .unwrap_or_else(|_| "50,16".into())
         .split(',')
@@ -148,14 +141,14 @@ fn main() {
                 .expect("CERTGATE_BENCH_CONNS: numbers separated by commas")
         })
         .collect();
-    let rounds = env("CERTGATE_BENCH_ROUNDS", 3);
-    let handshake_count = env("CERTGATE_BENCH_HANDSHAKES", 4_000);
+    let rounds = env_or("CERTGATE_BENCH_ROUNDS", 3);
+    let handshake_count = env_or("CERTGATE_BENCH_HANDSHAKES", 4_000);
     // The machine's cores, not this process's share: the load generator may itself be pinned.
     let cores = std::fs::read_to_string("/proc/cpuinfo")
         .map(|c| c.lines().filter(|l| l.starts_with("processor")).count())
         .unwrap_or(1)
         .max(1);
-    let pin = cores >= 2 && env("CERTGATE_BENCH_PIN", 1) == 1;
+    let pin = cores >= 2 && env_or("CERTGATE_BENCH_PIN", 1) == 1;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -292,7 +285,7 @@ fn main() {
         // printed pid sees that load and nothing else.
         if std::env::var("CERTGATE_BENCH_ONLY").as_deref() == Ok("issuance") {
             let conns = concurrencies[0];
-            let seconds = env("CERTGATE_BENCH_SECONDS", 20) as u64;
+            let seconds = env_or("CERTGATE_BENCH_SECONDS", 20) as u64;
             eprintln!(
                 "issuing over {conns} connections for {seconds} s; the gateway is pid {}",
                 served.pid()
@@ -379,7 +372,7 @@ fn main() {
         }
         // Memory after a minute of load (the load above, then more GETs until a minute has
         // passed; `CERTGATE_BENCH_SOAK_SECONDS` changes the minute).
-        let soak = Duration::from_secs(env("CERTGATE_BENCH_SOAK_SECONDS", 60) as u64);
+        let soak = Duration::from_secs(env_or("CERTGATE_BENCH_SOAK_SECONDS", 60) as u64);
         while started.elapsed() < soak {
             let c = concurrencies[0];
             round_with(&client, gw, Method::GET, &path, PURPOSE, Bytes::new(), c, c * 200).await;

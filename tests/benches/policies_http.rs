@@ -19,13 +19,6 @@ use certgate_tests::*;
 use http::StatusCode;
 use policies::eligibility;
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn du(path: &Path) -> u64 {
     let Ok(meta) = std::fs::metadata(path) else {
         return 0;
@@ -44,7 +37,7 @@ fn mb(bytes: u64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
-    let n = env("CERTGATE_BENCH_PROFILES", 1_000_000);
+    let n = env_or("CERTGATE_BENCH_PROFILES", 1_000_000);
     let pki = TestPki::new();
     let push = pki.department("push", PUSH);
     let departments = standard_departments() + &dept(PUSH, "政策推送服务", &["policy-push"], true);

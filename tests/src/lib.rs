@@ -571,6 +571,15 @@ impl Reply {
     }
 }
 
+/// A benchmark setting: the environment variable `name` read as a number, or `default` when it
+/// is unset or not one.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The path of the real `certgate` binary, built on first use.
 pub fn certgate_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
