@@ -31,8 +31,8 @@
 //! `CERTGATE_BENCH_ROUNDS`, default 3; `CERTGATE_BENCH_HANDSHAKES`, default 4000;
 //! `CERTGATE_BENCH_SOAK_SECONDS`, default 60 (load before memory is read);
 //! `CERTGATE_BENCH_LOG=sqlite` keeps certgate's access log in SQLite instead of segment files;
-//! `CERTGATE_BENCH_ONLY=issuance` issues alone for `CERTGATE_BENCH_SECONDS` and stops, printing
-//! the gateway's pid for a profiler).
+//! `CERTGATE_BENCH_ONLY=issuance` (or `get`, `whoami`, `verify`) runs that load alone for
+//! `CERTGATE_BENCH_SECONDS` and stops, printing the gateway's pid for a profiler).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -280,26 +280,32 @@ fn main() {
             .unwrap(),
         );
 
-        // `CERTGATE_BENCH_ONLY=issuance`: issue alone at the first concurrency for
-        // `CERTGATE_BENCH_SECONDS` (default 20) and stop, so that a profiler attached to the
-        // printed pid sees that load and nothing else.
-        if std::env::var("CERTGATE_BENCH_ONLY").as_deref() == Ok("issuance") {
+        // `CERTGATE_BENCH_ONLY=issuance` (or `get`, `whoami`, `verify`): that load alone at the
+        // first concurrency for `CERTGATE_BENCH_SECONDS` (default 20), then stop, so that a
+        // profiler attached to the printed pid sees that load and nothing else.
+        if let Ok(only) = std::env::var("CERTGATE_BENCH_ONLY") {
             let conns = concurrencies[0];
             let seconds = env_or("CERTGATE_BENCH_SECONDS", 20) as u64;
+            let (who, method, route, headers, body) = match only.as_str() {
+                "issuance" => (&market_client, Method::POST, "/v1/licences", JSON, issue_body.clone()),
+                "get" => (&client, Method::GET, path.as_str(), PURPOSE, Bytes::new()),
+                "whoami" => (&client, Method::GET, "/v1/whoami", &[][..], Bytes::new()),
+                "verify" => (&client, Method::POST, "/v1/licences/verify", JSON, verify_body.clone()),
+                other => panic!("CERTGATE_BENCH_ONLY: issuance, get, whoami or verify, not {other}"),
+            };
             eprintln!(
-                "issuing over {conns} connections for {seconds} s; the gateway is pid {}",
+                "{only} alone over {conns} connections for {seconds} s; the gateway is pid {}",
                 served.pid()
             );
             let started = std::time::Instant::now();
-            let mut issued = 0;
+            let mut done = 0;
             while started.elapsed() < Duration::from_secs(seconds) {
-                let body = issue_body.clone();
-                round_with(&market_client, gw, Method::POST, "/v1/licences", JSON, body, conns, 2_000).await;
-                issued += 2_000;
+                round_with(who, gw, method.clone(), route, headers, body.clone(), conns, 2_000).await;
+                done += 2_000;
             }
             println!(
-                "issuance alone, {conns} connections: {:.0}/s",
-                issued as f64 / started.elapsed().as_secs_f64()
+                "{only} alone, {conns} connections: {:.0}/s",
+                done as f64 / started.elapsed().as_secs_f64()
             );
             let _ = Command::new("kill")
                 .args(["-TERM", &nginx.id().to_string()])

@@ -16,10 +16,12 @@
 //! only before each checkpoint; at start the leaves after the last checkpoint are read again
 //! and their hashes recomputed, and a frame cut short by a crash (never acknowledged, never
 //! under a checkpoint) is cut off. Leaves a checkpoint signs are never cut or recomputed: if
-//! they are not all there the writer refuses to open. The query index is built from the
-//! segments after the acknowledgement, by a thread of its own every [`INDEX_INTERVAL`];
-//! queries read the leaves it has not reached yet from the segments, so they see every
-//! committed leaf.
+//! they are not all there the writer refuses to open. The query index is built after the
+//! acknowledgement, by a thread of its own every [`INDEX_INTERVAL`]: from the rows the writer
+//! hands it in memory as each batch is made durable (no segment read, no decompression, no
+//! JSON), and from the segments for whatever the hand-over does not hold (after a restart,
+//! or when more than [`HANDOFF_ROWS`] wait); queries read the leaves it has not reached yet
+//! from the segments, so they see every committed leaf.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -32,7 +34,6 @@ use std::time::Duration;
 
 use flate2::Compression;
 use flate2::read::DeflateDecoder;
-use flate2::write::DeflateEncoder;
 use rusqlite::{Connection, params};
 use sha2::{Digest, Sha256};
 
@@ -47,6 +48,9 @@ pub const INDEX_INTERVAL: Duration = Duration::from_millis(50);
 /// Leaves the indexer inserts in one transaction before it lets the request threads run:
 /// small enough that a burst of indexing does not hold the core for milliseconds.
 const INDEX_CHUNK: u64 = 256;
+/// Index rows the writer keeps for the indexer at most; past this it drops them and the
+/// indexer reads those leaves from the segments instead.
+pub const HANDOFF_ROWS: usize = 1 << 16;
 /// Most bytes one frame's payload may have (compressed or not): a longer one is corrupt.
 const MAX_PAYLOAD: u32 = 64 << 20;
 const FRAME_MAGIC: &[u8; 4] = b"CGL1";
@@ -155,6 +159,24 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> LogError + '_ {
 
 /// Reads the frame at `offset` of `file` (of length `len`): its header and payload, when it is
 /// whole and its checksum holds.
+/// A batch's bytes compressed with DEFLATE by the writer's one compressor (what
+/// [`DeflateDecoder`] reads back).
+fn compress(c: &mut flate2::Compress, raw: &[u8]) -> Result<Vec<u8>, LogError> {
+    c.reset();
+    // DEFLATE's worst case is a few bytes per 16 KiB block over the input.
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 1024 + 64);
+    loop {
+        let before = c.total_in() as usize;
+        let status = c
+            .compress_vec(&raw[before..], &mut out, flate2::FlushCompress::Finish)
+            .map_err(|e| LogError::Store(format!("cannot compress a batch: {e}")))?;
+        match status {
+            flate2::Status::StreamEnd => return Ok(out),
+            _ => out.reserve(out.capacity().max(64)),
+        }
+    }
+}
+
 fn read_frame(file: &File, offset: u64, len: u64) -> Option<(Header, Vec<u8>)> {
     if offset + HEADER as u64 > len {
         return None;
@@ -240,6 +262,62 @@ struct WriterState {
     stop: Arc<AtomicBool>,
     /// The last checkpoint's size.
     checkpointed: u64,
+    /// The rows of durable leaves, for the indexer.
+    handoff: Arc<Handoff>,
+    /// One compressor for every batch (its tables are allocated once).
+    compress: flate2::Compress,
+}
+
+/// One leaf's row of the query index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IndexRow {
+    seq: u64,
+    time_ms: i64,
+    department: Option<i64>,
+    holder: Option<i64>,
+    resource: Option<i64>,
+    route: Option<i64>,
+    outcome: i64,
+}
+
+impl IndexRow {
+    fn of(leaf: &Leaf) -> IndexRow {
+        IndexRow {
+            seq: leaf.seq,
+            time_ms: leaf.time_ms,
+            department: leaf.department.as_deref().map(key),
+            holder: leaf.holder.as_deref().map(key),
+            resource: leaf.resource.as_deref().map(key),
+            route: leaf.route.as_deref().map(key),
+            outcome: outcome_code(leaf.outcome),
+        }
+    }
+}
+
+/// The rows of leaves made durable and not yet taken by the indexer, in seq order, at most
+/// [`HANDOFF_ROWS`] of them.
+#[derive(Debug, Default)]
+struct Handoff {
+    rows: std::sync::Mutex<Vec<IndexRow>>,
+}
+
+impl Handoff {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<IndexRow>> {
+        // A push or a swap of a vector: nothing in it can panic half-way.
+        self.rows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps the rows of a durable batch, unless the indexer has fallen that far behind.
+    fn push(&self, rows: impl ExactSizeIterator<Item = IndexRow>) {
+        let mut kept = self.lock();
+        if kept.len() + rows.len() <= HANDOFF_ROWS {
+            kept.extend(rows);
+        }
+    }
+
+    fn take(&self) -> Vec<IndexRow> {
+        std::mem::take(&mut *self.lock())
+    }
 }
 
 impl Drop for SegmentLog {
@@ -289,6 +367,7 @@ impl SegmentLog {
         };
         let checkpointed = log.truncate_checkpoints()?;
         let stop = Arc::new(AtomicBool::new(false));
+        let handoff = Arc::new(Handoff::default());
         log.writer = Some(WriterState {
             tail,
             since_sparse: 0,
@@ -296,10 +375,12 @@ impl SegmentLog {
             bytes,
             stop: stop.clone(),
             checkpointed,
+            handoff: handoff.clone(),
+            compress: flate2::Compress::new(Compression::fast(), false),
         });
         log.repair_nodes(checkpointed)?;
         log.write_shared().live_writer = true;
-        spawn_indexer(dir.clone(), stop)?;
+        spawn_indexer(dir.clone(), stop, handoff)?;
         Ok(log)
     }
 
@@ -953,9 +1034,13 @@ impl LogDb for SegmentLog {
             raw.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             raw.extend_from_slice(bytes);
         }
-        let mut enc = DeflateEncoder::new(Vec::with_capacity(raw.len() / 3), Compression::fast());
-        enc.write_all(&raw).map_err(io("cannot compress a batch"))?;
-        let payload = enc.finish().map_err(io("cannot compress a batch"))?;
+        let payload = {
+            let w = self
+                .writer
+                .as_mut()
+                .ok_or_else(|| LogError::Store("this handle does not write".into()))?;
+            compress(&mut w.compress, &raw)?
+        };
         let count = encoded.len() as u32;
         let header = Header {
             first_seq: start,
@@ -1025,6 +1110,10 @@ impl LogDb for SegmentLog {
             }
             s.size = start + u64::from(count);
             s.end = offset + frame_len;
+        }
+        // Handed to the indexer once readers see the leaves.
+        if let Some(w) = &self.writer {
+            w.handoff.push(leaves.iter().map(|leaf| IndexRow::of(leaf)));
         }
         Ok(start + u64::from(count))
     }
@@ -1107,7 +1196,11 @@ CREATE INDEX IF NOT EXISTS entries_time ON entries(time_ms);
 
 /// Starts the thread that keeps the query index up with the segments, every
 /// [`INDEX_INTERVAL`], until `stop` is set.
-fn spawn_indexer(dir: SegmentDir, stop: Arc<AtomicBool>) -> Result<(), LogError> {
+fn spawn_indexer(
+    dir: SegmentDir,
+    stop: Arc<AtomicBool>,
+    handoff: Arc<Handoff>,
+) -> Result<(), LogError> {
     let mut conn = Connection::open(dir.dir.join("index.db"))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // Derived data: rebuilt from the segments if a crash loses its tail.
@@ -1120,7 +1213,7 @@ fn spawn_indexer(dir: SegmentDir, stop: Arc<AtomicBool>) -> Result<(), LogError>
         .name("access-log-indexer".into())
         .spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                if let Err(e) = index_round(&mut conn, &mut reader) {
+                if let Err(e) = index_round(&mut conn, &mut reader, &handoff) {
                     tracing::error!(error = %e, "access log index not updated");
                 }
                 std::thread::sleep(INDEX_INTERVAL);
@@ -1130,8 +1223,15 @@ fn spawn_indexer(dir: SegmentDir, stop: Arc<AtomicBool>) -> Result<(), LogError>
     Ok(())
 }
 
-/// Indexes the leaves committed since the index's last one.
-fn index_round(conn: &mut Connection, reader: &mut SegmentLog) -> Result<(), LogError> {
+/// Indexes the leaves committed since the index's last one: those the writer handed over as
+/// rows, and before them any it did not (read from the segments).
+fn index_round(
+    conn: &mut Connection,
+    reader: &mut SegmentLog,
+    handoff: &Handoff,
+) -> Result<(), LogError> {
+    // Taken before the size is read: every row here is of a leaf the size covers.
+    let rows = handoff.take();
     let size = reader.size()?;
     let indexed: i64 =
         conn.query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM entries", [], |r| {
@@ -1143,38 +1243,56 @@ fn index_round(conn: &mut Connection, reader: &mut SegmentLog) -> Result<(), Log
         return Ok(());
     }
     let mut seq = indexed as u64;
+    let start = seq;
+    let mut handed = rows.into_iter().skip_while(|r| r.seq < start).peekable();
     while seq < size {
         if seq > indexed as u64 {
             std::thread::yield_now();
         }
         let tx = conn.transaction()?;
+        let from = seq;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO entries (seq, time_ms, department, holder, resource, route, outcome)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
+            let mut put = |row: &IndexRow| {
+                insert.execute(params![
+                    row.seq as i64,
+                    row.time_ms,
+                    row.department,
+                    row.holder,
+                    row.resource,
+                    row.route,
+                    row.outcome,
+                ])
+            };
             let stop_at = (seq + INDEX_CHUNK).min(size);
             while seq < stop_at {
+                if let Some(row) = handed.next_if(|r| r.seq == seq) {
+                    put(&row)?;
+                    seq += 1;
+                    continue;
+                }
+                // Not handed over: read from the segments, up to the next row that was.
+                let until = handed.peek().map_or(stop_at, |r| r.seq.min(stop_at));
                 let Some((first, leaves)) = reader.frame_of(seq)? else {
                     break;
                 };
-                for bytes in leaves.iter().skip((seq - first) as usize) {
+                let wanted = (until - seq) as usize;
+                for bytes in leaves.iter().skip((seq - first) as usize).take(wanted) {
                     let leaf: Leaf = serde_json::from_slice(bytes)
                         .map_err(|e| LogError::Store(format!("leaf {seq}: {e}")))?;
-                    insert.execute(params![
-                        seq as i64,
-                        leaf.time_ms,
-                        leaf.department.as_deref().map(key),
-                        leaf.holder.as_deref().map(key),
-                        leaf.resource.as_deref().map(key),
-                        leaf.route.as_deref().map(key),
-                        outcome_code(leaf.outcome),
-                    ])?;
+                    put(&IndexRow::of(&leaf))?;
                     seq += 1;
                 }
             }
         }
         tx.commit()?;
+        if seq == from {
+            // The segments do not hold a leaf the size covers (yet): try next round.
+            break;
+        }
     }
     Ok(())
 }
@@ -1330,6 +1448,62 @@ mod tests {
     }
 
     /// A copy of `from` (a log directory) at `to`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_index_takes_handed_rows_and_reads_what_was_not_handed_from_the_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = SegmentDir::new(&dir.path().join("log"));
+        let log =
+            AccessLog::open(LogBackend::Segments(segments.clone()), key(), settings(0)).unwrap();
+        for i in 0..600 {
+            log.append(leaf(i)).await.unwrap();
+        }
+        // A second index beside the writer's, fed from a hand-over that lacks the first
+        // leaves, a stretch in the middle and the last ones (an overflow, a restart).
+        let mut conn = Connection::open(dir.path().join("other-index.db")).unwrap();
+        conn.execute_batch(INDEX_SCHEMA).unwrap();
+        let mut reader = SegmentLog::reader(&segments);
+        let handoff = Handoff::default();
+        let row = |i: u64| IndexRow {
+            seq: i,
+            ..IndexRow::of(&leaf(i))
+        };
+        handoff.push(
+            (40..300)
+                .chain(420..590)
+                .map(row)
+                .collect::<Vec<_>>()
+                .into_iter(),
+        );
+        index_round(&mut conn, &mut reader, &handoff).unwrap();
+        assert!(
+            handoff.take().is_empty(),
+            "a round takes every row handed over"
+        );
+        let mut stmt = conn
+            .prepare("SELECT seq, time_ms, department, holder, resource, route, outcome FROM entries ORDER BY seq")
+            .unwrap();
+        let indexed: Vec<IndexRow> = stmt
+            .query_map([], |r| {
+                Ok(IndexRow {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    time_ms: r.get(1)?,
+                    department: r.get(2)?,
+                    holder: r.get(3)?,
+                    resource: r.get(4)?,
+                    route: r.get(5)?,
+                    outcome: r.get(6)?,
+                })
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexed, (0..600).map(row).collect::<Vec<_>>());
+        // A full hand-over keeps nothing more: those leaves come from the segments.
+        let many = (0..HANDOFF_ROWS as u64 + 1).map(|i| IndexRow { seq: i, ..row(0) });
+        handoff.push(many.collect::<Vec<_>>().into_iter());
+        assert!(handoff.take().is_empty());
+    }
+
     fn copy_dir(from: &Path, to: &Path) {
         std::fs::create_dir_all(to).unwrap();
         for e in std::fs::read_dir(from).unwrap() {
@@ -1443,7 +1617,7 @@ mod tests {
         for (i, bytes) in leaves.iter().enumerate() {
             let mut raw = (bytes.len() as u32).to_le_bytes().to_vec();
             raw.extend_from_slice(bytes);
-            let mut enc = DeflateEncoder::new(Vec::new(), Compression::fast());
+            let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), Compression::fast());
             enc.write_all(&raw).unwrap();
             let payload = enc.finish().unwrap();
             let h = Header {
