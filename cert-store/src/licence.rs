@@ -156,7 +156,7 @@ fn is_date(s: &str) -> bool {
 }
 
 /// A licence's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LicenceStatus {
     /// In force.

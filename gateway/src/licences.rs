@@ -533,7 +533,7 @@ pub async fn licence(
     Path(id): Path<String>,
     QueryParams(q): QueryParams<FieldsQuery>,
     Extension(slot): Extension<NoteSlot>,
-) -> Result<(Extension<AccessNote>, Json<LicenceView>), ApiError> {
+) -> Result<Response, ApiError> {
     let decided = gw.grant_for_id(&caller, &id, &purpose);
     let record = gw.noted_licence(&id, &slot).await;
     let (grant, licence_type) = decided?;
@@ -551,14 +551,81 @@ pub async fn licence(
         )
         .await?;
     }
+    let note = noted(&record);
+    let key = ViewKey::new(&record, visible, grant.is_issuer());
+    if let Some(body) = gw.views.0.get(&key) {
+        return Ok((note, json_bytes(body)).into_response());
+    }
     let credential = gw
         .licence_service()
         .verification()
-        .present(&record, &|n| visible.contains(n))?;
-    Ok((
-        noted(&record),
-        Json(view(record, credential, grant.is_issuer())),
-    ))
+        .present(&record, &|n| key.fields.contains(n))?;
+    let body = axum::body::Bytes::from(
+        serde_json::to_vec(&view(record, credential, key.issuer))
+            .map_err(|_| ApiError::internal())?,
+    );
+    gw.views.0.insert(key, body.clone());
+    Ok((note, json_bytes(body)).into_response())
+}
+
+/// The JSON bodies of licence views recently answered by `GET /v1/licences/{id}`, so that a
+/// licence read again with the same fields is not presented and serialised again. A body is
+/// found only under everything it depends on — the licence, its current status, reason and
+/// successor, the fields disclosed, whether the reader is the issuer — so a licence whose
+/// status changed is never answered from here. Bounded by bytes ([`VIEW_CACHE_BYTES`]).
+#[derive(Debug)]
+pub struct ViewCache(moka::sync::Cache<ViewKey, axum::body::Bytes>);
+
+/// Bytes of licence-view bodies (and their keys) kept at most.
+pub const VIEW_CACHE_BYTES: u64 = 16 << 20;
+
+impl Default for ViewCache {
+    fn default() -> Self {
+        ViewCache(
+            moka::sync::Cache::builder()
+                .max_capacity(VIEW_CACHE_BYTES)
+                .weigher(|k: &ViewKey, v: &axum::body::Bytes| {
+                    let key = k.id.len()
+                        + k.status_reason.as_ref().map_or(0, String::len)
+                        + k.fields.iter().map(String::len).sum::<usize>();
+                    u32::try_from(key + v.len() + 64).unwrap_or(u32::MAX)
+                })
+                .build(),
+        )
+    }
+}
+
+/// What a licence view's body depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ViewKey {
+    id: String,
+    status: LicenceStatus,
+    status_reason: Option<String>,
+    replaced_by: Option<String>,
+    fields: std::collections::BTreeSet<String>,
+    issuer: bool,
+}
+
+impl ViewKey {
+    fn new(
+        record: &LicenceRecord,
+        fields: std::collections::BTreeSet<String>,
+        issuer: bool,
+    ) -> ViewKey {
+        ViewKey {
+            id: record.id.to_string(),
+            status: record.status,
+            // Only the issuer is shown the reason.
+            status_reason: record.status_reason.clone().filter(|_| issuer),
+            replaced_by: record.replaced_by.as_ref().map(ToString::to_string),
+            fields,
+            issuer,
+        }
+    }
+}
+
+fn json_bytes(body: axum::body::Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// `?holder=&type=` of a query by holder.

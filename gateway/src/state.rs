@@ -136,6 +136,8 @@ pub struct Gateway {
     pub preauth: crate::preauth::PreAuth,
     /// How long a window of refused handshakes is summarised over.
     pub refusal_window: std::time::Duration,
+    /// The JSON bodies of licence views recently answered.
+    pub(crate) views: crate::licences::ViewCache,
 }
 
 impl Gateway {

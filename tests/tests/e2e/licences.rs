@@ -266,8 +266,26 @@ async fn lifecycle_changes_what_verification_and_the_status_list_say() {
         "a reason is required"
     );
 
-    // Verified (and so held in memory) before the change: the next answer sees the change.
+    // Verified and read (so held in memory, its view's body too) before the change: the
+    // next answer sees the change.
     assert_eq!(verify(&mut w.approval, &credential).await["valid"], true);
+    async fn read_licence(w: &mut World, id: &str) -> serde_json::Value {
+        let read = w
+            .market
+            .get_with(&format!("/v1/licences/{id}"), &[("x-purpose", "M-BIZ-001")])
+            .await
+            .unwrap();
+        assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+        assert_eq!(read.headers["content-type"], "application/json");
+        read.json()
+    }
+    for _ in 0..2 {
+        let read = read_licence(&mut w, &id).await;
+        assert_eq!(
+            (read["status"].as_str(), read["status_reason"].as_str()),
+            (Some("valid"), None)
+        );
+    }
     let reply = w
         .market
         .json(
@@ -285,6 +303,7 @@ async fn lifecycle_changes_what_verification_and_the_status_list_say() {
         .await
         .unwrap();
     assert_eq!(read.json()["status"], "suspended", "{:?}", read.body);
+    assert_eq!(read.json()["status_reason"], "检查期间暂停");
     let report = verify(&mut w.approval, &credential).await;
     assert_eq!(
         (report["valid"].as_bool(), report["status"].as_str()),
@@ -303,6 +322,7 @@ async fn lifecycle_changes_what_verification_and_the_status_list_say() {
         .await
         .unwrap();
     assert_eq!(verify(&mut w.approval, &credential).await["valid"], true);
+    assert_eq!(read_licence(&mut w, &id).await["status"], "valid");
 
     let renewed = w
         .market
@@ -325,6 +345,11 @@ async fn lifecycle_changes_what_verification_and_the_status_list_say() {
     assert_eq!(
         (old["valid"].as_bool(), old["status"].as_str()),
         (Some(false), Some("revoked"))
+    );
+    let read = read_licence(&mut w, &id).await;
+    assert_eq!(
+        (read["status"].as_str(), read["replaced_by"].as_str()),
+        (Some("revoked"), renewed["id"].as_str())
     );
     let reply = w
         .market
