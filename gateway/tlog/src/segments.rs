@@ -48,6 +48,10 @@ pub const INDEX_INTERVAL: Duration = Duration::from_millis(50);
 /// Leaves the indexer inserts in one transaction before it lets the request threads run:
 /// small enough that a burst of indexing does not hold the core for milliseconds.
 const INDEX_CHUNK: u64 = 256;
+/// The writer writes zeros this far past the last frame ahead of the frames, so that a
+/// batch's `fdatasync` writes only its data: the file's length (metadata) changes once per
+/// this many bytes, not with every batch.
+const ZERO_AHEAD: u64 = 1 << 20;
 /// Index rows the writer keeps for the indexer at most; past this it drops them and the
 /// indexer reads those leaves from the segments instead.
 pub const HANDOFF_ROWS: usize = 1 << 16;
@@ -159,6 +163,23 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> LogError + '_ {
 
 /// Reads the frame at `offset` of `file` (of length `len`): its header and payload, when it is
 /// whole and its checksum holds.
+/// Makes `file` zeros from `zeroed` (its length) to `to` when a frame ending at `needed` would
+/// pass its length; returns the length after. The zeros reach the disk with the next
+/// `fdatasync`, and with them the new length, once for [`ZERO_AHEAD`] bytes of frames.
+fn zero_fill(file: &File, zeroed: u64, needed: u64, to: u64) -> std::io::Result<u64> {
+    if needed <= zeroed {
+        return Ok(zeroed);
+    }
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let mut at = zeroed;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(to)
+}
+
 /// A batch's bytes compressed with DEFLATE by the writer's one compressor (what
 /// [`DeflateDecoder`] reads back).
 fn compress(c: &mut flate2::Compress, raw: &[u8]) -> Result<Vec<u8>, LogError> {
@@ -250,8 +271,10 @@ impl std::fmt::Debug for SegmentLog {
 }
 
 struct WriterState {
-    /// The last segment, open for appending.
+    /// The last segment, open for writing at its end.
     tail: File,
+    /// The last segment's length: zeros from its end to here.
+    zeroed: u64,
     /// Leaves since the last entry of the sparse index.
     since_sparse: u64,
     /// Total bytes at most (0: no cap); reaching it is a full disk.
@@ -353,7 +376,7 @@ impl SegmentLog {
             let shared = log.read_shared();
             match shared.segments.last() {
                 Some((_, path)) => OpenOptions::new()
-                    .append(true)
+                    .write(true)
                     .open(path)
                     .map_err(io("cannot open the last segment"))?,
                 None => {
@@ -368,8 +391,10 @@ impl SegmentLog {
         let checkpointed = log.truncate_checkpoints()?;
         let stop = Arc::new(AtomicBool::new(false));
         let handoff = Arc::new(Handoff::default());
+        let zeroed = tail.metadata().map_err(io("cannot read a segment"))?.len();
         log.writer = Some(WriterState {
             tail,
+            zeroed,
             since_sparse: 0,
             max_bytes,
             bytes,
@@ -480,11 +505,17 @@ impl SegmentLog {
                 };
                 let Some(h) = whole.filter(|_| good) else {
                     if i == last && repair.is_some_and(|signed| shared.size >= signed) {
-                        tracing::warn!(
-                            segment = %path.display(),
-                            offset,
-                            "the access log's last frame was cut short (never acknowledged); cutting it off"
-                        );
+                        // The writer's zeros ahead of the frames are no frame cut short.
+                        let zeros_ahead = header.is_none()
+                            && offset + HEADER as u64 <= len
+                            && hb == [0u8; HEADER];
+                        if !zeros_ahead {
+                            tracing::warn!(
+                                segment = %path.display(),
+                                offset,
+                                "the access log's last frame was cut short (never acknowledged); cutting it off"
+                            );
+                        }
                         let f = OpenOptions::new()
                             .write(true)
                             .open(&path)
@@ -578,7 +609,8 @@ impl SegmentLog {
         let path = self.dir.dir.join("segments").join(segment_name(first_seq));
         let file = OpenOptions::new()
             .create(true)
-            .append(true)
+            .truncate(false)
+            .write(true)
             .open(&path)
             .map_err(io("cannot create a segment"))?;
         File::open(self.dir.dir.join("segments"))
@@ -1064,9 +1096,18 @@ impl LogDb for SegmentLog {
         }
         // A full segment: the batch starts a new one.
         let (segment, offset) = if end + frame_len > SEGMENT_BYTES && end > 0 {
+            // The full segment loses its zeros before the next one starts: only the last
+            // segment may end in them.
+            if let Some(w) = self.writer.as_ref() {
+                w.tail
+                    .set_len(end)
+                    .and_then(|()| w.tail.sync_all())
+                    .map_err(io("cannot close a full segment"))?;
+            }
             let (file, path) = self.new_segment(start)?;
             if let Some(w) = self.writer.as_mut() {
                 w.tail = file;
+                w.zeroed = 0;
             }
             let mut s = self.write_shared();
             s.segments.push((start, path));
@@ -1087,10 +1128,18 @@ impl LogDb for SegmentLog {
         let mut frame = Vec::with_capacity(frame_len as usize);
         frame.extend_from_slice(&header.bytes());
         frame.extend_from_slice(&payload);
-        let written = w.tail.write_all(&frame).and_then(|()| w.tail.sync_data());
+        let frame_end = offset + frame_len;
+        let zero_to = (frame_end + ZERO_AHEAD).min(SEGMENT_BYTES.max(frame_end));
+        let written = zero_fill(&w.tail, w.zeroed, frame_end, zero_to)
+            .and_then(|zeroed| {
+                w.zeroed = zeroed;
+                w.tail.write_all_at(&frame, offset)
+            })
+            .and_then(|()| w.tail.sync_data());
         if let Err(e) = written {
             // Nothing of a batch that failed may stay: cut the file back.
             let _ = w.tail.set_len(offset);
+            w.zeroed = offset;
             return Err(io("cannot write the batch")(e));
         }
         w.bytes += frame_len;
@@ -1560,11 +1609,15 @@ mod tests {
         }
         drop(db);
         let segment = original.join("segments").join(segment_name(0));
-        let len = std::fs::metadata(&segment).unwrap().len();
-        // Where the last frame starts.
+        // The frames end where the writer's zeros begin.
         let mut reader = SegmentLog::open_read_only(&original).unwrap();
         assert_eq!(reader.size().unwrap(), 41);
-        let last = reader.read_shared().end - {
+        let len = reader.read_shared().end;
+        assert!(
+            std::fs::metadata(&segment).unwrap().len() > len,
+            "zeros ahead of the frames"
+        );
+        let last = len - {
             let f = File::open(&segment).unwrap();
             let mut at = 0;
             let mut last = 0;
@@ -1574,16 +1627,20 @@ mod tests {
             }
             last
         };
-        for cut in last..len {
-            let case = dir.path().join(format!("cut-{cut}"));
+        // The power goes with the last frame written up to `cut`: the file cut there, or the
+        // rest of the frame still the zeros that were there before it.
+        for (cut, zeros) in (last..len).flat_map(|cut| [(cut, false), (cut, true)]) {
+            let case = dir.path().join(format!("cut-{cut}-{zeros}"));
             copy_dir(&original, &case);
             let seg = case.join("segments").join(segment_name(0));
-            OpenOptions::new()
-                .write(true)
-                .open(&seg)
-                .unwrap()
-                .set_len(cut)
-                .unwrap();
+            let f = OpenOptions::new().write(true).open(&seg).unwrap();
+            if zeros {
+                f.write_all_at(&vec![0u8; (len - cut) as usize], cut)
+                    .unwrap();
+            } else {
+                f.set_len(cut).unwrap();
+            }
+            drop(f);
             // The subtree hashes of the unacknowledged tail may be anything after a power cut.
             let nodes = case.join("nodes/0.bin");
             let f = OpenOptions::new().write(true).open(&nodes).unwrap();
@@ -1593,9 +1650,13 @@ mod tests {
                 key.clone(),
                 settings(0),
             )
-            .unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
-            assert_eq!(log.size(), 40, "cut at {cut}");
-            assert_eq!(std::fs::metadata(&seg).unwrap().len(), last, "cut at {cut}");
+            .unwrap_or_else(|e| panic!("cut at {cut} ({zeros}): {e}"));
+            assert_eq!(log.size(), 40, "cut at {cut} ({zeros})");
+            assert_eq!(
+                std::fs::metadata(&seg).unwrap().len(),
+                last,
+                "cut at {cut} ({zeros})"
+            );
             // It goes on from there, and the whole verifies.
             assert_eq!(log.append(leaf(1000)).await.unwrap(), 40);
             while log.covered() < 41 {
@@ -1604,7 +1665,7 @@ mod tests {
             drop(log);
             let mut offline = SegmentLog::open_read_only(&case).unwrap();
             let summary = verify_offline(&mut offline, &key.verifier_key())
-                .unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+                .unwrap_or_else(|e| panic!("cut at {cut} ({zeros}): {e}"));
             assert_eq!(summary.leaves, 41);
             std::fs::remove_dir_all(&case).unwrap();
         }
