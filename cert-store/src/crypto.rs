@@ -177,6 +177,9 @@ pub struct PublicKey {
     spki: Vec<u8>,
     /// Affine `x ‖ y`, kept for `Z_A` and the JWK.
     xy: [u8; 2 * FIELD_LEN],
+    /// A P-256 key parsed once for verification (aws-lc's constant-time P-256, which the TLS
+    /// stack uses too): parsing the key for each signature cost as much as checking it.
+    es256: Option<aws_lc_rs::signature::ParsedPublicKey>,
 }
 
 impl PublicKey {
@@ -218,11 +221,22 @@ impl PublicKey {
         };
         // Re-encoded rather than copied, so that equal keys have equal bytes.
         let spki = pkey.public_key_to_der()?;
+        let es256 = match scheme {
+            Scheme::Es256 => Some(
+                aws_lc_rs::signature::ParsedPublicKey::new(
+                    &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+                    &spki,
+                )
+                .map_err(|e| CryptoError::BadKey(format!("P-256 key refused: {e}")))?,
+            ),
+            Scheme::Sm2 { .. } => None,
+        };
         Ok(PublicKey {
             scheme,
             pkey,
             spki,
             xy,
+            es256,
         })
     }
 
@@ -272,15 +286,16 @@ impl PublicKey {
         if matches!(self.scheme, Scheme::Es256) && !is_low_s(&signature[FIELD_LEN..]) {
             return Ok(false);
         }
-        let r = BigNum::from_slice(&signature[..FIELD_LEN])?;
-        let s = BigNum::from_slice(&signature[FIELD_LEN..])?;
-        let sig = EcdsaSig::from_private_components(r, s)?;
         match self.scheme {
-            Scheme::Es256 => {
-                let ec = self.pkey.ec_key()?;
-                Ok(sig.verify(&openssl::sha::sha256(input), &ec)?)
-            }
+            // Raw r ‖ s, each in [1, n−1], over SHA-256 of the input.
+            Scheme::Es256 => Ok(self
+                .es256
+                .as_ref()
+                .is_some_and(|key| key.verify_sig(input, signature).is_ok())),
             Scheme::Sm2 { za } => {
+                let r = BigNum::from_slice(&signature[..FIELD_LEN])?;
+                let s = BigNum::from_slice(&signature[FIELD_LEN..])?;
+                let sig = EcdsaSig::from_private_components(r, s)?;
                 let e = sm2_e(&za, input)?;
                 let mut ctx = PkeyCtx::new(&self.pkey)?;
                 ctx.verify_init()?;
@@ -715,6 +730,33 @@ mod tests {
             assert!(!public.verify(INPUT, &[0u8; 64]));
             assert!(!public.verify(INPUT, &[0xffu8; 64]));
         }
+    }
+
+    #[test]
+    fn the_high_s_twin_of_an_es256_signature_is_refused() {
+        let key = SealKey::generate(JwsAlg::Es256).unwrap();
+        let sig = key.sign(INPUT).unwrap();
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let mut n = BigNum::new().unwrap();
+        group
+            .order(&mut n, &mut BigNumContext::new().unwrap())
+            .unwrap();
+        let s = BigNum::from_slice(&sig[32..]).unwrap();
+        let mut high = BigNum::new().unwrap();
+        high.checked_sub(&n, &s).unwrap();
+        let mut twin = sig;
+        twin[32..].copy_from_slice(&high.to_vec_padded(32).unwrap());
+        // The twin is a valid ECDSA signature (plain OpenSSL takes it) …
+        let ec = EcKey::public_key_from_der(key.public_key().spki_der()).unwrap();
+        let der = EcdsaSig::from_private_components(
+            BigNum::from_slice(&twin[..32]).unwrap(),
+            BigNum::from_slice(&twin[32..]).unwrap(),
+        )
+        .unwrap();
+        assert!(der.verify(&openssl::sha::sha256(INPUT), &ec).unwrap());
+        // … and refused here, so a licence's signature cannot be altered into another.
+        assert!(key.public_key().verify(INPUT, &sig));
+        assert!(!key.public_key().verify(INPUT, &twin));
     }
 
     #[test]

@@ -581,9 +581,15 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 /// The path of the real `certgate` binary, built on first use.
+///
+/// `CERTGATE_BIN` names a binary to run instead (a benchmark comparing two builds of the
+/// gateway with the same command).
 pub fn certgate_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("CERTGATE_BIN") {
+            return PathBuf::from(bin);
+        }
         // target/<profile>/deps/<test binary> -> target/<profile>/certgate
         let exe = std::env::current_exe().unwrap();
         let profile_dir = exe.parent().unwrap().parent().unwrap();
