@@ -708,6 +708,33 @@ impl SegmentLog {
         Ok(self.levels[l].as_ref())
     }
 
+    /// Writes a batch's new subtree hashes, one write for each run of neighbours in a level
+    /// (a batch's hashes of one level are mostly side by side).
+    fn write_nodes(&mut self, mut nodes: Vec<(u32, u64, Hash)>) -> Result<(), LogError> {
+        nodes.sort_unstable_by_key(|&(level, idx, _)| (level, idx));
+        let mut run: Vec<u8> = Vec::with_capacity(nodes.len() * 32);
+        let mut i = 0;
+        while i < nodes.len() {
+            let (level, first, _) = nodes[i];
+            run.clear();
+            let mut next = first;
+            while let Some(&(l, idx, hash)) = nodes.get(i) {
+                if l != level || idx != next {
+                    break;
+                }
+                run.extend_from_slice(&hash);
+                next += 1;
+                i += 1;
+            }
+            let file = self
+                .level_file(level, true)?
+                .ok_or_else(|| LogError::Store("no node file".into()))?;
+            file.write_all_at(&run, first * 32)
+                .map_err(io("cannot write a subtree hash"))?;
+        }
+        Ok(())
+    }
+
     fn write_node(&mut self, level: u32, index: u64, hash: &Hash) -> Result<(), LogError> {
         let file = self
             .level_file(level, true)?
@@ -1118,9 +1145,7 @@ impl LogDb for SegmentLog {
         };
         // The subtree hashes go first: a process that dies after the frame leaves them behind
         // it (the page cache keeps them); past a power cut, start-up recomputes them.
-        for (level, idx, hash) in nodes {
-            self.write_node(level, idx, &hash)?;
-        }
+        self.write_nodes(nodes)?;
         let w = self
             .writer
             .as_mut()
