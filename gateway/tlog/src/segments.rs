@@ -17,11 +17,16 @@
 //! and their hashes recomputed, and a frame cut short by a crash (never acknowledged, never
 //! under a checkpoint) is cut off. Leaves a checkpoint signs are never cut or recomputed: if
 //! they are not all there the writer refuses to open. The query index is built after the
-//! acknowledgement, by a thread of its own every [`INDEX_INTERVAL`]: from the rows the writer
-//! hands it in memory as each batch is made durable (no segment read, no decompression, no
-//! JSON), and from the segments for whatever the hand-over does not hold (after a restart,
-//! or when more than [`HANDOFF_ROWS`] wait); queries read the leaves it has not reached yet
-//! from the segments, so they see every committed leaf.
+//! acknowledgement, by a thread of its own every [`INDEX_INTERVAL`]. Its unit is a run of
+//! leaves (a batch as written): the unit's time span, and one posting for each key (a
+//! department, holder, resource, route or outcome, hashed with its field) any of its leaves
+//! has — so a busy batch of one department's requests is a handful of rows, not a row and
+//! four index entries per leaf. A query takes the units holding every key it names and reads
+//! their leaves to decide. The writer hands each durable batch's unit over in memory (no
+//! segment read, no decompression, no JSON); whatever the hand-over does not hold (after a
+//! restart, or when more than [`HANDOFF_ROWS`] leaves wait) is read from the segments.
+//! Queries read the leaves the index has not reached yet from the segments, so they see
+//! every committed leaf.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -34,7 +39,7 @@ use std::time::Duration;
 
 use flate2::Compression;
 use flate2::read::DeflateDecoder;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
 use crate::db::{EntryFilter, Frontier, LogDb, LogError, ScannedLeaf, prepare_batch};
@@ -45,15 +50,16 @@ use crate::merkle::{self, Hash};
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 /// How often the query index takes the leaves committed since its last round.
 pub const INDEX_INTERVAL: Duration = Duration::from_millis(50);
-/// Leaves the indexer inserts in one transaction before it lets the request threads run:
+/// Leaves (about: whole units) the indexer inserts in one transaction before it lets the
+/// request threads run:
 /// small enough that a burst of indexing does not hold the core for milliseconds.
 const INDEX_CHUNK: u64 = 256;
 /// The writer writes zeros this far past the last frame ahead of the frames, so that a
 /// batch's `fdatasync` writes only its data: the file's length (metadata) changes once per
 /// this many bytes, not with every batch.
 const ZERO_AHEAD: u64 = 1 << 20;
-/// Index rows the writer keeps for the indexer at most; past this it drops them and the
-/// indexer reads those leaves from the segments instead.
+/// Leaves whose index units the writer keeps for the indexer at most; past this it drops
+/// them and the indexer reads those leaves from the segments instead.
 pub const HANDOFF_ROWS: usize = 1 << 16;
 /// Most bytes one frame's payload may have (compressed or not): a longer one is corrupt.
 const MAX_PAYLOAD: u32 = 64 << 20;
@@ -291,55 +297,81 @@ struct WriterState {
     compress: flate2::Compress,
 }
 
-/// One leaf's row of the query index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct IndexRow {
-    seq: u64,
-    time_ms: i64,
-    department: Option<i64>,
-    holder: Option<i64>,
-    resource: Option<i64>,
-    route: Option<i64>,
-    outcome: i64,
+/// One unit of the query index: a run of leaves (a batch as the writer wrote it), the keys
+/// any of them can be found by and the span of their times. A query takes the units that
+/// hold every key it asks for, and reads their leaves to decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct IndexFrame {
+    first_seq: u64,
+    count: u64,
+    min_time: i64,
+    max_time: i64,
+    /// Sorted, without repeats.
+    keys: Vec<i64>,
 }
 
-impl IndexRow {
-    fn of(leaf: &Leaf) -> IndexRow {
-        IndexRow {
-            seq: leaf.seq,
-            time_ms: leaf.time_ms,
-            department: leaf.department.as_deref().map(key),
-            holder: leaf.holder.as_deref().map(key),
-            resource: leaf.resource.as_deref().map(key),
-            route: leaf.route.as_deref().map(key),
-            outcome: outcome_code(leaf.outcome),
+impl IndexFrame {
+    fn of<'a>(first_seq: u64, leaves: impl IntoIterator<Item = &'a Leaf>) -> IndexFrame {
+        let mut frame = IndexFrame {
+            first_seq,
+            count: 0,
+            min_time: i64::MAX,
+            max_time: i64::MIN,
+            keys: Vec::new(),
+        };
+        for leaf in leaves {
+            frame.count += 1;
+            frame.min_time = frame.min_time.min(leaf.time_ms);
+            frame.max_time = frame.max_time.max(leaf.time_ms);
+            frame.keys.extend(leaf_keys(leaf));
         }
+        frame.keys.sort_unstable();
+        frame.keys.dedup();
+        frame
     }
 }
 
-/// The rows of leaves made durable and not yet taken by the indexer, in seq order, at most
-/// [`HANDOFF_ROWS`] of them.
+/// The keys a leaf can be found by, one per field a query may name.
+fn leaf_keys(leaf: &Leaf) -> impl Iterator<Item = i64> + '_ {
+    [
+        leaf.department
+            .as_deref()
+            .map(|t| key(Field::Department, t)),
+        leaf.holder.as_deref().map(|t| key(Field::Holder, t)),
+        leaf.resource.as_deref().map(|t| key(Field::Resource, t)),
+        leaf.route.as_deref().map(|t| key(Field::Route, t)),
+        Some(key(Field::Outcome, outcome_name(leaf.outcome))),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// The index units of durable batches not yet taken by the indexer, in seq order, holding
+/// at most [`HANDOFF_ROWS`] leaves.
 #[derive(Debug, Default)]
 struct Handoff {
-    rows: std::sync::Mutex<Vec<IndexRow>>,
+    frames: std::sync::Mutex<(Vec<IndexFrame>, u64)>,
 }
 
 impl Handoff {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<IndexRow>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<IndexFrame>, u64)> {
         // A push or a swap of a vector: nothing in it can panic half-way.
-        self.rows.lock().unwrap_or_else(|p| p.into_inner())
+        self.frames.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Keeps the rows of a durable batch, unless the indexer has fallen that far behind.
-    fn push(&self, rows: impl ExactSizeIterator<Item = IndexRow>) {
+    /// Keeps a durable batch's unit, unless the indexer has fallen that far behind.
+    fn push(&self, frame: IndexFrame) {
         let mut kept = self.lock();
-        if kept.len() + rows.len() <= HANDOFF_ROWS {
-            kept.extend(rows);
+        if kept.1 + frame.count <= HANDOFF_ROWS as u64 {
+            kept.1 += frame.count;
+            kept.0.push(frame);
         }
     }
 
-    fn take(&self) -> Vec<IndexRow> {
-        std::mem::take(&mut *self.lock())
+    fn take(&self) -> Vec<IndexFrame> {
+        let mut kept = self.lock();
+        kept.1 = 0;
+        std::mem::take(&mut kept.0)
     }
 }
 
@@ -942,55 +974,53 @@ impl LogDb for SegmentLog {
         let wanted = limit as usize;
         let mut out = Vec::new();
         let mut after = filter.after;
-        // The indexed leaves through the index (its 64-bit keys narrow; the leaf decides) …
-        let indexed: i64 = match self.index()? {
-            Some(index) => {
-                index.query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM entries", [], |r| {
-                    r.get(0)
-                })?
-            }
+        // The indexed leaves through the index: the units holding every key asked for (its
+        // 64-bit keys narrow; each leaf decides) …
+        let keys = filter_keys(filter);
+        let indexed = match self.index()? {
+            Some(index) => index_end(index)? as i64,
             None => 0,
         };
         while after + 1 < indexed && out.len() < wanted {
             let Some(index) = self.index()? else { break };
-            let mut stmt = index.prepare_cached(
-                "SELECT seq FROM entries
-                 WHERE seq > ?1 AND (?2 IS NULL OR department = ?2) AND (?3 IS NULL OR holder = ?3)
-                   AND (?4 IS NULL OR resource = ?4) AND (?5 IS NULL OR route = ?5)
-                   AND (?6 IS NULL OR outcome = ?6) AND (?7 IS NULL OR time_ms >= ?7)
-                   AND (?8 IS NULL OR time_ms < ?8)
-                 ORDER BY seq LIMIT ?9",
-            )?;
-            let candidates: Vec<i64> = stmt
-                .query_map(
-                    params![
-                        after,
-                        filter.department.as_deref().map(key),
-                        filter.holder.as_deref().map(key),
-                        filter.resource.as_deref().map(key),
-                        filter.route.as_deref().map(key),
-                        filter.outcome.map(outcome_code),
-                        filter.from_ms,
-                        filter.to_ms,
-                        (wanted - out.len()) as i64,
-                    ],
-                    |r| r.get(0),
-                )?
-                .collect::<Result<_, _>>()?;
-            drop(stmt);
-            if candidates.is_empty() {
+            let units = candidate_units(index, filter, &keys, after)?;
+            if units.is_empty() {
                 after = indexed - 1;
                 break;
             }
-            for seq in candidates {
-                after = seq;
-                if let Some(bytes) = self.leaf(seq as u64)?
-                    && matches(filter, &bytes)
-                {
-                    out.push(bytes);
+            for (first, count) in units {
+                let mut seq = first.max(after + 1) as u64;
+                let end = (first + count) as u64;
+                while seq < end && out.len() < wanted {
+                    let Some((frame_first, leaves)) = self.frame_of(seq)? else {
+                        break;
+                    };
+                    let upto = end.min(frame_first + leaves.len() as u64);
+                    for bytes in leaves
+                        .into_iter()
+                        .skip((seq - frame_first) as usize)
+                        .take((upto - seq) as usize)
+                    {
+                        if out.len() >= wanted {
+                            break;
+                        }
+                        if matches(filter, &bytes) {
+                            out.push(bytes);
+                        }
+                        after = seq as i64;
+                        seq += 1;
+                    }
                 }
+                if out.len() >= wanted {
+                    break;
+                }
+                after = after.max(first + count - 1);
             }
         }
+        if out.len() >= wanted {
+            return Ok(out);
+        }
+        after = after.max(indexed - 1);
         // … and the newest, not indexed yet, read directly: a query sees every committed leaf.
         let size = self.size()?;
         let mut seq = (after + 1).max(0) as u64;
@@ -1187,7 +1217,8 @@ impl LogDb for SegmentLog {
         }
         // Handed to the indexer once readers see the leaves.
         if let Some(w) = &self.writer {
-            w.handoff.push(leaves.iter().map(|leaf| IndexRow::of(leaf)));
+            w.handoff
+                .push(IndexFrame::of(start, leaves.iter().map(|leaf| &**leaf)));
         }
         Ok(start + u64::from(count))
     }
@@ -1224,6 +1255,86 @@ impl LogDb for SegmentLog {
     }
 }
 
+/// The next index units (first seq, count) past `after` that hold every key of `keys` and
+/// whose times meet the filter's, in order, a page of them.
+fn candidate_units(
+    index: &Connection,
+    filter: &EntryFilter,
+    keys: &[i64],
+    after: i64,
+) -> Result<Vec<(i64, i64)>, LogError> {
+    const UNITS: i64 = 64;
+    // The unit holding the leaf after `after`, or the first one in the time range.
+    let containing: i64 = index
+        .query_row(
+            "SELECT first_seq FROM frames WHERE first_seq <= ?1 ORDER BY first_seq DESC LIMIT 1",
+            [after + 1],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let in_time: i64 = match filter.from_ms {
+        Some(from) => index
+            .query_row(
+                "SELECT MIN(first_seq) FROM frames WHERE max_time >= ?1",
+                [from],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
+            .unwrap_or(i64::MAX),
+        None => 0,
+    };
+    let start = containing.max(in_time);
+    if start == i64::MAX {
+        return Ok(Vec::new());
+    }
+    let time = "(?2 IS NULL OR f.max_time >= ?2) AND (?3 IS NULL OR f.min_time < ?3)";
+    let mut units = Vec::new();
+    let mut push = |r: &rusqlite::Row<'_>| -> rusqlite::Result<()> {
+        units.push((r.get(0)?, r.get(1)?));
+        Ok(())
+    };
+    match keys.split_first() {
+        None => {
+            let mut stmt = index.prepare_cached(&format!(
+                "SELECT f.first_seq, f.count FROM frames f WHERE f.first_seq >= ?1 AND {time}
+                 ORDER BY f.first_seq LIMIT {UNITS}"
+            ))?;
+            let mut rows = stmt.query(params![start, filter.from_ms, filter.to_ms])?;
+            while let Some(r) = rows.next()? {
+                push(r)?;
+            }
+        }
+        Some((first_key, others)) => {
+            // Driven by the most selective key; the others must be in the same unit.
+            let others_sql: String = (0..others.len())
+                .map(|i| {
+                    format!(
+                        " AND EXISTS (SELECT 1 FROM postings q WHERE q.key = ?{} AND q.first_seq = p.first_seq)",
+                        5 + i
+                    )
+                })
+                .collect();
+            let mut stmt = index.prepare_cached(&format!(
+                "SELECT f.first_seq, f.count FROM postings p JOIN frames f ON f.first_seq = p.first_seq
+                 WHERE p.key = ?4 AND p.first_seq >= ?1 AND {time}{others_sql}
+                 ORDER BY p.first_seq LIMIT {UNITS}"
+            ))?;
+            let mut values: Vec<rusqlite::types::Value> = vec![
+                start.into(),
+                filter.from_ms.into(),
+                filter.to_ms.into(),
+                (*first_key).into(),
+            ];
+            values.extend(others.iter().map(|k| rusqlite::types::Value::from(*k)));
+            let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
+            while let Some(r) = rows.next()? {
+                push(r)?;
+            }
+        }
+    }
+    Ok(units)
+}
+
 /// Whether a leaf's bytes meet every condition of `filter` (its position aside).
 fn matches(filter: &EntryFilter, bytes: &[u8]) -> bool {
     let Ok(leaf) = serde_json::from_slice::<Leaf>(bytes) else {
@@ -1241,31 +1352,72 @@ fn matches(filter: &EntryFilter, bytes: &[u8]) -> bool {
         && filter.to_ms.is_none_or(|t| leaf.time_ms < t)
 }
 
-/// The 64-bit key a text is indexed under.
-fn key(text: &str) -> i64 {
-    let d = Sha256::digest(text.as_bytes());
+/// The fields a query may name.
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    Department,
+    Holder,
+    Resource,
+    Route,
+    Outcome,
+}
+
+/// The 64-bit key a field's text is indexed under (the field's tag and the text, hashed).
+fn key(field: Field, text: &str) -> i64 {
+    let tag: &[u8] = match field {
+        Field::Department => b"d:",
+        Field::Holder => b"h:",
+        Field::Resource => b"r:",
+        Field::Route => b"p:",
+        Field::Outcome => b"o:",
+    };
+    let d = Sha256::new()
+        .chain_update(tag)
+        .chain_update(text.as_bytes())
+        .finalize();
     let mut b = [0u8; 8];
     b.copy_from_slice(&d[..8]);
     i64::from_le_bytes(b)
 }
 
-fn outcome_code(o: Outcome) -> i64 {
+fn outcome_name(o: Outcome) -> &'static str {
     match o {
-        Outcome::Allowed => 0,
-        Outcome::Denied => 1,
-        Outcome::Error => 2,
+        Outcome::Allowed => "allowed",
+        Outcome::Denied => "denied",
+        Outcome::Error => "error",
     }
 }
 
+/// The keys a query asks for, the most selective first.
+fn filter_keys(filter: &EntryFilter) -> Vec<i64> {
+    [
+        filter.holder.as_deref().map(|t| key(Field::Holder, t)),
+        filter.resource.as_deref().map(|t| key(Field::Resource, t)),
+        filter
+            .department
+            .as_deref()
+            .map(|t| key(Field::Department, t)),
+        filter.route.as_deref().map(|t| key(Field::Route, t)),
+        filter.outcome.map(|o| key(Field::Outcome, outcome_name(o))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The index's form; an index.db of another form is dropped and built again from the
+/// segments (it is derived data).
+const INDEX_VERSION: i64 = 2;
+
 const INDEX_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS entries (
-    seq INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, department INTEGER, holder INTEGER,
-    resource INTEGER, route INTEGER, outcome INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS frames (
+    first_seq INTEGER PRIMARY KEY, count INTEGER NOT NULL,
+    min_time INTEGER NOT NULL, max_time INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS entries_department ON entries(department, seq);
-CREATE INDEX IF NOT EXISTS entries_holder ON entries(holder, seq);
-CREATE INDEX IF NOT EXISTS entries_resource ON entries(resource, seq);
-CREATE INDEX IF NOT EXISTS entries_time ON entries(time_ms);
+CREATE INDEX IF NOT EXISTS frames_time ON frames(max_time);
+CREATE TABLE IF NOT EXISTS postings (
+    key INTEGER NOT NULL, first_seq INTEGER NOT NULL, PRIMARY KEY (key, first_seq)
+) WITHOUT ROWID;
 ";
 
 /// Starts the thread that keeps the query index up with the segments, every
@@ -1281,7 +1433,7 @@ fn spawn_indexer(
     conn.pragma_update(None, "synchronous", "OFF")?;
     // The four indexes take scattered keys: pages kept in memory are not read again.
     conn.pragma_update(None, "cache_size", -16_384)?;
-    conn.execute_batch(INDEX_SCHEMA)?;
+    open_index(&conn)?;
     let mut reader = SegmentLog::reader(&dir);
     std::thread::Builder::new()
         .name("access-log-indexer".into())
@@ -1297,69 +1449,117 @@ fn spawn_indexer(
     Ok(())
 }
 
-/// Indexes the leaves committed since the index's last one: those the writer handed over as
-/// rows, and before them any it did not (read from the segments).
+/// Makes `conn` an index of this form, dropping one of an earlier form.
+fn open_index(conn: &Connection) -> Result<(), LogError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version != INDEX_VERSION {
+        conn.execute_batch(
+            "DROP TABLE IF EXISTS entries; DROP TABLE IF EXISTS frames;
+             DROP TABLE IF EXISTS postings;",
+        )?;
+        conn.execute_batch(INDEX_SCHEMA)?;
+        conn.pragma_update(None, "user_version", INDEX_VERSION)?;
+    }
+    conn.execute_batch(INDEX_SCHEMA)?;
+    Ok(())
+}
+
+/// Where the index ends: the first leaf it does not hold.
+fn index_end(conn: &Connection) -> Result<u64, LogError> {
+    let end: Option<i64> = conn
+        .query_row(
+            "SELECT first_seq + count FROM frames ORDER BY first_seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(end.unwrap_or(0).max(0) as u64)
+}
+
+/// Indexes the leaves committed since the index's last one: the units the writer handed
+/// over, and before them any it did not (read from the segments).
 fn index_round(
     conn: &mut Connection,
     reader: &mut SegmentLog,
     handoff: &Handoff,
 ) -> Result<(), LogError> {
-    // Taken before the size is read: every row here is of a leaf the size covers.
-    let rows = handoff.take();
+    // Taken before the size is read: every unit here is of leaves the size covers.
+    let handed = handoff.take();
     let size = reader.size()?;
-    let indexed: i64 =
-        conn.query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM entries", [], |r| {
-            r.get(0)
-        })?;
-    if indexed as u64 > size {
+    let indexed = index_end(conn)?;
+    if indexed > size {
         // The segments lost an unacknowledged tail after a crash.
-        conn.execute("DELETE FROM entries WHERE seq >= ?1", [size as i64])?;
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM postings WHERE first_seq IN
+               (SELECT first_seq FROM frames WHERE first_seq + count > ?1)",
+            [size as i64],
+        )?;
+        tx.execute(
+            "DELETE FROM frames WHERE first_seq + count > ?1",
+            [size as i64],
+        )?;
+        tx.commit()?;
         return Ok(());
     }
-    let mut seq = indexed as u64;
-    let start = seq;
-    let mut handed = rows.into_iter().skip_while(|r| r.seq < start).peekable();
+    let mut seq = indexed;
+    let mut handed = handed
+        .into_iter()
+        .skip_while(|f| f.first_seq < indexed)
+        .peekable();
     while seq < size {
-        if seq > indexed as u64 {
+        if seq > indexed {
             std::thread::yield_now();
         }
-        let tx = conn.transaction()?;
         let from = seq;
+        let tx = conn.transaction()?;
         {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO entries (seq, time_ms, department, holder, resource, route, outcome)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            let mut frame_row = tx.prepare_cached(
+                "INSERT INTO frames (first_seq, count, min_time, max_time) VALUES (?1, ?2, ?3, ?4)",
             )?;
-            let mut put = |row: &IndexRow| {
-                insert.execute(params![
-                    row.seq as i64,
-                    row.time_ms,
-                    row.department,
-                    row.holder,
-                    row.resource,
-                    row.route,
-                    row.outcome,
-                ])
+            let mut posting =
+                tx.prepare_cached("INSERT INTO postings (key, first_seq) VALUES (?1, ?2)")?;
+            let mut put = |f: &IndexFrame| -> Result<(), LogError> {
+                frame_row.execute(params![
+                    f.first_seq as i64,
+                    f.count as i64,
+                    f.min_time,
+                    f.max_time
+                ])?;
+                for k in &f.keys {
+                    posting.execute(params![k, f.first_seq as i64])?;
+                }
+                Ok(())
             };
             let stop_at = (seq + INDEX_CHUNK).min(size);
             while seq < stop_at {
-                if let Some(row) = handed.next_if(|r| r.seq == seq) {
-                    put(&row)?;
-                    seq += 1;
+                if let Some(f) = handed.next_if(|f| f.first_seq == seq) {
+                    put(&f)?;
+                    seq += f.count;
                     continue;
                 }
-                // Not handed over: read from the segments, up to the next row that was.
-                let until = handed.peek().map_or(stop_at, |r| r.seq.min(stop_at));
+                // Not handed over: read from the segments, up to the next unit that was.
+                let until = handed.peek().map_or(size, |f| f.first_seq.min(size));
                 let Some((first, leaves)) = reader.frame_of(seq)? else {
                     break;
                 };
-                let wanted = (until - seq) as usize;
-                for bytes in leaves.iter().skip((seq - first) as usize).take(wanted) {
-                    let leaf: Leaf = serde_json::from_slice(bytes)
-                        .map_err(|e| LogError::Store(format!("leaf {seq}: {e}")))?;
-                    put(&IndexRow::of(&leaf))?;
-                    seq += 1;
+                let wanted = (until.saturating_sub(seq)) as usize;
+                let parsed = leaves
+                    .iter()
+                    .skip((seq - first) as usize)
+                    .take(wanted)
+                    .enumerate()
+                    .map(|(i, bytes)| {
+                        serde_json::from_slice::<Leaf>(bytes)
+                            .map_err(|e| LogError::Store(format!("leaf {}: {e}", seq + i as u64)))
+                    })
+                    .collect::<Result<Vec<Leaf>, LogError>>()?;
+                if parsed.is_empty() {
+                    break;
                 }
+                let f = IndexFrame::of(seq, &parsed);
+                put(&f)?;
+                seq += f.count;
             }
         }
         tx.commit()?;
@@ -1466,11 +1666,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backend = LogBackend::Segments(SegmentDir::new(&dir.path().join("log")));
         let log = AccessLog::open(backend, key(), settings(0)).unwrap();
-        for i in 0..300 {
-            log.append(leaf(i)).await.unwrap();
-        }
+        // From concurrent requests: batches, so index units, of many leaves.
+        fill(&log, 0, 300).await;
         let mut reader = log.reader().unwrap();
-        let expected = |f: &dyn Fn(u64) -> bool| (0..300u64).filter(|i| f(*i)).collect::<Vec<_>>();
+        // Which leaf (its `i`) each position holds.
+        let stored: Vec<(u64, u64)> = reader
+            .entries(
+                &EntryFilter {
+                    after: -1,
+                    ..EntryFilter::default()
+                },
+                1000,
+            )
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let l = serde_json::from_slice::<Leaf>(b).unwrap();
+                let i = l
+                    .request_id
+                    .unwrap()
+                    .trim_start_matches("req-")
+                    .parse()
+                    .unwrap();
+                (l.seq, i)
+            })
+            .collect();
+        assert_eq!(stored.len(), 300);
+        let expected = |f: &dyn Fn(u64, u64) -> bool| {
+            stored
+                .iter()
+                .filter(|(seq, i)| f(*seq, *i))
+                .map(|(seq, _)| *seq)
+                .collect::<Vec<_>>()
+        };
         let seqs = |rows: Vec<Vec<u8>>| {
             rows.iter()
                 .map(|b| serde_json::from_slice::<Leaf>(b).unwrap().seq)
@@ -1488,17 +1716,43 @@ mod tests {
                 outcome: Some(Outcome::Denied),
                 ..EntryFilter::default()
             };
+            let resource_in_time = EntryFilter {
+                after: -1,
+                resource: Some("licence-3".into()),
+                route: Some("/v1/licences/{id}".into()),
+                from_ms: Some(1_800_000_000_000 + 100),
+                to_ms: Some(1_800_000_000_000 + 250),
+                ..EntryFilter::default()
+            };
+            // Page by page, five at a time, each page after the last one's last leaf.
+            let mut paged = Vec::new();
+            loop {
+                let page = EntryFilter {
+                    after: paged.last().map_or(-1, |s: &u64| *s as i64),
+                    ..resource_in_time.clone()
+                };
+                let got = seqs(reader.entries(&page, 5).unwrap());
+                if got.is_empty() {
+                    break;
+                }
+                paged.extend(got);
+            }
             (
                 seqs(reader.entries(&by_holder, 1000).unwrap()),
                 seqs(reader.entries(&denied_from_dept, 1000).unwrap()),
                 seqs(reader.entries(&by_holder, 7).unwrap()),
+                seqs(reader.entries(&resource_in_time, 1000).unwrap()),
+                paged,
             )
         };
         // At once, before the indexer's round: read from the segments.
+        let in_time = expected(&|_, i| i % 7 == 3 && (100..250).contains(&i));
         let want = (
-            expected(&|i| i % 5 == 2),
-            expected(&|i| i > 10 && i % 3 == 1 && i % 2 == 1),
-            expected(&|i| i % 5 == 2)[..7].to_vec(),
+            expected(&|_, i| i % 5 == 2),
+            expected(&|seq, i| seq > 10 && i % 3 == 1 && i % 2 == 1),
+            expected(&|_, i| i % 5 == 2)[..7].to_vec(),
+            in_time.clone(),
+            in_time,
         );
         assert_eq!(query(&mut reader), want);
         // Within a few index rounds every leaf is in the index, and the answers are the same.
@@ -1506,7 +1760,11 @@ mod tests {
         let deadline = std::time::Instant::now() + INDEX_INTERVAL * 8;
         loop {
             let n: i64 = Connection::open(&index)
-                .and_then(|c| c.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get(0)))
+                .and_then(|c| {
+                    c.query_row("SELECT COALESCE(SUM(count), 0) FROM frames", [], |r| {
+                        r.get(0)
+                    })
+                })
                 .unwrap_or(0);
             if n == 300 {
                 break;
@@ -1519,63 +1777,154 @@ mod tests {
         }
         let mut reader = log.reader().unwrap();
         assert_eq!(query(&mut reader), want);
+        let index = Connection::open(&index).unwrap();
+        let largest: i64 = index
+            .query_row("SELECT MAX(count) FROM frames", [], |r| r.get(0))
+            .unwrap();
+        assert!(
+            largest > 5,
+            "units of one leaf only ({largest}): paging within one untested"
+        );
     }
 
     /// A copy of `from` (a log directory) at `to`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_index_takes_handed_rows_and_reads_what_was_not_handed_from_the_segments() {
+    async fn the_index_takes_handed_units_and_reads_what_was_not_handed_from_the_segments() {
         let dir = tempfile::tempdir().unwrap();
         let segments = SegmentDir::new(&dir.path().join("log"));
         let log =
             AccessLog::open(LogBackend::Segments(segments.clone()), key(), settings(0)).unwrap();
+        // One at a time, so that leaf `i` is at position `i`.
         for i in 0..600 {
             log.append(leaf(i)).await.unwrap();
         }
         // A second index beside the writer's, fed from a hand-over that lacks the first
         // leaves, a stretch in the middle and the last ones (an overflow, a restart).
         let mut conn = Connection::open(dir.path().join("other-index.db")).unwrap();
-        conn.execute_batch(INDEX_SCHEMA).unwrap();
+        open_index(&conn).unwrap();
         let mut reader = SegmentLog::reader(&segments);
         let handoff = Handoff::default();
-        let row = |i: u64| IndexRow {
-            seq: i,
-            ..IndexRow::of(&leaf(i))
-        };
-        handoff.push(
-            (40..300)
-                .chain(420..590)
-                .map(row)
-                .collect::<Vec<_>>()
-                .into_iter(),
-        );
+        let unit =
+            |from: u64, to: u64| IndexFrame::of(from, &(from..to).map(leaf).collect::<Vec<_>>());
+        for (from, to) in [(40, 100), (100, 300), (420, 590)] {
+            handoff.push(unit(from, to));
+        }
         index_round(&mut conn, &mut reader, &handoff).unwrap();
         assert!(
             handoff.take().is_empty(),
-            "a round takes every row handed over"
+            "a round takes every unit handed over"
         );
+        // The units cover every leaf once, in order, and each holds its leaves' keys and times.
         let mut stmt = conn
-            .prepare("SELECT seq, time_ms, department, holder, resource, route, outcome FROM entries ORDER BY seq")
+            .prepare("SELECT first_seq, count, min_time, max_time FROM frames ORDER BY first_seq")
             .unwrap();
-        let indexed: Vec<IndexRow> = stmt
+        let units: Vec<(u64, u64, i64, i64)> = stmt
             .query_map([], |r| {
-                Ok(IndexRow {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    time_ms: r.get(1)?,
-                    department: r.get(2)?,
-                    holder: r.get(3)?,
-                    resource: r.get(4)?,
-                    route: r.get(5)?,
-                    outcome: r.get(6)?,
-                })
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get(2)?,
+                    r.get(3)?,
+                ))
             })
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(indexed, (0..600).map(row).collect::<Vec<_>>());
+        let mut next = 0;
+        for (first, count, min_time, max_time) in units {
+            assert_eq!(first, next, "units are contiguous");
+            for seq in first..first + count {
+                let l = leaf(seq);
+                assert!(min_time <= l.time_ms && l.time_ms <= max_time, "leaf {seq}");
+                for k in leaf_keys(&l) {
+                    let held: bool = conn
+                        .query_row(
+                            "SELECT EXISTS (SELECT 1 FROM postings WHERE key = ?1 AND first_seq = ?2)",
+                            params![k, first as i64],
+                            |r| r.get(0),
+                        )
+                        .unwrap();
+                    assert!(held, "leaf {seq}: a key missing from its unit");
+                }
+            }
+            next = first + count;
+        }
+        assert_eq!(next, 600);
+        // The handed units were taken as they came: 40..100 is one unit.
+        let handed: i64 = conn
+            .query_row("SELECT count FROM frames WHERE first_seq = 40", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(handed, 60);
         // A full hand-over keeps nothing more: those leaves come from the segments.
-        let many = (0..HANDOFF_ROWS as u64 + 1).map(|i| IndexRow { seq: i, ..row(0) });
-        handoff.push(many.collect::<Vec<_>>().into_iter());
+        handoff.push(unit(0, HANDOFF_ROWS as u64 + 1));
         assert!(handoff.take().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_index_of_the_earlier_form_is_built_again_from_the_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let key = key();
+        {
+            let log = AccessLog::open(
+                LogBackend::Segments(SegmentDir::new(&path)),
+                key.clone(),
+                settings(0),
+            )
+            .unwrap();
+            fill(&log, 0, 50).await;
+        }
+        // The per-leaf index of earlier versions, with a row in it.
+        std::fs::remove_file(path.join("index.db")).unwrap();
+        let old = Connection::open(path.join("index.db")).unwrap();
+        old.execute_batch(
+            "CREATE TABLE entries (seq INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, department INTEGER,
+               holder INTEGER, resource INTEGER, route INTEGER, outcome INTEGER NOT NULL);
+             CREATE INDEX entries_holder ON entries(holder, seq);
+             INSERT INTO entries VALUES (0, 1, 2, 3, 4, 5, 0);",
+        )
+        .unwrap();
+        drop(old);
+        let log = AccessLog::open(
+            LogBackend::Segments(SegmentDir::new(&path)),
+            key.clone(),
+            settings(0),
+        )
+        .unwrap();
+        let index = Connection::open(path.join("index.db")).unwrap();
+        let entries: i64 = index
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'entries'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(entries, 0, "the earlier table is gone");
+        let deadline = std::time::Instant::now() + INDEX_INTERVAL * 20;
+        loop {
+            let n: i64 = index
+                .query_row("SELECT COALESCE(SUM(count), 0) FROM frames", [], |r| {
+                    r.get(0)
+                })
+                .unwrap_or(0);
+            if n == 50 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "index holds {n} of 50 leaves"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut reader = log.reader().unwrap();
+        let by_holder = EntryFilter {
+            after: -1,
+            holder: Some("holder-1".into()),
+            ..EntryFilter::default()
+        };
+        assert_eq!(reader.entries(&by_holder, 100).unwrap().len(), 10);
     }
 
     fn copy_dir(from: &Path, to: &Path) {
