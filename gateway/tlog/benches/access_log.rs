@@ -7,8 +7,9 @@
 //!   is set, on the log several nodes share in PostgreSQL (a schema of its own, dropped after);
 //! - the bytes on disk per leaf — leaves, tree hashes, checkpoints and the auditors' query
 //!   indexes — of a log of `CERTGATE_BENCH_LEAVES` leaves (default 1,000,000) written in batches
-//!   of 64 as the writer writes them, in segment files and in SQLite, and how long writing it
-//!   took;
+//!   of 64 as the writer writes them, in segment files (one leaf text repeated, as earlier
+//!   runs measured, and leaves whose department, route, holder and licence vary as a
+//!   province's traffic does) and in SQLite, and how long writing it took;
 //! - inclusion- and consistency-proof latency on those logs, read through the stored subtree
 //!   hashes.
 //!
@@ -42,6 +43,30 @@ fn leaf(i: u64) -> Leaf {
         matter: Some("M-BIZ-001".into()),
         latency_us: 150,
         ..Leaf::new(tlog::LeafKind::Request, 1_800_000_000_000 + i as i64, 200)
+    }
+}
+
+/// A leaf as a province's traffic has them: one of 40 departments and 12 routes, holders and
+/// licences that differ from request to request (pseudonyms of 200,000 holders, 100,000
+/// licences), so that neither the compression nor the query index meets the same text
+/// twice in a batch.
+fn varied_leaf(i: u64) -> Leaf {
+    let mix = |x: u64| x.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+    let holder = mix(i) % 200_000;
+    let licence = mix(i ^ 0x5555) % 100_000;
+    Leaf {
+        request_id: Some(format!("{:032x}", mix(i) as u128 * 0x1_0000_0001)),
+        department: Some(format!("111101{:02}MB0000001C", i % 40)),
+        cert_sha256: Some(format!("{:064x}", i % 40)),
+        route: Some(format!("/v1/route-{}/{{id}}", i % 12)),
+        resource: Some(format!(
+            "1.2.156.3005.2.11100000MB0000100D001.11110105MB0000002F.{licence:012}.001.6"
+        )),
+        holder: Some(format!(
+            "{:064x}",
+            holder.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        )),
+        ..leaf(i)
     }
 }
 
@@ -164,9 +189,14 @@ fn main() {
         "(a leaf here is {} bytes of canonical JSON)",
         leaf(0).to_bytes().len()
     );
-    let segments = SegmentDir::new(&dir.path().join("large-log"));
     let sqlite = dir.path().join("large-log.db");
-    for name in ["segment files", "SQLite"] {
+    for name in ["segment files", "segment files, varied leaves", "SQLite"] {
+        let segments = SegmentDir::new(&dir.path().join(format!("large-log-{}", name.len())));
+        let make: fn(u64) -> Leaf = if name.contains("varied") {
+            varied_leaf
+        } else {
+            leaf
+        };
         let build = Instant::now();
         {
             let mut db: Box<dyn LogDb> = if name == "SQLite" {
@@ -174,14 +204,14 @@ fn main() {
             } else {
                 Box::new(SegmentLog::open_writer(&segments, 0).unwrap())
             };
-            write_log(db.as_mut(), leaves, &key);
+            write_log(db.as_mut(), leaves, &key, make);
             if name != "SQLite" {
                 // The auditors' query index is part of the cost: wait until it has every leaf.
                 let index = segments.path().join("index.db");
                 loop {
                     let indexed: i64 = rusqlite::Connection::open(&index)
                         .and_then(|c| {
-                            c.query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM entries", [], |r| {
+                            c.query_row("SELECT COALESCE(SUM(count), 0) FROM frames", [], |r| {
                                 r.get(0)
                             })
                         })
@@ -222,7 +252,7 @@ fn main() {
 
 /// Writes `leaves` leaves in batches of 64 (a batch the writer commits under load) and signs a
 /// checkpoint over them.
-fn write_log(db: &mut dyn LogDb, leaves: u64, key: &LogKey) {
+fn write_log(db: &mut dyn LogDb, leaves: u64, key: &LogKey, leaf: fn(u64) -> Leaf) {
     let mut frontier = Frontier::new();
     let mut i = 0;
     while i < leaves {
