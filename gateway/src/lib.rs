@@ -31,4 +31,5 @@ pub mod source_system;
 pub mod state;
 pub mod tls;
 pub mod upstream;
+pub mod view_cache;
 pub mod wiring;

@@ -22,6 +22,7 @@ use crate::extract::{JsonBody, QueryParams, require};
 use crate::identity::Caller;
 use crate::purpose::Purpose;
 use crate::state::Gateway;
+use crate::view_cache::ViewKey;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -553,7 +554,7 @@ pub async fn licence(
     }
     let note = noted(&record);
     let key = ViewKey::new(&record, visible, grant.is_issuer());
-    if let Some(body) = gw.views.0.get(&key) {
+    if let Some(body) = gw.views.get(&key) {
         return Ok((note, json_bytes(body)).into_response());
     }
     let credential = gw
@@ -564,64 +565,8 @@ pub async fn licence(
         serde_json::to_vec(&view(record, credential, key.issuer))
             .map_err(|_| ApiError::internal())?,
     );
-    gw.views.0.insert(key, body.clone());
+    gw.views.insert(key, body.clone());
     Ok((note, json_bytes(body)).into_response())
-}
-
-/// The JSON bodies of licence views recently answered by `GET /v1/licences/{id}`, so that a
-/// licence read again with the same fields is not presented and serialised again. A body is
-/// found only under everything it depends on — the licence, its current status, reason and
-/// successor, the fields disclosed, whether the reader is the issuer — so a licence whose
-/// status changed is never answered from here. Bounded by bytes ([`VIEW_CACHE_BYTES`]).
-#[derive(Debug)]
-pub struct ViewCache(moka::sync::Cache<ViewKey, axum::body::Bytes>);
-
-/// Bytes of licence-view bodies (and their keys) kept at most.
-pub const VIEW_CACHE_BYTES: u64 = 16 << 20;
-
-impl Default for ViewCache {
-    fn default() -> Self {
-        ViewCache(
-            moka::sync::Cache::builder()
-                .max_capacity(VIEW_CACHE_BYTES)
-                .weigher(|k: &ViewKey, v: &axum::body::Bytes| {
-                    let key = k.id.len()
-                        + k.status_reason.as_ref().map_or(0, String::len)
-                        + k.fields.iter().map(String::len).sum::<usize>();
-                    u32::try_from(key + v.len() + 64).unwrap_or(u32::MAX)
-                })
-                .build(),
-        )
-    }
-}
-
-/// What a licence view's body depends on.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ViewKey {
-    id: String,
-    status: LicenceStatus,
-    status_reason: Option<String>,
-    replaced_by: Option<String>,
-    fields: std::collections::BTreeSet<String>,
-    issuer: bool,
-}
-
-impl ViewKey {
-    fn new(
-        record: &LicenceRecord,
-        fields: std::collections::BTreeSet<String>,
-        issuer: bool,
-    ) -> ViewKey {
-        ViewKey {
-            id: record.id.to_string(),
-            status: record.status,
-            // Only the issuer is shown the reason.
-            status_reason: record.status_reason.clone().filter(|_| issuer),
-            replaced_by: record.replaced_by.as_ref().map(ToString::to_string),
-            fields,
-            issuer,
-        }
-    }
 }
 
 fn json_bytes(body: axum::body::Bytes) -> Response {

@@ -137,7 +137,7 @@ pub struct Gateway {
     /// How long a window of refused handshakes is summarised over.
     pub refusal_window: std::time::Duration,
     /// The JSON bodies of licence views recently answered.
-    pub(crate) views: crate::licences::ViewCache,
+    pub(crate) views: crate::view_cache::ViewCache,
 }
 
 impl Gateway {

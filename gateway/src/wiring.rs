@@ -113,7 +113,7 @@ pub fn gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
             config.access_log.refusal_sources,
         ),
         refusal_window: config.access_log.refusal_window,
-        views: crate::licences::ViewCache::default(),
+        views: crate::view_cache::ViewCache::default(),
     }))
 }
 

@@ -981,7 +981,7 @@ impl LogDb for SegmentLog {
             Some(index) => index_end(index)? as i64,
             None => 0,
         };
-        while after + 1 < indexed && out.len() < wanted {
+        while after.saturating_add(1) < indexed && out.len() < wanted {
             let Some(index) = self.index()? else { break };
             let units = candidate_units(index, filter, &keys, after)?;
             if units.is_empty() {
@@ -989,7 +989,7 @@ impl LogDb for SegmentLog {
                 break;
             }
             for (first, count) in units {
-                let mut seq = first.max(after + 1) as u64;
+                let mut seq = first.max(after.saturating_add(1)) as u64;
                 let end = (first + count) as u64;
                 while seq < end && out.len() < wanted {
                     let Some((frame_first, leaves)) = self.frame_of(seq)? else {
@@ -1023,7 +1023,7 @@ impl LogDb for SegmentLog {
         after = after.max(indexed - 1);
         // … and the newest, not indexed yet, read directly: a query sees every committed leaf.
         let size = self.size()?;
-        let mut seq = (after + 1).max(0) as u64;
+        let mut seq = after.saturating_add(1).max(0) as u64;
         while seq < size && out.len() < wanted {
             let Some((first, leaves)) = self.frame_of(seq)? else {
                 break;
@@ -1184,12 +1184,22 @@ impl LogDb for SegmentLog {
         frame.extend_from_slice(&header.bytes());
         frame.extend_from_slice(&payload);
         let frame_end = offset + frame_len;
-        let zero_to = (frame_end + ZERO_AHEAD).min(SEGMENT_BYTES.max(frame_end));
-        let written = zero_fill(&w.tail, w.zeroed, frame_end, zero_to)
-            .and_then(|zeroed| {
-                w.zeroed = zeroed;
-                w.tail.write_all_at(&frame, offset)
-            })
+        // The zeros ahead stay within the segment and within the cap on the log's bytes.
+        let mut zero_to = (frame_end + ZERO_AHEAD).min(SEGMENT_BYTES.max(frame_end));
+        if w.max_bytes > 0 {
+            zero_to = zero_to.min(frame_end + w.max_bytes.saturating_sub(w.bytes + frame_len));
+        }
+        match zero_fill(&w.tail, w.zeroed, frame_end, zero_to) {
+            Ok(zeroed) => w.zeroed = zeroed,
+            // No room for the zeros (a nearly full disk): the frame alone extends the file.
+            Err(e) => {
+                tracing::warn!(error = %e, "no room for zeros ahead of the access log's frames");
+                let _ = w.tail.set_len(w.zeroed.max(offset));
+            }
+        }
+        let written = w
+            .tail
+            .write_all_at(&frame, offset)
             .and_then(|()| w.tail.sync_data());
         if let Err(e) = written {
             // Nothing of a batch that failed may stay: cut the file back.
@@ -1268,7 +1278,7 @@ fn candidate_units(
     let containing: i64 = index
         .query_row(
             "SELECT first_seq FROM frames WHERE first_seq <= ?1 ORDER BY first_seq DESC LIMIT 1",
-            [after + 1],
+            [after.saturating_add(1)],
             |r| r.get(0),
         )
         .optional()?
@@ -1435,6 +1445,9 @@ fn spawn_indexer(
     conn.pragma_update(None, "cache_size", -16_384)?;
     open_index(&conn)?;
     let mut reader = SegmentLog::reader(&dir);
+    // Before any new leaf can come: units past what the segments hold now (a cut frame, a
+    // restored copy) go, so that new leaves at those positions are indexed afresh.
+    cut_index(&mut conn, reader.size()?)?;
     std::thread::Builder::new()
         .name("access-log-indexer".into())
         .spawn(move || {
@@ -1476,6 +1489,22 @@ fn index_end(conn: &Connection) -> Result<u64, LogError> {
     Ok(end.unwrap_or(0).max(0) as u64)
 }
 
+/// Removes the index units that reach past `size` leaves.
+fn cut_index(conn: &mut Connection, size: u64) -> Result<(), LogError> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "DELETE FROM postings WHERE first_seq IN
+           (SELECT first_seq FROM frames WHERE first_seq + count > ?1)",
+        [size as i64],
+    )?;
+    tx.execute(
+        "DELETE FROM frames WHERE first_seq + count > ?1",
+        [size as i64],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// Indexes the leaves committed since the index's last one: the units the writer handed
 /// over, and before them any it did not (read from the segments).
 fn index_round(
@@ -1488,19 +1517,8 @@ fn index_round(
     let size = reader.size()?;
     let indexed = index_end(conn)?;
     if indexed > size {
-        // The segments lost an unacknowledged tail after a crash.
-        let tx = conn.transaction()?;
-        tx.execute(
-            "DELETE FROM postings WHERE first_seq IN
-               (SELECT first_seq FROM frames WHERE first_seq + count > ?1)",
-            [size as i64],
-        )?;
-        tx.execute(
-            "DELETE FROM frames WHERE first_seq + count > ?1",
-            [size as i64],
-        )?;
-        tx.commit()?;
-        return Ok(());
+        // The segments lost a tail the index had (they never do while this writer runs).
+        return cut_index(conn, size);
     }
     let mut seq = indexed;
     let mut handed = handed
@@ -1777,6 +1795,17 @@ mod tests {
         }
         let mut reader = log.reader().unwrap();
         assert_eq!(query(&mut reader), want);
+        // A cursor past the end, up to the largest one a client can send, finds nothing.
+        for after in [299, 300, i64::MAX - 1, i64::MAX] {
+            let past = EntryFilter {
+                after,
+                ..EntryFilter::default()
+            };
+            assert!(
+                reader.entries(&past, 10).unwrap().is_empty(),
+                "after {after}"
+            );
+        }
         let index = Connection::open(&index).unwrap();
         let largest: i64 = index
             .query_row("SELECT MAX(count) FROM frames", [], |r| r.get(0))
@@ -1925,6 +1954,62 @@ mod tests {
             ..EntryFilter::default()
         };
         assert_eq!(reader.entries(&by_holder, 100).unwrap().len(), 10);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_index_longer_than_the_segments_is_cut_before_new_leaves_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key();
+        let (long, short) = (dir.path().join("long"), dir.path().join("short"));
+        for (path, n) in [(&long, 100), (&short, 50)] {
+            let log = AccessLog::open(
+                LogBackend::Segments(SegmentDir::new(path)),
+                key.clone(),
+                settings(0),
+            )
+            .unwrap();
+            for i in 0..n {
+                log.append(leaf(i)).await.unwrap();
+            }
+            let index = path.join("index.db");
+            while Connection::open(&index)
+                .and_then(|c| {
+                    c.query_row("SELECT COALESCE(SUM(count), 0) FROM frames", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                })
+                .unwrap_or(0)
+                < n as i64
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        // The shorter log with the longer one's index (a copy restored from elsewhere).
+        std::fs::copy(long.join("index.db"), short.join("index.db")).unwrap();
+        let log = AccessLog::open(
+            LogBackend::Segments(SegmentDir::new(&short)),
+            key.clone(),
+            settings(0),
+        )
+        .unwrap();
+        for i in 0..60 {
+            let l = Leaf {
+                holder: Some("after-the-copy".into()),
+                ..leaf(1000 + i)
+            };
+            log.append(l).await.unwrap();
+        }
+        let wanted = EntryFilter {
+            after: -1,
+            holder: Some("after-the-copy".into()),
+            ..EntryFilter::default()
+        };
+        // Found at once (from the segments) and after the index has them (through it).
+        let mut reader = log.reader().unwrap();
+        assert_eq!(reader.entries(&wanted, 100).unwrap().len(), 60);
+        tokio::time::sleep(INDEX_INTERVAL * 6).await;
+        let mut reader = log.reader().unwrap();
+        assert_eq!(reader.entries(&wanted, 100).unwrap().len(), 60);
     }
 
     fn copy_dir(from: &Path, to: &Path) {
