@@ -1608,6 +1608,27 @@ mod tests {
         }
     }
 
+    /// The segment log at `path`, open for appending.
+    fn open_at(path: &Path, key: &Arc<crate::checkpoint::LogKey>) -> AccessLog {
+        AccessLog::open(
+            LogBackend::Segments(SegmentDir::new(path)),
+            key.clone(),
+            settings(0),
+        )
+        .unwrap()
+    }
+
+    /// Leaves the query index in `index` (an index.db) holds.
+    fn indexed_leaves(index: &Path) -> i64 {
+        Connection::open(index)
+            .and_then(|c| {
+                c.query_row("SELECT COALESCE(SUM(count), 0) FROM frames", [], |r| {
+                    r.get(0)
+                })
+            })
+            .unwrap_or(0)
+    }
+
     fn leaf(i: u64) -> Leaf {
         Leaf {
             request_id: Some(format!("req-{i}")),
@@ -1777,13 +1798,7 @@ mod tests {
         let index = dir.path().join("log/index.db");
         let deadline = std::time::Instant::now() + INDEX_INTERVAL * 8;
         loop {
-            let n: i64 = Connection::open(&index)
-                .and_then(|c| {
-                    c.query_row("SELECT COALESCE(SUM(count), 0) FROM frames", [], |r| {
-                        r.get(0)
-                    })
-                })
-                .unwrap_or(0);
+            let n: i64 = indexed_leaves(&index);
             if n == 300 {
                 break;
             }
@@ -1897,12 +1912,7 @@ mod tests {
         let path = dir.path().join("log");
         let key = key();
         {
-            let log = AccessLog::open(
-                LogBackend::Segments(SegmentDir::new(&path)),
-                key.clone(),
-                settings(0),
-            )
-            .unwrap();
+            let log = open_at(&path, &key);
             fill(&log, 0, 50).await;
         }
         // The per-leaf index of earlier versions, with a row in it.
@@ -1916,12 +1926,7 @@ mod tests {
         )
         .unwrap();
         drop(old);
-        let log = AccessLog::open(
-            LogBackend::Segments(SegmentDir::new(&path)),
-            key.clone(),
-            settings(0),
-        )
-        .unwrap();
+        let log = open_at(&path, &key);
         let index = Connection::open(path.join("index.db")).unwrap();
         let entries: i64 = index
             .query_row(
@@ -1962,36 +1967,18 @@ mod tests {
         let key = key();
         let (long, short) = (dir.path().join("long"), dir.path().join("short"));
         for (path, n) in [(&long, 100), (&short, 50)] {
-            let log = AccessLog::open(
-                LogBackend::Segments(SegmentDir::new(path)),
-                key.clone(),
-                settings(0),
-            )
-            .unwrap();
+            let log = open_at(&path, &key);
             for i in 0..n {
                 log.append(leaf(i)).await.unwrap();
             }
             let index = path.join("index.db");
-            while Connection::open(&index)
-                .and_then(|c| {
-                    c.query_row("SELECT COALESCE(SUM(count), 0) FROM frames", [], |r| {
-                        r.get::<_, i64>(0)
-                    })
-                })
-                .unwrap_or(0)
-                < n as i64
-            {
+            while indexed_leaves(&index) < n as i64 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
         // The shorter log with the longer one's index (a copy restored from elsewhere).
         std::fs::copy(long.join("index.db"), short.join("index.db")).unwrap();
-        let log = AccessLog::open(
-            LogBackend::Segments(SegmentDir::new(&short)),
-            key.clone(),
-            settings(0),
-        )
-        .unwrap();
+        let log = open_at(&short, &key);
         for i in 0..60 {
             let l = Leaf {
                 holder: Some("after-the-copy".into()),
@@ -2037,12 +2024,7 @@ mod tests {
         let original = dir.path().join("log");
         let key = key();
         {
-            let log = AccessLog::open(
-                LogBackend::Segments(SegmentDir::new(&original)),
-                key.clone(),
-                settings(0),
-            )
-            .unwrap();
+            let log = open_at(&original, &key);
             fill(&log, 0, 40).await;
             // The last frame: one leaf appended alone, and its checkpoint.
             log.append(leaf(40)).await.unwrap();
@@ -2157,12 +2139,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let key = key();
-        let log = AccessLog::open(
-            LogBackend::Segments(SegmentDir::new(&path)),
-            key.clone(),
-            settings(0),
-        )
-        .unwrap();
+        let log = open_at(&path, &key);
         fill(&log, 0, 64).await;
         drop(log);
         let mut all = Vec::new();
