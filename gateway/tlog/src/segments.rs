@@ -1967,7 +1967,7 @@ mod tests {
         let key = key();
         let (long, short) = (dir.path().join("long"), dir.path().join("short"));
         for (path, n) in [(&long, 100), (&short, 50)] {
-            let log = open_at(&path, &key);
+            let log = open_at(path, &key);
             for i in 0..n {
                 log.append(leaf(i)).await.unwrap();
             }
