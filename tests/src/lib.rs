@@ -1244,3 +1244,38 @@ pub async fn checkpoint_covering(
     }
     panic!("no checkpoint covering {size} leaves");
 }
+
+/// A TCP connection to `addr` from the loopback address `from` (127.0.0.x), as another host.
+pub async fn connect_from(
+    from: &str,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{from}:0").parse().unwrap())?;
+    socket.connect(addr).await
+}
+
+/// Every entry of the log, paged through as an auditor.
+pub async fn all_entries(auditor: &mut Conn) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<u64> = None;
+    loop {
+        let path = match cursor {
+            Some(c) => format!("/v1/audit/entries?limit=1000&cursor={c}"),
+            None => "/v1/audit/entries?limit=1000".to_owned(),
+        };
+        let page = auditor.get(&path).await.unwrap().json();
+        out.extend(page["entries"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_u64() {
+            Some(c) => cursor = Some(c),
+            None => return out,
+        }
+    }
+}
+
+/// Leaves of refused handshakes (their summaries) now in the log.
+pub async fn handshake_summaries(auditor: &mut Conn) -> Vec<serde_json::Value> {
+    let mut all = all_entries(auditor).await;
+    all.retain(|e| e["kind"] == "handshakes");
+    all
+}
