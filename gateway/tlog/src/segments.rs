@@ -1979,6 +1979,8 @@ mod tests {
         // The shorter log with the longer one's index (a copy restored from elsewhere).
         std::fs::copy(long.join("index.db"), short.join("index.db")).unwrap();
         let log = open_at(&short, &key);
+        // Cut when the writer opened, before any leaf could come.
+        assert_eq!(indexed_leaves(&short.join("index.db")), 50);
         for i in 0..60 {
             let l = Leaf {
                 holder: Some("after-the-copy".into()),
