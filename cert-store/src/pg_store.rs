@@ -13,7 +13,7 @@ use crate::id::Uscc;
 use crate::jws::JwsAlg;
 use crate::licence::{ConsentRecord, LicenceRecord, LicenceStatus, SealRecord, ShowCodeRecord};
 use crate::licence_id::LicenceId;
-use crate::store::{HOLDER_ORDER, HolderOrder, Store, StoreError};
+use crate::store::{HOLDER_ORDER, HolderOrder, Store, StoreError, one_renewed, renewal_reason};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -387,17 +387,9 @@ impl Store for PgStore {
                 let n = tx.execute(
                     "UPDATE licences SET status = 'revoked', status_reason = $3, replaced_by = $2
                  WHERE id = $1 AND replaced_by IS NULL AND status = 'valid'",
-                    &[
-                        &old,
-                        &new.id.as_str(),
-                        &format!("renewed as {} at {at}", new.id),
-                    ],
+                    &[&old, &new.id.as_str(), &renewal_reason(new, at)],
                 )?;
-                if n != 1 {
-                    return Err(StoreError::Conflict(format!(
-                        "{old} is unknown or already renewed"
-                    )));
-                }
+                one_renewed(n, old)?;
                 tx.commit()?;
                 Ok(())
             })

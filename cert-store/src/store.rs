@@ -467,6 +467,23 @@ fn insert_licence_in(conn: &Connection, l: &LicenceRecord, held_at: Option<i64>)
     Ok(())
 }
 
+/// The reason a renewed licence is revoked with (both stores write the same).
+pub(crate) fn renewal_reason(new: &LicenceRecord, at: i64) -> String {
+    format!("renewed as {} at {at}", new.id)
+}
+
+/// A renewal's revocation of the old licence changed `rows` rows: one, or the old licence is
+/// unknown, no longer valid or already renewed.
+pub(crate) fn one_renewed(rows: u64, old: &str) -> Result<()> {
+    if rows == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(format!(
+            "{old} is unknown or already renewed"
+        )))
+    }
+}
+
 impl Store for SqliteStore {
     fn put_secret_once(&self, name: &str, blob: &[u8]) -> Result<Vec<u8>> {
         self.with(|c| {
@@ -633,17 +650,9 @@ impl Store for SqliteStore {
             let n = tx.execute(
                 "UPDATE licences SET status = 'revoked', status_reason = ?3, replaced_by = ?2
                  WHERE id = ?1 AND replaced_by IS NULL AND status = 'valid'",
-                params![
-                    old,
-                    new.id.as_str(),
-                    format!("renewed as {} at {at}", new.id)
-                ],
+                params![old, new.id.as_str(), renewal_reason(new, at)],
             )?;
-            if n != 1 {
-                return Err(StoreError::Conflict(format!(
-                    "{old} is unknown or already renewed"
-                )));
-            }
+            one_renewed(n as u64, old)?;
             tx.commit()?;
             Ok(())
         })
