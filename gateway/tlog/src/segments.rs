@@ -167,8 +167,6 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> LogError + '_ {
     move |e| LogError::Store(format!("{what}: {e}"))
 }
 
-/// Reads the frame at `offset` of `file` (of length `len`): its header and payload, when it is
-/// whole and its checksum holds.
 /// Makes `file` zeros from `zeroed` (its length) to `to` when a frame ending at `needed` would
 /// pass its length; returns the length after. The zeros reach the disk with the next
 /// `fdatasync`, and with them the new length, once for [`ZERO_AHEAD`] bytes of frames.
@@ -204,6 +202,8 @@ fn compress(c: &mut flate2::Compress, raw: &[u8]) -> Result<Vec<u8>, LogError> {
     }
 }
 
+/// Reads the frame at `offset` of `file` (of length `len`): its header and payload, when it is
+/// whole and its checksum holds.
 fn read_frame(file: &File, offset: u64, len: u64) -> Option<(Header, Vec<u8>)> {
     if offset + HEADER as u64 > len {
         return None;
@@ -291,7 +291,7 @@ struct WriterState {
     stop: Arc<AtomicBool>,
     /// The last checkpoint's size.
     checkpointed: u64,
-    /// The rows of durable leaves, for the indexer.
+    /// The index units of durable batches, for the indexer.
     handoff: Arc<Handoff>,
     /// One compressor for every batch (its tables are allocated once).
     compress: flate2::Compress,
@@ -740,6 +740,39 @@ impl SegmentLog {
         Ok(self.levels[l].as_ref())
     }
 
+    /// Reads the leaves `from..end` that are stored, keeping those that meet `filter` in `out`
+    /// until it holds `wanted`; returns the position after the last leaf read.
+    fn collect(
+        &mut self,
+        from: u64,
+        end: u64,
+        filter: &EntryFilter,
+        wanted: usize,
+        out: &mut Vec<Vec<u8>>,
+    ) -> Result<u64, LogError> {
+        let mut seq = from;
+        while seq < end && out.len() < wanted {
+            let Some((first, leaves)) = self.frame_of(seq)? else {
+                break;
+            };
+            let upto = end.min(first + leaves.len() as u64);
+            for bytes in leaves
+                .into_iter()
+                .skip((seq - first) as usize)
+                .take((upto - seq) as usize)
+            {
+                if out.len() >= wanted {
+                    break;
+                }
+                if matches(filter, &bytes) {
+                    out.push(bytes);
+                }
+                seq += 1;
+            }
+        }
+        Ok(seq)
+    }
+
     /// Writes a batch's new subtree hashes, one write for each run of neighbours in a level
     /// (a batch's hashes of one level are mostly side by side).
     fn write_nodes(&mut self, mut nodes: Vec<(u32, u64, Hash)>) -> Result<(), LogError> {
@@ -765,14 +798,6 @@ impl SegmentLog {
                 .map_err(io("cannot write a subtree hash"))?;
         }
         Ok(())
-    }
-
-    fn write_node(&mut self, level: u32, index: u64, hash: &Hash) -> Result<(), LogError> {
-        let file = self
-            .level_file(level, true)?
-            .ok_or_else(|| LogError::Store("no node file".into()))?;
-        file.write_all_at(hash, index * 32)
-            .map_err(io("cannot write a subtree hash"))
     }
 
     /// Recomputes the subtree hashes of the leaves after `from` (the last checkpoint's size):
@@ -825,12 +850,12 @@ impl SegmentLog {
                     self.read_node(level, idx)?
                         .ok_or_else(|| LogError::Store(format!("subtree {level}/{idx} is missing")))
                 })?;
-                for (level, idx, hash) in nodes {
+                for &(level, idx, hash) in &nodes {
                     frontier.insert(level, (idx, hash));
                     sink(level, idx, &hash)?;
-                    if self.writer.is_some() {
-                        self.write_node(level, idx, &hash)?;
-                    }
+                }
+                if self.writer.is_some() {
+                    self.write_nodes(nodes)?;
                 }
             }
             seq = first + leaves.len() as u64;
@@ -981,37 +1006,26 @@ impl LogDb for SegmentLog {
             Some(index) => index_end(index)? as i64,
             None => 0,
         };
-        while after.saturating_add(1) < indexed && out.len() < wanted {
+        // The first unit in the time range asked for (the same for every page of units).
+        let in_time = match (filter.from_ms, self.index()?) {
+            (Some(from), Some(index)) => first_unit_from(index, from)?,
+            _ => Some(0),
+        };
+        while let Some(in_time) = in_time
+            && after.saturating_add(1) < indexed
+            && out.len() < wanted
+        {
             let Some(index) = self.index()? else { break };
-            let units = candidate_units(index, filter, &keys, after)?;
+            let units = candidate_units(index, filter, &keys, after, in_time)?;
             if units.is_empty() {
-                after = indexed - 1;
                 break;
             }
             for (first, count) in units {
-                let mut seq = first.max(after.saturating_add(1)) as u64;
-                let end = (first + count) as u64;
-                while seq < end && out.len() < wanted {
-                    let Some((frame_first, leaves)) = self.frame_of(seq)? else {
-                        break;
-                    };
-                    let upto = end.min(frame_first + leaves.len() as u64);
-                    for bytes in leaves
-                        .into_iter()
-                        .skip((seq - frame_first) as usize)
-                        .take((upto - seq) as usize)
-                    {
-                        if out.len() >= wanted {
-                            break;
-                        }
-                        if matches(filter, &bytes) {
-                            out.push(bytes);
-                        }
-                        after = seq as i64;
-                        seq += 1;
-                    }
-                }
+                let from = first.max(after.saturating_add(1)) as u64;
+                let next = self.collect(from, (first + count) as u64, filter, wanted, &mut out)?;
                 if out.len() >= wanted {
+                    // Resumed after the last leaf read.
+                    after = after.max(next as i64 - 1);
                     break;
                 }
                 after = after.max(first + count - 1);
@@ -1023,21 +1037,8 @@ impl LogDb for SegmentLog {
         after = after.max(indexed - 1);
         // … and the newest, not indexed yet, read directly: a query sees every committed leaf.
         let size = self.size()?;
-        let mut seq = after.saturating_add(1).max(0) as u64;
-        while seq < size && out.len() < wanted {
-            let Some((first, leaves)) = self.frame_of(seq)? else {
-                break;
-            };
-            for bytes in leaves.into_iter().skip((seq - first) as usize) {
-                if out.len() >= wanted {
-                    break;
-                }
-                if matches(filter, &bytes) {
-                    out.push(bytes);
-                }
-                seq += 1;
-            }
-        }
+        let from = after.saturating_add(1).max(0) as u64;
+        self.collect(from, size, filter, wanted, &mut out)?;
         Ok(out)
     }
 
@@ -1265,13 +1266,23 @@ impl LogDb for SegmentLog {
     }
 }
 
-/// The next index units (first seq, count) past `after` that hold every key of `keys` and
-/// whose times meet the filter's, in order, a page of them.
+/// The first index unit with a leaf at or after `from_ms`, if any.
+fn first_unit_from(index: &Connection, from_ms: i64) -> Result<Option<i64>, LogError> {
+    Ok(index.query_row(
+        "SELECT MIN(first_seq) FROM frames WHERE max_time >= ?1",
+        [from_ms],
+        |r| r.get::<_, Option<i64>>(0),
+    )?)
+}
+
+/// The next index units (first seq, count) past `after` and from the unit `in_time` on that
+/// hold every key of `keys` and whose times meet the filter's, in order, a page of them.
 fn candidate_units(
     index: &Connection,
     filter: &EntryFilter,
     keys: &[i64],
     after: i64,
+    in_time: i64,
 ) -> Result<Vec<(i64, i64)>, LogError> {
     const UNITS: i64 = 64;
     // The unit holding the leaf after `after`, or the first one in the time range.
@@ -1283,20 +1294,7 @@ fn candidate_units(
         )
         .optional()?
         .unwrap_or(0);
-    let in_time: i64 = match filter.from_ms {
-        Some(from) => index
-            .query_row(
-                "SELECT MIN(first_seq) FROM frames WHERE max_time >= ?1",
-                [from],
-                |r| r.get::<_, Option<i64>>(0),
-            )?
-            .unwrap_or(i64::MAX),
-        None => 0,
-    };
     let start = containing.max(in_time);
-    if start == i64::MAX {
-        return Ok(Vec::new());
-    }
     let time = "(?2 IS NULL OR f.max_time >= ?2) AND (?3 IS NULL OR f.min_time < ?3)";
     let mut units = Vec::new();
     let mut push = |r: &rusqlite::Row<'_>| -> rusqlite::Result<()> {
