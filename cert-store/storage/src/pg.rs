@@ -22,7 +22,7 @@ pub struct PgPool {
     idle: Mutex<Vec<Conn>>,
 }
 
-/// A pooled connection with the statements prepared on it (see [`PgPool::with_prepared`]).
+/// A pooled connection with the statements prepared on it (see [`PgPool::with_statements`]).
 struct Conn {
     client: Client,
     prepared: HashMap<&'static str, Statement>,

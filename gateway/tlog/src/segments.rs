@@ -1468,7 +1468,6 @@ fn open_index(conn: &Connection) -> Result<(), LogError> {
             "DROP TABLE IF EXISTS entries; DROP TABLE IF EXISTS frames;
              DROP TABLE IF EXISTS postings;",
         )?;
-        conn.execute_batch(INDEX_SCHEMA)?;
         conn.pragma_update(None, "user_version", INDEX_VERSION)?;
     }
     conn.execute_batch(INDEX_SCHEMA)?;
