@@ -203,6 +203,19 @@ impl Store for CachedStore {
         self.inner.insert_licence(licence, held_at)
     }
 
+    fn queues_inserts(&self) -> bool {
+        self.inner.queues_inserts()
+    }
+
+    fn queue_licence(
+        &self,
+        licence: LicenceRecord,
+        held_at: Option<i64>,
+        done: crate::store::Inserted,
+    ) {
+        self.inner.queue_licence(licence, held_at, done);
+    }
+
     fn insert_renewal(&self, old: &str, new: &LicenceRecord, at: i64) -> Result<()> {
         let done = self.inner.insert_renewal(old, new, at);
         self.forget_licence(old);

@@ -1,9 +1,10 @@
 //! Storage of seals, licences, status entries, consents, show-codes and secrets behind one
 //! trait. [`SqliteStore`] is the embedded default (WAL, `synchronous=FULL`: a committed write
-//! survives a crash). The API is blocking; async callers run it on a blocking thread.
+//! survives a crash). The API is blocking; async callers run it on a blocking thread, except
+//! [`Store::queue_licence`], which on a store with a writer thread of its own returns at once.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -135,6 +136,18 @@ pub trait Store: Send + Sync {
     /// licence it holds (valid or suspended, not expired at `held_at`), checked and inserted
     /// atomically, so two racing issuances cannot both succeed.
     fn insert_licence(&self, licence: &LicenceRecord, held_at: Option<i64>) -> Result<()>;
+    /// Whether [`Store::queue_licence`] hands the insert to a writer thread of the store's
+    /// own and returns at once; when not, it inserts before it returns, and is called where
+    /// blocking is allowed.
+    fn queues_inserts(&self) -> bool {
+        false
+    }
+    /// Inserts a licence as [`Store::insert_licence`] does and calls `done` with the outcome:
+    /// on a store that [queues inserts](Store::queues_inserts), later and from its writer
+    /// thread (`done` must not block); otherwise before returning.
+    fn queue_licence(&self, licence: LicenceRecord, held_at: Option<i64>, done: Inserted) {
+        done(self.insert_licence(&licence, held_at));
+    }
     /// Stores `new` and marks `old` revoked and replaced by it, in one transaction.
     fn insert_renewal(&self, old: &str, new: &LicenceRecord, at: i64) -> Result<()>;
     /// A licence by id.
@@ -184,29 +197,59 @@ pub trait Store: Send + Sync {
     ) -> Result<Option<ShowCodeRecord>>;
 }
 
+/// What a queued licence insert calls with its outcome (see [`Store::queue_licence`]).
+pub type Inserted = Box<dyn FnOnce(Result<()>) + Send>;
+
 /// The embedded SQLite store.
-#[derive(Debug)]
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
-    /// Licences waiting to be inserted (group commit: see [`SqliteStore::insert_licence`]).
-    issuing: Mutex<IssuingQueue>,
-    /// Wakes the waiting issuances when a group commit ends.
-    issued: std::sync::Condvar,
+    conn: Arc<Mutex<Connection>>,
+    /// Licences waiting for their group commit, which the writer thread makes.
+    issuing: Arc<IssuingQueue>,
+    /// The writer thread: inserts every waiting licence in one transaction, one commit.
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Licences waiting for a group commit, and whether one is being made.
-#[derive(Debug, Default)]
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl Drop for SqliteStore {
+    /// Lets the writer commit what waits, and waits for it to end.
+    fn drop(&mut self) {
+        if let Ok(mut waiting) = self.issuing.state.lock() {
+            waiting.closed = true;
+            self.issuing.ready.notify_one();
+        }
+        if let Some(writer) = self.writer.take()
+            && writer.thread().id() != std::thread::current().id()
+        {
+            // A writer that panicked has already failed its waiters (their `done` dropped).
+            let _ = writer.join();
+        }
+    }
+}
+
+/// Licences waiting for a group commit, and the writer's wake-up.
+#[derive(Default)]
 struct IssuingQueue {
-    waiting: Vec<Issuing>,
-    committing: bool,
+    state: Mutex<Waiting>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct Waiting {
+    licences: Vec<Issuing>,
+    /// The store is being dropped: the writer commits what waits and ends.
+    closed: bool,
 }
 
 /// A licence waiting for its group commit, and where its outcome goes.
-#[derive(Debug)]
 struct Issuing {
     licence: LicenceRecord,
     held_at: Option<i64>,
-    outcome: std::sync::Arc<Mutex<Option<Result<()>>>>,
+    done: Inserted,
 }
 
 /// The tables of every store, one migration an entry, with `{BLOB}` and `{INT}` standing for
@@ -288,42 +331,108 @@ impl SqliteStore {
         storage::sqlite::migrate(&mut conn, MIGRATION_COMPONENT, &migrations, |c| {
             c.pragma_query_value(None, "user_version", |r| r.get(0))
         })?;
+        let conn = Arc::new(Mutex::new(conn));
+        let issuing = Arc::new(IssuingQueue::default());
+        let writer = {
+            let (conn, issuing) = (conn.clone(), issuing.clone());
+            std::thread::Builder::new()
+                .name("licence-writer".into())
+                .spawn(move || Self::write_licences(&conn, &issuing))
+                .map_err(|e| StoreError::Database(format!("cannot start the licence writer: {e}")))?
+        };
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
-            issuing: Mutex::new(IssuingQueue::default()),
-            issued: std::sync::Condvar::new(),
+            conn,
+            issuing,
+            writer: Some(writer),
         })
     }
 
-    /// Inserts every waiting licence in one transaction, each under a savepoint so that one
-    /// refused (a taken id, a holder who already holds one) leaves the others in; one commit.
-    fn commit_issuing(conn: &mut Connection, batch: Vec<Issuing>) {
+    /// The writer thread: waits for licences, then inserts every one waiting in one
+    /// transaction and calls each one's `done`, after the connection is free again. Licences
+    /// that come during a commit wait for the next, so a commit takes everyone who came
+    /// during the previous one. Ends when the store is dropped and nothing waits.
+    fn write_licences(conn: &Mutex<Connection>, issuing: &IssuingQueue) {
+        loop {
+            let batch = {
+                let Ok(mut waiting) = issuing.state.lock() else {
+                    return;
+                };
+                loop {
+                    if !waiting.licences.is_empty() {
+                        // On a busy core, let the issuances being prepared join this batch.
+                        drop(waiting);
+                        storage::batch::let_others_add(storage::batch::ROUNDS, || {
+                            issuing.state.lock().map_or(0, |w| w.licences.len())
+                        });
+                        waiting = match issuing.state.lock() {
+                            Ok(w) => w,
+                            Err(_) => return,
+                        };
+                        break std::mem::take(&mut waiting.licences);
+                    }
+                    if waiting.closed {
+                        return;
+                    }
+                    waiting = match issuing.ready.wait(waiting) {
+                        Ok(w) => w,
+                        Err(_) => return,
+                    };
+                }
+            };
+            {
+                static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                static L: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let l = L.fetch_add(batch.len(), std::sync::atomic::Ordering::Relaxed);
+                if n % 2000 == 0 { eprintln!("TMPBATCH {n} batches {l} licences"); }
+            }
+            let outcomes = match conn.lock() {
+                Ok(mut conn) => Self::commit_issuing(&mut conn, &batch),
+                Err(_) => Vec::new(),
+            };
+            let mut outcomes = outcomes.into_iter();
+            for w in batch {
+                let outcome = outcomes.next().unwrap_or_else(|| {
+                    Err(StoreError::Database("connection lock poisoned".into()))
+                });
+                (w.done)(outcome);
+            }
+        }
+    }
+
+    /// Inserts every waiting licence in one transaction, one commit. One refused (a taken id,
+    /// a holder who already holds one) leaves the others in: a statement that breaks a
+    /// constraint undoes only itself, the holder check writes nothing, and fields that do not
+    /// serialise are refused before any statement. Any other failure
+    /// may have ended the transaction, so it fails the whole batch.
+    /// The outcomes, one a licence, in order.
+    fn commit_issuing(conn: &mut Connection, batch: &[Issuing]) -> Vec<Result<()>> {
         let mut outcomes = Vec::with_capacity(batch.len());
         let committed = (|| -> Result<()> {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            for w in &batch {
-                tx.execute_batch("SAVEPOINT issue")?;
+            for w in batch {
                 let outcome = insert_licence_in(&tx, &w.licence, w.held_at);
-                if outcome.is_err() {
-                    tx.execute_batch("ROLLBACK TO issue")?;
+                if let Err(e) = &outcome
+                    && !matches!(
+                        e,
+                        StoreError::Conflict(_) | StoreError::Held(_) | StoreError::Corrupt(_)
+                    )
+                {
+                    return Err(StoreError::Database(e.to_string()));
                 }
-                tx.execute_batch("RELEASE issue")?;
                 outcomes.push(outcome);
             }
             tx.commit()?;
             Ok(())
         })();
-        let failed = committed.err().map(|e| e.to_string());
-        let mut outcomes = outcomes.into_iter();
-        for w in batch {
-            let outcome = match &failed {
-                Some(e) => Err(StoreError::Database(e.clone())),
-                None => outcomes
-                    .next()
-                    .unwrap_or_else(|| Err(StoreError::Database("no outcome".into()))),
-            };
-            if let Ok(mut slot) = w.outcome.lock() {
-                *slot = Some(outcome);
+        match committed {
+            Ok(()) => outcomes,
+            Err(e) => {
+                let e = e.to_string();
+                batch
+                    .iter()
+                    .map(|_| Err(StoreError::Database(e.clone())))
+                    .collect()
             }
         }
     }
@@ -601,45 +710,41 @@ impl Store for SqliteStore {
         })
     }
 
-    /// Group commit: the licence joins the queue; if no commit is being made, this call makes
-    /// one of everything queued (one transaction, one fsync), otherwise it waits for the
-    /// commit in progress to end and then either has its outcome or makes the next one. All
-    /// waiters wake when a commit ends, so the next commit takes everyone who came meanwhile.
+    /// Group commit: the licence joins the writer thread's queue (see
+    /// [`SqliteStore::queue_licence`]) and this call waits for its outcome.
     fn insert_licence(&self, l: &LicenceRecord, held_at: Option<i64>) -> Result<()> {
-        let poisoned = || StoreError::Database("issuance queue lock poisoned".into());
-        let outcome = std::sync::Arc::new(Mutex::new(None));
-        let mut queue = self.issuing.lock().map_err(|_| poisoned())?;
-        queue.waiting.push(Issuing {
-            licence: l.clone(),
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.queue_licence(
+            l.clone(),
             held_at,
-            outcome: outcome.clone(),
-        });
-        loop {
-            if let Some(done) = outcome.lock().map_err(|_| poisoned())?.take() {
-                return done;
+            Box::new(move |outcome| {
+                // The receiver waits below; nothing is lost if it has gone.
+                let _ = tx.send(outcome);
+            }),
+        );
+        rx.recv()
+            .unwrap_or_else(|_| Err(StoreError::Database("the licence writer has stopped".into())))
+    }
+
+    fn queues_inserts(&self) -> bool {
+        true
+    }
+
+    /// The licence joins the queue of the writer thread, which makes one transaction and one
+    /// commit of every licence waiting, then calls `done` on its own thread.
+    fn queue_licence(&self, licence: LicenceRecord, held_at: Option<i64>, done: Inserted) {
+        match self.issuing.state.lock() {
+            Ok(mut waiting) => {
+                waiting.licences.push(Issuing {
+                    licence,
+                    held_at,
+                    done,
+                });
+                self.issuing.ready.notify_one();
             }
-            if !queue.committing {
-                queue.committing = true;
-                let batch = std::mem::take(&mut queue.waiting);
-                drop(queue);
-                match self.conn.lock() {
-                    Ok(mut conn) => Self::commit_issuing(&mut conn, batch),
-                    Err(_) => {
-                        for w in batch {
-                            if let Ok(mut slot) = w.outcome.lock() {
-                                *slot = Some(Err(StoreError::Database(
-                                    "connection lock poisoned".into(),
-                                )));
-                            }
-                        }
-                    }
-                }
-                queue = self.issuing.lock().map_err(|_| poisoned())?;
-                queue.committing = false;
-                self.issued.notify_all();
-                continue;
-            }
-            queue = self.issued.wait(queue).map_err(|_| poisoned())?;
+            Err(_) => done(Err(StoreError::Database(
+                "issuance queue lock poisoned".into(),
+            ))),
         }
     }
 

@@ -9,7 +9,8 @@ use axum::{Extension, Json};
 use cert_store::access::{AccessError, Grant, Reader};
 use cert_store::jws::JwsAlg;
 use cert_store::licence::{LicenceRecord, LicenceStatus, LicenceType, SealRecord};
-use cert_store::service::{IssueRequest, Lifecycle, SealOwner, VerifyReport};
+use cert_store::service::{IssueRequest, Lifecycle, SealOwner, Settled, VerifyReport};
+use cert_store::store::StoreError;
 use http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -496,9 +497,7 @@ pub async fn issue(
         valid_until: body.valid_until,
         serial: body.serial,
     };
-    let record = gw
-        .licences(move |svc, now| svc.issuance().issue(&caller.department, &req, now))
-        .await?;
+    let record = gw.issue_licence(caller.department, req).await?;
     // A new licence changes what datasets that depend on its type say about the holder.
     gw.invalidate(licence_changed(&record)).await;
     let credential = record.sd_jwt.clone();
@@ -1203,6 +1202,54 @@ fn access_error(e: AccessError) -> ApiError {
 }
 
 impl Gateway {
+    /// Issues a licence without a thread waiting for its commit: the checks, identifier and
+    /// signature are made on the blocking pool, then the insert is queued to the store's
+    /// writer thread (one commit for every licence waiting) and awaited here. A store without
+    /// a writer thread of its own (PostgreSQL) issues on the blocking pool from start to end.
+    async fn issue_licence(
+        &self,
+        issuer: cert_store::id::Uscc,
+        req: IssueRequest,
+    ) -> Result<LicenceRecord, ApiError> {
+        if !self.licence_service().issuance().queues_inserts() {
+            return self
+                .licences(move |svc, now| svc.issuance().issue(&issuer, &req, now))
+                .await;
+        }
+        let (issuer, req) = (Arc::new(issuer), Arc::new(req));
+        for _ in 0..cert_store::service::ISSUE_ATTEMPTS {
+            let (i, r) = (issuer.clone(), req.clone());
+            let prepared = self
+                .licences(move |svc, now| svc.issuance().prepare(&i, &r, now))
+                .await?;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.licence_service()
+                .issuance()
+                .queue(prepared, move |prepared, stored| {
+                    // The issuance awaits below; if its client has gone, so has the receiver.
+                    let _ = tx.send((prepared, stored));
+                });
+            let Ok((prepared, stored)) = rx.await else {
+                tracing::error!("the licence writer dropped an issuance");
+                return Err(ApiError::internal());
+            };
+            // Only a conflict may need a read of the store to settle.
+            let settled = if matches!(stored, Err(StoreError::Conflict(_))) {
+                self.licences(move |svc, _| svc.issuance().settle(prepared, stored))
+                    .await?
+            } else {
+                self.licence_service()
+                    .issuance()
+                    .settle(prepared, stored)?
+            };
+            if let Settled::Issued(record) = settled {
+                return Ok(record);
+            }
+        }
+        tracing::error!("no free status-list slot found");
+        Err(ApiError::internal())
+    }
+
     /// Decides whether `caller` may read licences of `licence_type` for `purpose`, before any
     /// lookup (see [`cert_store::access`]).
     fn grant(
@@ -1234,7 +1281,7 @@ impl Gateway {
         caller: &Caller,
         id: &str,
         purpose: &Purpose,
-    ) -> Result<(Grant, LicenceType), ApiError> {
+    ) -> Result<(Grant, Arc<LicenceType>), ApiError> {
         let parsed: cert_store::licence_id::LicenceId = id
             .parse()
             .map_err(|_| field_error("id", "not a licence identifier"))?;

@@ -9,9 +9,34 @@ pub struct Issuance<'a> {
     pub(super) svc: &'a LicenceService,
 }
 
+/// How many times an issuance draws its status-list slot (and, when the gateway drew it, its
+/// serial) before giving up: each draw is refused only when another licence took the slot
+/// or identifier meanwhile.
+pub const ISSUE_ATTEMPTS: usize = 32;
+
+/// A licence signed and ready to be stored: what [`Issuance::prepare`] makes and
+/// [`Issuance::settle`] completes once the store has answered.
+#[derive(Debug)]
+pub struct Prepared {
+    record: LicenceRecord,
+    held_at: Option<i64>,
+    /// The serial was drawn here (neither asked for nor a renewal's): a taken identifier
+    /// means drawing again, not a conflict.
+    drawn: bool,
+}
+
+/// What a stored (or refused) [`Prepared`] licence comes to.
+#[derive(Debug)]
+pub enum Settled {
+    /// Issued and stored.
+    Issued(LicenceRecord),
+    /// Its status-list slot (or drawn serial) was taken meanwhile: prepare it again.
+    Again,
+}
+
 impl Issuance<'_> {
     /// Issues a licence: checks the issuer may issue the type and owns the seal, validates the
-    /// holder and the fields, assigns the identifier and a status-list slot, signs.
+    /// holder and the fields, assigns the identifier and a status-list slot, signs, stores.
     pub fn issue(
         &self,
         issuer: &Uscc,
@@ -21,6 +46,67 @@ impl Issuance<'_> {
         self.issue_inner(issuer, req, None, now)
     }
 
+    /// [`Issuance::issue`] up to the store: the licence checked, identified and signed. Store
+    /// it with [`Issuance::queue`] (or as `issue` does) and end with [`Issuance::settle`].
+    pub fn prepare(
+        &self,
+        issuer: &Uscc,
+        req: &IssueRequest,
+        now: i64,
+    ) -> Result<Prepared, ServiceError> {
+        self.prepare_inner(issuer, req, None, now)
+    }
+
+    /// Whether [`Issuance::queue`] returns at once, the store inserting on a writer thread of
+    /// its own; when not, it inserts before it returns, and is called where blocking is
+    /// allowed.
+    pub fn queues_inserts(&self) -> bool {
+        self.svc.store.queues_inserts()
+    }
+
+    /// Stores a prepared licence (not a renewal) and calls `done` with it and the store's
+    /// answer, for [`Issuance::settle`]; see [`Issuance::queues_inserts`].
+    pub fn queue(
+        &self,
+        prepared: Prepared,
+        done: impl FnOnce(Prepared, Result<(), StoreError>) + Send + 'static,
+    ) {
+        let (licence, held_at) = (prepared.record.clone(), prepared.held_at);
+        self.svc.store.queue_licence(
+            licence,
+            held_at,
+            Box::new(move |stored| done(prepared, stored)),
+        );
+    }
+
+    /// The store's answer to a prepared licence: issued, drawn again, or refused. Reads the
+    /// store only when a licence of the asked-for identifier may exist (a conflict on a
+    /// serial that was not drawn).
+    pub fn settle(
+        &self,
+        prepared: Prepared,
+        stored: Result<(), StoreError>,
+    ) -> Result<Settled, ServiceError> {
+        let id = prepared.record.id.as_str();
+        match stored {
+            Ok(()) => {
+                self.count_entry(prepared.record.status_list);
+                Ok(Settled::Issued(prepared.record))
+            }
+            // Another licence took this status slot (or the drawn serial) meanwhile.
+            Err(StoreError::Conflict(_))
+                if prepared.drawn || self.svc.store.licence(id)?.is_none() =>
+            {
+                Ok(Settled::Again)
+            }
+            Err(StoreError::Conflict(_)) => Err(ServiceError::Conflict(format!(
+                "licence {id} already exists"
+            ))),
+            Err(StoreError::Held(held)) => Err(ServiceError::AlreadyHeld(held)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn issue_inner(
         &self,
         issuer: &Uscc,
@@ -28,6 +114,35 @@ impl Issuance<'_> {
         renews: Option<&LicenceRecord>,
         now: i64,
     ) -> Result<LicenceRecord, ServiceError> {
+        for _ in 0..ISSUE_ATTEMPTS {
+            let prepared = self.prepare_inner(issuer, req, renews, now)?;
+            let stored = match renews {
+                Some(old) => {
+                    self.svc
+                        .store
+                        .insert_renewal(old.id.as_str(), &prepared.record, now)
+                }
+                None => self
+                    .svc
+                    .store
+                    .insert_licence(&prepared.record, prepared.held_at),
+            };
+            if let Settled::Issued(record) = self.settle(prepared, stored)? {
+                return Ok(record);
+            }
+        }
+        Err(ServiceError::Internal(
+            "no free status-list slot found".into(),
+        ))
+    }
+
+    fn prepare_inner(
+        &self,
+        issuer: &Uscc,
+        req: &IssueRequest,
+        renews: Option<&LicenceRecord>,
+        now: i64,
+    ) -> Result<Prepared, ServiceError> {
         let licence_type = self.svc.types.get(&req.licence_type).ok_or_else(|| {
             invalid(
                 "licence_type",
@@ -92,19 +207,15 @@ impl Issuance<'_> {
             },
         };
         let type_code: TypeCode = licence_type.code.clone();
-        let mut id = LicenceId::new(&type_code, issuer, &serial, version)
+        let id = LicenceId::new(&type_code, issuer, &serial, version)
             .map_err(|e| invalid("serial", e))?;
-        let automatic = renews.is_none() && req.serial.is_none();
-        while self.svc.store.licence(id.as_str())?.is_some() {
-            if !automatic {
-                return Err(ServiceError::Conflict(format!(
-                    "licence {id} already exists"
-                )));
-            }
-            // A random serial already taken (rare beyond measure): draw again.
-            let serial = random_serial()?;
-            id = LicenceId::new(&type_code, issuer, &serial, version)
-                .map_err(|e| invalid("serial", e))?;
+        // A drawn serial that is taken (rare beyond measure) shows as a conflict when stored,
+        // and is drawn again; an asked-for one is refused before signing.
+        let drawn = renews.is_none() && req.serial.is_none();
+        if !drawn && self.svc.store.licence(id.as_str())?.is_some() {
+            return Err(ServiceError::Conflict(format!(
+                "licence {id} already exists"
+            )));
         }
 
         let material = self.svc.material(&seal)?;
@@ -123,74 +234,44 @@ impl Issuance<'_> {
         );
         disclosable.insert("holder_name".into(), Value::String(holder_name.to_owned()));
 
-        for _ in 0..32 {
-            let list = self.open_status_list()?;
-            let index = random_index()?;
-            let mut plain = Map::new();
-            plain.insert("iss".into(), json!(format!("urn:certgate:dept:{issuer}")));
-            plain.insert("jti".into(), json!(id.as_str()));
-            plain.insert("vct".into(), json!(licence_type.code.as_str()));
-            plain.insert("iat".into(), json!(now));
-            plain.insert("nbf".into(), json!(not_before));
-            plain.insert("exp".into(), json!(expires_at));
-            plain.insert(
-                "status".into(),
-                json!({"status_list": {"idx": index, "uri": format!("{}/{list}", self.svc.status_uri_base)}}),
-            );
-            let issued = sdjwt::issue(
-                header.clone(),
-                plain,
-                &disclosable,
-                &mut sdjwt::OsSalts,
-                key,
-            )
+        let list = self.open_status_list()?;
+        let index = random_index()?;
+        let mut plain = Map::new();
+        plain.insert("iss".into(), json!(format!("urn:certgate:dept:{issuer}")));
+        plain.insert("jti".into(), json!(id.as_str()));
+        plain.insert("vct".into(), json!(licence_type.code.as_str()));
+        plain.insert("iat".into(), json!(now));
+        plain.insert("nbf".into(), json!(not_before));
+        plain.insert("exp".into(), json!(expires_at));
+        plain.insert(
+            "status".into(),
+            json!({"status_list": {"idx": index, "uri": format!("{}/{list}", self.svc.status_uri_base)}}),
+        );
+        let issued = sdjwt::issue(header, plain, &disclosable, &mut sdjwt::OsSalts, key)
             .map_err(|e| ServiceError::Internal(format!("cannot sign: {e}")))?;
-            let record = LicenceRecord {
-                id: id.clone(),
-                type_code: licence_type.code.clone(),
-                issuer: issuer.clone(),
-                holder: holder.clone(),
-                seal_id: seal.id.clone(),
-                sd_jwt: issued.sd_jwt,
-                fields: req.fields.clone(),
-                status: LicenceStatus::Valid,
-                status_reason: None,
-                status_list: list,
-                status_index: index,
-                issued_at: now,
-                not_before,
-                expires_at,
-                replaces: renews.map(|o| o.id.clone()),
-                replaced_by: None,
-            };
-            let stored = match renews {
-                Some(old) => self.svc.store.insert_renewal(old.id.as_str(), &record, now),
-                None => self
-                    .svc
-                    .store
-                    .insert_licence(&record, licence_type.one_per_holder.then_some(now)),
-            };
-            match stored {
-                Ok(()) => {
-                    self.count_entry(list);
-                    return Ok(record);
-                }
-                // Another licence took this status slot (or the id) meanwhile: draw again.
-                Err(StoreError::Conflict(_)) if self.svc.store.licence(id.as_str())?.is_none() => {
-                    continue;
-                }
-                Err(StoreError::Conflict(_)) => {
-                    return Err(ServiceError::Conflict(format!(
-                        "licence {id} already exists"
-                    )));
-                }
-                Err(StoreError::Held(held)) => return Err(ServiceError::AlreadyHeld(held)),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ServiceError::Internal(
-            "no free status-list slot found".into(),
-        ))
+        let record = LicenceRecord {
+            id,
+            type_code: licence_type.code.clone(),
+            issuer: issuer.clone(),
+            holder,
+            seal_id: seal.id.clone(),
+            sd_jwt: issued.sd_jwt,
+            fields: req.fields.clone(),
+            status: LicenceStatus::Valid,
+            status_reason: None,
+            status_list: list,
+            status_index: index,
+            issued_at: now,
+            not_before,
+            expires_at,
+            replaces: renews.map(|o| o.id.clone()),
+            replaced_by: None,
+        };
+        Ok(Prepared {
+            record,
+            held_at: licence_type.one_per_holder.then_some(now),
+            drawn,
+        })
     }
 
     /// The list new licences go into: the lowest one not yet half full.

@@ -33,7 +33,7 @@ mod seals;
 mod verification;
 
 pub use holders::Holders;
-pub use issuance::Issuance;
+pub use issuance::{ISSUE_ATTEMPTS, Issuance, Prepared, Settled};
 pub use seals::Seals;
 pub use verification::Verification;
 
@@ -284,7 +284,7 @@ pub struct LicenceService {
     seal_ca: SealCa,
     signing_key: SealKey,
     signing_kid: String,
-    types: BTreeMap<String, LicenceType>,
+    types: BTreeMap<String, Arc<LicenceType>>,
     status_uri_base: String,
     /// Decrypted and parsed seal material by seal id. OpenSSL 3 takes tens to hundreds of
     /// microseconds to decode a key or a certificate, so each is decoded once per process.
@@ -364,7 +364,10 @@ impl LicenceService {
             seal_ca,
             signing_key,
             signing_kid,
-            types: types.into_iter().map(|t| (t.code.to_string(), t)).collect(),
+            types: types
+                .into_iter()
+                .map(|t| (t.code.to_string(), Arc::new(t)))
+                .collect(),
             status_uri_base: status_uri_base.trim_end_matches('/').to_owned(),
             seal_cache: Mutex::new(HashMap::new()),
             open_list: Mutex::new(None),
@@ -373,11 +376,11 @@ impl LicenceService {
 
     /// The licence types in force.
     pub fn types(&self) -> impl Iterator<Item = &LicenceType> {
-        self.types.values()
+        self.types.values().map(|t| &**t)
     }
 
-    /// A licence type by code.
-    pub fn licence_type(&self, code: &str) -> Option<&LicenceType> {
+    /// A licence type by code (shared: a clone costs a reference count).
+    pub fn licence_type(&self, code: &str) -> Option<&Arc<LicenceType>> {
         self.types.get(code)
     }
 

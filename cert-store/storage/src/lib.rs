@@ -1,7 +1,7 @@
 //! Storage infrastructure shared by every store of certgate: database settings (with a
 //! `Debug` that never shows a password), the PostgreSQL connection pool, versioned migrations
 //! for every store on both back ends, the typed notification bus between the nodes sharing a
-//! database, and the clock. It knows nothing of licences, logs or policies beyond the names of
+//! database, the clock, and how batch writers let a batch grow. It knows nothing of licences, logs or policies beyond the names of
 //! what can change ([`bus::Change`]), and nothing of HTTP.
 //!
 //! Every store takes a [`PgPool`] (or its own SQLite connection) and runs its migrations
@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod bus;
 pub mod clock;
 pub mod pg;

@@ -439,8 +439,13 @@ impl Writer {
                 continue;
             }
             // The batch closes on the fsync rhythm: whatever came while the last commit was
-            // being made goes into this one. With a group-commit wait set, it may also wait a
-            // little for the leaves of requests still being served.
+            // being made goes into this one, and on a busy core what the requests being served
+            // queue while they are let run first. With a group-commit wait set, it may also
+            // wait a little for the leaves of requests still being served.
+            if batch.len() < max {
+                storage::batch::let_others_add(storage::batch::ROUNDS, || inbox.lock().leaves.len());
+                inbox.take(&mut batch, max, Some(Duration::ZERO));
+            }
             if !self.settings.group_commit_wait.is_zero() {
                 let deadline = Instant::now() + self.settings.group_commit_wait;
                 while batch.len() < max && self.in_flight.load(Ordering::SeqCst) > 0 {
