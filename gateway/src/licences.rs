@@ -1203,9 +1203,10 @@ fn access_error(e: AccessError) -> ApiError {
 
 impl Gateway {
     /// Issues a licence without a thread waiting for its commit: the checks, identifier and
-    /// signature are made on the blocking pool, then the insert is queued to the store's
-    /// writer thread (one commit for every licence waiting) and awaited here. A store without
-    /// a writer thread of its own (PostgreSQL) issues on the blocking pool from start to end.
+    /// signature are made here when they need nothing but memory (otherwise on the blocking
+    /// pool), then the insert is queued to the store's writer thread (one commit for every
+    /// licence waiting) and awaited. A store without a writer thread of its own (PostgreSQL)
+    /// issues on the blocking pool from start to end.
     async fn issue_licence(
         &self,
         issuer: cert_store::id::Uscc,
@@ -1218,10 +1219,19 @@ impl Gateway {
         }
         let (issuer, req) = (Arc::new(issuer), Arc::new(req));
         for _ in 0..cert_store::service::ISSUE_ATTEMPTS {
-            let (i, r) = (issuer.clone(), req.clone());
-            let prepared = self
-                .licences(move |svc, now| svc.issuance().prepare(&i, &r, now))
-                .await?;
+            let in_memory = self.licence_service().issuance().prepare_in_memory(
+                &issuer,
+                &req,
+                crate::state::unix_now(),
+            )?;
+            let prepared = match in_memory {
+                Some(prepared) => prepared,
+                None => {
+                    let (i, r) = (issuer.clone(), req.clone());
+                    self.licences(move |svc, now| svc.issuance().prepare(&i, &r, now))
+                        .await?
+                }
+            };
             let (tx, rx) = tokio::sync::oneshot::channel();
             self.licence_service()
                 .issuance()
@@ -1238,9 +1248,7 @@ impl Gateway {
                 self.licences(move |svc, _| svc.issuance().settle(prepared, stored))
                     .await?
             } else {
-                self.licence_service()
-                    .issuance()
-                    .settle(prepared, stored)?
+                self.licence_service().issuance().settle(prepared, stored)?
             };
             if let Settled::Issued(record) = settled {
                 return Ok(record);

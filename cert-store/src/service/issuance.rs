@@ -54,7 +54,20 @@ impl Issuance<'_> {
         req: &IssueRequest,
         now: i64,
     ) -> Result<Prepared, ServiceError> {
-        self.prepare_inner(issuer, req, None, now)
+        self.prepare_from_store(issuer, req, None, now)
+    }
+
+    /// [`Issuance::prepare`] without touching the store, so that it may run where blocking
+    /// is not allowed: `None` when it would have to read the store (the seal is not in memory,
+    /// the serial was asked for, the open status list is not known or is full, or the store
+    /// is shared with other nodes); then call `prepare`.
+    pub fn prepare_in_memory(
+        &self,
+        issuer: &Uscc,
+        req: &IssueRequest,
+        now: i64,
+    ) -> Result<Option<Prepared>, ServiceError> {
+        self.prepare_inner(issuer, req, None, now, true)
     }
 
     /// Whether [`Issuance::queue`] returns at once, the store inserting on a writer thread of
@@ -115,13 +128,12 @@ impl Issuance<'_> {
         now: i64,
     ) -> Result<LicenceRecord, ServiceError> {
         for _ in 0..ISSUE_ATTEMPTS {
-            let prepared = self.prepare_inner(issuer, req, renews, now)?;
+            let prepared = self.prepare_from_store(issuer, req, renews, now)?;
             let stored = match renews {
-                Some(old) => {
-                    self.svc
-                        .store
-                        .insert_renewal(old.id.as_str(), &prepared.record, now)
-                }
+                Some(old) => self
+                    .svc
+                    .store
+                    .insert_renewal(old.id.as_str(), &prepared.record, now),
                 None => self
                     .svc
                     .store
@@ -136,13 +148,27 @@ impl Issuance<'_> {
         ))
     }
 
-    fn prepare_inner(
+    /// A licence (or a renewal's) prepared, reading the store as needed.
+    fn prepare_from_store(
         &self,
         issuer: &Uscc,
         req: &IssueRequest,
         renews: Option<&LicenceRecord>,
         now: i64,
     ) -> Result<Prepared, ServiceError> {
+        self.prepare_inner(issuer, req, renews, now, false)?
+            .ok_or_else(|| ServiceError::Internal("a licence was prepared from memory only".into()))
+    }
+
+    /// See [`Issuance::prepare`] and [`Issuance::prepare_in_memory`] (`memory_only`).
+    fn prepare_inner(
+        &self,
+        issuer: &Uscc,
+        req: &IssueRequest,
+        renews: Option<&LicenceRecord>,
+        now: i64,
+        memory_only: bool,
+    ) -> Result<Option<Prepared>, ServiceError> {
         let licence_type = self.svc.types.get(&req.licence_type).ok_or_else(|| {
             invalid(
                 "licence_type",
@@ -161,10 +187,17 @@ impl Issuance<'_> {
         licence_type
             .validate_fields(&req.fields)
             .map_err(|e| invalid(&format!("fields.{}", e.field), e.reason))?;
-        let seal = self.svc.seals().seal(&req.seal_id).map_err(|e| match e {
-            ServiceError::NotFound(_) => invalid("seal_id", "no such seal"),
-            other => other,
-        })?;
+        let seal = if memory_only {
+            match self.svc.records.cached_seal(&req.seal_id) {
+                Some(seal) => seal,
+                None => return Ok(None),
+            }
+        } else {
+            self.svc.seals().seal(&req.seal_id).map_err(|e| match e {
+                ServiceError::NotFound(_) => invalid("seal_id", "no such seal"),
+                other => other,
+            })?
+        };
         if &seal.owner != issuer {
             return Err(ServiceError::Forbidden(
                 "the seal belongs to another department".into(),
@@ -212,6 +245,9 @@ impl Issuance<'_> {
         // A drawn serial that is taken (rare beyond measure) shows as a conflict when stored,
         // and is drawn again; an asked-for one is refused before signing.
         let drawn = renews.is_none() && req.serial.is_none();
+        if !drawn && memory_only {
+            return Ok(None);
+        }
         if !drawn && self.svc.store.licence(id.as_str())?.is_some() {
             return Err(ServiceError::Conflict(format!(
                 "licence {id} already exists"
@@ -234,7 +270,9 @@ impl Issuance<'_> {
         );
         disclosable.insert("holder_name".into(), Value::String(holder_name.to_owned()));
 
-        let list = self.open_status_list()?;
+        let Some(list) = self.open_status_list(memory_only)? else {
+            return Ok(None);
+        };
         let index = random_index()?;
         let mut plain = Map::new();
         plain.insert("iss".into(), json!(format!("urn:certgate:dept:{issuer}")));
@@ -267,34 +305,47 @@ impl Issuance<'_> {
             replaces: renews.map(|o| o.id.clone()),
             replaced_by: None,
         };
-        Ok(Prepared {
+        Ok(Some(Prepared {
             record,
             held_at: licence_type.one_per_holder.then_some(now),
             drawn,
-        })
+        }))
     }
 
-    /// The list new licences go into: the lowest one not yet half full.
-    fn open_status_list(&self) -> Result<u32, ServiceError> {
+    /// The list new licences go into: the lowest one not yet half full. With `memory_only`,
+    /// `None` when finding it would read the store.
+    fn open_status_list(&self, memory_only: bool) -> Result<Option<u32>, ServiceError> {
         let mut open = self
             .svc
             .open_list
             .lock()
             .map_err(|_| ServiceError::Internal("status list lock poisoned".into()))?;
+        let count = |list| -> Result<Option<u64>, ServiceError> {
+            if memory_only {
+                Ok(None)
+            } else {
+                Ok(Some(self.svc.store.status_list_len(list)?))
+            }
+        };
         let (mut list, mut len) = match *open {
             // Other nodes fill the lists too: count again each time on a shared store.
-            Some((list, _)) if self.svc.store.is_shared() => {
-                (list, self.svc.store.status_list_len(list)?)
-            }
-            Some(state) => state,
-            None => (0, self.svc.store.status_list_len(0)?),
+            Some((list, _)) if self.svc.store.is_shared() => (list, count(list)?),
+            Some((list, len)) => (list, Some(len)),
+            None => (0, count(0)?),
         };
-        while len >= STATUS_LIST_FILL {
-            list += 1;
-            len = self.svc.store.status_list_len(list)?;
+        loop {
+            match len {
+                None => return Ok(None),
+                Some(n) if n < STATUS_LIST_FILL => {
+                    *open = Some((list, n));
+                    return Ok(Some(list));
+                }
+                Some(_) => {
+                    list += 1;
+                    len = count(list)?;
+                }
+            }
         }
-        *open = Some((list, len));
-        Ok(list)
     }
 
     /// Counts a licence entered in `list`.

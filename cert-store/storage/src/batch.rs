@@ -34,7 +34,11 @@ mod tests {
             asked.fetch_add(1, Ordering::SeqCst);
             1
         });
-        assert_eq!(asked.load(Ordering::SeqCst), 2, "one yield, then the same count");
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            2,
+            "one yield, then the same count"
+        );
         let asked = AtomicUsize::new(0);
         let_others_add(ROUNDS, || asked.fetch_add(1, Ordering::SeqCst));
         assert_eq!(

@@ -443,7 +443,9 @@ impl Writer {
             // queue while they are let run first. With a group-commit wait set, it may also
             // wait a little for the leaves of requests still being served.
             if batch.len() < max {
-                storage::batch::let_others_add(storage::batch::ROUNDS, || inbox.lock().leaves.len());
+                storage::batch::let_others_add(storage::batch::ROUNDS, || {
+                    inbox.lock().leaves.len()
+                });
                 inbox.take(&mut batch, max, Some(Duration::ZERO));
             }
             if !self.settings.group_commit_wait.is_zero() {
