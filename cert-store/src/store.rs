@@ -389,15 +389,6 @@ impl SqliteStore {
                     };
                 }
             };
-            {
-                static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-                static L: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let l = L.fetch_add(batch.len(), std::sync::atomic::Ordering::Relaxed);
-                if n % 2000 == 0 {
-                    eprintln!("TMPBATCH {n} batches {l} licences");
-                }
-            }
             let outcomes = match conn.lock() {
                 Ok(mut conn) => Self::commit_issuing(&mut conn, &batch),
                 Err(_) => Vec::new(),
@@ -1075,6 +1066,35 @@ pub(crate) mod tests {
             .count();
         assert!(s.licence(&lid("SAME")).unwrap().is_some());
         assert_eq!(stored + 1, ok.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn queued_licences_are_committed_before_the_store_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certgate.db");
+        let answered = Arc::new(AtomicUsize::new(0));
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.insert_seal(&seal()).unwrap();
+            assert!(s.queues_inserts());
+            for i in 0..100u32 {
+                let answered = answered.clone();
+                s.queue_licence(
+                    licence(&format!("Q{i}"), 2000 + i),
+                    None,
+                    Box::new(move |outcome| {
+                        outcome.unwrap();
+                        answered.fetch_add(1, Ordering::SeqCst);
+                    }),
+                );
+            }
+            // Dropped at once: the writer commits what waits, answers, and ends.
+        }
+        assert_eq!(answered.load(Ordering::SeqCst), 100);
+        let s = SqliteStore::open(&path).unwrap();
+        for i in 0..100u32 {
+            assert!(s.licence(&lid(&format!("Q{i}"))).unwrap().is_some(), "Q{i}");
+        }
     }
 
     #[test]

@@ -25,6 +25,18 @@ pub struct Prepared {
     drawn: bool,
 }
 
+#[cfg(test)]
+impl Prepared {
+    /// A licence as prepared, to be stored again in a test.
+    pub(crate) fn for_test(record: LicenceRecord, drawn: bool) -> Prepared {
+        Prepared {
+            record,
+            held_at: None,
+            drawn,
+        }
+    }
+}
+
 /// What a stored (or refused) [`Prepared`] licence comes to.
 #[derive(Debug)]
 pub enum Settled {

@@ -574,6 +574,57 @@ fn verification_from_memory_only_when_every_record_is_there_and_cheap() {
 }
 
 #[test]
+fn issuing_from_memory_needs_every_record_there_and_ends_as_issue_does() {
+    let Some(f) = fixture() else { return };
+    let iss = f.svc.issuance();
+    // Nothing read yet: the seal and the open status list are not in memory.
+    assert!(iss.prepare_in_memory(&f.market, &request(&f.es256), NOW).unwrap().is_none());
+    let first = issue(&f, &f.es256);
+    let shared = !iss.queues_inserts();
+    let prepared = iss.prepare_in_memory(&f.market, &request(&f.es256), NOW).unwrap();
+    if shared {
+        // Other nodes fill the status lists too: a shared store is always read.
+        assert!(prepared.is_none());
+        return;
+    }
+    // An asked-for serial is checked against the store before signing.
+    let asked = IssueRequest {
+        serial: Some("ASKED1".into()),
+        ..request(&f.es256)
+    };
+    assert!(iss.prepare_in_memory(&f.market, &asked, NOW).unwrap().is_none());
+    // Refusals come from memory as from the store.
+    let foreign = iss.prepare_in_memory(&f.approval, &request(&f.es256), NOW);
+    assert!(matches!(foreign, Err(ServiceError::Forbidden(_))), "{foreign:?}");
+
+    // Queued to the store's writer and settled: issued, stored, verifiable.
+    let (tx, rx) = std::sync::mpsc::channel();
+    iss.queue(prepared.unwrap(), move |p, stored| tx.send((p, stored)).unwrap());
+    let (p, stored) = rx.recv().unwrap();
+    let Settled::Issued(licence) = iss.settle(p, stored).unwrap() else {
+        panic!("a fresh slot and serial were taken");
+    };
+    assert_ne!(licence.id, first.id);
+    assert_eq!(f.svc.licence(licence.id.as_str()).unwrap().sd_jwt, licence.sd_jwt);
+    assert_valid(&f.svc.verification().verify(&licence.sd_jwt, NOW));
+
+    // The same licence queued again: its identifier is taken, so a drawn serial draws anew.
+    let again = Prepared::for_test(licence.clone(), true);
+    let (tx, rx) = std::sync::mpsc::channel();
+    iss.queue(again, move |p, stored| tx.send((p, stored)).unwrap());
+    let (p, stored) = rx.recv().unwrap();
+    assert!(matches!(stored, Err(crate::store::StoreError::Conflict(_))));
+    assert!(matches!(iss.settle(p, stored).unwrap(), Settled::Again));
+    // An asked-for one that exists is a conflict.
+    let (tx, rx) = std::sync::mpsc::channel();
+    iss.queue(Prepared::for_test(licence, false), move |p, stored| {
+        tx.send((p, stored)).unwrap()
+    });
+    let (p, stored) = rx.recv().unwrap();
+    assert!(matches!(iss.settle(p, stored), Err(ServiceError::Conflict(_))));
+}
+
+#[test]
 fn suspend_resume_revoke() {
     let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.sm2);
