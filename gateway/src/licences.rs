@@ -1251,7 +1251,7 @@ impl Gateway {
                 self.licence_service().issuance().settle(prepared, stored)?
             };
             if let Settled::Issued(record) = settled {
-                return Ok(record);
+                return Ok(*record);
             }
         }
         tracing::error!("no free status-list slot found");

@@ -41,7 +41,7 @@ impl Prepared {
 #[derive(Debug)]
 pub enum Settled {
     /// Issued and stored.
-    Issued(LicenceRecord),
+    Issued(Box<LicenceRecord>),
     /// Its status-list slot (or drawn serial) was taken meanwhile: prepare it again.
     Again,
 }
@@ -116,7 +116,7 @@ impl Issuance<'_> {
         match stored {
             Ok(()) => {
                 self.count_entry(prepared.record.status_list);
-                Ok(Settled::Issued(prepared.record))
+                Ok(Settled::Issued(Box::new(prepared.record)))
             }
             // Another licence took this status slot (or the drawn serial) meanwhile.
             Err(StoreError::Conflict(_))
@@ -152,7 +152,7 @@ impl Issuance<'_> {
                     .insert_licence(&prepared.record, prepared.held_at),
             };
             if let Settled::Issued(record) = self.settle(prepared, stored)? {
-                return Ok(record);
+                return Ok(*record);
             }
         }
         Err(ServiceError::Internal(

@@ -604,6 +604,7 @@ fn issuing_from_memory_needs_every_record_there_and_ends_as_issue_does() {
     let Settled::Issued(licence) = iss.settle(p, stored).unwrap() else {
         panic!("a fresh slot and serial were taken");
     };
+    let licence = *licence;
     assert_ne!(licence.id, first.id);
     assert_eq!(f.svc.licence(licence.id.as_str()).unwrap().sd_jwt, licence.sd_jwt);
     assert_valid(&f.svc.verification().verify(&licence.sd_jwt, NOW));
