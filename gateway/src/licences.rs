@@ -701,7 +701,7 @@ pub struct VerifyView {
     pub valid: bool,
     /// Each check: `check`, `ok`, `detail`.
     #[schema(value_type = Vec<Object>)]
-    pub checks: Value,
+    pub checks: Vec<cert_store::service::Check>,
     /// The licence identifier, when readable.
     pub licence_id: Option<String>,
     /// The licence status, when reached.
@@ -718,7 +718,7 @@ impl From<VerifyReport> for VerifyView {
     fn from(r: VerifyReport) -> Self {
         VerifyView {
             valid: r.valid,
-            checks: serde_json::to_value(&r.checks).unwrap_or_default(),
+            checks: r.checks,
             licence_id: r.licence_id,
             status: r.status.map(|s| s.as_str().to_owned()),
             claims: r.claims,

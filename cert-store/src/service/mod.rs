@@ -420,6 +420,11 @@ impl LicenceService {
     }
 
     /// The decoded key and certificate of a seal, from the cache or decoded now.
+    /// A seal's material if it was decoded already (nothing is read or decoded).
+    fn material_in_memory(&self, seal_id: &str) -> Option<Arc<SealMaterial>> {
+        self.seal_cache.lock().ok()?.get(seal_id).cloned()
+    }
+
     fn material(&self, seal: &SealRecord) -> Result<Arc<SealMaterial>, ServiceError> {
         let poisoned = || ServiceError::Internal("seal cache lock poisoned".into());
         if let Some(m) = self

@@ -159,6 +159,29 @@ impl Verification<'_> {
             CheckName::Signature,
             Ok(format!("{alg} signature by the seal's key is valid")),
         )?;
+        report.licence_id = verified
+            .claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        let outcome = self.claim_checks(&verified, &seal, now, report, unavailable);
+        // Moved, not copied, once the checks that read them are done.
+        report.claims = verified.claims;
+        report.disclosed = verified.disclosed;
+        outcome
+    }
+
+    /// The checks of a credential whose signature and seal are verified: its type, the seal's
+    /// owner, the disclosures' names, the time window, the status, the digests.
+    fn claim_checks(
+        &self,
+        verified: &sdjwt::VerifiedSdJwt,
+        seal: &SealRecord,
+        now: i64,
+        report: &mut VerifyReport,
+        unavailable: &std::cell::Cell<bool>,
+    ) -> Option<()> {
         let claim = |name: &str| {
             verified
                 .claims
@@ -166,10 +189,6 @@ impl Verification<'_> {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
         };
-        report.licence_id = Some(claim("jti").to_owned()).filter(|s| !s.is_empty());
-        report.claims = verified.claims.clone();
-        report.disclosed = verified.disclosed.clone();
-
         let vct = claim("vct");
         let licence_type = self.svc.types.get(vct);
         report.record(
@@ -275,17 +294,25 @@ impl Verification<'_> {
         now: i64,
         unavailable: &std::cell::Cell<bool>,
     ) -> Result<(SealRecord, Arc<SealMaterial>), String> {
-        let x5c_der = parsed
+        let x5c = parsed.header.x5c.as_deref().unwrap_or_default();
+        // The x5c exactly as this gateway writes it for the named seal (the common case)
+        // needs no decoding: the leaf's DER is the seal's, and the rest is not read below.
+        let as_issued = parsed
             .header
-            .x5c
+            .kid
             .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .map(|c| {
-                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, c)
-                    .map_err(|_| "x5c holds a certificate that is not base64".to_owned())
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+            .and_then(|kid| self.svc.material_in_memory(kid))
+            .filter(|m| m.x5c.as_slice() == x5c);
+        let x5c_der = match as_issued {
+            Some(m) => vec![m.leaf_der.clone()],
+            None => x5c
+                .iter()
+                .map(|c| {
+                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, c)
+                        .map_err(|_| "x5c holds a certificate that is not base64".to_owned())
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         let Some(leaf_der) = x5c_der.first() else {
             return Err("x5c is missing: the seal certificate is required".into());
         };
