@@ -1626,6 +1626,22 @@ mod tests {
             .unwrap_or(0)
     }
 
+    /// Waits until the index at `index` holds `n` leaves, failing the test after `within`.
+    fn wait_until_indexed(index: &Path, n: i64, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let held = indexed_leaves(index);
+            if held == n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "index holds {held} of {n} leaves"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn leaf(i: u64) -> Leaf {
         Leaf {
             request_id: Some(format!("req-{i}")),
@@ -1793,18 +1809,7 @@ mod tests {
         assert_eq!(query(&mut reader), want);
         // Within a few index rounds every leaf is in the index, and the answers are the same.
         let index = dir.path().join("log/index.db");
-        let deadline = std::time::Instant::now() + INDEX_INTERVAL * 8;
-        loop {
-            let n: i64 = indexed_leaves(&index);
-            if n == 300 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "index holds {n} of 300 leaves"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_indexed(&index, 300, INDEX_INTERVAL * 8);
         let mut reader = log.reader().unwrap();
         assert_eq!(query(&mut reader), want);
         // A cursor past the end, up to the largest one a client can send, finds nothing.
@@ -1933,22 +1938,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(entries, 0, "the earlier table is gone");
-        let deadline = std::time::Instant::now() + INDEX_INTERVAL * 20;
-        loop {
-            let n: i64 = index
-                .query_row("SELECT COALESCE(SUM(count), 0) FROM frames", [], |r| {
-                    r.get(0)
-                })
-                .unwrap_or(0);
-            if n == 50 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "index holds {n} of 50 leaves"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_indexed(&path.join("index.db"), 50, INDEX_INTERVAL * 20);
         let mut reader = log.reader().unwrap();
         let by_holder = EntryFilter {
             after: -1,
@@ -1968,10 +1958,7 @@ mod tests {
             for i in 0..n {
                 log.append(leaf(i)).await.unwrap();
             }
-            let index = path.join("index.db");
-            while indexed_leaves(&index) < n as i64 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            wait_until_indexed(&path.join("index.db"), n as i64, INDEX_INTERVAL * 20);
         }
         // The shorter log with the longer one's index (a copy restored from elsewhere).
         std::fs::copy(long.join("index.db"), short.join("index.db")).unwrap();
