@@ -419,21 +419,16 @@ impl LicenceService {
         Ok(self.store.seal(id)?)
     }
 
-    /// The decoded key and certificate of a seal, from the cache or decoded now.
     /// A seal's material if it was decoded already (nothing is read or decoded).
     fn material_in_memory(&self, seal_id: &str) -> Option<Arc<SealMaterial>> {
         self.seal_cache.lock().ok()?.get(seal_id).cloned()
     }
 
+    /// The decoded key and certificate of a seal, from the cache or decoded now.
     fn material(&self, seal: &SealRecord) -> Result<Arc<SealMaterial>, ServiceError> {
         let poisoned = || ServiceError::Internal("seal cache lock poisoned".into());
-        if let Some(m) = self
-            .seal_cache
-            .lock()
-            .map_err(|_| poisoned())?
-            .get(&seal.id)
-        {
-            return Ok(m.clone());
+        if let Some(m) = self.material_in_memory(&seal.id) {
+            return Ok(m);
         }
         let openssl = |e: openssl::error::ErrorStack| CryptoError::Openssl(e.to_string());
         let der = self.kek.decrypt(&seal.encrypted_key, seal.id.as_bytes())?;
