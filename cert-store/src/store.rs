@@ -403,12 +403,11 @@ impl SqliteStore {
         }
     }
 
-    /// Inserts every waiting licence in one transaction, one commit. One refused (a taken id,
-    /// a holder who already holds one) leaves the others in: a statement that breaks a
-    /// constraint undoes only itself, the holder check writes nothing, and fields that do not
-    /// serialise are refused before any statement. Any other failure
-    /// may have ended the transaction, so it fails the whole batch.
-    /// The outcomes, one a licence, in order.
+    /// Inserts every waiting licence in one transaction, one commit, and returns the
+    /// outcomes, one a licence, in order. One refused (a taken id, a holder who already holds
+    /// one) leaves the others in: a statement that breaks a constraint undoes only itself, the
+    /// holder check writes nothing, and fields that do not serialise are refused before any
+    /// statement. Any other failure may have ended the transaction, so it fails the batch.
     fn commit_issuing(conn: &mut Connection, batch: &[Issuing]) -> Vec<Result<()>> {
         let mut outcomes = Vec::with_capacity(batch.len());
         let committed = (|| -> Result<()> {
