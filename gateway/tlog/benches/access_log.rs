@@ -190,8 +190,12 @@ fn main() {
         leaf(0).to_bytes().len()
     );
     let sqlite = dir.path().join("large-log.db");
-    for name in ["segment files", "segment files, varied leaves", "SQLite"] {
-        let segments = SegmentDir::new(&dir.path().join(format!("large-log-{}", name.len())));
+    for (n, name) in ["segment files", "segment files, varied leaves", "SQLite"]
+        .into_iter()
+        .enumerate()
+    {
+        // A directory of its own for each log measured.
+        let segments = SegmentDir::new(&dir.path().join(format!("large-log-{n}")));
         let make: fn(u64) -> Leaf = if name.contains("varied") {
             varied_leaf
         } else {
