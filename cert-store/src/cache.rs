@@ -89,8 +89,8 @@ impl CachedStore {
     }
 
     /// The licence, if it is in memory.
-    pub fn cached_licence(&self, id: &str) -> Option<LicenceRecord> {
-        self.licences.get(id).map(|l| (*l).clone())
+    pub fn cached_licence(&self, id: &str) -> Option<Arc<LicenceRecord>> {
+        self.licences.get(id)
     }
 
     /// The seal, if it is in memory.

@@ -4,7 +4,6 @@
 //! `X-Consent`, and the note a handler leaves for the request's access-log leaf. Feature
 //! modules and the gate import from here; none imports the router.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Request};
@@ -26,8 +25,8 @@ pub struct ConnectionContext {
     pub protocol: Protocol,
     /// True when the TLS session was resumed rather than fully negotiated.
     pub resumed: bool,
-    /// The peer's socket address.
-    pub peer: SocketAddr,
+    /// The peer's socket address as the log records it, written once for the connection.
+    pub peer: String,
 }
 
 /// The HTTP version a connection speaks, chosen by ALPN.

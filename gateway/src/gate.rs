@@ -2,8 +2,9 @@
 //! function of its own — give it an id; read what the log needs ([`RequestFacts`]); resolve the
 //! caller against the current CRLs and department table; refuse repeated single headers; refuse
 //! while the log cannot be written; take from the department's budget; bound the body and the
-//! time and run the handler in a task of its own; build the leaf ([`leaf_of`]) and append it,
-//! durable before the response leaves; record the metrics.
+//! time and run the handler, catching a panic; build the leaf ([`leaf_of`]) and append it,
+//! durable before the response leaves; record the metrics. All but the id run in a task of
+//! their own, which a client that goes away cannot cancel.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,6 +14,7 @@ use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use http::{HeaderValue, header};
 use http_body_util::BodyExt;
 
@@ -71,7 +73,7 @@ fn new_request_id() -> String {
     if aws_lc_rs::rand::fill(&mut bytes).is_err() {
         tracing::error!("system random number generator failed");
     }
-    hex::encode(bytes)
+    crate::state::lower_hex(&bytes)
 }
 
 /// The headers a request may carry once: a repeated one is refused (the first would win in
@@ -271,10 +273,10 @@ fn route_class(method: &http::Method, route: &str) -> RouteClass {
     }
 }
 
-/// Reads the body within the size limit and runs the handler in a task of its own, so that a
-/// panic becomes a 500 with its leaf. Reading the body counts against the request timeout,
-/// and so does a read; a change, once its handler runs, is never cut off half-way (stores,
-/// upstreams and the log bound it with their own timeouts).
+/// Reads the body within the size limit and runs the handler, so that a panic becomes a 500
+/// with its leaf. Reading the body counts against the request timeout, and so does a read; a
+/// change, once its handler runs, is never cut off half-way (stores, upstreams and the log
+/// bound it with their own timeouts).
 async fn serve(gateway: &Gateway, req: Request, next: Next) -> Response {
     let timeout = gateway.settings.request_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
@@ -287,7 +289,9 @@ async fn serve(gateway: &Gateway, req: Request, next: Next) -> Response {
             Ok(Err(e)) => return e.into_response(),
             Err(_) => return ApiError::timeout().into_response(),
         };
-    let handler = tokio::spawn(next.run(req));
+    // The gate's own task is the handler's: a panic is caught here, and a read that runs out
+    // of time is dropped where it stands.
+    let handler = std::panic::AssertUnwindSafe(next.run(req)).catch_unwind();
     let ran = if changes {
         handler.await
     } else {
@@ -296,8 +300,8 @@ async fn serve(gateway: &Gateway, req: Request, next: Next) -> Response {
             Err(_) => return ApiError::timeout().into_response(),
         }
     };
-    ran.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "handler panicked");
+    ran.unwrap_or_else(|_| {
+        tracing::error!("handler panicked");
         ApiError::internal().into_response()
     })
 }
@@ -326,14 +330,14 @@ fn leaf_of(
         time_ms: crate::state::unix_now_ms(),
         kind: tlog::LeafKind::Request,
         request_id: facts.request_id.clone(),
-        department: department.map(ToString::to_string),
+        department: department.map(|d| d.as_str().to_owned()),
         cert_sha256: facts
             .ctx
             .as_ref()
             .and_then(|c| c.identity.certificate.as_ref())
             .map(|c| c.fingerprint_sha256.clone()),
-        peer: facts.ctx.as_ref().map(|c| c.peer.to_string()),
-        method: Some(facts.method.to_string()),
+        peer: facts.ctx.as_ref().map(|c| c.peer.clone()),
+        method: Some(facts.method.as_str().to_owned()),
         route: Some(facts.route.clone()),
         resource: resource.map(|r| log_text(&redact_citizen_ids(&r))),
         holder: note.holder.map(|h| pseudonym(&h)),
@@ -366,7 +370,8 @@ fn record_metrics(
         .get_or_create(&RequestLabels {
             route: facts.route.clone(),
             status: response.status().as_u16(),
-            department: department.map_or_else(|| "unidentified".to_owned(), ToString::to_string),
+            department: department
+                .map_or_else(|| "unidentified".to_owned(), |d| d.as_str().to_owned()),
         })
         .inc();
     m.latency
@@ -383,6 +388,10 @@ pub const MAX_LOGGED_CHARS: usize = 200;
 /// [`MAX_LOGGED_CHARS`] characters; a longer value keeps its start and the SHA-256 of the
 /// whole, so two long values stay told apart.
 fn log_text(value: &str) -> String {
+    // Short printable ASCII, what nearly every request sends, is kept as it is.
+    if value.len() <= MAX_LOGGED_CHARS && value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return value.to_owned();
+    }
     let clean: String = value
         .chars()
         .filter(|c| !c.is_control() && !cert_store::text::is_bidi_control(*c))
@@ -545,7 +554,7 @@ mod tests {
             },
             protocol,
             resumed: false,
-            peer: "127.0.0.1:4000".parse().unwrap(),
+            peer: "127.0.0.1:4000".into(),
         }
     }
 

@@ -9,6 +9,7 @@ use axum::{Extension, Json};
 use cert_store::access::{AccessError, Grant, Reader};
 use cert_store::jws::JwsAlg;
 use cert_store::licence::{LicenceRecord, LicenceStatus, LicenceType, SealRecord};
+use cert_store::licence_id::LicenceId;
 use cert_store::service::{IssueRequest, Lifecycle, SealOwner, Settled, VerifyReport};
 use cert_store::store::StoreError;
 use http::{StatusCode, header};
@@ -454,19 +455,19 @@ pub struct LicenceView {
 
 /// The licence as a reader sees it; the status reason (the issuer's free text) only for the
 /// issuer.
-fn view(record: LicenceRecord, credential: String, issuer: bool) -> LicenceView {
+fn view(record: &LicenceRecord, credential: String, issuer: bool) -> LicenceView {
     let disclosed = cert_store::service::decode_disclosures(&credential);
     LicenceView {
         id: record.id.to_string(),
         licence_type: record.type_code.to_string(),
         issuer: record.issuer.to_string(),
         status: record.status,
-        status_reason: record.status_reason.filter(|_| issuer),
+        status_reason: record.status_reason.clone().filter(|_| issuer),
         issued_at: record.issued_at,
         valid_from: record.not_before,
         expires_at: record.expires_at,
-        replaces: record.replaces.map(|id| id.to_string()),
-        replaced_by: record.replaced_by.map(|id| id.to_string()),
+        replaces: record.replaces.as_ref().map(ToString::to_string),
+        replaced_by: record.replaced_by.as_ref().map(ToString::to_string),
         credential,
         disclosed,
     }
@@ -504,7 +505,7 @@ pub async fn issue(
     Ok((
         StatusCode::CREATED,
         noted(&record),
-        Json(view(record, credential, true)),
+        Json(view(&record, credential, true)),
     ))
 }
 
@@ -534,6 +535,7 @@ pub async fn licence(
     QueryParams(q): QueryParams<FieldsQuery>,
     Extension(slot): Extension<NoteSlot>,
 ) -> Result<Response, ApiError> {
+    let id = parse_licence_id(&id)?;
     let decided = gw.grant_for_id(&caller, &id, &purpose);
     let record = gw.noted_licence(&id, &slot).await;
     let (grant, licence_type) = decided?;
@@ -561,7 +563,7 @@ pub async fn licence(
         .verification()
         .present(&record, &|n| key.fields.contains(n))?;
     let body = axum::body::Bytes::from(
-        serde_json::to_vec(&view(record, credential, key.issuer))
+        serde_json::to_vec(&view(&record, credential, key.issuer))
             .map_err(|_| ApiError::internal())?,
     );
     gw.views.insert(key, body.clone());
@@ -646,7 +648,7 @@ pub async fn licences_by_holder(
             .licence_service()
             .verification()
             .present(&record, &|n| visible.contains(n))?;
-        out.push(view(record, credential, grant.is_issuer()));
+        out.push(view(&record, credential, grant.is_issuer()));
     }
     let note = AccessNote {
         resource: Some(resource),
@@ -677,7 +679,7 @@ fn parse_cursor(text: &str) -> Result<cert_store::store::HolderOrder, ApiError> 
     let issued_at: i64 = parts.next().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
     let id = parts
         .next()
-        .filter(|id| id.parse::<cert_store::licence_id::LicenceId>().is_ok())
+        .filter(|id| id.parse::<LicenceId>().is_ok())
         .ok_or_else(bad)?;
     Ok(cert_store::store::HolderOrder {
         rank,
@@ -798,6 +800,7 @@ pub async fn check(
     Extension(slot): Extension<NoteSlot>,
     JsonBody(body): JsonBody<CheckBody>,
 ) -> Result<(Extension<AccessNote>, Json<CheckView>), ApiError> {
+    let id = parse_licence_id(&id)?;
     let decided = gw.grant_for_id(&caller, &id, &purpose);
     let record = gw.noted_licence(&id, &slot).await;
     let (grant, licence_type) = decided?;
@@ -861,7 +864,7 @@ async fn lifecycle(
 ) -> Result<(Extension<AccessNote>, Json<LicenceView>), ApiError> {
     require(&caller, Role::Issuer)?;
     // Only the issuer the identifier names may change it: decided before looking it up.
-    let parsed: cert_store::licence_id::LicenceId = id.parse().map_err(|e| field_error("id", e))?;
+    let parsed: LicenceId = id.parse().map_err(|e| field_error("id", e))?;
     if parsed.issuer() != &caller.department {
         return Err(ApiError::new(
             Code::LicenceForbidden,
@@ -879,7 +882,7 @@ async fn lifecycle(
         .await?;
     gw.invalidate(licence_changed(&record)).await;
     let credential = record.sd_jwt.clone();
-    Ok((noted(&record), Json(view(record, credential, true))))
+    Ok((noted(&record), Json(view(&record, credential, true))))
 }
 
 /// Suspends a licence (its issuer only).
@@ -964,7 +967,7 @@ pub async fn renew(
     Ok((
         StatusCode::CREATED,
         noted(&record),
-        Json(view(record, credential, true)),
+        Json(view(&record, credential, true)),
     ))
 }
 
@@ -1182,11 +1185,17 @@ pub async fn redeem_show_code(
         .present(&record, &|n| visible.contains(n))?;
     Ok((
         noted(&record),
-        Json(view(record, credential, grant.is_issuer())),
+        Json(view(&record, credential, grant.is_issuer())),
     ))
 }
 
 /// The access-log note of a request that touched `record`.
+/// A licence identifier from the path; one that does not parse is not looked up.
+fn parse_licence_id(id: &str) -> Result<LicenceId, ApiError> {
+    id.parse()
+        .map_err(|_| field_error("id", "not a licence identifier"))
+}
+
 fn noted(record: &LicenceRecord) -> Extension<AccessNote> {
     Extension(AccessNote {
         resource: Some(record.id.to_string()),
@@ -1287,12 +1296,9 @@ impl Gateway {
     fn grant_for_id(
         &self,
         caller: &Caller,
-        id: &str,
+        parsed: &LicenceId,
         purpose: &Purpose,
     ) -> Result<(Grant, Arc<LicenceType>), ApiError> {
-        let parsed: cert_store::licence_id::LicenceId = id
-            .parse()
-            .map_err(|_| field_error("id", "not a licence identifier"))?;
         let licence_type = self
             .licence_service()
             .licence_type(parsed.type_code().as_str())
@@ -1309,18 +1315,18 @@ impl Gateway {
 
     /// The licence `id`, noted in the request's leaf (its identifier and holder) whether or
     /// not the caller may see it: a refused attempt is recorded against the licence and shows
-    /// in its holder's view, while the caller's answer does not depend on the lookup. An
-    /// identifier that does not parse is not looked up.
-    async fn noted_licence(&self, id: &str, slot: &NoteSlot) -> Result<LicenceRecord, ApiError> {
-        let Ok(parsed) = id.parse::<cert_store::licence_id::LicenceId>() else {
-            return Err(field_error("id", "not a licence identifier"));
-        };
+    /// in its holder's view, while the caller's answer does not depend on the lookup.
+    async fn noted_licence(
+        &self,
+        id: &LicenceId,
+        slot: &NoteSlot,
+    ) -> Result<Arc<LicenceRecord>, ApiError> {
         // A record in memory is answered here; only a miss goes to the blocking pool.
-        let record = match self.licence_service().licence_in_memory(parsed.as_str()) {
+        let record = match self.licence_service().licence_in_memory(id.as_str()) {
             Some(record) => record,
             None => {
-                let id = id.to_owned();
-                self.licences(move |svc, _| svc.licence(&id)).await?
+                let id = id.as_str().to_owned();
+                Arc::new(self.licences(move |svc, _| svc.licence(&id)).await?)
             }
         };
         slot.record(record.id.as_str(), record.holder.as_str());

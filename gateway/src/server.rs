@@ -141,7 +141,7 @@ async fn serve_connection(
         ),
         protocol: if h2 { Protocol::Http2 } else { Protocol::Http1 },
         resumed: session.handshake_kind() == Some(HandshakeKind::Resumed),
-        peer,
+        peer: peer.to_string(),
     });
     drop(live);
 
@@ -220,7 +220,7 @@ fn head_refusal_leaf(ctx: &ConnectionContext, status: u16) -> Leaf {
             .certificate
             .as_ref()
             .map(|c| c.fingerprint_sha256.clone()),
-        peer: Some(ctx.peer.to_string()),
+        peer: Some(ctx.peer.clone()),
         code: Some(crate::error::Code::MalformedHead.as_str().into()),
         ..Leaf::new(tlog::LeafKind::Request, crate::state::unix_now_ms(), status)
     }

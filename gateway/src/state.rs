@@ -122,7 +122,7 @@ pub struct Gateway {
     /// The department that maintains enterprise profiles.
     pub profile_owner: Option<cert_store::Uscc>,
     /// Turns holder ids into the pseudonyms the access log records.
-    pub(crate) pseudonym_key: [u8; 32],
+    pub(crate) pseudonym_key: aws_lc_rs::hmac::Key,
     /// The access log's verifier key (`GET /v1/audit/log-key`).
     pub log_verifier_key: String,
     /// TLS session cache and ticket keys, kept across reloads.
@@ -169,8 +169,7 @@ impl Gateway {
 
     /// The keyed pseudonym of a holder id, as the access log records it.
     pub fn pseudonym(&self, holder: &str) -> String {
-        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &self.pseudonym_key);
-        hex::encode(aws_lc_rs::hmac::sign(&key, holder.as_bytes()))
+        lower_hex(aws_lc_rs::hmac::sign(&self.pseudonym_key, holder.as_bytes()).as_ref())
     }
 
     /// The licence and seal service.
@@ -348,4 +347,16 @@ pub fn random_id() -> [u8; 12] {
         tracing::error!("system random number generator failed");
     }
     b
+}
+
+/// `bytes` as lower-case hex, written through a table (request ids and pseudonyms, on every
+/// request: `hex::encode`'s iterator costs several times as much).
+pub fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }

@@ -98,7 +98,10 @@ pub fn gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
         node_id,
         policies,
         profile_owner: config.policies.profile_owner.clone(),
-        pseudonym_key: config.access_log.pseudonym_key,
+        pseudonym_key: aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            &config.access_log.pseudonym_key,
+        ),
         log_verifier_key,
         settings: config.server,
         metrics,

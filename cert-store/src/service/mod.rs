@@ -458,7 +458,7 @@ impl LicenceService {
     }
 
     /// A licence by identifier from memory only, when it is there: no database read.
-    pub fn licence_in_memory(&self, id: &str) -> Option<LicenceRecord> {
+    pub fn licence_in_memory(&self, id: &str) -> Option<Arc<LicenceRecord>> {
         self.records.cached_licence(id)
     }
 

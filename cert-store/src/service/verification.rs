@@ -39,7 +39,7 @@ impl Verification<'_> {
         self.svc.store.seal(id)
     }
 
-    fn licence_record(&self, id: &str) -> Result<Option<LicenceRecord>, StoreError> {
+    fn licence_record(&self, id: &str) -> Result<Option<Arc<LicenceRecord>>, StoreError> {
         if self.memory_only {
             return self
                 .svc
@@ -48,7 +48,7 @@ impl Verification<'_> {
                 .map(Some)
                 .ok_or_else(not_in_memory);
         }
-        self.svc.store.licence(id)
+        Ok(self.svc.store.licence(id)?.map(Arc::new))
     }
 
     /// The licence's SD-JWT with only the disclosures whose name `keep` accepts.
