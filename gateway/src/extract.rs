@@ -57,11 +57,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        // The gate puts the caller, with the department table's current roles, here.
+        // The gate puts the caller, with the department table's current roles, here, for
+        // the one extractor that takes it.
         parts
             .extensions
-            .get::<Caller>()
-            .cloned()
+            .remove::<Caller>()
             .ok_or_else(ApiError::internal)
     }
 }
