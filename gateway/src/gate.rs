@@ -15,7 +15,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
-use http::{HeaderValue, header};
+use http::{HeaderName, HeaderValue, header};
 use http_body_util::BodyExt;
 
 use crate::config::{Department, RouteClass};
@@ -78,13 +78,13 @@ fn new_request_id() -> String {
 
 /// The headers a request may carry once: a repeated one is refused (the first would win in
 /// one place and the last in another).
-const SINGLE_HEADERS: &[&str] = &[
-    "x-purpose",
-    "x-case-id",
-    "x-consent",
-    "x-holder",
-    "content-type",
-    "content-length",
+static SINGLE_HEADERS: [HeaderName; 6] = [
+    HeaderName::from_static("x-purpose"),
+    HeaderName::from_static("x-case-id"),
+    HeaderName::from_static("x-consent"),
+    HeaderName::from_static("x-holder"),
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
 ];
 
 /// Refuses unidentified callers, bounds the body and the time of every request, and counts it.
@@ -242,7 +242,7 @@ fn refuse(refusal: &Refusal, ctx: Option<&ConnectionContext>) -> Response {
 fn repeated_header(req: &Request) -> Option<ApiError> {
     SINGLE_HEADERS
         .iter()
-        .find(|name| req.headers().get_all(**name).iter().nth(1).is_some())
+        .find(|name| req.headers().get_all(*name).iter().nth(1).is_some())
         .map(|name| {
             ApiError::new(
                 Code::RepeatedHeader,
