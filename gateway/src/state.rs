@@ -360,3 +360,14 @@ pub fn lower_hex(bytes: &[u8]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lower_hex_writes_what_hex_encode_writes() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(super::lower_hex(&bytes), hex::encode(&bytes));
+        assert_eq!(super::lower_hex(&[]), "");
+        assert_eq!(super::lower_hex(&[0x0f, 0xa0]), "0fa0");
+    }
+}
