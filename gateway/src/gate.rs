@@ -289,21 +289,27 @@ async fn serve(gateway: &Gateway, req: Request, next: Next) -> Response {
             Ok(Err(e)) => return e.into_response(),
             Err(_) => return ApiError::timeout().into_response(),
         };
-    // The gate's own task is the handler's: a panic is caught here, and a read that runs out
-    // of time is dropped where it stands.
-    let handler = std::panic::AssertUnwindSafe(next.run(req)).catch_unwind();
-    let ran = if changes {
+    // The gate's own task is the handler's: a read that runs out of time is dropped where it
+    // stands.
+    let handler = caught(next.run(req));
+    if changes {
         handler.await
     } else {
-        match tokio::time::timeout_at(deadline, handler).await {
-            Ok(ran) => ran,
-            Err(_) => return ApiError::timeout().into_response(),
-        }
-    };
-    ran.unwrap_or_else(|_| {
-        tracing::error!("handler panicked");
-        ApiError::internal().into_response()
-    })
+        tokio::time::timeout_at(deadline, handler)
+            .await
+            .unwrap_or_else(|_| ApiError::timeout().into_response())
+    }
+}
+
+/// The handler's response, or a 500 when it panics.
+async fn caught(handler: impl std::future::Future<Output = Response>) -> Response {
+    std::panic::AssertUnwindSafe(handler)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!("handler panicked");
+            ApiError::internal().into_response()
+        })
 }
 
 /// The request's leaf. Every text that came from the client is bounded and clean: no control
@@ -779,6 +785,16 @@ mod tests {
             Some(Code::BadRequest)
         );
         assert!(buffer_body(request(b"", None, false), 7).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_answers_500_and_one_that_does_not_its_own() {
+        let panicked = caught(async { panic!("a handler's bug") }).await;
+        assert_eq!(panicked.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        let err = panicked.extensions().get::<ApiError>().expect("an error");
+        assert_eq!(err.code, Code::Internal);
+        let fine = caught(async { http::StatusCode::CREATED.into_response() }).await;
+        assert_eq!(fine.status(), http::StatusCode::CREATED);
     }
 
     #[test]
