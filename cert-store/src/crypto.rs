@@ -340,6 +340,10 @@ impl Eq for PublicKey {}
 pub struct SealKey {
     pkey: PKey<Private>,
     public: PublicKey,
+    /// A P-256 key as aws-lc signs with it, made once: signing through the OpenSSL key
+    /// converted it to a legacy `EC_KEY` on every signature, half the cost of an issuance's
+    /// signature.
+    es256: Option<aws_lc_rs::signature::EcdsaKeyPair>,
 }
 
 impl SealKey {
@@ -371,7 +375,21 @@ impl SealKey {
         // The public half was checked; the private key is a separate OpenSSL object and is
         // what actually signs.
         check_typing(&pkey, alg == JwsAlg::Sm2Sm3)?;
-        Ok(SealKey { pkey, public })
+        let es256 = match alg {
+            JwsAlg::Es256 => Some(
+                aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+                    &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    der,
+                )
+                .map_err(|e| CryptoError::BadKey(format!("P-256 key refused: {e}")))?,
+            ),
+            JwsAlg::Sm2Sm3 => None,
+        };
+        Ok(SealKey {
+            pkey,
+            public,
+            es256,
+        })
     }
 
     /// The key as unencrypted PKCS#8 DER, zeroized on drop; encrypt it with a [`Kek`] before
@@ -396,10 +414,19 @@ impl SealKey {
     }
 
     fn sign_inner(&self, input: &[u8]) -> Result<[u8; 64], CryptoError> {
-        let sig = match self.public.scheme {
+        let mut out = [0u8; 64];
+        match self.public.scheme {
+            // Raw r ‖ s, each 32 bytes, over SHA-256 of the input; s made the low twin.
             Scheme::Es256 => {
-                let ec = self.pkey.ec_key()?;
-                low_s(EcdsaSig::sign(&openssl::sha::sha256(input), &ec)?)?
+                let key = self.es256.as_ref().ok_or(CryptoError::WrongAlgorithm)?;
+                let signed = key
+                    .sign(&aws_lc_rs::rand::SystemRandom::new(), input)
+                    .map_err(|_| CryptoError::BadKey("P-256 signing failed".to_owned()))?;
+                if signed.as_ref().len() != out.len() {
+                    return Err(CryptoError::BadKey("P-256 signature not r ‖ s".to_owned()));
+                }
+                out.copy_from_slice(signed.as_ref());
+                to_low_s(&mut out[FIELD_LEN..]);
             }
             Scheme::Sm2 { za } => {
                 let e = sm2_e(&za, input)?;
@@ -407,12 +434,11 @@ impl SealKey {
                 ctx.sign_init()?;
                 let mut der = Vec::new();
                 ctx.sign_to_vec(&e, &mut der)?;
-                EcdsaSig::from_der(&der)?
+                let sig = EcdsaSig::from_der(&der)?;
+                out[..FIELD_LEN].copy_from_slice(&padded(sig.r())?);
+                out[FIELD_LEN..].copy_from_slice(&padded(sig.s())?);
             }
-        };
-        let mut out = [0u8; 64];
-        out[..FIELD_LEN].copy_from_slice(&padded(sig.r())?);
-        out[FIELD_LEN..].copy_from_slice(&padded(sig.s())?);
+        }
         Ok(out)
     }
 }
@@ -428,18 +454,24 @@ pub fn is_low_s(s: &[u8]) -> bool {
     s.len() == FIELD_LEN && s <= &P256_HALF_ORDER[..]
 }
 
-/// The signature with `s` replaced by `n − s` when it is the high one.
-fn low_s(sig: EcdsaSig) -> Result<EcdsaSig, CryptoError> {
-    if is_low_s(&padded(sig.s())?) {
-        return Ok(sig);
+/// The order n of P-256, big-endian.
+const P256_ORDER: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+
+/// Replaces the 32-byte big-endian `s` (in [1, n−1]) by `n − s` when it is the high one.
+fn to_low_s(s: &mut [u8]) {
+    if is_low_s(s) {
+        return;
     }
-    let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1)?;
-    let mut order = BigNum::new()?;
-    let mut ctx = openssl::bn::BigNumContext::new()?;
-    group.order(&mut order, &mut ctx)?;
-    let mut s = BigNum::new()?;
-    s.checked_sub(&order, sig.s())?;
-    Ok(EcdsaSig::from_private_components(sig.r().to_owned()?, s)?)
+    let mut borrow = 0u8;
+    for (digit, n) in s.iter_mut().zip(P256_ORDER).rev() {
+        let (d, b1) = n.overflowing_sub(*digit);
+        let (d, b2) = d.overflowing_sub(borrow);
+        *digit = d;
+        borrow = u8::from(b1 || b2);
+    }
 }
 
 impl JwsSigner for SealKey {
@@ -618,6 +650,44 @@ mod tests {
         assert_eq!(JwsVerifier::alg(&public), JwsAlg::Es256);
         assert!(public.verify(INPUT, &sig));
         assert!(!public.verify(b"other input", &sig));
+    }
+
+    #[test]
+    fn to_low_s_is_n_minus_s_by_openssl_arithmetic_for_high_s_only() {
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let mut n = BigNum::new().unwrap();
+        group
+            .order(&mut n, &mut BigNumContext::new().unwrap())
+            .unwrap();
+        assert_eq!(n.to_vec(), P256_ORDER);
+        let half = BigNum::from_slice(&P256_HALF_ORDER).unwrap();
+        let mut edges = Vec::new();
+        for k in [1u32, 2] {
+            let (mut below, mut above) = (BigNum::new().unwrap(), BigNum::new().unwrap());
+            above
+                .checked_add(&half, &BigNum::from_u32(k - 1).unwrap())
+                .unwrap();
+            below
+                .checked_sub(&n, &BigNum::from_u32(k).unwrap())
+                .unwrap();
+            edges.extend([above, below, BigNum::from_u32(k).unwrap()]);
+        }
+        for s in edges.into_iter().chain((0..500).map(|_| {
+            let mut s = BigNum::new().unwrap();
+            n.rand_range(&mut s).unwrap();
+            s
+        })) {
+            let mut bytes = s.to_vec_padded(32).unwrap();
+            to_low_s(&mut bytes);
+            let mut expected = BigNum::new().unwrap();
+            if s > half {
+                expected.checked_sub(&n, &s).unwrap();
+            } else {
+                expected = s.to_owned().unwrap();
+            }
+            assert_eq!(bytes, expected.to_vec_padded(32).unwrap(), "s = {s}");
+            assert!(is_low_s(&bytes));
+        }
     }
 
     #[test]
