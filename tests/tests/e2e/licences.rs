@@ -92,7 +92,7 @@ fn leaf_certificate(header: &Value) -> openssl::x509::X509 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn es256_licence_round_trip_verifies_here_and_with_jsonwebtoken() {
+async fn es256_licence_round_trip_verifies_here_with_jsonwebtoken_and_the_openssl_command() {
     let Some(mut w) = world().await else { return };
     let seal = create_seal(&mut w.market, "ES256").await;
     let issued = issue_licence(&mut w.market, &business_licence(&seal, XIAOMI)).await;
@@ -123,7 +123,7 @@ async fn es256_licence_round_trip_verifies_here_and_with_jsonwebtoken() {
     assert_eq!(report["disclosed"]["legal_representative"], "雷军");
     assert!(report["disclosed"].get("registered_capital").is_none());
 
-    // A second implementation: jsonwebtoken (aws-lc) checks the ES256 signature that openssl made.
+    // A second implementation: jsonwebtoken checks the ES256 signature.
     let (header, signing_input, signature) = jwt_parts(credential);
     assert_eq!(
         (header["alg"].as_str(), header["typ"].as_str()),
@@ -153,6 +153,48 @@ async fn es256_licence_round_trip_verifies_here_and_with_jsonwebtoken() {
     )
     .unwrap();
     assert!(!ok, "a tampered signature must not verify");
+
+    // A third, not sharing aws-lc with the gateway's signing: the openssl command.
+    let dir = tempfile::tempdir().unwrap();
+    let sha256 = ["-digest", "sha256"];
+    let out = openssl_pkeyutl_verify(dir.path(), &pem, &signature, signing_input.as_bytes(), &sha256);
+    assert!(
+        out.status.success(),
+        "openssl rejects the ES256 signature: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut other = signing_input.into_bytes();
+    other[0] ^= 1;
+    let out = openssl_pkeyutl_verify(dir.path(), &pem, &signature, &other, &sha256);
+    assert!(!out.status.success(), "openssl accepts a changed message");
+}
+
+/// `openssl pkeyutl -verify` of a raw r ‖ s signature over `message` by the key in
+/// `public_pem`, with `options` (the digest, an SM2 id), run in `dir`.
+fn openssl_pkeyutl_verify(
+    dir: &std::path::Path,
+    public_pem: &[u8],
+    signature: &[u8],
+    message: &[u8],
+    options: &[&str],
+) -> std::process::Output {
+    std::fs::write(dir.join("pub.pem"), public_pem).unwrap();
+    let der = openssl::ecdsa::EcdsaSig::from_private_components(
+        openssl::bn::BigNum::from_slice(&signature[..32]).unwrap(),
+        openssl::bn::BigNum::from_slice(&signature[32..]).unwrap(),
+    )
+    .unwrap()
+    .to_der()
+    .unwrap();
+    std::fs::write(dir.join("sig.der"), der).unwrap();
+    std::fs::write(dir.join("msg"), message).unwrap();
+    Command::new("openssl")
+        .args(["pkeyutl", "-verify", "-pubin", "-inkey", "pub.pem", "-rawin"])
+        .args(["-in", "msg", "-sigfile", "sig.der"])
+        .args(options)
+        .current_dir(dir)
+        .output()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,43 +212,9 @@ async fn sm2_licence_round_trip_verifies_here_and_with_the_openssl_command() {
     assert_eq!(signature.len(), 64, "SM2SM3 carries raw r||s");
     let dir = tempfile::tempdir().unwrap();
     let cert = leaf_certificate(&header);
-    std::fs::write(
-        dir.path().join("pub.pem"),
-        cert.public_key().unwrap().public_key_to_pem().unwrap(),
-    )
-    .unwrap();
-    let der = openssl::ecdsa::EcdsaSig::from_private_components(
-        openssl::bn::BigNum::from_slice(&signature[..32]).unwrap(),
-        openssl::bn::BigNum::from_slice(&signature[32..]).unwrap(),
-    )
-    .unwrap()
-    .to_der()
-    .unwrap();
-    std::fs::write(dir.path().join("sig.der"), der).unwrap();
-    let check = |message: &[u8]| {
-        std::fs::write(dir.path().join("msg"), message).unwrap();
-        Command::new("openssl")
-            .args([
-                "pkeyutl",
-                "-verify",
-                "-pubin",
-                "-inkey",
-                "pub.pem",
-                "-rawin",
-                "-in",
-                "msg",
-                "-sigfile",
-                "sig.der",
-                "-digest",
-                "sm3",
-                "-pkeyopt",
-                "distid:1234567812345678",
-            ])
-            .current_dir(dir.path())
-            .output()
-            .unwrap()
-    };
-    let out = check(signing_input.as_bytes());
+    let pem = cert.public_key().unwrap().public_key_to_pem().unwrap();
+    let sm3 = ["-digest", "sm3", "-pkeyopt", "distid:1234567812345678"];
+    let out = openssl_pkeyutl_verify(dir.path(), &pem, &signature, signing_input.as_bytes(), &sm3);
     assert!(
         out.status.success(),
         "openssl rejects the SM2 signature: {}",
@@ -215,10 +223,8 @@ async fn sm2_licence_round_trip_verifies_here_and_with_the_openssl_command() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("Signature Verified Successfully"));
     let mut other = signing_input.into_bytes();
     other[0] ^= 1;
-    assert!(
-        !check(&other).status.success(),
-        "openssl accepts a changed message"
-    );
+    let out = openssl_pkeyutl_verify(dir.path(), &pem, &signature, &other, &sm3);
+    assert!(!out.status.success(), "openssl accepts a changed message");
 
     // The seal certificate chains to the seal CA, checked by the openssl command too.
     let ca = w.approval.get("/v1/seal-ca.pem").await.unwrap();
