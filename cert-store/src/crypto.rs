@@ -341,8 +341,8 @@ pub struct SealKey {
     pkey: PKey<Private>,
     public: PublicKey,
     /// A P-256 key as aws-lc signs with it, made once: signing through the OpenSSL key
-    /// converted it to a legacy `EC_KEY` on every signature, half the cost of an issuance's
-    /// signature.
+    /// converted it to a legacy `EC_KEY` on every signature, which cost as much again as the
+    /// signature itself.
     es256: Option<aws_lc_rs::signature::EcdsaKeyPair>,
 }
 

@@ -898,22 +898,22 @@ async fn an_enumeration_meets_the_departments_budget_and_a_reload_changes_it() {
         }
     }
     assert!(refused.len() >= 50, "only {} of 100 refused", refused.len());
-    // Another read route draws on the same spent budget: of a burst, no more pass than the
-    // budget refilled meanwhile (20 a second), however slow the machine.
+    // Another read route draws on the same spent budget: it is refused within a burst, and no
+    // more pass before that than the budget refilled meanwhile (20 a second), however slow
+    // the machine.
     let started = std::time::Instant::now();
     let mut passed = 0;
-    for _ in 0..30 {
+    loop {
         let r = conn.get("/v1/licence-types").await.unwrap();
-        match r.status {
-            StatusCode::OK => passed += 1,
-            status => assert_eq!(status, StatusCode::TOO_MANY_REQUESTS),
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            break;
         }
+        assert_eq!(r.status, StatusCode::OK);
+        passed += 1;
+        assert!(passed < 200, "200 reads passed on a spent budget");
     }
     let refilled = (20.0 * started.elapsed().as_secs_f64()).ceil() as usize + 1;
-    assert!(
-        passed < 30 && passed <= refilled,
-        "{passed} of 30 passed, {refilled} refilled"
-    );
+    assert!(passed <= refilled, "{passed} passed, {refilled} refilled");
     // Verifications have a budget of their own.
     let r = conn
         .json(
