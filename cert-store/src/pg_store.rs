@@ -13,7 +13,10 @@ use crate::id::Uscc;
 use crate::jws::JwsAlg;
 use crate::licence::{ConsentRecord, LicenceRecord, LicenceStatus, SealRecord, ShowCodeRecord};
 use crate::licence_id::LicenceId;
-use crate::store::{HOLDER_ORDER, HolderOrder, Store, StoreError, one_renewed, renewal_reason};
+use crate::store::{
+    HOLDER_ORDER, HolderOrder, LICENCE_SELECT, Store, StoreError, StoredSdJwt, one_renewed,
+    renewal_reason,
+};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -46,8 +49,6 @@ pub struct PgStore {
 
 const SEAL_COLUMNS: &str = "id, owner, seal_type, name, alg, certificate_pem, encrypted_key, \
     picture_sha256, picture, created_at, not_after, revoked_at, revocation_reason, owner_name";
-const LICENCE_COLUMNS: &str = "id, type_code, issuer, holder, seal_id, sd_jwt, fields, status, \
-    status_reason, status_list, status_index, issued_at, not_before, expires_at, replaces, replaced_by";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
@@ -128,20 +129,26 @@ fn licence_row(row: &Row) -> Result<LicenceRecord> {
 const HOLDER_LOCK: &str = "SELECT pg_advisory_xact_lock(4242003, hashtext($1 || '/' || $2))";
 
 /// Inserts a licence unless `$17` is given and its holder (`$4`) holds a valid or suspended one
-/// of its type (`$2`) unexpired at `$17`; answers the id of the one held, if any. Run after
-/// [`HOLDER_LOCK`], in a statement of its own (its snapshot is then taken after the lock).
+/// of its type (`$2`) unexpired at `$17`; answers the id of the one held, if any. The SD-JWT's
+/// JWS header (`$19`) goes to `jws_headers` under its SHA-256 (`$18`) unless it is there, and
+/// the row keeps the rest (`$6`). Run after [`HOLDER_LOCK`], in a statement of its own (its
+/// snapshot is then taken after the lock).
 const INSERT_UNLESS_HELD: &str = "
 WITH held AS (
     SELECT id FROM licences WHERE $17::bigint IS NOT NULL
         AND holder = $4::text AND type_code = $2::text
         AND status IN ('valid', 'suspended') AND expires_at > $17::bigint LIMIT 1
+), header AS (
+    INSERT INTO jws_headers (sha256, header) SELECT $18::bytea, $19::text
+    WHERE $18::bytea IS NOT NULL AND NOT EXISTS (SELECT 1 FROM held)
+    ON CONFLICT (sha256) DO NOTHING
 ), inserted AS (
     INSERT INTO licences (id, type_code, issuer, holder, seal_id, sd_jwt, fields, status,
         status_reason, status_list, status_index, issued_at, not_before, expires_at, replaces,
-        replaced_by)
+        replaced_by, header_sha256)
     SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text,
         $9::text, $10::bigint, $11::bigint, $12::bigint, $13::bigint, $14::bigint, $15::text,
-        $16::text
+        $16::text, $18::bytea
     WHERE NOT EXISTS (SELECT 1 FROM held)
 )
 SELECT id FROM held";
@@ -161,6 +168,8 @@ fn insert_licence_in(
     }
     let fields =
         serde_json::to_string(&l.fields).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let stored = StoredSdJwt::split(&l.sd_jwt);
+    let header = stored.header.as_ref().map(|(text, _)| *text);
     let held = tx.query_opt(
         insert,
         &[
@@ -169,7 +178,7 @@ fn insert_licence_in(
             &l.issuer.as_str(),
             &l.holder.as_str(),
             &l.seal_id,
-            &l.sd_jwt,
+            &stored.rest,
             &fields,
             &l.status.as_str(),
             &l.status_reason,
@@ -181,6 +190,8 @@ fn insert_licence_in(
             &l.replaces.as_ref().map(LicenceId::as_str),
             &l.replaced_by.as_ref().map(LicenceId::as_str),
             &held_at,
+            &stored.header_sha256(),
+            &header,
         ],
     )?;
     match held {
@@ -401,7 +412,7 @@ impl Store for PgStore {
         }
         self.pool.with(|c| {
             c.query_opt(
-                &format!("SELECT {LICENCE_COLUMNS} FROM licences WHERE id = $1"),
+                &format!("SELECT {LICENCE_SELECT} FROM licences WHERE id = $1"),
                 &[&id],
             )?
             .map(|r| licence_row(&r))
@@ -436,7 +447,7 @@ impl Store for PgStore {
                 }
                 for row in c.query(
                     &format!(
-                        "SELECT {LICENCE_COLUMNS} FROM licences
+                        "SELECT {LICENCE_SELECT} FROM licences
                          WHERE holder = $1 AND type_code = $2 AND status = $3
                          AND (issued_at, id) < ($4, $5)
                          ORDER BY issued_at DESC, id DESC LIMIT $6"

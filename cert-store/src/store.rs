@@ -303,6 +303,14 @@ CREATE INDEX seals_owner_page ON seals(owner, created_at, id);
     r#"
 DROP INDEX licences_holder;
 "#,
+    // A licence's JWS header (its seal certificate chain in `x5c`: most of an SD-JWT's bytes)
+    // is the same for every licence one seal certificate signs: it is kept once, under its
+    // SHA-256, and a licence row keeps the rest. Rows written before keep the whole SD-JWT
+    // and no header.
+    r#"
+CREATE TABLE jws_headers (sha256 {BLOB} PRIMARY KEY, header TEXT NOT NULL);
+ALTER TABLE licences ADD COLUMN header_sha256 {BLOB} REFERENCES jws_headers(sha256);
+"#,
 ];
 
 /// The migrations, with the back end's type names (`BLOB`/`INTEGER` on SQLite, `BYTEA`/`BIGINT`
@@ -451,7 +459,45 @@ impl SqliteStore {
 const SEAL_COLUMNS: &str = "id, owner, seal_type, name, alg, certificate_pem, encrypted_key, \
     picture_sha256, picture, created_at, not_after, revoked_at, revocation_reason, owner_name";
 const LICENCE_COLUMNS: &str = "id, type_code, issuer, holder, seal_id, sd_jwt, fields, status, \
-    status_reason, status_list, status_index, issued_at, not_before, expires_at, replaces, replaced_by";
+    status_reason, status_list, status_index, issued_at, not_before, expires_at, replaces, \
+    replaced_by, header_sha256";
+/// The licence columns a read selects, in [`LICENCE_COLUMNS`]' order, the SD-JWT put back
+/// together from its header in `jws_headers` and the rest in the row (whole in a row without
+/// a header). Both back ends read with it.
+pub(crate) const LICENCE_SELECT: &str = "id, type_code, issuer, holder, seal_id, \
+    COALESCE((SELECT h.header FROM jws_headers h WHERE h.sha256 = licences.header_sha256) \
+    || '.' || licences.sd_jwt, licences.sd_jwt), fields, status, status_reason, status_list, \
+    status_index, issued_at, not_before, expires_at, replaces, replaced_by";
+
+/// An SD-JWT as the stores keep it: its JWS header with the header's SHA-256 (the key it is
+/// kept once under), and the rest after the header's dot. A credential without a header (no
+/// dot, or nothing before it) is kept whole.
+pub(crate) struct StoredSdJwt<'a> {
+    /// The header and its SHA-256.
+    pub(crate) header: Option<(&'a str, [u8; 32])>,
+    /// What the licence row keeps.
+    pub(crate) rest: &'a str,
+}
+
+impl<'a> StoredSdJwt<'a> {
+    pub(crate) fn split(sd_jwt: &'a str) -> Self {
+        match sd_jwt.split_once('.') {
+            Some((header, rest)) if !header.is_empty() => StoredSdJwt {
+                header: Some((header, openssl::sha::sha256(header.as_bytes()))),
+                rest,
+            },
+            _ => StoredSdJwt {
+                header: None,
+                rest: sd_jwt,
+            },
+        }
+    }
+
+    /// The header's key, when it has one.
+    pub(crate) fn header_sha256(&self) -> Option<&[u8]> {
+        self.header.as_ref().map(|(_, sha)| &sha[..])
+    }
+}
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
@@ -564,15 +610,22 @@ fn insert_licence_in(conn: &Connection, l: &LicenceRecord, held_at: Option<i64>)
     }
     let fields =
         serde_json::to_string(&l.fields).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let stored = StoredSdJwt::split(&l.sd_jwt);
+    if let Some((header, sha)) = &stored.header {
+        conn.prepare_cached(
+            "INSERT INTO jws_headers (sha256, header) VALUES (?1, ?2) ON CONFLICT (sha256) DO NOTHING",
+        )?
+        .execute(params![&sha[..], header])?;
+    }
     conn.prepare_cached(
-        &format!("INSERT INTO licences ({LICENCE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
+        &format!("INSERT INTO licences ({LICENCE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
     )?
     .execute(
         params![
             l.id.as_str(), l.type_code.as_str(), l.issuer.as_str(), l.holder.as_str(), l.seal_id,
-            l.sd_jwt, fields, l.status.as_str(), l.status_reason, l.status_list, l.status_index,
+            stored.rest, fields, l.status.as_str(), l.status_reason, l.status_list, l.status_index,
             l.issued_at, l.not_before, l.expires_at, l.replaces.as_ref().map(LicenceId::as_str),
-            l.replaced_by.as_ref().map(LicenceId::as_str)
+            l.replaced_by.as_ref().map(LicenceId::as_str), stored.header_sha256()
         ],
     )?;
     Ok(())
@@ -771,7 +824,7 @@ impl Store for SqliteStore {
     fn licence(&self, id: &str) -> Result<Option<LicenceRecord>> {
         self.with(|c| {
             Ok(c.prepare_cached(&format!(
-                "SELECT {LICENCE_COLUMNS} FROM licences WHERE id = ?1"
+                "SELECT {LICENCE_SELECT} FROM licences WHERE id = ?1"
             ))?
             .query_row([id], licence_row)
             .optional()?)
@@ -788,7 +841,7 @@ impl Store for SqliteStore {
         self.with(|c| {
             let mut out = Vec::new();
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {LICENCE_COLUMNS} FROM licences
+                "SELECT {LICENCE_SELECT} FROM licences
                  WHERE holder = ?1 AND type_code = ?2 AND status = ?3 AND (issued_at, id) < (?4, ?5)
                  ORDER BY issued_at DESC, id DESC LIMIT ?6"
             ))?;
@@ -1298,6 +1351,85 @@ pub(crate) mod tests {
         assert!(s.redeem_show_code("\0", &by, 1).unwrap().is_none());
     }
 
+    /// SD-JWTs that share a JWS header, one with another header and one without any: each
+    /// reads back exactly as it was written, by identifier and by holder.
+    fn sd_jwts_read_back_whole_with_their_headers_kept_apart(s: &dyn Store) {
+        s.insert_seal(&seal()).unwrap();
+        let header = format!("eyJ{}", "x5c".repeat(800));
+        let written = [
+            format!("{header}.payload1.sig1~WyJzYWx0Il0~"),
+            format!("{header}.payload2.sig2~"),
+            "eyJvdGhlciJ9.payload3.sig3~".to_owned(),
+            "jwt~".to_owned(),
+            ".payload5.sig5~".to_owned(),
+        ];
+        for (i, sd_jwt) in written.iter().enumerate() {
+            let mut l = licence(&format!("H{i}"), i as u32);
+            l.sd_jwt = sd_jwt.clone();
+            l.issued_at = 100 + i as i64;
+            s.insert_licence(&l, None).unwrap();
+        }
+        for (i, sd_jwt) in written.iter().enumerate() {
+            let l = s.licence(&lid(&format!("H{i}"))).unwrap().unwrap();
+            assert_eq!(&l.sd_jwt, sd_jwt);
+        }
+        let page = s
+            .licences_by_holder("91110108551385082Q", T, None, 10)
+            .unwrap();
+        let mut read: Vec<String> = page.into_iter().map(|l| l.sd_jwt).collect();
+        read.sort();
+        let mut expected = written.to_vec();
+        expected.sort();
+        assert_eq!(read, expected);
+    }
+
+    #[test]
+    fn a_shared_header_is_kept_once_and_rows_from_before_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certgate.db");
+        let header = format!("eyJ{}", "A".repeat(2400));
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.insert_seal(&seal()).unwrap();
+            for i in 0..20u32 {
+                let mut l = licence(&format!("S{i}"), i);
+                l.sd_jwt = format!("{header}.payload{i}.sig~");
+                s.insert_licence(&l, None).unwrap();
+            }
+        }
+        let c = Connection::open(&path).unwrap();
+        let headers: i64 = c
+            .query_row("SELECT count(*) FROM jws_headers", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(headers, 1);
+        let longest: i64 = c
+            .query_row("SELECT max(length(sd_jwt)) FROM licences", [], |r| r.get(0))
+            .unwrap();
+        assert!(
+            longest < 40,
+            "a row keeps only what follows the header: {longest}"
+        );
+        // A row as written before headers were kept apart: the whole SD-JWT, no header key.
+        c.execute(
+            &format!(
+                "INSERT INTO licences ({LICENCE_COLUMNS}) SELECT ?1, type_code, issuer, \
+                 holder, seal_id, ?2, fields, status, status_reason, status_list, 99, \
+                 issued_at, not_before, expires_at, replaces, replaced_by, NULL \
+                 FROM licences WHERE id = ?3"
+            ),
+            params![lid("OLD"), format!("{header}.old.sig~"), lid("S0")],
+        )
+        .unwrap();
+        drop(c);
+        let s = SqliteStore::open(&path).unwrap();
+        let old = s.licence(&lid("OLD")).unwrap().unwrap();
+        assert_eq!(old.sd_jwt, format!("{header}.old.sig~"));
+        assert_eq!(
+            s.licence(&lid("S7")).unwrap().unwrap().sd_jwt,
+            format!("{header}.payload7.sig~")
+        );
+    }
+
     /// Runs each scenario on the embedded store and on PostgreSQL (skipped, and said so,
     /// without `CERTGATE_TEST_POSTGRES_URL`).
     macro_rules! on_both_backends {
@@ -1328,5 +1460,6 @@ pub(crate) mod tests {
         show_codes_redeem_once_and_not_after_expiry,
         secrets_keep_the_first_value_and_consents_revoke_once,
         keys_with_nul_are_simply_absent,
+        sd_jwts_read_back_whole_with_their_headers_kept_apart,
     );
 }
