@@ -248,7 +248,7 @@ impl Issuance<'_> {
             Some(old) => (old.id.serial().to_owned(), old.id.version() + 1),
             None => match &req.serial {
                 Some(s) => (s.clone(), 1),
-                None => (random_serial()?, 1),
+                None => (drawn_serial()?, 1),
             },
         };
         let type_code: TypeCode = licence_type.code.clone();

@@ -59,8 +59,11 @@ pub const CONSENT_TYP: &str = "certgate-consent+jwt";
 pub const MAX_HOLDER_PAGE: u32 = 100;
 /// Most seals one page of a seal listing returns.
 pub const MAX_SEAL_PAGE: u32 = 100;
-/// Characters of an automatic licence serial (base 36: 82 bits, not guessable).
+/// Random characters of an automatic licence serial (base 36: 82 bits, not guessable).
 const SERIAL_CHARS: usize = 16;
+/// Characters of the issuance time (Unix milliseconds in base 36) an automatic serial starts
+/// with: nine reach the year 5000.
+const SERIAL_TIME_CHARS: usize = 9;
 /// The seal kinds with a fixed name; any other kind is a special-purpose seal `…专用章`.
 pub const SEAL_KINDS: &[&str] = &[
     "公章",
@@ -649,15 +652,32 @@ fn b64std(der: &[u8]) -> String {
     base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der)
 }
 
-/// A licence serial of [`SERIAL_CHARS`] base-36 characters from the system RNG: identifiers
-/// cannot be enumerated by counting.
-fn random_serial() -> Result<String, ServiceError> {
+/// A licence serial: the issuance time in Unix milliseconds as [`SERIAL_TIME_CHARS`] base-36
+/// characters, then [`SERIAL_CHARS`] random ones from the system RNG. The random part keeps
+/// identifiers from being enumerated by counting; the time in front keeps the store's index of
+/// identifiers growing at its end, so a licence writes to the pages the last one wrote rather
+/// than to a random page of an index that grows with every licence ever issued. The time
+/// tells no more than the licence's own `iat`.
+fn drawn_serial() -> Result<String, ServiceError> {
+    // The clock only orders identifiers here; a clock set before 1970 orders them from 0.
+    let millis = u128::try_from(storage::clock::unix_now_ms()).unwrap_or(0);
+    drawn_serial_at(millis)
+}
+
+fn drawn_serial_at(millis: u128) -> Result<String, ServiceError> {
     const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut out = String::with_capacity(SERIAL_TIME_CHARS + SERIAL_CHARS);
+    let mut time = [b'0'; SERIAL_TIME_CHARS];
+    let mut left = millis;
+    for digit in time.iter_mut().rev() {
+        *digit = DIGITS[(left % 36) as usize];
+        left /= 36;
+    }
+    out.extend(time.iter().map(|&b| char::from(b)));
     let bytes = crate::crypto::random_bytes::<SERIAL_CHARS>()?;
     // 252 = 7 × 36: bytes at or above it are redrawn, so every character is uniform.
-    let mut out = String::with_capacity(SERIAL_CHARS);
     let mut pool = bytes.to_vec();
-    while out.len() < SERIAL_CHARS {
+    while out.len() < SERIAL_TIME_CHARS + SERIAL_CHARS {
         match pool.pop() {
             Some(b) if b < 252 => out.push(char::from(DIGITS[usize::from(b % 36)])),
             Some(_) => {}

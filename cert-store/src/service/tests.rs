@@ -249,11 +249,17 @@ fn round_trip(alg: JwsAlg) {
     };
     let licence = issue(&f, seal);
     assert_eq!(licence.status, LicenceStatus::Valid);
-    // The serial is 16 random base-36 characters: identifiers cannot be counted through.
+    // The serial is the issuance time (9 base-36 characters of Unix milliseconds) and 16
+    // random base-36 characters: identifiers cannot be counted through.
     let serial = licence.id.serial().to_owned();
-    assert_eq!(serial.len(), 16, "{}", licence.id);
+    assert_eq!(serial.len(), 25, "{}", licence.id);
     assert!(serial.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()));
-    assert_ne!(issue(&f, seal).id, licence.id);
+    let millis = u128::from_str_radix(&serial[..9], 36).unwrap();
+    let now_ms = u128::try_from(storage::clock::unix_now_ms()).unwrap();
+    assert!(millis <= now_ms && now_ms - millis < 60_000, "{serial} at {now_ms}");
+    let next = issue(&f, seal).id;
+    assert_ne!(next, licence.id);
+    assert_ne!(next.serial()[9..], serial[9..], "the random part is drawn anew");
 
     let report = f.svc.verification().verify(&licence.sd_jwt, NOW);
     assert_valid(&report);
@@ -1520,4 +1526,29 @@ fn consent_tokens_of_another_typ_are_refused_without_decoder_details() {
             "{m}"
         );
     }
+}
+
+#[test]
+fn a_drawn_serial_sorts_by_its_time_and_its_random_part_is_uniform() {
+    assert!(drawn_serial_at(0).unwrap().starts_with("000000000"));
+    assert!(drawn_serial_at(35).unwrap().starts_with("00000000Z"));
+    assert!(drawn_serial_at(36).unwrap().starts_with("000000010"));
+    // 2026-12-04 in milliseconds, and the last millisecond nine characters hold.
+    let t: u128 = 1_796_342_400_000;
+    assert_eq!(u128::from_str_radix(&drawn_serial_at(t).unwrap()[..9], 36).unwrap(), t);
+    assert!(drawn_serial_at(36u128.pow(9) - 1).unwrap().starts_with("ZZZZZZZZZ"));
+    // Later serials sort after earlier ones, whatever their random parts.
+    let mut serials: Vec<String> = (0..200u128)
+        .map(|i| drawn_serial_at(t + i * 7).unwrap())
+        .collect();
+    let drawn = serials.clone();
+    serials.sort();
+    assert_eq!(serials, drawn);
+    // Every base-36 character turns up in the random parts: no residue is favoured away.
+    let mut seen = std::collections::HashSet::new();
+    for s in &drawn {
+        assert_eq!(s.len(), 25);
+        seen.extend(s[9..].bytes());
+    }
+    assert_eq!(seen.len(), 36);
 }
