@@ -65,6 +65,9 @@ pub enum CryptoError {
     /// period that ends before it starts, …).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The system's random generator gave no bytes.
+    #[error("the random generator failed")]
+    Random,
 }
 
 impl From<ErrorStack> for CryptoError {
@@ -73,10 +76,12 @@ impl From<ErrorStack> for CryptoError {
     }
 }
 
-/// Fills an array with bytes from OpenSSL's CSPRNG.
+/// Fills an array with bytes from aws-lc's CSPRNG, the one rustls and the ES256 signatures
+/// draw from. (OpenSSL 3's `RAND_bytes` looks its generator up by name on every call: 5 % of
+/// an issuance's samples for its salts, serial and status index.)
 pub fn random_bytes<const N: usize>() -> Result<[u8; N], CryptoError> {
     let mut out = [0u8; N];
-    openssl::rand::rand_bytes(&mut out)?;
+    aws_lc_rs::rand::fill(&mut out).map_err(|_| CryptoError::Random)?;
     Ok(out)
 }
 

@@ -177,15 +177,13 @@ pub trait SaltSource {
     fn next_salt(&mut self) -> Result<[u8; 16], SdJwtError>;
 }
 
-/// Salts from OpenSSL's CSPRNG; what production uses.
+/// Salts from the system's CSPRNG ([`crate::crypto::random_bytes`]); what production uses.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OsSalts;
 
 impl SaltSource for OsSalts {
     fn next_salt(&mut self) -> Result<[u8; 16], SdJwtError> {
-        let mut salt = [0u8; 16];
-        openssl::rand::rand_bytes(&mut salt).map_err(|e| SdJwtError::Randomness(e.to_string()))?;
-        Ok(salt)
+        crate::crypto::random_bytes().map_err(|e| SdJwtError::Randomness(e.to_string()))
     }
 }
 
