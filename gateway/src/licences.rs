@@ -418,7 +418,8 @@ pub struct IssueBody {
     pub valid_from: Option<i64>,
     /// End of validity (Unix seconds); default now + the type's validity.
     pub valid_until: Option<i64>,
-    /// The issuer's serial (1–32 of 0-9 A-Z); default the next number.
+    /// The issuer's serial (1–32 of 0-9 A-Z); by default one is drawn: the issuance time (9
+    /// base-36 characters of Unix milliseconds) and 16 random characters.
     pub serial: Option<String>,
 }
 

@@ -134,7 +134,8 @@ pub struct IssueRequest {
     pub valid_from: Option<i64>,
     /// End of validity (Unix seconds); default now + the type's validity.
     pub valid_until: Option<i64>,
-    /// The issuer's serial; default the next number.
+    /// The issuer's serial; by default one is drawn (the issuance time and 16 random
+    /// characters).
     pub serial: Option<String>,
 }
 
