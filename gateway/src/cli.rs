@@ -292,7 +292,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             finish(
-                runtime()?,
+                runtime(config.server.batch_scheduling)?,
                 crate::wiring::run_gateway(config, false, |_, _, _| Ok(())),
             )
         }
@@ -746,7 +746,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let mut config = crate::demo::prepare(&dir, listen, ops_listen, now)?;
             let dir = config.path.parent().map(Path::to_path_buf).unwrap_or(dir);
-            finish(runtime()?, async {
+            finish(runtime(config.server.batch_scheduling)?, async {
                 let _sources = crate::demo::start_sources(&mut config, &dir, listen.ip()).await?;
                 crate::wiring::run_gateway(config, true, |gateway, api, ops| {
                     let samples = crate::demo::seed(gateway, &dir, empty_knowledge_base)?;
@@ -974,7 +974,27 @@ fn finish(
     result
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// The async runtime of `serve` and `demo`; with `batch_scheduling`, this thread and every
+/// thread started after it (the runtime's workers and blocking pool, the store's and the access
+/// log's writers) run under `SCHED_BATCH` (`server.batch_scheduling`).
+fn runtime(batch_scheduling: bool) -> anyhow::Result<tokio::runtime::Runtime> {
+    if batch_scheduling {
+        // Lowering one's own policy needs no privilege; where it fails (not Linux, a sandbox
+        // that forbids it), the gateway runs as it would without the setting, and says so.
+        let batch = thread_priority::ThreadSchedulePolicy::Normal(
+            thread_priority::NormalThreadSchedulePolicy::Batch,
+        );
+        if let Err(e) = thread_priority::set_thread_priority_and_policy(
+            thread_priority::thread_native_id(),
+            thread_priority::ThreadPriority::Crossplatform(
+                thread_priority::ThreadPriorityValue::try_from(0u8)
+                    .map_err(|e| anyhow::anyhow!("no thread priority 0: {e}"))?,
+            ),
+            batch,
+        ) {
+            tracing::warn!(error = ?e, "server.batch_scheduling: cannot run under SCHED_BATCH");
+        }
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -309,3 +309,47 @@ async fn curl_gets_413_for_an_oversized_body_over_http2_and_http1() {
         }
     }
 }
+
+/// `server.batch_scheduling` (on by default) runs every thread of the gateway under Linux's
+/// `SCHED_BATCH`; turned off, the threads keep the default policy. Read from `/proc`, as
+/// `chrt -p` reads it.
+#[test]
+fn the_gateways_threads_run_under_sched_batch_unless_the_setting_is_off() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    for (extra, policy) in [("", SCHED_BATCH), ("batch_scheduling = false", SCHED_OTHER)] {
+        let pki = TestPki::new();
+        let config = write_config(&pki, extra, &standard_departments());
+        let served = Served::start(&config);
+        let threads = thread_policies(served.pid());
+        served.stop();
+        // The main thread, the runtime's workers, the licence and access-log writers, …
+        assert!(threads.len() >= 4, "{threads:?}");
+        assert!(
+            threads.iter().all(|(_, p)| *p == policy),
+            "`{extra}`: {threads:?}"
+        );
+    }
+}
+
+/// Each thread of `pid` with its scheduling policy (field 41 of `/proc/PID/task/TID/stat`).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue; // a thread that ended meanwhile
+        };
+        // The name (field 2) is in parentheses and may hold spaces: count after the last `)`,
+        // where field 3 begins.
+        let (head, tail) = stat.rsplit_once(')').unwrap();
+        let name = head.split_once('(').unwrap().1.to_owned();
+        let policy = tail
+            .split_whitespace()
+            .nth(41 - 3)
+            .unwrap()
+            .parse()
+            .unwrap();
+        out.push((name, policy));
+    }
+    out
+}
