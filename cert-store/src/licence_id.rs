@@ -13,7 +13,8 @@ use crate::id::{IdError, Uscc};
 /// The fixed arc every licence identifier starts with.
 pub const LICENCE_ID_PREFIX: &str = "1.2.156.3005.2.";
 
-const ALPHABET: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+/// The characters of a serial, in the order of their value (ISO/IEC 7064 MOD 37,36).
+pub(crate) const ALPHABET: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
 /// Why a licence identifier or type code was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

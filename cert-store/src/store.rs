@@ -461,9 +461,9 @@ const SEAL_COLUMNS: &str = "id, owner, seal_type, name, alg, certificate_pem, en
 const LICENCE_COLUMNS: &str = "id, type_code, issuer, holder, seal_id, sd_jwt, fields, status, \
     status_reason, status_list, status_index, issued_at, not_before, expires_at, replaces, \
     replaced_by, header_sha256";
-/// The licence columns a read selects, in [`LICENCE_COLUMNS`]' order, the SD-JWT put back
-/// together from its header in `jws_headers` and the rest in the row (whole in a row without
-/// a header). Both back ends read with it.
+/// The licence columns a read selects: the first sixteen of [`LICENCE_COLUMNS`], in its order,
+/// with the SD-JWT put back together from its header in `jws_headers` and the rest in the row
+/// (whole in a row without a header). Both back ends read with it.
 pub(crate) const LICENCE_SELECT: &str = "id, type_code, issuer, holder, seal_id, \
     COALESCE((SELECT h.header FROM jws_headers h WHERE h.sha256 = licences.header_sha256) \
     || '.' || licences.sd_jwt, licences.sd_jwt), fields, status, status_reason, status_list, \

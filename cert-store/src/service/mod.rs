@@ -666,7 +666,7 @@ fn drawn_serial() -> Result<String, ServiceError> {
 }
 
 fn drawn_serial_at(millis: u128) -> Result<String, ServiceError> {
-    const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    use crate::licence_id::ALPHABET as DIGITS;
     let mut out = String::with_capacity(SERIAL_TIME_CHARS + SERIAL_CHARS);
     let mut time = [b'0'; SERIAL_TIME_CHARS];
     let mut left = millis;
