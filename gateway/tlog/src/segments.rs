@@ -184,6 +184,12 @@ fn zero_fill(file: &File, zeroed: u64, needed: u64, to: u64) -> std::io::Result<
     Ok(to)
 }
 
+/// Level `level`'s bit in [`SegmentLog`]'s set of node files to sync (levels past 63 do not
+/// occur: a tree of 2^64 leaves).
+fn level_bit(level: u32) -> u64 {
+    1u64.checked_shl(level).unwrap_or(0)
+}
+
 /// A batch's bytes compressed with DEFLATE by the writer's one compressor (what
 /// [`DeflateDecoder`] reads back).
 fn compress(c: &mut flate2::Compress, raw: &[u8]) -> Result<Vec<u8>, LogError> {
@@ -258,6 +264,9 @@ pub struct SegmentLog {
     dir: SegmentDir,
     files: BTreeMap<usize, File>,
     levels: Vec<Option<File>>,
+    /// The levels whose node files this handle changed since it last synced them (bit `l`
+    /// for level `l`): a checkpoint syncs those and no others.
+    unsynced_levels: u64,
     /// The last frame read.
     cached: Option<DecodedFrame>,
     writer: Option<WriterState>,
@@ -466,6 +475,7 @@ impl SegmentLog {
             dir,
             files: BTreeMap::new(),
             levels: Vec::new(),
+            unsynced_levels: 0,
             cached: None,
             writer: None,
             index: None,
@@ -717,7 +727,7 @@ impl SegmentLog {
             self.levels.resize_with(l + 1, || None);
         }
         if self.levels[l].is_none() {
-            let path = self.dir.dir.join("nodes").join(format!("{level}.bin"));
+            let path = self.level_path(level);
             let file = if create {
                 Some(
                     OpenOptions::new()
@@ -796,6 +806,7 @@ impl SegmentLog {
                 .ok_or_else(|| LogError::Store("no node file".into()))?;
             file.write_all_at(&run, first * 32)
                 .map_err(io("cannot write a subtree hash"))?;
+            self.unsynced_levels |= level_bit(level);
         }
         Ok(())
     }
@@ -816,10 +827,18 @@ impl SegmentLog {
             };
             keep = keep.min(have << level);
         }
+        // Every node file there is is cut to what is kept (one a cut-off tail reached past the
+        // tree's height too); none is made for a level the tree has not reached.
         for level in 0..64u32 {
+            let exists = self.levels.get(level as usize).is_some_and(Option::is_some)
+                || self.level_path(level).exists();
+            if !exists {
+                continue;
+            }
             if let Some(f) = self.level_file(level, true)? {
                 f.set_len((keep >> level) * 32)
                     .map_err(io("cannot repair a node file"))?;
+                self.unsynced_levels |= level_bit(level);
             }
         }
         self.recompute(keep, &mut |_, _, _| Ok(()))
@@ -878,11 +897,59 @@ impl SegmentLog {
         }
     }
 
+    /// Makes the node files this handle changed durable. Only those: each sync is a flush of
+    /// the disk's cache, and a checkpoint that synced every level's file (64 of them) held
+    /// the writer, and every request waiting for it, for 64 flushes a second. They are synced
+    /// side by side, each from a thread of its own, so that their flushes overlap.
     fn sync_nodes(&mut self) -> Result<(), LogError> {
-        for file in self.levels.iter().flatten() {
-            file.sync_data().map_err(io("cannot sync a node file"))?;
+        let unsynced = self.unsynced_levels;
+        let files: Vec<(u64, &File)> = self
+            .levels
+            .iter()
+            .enumerate()
+            .filter_map(|(level, file)| {
+                let bit = level_bit(level as u32);
+                file.as_ref()
+                    .filter(|_| unsynced & bit != 0)
+                    .map(|f| (bit, f))
+            })
+            .collect();
+        let (synced, failed) = std::thread::scope(|scope| {
+            let syncs: Vec<_> = files
+                .iter()
+                .map(|&(bit, file)| {
+                    let sync = std::thread::Builder::new()
+                        .name("access-log-nodes".into())
+                        .spawn_scoped(scope, move || file.sync_data());
+                    // No thread to be had: this one syncs the file.
+                    (bit, sync.map_err(|_| file.sync_data()))
+                })
+                .collect();
+            let mut synced = 0u64;
+            let mut failed = None;
+            for (bit, sync) in syncs {
+                let result = match sync {
+                    Ok(thread) => thread
+                        .join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("the sync panicked"))),
+                    Err(inline) => inline,
+                };
+                match result {
+                    Ok(()) => synced |= bit,
+                    Err(e) => failed = Some(e),
+                }
+            }
+            (synced, failed)
+        });
+        self.unsynced_levels &= !synced;
+        match failed {
+            Some(e) => Err(io("cannot sync a node file")(e)),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    fn level_path(&self, level: u32) -> PathBuf {
+        self.dir.dir.join("nodes").join(format!("{level}.bin"))
     }
 
     fn checkpoint_path(&self) -> PathBuf {
@@ -2002,6 +2069,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn node_files_exist_for_the_levels_the_tree_has_and_only_changed_ones_are_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let key = key();
+        let levels = || {
+            let mut names: Vec<String> = std::fs::read_dir(path.join("nodes"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        for round in 0..2 {
+            // Started again on the same files: the restart repairs the nodes without making a
+            // file for every possible level.
+            let log = open_at(&path, &key);
+            fill(&log, round * 5, 5).await;
+            while log.covered() < (round + 1) * 5 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        // 10 leaves: levels 0 to 3.
+        assert_eq!(levels(), ["0.bin", "1.bin", "2.bin", "3.bin"]);
+        let mut db = SegmentLog::open_writer(&SegmentDir::new(&path), 0).unwrap();
+        db.sync_nodes().unwrap();
+        assert_eq!(db.unsynced_levels, 0);
+        let mut frontier = Frontier::new();
+        let mut batch: Vec<Leaf> = (10..13).map(leaf).collect();
+        let mut refs: Vec<&mut Leaf> = batch.iter_mut().collect();
+        db.append(&mut refs, &mut frontier).unwrap();
+        // Leaves 10 to 12 write level-0 nodes, and leaf 11 completes 10–11 (level 1) and 8–11
+        // (level 2): three files to sync, not every level's.
+        assert_eq!(db.unsynced_levels, 0b111);
+        db.sync_nodes().unwrap();
+        assert_eq!(db.unsynced_levels, 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
