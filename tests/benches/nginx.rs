@@ -18,10 +18,11 @@
 //! after another, `REQUESTS` requests per round; rounds alternate sides and the best round of
 //! each is reported, then (a second table) certgate ÷ nginx within each round of the GET,
 //! whoami and handshakes, with their median and lowest: on a noisy host the two sides' best
-//! rounds can come from different moments, a round's two sides do not. certgate does everything a department meets: identity from the
-//! certificate, the department table, the purpose, the access rule, selective disclosure of
-//! the stored credential (or the full verification), JSON, and the access-log leaf committed
-//! (`synchronous=FULL`) before the response leaves.
+//! rounds can come from different moments, a round's two sides do not. certgate does
+//! everything a department meets: identity from the certificate, the department table, the
+//! purpose, the access rule, selective disclosure of the stored credential (or the full
+//! verification), JSON, and the access-log leaf committed (`synchronous=FULL`) before the
+//! response leaves.
 //!
 //! Pinning: on a machine with two cores or more, each server runs on CPU 0 (nginx with one
 //! worker) and the load generator should run on another (`taskset -c 1 cargo bench …`, as
