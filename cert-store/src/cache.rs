@@ -230,11 +230,12 @@ impl Store for CachedStore {
         &self,
         holder: &str,
         type_code: &str,
+        issuer: Option<&Uscc>,
         after: Option<&HolderOrder>,
         limit: u32,
     ) -> Result<Vec<LicenceRecord>> {
         self.inner
-            .licences_by_holder(holder, type_code, after, limit)
+            .licences_by_holder(holder, type_code, issuer, after, limit)
     }
 
     fn set_status(

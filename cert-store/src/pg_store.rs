@@ -424,9 +424,11 @@ impl Store for PgStore {
         &self,
         holder: &str,
         type_code: &str,
+        issuer: Option<&Uscc>,
         after: Option<&HolderOrder>,
         limit: u32,
     ) -> Result<Vec<LicenceRecord>> {
+        let issuer = issuer.map(Uscc::as_str);
         if holder.contains('\0')
             || type_code.contains('\0')
             || after.is_some_and(|a| a.id.contains('\0'))
@@ -450,6 +452,7 @@ impl Store for PgStore {
                         "SELECT {LICENCE_SELECT} FROM licences
                          WHERE holder = $1 AND type_code = $2 AND status = $3
                          AND (issued_at, id) < ($4, $5)
+                         AND ($7::text IS NULL OR issuer = $7)
                          ORDER BY issued_at DESC, id DESC LIMIT $6"
                     ),
                     &[
@@ -459,6 +462,7 @@ impl Store for PgStore {
                         &t,
                         &id,
                         &(left as i64),
+                        &issuer,
                     ],
                 )? {
                     out.push(licence_row(&row)?);

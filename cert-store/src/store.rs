@@ -154,10 +154,12 @@ pub trait Store: Send + Sync {
     fn licence(&self, id: &str) -> Result<Option<LicenceRecord>>;
     /// Up to `limit` licences of a holder and type after `after`, in [`HolderOrder`]: valid
     /// ones first, then suspended, then revoked, each newest first.
+    /// Only `issuer`'s licences when one is named.
     fn licences_by_holder(
         &self,
         holder: &str,
         type_code: &str,
+        issuer: Option<&Uscc>,
         after: Option<&HolderOrder>,
         limit: u32,
     ) -> Result<Vec<LicenceRecord>>;
@@ -835,14 +837,17 @@ impl Store for SqliteStore {
         &self,
         holder: &str,
         type_code: &str,
+        issuer: Option<&Uscc>,
         after: Option<&HolderOrder>,
         limit: u32,
     ) -> Result<Vec<LicenceRecord>> {
+        let issuer = issuer.map(Uscc::as_str);
         self.with(|c| {
             let mut out = Vec::new();
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {LICENCE_SELECT} FROM licences
                  WHERE holder = ?1 AND type_code = ?2 AND status = ?3 AND (issued_at, id) < (?4, ?5)
+                 AND (?7 IS NULL OR issuer = ?7)
                  ORDER BY issued_at DESC, id DESC LIMIT ?6"
             ))?;
             for (rank, status) in HOLDER_ORDER.iter().enumerate() {
@@ -856,7 +861,15 @@ impl Store for SqliteStore {
                     break;
                 }
                 let rows = stmt.query_map(
-                    params![holder, type_code, status.as_str(), t, id, left as i64],
+                    params![
+                        holder,
+                        type_code,
+                        status.as_str(),
+                        t,
+                        id,
+                        left as i64,
+                        issuer
+                    ],
                     licence_row,
                 )?;
                 for row in rows {
@@ -1198,7 +1211,7 @@ pub(crate) mod tests {
             vec![(7, LicenceStatus::Suspended)]
         );
         assert_eq!(
-            s.licences_by_holder("91110108551385082Q", T, None, 10)
+            s.licences_by_holder("91110108551385082Q", T, None, None, 10)
                 .unwrap()
                 .len(),
             1
@@ -1240,7 +1253,7 @@ pub(crate) mod tests {
         let mut after: Option<HolderOrder> = None;
         loop {
             let page = s
-                .licences_by_holder("91110108551385082Q", T, after.as_ref(), 2)
+                .licences_by_holder("91110108551385082Q", T, None, after.as_ref(), 2)
                 .unwrap();
             assert!(page.len() <= 2);
             let Some(last) = page.last() else { break };
@@ -1248,6 +1261,27 @@ pub(crate) mod tests {
             seen.extend(page.iter().map(|l| l.id.serial().to_owned()));
         }
         assert_eq!(seen, ["L6", "L5", "L3", "L0", "L4", "L1", "L2"]);
+
+        // Another issuer's licence of the type: listed with no issuer named, and only when its
+        // own issuer is named.
+        let other: Uscc = "91110108551385082Q".parse().unwrap();
+        let mut theirs = licence("L9", 9);
+        theirs.id = LicenceId::new(&T.parse().unwrap(), &other, "L9", 1).unwrap();
+        theirs.issuer = other.clone();
+        s.insert_licence(&theirs, None).unwrap();
+        let page = |issuer: Option<&Uscc>| -> Vec<String> {
+            s.licences_by_holder("91110108551385082Q", T, issuer, None, 100)
+                .unwrap()
+                .iter()
+                .map(|l| l.id.serial().to_owned())
+                .collect()
+        };
+        assert_eq!(page(None).len(), 8);
+        assert_eq!(page(Some(&other)), ["L9"]);
+        assert_eq!(
+            page(Some(&MARKET.parse().unwrap())),
+            ["L6", "L5", "L3", "L0", "L4", "L1", "L2"]
+        );
     }
 
     fn a_second_licence_of_a_type_held_once_is_refused_naming_the_first(s: &dyn Store) {
@@ -1342,7 +1376,7 @@ pub(crate) mod tests {
         assert!(s.consent("c\0").unwrap().is_none());
         assert!(s.secret("k\0").unwrap().is_none());
         assert!(
-            s.licences_by_holder("h\0", "t", None, 10)
+            s.licences_by_holder("h\0", "t", None, None, 10)
                 .unwrap()
                 .is_empty()
         );
@@ -1374,7 +1408,7 @@ pub(crate) mod tests {
             assert_eq!(&l.sd_jwt, sd_jwt);
         }
         let page = s
-            .licences_by_holder("91110108551385082Q", T, None, 10)
+            .licences_by_holder("91110108551385082Q", T, None, None, 10)
             .unwrap();
         let mut read: Vec<String> = page.into_iter().map(|l| l.sd_jwt).collect();
         read.sort();

@@ -455,6 +455,7 @@ impl Gateway {
                     &holder,
                     &licence_type,
                     None,
+                    None,
                     cert_store::service::MAX_HOLDER_PAGE,
                 )
             })

@@ -225,16 +225,21 @@ impl From<cert_store::service::ServiceError> for ApiError {
     }
 }
 
-impl From<&Refusal> for ApiError {
+impl From<&Refusal> for Code {
     fn from(r: &Refusal) -> Self {
-        let code = match r {
+        match r {
             Refusal::NoCertificate => Code::NoCertificate,
             Refusal::MalformedIdentity(_) => Code::MalformedIdentity,
             Refusal::UnknownDepartment(_) => Code::UnknownDepartment,
             Refusal::DepartmentDisabled(_) => Code::DepartmentDisabled,
             Refusal::Revoked => Code::CertificateRevoked,
-        };
-        Self::new(code, r.to_string())
+        }
+    }
+}
+
+impl From<&Refusal> for ApiError {
+    fn from(r: &Refusal) -> Self {
+        Self::new(Code::from(r), r.to_string())
     }
 }
 

@@ -27,6 +27,19 @@ pub struct ConnectionContext {
     pub resumed: bool,
     /// The peer's socket address as the log records it, written once for the connection.
     pub peer: String,
+    /// The peer's address, by which refusals are counted.
+    pub source: std::net::IpAddr,
+    /// Woken when the connection is to be closed once the requests in flight on it are
+    /// answered (see [`ConnectionContext::close`]).
+    pub closing: tokio::sync::Notify,
+}
+
+impl ConnectionContext {
+    /// Asks the server to close this connection once the requests in flight on it are
+    /// answered: HTTP/2 sends GOAWAY, HTTP/1.1 ends after the current response.
+    pub fn close(&self) {
+        self.closing.notify_one();
+    }
 }
 
 /// The HTTP version a connection speaks, chosen by ALPN.

@@ -146,7 +146,25 @@ async fn gate_inner(gateway: Arc<Gateway>, mut req: Request, next: Next) -> Resp
         Err((_, named)) => named.clone(),
     };
     let response = match identity {
-        Err((refusal, _)) => refuse(&refusal, facts.ctx.as_deref()),
+        Err((refusal, _)) => {
+            let response = refuse(&refusal, facts.ctx.as_deref());
+            // A caller without a usable department has no budget: its connection closes, and
+            // past the first few of its source in a window its refusals are only counted in
+            // the window's summary.
+            let own_leaf = facts.ctx.as_deref().is_none_or(|ctx| {
+                ctx.close();
+                gateway.preauth.refused_request(
+                    ctx.source,
+                    Code::from(&refusal).as_str(),
+                    crate::state::unix_now_ms(),
+                )
+            });
+            if !own_leaf {
+                record_metrics(&gateway.metrics, &facts, department.as_ref(), &response);
+                return response;
+            }
+            response
+        }
         Ok(caller) => {
             if let Some(refused) = repeated_header(&req) {
                 refused.into_response()
@@ -226,7 +244,7 @@ fn resolve_caller<'a>(
     }
 }
 
-/// The answer to a refused caller; an HTTP/1.1 connection is closed after it.
+/// The answer to a refused caller; the connection is closed after it.
 fn refuse(refusal: &Refusal, ctx: Option<&ConnectionContext>) -> Response {
     tracing::warn!(%refusal, certificate = ?ctx.and_then(|c| c.identity.certificate.as_ref()), "caller refused");
     let mut response = ApiError::from(refusal).into_response();
@@ -561,6 +579,8 @@ mod tests {
             protocol,
             resumed: false,
             peer: "127.0.0.1:4000".into(),
+            source: std::net::Ipv4Addr::LOCALHOST.into(),
+            closing: tokio::sync::Notify::new(),
         }
     }
 

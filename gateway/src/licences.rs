@@ -543,17 +543,9 @@ pub async fn licence(
     let visible = grant
         .fields(&licence_type, q.fields.as_deref())
         .map_err(access_error)?;
-    let record = record?;
-    if grant.needs_consent(&licence_type) {
-        gw.require_consent(
-            &caller,
-            &consent,
-            record.holder.as_str(),
-            &licence_type,
-            &purpose,
-        )
+    let record = gw
+        .consented(&caller, &grant, &licence_type, &consent, &purpose, record)
         .await?;
-    }
     let note = noted(&record);
     let key = ViewKey::new(&record, visible, grant.is_issuer());
     if let Some(body) = gw.views.get(&key) {
@@ -632,19 +624,20 @@ pub async fn licences_by_holder(
         .fields(&licence_type, q.fields.as_deref())
         .map_err(access_error)?;
     if grant.needs_consent(&licence_type) {
-        gw.require_consent(&caller, &consent, &q.holder, &licence_type, &purpose)
+        gw.require_consent(&caller, &consent, Some(&q.holder), &licence_type, &purpose)
             .await?;
     }
+    // The issuer of the type sees its own licences whole, and only those: the store leaves
+    // out the other issuers' so that the page's cursor names none of theirs either.
+    let issuer = grant.is_issuer().then(|| caller.department.clone());
     let (holder, t) = (q.holder.clone(), q.licence_type.clone());
     let page = gw
-        .licences(move |svc, _| svc.licences_by_holder(&holder, &t, after.as_ref(), limit))
+        .licences(move |svc, _| {
+            svc.licences_by_holder(&holder, &t, issuer.as_ref(), after.as_ref(), limit)
+        })
         .await?;
     let mut out = Vec::with_capacity(page.licences.len());
     for record in page.licences {
-        // The issuer of the type sees its own licences whole, another issuer's under rules.
-        if grant.is_issuer() && record.issuer != caller.department {
-            continue;
-        }
         let credential = gw
             .licence_service()
             .verification()
@@ -806,18 +799,10 @@ pub async fn check(
     let record = gw.noted_licence(&id, &slot).await;
     let (grant, licence_type) = decided?;
     let visible = grant.fields(&licence_type, None).map_err(access_error)?;
-    let record = record?;
-    let note = noted(&record);
-    if grant.needs_consent(&licence_type) {
-        gw.require_consent(
-            &caller,
-            &consent,
-            record.holder.as_str(),
-            &licence_type,
-            &purpose,
-        )
+    let record = gw
+        .consented(&caller, &grant, &licence_type, &consent, &purpose, record)
         .await?;
-    }
+    let note = noted(&record);
     if let Some(name) = body.fields.keys().find(|n| !visible.contains(n.as_str())) {
         return Err(ApiError::new(
             Code::NoAccessRule,
@@ -855,6 +840,20 @@ pub async fn check(
     ))
 }
 
+/// Refuses a caller that is not an issuer, or not the issuer the identifier `id` names:
+/// decided before the licence is looked up, so a refusal says nothing about whether it exists.
+fn named_issuer_only(caller: &Caller, id: &str) -> Result<(), ApiError> {
+    require(caller, Role::Issuer)?;
+    let parsed: LicenceId = id.parse().map_err(|e| field_error("id", e))?;
+    if parsed.issuer() != &caller.department {
+        return Err(ApiError::new(
+            Code::LicenceForbidden,
+            "only the licence's issuer may change it",
+        ));
+    }
+    Ok(())
+}
+
 async fn lifecycle(
     gw: Arc<Gateway>,
     caller: Caller,
@@ -863,15 +862,7 @@ async fn lifecycle(
     reason: String,
     action: Lifecycle,
 ) -> Result<(Extension<AccessNote>, Json<LicenceView>), ApiError> {
-    require(&caller, Role::Issuer)?;
-    // Only the issuer the identifier names may change it: decided before looking it up.
-    let parsed: LicenceId = id.parse().map_err(|e| field_error("id", e))?;
-    if parsed.issuer() != &caller.department {
-        return Err(ApiError::new(
-            Code::LicenceForbidden,
-            "only the licence's issuer may change it",
-        ));
-    }
+    named_issuer_only(&caller, &id)?;
     let looked_up = id.clone();
     let before = gw.licences(move |svc, _| svc.licence(&looked_up)).await?;
     slot.record(before.id.as_str(), before.holder.as_str());
@@ -950,11 +941,9 @@ pub async fn renew(
     Extension(slot): Extension<NoteSlot>,
     JsonBody(b): JsonBody<RenewBody>,
 ) -> Result<(StatusCode, Extension<AccessNote>, Json<LicenceView>), ApiError> {
-    require(&caller, Role::Issuer)?;
+    named_issuer_only(&caller, &id)?;
     let looked_up = id.clone();
-    if let Ok(before) = gw.licences(move |svc, _| svc.licence(&looked_up)).await
-        && before.issuer == caller.department
-    {
+    if let Ok(before) = gw.licences(move |svc, _| svc.licence(&looked_up)).await {
         slot.record(before.id.as_str(), before.holder.as_str());
     }
     let record = gw
@@ -1334,13 +1323,40 @@ impl Gateway {
         Ok(record)
     }
 
+    /// The licence a read looked up (`record`), once the holder's consent is checked when the
+    /// caller's grant needs it. Then a licence that does not exist is refused as a consent that
+    /// does not cover it: only a department holding the holder's consent learns whether an
+    /// identifier is in use.
+    async fn consented(
+        &self,
+        caller: &Caller,
+        grant: &Grant,
+        licence_type: &LicenceType,
+        consent: &ConsentHeader,
+        purpose: &Purpose,
+        record: Result<Arc<LicenceRecord>, ApiError>,
+    ) -> Result<Arc<LicenceRecord>, ApiError> {
+        if !grant.needs_consent(licence_type) {
+            return record;
+        }
+        let holder = match &record {
+            Ok(r) => Some(r.holder.as_str()),
+            Err(e) if e.code == Code::LicenceNotFound => None,
+            Err(e) => return Err(e.clone()),
+        };
+        self.require_consent(caller, consent, holder, licence_type, purpose)
+            .await?;
+        record
+    }
+
     /// Refuses unless `consent` is a live consent of `holder` for the caller to read
-    /// `licence_type`, given for the matter stated in `purpose`.
+    /// `licence_type`, given for the matter stated in `purpose`. With no holder (no licence
+    /// has the identifier asked for) it is refused as another holder's consent is.
     async fn require_consent(
         &self,
         caller: &Caller,
         consent: &ConsentHeader,
-        holder: &str,
+        holder: Option<&str>,
         licence_type: &LicenceType,
         purpose: &Purpose,
     ) -> Result<(), ApiError> {
@@ -1354,14 +1370,14 @@ impl Gateway {
             )
         })?;
         let (holder, department, t) = (
-            holder.to_owned(),
+            holder.map(str::to_owned),
             caller.department.clone(),
             licence_type.code.to_string(),
         );
         let consent = self
             .licences(move |svc, now| {
                 svc.holders()
-                    .check_consent(&token, &holder, &department, &t, now)
+                    .check_consent_for(&token, holder.as_deref(), &department, &t, now)
             })
             .await?;
         // The holder consented for one matter; the stated purpose must be that matter.

@@ -407,7 +407,9 @@ pub async fn eligible_enterprises(
     Path(id): Path<String>,
     QueryParams(q): QueryParams<PageQuery>,
 ) -> Result<Response, ApiError> {
-    if !(caller.has(Role::PolicyPush) || caller.has(Role::Admin) || caller.has(Role::Consumer)) {
+    // A bulk list of enterprises is the policy-push service's: a department that handles a
+    // matter asks about its own enterprise (match, explain), not for the register.
+    if !(caller.has(Role::PolicyPush) || caller.has(Role::Admin)) {
         return Err(ApiError::missing_role(Role::PolicyPush));
     }
     let limit = q.limit.unwrap_or(1000);

@@ -2,7 +2,10 @@
 //! TLS handshake is nobody yet: it may not hold more than its share of connection slots, and
 //! its refusal is recorded in the permanent access log only as part of a summary — per source
 //! address and window, with a cap on the sources summarised one by one — so that a flood of
-//! garbage connections costs a few leaves, not one each.
+//! garbage connections costs a few leaves, not one each. A request refused after the handshake
+//! because its certificate names no usable department (unknown, disabled, revoked since, no
+//! department at all) has no budget either: the first few of a source in a window are leaves
+//! of their own, with the certificate, and the rest are counted in the same summary.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -46,10 +49,30 @@ impl Summary {
     }
 }
 
+/// Requests of one source refused after the handshake that are written as leaves of their
+/// own in a window; the rest of the window's are counted in the source's summary.
+pub const DETAILED_REFUSALS_PER_SOURCE: u32 = 8;
+
 #[derive(Debug, Default)]
 struct Window {
     sources: HashMap<IpAddr, Summary>,
     others: Option<Summary>,
+    /// Refused requests written as leaves of their own, per source.
+    detailed: HashMap<IpAddr, u32>,
+}
+
+impl Window {
+    /// Counts one refusal in `source`'s summary, or in the overflow's past the cap.
+    fn count(&mut self, max_sources: usize, source: IpAddr, reason: &'static str, at_ms: i64) {
+        let summary = if self.sources.contains_key(&source) || self.sources.len() < max_sources {
+            self.sources
+                .entry(source)
+                .or_insert_with(|| Summary::new(at_ms))
+        } else {
+            self.others.get_or_insert_with(|| Summary::new(at_ms))
+        };
+        summary.add(reason, at_ms);
+    }
 }
 
 /// A connection counted against its source's pending handshakes until dropped.
@@ -110,17 +133,24 @@ impl PreAuth {
     /// Records one refused handshake (or connection closed before one) from `source`.
     pub fn refused(&self, source: IpAddr, reason: &'static str, at_ms: i64) {
         let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        let window = &mut *window;
-        let summary =
-            if window.sources.contains_key(&source) || window.sources.len() < self.max_sources {
-                window
-                    .sources
-                    .entry(source)
-                    .or_insert_with(|| Summary::new(at_ms))
-            } else {
-                window.others.get_or_insert_with(|| Summary::new(at_ms))
-            };
-        summary.add(reason, at_ms);
+        window.count(self.max_sources, source, reason, at_ms);
+    }
+
+    /// Records one request from `source` refused after the handshake (`reason`: its error
+    /// code). True when it is to be written as a leaf of its own: the first
+    /// [`DETAILED_REFUSALS_PER_SOURCE`] of the source in this window, while fewer than the cap
+    /// of sources have had any. Otherwise it is counted in the source's summary, and false.
+    pub fn refused_request(&self, source: IpAddr, reason: &'static str, at_ms: i64) -> bool {
+        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if window.detailed.contains_key(&source) || window.detailed.len() < self.max_sources {
+            let written = window.detailed.entry(source).or_default();
+            if *written < DETAILED_REFUSALS_PER_SOURCE {
+                *written += 1;
+                return true;
+            }
+        }
+        window.count(self.max_sources, source, reason, at_ms);
+        false
     }
 
     /// Closes the window: one summary leaf per source (in address order), then one for the
@@ -185,5 +215,29 @@ mod tests {
             pre.take_summaries().is_empty(),
             "a window is summarised once"
         );
+    }
+
+    #[test]
+    fn refused_requests_are_leaves_of_their_own_only_the_first_few_of_a_source_a_window() {
+        let pre = PreAuth::new(2, 2);
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let written = (0..100)
+            .filter(|i| pre.refused_request(a, "unknown", 1000 + i))
+            .count();
+        assert_eq!(written, DETAILED_REFUSALS_PER_SOURCE as usize);
+        // Two sources have had leaves: a third is only counted.
+        assert!(pre.refused_request("127.0.0.3".parse().unwrap(), "disabled", 2000));
+        assert!(!pre.refused_request("127.0.0.4".parse().unwrap(), "disabled", 2001));
+        let leaves = pre.take_summaries();
+        assert_eq!(leaves.len(), 2, "{leaves:?}");
+        assert_eq!(leaves[0].peer.as_deref(), Some("127.0.0.2"));
+        assert_eq!(
+            leaves[0].count,
+            Some(100 - u64::from(DETAILED_REFUSALS_PER_SOURCE))
+        );
+        assert_eq!(leaves[0].code.as_deref(), Some("unknown:92"));
+        assert_eq!(leaves[1].peer.as_deref(), Some("127.0.0.4"));
+        // A new window writes the first few again.
+        assert!(pre.refused_request(a, "unknown", 70_000));
     }
 }

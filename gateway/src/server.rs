@@ -14,7 +14,6 @@ use http::{StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::HandshakeKind;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -37,7 +36,9 @@ pub async fn serve(
     let daily = tokio::spawn(crate::matching::rematch_daily(Arc::downgrade(&gateway)));
     let summaries = tokio::spawn(summarise_refusals(Arc::downgrade(&gateway)));
     let limit = gateway.connection_slots.clone();
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a receiver: `true` asks it to finish what is in flight and close,
+    // and the sender sees all closed when the last connection ends.
+    let (drain, draining) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -73,9 +74,9 @@ pub async fn serve(
         };
         let gateway = gateway.clone();
         let router = router.clone();
-        let watcher = graceful.watcher();
+        let draining = draining.clone();
         tokio::spawn(async move {
-            serve_connection(&gateway, router, tcp, peer, watcher, pending).await;
+            serve_connection(&gateway, router, tcp, peer, draining, pending).await;
             drop(permit);
         });
     }
@@ -85,8 +86,11 @@ pub async fn serve(
     append_summaries(&gateway);
     gateway.begin_shutdown();
     tracing::info!("shutting down: no new connections; waiting for in-flight requests");
+    drop(draining);
+    // No connection left means no receiver: nothing to tell then.
+    let _ = drain.send(true);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = drain.closed() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(gateway.settings.shutdown_grace) => {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
@@ -98,7 +102,7 @@ async fn serve_connection(
     router: Router,
     tcp: TcpStream,
     peer: SocketAddr,
-    watcher: Watcher,
+    mut draining: watch::Receiver<bool>,
     pending: crate::preauth::Pending,
 ) {
     let _ = tcp.set_nodelay(true);
@@ -142,6 +146,8 @@ async fn serve_connection(
         protocol: if h2 { Protocol::Http2 } else { Protocol::Http1 },
         resumed: session.handshake_kind() == Some(HandshakeKind::Resumed),
         peer: peer.to_string(),
+        source: peer.ip(),
+        closing: tokio::sync::Notify::new(),
     });
     drop(live);
 
@@ -170,7 +176,20 @@ async fn serve_connection(
         builder.http1_only()
     };
     let connection = builder.serve_connection(TokioIo::new(tls), service);
-    if let Err(e) = watcher.watch(connection.into_owned()).await {
+    tokio::pin!(connection);
+    // Served until the peer leaves, or until the gateway drains or a request's refusal closes
+    // the connection: then what is in flight is answered and the connection ends.
+    let mut closing = false;
+    let ended = loop {
+        tokio::select! {
+            ended = connection.as_mut() => break ended,
+            () = close_asked(&mut draining, &conn_ctx), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
         // A request head hyper refused never reached the router: its answer (400, 414 or
         // 431) went out from hyper, and its leaf is written here.
@@ -181,6 +200,14 @@ async fn serve_connection(
         }
     }
     gateway.metrics.open_connections.dec();
+}
+
+/// Completes when the gateway drains (or has stopped) or the connection was asked to close.
+async fn close_asked(draining: &mut watch::Receiver<bool>, ctx: &ConnectionContext) {
+    tokio::select! {
+        _ = draining.wait_for(|d| *d) => {}
+        () = ctx.closing.notified() => {}
+    }
 }
 
 /// The largest request head (HTTP/1: the request line and headers; HTTP/2: the decoded

@@ -27,12 +27,16 @@ impl Holders<'_> {
         if types.is_empty() {
             return Err(invalid("licence_types", "name at least one licence type"));
         }
-        for t in types {
+        for (i, t) in types.iter().enumerate() {
             if !self.svc.types.contains_key(t) {
                 return Err(invalid(
                     "licence_types",
                     format!("unknown licence type `{t}`"),
                 ));
+            }
+            // Each known type once: the list is bounded by the type table.
+            if types[..i].contains(t) {
+                return Err(invalid("licence_types", format!("`{t}` is named twice")));
             }
         }
         let purpose = crate::text::plain(purpose, 200).map_err(|e| invalid("purpose", e))?;
@@ -97,6 +101,20 @@ impl Holders<'_> {
         type_code: &str,
         now: i64,
     ) -> Result<ConsentRecord, ServiceError> {
+        self.check_consent_for(token, Some(holder), department, type_code, now)
+    }
+
+    /// [`Holders::check_consent`], where `holder` is `None` when no licence has the
+    /// identifier the department asked for: every check is made up to the holder's, which then
+    /// fails as for another holder's licence, so the answer does not tell whether it exists.
+    pub fn check_consent_for(
+        &self,
+        token: &str,
+        holder: Option<&str>,
+        department: &Uscc,
+        type_code: &str,
+        now: i64,
+    ) -> Result<ConsentRecord, ServiceError> {
         let refused = |why: &str| ServiceError::Forbidden(format!("consent token refused: {why}"));
         let claims = self
             .svc
@@ -116,7 +134,10 @@ impl Holders<'_> {
             .store
             .consent(id)?
             .ok_or_else(|| refused("unknown consent"))?;
-        let holder: HolderId = holder.parse().map_err(|e| invalid("holder", e))?;
+        let holder: Option<HolderId> = holder
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| invalid("holder", e))?;
         if consent.revoked_at.is_some() {
             return Err(ServiceError::Forbidden(
                 "the holder revoked this consent".into(),
@@ -130,7 +151,7 @@ impl Holders<'_> {
                 "the consent was given to another department".into(),
             ));
         }
-        if consent.holder != holder.as_str() {
+        if holder.as_ref().is_none_or(|h| consent.holder != h.as_str()) {
             return Err(ServiceError::Forbidden(
                 "the consent was given by another holder".into(),
             ));

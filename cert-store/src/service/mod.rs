@@ -479,13 +479,14 @@ impl LicenceService {
             .ok_or_else(|| ServiceError::NotFound(format!("licence {id}")))
     }
 
-    /// A page of the licences of a holder and type: up to `limit` (at most
-    /// [`MAX_HOLDER_PAGE`]) after `after`, valid ones first, then suspended, then revoked,
-    /// each newest first.
+    /// A page of the licences of a holder and type (only `issuer`'s when one is named): up to
+    /// `limit` (at most [`MAX_HOLDER_PAGE`]) after `after`, valid ones first, then suspended,
+    /// then revoked, each newest first.
     pub fn licences_by_holder(
         &self,
         holder: &str,
         type_code: &str,
+        issuer: Option<&Uscc>,
         after: Option<&crate::store::HolderOrder>,
         limit: u32,
     ) -> Result<HolderPage, ServiceError> {
@@ -499,7 +500,7 @@ impl LicenceService {
         let limit = limit.clamp(1, MAX_HOLDER_PAGE);
         let mut licences =
             self.store
-                .licences_by_holder(holder.as_str(), type_code, after, limit + 1)?;
+                .licences_by_holder(holder.as_str(), type_code, issuer, after, limit + 1)?;
         let more = licences.len() > limit as usize;
         licences.truncate(limit as usize);
         let next = more

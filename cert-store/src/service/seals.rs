@@ -84,7 +84,14 @@ impl Seals<'_> {
                             .into(),
                     ));
                 }
-                self.registered_name(id, now)?
+                let (name, registrar) = self.registration(id, now)?;
+                if &registrar != made_by {
+                    return Err(ServiceError::Forbidden(
+                        "only the enterprise's own registrar (the issuer of its business licence) makes its seals"
+                            .into(),
+                    ));
+                }
+                name
             }
         };
         let expected = format!("{owner_name}{seal_type}");
@@ -158,9 +165,14 @@ impl Seals<'_> {
             .any(|t| t.business_licence && t.issuers.contains(department))
     }
 
-    /// The name a market entity is registered under: the holder name of its business licence
-    /// valid at `now` (the type marked `business_licence`).
-    pub fn registered_name(&self, enterprise: &Uscc, now: i64) -> Result<String, ServiceError> {
+    /// The name a market entity is registered under and who registered it: the holder name
+    /// and the issuer of its business licence valid at `now` (the type marked
+    /// `business_licence`).
+    pub fn registration(
+        &self,
+        enterprise: &Uscc,
+        now: i64,
+    ) -> Result<(String, Uscc), ServiceError> {
         if !enterprise.is_market_entity() {
             return Err(invalid(
                 "holder",
@@ -176,21 +188,41 @@ impl Seals<'_> {
                     "no licence type is marked business_licence: enterprises' seals take their name from it".into(),
                 )
             })?;
-        let page = self.svc.store.licences_by_holder(
-            enterprise.as_str(),
-            licence_type.code.as_str(),
-            None,
-            MAX_HOLDER_PAGE,
-        )?;
+        let page = self.business_licences(enterprise)?;
         page.iter()
             .find(|l| l.status == LicenceStatus::Valid && l.not_before <= now && now < l.expires_at)
-            .and_then(|l| disclosed_value(&l.sd_jwt, "holder_name"))
+            .and_then(|l| Some((disclosed_value(&l.sd_jwt, "holder_name")?, l.issuer.clone())))
             .ok_or_else(|| {
                 ServiceError::Conflict(format!(
                     "{enterprise} holds no valid {} in the register: its seals are made after it is registered",
                     licence_type.name
                 ))
             })
+    }
+
+    /// The department that registered a market entity, as the register last shows it: the
+    /// issuer of its valid business licence, else of its newest one (suspended or revoked —
+    /// the registrar still answers for the seals of an enterprise it struck off).
+    pub fn registrar_of_record(&self, enterprise: &Uscc) -> Result<Option<Uscc>, ServiceError> {
+        Ok(self
+            .business_licences(enterprise)?
+            .first()
+            .map(|l| l.issuer.clone()))
+    }
+
+    /// A market entity's business licences: valid ones first, then suspended, then revoked,
+    /// each newest first (at most [`MAX_HOLDER_PAGE`]).
+    fn business_licences(&self, enterprise: &Uscc) -> Result<Vec<LicenceRecord>, ServiceError> {
+        let Some(licence_type) = self.svc.types.values().find(|t| t.business_licence) else {
+            return Ok(Vec::new());
+        };
+        Ok(self.svc.store.licences_by_holder(
+            enterprise.as_str(),
+            licence_type.code.as_str(),
+            None,
+            None,
+            MAX_HOLDER_PAGE,
+        )?)
     }
 
     /// Up to `limit` (at most [`MAX_SEAL_PAGE`]) seals of `owner`, newest first, after the
@@ -228,8 +260,9 @@ impl Seals<'_> {
             .ok_or_else(|| ServiceError::NotFound(format!("seal {id}")))
     }
 
-    /// Revokes one of `by`'s seals, or, when `by` is the registrar, an enterprise's seal.
-    /// Licences and documents it signed fail verification from `now` on.
+    /// Revokes one of `by`'s seals, or, when `by` registered the enterprise (see
+    /// [`Seals::registrar_of_record`]), an enterprise's seal. Licences and documents it signed
+    /// fail verification from `now` on.
     pub fn revoke_seal(
         &self,
         id: &str,
@@ -238,10 +271,13 @@ impl Seals<'_> {
         now: i64,
     ) -> Result<SealRecord, ServiceError> {
         let seal = self.seal(id)?;
-        let registrar = seal.owner.is_market_entity() && self.is_registrar(by);
-        if &seal.owner != by && !registrar {
+        let allowed = &seal.owner == by
+            || (seal.owner.is_market_entity()
+                && self.is_registrar(by)
+                && self.registrar_of_record(&seal.owner)?.as_ref() == Some(by));
+        if !allowed {
             return Err(ServiceError::Forbidden(
-                "only the seal's owner (or, for an enterprise's seal, the registrar) may revoke it"
+                "only the seal's owner (or, for an enterprise's seal, the department that registered the enterprise) may revoke it"
                     .into(),
             ));
         }

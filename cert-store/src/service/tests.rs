@@ -70,11 +70,17 @@ fn types() -> Vec<LicenceType> {
 /// The fixture on this module's backend; `None` when the backend is not available here.
 #[track_caller]
 fn fixture() -> Option<Fixture> {
+    fixture_with(types())
+}
+
+/// The fixture with other licence types.
+#[track_caller]
+fn fixture_with(types: Vec<LicenceType>) -> Option<Fixture> {
     let (store, schema) = backend(std::panic::Location::caller().to_string().as_str())?;
     let svc = LicenceService::open(
         store,
         Kek::generate().unwrap(),
-        types(),
+        types,
         STATUS_BASE,
         NOW,
         crate::cache::DEFAULT_CACHE_BYTES,
@@ -989,6 +995,29 @@ fn consent_ttl_must_be_between_one_second_and_a_day() {
     );
 }
 
+#[test]
+fn a_consent_names_each_licence_type_once() {
+    let Some(f) = fixture() else { return };
+    // 40,000 copies of one type would make a consent of a megabyte, signed into its token.
+    let copies = vec![BUSINESS.to_owned(); 40_000];
+    for types in [&copies[..2], &copies[..], &[BUSINESS.to_owned(), FOOD.to_owned(), BUSINESS.to_owned()][..]] {
+        match f.svc.holders().create_consent(&f.market, HOLDER, &f.approval, types, "审批", 60, NOW) {
+            Err(ServiceError::Invalid { field, reason }) => {
+                assert_eq!(field, "licence_types");
+                assert!(reason.contains("named twice"), "{reason}");
+            }
+            other => panic!("{} types: expected Invalid, got {other:?}", types.len()),
+        }
+    }
+    let both = [BUSINESS.to_owned(), FOOD.to_owned()];
+    let (record, _) = f
+        .svc
+        .holders()
+        .create_consent(&f.market, HOLDER, &f.approval, &both, "审批", 60, NOW)
+        .unwrap();
+    assert_eq!(record.licence_types, both);
+}
+
 // ---- show-codes ----
 
 #[test]
@@ -1368,6 +1397,46 @@ fn seal_names_are_the_owners_registered_name_and_the_kind() {
 }
 
 #[test]
+fn only_the_enterprises_own_registrar_makes_and_revokes_its_seals() {
+    // Two departments issue business licences; the market bureau registered the enterprise.
+    let mut two_registrars = types();
+    two_registrars[0].issuers.insert(uscc(APPROVAL));
+    let Some(f) = fixture_with(two_registrars) else { return };
+    let registered = issue(&f, &f.sm2);
+    let xiaomi = uscc(HOLDER);
+    let make = |by: &Uscc| {
+        f.svc.seals().create_seal(
+            SealOwner::Enterprise { id: &xiaomi, made_by: by },
+            "合同专用章",
+            JwsAlg::Es256,
+            None,
+            NOW,
+        )
+    };
+    assert!(matches!(make(&f.approval), Err(ServiceError::Forbidden(m)) if m.contains("own registrar")));
+    let seal = make(&f.market).unwrap();
+    assert_eq!(
+        f.svc.seals().registrar_of_record(&xiaomi).unwrap(),
+        Some(f.market.clone())
+    );
+    assert!(matches!(
+        f.svc.seals().revoke_seal(&seal.id, &f.approval, "遗失", NOW),
+        Err(ServiceError::Forbidden(_))
+    ));
+    assert!(f.svc.seals().seal(&seal.id).unwrap().revoked_at.is_none());
+    // Struck off the register, the enterprise's seals are still its registrar's to revoke.
+    f.svc
+        .issuance()
+        .change_status(registered.id.as_str(), &f.market, Lifecycle::Revoke, "注销")
+        .unwrap();
+    assert!(matches!(
+        f.svc.seals().revoke_seal(&seal.id, &f.approval, "注销", NOW),
+        Err(ServiceError::Forbidden(_))
+    ));
+    f.svc.seals().revoke_seal(&seal.id, &f.market, "注销", NOW).unwrap();
+}
+
+#[test]
 fn es256_licences_are_signed_low_s_and_their_high_s_twin_is_refused() {
     let Some(f) = fixture() else { return };
     for _ in 0..8 {
@@ -1476,7 +1545,7 @@ fn a_holders_licences_come_in_pages_valid_first() {
     let mut seen = Vec::new();
     let mut after = None;
     loop {
-        let page = f.svc.licences_by_holder(HOLDER, BUSINESS, after.as_ref(), 2).unwrap();
+        let page = f.svc.licences_by_holder(HOLDER, BUSINESS, None, after.as_ref(), 2).unwrap();
         assert!(page.licences.len() <= 2);
         seen.extend(page.licences.iter().map(|l| (l.id.to_string(), l.status)));
         match page.next {

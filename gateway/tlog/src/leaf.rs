@@ -139,6 +139,9 @@ impl Leaf {
     /// for the sources past the window's cap) between `first_ms` and `last_ms`: how many, and
     /// how many for each reason (`code`: `reason:count,…` in name order). A certificate, if
     /// any, never reached the application, so the address and the reasons are what is known.
+    /// Requests refused after the handshake because the certificate names no usable
+    /// department, past the first few of the source, are counted here too, each reason being
+    /// the refusal's error code.
     pub fn handshakes(
         peer: &str,
         count: u64,

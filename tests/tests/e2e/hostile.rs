@@ -310,7 +310,8 @@ async fn every_route_refuses_hostile_input_with_a_code_and_one_leaf_each() {
             "/v1/policies/P-NONE/eligible-enterprises?limit=5",
             PUSH_I,
         )
-        .role(AUDIT_I),
+        // A consumer handles one enterprise's matter; the register in bulk is not its.
+        .role(APPROVAL_I),
         route(M::POST, "/v1/enterprises", OPS_I)
             .role(APPROVAL_I)
             .body(json!({"uscc": XIAOMI})),

@@ -363,3 +363,93 @@ async fn every_route_in_the_openapi_document_exists() {
         (StatusCode::METHOD_NOT_ALLOWED, "CG-REQ-002")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_without_a_usable_department_is_closed_on_and_costs_few_leaves() {
+    let pki = TestPki::new();
+    let stranger = pki.department("stranger", STRANGER);
+    let audit = pki.department("audit", AUDIT);
+    // A window long enough for the burst below to fall in one or two of them.
+    let gw = TestGateway::start(&write_config_with_log(
+        &pki,
+        "",
+        &standard_departments(),
+        "refusal_window_ms = 1500",
+    ))
+    .await;
+    let ca = pki.ca_pem();
+
+    // HTTP/2: the refusal ends the connection (GOAWAY), so its streams cannot go on.
+    let mut conn = Client::new(&ca, Some(&stranger), Proto::H2)
+        .connect(gw.addr)
+        .await
+        .unwrap();
+    let mut refused = 0u64;
+    let mut closed = false;
+    for _ in 0..50 {
+        match conn.get("/v1/whoami").await {
+            Ok(reply) => {
+                assert_eq!(reply.code(), "CG-AUTH-003");
+                refused += 1;
+            }
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        closed,
+        "the HTTP/2 connection stayed open after {refused} refusals"
+    );
+    // HTTP/1.1: each refusal closes its connection; a burst from new connections.
+    let client = Client::new(&ca, Some(&stranger), Proto::H1);
+    for _ in 0..40 {
+        let reply = client.get(gw.addr, "/v1/whoami").await.unwrap();
+        assert_eq!(reply.code(), "CG-AUTH-003");
+        assert_eq!(reply.headers["connection"], "close");
+        refused += 1;
+    }
+
+    // Every refusal is in the log: the first few of the window as leaves of their own, with the
+    // certificate, the rest counted in the source's summary.
+    let mut auditor = Client::new(&ca, Some(&audit), Proto::H2)
+        .connect(gw.addr)
+        .await
+        .unwrap();
+    let mut own = Vec::new();
+    let mut summarised = 0;
+    for _ in 0..60 {
+        let entries = all_entries(&mut auditor).await;
+        own = entries
+            .iter()
+            .filter(|e| e["kind"] == "request" && e["code"] == "CG-AUTH-003")
+            .cloned()
+            .collect();
+        summarised = entries
+            .iter()
+            .filter(|e| e["kind"] == "handshakes")
+            .map(|e| {
+                e["code"]
+                    .as_str()
+                    .unwrap()
+                    .split(',')
+                    .filter_map(|r| r.strip_prefix("CG-AUTH-003:"))
+                    .map(|n| n.parse::<u64>().unwrap())
+                    .sum::<u64>()
+            })
+            .sum::<u64>();
+        if own.len() as u64 + summarised == refused {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(own.len() as u64 + summarised, refused, "{own:?}");
+    assert!(
+        own.len() <= 16,
+        "{} of {refused} refusals were leaves of their own",
+        own.len()
+    );
+    assert!(own.iter().all(|e| e["department"] == STRANGER));
+}

@@ -1590,6 +1590,41 @@ async fn consent_holds_on_every_path_that_discloses_a_licence() {
     let b = w.ops.get_with(&format!("/v1/licences/{missing}"), &[purpose]).await.unwrap();
     assert_eq!((a.status, a.code()), (b.status, b.code()));
     assert_eq!(a.json()["message"], b.json()["message"]);
+    // Nor does one with a rule but without a consent that covers the licence: with no consent,
+    // or with another holder's, a licence that exists and one that does not get one answer.
+    let other = w
+        .app
+        .json(
+            Method::POST,
+            "/v1/consents",
+            &[("x-holder", XIAOMI)],
+            &json!({"holder_id": XIAOMI, "department": APPROVAL, "licence_types": [FOOD], "purpose": "M-FOOD-001", "ttl_seconds": 600}),
+        )
+        .await
+        .unwrap()
+        .json();
+    let other = other["token"].as_str().unwrap();
+    for headers in [vec![purpose], vec![purpose, ("x-consent", other)]] {
+        let a = w.approval.get_with(&format!("/v1/licences/{id}"), &headers).await.unwrap();
+        let b = w.approval.get_with(&format!("/v1/licences/{missing}"), &headers).await.unwrap();
+        assert_eq!((a.status, a.code().as_str()), (StatusCode::FORBIDDEN, "CG-LIC-002"), "{:?}", a.body);
+        assert_eq!((a.status, a.code(), a.json()["message"].clone()), (b.status, b.code(), b.json()["message"].clone()));
+        let check = |licence: &str| format!("/v1/licences/{licence}/check");
+        let field = json!({"fields": {"premises": "北京市朝阳区"}});
+        let a = w.approval.json(Method::POST, &check(id), &headers, &field).await.unwrap();
+        let b = w.approval.json(Method::POST, &check(&missing), &headers, &field).await.unwrap();
+        assert_eq!(a.code(), "CG-LIC-002");
+        assert_eq!((a.status, a.code(), a.json()["message"].clone()), (b.status, b.code(), b.json()["message"].clone()));
+    }
+    // Even with a consent of its own holder, an identifier not in use is refused as another
+    // holder's licence would be.
+    let r = w
+        .approval
+        .get_with(&format!("/v1/licences/{missing}"), &[purpose, ("x-consent", token)])
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::FORBIDDEN, "CG-LIC-002"), "{:?}", r.body);
+    assert!(r.json()["message"].as_str().unwrap().contains("another holder"), "{:?}", r.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1679,4 +1714,104 @@ async fn the_city_app_seals_only_for_the_enterprise_it_names_and_verdicts_name_t
         .json();
     assert_eq!(verdict["valid"], true, "{verdict}");
     assert_eq!(verdict["owner"], json!({"uscc": MARKET, "name": "某区市场监管局"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_registrar_sees_its_own_licences_only_and_not_another_registrars_enterprises() {
+    let Some((extra, _schema)) = storage("licences") else { return };
+    let pki = TestPki::new();
+    // The approval bureau issues business licences too.
+    let departments = standard_departments().replacen(
+        &format!("id = \"{APPROVAL}\"\nname = \"行政审批局\"\nfull_name = \"某区行政审批局\"\nroles = [\"consumer\"]"),
+        &format!("id = \"{APPROVAL}\"\nname = \"行政审批局\"\nfull_name = \"某区行政审批局\"\nroles = [\"issuer\", \"consumer\"]"),
+        1,
+    );
+    assert_ne!(departments, standard_departments());
+    let config = write_config(&pki, &extra, &departments);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let two = text.replacen(
+        &format!("issuers = [\"{MARKET}\"]"),
+        &format!("issuers = [\"{MARKET}\", \"{APPROVAL}\"]"),
+        1,
+    );
+    assert_ne!(two, text);
+    std::fs::write(&config, two).unwrap();
+    let gw = TestGateway::start(&config).await;
+    let mut market = Client::new(&pki.ca_pem(), Some(&pki.department("market", MARKET)), Proto::H2)
+        .connect(gw.addr)
+        .await
+        .unwrap();
+    let mut approval =
+        Client::new(&pki.ca_pem(), Some(&pki.department("approval", APPROVAL)), Proto::H2)
+            .connect(gw.addr)
+            .await
+            .unwrap();
+    let market_seal = create_seal(&mut market, "ES256").await;
+    let approval_seal = create_seal(&mut approval, "ES256").await;
+    // Two of the approval bureau's, then the market bureau's, the newest (and, within one
+    // second, first by identifier): the enterprise's registrar of record.
+    let mut own = Vec::new();
+    for _ in 0..2 {
+        let issued = issue_licence(&mut approval, &business_licence(&approval_seal, XIAOMI)).await;
+        own.push(issued["id"].as_str().unwrap().to_owned());
+    }
+    let theirs = issue_licence(&mut market, &business_licence(&market_seal, XIAOMI)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A page at a time, the approval bureau sees its own licences, and no cursor names the
+    // market bureau's.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let path = match &cursor {
+            Some(c) => format!("/v1/licences?holder={XIAOMI}&type={BUSINESS}&limit=1&cursor={c}"),
+            None => format!("/v1/licences?holder={XIAOMI}&type={BUSINESS}&limit=1"),
+        };
+        let page = approval.get_with(&path, &[("x-purpose", "M-BIZ-001")]).await.unwrap();
+        assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
+        let page = page.json();
+        for l in page["licences"].as_array().unwrap() {
+            seen.push(l["id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => {
+                assert!(!c.contains(MARKET), "a cursor names the other issuer's licence: {c}");
+                cursor = Some(c.to_owned());
+            }
+            None => break,
+        }
+    }
+    seen.sort();
+    own.sort();
+    assert_eq!(seen, own);
+
+    // Renewing the other issuer's licence is refused the same whether or not it exists.
+    let missing = cert_store::licence_id::LicenceId::new(
+        &BUSINESS.parse().unwrap(),
+        &MARKET.parse().unwrap(),
+        &"Z".repeat(16),
+        1,
+    )
+    .unwrap()
+    .to_string();
+    let a = approval.json(Method::POST, &format!("/v1/licences/{theirs}/renew"), &[], &json!({})).await.unwrap();
+    let b = approval.json(Method::POST, &format!("/v1/licences/{missing}/renew"), &[], &json!({})).await.unwrap();
+    assert_eq!((a.status, a.code().as_str()), (StatusCode::FORBIDDEN, "CG-LIC-002"), "{:?}", a.body);
+    assert_eq!((b.status, b.code(), b.json()["message"].clone()), (a.status, a.code(), a.json()["message"].clone()));
+
+    // The enterprise's seals are its registrar's to make and revoke, not another registrar's.
+    let seal = json!({"seal_type": "合同专用章", "alg": "ES256", "holder": XIAOMI});
+    let r = approval.json(Method::POST, "/v1/seals", &[], &seal).await.unwrap();
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::FORBIDDEN, "CG-LIC-002"), "{:?}", r.body);
+    let r = market.json(Method::POST, "/v1/seals", &[], &seal).await.unwrap();
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let revoke = format!("/v1/seals/{id}/revoke");
+    let r = approval.json(Method::POST, &revoke, &[], &json!({"reason": "遗失"})).await.unwrap();
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::FORBIDDEN, "CG-LIC-002"), "{:?}", r.body);
+    let r = market.json(Method::POST, &revoke, &[], &json!({"reason": "遗失"})).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert!(r.json()["revoked_at"].is_i64(), "{:?}", r.body);
 }
