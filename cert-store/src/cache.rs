@@ -274,6 +274,10 @@ impl Store for CachedStore {
         self.inner.insert_show_code(code)
     }
 
+    fn purge_show_codes(&self, expired_before: i64) -> Result<u64> {
+        self.inner.purge_show_codes(expired_before)
+    }
+
     fn show_code(&self, code_sha256: &str) -> Result<Option<ShowCodeRecord>> {
         self.inner.show_code(code_sha256)
     }

@@ -588,6 +588,15 @@ impl Store for PgStore {
         })
     }
 
+    fn purge_show_codes(&self, expired_before: i64) -> Result<u64> {
+        self.pool.with(|c| {
+            Ok(c.execute(
+                "DELETE FROM show_codes WHERE expires_at < $1",
+                &[&expired_before],
+            )?)
+        })
+    }
+
     fn insert_show_code(&self, s: &ShowCodeRecord) -> Result<()> {
         self.pool.with(|c| {
             c.execute(

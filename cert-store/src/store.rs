@@ -189,6 +189,9 @@ pub trait Store: Send + Sync {
     fn insert_show_code(&self, code: &ShowCodeRecord) -> Result<()>;
     /// A show-code by hash, redeemed or not (looking does not redeem it).
     fn show_code(&self, code_sha256: &str) -> Result<Option<ShowCodeRecord>>;
+    /// Deletes the show-codes that expired before `expired_before`, redeemed or not; returns
+    /// how many.
+    fn purge_show_codes(&self, expired_before: i64) -> Result<u64>;
     /// Redeems a show-code once: returns it when it existed, was unexpired and unredeemed,
     /// and marks it redeemed in the same statement, so a second redemption gets `None`.
     fn redeem_show_code(
@@ -312,6 +315,11 @@ DROP INDEX licences_holder;
     r#"
 CREATE TABLE jws_headers (sha256 {BLOB} PRIMARY KEY, header TEXT NOT NULL);
 ALTER TABLE licences ADD COLUMN header_sha256 {BLOB} REFERENCES jws_headers(sha256);
+"#,
+    // Show-codes are deleted some time after they expire (`Store::purge_show_codes`), found
+    // by their expiry.
+    r#"
+CREATE INDEX show_codes_expiry ON show_codes(expires_at);
 "#,
 ];
 
@@ -978,6 +986,15 @@ impl Store for SqliteStore {
         })
     }
 
+    fn purge_show_codes(&self, expired_before: i64) -> Result<u64> {
+        self.with(|c| {
+            Ok(c.execute(
+                "DELETE FROM show_codes WHERE expires_at < ?1",
+                [expired_before],
+            )? as u64)
+        })
+    }
+
     fn redeem_show_code(
         &self,
         code_sha256: &str,
@@ -1349,6 +1366,13 @@ pub(crate) mod tests {
         assert!(s.redeem_show_code("a", &by, 201).unwrap().is_none());
         assert!(s.redeem_show_code("b", &by, 200).unwrap().is_none());
         assert!(s.redeem_show_code("zzz", &by, 200).unwrap().is_none());
+        // Expired codes go, redeemed or not; the others stay.
+        assert_eq!(s.purge_show_codes(100).unwrap(), 0);
+        assert_eq!(s.purge_show_codes(301).unwrap(), 2);
+        assert!(s.show_code("a").unwrap().is_none());
+        s.insert_show_code(&code("c", 400)).unwrap();
+        assert_eq!(s.purge_show_codes(301).unwrap(), 0);
+        assert!(s.show_code("c").unwrap().is_some());
     }
 
     fn secrets_keep_the_first_value_and_consents_revoke_once(s: &dyn Store) {

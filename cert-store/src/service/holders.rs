@@ -218,6 +218,10 @@ impl Holders<'_> {
             redeemed_at: None,
             redeemed_by: None,
         })?;
+        // The table holds the codes of the last hour or so, not every code ever shown.
+        self.svc
+            .store
+            .purge_show_codes(now - SHOW_CODE_KEPT_SECONDS)?;
         Ok((code, expires_at))
     }
 

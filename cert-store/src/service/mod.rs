@@ -46,6 +46,9 @@ const STATUS_LIST_FILL: u64 = (STATUS_LIST_ENTRIES as u64) / 2;
 pub const MAX_CONSENT_SECONDS: i64 = 24 * 3600;
 /// Validity of a show-code.
 pub const SHOW_CODE_SECONDS: i64 = 5 * 60;
+/// How long a show-code is kept after it expires (its use is in the access log); then the
+/// next show-code made deletes it.
+pub const SHOW_CODE_KEPT_SECONDS: i64 = 3600;
 /// How long a status list token may be cached.
 pub const STATUS_LIST_TTL: i64 = 300;
 /// Claims of the holder that are selectively disclosable besides the type's fields.

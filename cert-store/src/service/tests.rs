@@ -1038,6 +1038,21 @@ fn show_code_redeems_once() {
 }
 
 #[test]
+fn show_codes_are_deleted_an_hour_after_they_expire_by_the_next_one_made() {
+    let Some(f) = fixture() else { return };
+    let licence = issue(&f, &f.es256);
+    let id = licence.id.as_str();
+    let sha = |code: &str| hex::encode(Sha256::digest(code.as_bytes()));
+    let (old, _) = f.svc.holders().create_show_code(&f.market, id, NOW).unwrap();
+    let kept = NOW + SHOW_CODE_SECONDS + SHOW_CODE_KEPT_SECONDS;
+    f.svc.holders().create_show_code(&f.market, id, kept).unwrap();
+    assert!(f.svc.store.show_code(&sha(&old)).unwrap().is_some(), "kept an hour after expiry");
+    let (new, _) = f.svc.holders().create_show_code(&f.market, id, kept + 1).unwrap();
+    assert!(f.svc.store.show_code(&sha(&old)).unwrap().is_none());
+    assert!(f.svc.store.show_code(&sha(&new)).unwrap().is_some());
+}
+
+#[test]
 fn expired_or_unknown_show_code_is_refused() {
     let Some(f) = fixture() else { return };
     let licence = issue(&f, &f.es256);
