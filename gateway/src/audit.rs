@@ -436,7 +436,11 @@ fn csv_row(l: &Leaf) -> String {
     out
 }
 
-/// Streams the log as NDJSON or CSV in constant memory, whatever its size.
+/// Exports streaming at once, gateway-wide.
+pub const MAX_EXPORTS: usize = 4;
+
+/// Streams the log as NDJSON or CSV in constant memory, whatever its size; at most
+/// [`MAX_EXPORTS`] at once.
 #[utoipa::path(get, path = "/v1/audit/export", tag = "audit", params(ExportQuery),
     responses((status = 200, description = "NDJSON or CSV stream"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn export(
@@ -455,9 +459,23 @@ pub async fn export(
             ));
         }
     };
+    let Ok(slot) = gw.export_slots.clone().try_acquire_owned() else {
+        let mut busy = ApiError::new(
+            Code::ExportsBusy,
+            format!("{MAX_EXPORTS} exports are streaming now: retry when one has ended"),
+        )
+        .into_response();
+        busy.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("60"),
+        );
+        return Ok(busy);
+    };
     let log = gw.access_log.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
     tokio::task::spawn_blocking(move || {
+        // Held until the export ends, however it ends.
+        let _slot = slot;
         // A reader that stops reading for this long loses the export: the read snapshot it
         // holds would otherwise keep the log's WAL growing.
         const STALL: std::time::Duration = std::time::Duration::from_secs(60);

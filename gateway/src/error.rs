@@ -107,6 +107,7 @@ codes! {
     PolicyChangedSincePage = "CG-POL-005", CONFLICT, "the policy changed since the cursor was given: page again from the start";
     AuditOutOfRange = "CG-AUD-001", BAD_REQUEST, "an audit query or proof asks for something outside the log";
     NoCheckpoint = "CG-AUD-002", NOT_FOUND, "no checkpoint signed yet";
+    ExportsBusy = "CG-AUD-003", SERVICE_UNAVAILABLE, "as many exports as the gateway streams at once are running: retry when one has ended";
     LogUnavailable = "CG-LOG-001", SERVICE_UNAVAILABLE, "the access log cannot be written: nothing is served unlogged";
     StoreUnavailable = "CG-STO-001", SERVICE_UNAVAILABLE, "the licence store (PostgreSQL) cannot be reached: nothing is issued or verified until it is back";
     ReloadFailed = "CG-CFG-001", UNPROCESSABLE_ENTITY, "the configuration could not be reloaded; the previous one stays in force";

@@ -365,7 +365,11 @@ fn leaf_of(
         route: Some(facts.route.clone()),
         resource: resource.map(|r| log_text(&redact_citizen_ids(&r))),
         holder: note.holder.map(|h| pseudonym(&h)),
-        matter: facts.purpose.as_ref().and_then(|p| p.matter.clone()),
+        matter: facts
+            .purpose
+            .as_ref()
+            .and_then(|p| p.matter.as_deref())
+            .map(|m| redact_citizen_ids(m).into_owned()),
         reason: facts
             .purpose
             .as_ref()
@@ -745,6 +749,21 @@ mod tests {
         assert_eq!(leaf.code.as_deref(), Some(Code::LicenceNotFound.as_str()));
         assert!(!leaf.resource.unwrap().contains("11010519491231002X"));
         assert!(leaf.holder.is_none());
+        // A matter code is any code; one shaped like a citizen id is not logged as it is.
+        let mut f = facts("/v1/licences/{id}", "/v1/licences/L1");
+        f.purpose = crate::purpose::parse("11010519491231002X").ok();
+        assert_eq!(
+            f.purpose.as_ref().and_then(|p| p.matter.as_deref()),
+            Some("11010519491231002X")
+        );
+        let leaf = leaf_of(
+            &pseudonym,
+            &f,
+            Some(&market),
+            &mut http::StatusCode::OK.into_response(),
+            &NoteSlot::default(),
+        );
+        assert_eq!(leaf.matter.as_deref(), Some("[citizen-id]"));
     }
 
     #[test]

@@ -132,6 +132,9 @@ pub struct Gateway {
     pub(crate) rate_limiter: crate::rate_limit::RateLimiter,
     /// Connection slots of the mTLS listener (`server.max_connections`).
     pub connection_slots: Arc<tokio::sync::Semaphore>,
+    /// Exports streaming now, each on a blocking thread of its own: at most
+    /// [`crate::audit::MAX_EXPORTS`], so that slow readers cannot take the blocking pool.
+    pub export_slots: Arc<tokio::sync::Semaphore>,
     /// Handshakes pending per source, and the summaries of refused ones.
     pub preauth: crate::preauth::PreAuth,
     /// How long a window of refused handshakes is summarised over.

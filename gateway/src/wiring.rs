@@ -111,6 +111,7 @@ pub fn gateway(config: Config) -> Result<Arc<Gateway>, StartError> {
         shutting_down: AtomicBool::new(false),
         rate_limiter: crate::rate_limit::RateLimiter::default(),
         connection_slots: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+        export_slots: Arc::new(tokio::sync::Semaphore::new(crate::audit::MAX_EXPORTS)),
         preauth: crate::preauth::PreAuth::new(
             max_handshakes_per_source,
             config.access_log.refusal_sources,

@@ -296,7 +296,8 @@ impl Seals<'_> {
     }
 
     /// Seals a document with seal `seal_id`, which `by` must own and which must be valid and
-    /// not revoked now. Returns the GB/T 38540 `SES_Signature`.
+    /// not revoked now (an enterprise's, only while it holds a valid business licence).
+    /// Returns the GB/T 38540 `SES_Signature`.
     pub fn seal_document(
         &self,
         seal_id: &str,
@@ -318,6 +319,12 @@ impl Seals<'_> {
             return Err(ServiceError::Conflict(format!(
                 "seal {seal_id} has expired"
             )));
+        }
+        // An enterprise seals only while it is registered: its business licence suspended or
+        // revoked, its seals sign nothing (they are not revoked: a licence resumed or
+        // renewed brings them back).
+        if seal.owner.is_market_entity() {
+            self.registration(&seal.owner, now)?;
         }
         let property = property.trim();
         if property.is_empty()
@@ -528,13 +535,32 @@ impl Seals<'_> {
             (None, None) => None,
         };
         let status = match record {
-            None if maker_anchor.is_some_and(|a| a.foreign) => (
-                true,
-                format!(
-                    "a seal of {}: its revocation is published by that system",
-                    verdict.authority.as_deref().unwrap_or_default()
-                ),
-            ),
+            None if maker_anchor.is_some_and(|a| a.foreign) => {
+                let authority = verdict.authority.as_deref().unwrap_or_default();
+                let owner = verdict.owner.as_ref().and_then(|o| o.uscc.as_deref());
+                if self.svc.store_seal(&info.es_id)?.is_some() {
+                    (
+                        false,
+                        format!(
+                            "a seal of {authority} that gives the id of a seal of this register"
+                        ),
+                    )
+                } else if owner.is_some_and(|o| self.is_local_owner(o).unwrap_or(true)) {
+                    (
+                        false,
+                        format!(
+                            "a seal of {authority} for an owner whose seals this register makes"
+                        ),
+                    )
+                } else {
+                    (
+                        true,
+                        format!(
+                            "a seal of {authority}: its revocation is published by that system"
+                        ),
+                    )
+                }
+            }
             None => (false, "the seal is not in this register".to_owned()),
             Some(rec) => revocation_at(rec.revoked_at, ts.time.unix_timestamp()),
         };
@@ -542,6 +568,19 @@ impl Seals<'_> {
         verdict.valid = checks.iter().all(|c| c.ok);
         verdict.checks = checks;
         Ok(verdict)
+    }
+}
+
+impl Seals<'_> {
+    /// True when `owner` (a USCC) has seals in this register or is registered here (holds a
+    /// business licence of it): its seals are this register's to make, and another region's
+    /// seal CA does not speak for it.
+    fn is_local_owner(&self, owner: &str) -> Result<bool, ServiceError> {
+        let Ok(owner) = owner.parse::<Uscc>() else {
+            return Ok(false);
+        };
+        Ok(!self.svc.store.seals(&owner, None, 1)?.is_empty()
+            || self.registrar_of_record(&owner)?.is_some())
     }
 }
 

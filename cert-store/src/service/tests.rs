@@ -1301,6 +1301,47 @@ fn seals_of_a_trusted_foreign_system_verify_and_stop_when_it_is_removed() {
     let v = verdict_of(&f, &doc, &early);
     assert!(v.valid, "{:?}", v.checks);
     assert_eq!(v.authority.as_deref(), Some("广东省电子印章系统 (440000)"));
+    // A trusted foreign CA does not speak for this register's seals or owners: a seal of it
+    // that gives a local seal's id, or names an owner whose seals are made here, is refused.
+    let forged = |es_id: &str, owner: &str| {
+        let cert = foreign
+            .issue_seal_certificate(signer.public_key(), &uscc(owner), "某区市场监督管理局公章", at(NOW - 3600), at(NOW + 86_400))
+            .unwrap()
+            .to_der()
+            .unwrap();
+        let info = SealInfo {
+            vid: "gd-seal".into(),
+            es_id: es_id.into(),
+            seal_type: 1,
+            name: "某区市场监督管理局公章".into(),
+            certs: vec![cert.clone()],
+            created: at(NOW - 3600),
+            valid_start: at(NOW - 3600),
+            valid_end: at(NOW + 86_400),
+            picture_type: "png".into(),
+            picture: vec![1, 2, 3],
+            width: 40,
+            height: 40,
+        };
+        let seal = Seal::make(info, foreign.certificate().to_der().unwrap(), foreign.key()).unwrap();
+        SesSignature::sign(
+            ToSign {
+                seal,
+                time: at(NOW + 60),
+                data_hash: SesAlg::Sm2Sm3.digest(&doc).unwrap(),
+                property: "contract.pdf".into(),
+            },
+            cert,
+            &signer,
+        )
+        .unwrap()
+        .to_der()
+    };
+    let v = verdict_of(&f, &doc, &forged(&f.sm2.id, OTHER_HOLDER));
+    assert_eq!(failed(&v), ["seal_status"], "{:?}", v.checks);
+    let v = verdict_of(&f, &doc, &forged("44030000000002", MARKET));
+    assert_eq!(failed(&v), ["seal_status"], "{:?}", v.checks);
+    assert!(verdict_of(&f, &doc, &forged("44030000000002", OTHER_HOLDER)).valid);
     // Removed from NOW + 100: what was sealed before still verifies, what after does not.
     f.svc.seals().remove_seal_ca(&ca.id, NOW + 100).unwrap();
     assert!(verdict_of(&f, &doc, &early).valid);
@@ -1449,6 +1490,29 @@ fn only_the_enterprises_own_registrar_makes_and_revokes_its_seals() {
         Err(ServiceError::Forbidden(_))
     ));
     f.svc.seals().revoke_seal(&seal.id, &f.market, "注销", NOW).unwrap();
+}
+
+#[test]
+fn an_enterprise_seals_only_while_its_business_licence_is_valid() {
+    let Some(f) = fixture() else { return };
+    let registered = issue(&f, &f.sm2);
+    let xiaomi = uscc(HOLDER);
+    let seal = f
+        .svc
+        .seals()
+        .create_seal(SealOwner::Enterprise { id: &xiaomi, made_by: &f.market }, "合同专用章", JwsAlg::Es256, None, NOW)
+        .unwrap();
+    let sign = || {
+        f.svc.seals().seal_document(&seal.id, &xiaomi, &crate::document_seal::Document::Bytes(b"%PDF-1.7 bid"), "bid.pdf", NOW + 60)
+    };
+    sign().unwrap();
+    let id = registered.id.as_str();
+    f.svc.issuance().change_status(id, &f.market, Lifecycle::Suspend, "经营异常").unwrap();
+    assert!(matches!(sign(), Err(ServiceError::Conflict(m)) if m.contains("营业执照")));
+    f.svc.issuance().change_status(id, &f.market, Lifecycle::Resume, "恢复").unwrap();
+    sign().unwrap();
+    f.svc.issuance().change_status(id, &f.market, Lifecycle::Revoke, "注销").unwrap();
+    assert!(matches!(sign(), Err(ServiceError::Conflict(_))));
 }
 
 #[test]

@@ -595,3 +595,44 @@ async fn a_request_that_fails_inside_the_gateway_is_logged_as_an_error() {
     );
     assert_eq!(hit[0]["resource"], "dataset:slow/k1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_stream_a_few_at_a_time_and_the_rest_are_told_to_retry() {
+    let Some((extra, _schema)) = storage("audit-exports") else {
+        return;
+    };
+    let pki = TestPki::new();
+    let audit = pki.department("audit", AUDIT);
+    let gw = TestGateway::start(&write_config(&pki, &extra, &standard_departments())).await;
+    let mut auditor = Client::new(&pki.ca_pem(), Some(&audit), Proto::H2)
+        .connect(gw.addr)
+        .await
+        .unwrap();
+    // Exports whose readers have stopped hold every slot: each holds a blocking thread.
+    let held = gw
+        .gateway
+        .export_slots
+        .clone()
+        .acquire_many_owned(gateway::audit::MAX_EXPORTS as u32)
+        .await
+        .unwrap();
+    let r = auditor.get("/v1/audit/export?format=ndjson").await.unwrap();
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "CG-AUD-003"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(r.headers["retry-after"], "60");
+    drop(held);
+    let r = auditor.get("/v1/audit/export?format=ndjson").await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let lines = String::from_utf8(r.body.to_vec()).unwrap();
+    // The refusal is among the leaves exported (durable before its answer left).
+    assert!(
+        lines
+            .lines()
+            .any(|l| serde_json::from_str::<Value>(l).unwrap()["code"] == "CG-AUD-003"),
+        "{lines}"
+    );
+}
