@@ -76,9 +76,33 @@ pub fn read_in_chunks<T: Send, E>(
     })
 }
 
+/// Reads the next line of `input` into `line` (without its `\n`), keeping at most `max + 1`
+/// of its bytes: a longer line is read to its end but not held, and its kept length tells it
+/// was too long. False at the end of the input.
+fn next_line(input: &mut impl BufRead, max: usize, line: &mut Vec<u8>) -> std::io::Result<bool> {
+    line.clear();
+    let mut any = false;
+    loop {
+        let buf = input.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(any);
+        }
+        any = true;
+        let end = buf.iter().position(|&b| b == b'\n');
+        let part = &buf[..end.unwrap_or(buf.len())];
+        let room = (max + 1).saturating_sub(line.len());
+        line.extend_from_slice(&part[..part.len().min(room)]);
+        let used = end.map_or(buf.len(), |i| i + 1);
+        input.consume(used);
+        if end.is_some() {
+            return Ok(true);
+        }
+    }
+}
+
 /// [`read_in_chunks`] on the calling thread.
 fn read_chunks_here<T, E>(
-    input: impl BufRead,
+    mut input: impl BufRead,
     parse: impl Fn(&str) -> Result<T, Vec<Fault>>,
     chunk: usize,
     mut take: impl FnMut(Vec<(usize, T)>, &[LineError], usize) -> Result<(), E>,
@@ -86,7 +110,12 @@ fn read_chunks_here<T, E>(
     let mut good = Vec::new();
     let mut bad = Vec::new();
     let mut n = 0;
-    for line in input.split(b'\n') {
+    let mut bytes = Vec::new();
+    loop {
+        let line = next_line(&mut input, MAX_LINE, &mut bytes);
+        if matches!(line, Ok(false)) {
+            break;
+        }
         n += 1;
         let refuse = |reason: &str| LineError {
             line: n,
@@ -96,13 +125,10 @@ fn read_chunks_here<T, E>(
             },
             value: None,
         };
-        let bytes = match line {
-            Ok(b) => b,
-            Err(e) => {
-                bad.push(refuse(&format!("cannot be read: {e}")));
-                break;
-            }
-        };
+        if let Err(e) = line {
+            bad.push(refuse(&format!("cannot be read: {e}")));
+            break;
+        }
         if bytes.len() > MAX_LINE {
             bad.push(refuse("longer than 1 MiB"));
             continue;
@@ -193,6 +219,29 @@ mod tests {
             bad[0].error.reason.contains("duplicate field `name`"),
             "{bad:?}"
         );
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_refused_without_being_held() {
+        let good = r#"{"uscc":"91110108551385082Q","name":"小米","region":"110108","updated":"2026-11-01"}"#;
+        // Three MiB with no newline, in a reader that hands out 8 KiB at a time.
+        let text = format!("{}\n{good}\n{good}", "x".repeat(3 * MAX_LINE));
+        let (ok, bad) = read_profiles(std::io::BufReader::with_capacity(8192, text.as_bytes()));
+        assert_eq!(ok.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(
+            (bad[0].line, bad[0].error.reason.as_str()),
+            (1, "longer than 1 MiB")
+        );
+        // What is kept of a line is bounded.
+        let mut line = Vec::new();
+        let mut input = std::io::BufReader::with_capacity(8192, text.as_bytes());
+        assert!(next_line(&mut input, 100, &mut line).unwrap());
+        assert_eq!(line.len(), 101);
+        assert!(next_line(&mut input, 100, &mut line).unwrap());
+        assert_eq!(line, good.as_bytes());
+        assert!(next_line(&mut input, 100, &mut line).unwrap());
+        assert!(!next_line(&mut input, 100, &mut line).unwrap());
     }
 
     #[test]
