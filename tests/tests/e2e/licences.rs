@@ -1532,6 +1532,22 @@ async fn a_second_business_licence_for_one_holder_is_refused_even_when_racing() 
     assert_eq!(renewed.status, StatusCode::CREATED, "{:?}", renewed.body);
 }
 
+/// The token of `holder`'s consent, made by the city app, for the approval bureau to read its
+/// food permits for matter M-FOOD-001.
+async fn food_consent(app: &mut Conn, holder: &str) -> String {
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/consents",
+            &[("x-holder", holder)],
+            &json!({"holder_id": holder, "department": APPROVAL, "licence_types": [FOOD], "purpose": "M-FOOD-001", "ttl_seconds": 600}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    r.json()["token"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consent_holds_on_every_path_that_discloses_a_licence() {
     let Some(mut w) = world().await else { return };
@@ -1554,18 +1570,8 @@ async fn consent_holds_on_every_path_that_discloses_a_licence() {
         .unwrap();
     assert_eq!(r.code(), "CG-LIC-002");
     // With it: the fields the rule allows.
-    let consent = w
-        .app
-        .json(
-            Method::POST,
-            "/v1/consents",
-            &[("x-holder", CITIZEN)],
-            &json!({"holder_id": CITIZEN, "department": APPROVAL, "licence_types": [FOOD], "purpose": "M-FOOD-001", "ttl_seconds": 600}),
-        )
-        .await
-        .unwrap()
-        .json();
-    let token = consent["token"].as_str().unwrap();
+    let token = food_consent(&mut w.app, CITIZEN).await;
+    let token = token.as_str();
     let r = w
         .approval
         .get_with(&format!("/v1/licences/{id}"), &[purpose, ("x-consent", token)])
@@ -1592,18 +1598,8 @@ async fn consent_holds_on_every_path_that_discloses_a_licence() {
     assert_eq!(a.json()["message"], b.json()["message"]);
     // Nor does one with a rule but without a consent that covers the licence: with no consent,
     // or with another holder's, a licence that exists and one that does not get one answer.
-    let other = w
-        .app
-        .json(
-            Method::POST,
-            "/v1/consents",
-            &[("x-holder", XIAOMI)],
-            &json!({"holder_id": XIAOMI, "department": APPROVAL, "licence_types": [FOOD], "purpose": "M-FOOD-001", "ttl_seconds": 600}),
-        )
-        .await
-        .unwrap()
-        .json();
-    let other = other["token"].as_str().unwrap();
+    let other = food_consent(&mut w.app, XIAOMI).await;
+    let other = other.as_str();
     for headers in [vec![purpose], vec![purpose, ("x-consent", other)]] {
         let a = w.approval.get_with(&format!("/v1/licences/{id}"), &headers).await.unwrap();
         let b = w.approval.get_with(&format!("/v1/licences/{missing}"), &headers).await.unwrap();
