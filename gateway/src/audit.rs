@@ -442,7 +442,8 @@ pub const MAX_EXPORTS: usize = 4;
 /// Streams the log as NDJSON or CSV in constant memory, whatever its size; at most
 /// [`MAX_EXPORTS`] at once.
 #[utoipa::path(get, path = "/v1/audit/export", tag = "audit", params(ExportQuery),
-    responses((status = 200, description = "NDJSON or CSV stream"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "NDJSON or CSV stream"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 503, description = "as many exports as stream at once are running (CG-AUD-003); retry after `Retry-After`", body = ErrorBody)))]
 pub async fn export(
     State(gw): State<Arc<Gateway>>,
     caller: Caller,
