@@ -272,11 +272,19 @@ pub fn seed(
     let samples_dir = dir.join("samples");
     std::fs::create_dir_all(&samples_dir)?;
     let ids_file = samples_dir.join("licences.json");
+    // The samples of an earlier run, unless its walk-through revoked them (the enterprise is
+    // then no longer registered, and its seals sign nothing): then new ones are issued.
+    let still_valid = |ids: &serde_json::Value| {
+        ids["business_licence"].as_str().is_some_and(|id| {
+            svc.licence(id)
+                .is_ok_and(|l| l.status == cert_store::licence::LicenceStatus::Valid)
+        })
+    };
     let (business_licence, food_permit) = match std::fs::read(&ids_file)
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
     {
-        Some(ids) if ids["business_licence"].is_string() => (
+        Some(ids) if still_valid(&ids) => (
             ids["business_licence"]
                 .as_str()
                 .unwrap_or_default()

@@ -626,7 +626,7 @@ fn demo_prints_curl_commands_that_work_and_reuses_its_files() {
     let whoami = printed
         .iter()
         .find(|l| l.starts_with("curl") && l.contains("approval.pem") && l.ends_with("/v1/whoami"))
-        .unwrap();
+        .unwrap_or_else(|| panic!("no whoami line in:\n{}", printed.join("\n")));
     assert!(run(whoami).status.success());
 }
 
