@@ -178,14 +178,25 @@ async fn serve_connection(
     let connection = builder.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(connection);
     // Served until the peer leaves, or until the gateway drains or a request's refusal closes
-    // the connection: then what is in flight is answered and the connection ends.
-    let mut closing = false;
-    let ended = loop {
-        tokio::select! {
-            ended = connection.as_mut() => break ended,
-            () = close_asked(&mut draining, &conn_ctx), if !closing => {
-                closing = true;
-                connection.as_mut().graceful_shutdown();
+    // the connection: then what is in flight is answered and the connection ends. A refused
+    // caller's connection ends within `header_read_timeout` even if its peer never answers
+    // the PING with which HTTP/2 closes gracefully.
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        why = close_asked(&mut draining, &conn_ctx) => {
+            connection.as_mut().graceful_shutdown();
+            match why {
+                Close::Drain => connection.await,
+                Close::Refused => {
+                    let deadline = gateway.settings.header_read_timeout;
+                    match tokio::time::timeout(deadline, connection.as_mut()).await {
+                        Ok(ended) => ended,
+                        Err(_) => {
+                            tracing::debug!(%peer, "refused caller's connection cut off");
+                            Ok(())
+                        }
+                    }
+                }
             }
         }
     };
@@ -202,11 +213,19 @@ async fn serve_connection(
     gateway.metrics.open_connections.dec();
 }
 
-/// Completes when the gateway drains (or has stopped) or the connection was asked to close.
-async fn close_asked(draining: &mut watch::Receiver<bool>, ctx: &ConnectionContext) {
+/// Why a connection is being closed.
+enum Close {
+    /// The gateway drains (or has stopped).
+    Drain,
+    /// A request on it was refused for want of a usable department.
+    Refused,
+}
+
+/// Completes when the gateway drains or the connection was asked to close, saying which.
+async fn close_asked(draining: &mut watch::Receiver<bool>, ctx: &ConnectionContext) -> Close {
     tokio::select! {
-        _ = draining.wait_for(|d| *d) => {}
-        () = ctx.closing.notified() => {}
+        _ = draining.wait_for(|d| *d) => Close::Drain,
+        () = ctx.closing.notified() => Close::Refused,
     }
 }
 

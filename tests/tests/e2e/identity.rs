@@ -453,3 +453,64 @@ async fn a_certificate_without_a_usable_department_is_closed_on_and_costs_few_le
     );
     assert!(own.iter().all(|e| e["department"] == STRANGER));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_http2_peer_that_never_answers_the_closing_ping_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = TestPki::new();
+    let stranger = pki.department("stranger", STRANGER);
+    let gw = TestGateway::start(&write_config(
+        &pki,
+        "header_read_timeout_ms = 500",
+        &standard_departments(),
+    ))
+    .await;
+    let mut tls = Client::new(&pki.ca_pem(), Some(&stranger), Proto::H2)
+        .tls(gw.addr)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // The connection preface, an empty SETTINGS frame and one GET /v1/whoami on stream 1 (its
+    // header block in HPACK, literal, without Huffman coding); then nothing more is sent: no
+    // SETTINGS acknowledgement, no answer to the PING of a graceful close.
+    let mut block = vec![0x82, 0x87]; // :method GET, :scheme https
+    block.extend_from_slice(&[0x04, 10]);
+    block.extend_from_slice(b"/v1/whoami"); // :path
+    block.extend_from_slice(&[0x01, 9]);
+    block.extend_from_slice(b"localhost"); // :authority
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&[0, 0, block.len() as u8, 1, 0x05, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    tls.write_all(&out).await.unwrap();
+    tls.flush().await.unwrap();
+    // The gateway answers, asks to close and, unanswered, ends the connection itself.
+    let mut seen = Vec::new();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the connection stayed open ({} bytes read)",
+        seen.len()
+    );
+    // What it sent, frame by frame: the answer's HEADERS on stream 1, and a GOAWAY.
+    let mut types = Vec::new();
+    let mut at = 0;
+    while at + 9 <= seen.len() {
+        let len = usize::from(seen[at]) << 16
+            | usize::from(seen[at + 1]) << 8
+            | usize::from(seen[at + 2]);
+        types.push(seen[at + 3]);
+        at += 9 + len;
+    }
+    assert!(types.contains(&1), "no HEADERS frame: {types:?}");
+    assert!(types.contains(&7), "no GOAWAY frame: {types:?}");
+}
