@@ -637,17 +637,6 @@ pub fn print_walkthrough(dir: &Path, samples: &Samples, api: SocketAddr, ops: So
     );
     println!("# The push feed of new matches, read from a cursor (the policy-push service):");
     println!("{} '{base}/v1/push-feed?after=0&limit=3'", with("push"));
-    println!("# Revoke the licence (its issuer), then verify again: valid false, status revoked:");
-    println!(
-        "{} {json} -d @{} {base}/v1/licences/{lic}/revoke",
-        with("market"),
-        sample("revoke.json")
-    );
-    println!(
-        "{} {json} -d @{} {base}/v1/licences/verify",
-        with("approval"),
-        sample("verify-business.json")
-    );
     println!(
         "# 小米 seals a contract (PDF) with its contract seal (合同专用章), through the city app: a GB/T 38540-2020 SES_Signature (DER, base64) and a detached JWS:"
     );
@@ -671,6 +660,19 @@ pub fn print_walkthrough(dir: &Path, samples: &Samples, api: SocketAddr, ops: So
         dir.join("certgate.toml").display(),
         sample("contract.pdf"),
         sample("contract.ses")
+    );
+    println!(
+        "# Revoke the licence (its issuer), then verify again: valid false, status revoked (小米 is no longer registered: its seals sign nothing until it is again):"
+    );
+    println!(
+        "{} {json} -d @{} {base}/v1/licences/{lic}/revoke",
+        with("market"),
+        sample("revoke.json")
+    );
+    println!(
+        "{} {json} -d @{} {base}/v1/licences/verify",
+        with("approval"),
+        sample("verify-business.json")
     );
     println!("# The status list, the seal CA and the ES256 keys:");
     println!("{} {base}/v1/status-lists/0", with("approval"));

@@ -369,7 +369,7 @@ fn leaf_of(
             .purpose
             .as_ref()
             .and_then(|p| p.matter.as_deref())
-            .map(|m| redact_citizen_ids(m).into_owned()),
+            .map(logged_matter),
         reason: facts
             .purpose
             .as_ref()
@@ -430,6 +430,19 @@ fn log_text(value: &str) -> String {
     let digest = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(value.as_bytes())[..8]);
     let head: String = clean.chars().take(MAX_LOGGED_CHARS - 26).collect();
     format!("{head}…sha256:{digest}")
+}
+
+/// A matter code as the log records it: as sent, unless a part of it is a citizen id (one
+/// whose check character holds: a matter code may be any long run of digits).
+fn logged_matter(matter: &str) -> String {
+    let names_a_citizen = matter
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|t| t.parse::<cert_store::CitizenId>().is_ok());
+    if names_a_citizen {
+        redact_citizen_ids(matter).into_owned()
+    } else {
+        matter.to_owned()
+    }
 }
 
 /// Replaces every token of `text` (a run of letters and digits) shaped like a citizen id with
@@ -764,6 +777,9 @@ mod tests {
             &NoteSlot::default(),
         );
         assert_eq!(leaf.matter.as_deref(), Some("[citizen-id]"));
+        // A matter code of digits that is no citizen id (its check character fails) stays.
+        assert_eq!(logged_matter("110105194912310021"), "110105194912310021");
+        assert_eq!(logged_matter("M-11010519491231002X"), "M-[citizen-id]");
     }
 
     #[test]

@@ -580,7 +580,7 @@ impl Seals<'_> {
             return Ok(false);
         };
         Ok(!self.svc.store.seals(&owner, None, 1)?.is_empty()
-            || self.registrar_of_record(&owner)?.is_some())
+            || !self.business_licences(&owner)?.is_empty())
     }
 }
 

@@ -210,6 +210,11 @@ impl Holders<'_> {
         }
         let code = jws::b64url(crate::crypto::random_bytes::<32>()?);
         let expires_at = now + SHOW_CODE_SECONDS;
+        // The table holds the codes of the last hour or so, not every code ever shown. Purged
+        // first: if that fails, nothing is stored and the app's retry adds nothing either.
+        self.svc
+            .store
+            .purge_show_codes(now - SHOW_CODE_KEPT_SECONDS)?;
         self.svc.store.insert_show_code(&ShowCodeRecord {
             code_sha256: hex::encode(Sha256::digest(code.as_bytes())),
             licence_id: licence.id.to_string(),
@@ -218,10 +223,6 @@ impl Holders<'_> {
             redeemed_at: None,
             redeemed_by: None,
         })?;
-        // The table holds the codes of the last hour or so, not every code ever shown.
-        self.svc
-            .store
-            .purge_show_codes(now - SHOW_CODE_KEPT_SECONDS)?;
         Ok((code, expires_at))
     }
 

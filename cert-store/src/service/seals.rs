@@ -166,8 +166,7 @@ impl Seals<'_> {
     }
 
     /// The name a market entity is registered under and who registered it: the holder name
-    /// and the issuer of its business licence valid at `now` (the type marked
-    /// `business_licence`).
+    /// and the issuer of its registering licence (see [`Seals::registrar_of_record`]).
     pub fn registration(
         &self,
         enterprise: &Uscc,
@@ -188,10 +187,8 @@ impl Seals<'_> {
                     "no licence type is marked business_licence: enterprises' seals take their name from it".into(),
                 )
             })?;
-        let page = self.business_licences(enterprise)?;
-        page.iter()
-            .find(|l| l.status == LicenceStatus::Valid && l.not_before <= now && now < l.expires_at)
-            .and_then(|l| Some((disclosed_value(&l.sd_jwt, "holder_name")?, l.issuer.clone())))
+        self.registering_licence(enterprise, now)?
+            .and_then(|l| Some((disclosed_value(&l.sd_jwt, "holder_name")?, l.issuer)))
             .ok_or_else(|| {
                 ServiceError::Conflict(format!(
                     "{enterprise} holds no valid {} in the register: its seals are made after it is registered",
@@ -200,19 +197,51 @@ impl Seals<'_> {
             })
     }
 
-    /// The department that registered a market entity, as the register last shows it: the
-    /// issuer of its valid business licence, else of its newest one (suspended or revoked —
-    /// the registrar still answers for the seals of an enterprise it struck off).
-    pub fn registrar_of_record(&self, enterprise: &Uscc) -> Result<Option<Uscc>, ServiceError> {
-        Ok(self
-            .business_licences(enterprise)?
-            .first()
-            .map(|l| l.issuer.clone()))
+    /// The department that registered a market entity, which makes and revokes its seals: the
+    /// issuer of its registering licence at `now`, if it holds one in force.
+    pub fn registrar_of_record(
+        &self,
+        enterprise: &Uscc,
+        now: i64,
+    ) -> Result<Option<Uscc>, ServiceError> {
+        Ok(self.registering_licence(enterprise, now)?.map(|l| l.issuer))
+    }
+
+    /// True when `by` answers for the seals of market entity `enterprise` at `now`: it is the
+    /// registrar of record or, when the enterprise holds no business licence in force (struck
+    /// off, so its seals sign nothing), it issued one of its business licences.
+    fn answers_for(&self, enterprise: &Uscc, by: &Uscc, now: i64) -> Result<bool, ServiceError> {
+        if !enterprise.is_market_entity() || !self.is_registrar(by) {
+            return Ok(false);
+        }
+        Ok(match self.registrar_of_record(enterprise, now)? {
+            Some(registrar) => &registrar == by,
+            None => self
+                .business_licences(enterprise)?
+                .iter()
+                .any(|l| &l.issuer == by),
+        })
+    }
+
+    /// The business licence a market entity's registration stands on: the oldest of those in
+    /// force at `now`, so that a later one from another department does not take the
+    /// enterprise over.
+    fn registering_licence(
+        &self,
+        enterprise: &Uscc,
+        now: i64,
+    ) -> Result<Option<LicenceRecord>, ServiceError> {
+        let page = self.business_licences(enterprise)?;
+        // Valid ones first, each group newest first: the last in force is the oldest.
+        Ok(page.into_iter().rev().find(|l| in_force(l, now)))
     }
 
     /// A market entity's business licences: valid ones first, then suspended, then revoked,
     /// each newest first (at most [`MAX_HOLDER_PAGE`]).
-    fn business_licences(&self, enterprise: &Uscc) -> Result<Vec<LicenceRecord>, ServiceError> {
+    pub(crate) fn business_licences(
+        &self,
+        enterprise: &Uscc,
+    ) -> Result<Vec<LicenceRecord>, ServiceError> {
         let Some(licence_type) = self.svc.types.values().find(|t| t.business_licence) else {
             return Ok(Vec::new());
         };
@@ -260,9 +289,10 @@ impl Seals<'_> {
             .ok_or_else(|| ServiceError::NotFound(format!("seal {id}")))
     }
 
-    /// Revokes one of `by`'s seals, or, when `by` registered the enterprise (see
-    /// [`Seals::registrar_of_record`]), an enterprise's seal. Licences and documents it signed
-    /// fail verification from `now` on.
+    /// Revokes one of `by`'s seals, or, when `by` registered the enterprise (the registrar of
+    /// record; for an enterprise struck off, any department that issued it a business
+    /// licence), an enterprise's seal. Licences and documents it signed fail verification from
+    /// `now` on.
     pub fn revoke_seal(
         &self,
         id: &str,
@@ -271,10 +301,7 @@ impl Seals<'_> {
         now: i64,
     ) -> Result<SealRecord, ServiceError> {
         let seal = self.seal(id)?;
-        let allowed = &seal.owner == by
-            || (seal.owner.is_market_entity()
-                && self.is_registrar(by)
-                && self.registrar_of_record(&seal.owner)?.as_ref() == Some(by));
+        let allowed = &seal.owner == by || self.answers_for(&seal.owner, by, now)?;
         if !allowed {
             return Err(ServiceError::Forbidden(
                 "only the seal's owner (or, for an enterprise's seal, the department that registered the enterprise) may revoke it"
@@ -289,4 +316,9 @@ impl Seals<'_> {
         }
         self.seal(id)
     }
+}
+
+/// True when `licence` is valid and within its dates at `now`.
+fn in_force(licence: &LicenceRecord, now: i64) -> bool {
+    licence.status == LicenceStatus::Valid && licence.not_before <= now && now < licence.expires_at
 }

@@ -1342,6 +1342,16 @@ fn seals_of_a_trusted_foreign_system_verify_and_stop_when_it_is_removed() {
     let v = verdict_of(&f, &doc, &forged("44030000000002", MARKET));
     assert_eq!(failed(&v), ["seal_status"], "{:?}", v.checks);
     assert!(verdict_of(&f, &doc, &forged("44030000000002", OTHER_HOLDER)).valid);
+    const REGISTERED_HERE: &str = "91110105MA0000005E";
+    assert!(verdict_of(&f, &doc, &forged("44030000000003", REGISTERED_HERE)).valid);
+    // An owner registered here (a business licence of this register), though it has no seal
+    // here yet, is this register's too.
+    f.svc
+        .issuance()
+        .issue(&f.market, &IssueRequest { holder_id: REGISTERED_HERE.into(), ..request(&f.sm2) }, NOW)
+        .unwrap();
+    let v = verdict_of(&f, &doc, &forged("44030000000003", REGISTERED_HERE));
+    assert_eq!(failed(&v), ["seal_status"], "{:?}", v.checks);
     // Removed from NOW + 100: what was sealed before still verifies, what after does not.
     f.svc.seals().remove_seal_ca(&ca.id, NOW + 100).unwrap();
     assert!(verdict_of(&f, &doc, &early).valid);
@@ -1472,24 +1482,46 @@ fn only_the_enterprises_own_registrar_makes_and_revokes_its_seals() {
     assert!(matches!(make(&f.approval), Err(ServiceError::Forbidden(m)) if m.contains("own registrar")));
     let seal = make(&f.market).unwrap();
     assert_eq!(
-        f.svc.seals().registrar_of_record(&xiaomi).unwrap(),
+        f.svc.seals().registrar_of_record(&xiaomi, NOW).unwrap(),
         Some(f.market.clone())
     );
+    // A later business licence from the other registrar does not take the enterprise over.
+    let approval_seal = f
+        .svc
+        .seals()
+        .create_seal(department(&f.approval), "公章", JwsAlg::Es256, None, NOW)
+        .unwrap();
+    let later = f
+        .svc
+        .issuance()
+        .issue(&f.approval, &request(&approval_seal), NOW + 1)
+        .unwrap();
+    assert_eq!(
+        f.svc.seals().registrar_of_record(&xiaomi, NOW + 2).unwrap(),
+        Some(f.market.clone())
+    );
+    assert!(matches!(make(&f.approval), Err(ServiceError::Forbidden(_))));
     assert!(matches!(
-        f.svc.seals().revoke_seal(&seal.id, &f.approval, "遗失", NOW),
+        f.svc.seals().revoke_seal(&seal.id, &f.approval, "遗失", NOW + 2),
         Err(ServiceError::Forbidden(_))
     ));
     assert!(f.svc.seals().seal(&seal.id).unwrap().revoked_at.is_none());
-    // Struck off the register, the enterprise's seals are still its registrar's to revoke.
+    f.svc
+        .issuance()
+        .change_status(later.id.as_str(), &f.approval, Lifecycle::Revoke, "撤销")
+        .unwrap();
+    // Struck off the register, the enterprise's seals (which sign nothing now) may be revoked
+    // by a department that registered it, not by another.
     f.svc
         .issuance()
         .change_status(registered.id.as_str(), &f.market, Lifecycle::Revoke, "注销")
         .unwrap();
+    assert_eq!(f.svc.seals().registrar_of_record(&xiaomi, NOW + 2).unwrap(), None);
     assert!(matches!(
-        f.svc.seals().revoke_seal(&seal.id, &f.approval, "注销", NOW),
+        f.svc.seals().revoke_seal(&seal.id, &uscc("11110105MB0000007Y"), "注销", NOW + 2),
         Err(ServiceError::Forbidden(_))
     ));
-    f.svc.seals().revoke_seal(&seal.id, &f.market, "注销", NOW).unwrap();
+    f.svc.seals().revoke_seal(&seal.id, &f.market, "注销", NOW + 2).unwrap();
 }
 
 #[test]

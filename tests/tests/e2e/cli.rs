@@ -567,6 +567,9 @@ fn demo_prints_curl_commands_that_work_and_reuses_its_files() {
         (again["valid"].as_bool(), again["status"].as_str()),
         (Some(false), Some("revoked"))
     );
+    // 小米 is no longer registered: its contract seal signs nothing now.
+    let refused = json_of(&curl(&|l| l.contains("sign-contract.json")));
+    assert_eq!(refused["code"], "CG-LIC-004", "{refused}");
     let entries = json_of(&curl(&|l| l.contains("/v1/audit/entries?resource=")));
     assert!(
         entries["entries"].as_array().is_some_and(|e| e.len() >= 3),

@@ -1744,14 +1744,15 @@ async fn a_second_registrar_sees_its_own_licences_only_and_not_another_registrar
             .unwrap();
     let market_seal = create_seal(&mut market, "ES256").await;
     let approval_seal = create_seal(&mut approval, "ES256").await;
-    // Two of the approval bureau's, then the market bureau's, the newest (and, within one
-    // second, first by identifier): the enterprise's registrar of record.
+    // Another enterprise: two of the approval bureau's business licences, then the market
+    // bureau's, the newest (and, within one second, first by identifier).
+    const OTHER: &str = "9144030071526726XG";
     let mut own = Vec::new();
     for _ in 0..2 {
-        let issued = issue_licence(&mut approval, &business_licence(&approval_seal, XIAOMI)).await;
+        let issued = issue_licence(&mut approval, &business_licence(&approval_seal, OTHER)).await;
         own.push(issued["id"].as_str().unwrap().to_owned());
     }
-    let theirs = issue_licence(&mut market, &business_licence(&market_seal, XIAOMI)).await["id"]
+    let theirs = issue_licence(&mut market, &business_licence(&market_seal, OTHER)).await["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -1762,8 +1763,8 @@ async fn a_second_registrar_sees_its_own_licences_only_and_not_another_registrar
     let mut cursor: Option<String> = None;
     for _ in 0..10 {
         let path = match &cursor {
-            Some(c) => format!("/v1/licences?holder={XIAOMI}&type={BUSINESS}&limit=1&cursor={c}"),
-            None => format!("/v1/licences?holder={XIAOMI}&type={BUSINESS}&limit=1"),
+            Some(c) => format!("/v1/licences?holder={OTHER}&type={BUSINESS}&limit=1&cursor={c}"),
+            None => format!("/v1/licences?holder={OTHER}&type={BUSINESS}&limit=1"),
         };
         let page = approval.get_with(&path, &[("x-purpose", "M-BIZ-001")]).await.unwrap();
         assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
@@ -1797,7 +1798,13 @@ async fn a_second_registrar_sees_its_own_licences_only_and_not_another_registrar
     assert_eq!((a.status, a.code().as_str()), (StatusCode::FORBIDDEN, "CG-LIC-002"), "{:?}", a.body);
     assert_eq!((b.status, b.code(), b.json()["message"].clone()), (a.status, a.code(), a.json()["message"].clone()));
 
-    // The enterprise's seals are its registrar's to make and revoke, not another registrar's.
+    // 小米 is registered by the market bureau first; a later business licence from the
+    // approval bureau does not take it over: its seals are the market bureau's to make and
+    // revoke, not the approval bureau's.
+    issue_licence(&mut market, &business_licence(&market_seal, XIAOMI)).await;
+    // Issue times are in seconds: the later one is issued in a later second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    issue_licence(&mut approval, &business_licence(&approval_seal, XIAOMI)).await;
     let seal = json!({"seal_type": "合同专用章", "alg": "ES256", "holder": XIAOMI});
     let r = approval.json(Method::POST, "/v1/seals", &[], &seal).await.unwrap();
     assert_eq!((r.status, r.code().as_str()), (StatusCode::FORBIDDEN, "CG-LIC-002"), "{:?}", r.body);
