@@ -56,7 +56,13 @@ pub struct LoadSummary {
     pub crls: usize,
     /// Serials revoked by those CRLs.
     pub revoked_serials: usize,
+    /// The configuration's sections a reload puts in force; every other setting stays as read
+    /// at start until a restart.
+    pub reloaded: Vec<String>,
 }
+
+/// The configuration's sections a reload reads again.
+pub const RELOADED: &[&str] = &["departments", "tls", "access_rules"];
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -323,6 +329,7 @@ pub(crate) fn build_live(
         trust_anchors: material.trust_anchors,
         crls: material.crls,
         revoked_serials: material.revoked.len(),
+        reloaded: RELOADED.iter().map(|s| (*s).to_owned()).collect(),
     };
     Ok(Live {
         acceptor: TlsAcceptor::from(material.server_config),

@@ -189,6 +189,11 @@ async fn revocation_by_reload_refuses_new_and_resumed_sessions_and_keeps_other_c
         .unwrap();
     assert_eq!(reload.status, StatusCode::OK, "{:?}", reload.body);
     assert_eq!(reload.json()["revoked_serials"], 1);
+    // What a reload puts in force is named, so an operator is not misled about the rest.
+    assert_eq!(
+        reload.json()["reloaded"],
+        serde_json::json!(["departments", "tls", "access_rules"])
+    );
 
     // A new full handshake is refused by the new CRL.
     let fresh = Client::new(&ca, Some(&approval), Proto::H1);
