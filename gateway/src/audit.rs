@@ -461,16 +461,11 @@ pub async fn export(
         }
     };
     let Ok(slot) = gw.export_slots.clone().try_acquire_owned() else {
-        let mut busy = ApiError::new(
+        return Ok(ApiError::new(
             Code::ExportsBusy,
             format!("{MAX_EXPORTS} exports are streaming now: retry when one has ended"),
         )
-        .into_response();
-        busy.headers_mut().insert(
-            http::header::RETRY_AFTER,
-            http::HeaderValue::from_static("60"),
-        );
-        return Ok(busy);
+        .retry_after(60));
     };
     let log = gw.access_log.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);

@@ -115,6 +115,15 @@ codes! {
 }
 
 impl ApiError {
+    /// The answer to this error with `Retry-After: seconds`.
+    pub fn retry_after(self, seconds: u64) -> Response {
+        let mut response = self.into_response();
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+        response
+    }
+
     /// An error with a stable code and a message for the caller.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
         ApiError {

@@ -148,11 +148,9 @@ async fn gate_inner(gateway: Arc<Gateway>, mut req: Request, next: Next) -> Resp
     let response = match identity {
         Err((refusal, _)) => {
             let response = refuse(&refusal, facts.ctx.as_deref());
-            // A caller without a usable department has no budget: its connection closes, and
-            // past the first few of its source in a window its refusals are only counted in
-            // the window's summary.
+            // A caller without a usable department has no budget: past the first few of its
+            // source in a window its refusals are only counted in the window's summary.
             let own_leaf = facts.ctx.as_deref().is_none_or(|ctx| {
-                ctx.close();
                 gateway.preauth.refused_request(
                     ctx.source,
                     Code::from(&refusal).as_str(),
@@ -244,14 +242,18 @@ fn resolve_caller<'a>(
     }
 }
 
-/// The answer to a refused caller; the connection is closed after it.
+/// The answer to a refused caller; the connection is closed after it (HTTP/1.1 says so in
+/// the answer, HTTP/2 with GOAWAY).
 fn refuse(refusal: &Refusal, ctx: Option<&ConnectionContext>) -> Response {
     tracing::warn!(%refusal, certificate = ?ctx.and_then(|c| c.identity.certificate.as_ref()), "caller refused");
     let mut response = ApiError::from(refusal).into_response();
-    if ctx.is_some_and(|c| c.protocol == Protocol::Http1) {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if let Some(ctx) = ctx {
+        ctx.close();
+        if ctx.protocol == Protocol::Http1 {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
     }
     response
 }

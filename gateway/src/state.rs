@@ -226,7 +226,6 @@ impl Gateway {
         caller: &crate::identity::Caller,
         class: crate::config::RouteClass,
     ) -> Option<axum::response::Response> {
-        use axum::response::IntoResponse;
         let limits = self.live().departments.get(&caller.department)?.rate_limits;
         let wait = self
             .rate_limiter
@@ -245,19 +244,17 @@ impl Gateway {
             })
             .inc();
         let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let mut response = ApiError::new(
-            Code::RateLimited,
-            format!(
-                "this department's {} budget ({}/s) is spent; retry after {seconds} s",
-                class.as_str(),
-                limits.rate(class)
-            ),
+        Some(
+            ApiError::new(
+                Code::RateLimited,
+                format!(
+                    "this department's {} budget ({}/s) is spent; retry after {seconds} s",
+                    class.as_str(),
+                    limits.rate(class)
+                ),
+            )
+            .retry_after(seconds),
         )
-        .into_response();
-        if let Ok(v) = http::HeaderValue::from_str(&seconds.to_string()) {
-            response.headers_mut().insert(http::header::RETRY_AFTER, v);
-        }
-        Some(response)
     }
 
     /// Marks the gateway as shutting down: `/readyz` answers 503 from now on.

@@ -545,7 +545,9 @@ impl Seals<'_> {
                             "a seal of {authority} that gives the id of a seal of this register"
                         ),
                     )
-                } else if owner.is_some_and(|o| self.is_local_owner(o).unwrap_or(true)) {
+                } else if let Some(o) = owner
+                    && self.is_local_owner(o)?
+                {
                     (
                         false,
                         format!(

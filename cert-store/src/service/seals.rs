@@ -214,12 +214,10 @@ impl Seals<'_> {
         if !enterprise.is_market_entity() || !self.is_registrar(by) {
             return Ok(false);
         }
-        Ok(match self.registrar_of_record(enterprise, now)? {
-            Some(registrar) => &registrar == by,
-            None => self
-                .business_licences(enterprise)?
-                .iter()
-                .any(|l| &l.issuer == by),
+        let page = self.business_licences(enterprise)?;
+        Ok(match registering(&page, now) {
+            Some(registering) => &registering.issuer == by,
+            None => page.iter().any(|l| &l.issuer == by),
         })
     }
 
@@ -231,9 +229,7 @@ impl Seals<'_> {
         enterprise: &Uscc,
         now: i64,
     ) -> Result<Option<LicenceRecord>, ServiceError> {
-        let page = self.business_licences(enterprise)?;
-        // Valid ones first, each group newest first: the last in force is the oldest.
-        Ok(page.into_iter().rev().find(|l| in_force(l, now)))
+        Ok(registering(&self.business_licences(enterprise)?, now).cloned())
     }
 
     /// A market entity's business licences: valid ones first, then suspended, then revoked,
@@ -316,6 +312,12 @@ impl Seals<'_> {
         }
         self.seal(id)
     }
+}
+
+/// Of an enterprise's business licences as [`Seals::business_licences`] gives them (valid ones
+/// first, each group newest first), the one its registration stands on: the oldest in force.
+fn registering(page: &[LicenceRecord], now: i64) -> Option<&LicenceRecord> {
+    page.iter().rev().find(|l| in_force(l, now))
 }
 
 /// True when `licence` is valid and within its dates at `now`.
