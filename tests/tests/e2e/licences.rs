@@ -1532,6 +1532,18 @@ async fn a_second_business_licence_for_one_holder_is_refused_even_when_racing() 
     assert_eq!(renewed.status, StatusCode::CREATED, "{:?}", renewed.body);
 }
 
+/// An identifier of the market regulator's licences of `licence_type` that no licence has.
+fn unused_licence_id(licence_type: &str) -> String {
+    cert_store::licence_id::LicenceId::new(
+        &licence_type.parse().unwrap(),
+        &MARKET.parse().unwrap(),
+        &"Z".repeat(16),
+        1,
+    )
+    .unwrap()
+    .to_string()
+}
+
 /// The token of `holder`'s consent, made by the city app, for the approval bureau to read its
 /// food permits for matter M-FOOD-001.
 async fn food_consent(app: &mut Conn, holder: &str) -> String {
@@ -1584,14 +1596,7 @@ async fn consent_holds_on_every_path_that_discloses_a_licence() {
     let r = w.market.get_with(&format!("/v1/licences/{id}"), &[purpose]).await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
     // A department without a rule learns nothing, whether or not the licence exists.
-    let missing = cert_store::licence_id::LicenceId::new(
-        &FOOD.parse().unwrap(),
-        &MARKET.parse().unwrap(),
-        &"Z".repeat(16),
-        1,
-    )
-    .unwrap()
-    .to_string();
+    let missing = unused_licence_id(FOOD);
     let a = w.ops.get_with(&format!("/v1/licences/{id}"), &[purpose]).await.unwrap();
     let b = w.ops.get_with(&format!("/v1/licences/{missing}"), &[purpose]).await.unwrap();
     assert_eq!((a.status, a.code()), (b.status, b.code()));
@@ -1785,14 +1790,7 @@ async fn a_second_registrar_sees_its_own_licences_only_and_not_another_registrar
     assert_eq!(seen, own);
 
     // Renewing the other issuer's licence is refused the same whether or not it exists.
-    let missing = cert_store::licence_id::LicenceId::new(
-        &BUSINESS.parse().unwrap(),
-        &MARKET.parse().unwrap(),
-        &"Z".repeat(16),
-        1,
-    )
-    .unwrap()
-    .to_string();
+    let missing = unused_licence_id(BUSINESS);
     let a = approval.json(Method::POST, &format!("/v1/licences/{theirs}/renew"), &[], &json!({})).await.unwrap();
     let b = approval.json(Method::POST, &format!("/v1/licences/{missing}/renew"), &[], &json!({})).await.unwrap();
     assert_eq!((a.status, a.code().as_str()), (StatusCode::FORBIDDEN, "CG-LIC-002"), "{:?}", a.body);
